@@ -1,0 +1,196 @@
+//! The CPU backend: plain loops over f32, with candle's ggml kernels for the matrix
+//! products. It is the fallback device and the readable reference for every GPU kernel.
+
+use super::{AttnShape, Backend};
+use crate::Result;
+use crate::weights::{Blob, RopeStyle, WeightData, WeightFormat};
+use candle_core::utils::barrier_pool;
+
+pub struct Cpu;
+
+pub struct CpuAct {
+    data: Vec<f32>,
+    cols: usize,
+}
+
+#[derive(Clone)]
+pub struct CpuMatrix {
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    bytes: Blob,
+}
+
+pub struct CpuKv {
+    data: Vec<f32>,
+    kv_dim: usize,
+}
+
+/// Run `f` over `0..n` split across candle's worker pool (the one its matmuls use, so the
+/// two never compete for the same cores).
+fn par_for(n: usize, f: impl Fn(usize) + Sync) {
+    barrier_pool().execute_chunked(n, |r| r.for_each(&f));
+}
+
+/// A `*mut f32` that worker threads may share because each writes disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    /// SAFETY: callers write disjoint ranges from different threads.
+    unsafe fn slice(self, start: usize, len: usize) -> &'static mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+impl Backend for Cpu {
+    type Act = CpuAct;
+    type Matrix = CpuMatrix;
+    type Kv = CpuKv;
+
+    fn name(&self) -> String {
+        let threads = candle_core::utils::get_num_threads();
+        format!("cpu ({threads} threads, avx2={})", candle_core::utils::with_avx())
+    }
+
+    fn upload_matrix(&self, _name: &str, w: &WeightData) -> Result<CpuMatrix> {
+        // Mapped bytes are used in place; only a misaligned tensor is copied.
+        Ok(CpuMatrix { format: w.format, rows: w.rows, cols: w.cols, bytes: w.bytes.aligned(8) })
+    }
+
+    fn alloc(&self, _name: &str, rows: usize, cols: usize) -> Result<CpuAct> {
+        Ok(CpuAct { data: vec![0.0; rows * cols], cols })
+    }
+
+    fn alloc_kv(&self, _name: &str, max_seq: usize, kv_dim: usize) -> Result<CpuKv> {
+        Ok(CpuKv { data: vec![0.0; max_seq * kv_dim], kv_dim })
+    }
+
+    fn write(&self, dst: &mut CpuAct, data: &[f32]) {
+        dst.data[..data.len()].copy_from_slice(data);
+    }
+
+    fn embed(&self, table: &CpuMatrix, ids: &[u32], out: &mut CpuAct) {
+        let rb = table.format.row_bytes(table.cols, "").expect("checked at load");
+        for (t, &id) in ids.iter().enumerate() {
+            let row = &table.bytes[id as usize * rb..(id as usize + 1) * rb];
+            table.format.dequantize(row, &mut out.data[t * table.cols..(t + 1) * table.cols]);
+        }
+    }
+
+    fn rms_norm(&self, x: &CpuAct, first: usize, n: usize, w: &CpuAct, eps: f32, out: &mut CpuAct) {
+        let d = x.cols;
+        for t in 0..n {
+            let xr = &x.data[(first + t) * d..(first + t + 1) * d];
+            let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let inv = 1.0 / (ss + eps).sqrt();
+            for ((o, xv), wv) in out.data[t * d..(t + 1) * d].iter_mut().zip(xr).zip(&w.data[..d]) {
+                *o = xv * inv * wv;
+            }
+        }
+    }
+
+    fn matmul(&self, x: &CpuAct, n: usize, w: &CpuMatrix, out: &mut CpuAct) {
+        crate::quant::matmul(
+            w.format,
+            (n, w.cols, w.rows),
+            &x.data[..n * w.cols],
+            &w.bytes,
+            &mut out.data[..n * w.rows],
+        );
+    }
+
+    fn rope(&self, x: &mut CpuAct, n: usize, n_heads: usize, head_dim: usize, table: &CpuAct, style: RopeStyle) {
+        let half = head_dim / 2;
+        for t in 0..n {
+            let angles = &table.data[t * head_dim..(t + 1) * head_dim];
+            for h in 0..n_heads {
+                let v = &mut x.data[t * x.cols + h * head_dim..t * x.cols + (h + 1) * head_dim];
+                for i in 0..half {
+                    let (c, s) = (angles[2 * i], angles[2 * i + 1]);
+                    let (a, b) = match style {
+                        RopeStyle::Half => (i, i + half),
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    let (x0, x1) = (v[a], v[b]);
+                    v[a] = x0 * c - x1 * s;
+                    v[b] = x0 * s + x1 * c;
+                }
+            }
+        }
+    }
+
+    fn store_kv(&self, k: &CpuAct, v: &CpuAct, n: usize, pos: usize, kc: &mut CpuKv, vc: &mut CpuKv) {
+        let d = kc.kv_dim;
+        kc.data[pos * d..(pos + n) * d].copy_from_slice(&k.data[..n * d]);
+        vc.data[pos * d..(pos + n) * d].copy_from_slice(&v.data[..n * d]);
+    }
+
+    fn attention(&self, q: &CpuAct, kc: &CpuKv, vc: &CpuKv, n: usize, pos: usize, s: AttnShape, out: &mut CpuAct) {
+        let hd = s.head_dim;
+        let group = s.n_heads / s.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (q_cols, out_cols, kv_dim) = (q.cols, out.cols, kc.kv_dim);
+        let dst = SharedOut(out.data.as_mut_ptr());
+        // One work item per (query token, head); each writes its own head_dim slice of `out`.
+        par_for(n * s.n_heads, |item| {
+            let (t, h) = (item / s.n_heads, item % s.n_heads);
+            let kv_off = (h / group) * hd;
+            let qv = &q.data[t * q_cols + h * hd..t * q_cols + (h + 1) * hd];
+            let len = pos + t + 1;
+            // scores of this query against every cached key up to its own position
+            let mut att: Vec<f32> = (0..len)
+                .map(|p| {
+                    let kv = &kc.data[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
+                    qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale
+                })
+                .collect();
+            // softmax
+            let max = att.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for a in att.iter_mut() {
+                *a = (*a - max).exp();
+                sum += *a;
+            }
+            // weighted sum of the values
+            // SAFETY: work item (t, h) alone writes out[t, h*hd..(h+1)*hd].
+            let o = unsafe { dst.slice(t * out_cols + h * hd, hd) };
+            o.fill(0.0);
+            for (p, a) in att.iter().enumerate() {
+                let vv = &vc.data[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
+                let w = a / sum;
+                for (oi, vi) in o.iter_mut().zip(vv) {
+                    *oi += w * vi;
+                }
+            }
+        });
+    }
+
+    fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct, len: usize) {
+        for (g, u) in gate.data[..len].iter_mut().zip(&up.data[..len]) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    }
+
+    fn add(&self, x: &mut CpuAct, y: &CpuAct, len: usize) {
+        for (a, b) in x.data[..len].iter_mut().zip(&y.data[..len]) {
+            *a += b;
+        }
+    }
+
+    async fn argmax(&self, x: &CpuAct, row: usize) -> Result<u32> {
+        let r = &x.data[row * x.cols..(row + 1) * x.cols];
+        let mut best = 0;
+        for (i, v) in r.iter().enumerate() {
+            if *v > r[best] {
+                best = i;
+            }
+        }
+        Ok(best as u32)
+    }
+
+    async fn read(&self, x: &CpuAct, rows: usize) -> Result<Vec<f32>> {
+        Ok(x.data[..rows * x.cols].to_vec())
+    }
+}

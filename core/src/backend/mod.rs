@@ -1,0 +1,73 @@
+//! The small trait of ops every backend implements. `model.rs` writes the Llama forward
+//! pass once in terms of these; a backend supplies buffers and kernels.
+//!
+//! Conventions: activations are f32, row-major `[rows, cols]`; an op works on the first `n`
+//! rows of its buffers. Outputs are `&mut`, so an op never reads and writes one buffer
+//! through two names. Ops are infallible once buffers exist: device errors surface at the
+//! next `read`/`argmax`, which are async because the browser has no blocking readback.
+
+#[cfg(feature = "cpu")]
+pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use crate::Result;
+use crate::weights::{RopeStyle, WeightData};
+use std::future::Future;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+pub trait Backend: Sized + Send + Sync + 'static {
+    /// An f32 activation buffer of fixed capacity `[rows, cols]`.
+    type Act: Send + Sync;
+    /// A weight matrix in its storage format (f32, f16, bf16 or a ggml block format).
+    type Matrix: Clone + Send + Sync;
+    /// One layer's K or V cache, `[max_seq, kv_dim]`.
+    type Kv: Send + Sync;
+
+    /// A one-line description of the device, for logs and benchmarks.
+    fn name(&self) -> String;
+
+    fn upload_matrix(&self, name: &str, w: &WeightData) -> Result<Self::Matrix>;
+    fn alloc(&self, name: &str, rows: usize, cols: usize) -> Result<Self::Act>;
+    fn alloc_kv(&self, name: &str, max_seq: usize, kv_dim: usize) -> Result<Self::Kv>;
+    /// Copy host data into the first `data.len()` elements of `dst`.
+    fn write(&self, dst: &mut Self::Act, data: &[f32]);
+
+    /// out[t] = table[ids[t]]
+    fn embed(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Act);
+    /// out[r - first] = x[r] / rms(x[r]) * w, for r in first..first+n
+    fn rms_norm(&self, x: &Self::Act, first: usize, n: usize, w: &Self::Act, eps: f32, out: &mut Self::Act);
+    /// out[n, rows(W)] = x[n, cols(W)] · Wᵀ
+    fn matmul(&self, x: &Self::Act, n: usize, w: &Self::Matrix, out: &mut Self::Act);
+    /// Rotate each head of x[t] by the angles in table[t] (`[n, head_dim/2, (cos, sin)]`).
+    fn rope(&self, x: &mut Self::Act, n: usize, n_heads: usize, head_dim: usize, table: &Self::Act, style: RopeStyle);
+    /// k_cache[pos + t] = k[t], v_cache[pos + t] = v[t]
+    fn store_kv(&self, k: &Self::Act, v: &Self::Act, n: usize, pos: usize, k_cache: &mut Self::Kv, v_cache: &mut Self::Kv);
+    /// Causal attention of the n queries at positions pos..pos+n over cache rows 0..=pos+t.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Act,
+        k_cache: &Self::Kv,
+        v_cache: &Self::Kv,
+        n: usize,
+        pos: usize,
+        shape: AttnShape,
+        out: &mut Self::Act,
+    );
+    /// gate[i] = silu(gate[i]) * up[i], for i < len
+    fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act, len: usize);
+    /// x[i] += y[i], for i < len
+    fn add(&self, x: &mut Self::Act, y: &Self::Act, len: usize);
+
+    /// Index of the largest value in row `row` (first index on ties). Reads back 4 bytes.
+    fn argmax(&self, x: &Self::Act, row: usize) -> impl Future<Output = Result<u32>>;
+    /// The first `rows` rows, to the host.
+    fn read(&self, x: &Self::Act, rows: usize) -> impl Future<Output = Result<Vec<f32>>>;
+}

@@ -1,0 +1,122 @@
+//! Storage formats of weight matrices. Quantized formats are ggml's block layouts, byte for
+//! byte, so GGUF tensors are used exactly as mapped.
+
+use crate::{Error, Result};
+use half::{bf16, f16};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    BF16,
+    /// 32 weights: f16 scale `d`, 32 × i8. w = d·q
+    Q8_0,
+    /// 32 weights: f16 scale `d`, 16 bytes of nibbles. w = d·(q − 8)
+    Q4_0,
+    /// 32 weights: f16 `d`, f16 `m`, 16 bytes of nibbles. w = d·q + m
+    Q4_1,
+    /// 256 weights in 8 sub-blocks of 32 with 6-bit scales and mins.
+    Q4K,
+    /// 256 weights in 16 sub-blocks of 16 with 8-bit scales; 6-bit quants.
+    Q6K,
+}
+
+impl WeightFormat {
+    /// Weights per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => 1,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => 32,
+            WeightFormat::Q4K | WeightFormat::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::F16 | WeightFormat::BF16 => 2,
+            WeightFormat::Q8_0 => 34,
+            WeightFormat::Q4_0 => 18,
+            WeightFormat::Q4_1 => 20,
+            WeightFormat::Q4K => 144,
+            WeightFormat::Q6K => 210,
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        self.block_elems() > 1
+    }
+
+    pub fn row_bytes(self, cols: usize, name: &str) -> Result<usize> {
+        let b = self.block_elems();
+        if cols % b != 0 {
+            return Err(Error::load(
+                name,
+                format!("{self:?} needs rows that are a multiple of {b} weights, this one has {cols}"),
+            ));
+        }
+        Ok(cols / b * self.block_bytes())
+    }
+
+    /// ggml's type id, as written in GGUF tensor infos.
+    pub fn ggml_type(self) -> u32 {
+        match self {
+            WeightFormat::F32 => 0,
+            WeightFormat::F16 => 1,
+            WeightFormat::Q4_0 => 2,
+            WeightFormat::Q4_1 => 3,
+            WeightFormat::Q8_0 => 8,
+            WeightFormat::Q4K => 12,
+            WeightFormat::Q6K => 14,
+            WeightFormat::BF16 => 30,
+        }
+    }
+
+    pub fn from_ggml_type(t: u32) -> Option<Self> {
+        Some(match t {
+            0 => WeightFormat::F32,
+            1 => WeightFormat::F16,
+            2 => WeightFormat::Q4_0,
+            3 => WeightFormat::Q4_1,
+            8 => WeightFormat::Q8_0,
+            12 => WeightFormat::Q4K,
+            14 => WeightFormat::Q6K,
+            30 => WeightFormat::BF16,
+            _ => return None,
+        })
+    }
+
+    /// ggml's name for a type id, for error messages about unsupported types.
+    pub fn ggml_type_name(t: u32) -> String {
+        const NAMES: [&str; 31] = [
+            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
+            "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
+            "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        ];
+        NAMES.get(t as usize).map(|s| s.to_string()).unwrap_or_else(|| format!("type {t}"))
+    }
+
+    /// Decode `bytes` (whole blocks) into `out`. Float formats are converted here;
+    /// quantized blocks are decoded by candle's ggml-compatible kernels.
+    pub fn dequantize(self, bytes: &[u8], out: &mut [f32]) {
+        match self {
+            WeightFormat::F32 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            WeightFormat::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            WeightFormat::BF16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            _ => crate::quant::dequantize(self, bytes, out),
+        }
+    }
+}

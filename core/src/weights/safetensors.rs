@@ -1,0 +1,117 @@
+//! Hugging Face safetensors checkpoints, single-file or sharded, memory-mapped.
+
+use super::Blob;
+use crate::{Error, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A tensor as stored in a safetensors file.
+#[derive(Clone, Debug)]
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Blob,
+    pub file: PathBuf,
+}
+
+pub struct SafetensorsFiles {
+    tensors: HashMap<String, RawTensor>,
+}
+
+/// Map a whole file read-only. The map lives as long as any `Blob` cut from it.
+pub fn map_file(path: &Path) -> Result<Blob> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only; a file changed underneath a running model is outside
+    // what any mmap-based loader (llama.cpp, candle, safetensors) can defend against.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Blob::from_owner(Arc::new(map)))
+}
+
+impl SafetensorsFiles {
+    /// Open `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::load(&index, format!("invalid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::load(&index, "missing `weight_map`"))?;
+            let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|f| dir.join(f)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(Error::load(dir, no_weights_message(dir)));
+            }
+            found
+        };
+        let mut tensors = HashMap::new();
+        for file in files {
+            if !file.exists() {
+                return Err(Error::load(&file, "shard listed in model.safetensors.index.json is missing"));
+            }
+            let blob = map_file(&file)?;
+            let (header_len, meta) = SafeTensors::read_metadata(&blob)
+                .map_err(|e| Error::load(&file, format!("not a valid safetensors file ({e}); is it truncated?")))?;
+            let base = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let (s, e) = info.data_offsets;
+                let raw = RawTensor {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    bytes: blob.slice(base + s, e - s),
+                    file: file.clone(),
+                };
+                tensors.insert(name, raw);
+            }
+        }
+        Ok(SafetensorsFiles { tensors })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&RawTensor> {
+        self.tensors.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+}
+
+/// What to tell a user whose folder has no safetensors: pickles are refused, not loaded.
+pub fn no_weights_message(dir: &Path) -> String {
+    let pickles: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"))
+        .collect();
+    if pickles.is_empty() {
+        "no model.safetensors (or sharded *.safetensors with model.safetensors.index.json) and no .gguf given".into()
+    } else {
+        format!(
+            "found only PyTorch pickle checkpoints ({}). yangtuo never unpickles files, since loading a \
+             pickle can run arbitrary code. Convert them once with: python -c \"from transformers import \
+             AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('{}').save_pretrained('{}-st', \
+             safe_serialization=True)\"",
+            pickles.join(", "),
+            dir.display(),
+            dir.display()
+        )
+    }
+}

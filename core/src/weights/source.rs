@@ -1,5 +1,6 @@
 //! Open a model path (a Hugging Face folder or a `.gguf` file) into its config and weights.
 
+use super::gguf::GgufFile;
 use super::safetensors::{SafetensorsFiles, no_weights_message};
 use super::{Blob, RopeStyle, TensorId, WeightData, WeightFormat};
 use crate::config::HfConfig;
@@ -16,6 +17,7 @@ pub struct ModelFiles {
 
 enum Kind {
     Safetensors(SafetensorsFiles),
+    Gguf(GgufFile),
 }
 
 impl ModelFiles {
@@ -44,6 +46,16 @@ impl ModelFiles {
                 kind: Kind::Safetensors(files),
             });
         }
+        if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            let file = GgufFile::open(path)?;
+            let config = file.config()?;
+            return Ok(ModelFiles {
+                path: path.to_path_buf(),
+                config,
+                rope_style: file.rope_style(),
+                kind: Kind::Gguf(file),
+            });
+        }
         let name = path.to_string_lossy();
         if name.ends_with(".bin") || name.ends_with(".pt") || name.ends_with(".pth") {
             return Err(Error::load(path, no_weights_message(path.parent().unwrap_or(Path::new(".")))));
@@ -54,6 +66,14 @@ impl ModelFiles {
     /// The folder holding tokenizer files, if any.
     pub fn dir(&self) -> Option<&Path> {
         if self.path.is_dir() { Some(&self.path) } else { None }
+    }
+
+    /// The parsed GGUF file (metadata, vocabulary, chat template), for `.gguf` models.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match &self.kind {
+            Kind::Gguf(f) => Some(f),
+            _ => None,
+        }
     }
 
     /// One tensor, as stored, checked against the config's shape.
@@ -84,6 +104,7 @@ impl ModelFiles {
                 }
                 WeightData::new(format, rows, cols, t.bytes.clone(), &name)
             }
+            Kind::Gguf(file) => file.weight(id, &self.config),
         }
     }
 

@@ -1,0 +1,491 @@
+//! The wgpu backend: every op is a WGSL compute shader from `shaders/`.
+//!
+//! Ops are recorded, not run: each appends a dispatch (or a host-to-device copy) to a
+//! command list, with its parameters in one slot of a uniform ring. A readback submits the
+//! whole list as one command buffer, so a decode step costs one submit and one small map.
+//! Readback is async because a browser cannot block on the GPU.
+
+mod device;
+pub mod kernels;
+pub mod matrix;
+
+use self::device::Gpu;
+use self::kernels::{Compiled, Kernel, PARAMS_SIZE};
+use self::matrix::{Layout, layout, repack_rows, rows_per_chunk};
+use super::{AttnShape, Backend};
+use crate::weights::{RopeStyle, WeightData, WeightFormat};
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+
+pub use device::open as open_device;
+
+/// Dispatches recorded between two submits before the ring wraps and forces a submit.
+const RING_SLOTS: u64 = 4096;
+
+pub struct Wgpu {
+    gpu: Gpu,
+    slot: u64,
+    kernels: Mutex<HashMap<Kernel, Arc<Compiled>>>,
+    rec: Mutex<Recorder>,
+    dummy: wgpu::Buffer,
+    argmax_out: wgpu::Buffer,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+enum Cmd {
+    Dispatch { kernel: Arc<Compiled>, bind: wgpu::BindGroup, slot: u32, groups: [u32; 3] },
+    Copy { src: wgpu::Buffer, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
+}
+
+struct Recorder {
+    params: Vec<u8>,
+    params_buf: wgpu::Buffer,
+    cmds: Vec<Cmd>,
+    binds: HashMap<(Kernel, Vec<(wgpu::Buffer, u64, u64)>), wgpu::BindGroup>,
+}
+
+pub struct WgpuAct {
+    buf: wgpu::Buffer,
+    cols: usize,
+}
+
+pub struct WgpuKv {
+    buf: wgpu::Buffer,
+    kv_dim: usize,
+}
+
+struct Chunk {
+    buf: wgpu::Buffer,
+    row0: usize,
+    rows: usize,
+    payload_size: u64,
+    scales_offset: u64,
+    scales_size: u64,
+}
+
+pub struct MatrixInner {
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    lay: Layout,
+    chunks: Vec<Chunk>,
+}
+
+#[derive(Clone)]
+pub struct WgpuMatrix(Arc<MatrixInner>);
+
+/// A storage buffer binding: (buffer, offset, size).
+type Bind = (wgpu::Buffer, u64, u64);
+
+fn whole(b: &wgpu::Buffer) -> Bind {
+    (b.clone(), 0, b.size())
+}
+
+impl Wgpu {
+    /// Open the best adapter (see `device::open`), using shader-f16 where it has it.
+    pub async fn new() -> Result<Wgpu> {
+        Self::with_f16(true).await
+    }
+
+    /// As `new`, but `allow_f16 = false` forces the f32 path (what browsers without
+    /// shader-f16 run), so it can be tested on any adapter.
+    pub async fn with_f16(allow_f16: bool) -> Result<Wgpu> {
+        let gpu = device::open(allow_f16).await?;
+        let error = Arc::new(Mutex::new(None::<String>));
+        let sink = error.clone();
+        gpu.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+        let slot = (gpu.limits.min_uniform_buffer_offset_alignment as u64).max(PARAMS_SIZE);
+        let params_buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params ring"),
+            size: slot * RING_SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let storage = |label, size| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let dummy = storage("dummy", 16);
+        let argmax_out = storage("argmax", 16);
+        log::info!("wgpu device: {}", gpu.describe());
+        Ok(Wgpu {
+            slot,
+            kernels: Mutex::new(HashMap::new()),
+            rec: Mutex::new(Recorder { params: vec![], params_buf, cmds: vec![], binds: HashMap::new() }),
+            dummy,
+            argmax_out,
+            error,
+            gpu,
+        })
+    }
+
+    pub fn is_real_gpu(&self) -> bool {
+        self.gpu.is_real_gpu()
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.gpu.limits
+    }
+
+    fn kernel(&self, k: Kernel) -> Arc<Compiled> {
+        let mut map = self.kernels.lock().unwrap();
+        map.entry(k).or_insert_with(|| kernels::compile(&self.gpu.device, k, self.gpu.f16)).clone()
+    }
+
+    /// Record one dispatch of `k` with `params` (u32 words) over `buffers` (bindings 1..).
+    fn dispatch(&self, k: Kernel, params: &[u32], buffers: Vec<Bind>, groups: [u32; 3]) {
+        let kernel = self.kernel(k);
+        debug_assert_eq!(buffers.len(), kernel.n_storage);
+        let mut rec = self.rec.lock().unwrap();
+        if rec.params.len() as u64 >= self.slot * RING_SLOTS {
+            self.submit(&mut rec, None);
+        }
+        let slot = rec.params.len() as u32;
+        let mut bytes = vec![0u8; self.slot as usize];
+        bytes[..params.len() * 4].copy_from_slice(bytemuck::cast_slice(params));
+        rec.params.extend_from_slice(&bytes);
+        let key = (k, buffers);
+        let bind = match rec.binds.get(&key) {
+            Some(b) => b.clone(),
+            None => {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &rec.params_buf,
+                        offset: 0,
+                        size: NonZeroU64::new(PARAMS_SIZE),
+                    }),
+                }];
+                for (i, (buf, offset, size)) in key.1.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: i as u32 + 1,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: buf,
+                            offset: *offset,
+                            size: NonZeroU64::new(*size),
+                        }),
+                    });
+                }
+                let b = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &kernel.layout,
+                    entries: &entries,
+                });
+                rec.binds.insert(key, b.clone());
+                b
+            }
+        };
+        rec.cmds.push(Cmd::Dispatch { kernel, bind, slot, groups });
+    }
+
+    /// Groups for `items` work items of a 256-thread kernel, folded into 2-D past the
+    /// per-dimension limit; returns (groups, grid_x).
+    fn linear_groups(&self, items: usize) -> ([u32; 3], u32) {
+        let groups = items.div_ceil(256).max(1) as u64;
+        let max = self.gpu.limits.max_compute_workgroups_per_dimension as u64;
+        let gx = groups.min(max);
+        ([gx as u32, groups.div_ceil(gx) as u32, 1], gx as u32)
+    }
+
+    /// Fold `n` workgroups into 2-D; returns (groups, grid_x).
+    fn folded(&self, n: usize) -> ([u32; 3], u32) {
+        let max = self.gpu.limits.max_compute_workgroups_per_dimension as usize;
+        let gx = n.clamp(1, max);
+        ([gx as u32, n.div_ceil(gx).max(1) as u32, 1], gx as u32)
+    }
+
+    /// Submit everything recorded, then `tail` (a copy to a readback buffer).
+    fn submit(&self, rec: &mut Recorder, tail: Option<(&wgpu::Buffer, u64, &wgpu::Buffer, u64)>) {
+        if rec.cmds.is_empty() && tail.is_none() {
+            return;
+        }
+        let (device, queue) = (&self.gpu.device, &self.gpu.queue);
+        if !rec.params.is_empty() {
+            queue.write_buffer(&rec.params_buf, 0, &rec.params);
+        }
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        let mut cmds = std::mem::take(&mut rec.cmds).into_iter().peekable();
+        while cmds.peek().is_some() {
+            if let Some(Cmd::Copy { .. }) = cmds.peek() {
+                if let Some(Cmd::Copy { src, dst, dst_offset, size }) = cmds.next() {
+                    enc.copy_buffer_to_buffer(&src, 0, &dst, dst_offset, size);
+                }
+                continue;
+            }
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            while let Some(Cmd::Dispatch { .. }) = cmds.peek() {
+                if let Some(Cmd::Dispatch { kernel, bind, slot, groups }) = cmds.next() {
+                    pass.set_pipeline(&kernel.pipeline);
+                    pass.set_bind_group(0, &bind, &[slot]);
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                }
+            }
+        }
+        if let Some((src, src_off, dst, size)) = tail {
+            enc.copy_buffer_to_buffer(src, src_off, dst, 0, size);
+        }
+        queue.submit([enc.finish()]);
+        rec.params.clear();
+    }
+
+    fn check_error(&self) -> Result<()> {
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) if e.to_lowercase().contains("out of memory") => {
+                Err(Error::OutOfMemory { what: "GPU work".into(), bytes: 0, msg: e })
+            }
+            Some(e) => Err(Error::Device(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Create a buffer, turning an allocation failure into a typed error that names it.
+    fn create_buffer(&self, what: &str, size: u64, usage: wgpu::BufferUsages, mapped: bool) -> Result<wgpu::Buffer> {
+        let lim = &self.gpu.limits;
+        if size > lim.max_buffer_size {
+            return Err(Error::OutOfMemory {
+                what: what.into(),
+                bytes: size,
+                msg: format!("the device's largest buffer is {} bytes", lim.max_buffer_size),
+            });
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        let scope = self.gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: size.max(16).next_multiple_of(16),
+            usage,
+            mapped_at_creation: mapped,
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::OutOfMemory { what: what.into(), bytes: size, msg: e.to_string() });
+        }
+        Ok(buf)
+    }
+
+    fn storage(&self, what: &str, size: u64) -> Result<wgpu::Buffer> {
+        if size > self.gpu.limits.max_storage_buffer_binding_size {
+            return Err(Error::OutOfMemory {
+                what: what.into(),
+                bytes: size,
+                msg: format!(
+                    "the device binds at most {} MiB per buffer; use a shorter context or smaller batch",
+                    self.gpu.limits.max_storage_buffer_binding_size >> 20
+                ),
+            });
+        }
+        self.create_buffer(
+            what,
+            size,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            false,
+        )
+    }
+
+    /// Copy `bytes` into `dst` at `offset`, in order with the recorded dispatches.
+    fn record_upload(&self, dst: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        let size = (bytes.len() as u64).next_multiple_of(4);
+        let src = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("upload"),
+            size,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        src.slice(..).get_mapped_range_mut().expect("mapped at creation").slice(..bytes.len()).copy_from_slice(bytes);
+        src.unmap();
+        self.rec.lock().unwrap().cmds.push(Cmd::Copy { src, dst: dst.clone(), dst_offset: offset, size });
+    }
+
+    /// Submit, copy `size` bytes of `src` from `offset` to a mappable buffer, and read them.
+    async fn readback(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut rec = self.rec.lock().unwrap();
+            self.submit(&mut rec, Some((src, offset, &staging, size)));
+        }
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.gpu
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
+        let mapped = rx.await.map_err(|_| Error::Device("readback was cancelled".into()))?;
+        self.check_error()?;
+        mapped.map_err(|e| Error::Device(format!("readback failed: {e}")))?;
+        let data = staging.slice(..).get_mapped_range().map_err(|e| Error::Device(format!("readback failed: {e}")))?.to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+
+    fn weight_dispatch(&self, kern: Kernel, w: &WgpuMatrix, x: &WgpuAct, out: &WgpuAct, n: usize, grid: impl Fn(&Chunk) -> ([u32; 3], u32)) {
+        let m = &w.0;
+        for c in &m.chunks {
+            let (groups, grid_x) = grid(c);
+            let params = [
+                n as u32,
+                c.rows as u32,
+                m.cols as u32,
+                m.lay.nb as u32,
+                x.cols as u32,
+                out.cols as u32,
+                c.row0 as u32,
+                grid_x,
+                c.row0 as u32,
+            ];
+            let scales = if c.scales_size > 0 { (c.buf.clone(), c.scales_offset, c.scales_size) } else { whole(&self.dummy) };
+            let bufs = vec![(c.buf.clone(), 0, c.payload_size), scales, whole(&x.buf), whole(&out.buf)];
+            self.dispatch(kern, &params, bufs, groups);
+        }
+    }
+}
+
+impl Backend for Wgpu {
+    type Act = WgpuAct;
+    type Matrix = WgpuMatrix;
+    type Kv = WgpuKv;
+
+    fn name(&self) -> String {
+        self.gpu.describe()
+    }
+
+    fn upload_matrix(&self, name: &str, w: &WeightData) -> Result<WgpuMatrix> {
+        let lay = layout(w.format, w.cols);
+        let lim = &self.gpu.limits;
+        let per = rows_per_chunk(&lay, lim.max_storage_buffer_binding_size, lim.max_buffer_size);
+        let align = lim.min_storage_buffer_offset_alignment as u64;
+        let mut chunks = vec![];
+        let mut r0 = 0;
+        while r0 < w.rows {
+            let r1 = (r0 + per).min(w.rows);
+            let payload_size = ((r1 - r0) * lay.payload_row) as u64;
+            let scales_size = ((r1 - r0) * lay.scales_row) as u64;
+            let scales_offset = payload_size.next_multiple_of(align);
+            let size = scales_offset + scales_size.next_multiple_of(4);
+            let what = if chunks.is_empty() && r1 == w.rows { name.to_string() } else { format!("{name} rows {r0}..{r1}") };
+            let buf = self.create_buffer(&what, size, wgpu::BufferUsages::STORAGE, true)?;
+            {
+                // Mapped memory is write-only (it may be write-combined), so repack on the host.
+                let mut host = vec![0u8; size as usize];
+                let (payload, rest) = host.split_at_mut(payload_size as usize);
+                let scales = &mut rest[(scales_offset - payload_size) as usize..][..scales_size as usize];
+                repack_rows(w, r0, r1, payload, scales);
+                let mut view = buf.slice(..).get_mapped_range_mut().map_err(|e| Error::Device(format!("mapping {what}: {e}")))?;
+                view.slice(..host.len()).copy_from_slice(&host);
+            }
+            buf.unmap();
+            chunks.push(Chunk { buf, row0: r0, rows: r1 - r0, payload_size, scales_offset, scales_size: scales_size.next_multiple_of(4) });
+            r0 = r1;
+        }
+        Ok(WgpuMatrix(Arc::new(MatrixInner { format: w.format, rows: w.rows, cols: w.cols, lay, chunks })))
+    }
+
+    fn alloc(&self, name: &str, rows: usize, cols: usize) -> Result<WgpuAct> {
+        Ok(WgpuAct { buf: self.storage(name, (rows * cols * 4) as u64)?, cols })
+    }
+
+    fn alloc_kv(&self, name: &str, max_seq: usize, kv_dim: usize) -> Result<WgpuKv> {
+        Ok(WgpuKv { buf: self.storage(name, (max_seq * kv_dim * 4) as u64)?, kv_dim })
+    }
+
+    fn write(&self, dst: &mut WgpuAct, data: &[f32]) {
+        self.record_upload(&dst.buf, 0, bytemuck::cast_slice(data));
+    }
+
+    fn embed(&self, table: &WgpuMatrix, ids: &[u32], out: &mut WgpuAct) {
+        let ids_buf = WgpuAct {
+            buf: self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("ids"),
+                size: (ids.len() * 4).next_multiple_of(16) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            cols: 1,
+        };
+        self.record_upload(&ids_buf.buf, 0, bytemuck::cast_slice(ids));
+        let groups = [table.0.cols.div_ceil(256) as u32, ids.len() as u32, 1];
+        self.weight_dispatch(Kernel::Embed(table.0.format), table, &ids_buf, out, ids.len(), |_| (groups, 0));
+    }
+
+    fn rms_norm(&self, x: &WgpuAct, first: usize, n: usize, w: &WgpuAct, eps: f32, out: &mut WgpuAct) {
+        let params = [n as u32, x.cols as u32, first as u32, eps.to_bits()];
+        self.dispatch(Kernel::RmsNorm, &params, vec![whole(&x.buf), whole(&w.buf), whole(&out.buf)], [n as u32, 1, 1]);
+    }
+
+    fn matmul(&self, x: &WgpuAct, n: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
+        if n == 1 {
+            self.weight_dispatch(Kernel::Matvec(w.0.format), w, x, out, 1, |c| self.folded(c.rows));
+        } else {
+            let ty = n.div_ceil(64) as u32;
+            self.weight_dispatch(Kernel::Matmul(w.0.format), w, x, out, n, |c| ([c.rows.div_ceil(64) as u32, ty, 1], 0));
+        }
+    }
+
+    fn rope(&self, x: &mut WgpuAct, n: usize, n_heads: usize, head_dim: usize, table: &WgpuAct, style: RopeStyle) {
+        let (groups, gx) = self.linear_groups(n * n_heads * head_dim / 2);
+        let inter = (style == RopeStyle::Interleaved) as u32;
+        let params = [n as u32, n_heads as u32, head_dim as u32, x.cols as u32, inter, gx];
+        self.dispatch(Kernel::Rope, &params, vec![whole(&x.buf), whole(&table.buf)], groups);
+    }
+
+    fn store_kv(&self, k: &WgpuAct, v: &WgpuAct, n: usize, pos: usize, kc: &mut WgpuKv, vc: &mut WgpuKv) {
+        let (groups, gx) = self.linear_groups(n * kc.kv_dim);
+        let params = [n as u32, pos as u32, kc.kv_dim as u32, gx];
+        self.dispatch(Kernel::StoreKv, &params, vec![whole(&k.buf), whole(&v.buf), whole(&kc.buf), whole(&vc.buf)], groups);
+    }
+
+    fn attention(&self, q: &WgpuAct, kc: &WgpuKv, vc: &WgpuKv, n: usize, pos: usize, s: AttnShape, out: &mut WgpuAct) {
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let params = [
+            n as u32,
+            pos as u32,
+            s.n_heads as u32,
+            s.n_kv_heads as u32,
+            s.head_dim as u32,
+            q.cols as u32,
+            kc.kv_dim as u32,
+            out.cols as u32,
+            scale.to_bits(),
+        ];
+        let bufs = vec![whole(&q.buf), whole(&kc.buf), whole(&vc.buf), whole(&out.buf)];
+        self.dispatch(Kernel::Attention, &params, bufs, [s.n_heads as u32, n as u32, 1]);
+    }
+
+    fn silu_mul(&self, gate: &mut WgpuAct, up: &WgpuAct, len: usize) {
+        let (groups, gx) = self.linear_groups(len);
+        self.dispatch(Kernel::SiluMul, &[len as u32, gx], vec![whole(&gate.buf), whole(&up.buf)], groups);
+    }
+
+    fn add(&self, x: &mut WgpuAct, y: &WgpuAct, len: usize) {
+        let (groups, gx) = self.linear_groups(len);
+        self.dispatch(Kernel::Add, &[len as u32, gx], vec![whole(&x.buf), whole(&y.buf)], groups);
+    }
+
+    async fn argmax(&self, x: &WgpuAct, row: usize) -> Result<u32> {
+        self.dispatch(Kernel::Argmax, &[x.cols as u32, row as u32], vec![whole(&x.buf), whole(&self.argmax_out)], [1, 1, 1]);
+        let bytes = self.readback(&self.argmax_out, 0, 4).await?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    async fn read(&self, x: &WgpuAct, rows: usize) -> Result<Vec<f32>> {
+        let size = (rows * x.cols * 4) as u64;
+        let bytes = self.readback(&x.buf, 0, size.next_multiple_of(4)).await?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes[..rows * x.cols * 4]).to_vec())
+    }
+}

@@ -1,0 +1,89 @@
+//! Choosing a backend and loading a model onto it.
+
+use crate::model::{LoadProgress, Model, WeightSource};
+use crate::runner::{Locked, Runner};
+use crate::{Error, Result};
+use std::str::FromStr;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// A real GPU through wgpu, then CUDA, then wgpu on any adapter, then the CPU.
+    #[default]
+    Auto,
+    Wgpu,
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(BackendChoice::Auto),
+            "wgpu" | "gpu" => Ok(BackendChoice::Wgpu),
+            "cpu" => Ok(BackendChoice::Cpu),
+            "cuda" => Ok(BackendChoice::Cuda),
+            other => Err(Error::arg("backend", format!("`{other}` is not one of auto, wgpu, cuda, cpu"))),
+        }
+    }
+}
+
+impl BackendChoice {
+    /// The explicit choice, else `YANGTUO_BACKEND`, else auto.
+    pub fn resolve(self) -> Result<BackendChoice> {
+        match self {
+            BackendChoice::Auto => match std::env::var("YANGTUO_BACKEND") {
+                Ok(v) if !v.is_empty() => v.parse(),
+                _ => Ok(BackendChoice::Auto),
+            },
+            other => Ok(other),
+        }
+    }
+}
+
+fn boxed<B: crate::backend::Backend>(
+    source: &mut dyn WeightSource,
+    backend: B,
+    total: u64,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Arc<dyn Runner>> {
+    let model = Model::load(source, backend, total, progress)?;
+    log::info!("loaded on {}", crate::backend::Backend::name(&model.backend));
+    Ok(Arc::new(Locked::new(model)))
+}
+
+/// Load `source` onto the chosen backend. `total` is the byte count for progress.
+pub async fn load_runner(
+    source: &mut dyn WeightSource,
+    choice: BackendChoice,
+    total: u64,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Arc<dyn Runner>> {
+    let choice = choice.resolve()?;
+    match choice {
+        #[cfg(feature = "wgpu")]
+        BackendChoice::Wgpu => boxed(source, crate::backend::wgpu::Wgpu::new().await?, total, progress),
+        #[cfg(feature = "cpu")]
+        BackendChoice::Cpu => boxed(source, crate::backend::cpu::Cpu, total, progress),
+        BackendChoice::Auto => {
+            #[cfg(feature = "wgpu")]
+            match crate::backend::wgpu::Wgpu::new().await {
+                Ok(gpu) if gpu.is_real_gpu() => return boxed(source, gpu, total, progress),
+                Ok(gpu) => {
+                    log::warn!(
+                        "no hardware GPU: using the software adapter ({}); `--backend cpu` is usually faster",
+                        crate::backend::Backend::name(&gpu)
+                    );
+                    return boxed(source, gpu, total, progress);
+                }
+                Err(e) => log::info!("wgpu unavailable ({e}); using the CPU"),
+            }
+            #[cfg(feature = "cpu")]
+            return boxed(source, crate::backend::cpu::Cpu, total, progress);
+            #[allow(unreachable_code)]
+            Err(Error::Device("no backend available in this build".into()))
+        }
+        other => Err(Error::Device(format!("backend {other:?} is not available in this build"))),
+    }
+}

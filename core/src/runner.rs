@@ -1,0 +1,84 @@
+//! Backend-erased access to a loaded model, so the chat layer and the bindings work with
+//! any device chosen at run time.
+
+use crate::backend::Backend;
+use crate::model::{Model, State};
+use crate::{Config, Error, Result};
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// One session's device state (scratch and KV cache), opaque to callers.
+pub struct SessionState {
+    inner: Box<dyn Any + Send + Sync>,
+    pub ctx_len: usize,
+    pub logit_rows: usize,
+}
+
+/// A model on some backend. `forward` only queues work; `argmax` and `logits` wait for it.
+pub trait Runner: Send + Sync {
+    fn config(&self) -> &Config;
+    fn device(&self) -> String;
+    fn new_state(&self, ctx_len: usize, max_batch: usize, logit_rows: usize) -> Result<SessionState>;
+    fn forward(&self, s: &mut SessionState, tokens: &[u32], pos: usize, rows_out: usize) -> Result<()>;
+    fn argmax<'a>(&'a self, s: &'a SessionState, row: usize) -> LocalFuture<'a, Result<u32>>;
+    fn logits<'a>(&'a self, s: &'a SessionState, rows: usize) -> LocalFuture<'a, Result<Vec<f32>>>;
+}
+
+/// A model plus the lock that keeps two sessions' work from interleaving on its device.
+pub struct Locked<B: Backend> {
+    pub model: Model<B>,
+    exec: Mutex<()>,
+}
+
+impl<B: Backend> Locked<B> {
+    pub fn new(model: Model<B>) -> Self {
+        Locked { model, exec: Mutex::new(()) }
+    }
+}
+
+fn state<B: Backend>(s: &SessionState) -> Result<&State<B>> {
+    s.inner.downcast_ref().ok_or_else(|| Error::arg("session", "this session belongs to another model"))
+}
+
+impl<B: Backend> Runner for Locked<B> {
+    fn config(&self) -> &Config {
+        &self.model.config
+    }
+
+    fn device(&self) -> String {
+        self.model.backend.name()
+    }
+
+    fn new_state(&self, ctx_len: usize, max_batch: usize, logit_rows: usize) -> Result<SessionState> {
+        let st = self.model.new_state(ctx_len, max_batch, logit_rows)?;
+        let logit_rows = st.logit_rows;
+        Ok(SessionState { inner: Box::new(st), ctx_len, logit_rows })
+    }
+
+    fn forward(&self, s: &mut SessionState, tokens: &[u32], pos: usize, rows_out: usize) -> Result<()> {
+        let st: &mut State<B> =
+            s.inner.downcast_mut().ok_or_else(|| Error::arg("session", "this session belongs to another model"))?;
+        let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        self.model.forward(st, tokens, pos, rows_out)
+    }
+
+    fn argmax<'a>(&'a self, s: &'a SessionState, row: usize) -> LocalFuture<'a, Result<u32>> {
+        Box::pin(async move {
+            let st = state::<B>(s)?;
+            let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+            self.model.backend.argmax(&st.logits, row).await
+        })
+    }
+
+    fn logits<'a>(&'a self, s: &'a SessionState, rows: usize) -> LocalFuture<'a, Result<Vec<f32>>> {
+        Box::pin(async move {
+            let st = state::<B>(s)?;
+            let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+            self.model.backend.read(&st.logits, rows).await
+        })
+    }
+}

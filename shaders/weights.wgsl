@@ -1,0 +1,48 @@
+// Shared declarations of the kernels that read a weight matrix (matvec, matmul, embed).
+// Each such kernel is compiled as: one `weights_<format>.wgsl` (binds w, ws; defines UNIT,
+// load4, unit_dot) + this file + the kernel.
+//
+// Buffer layout (elements are f32 unless said otherwise):
+//   binding 0  p:   Params (uniform, one 256-byte slot per dispatch)
+//   binding 1  w:   weight payload of one chunk of rows, array<vec4<u32>>
+//   binding 2  ws:  per-block scales of that chunk (format-specific), array<u32>
+//   binding 3  x:   input activations [n, x_stride]
+//   binding 4  out: output [n, out_stride]; this chunk writes columns out_off..out_off+rows
+
+struct Params {
+    n: u32,          // tokens (rows of x)
+    rows: u32,       // weight rows in this chunk
+    cols: u32,       // weight columns = length of each x row that is used
+    nb: u32,         // dot units (UNIT weights each) per weight row, padding included
+    x_stride: u32,   // elements between rows of x
+    out_stride: u32, // elements between rows of out
+    out_off: u32,    // first output column written by this chunk
+    grid_x: u32,     // workgroups along x, when a 1-D grid is folded into 2-D
+    row0: u32,       // index of this chunk's first row in the whole matrix
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+// x[xo + k .. xo + k + 4], zero past the row's end (float formats pad rows to UNIT).
+fn x4(xo: u32, k: u32) -> vec4<f32> {
+    let i = xo + k;
+    return vec4<f32>(
+        select(0.0, x[i], k < p.cols),
+        select(0.0, x[i + 1u], k + 1u < p.cols),
+        select(0.0, x[i + 2u], k + 2u < p.cols),
+        select(0.0, x[i + 3u], k + 3u < p.cols),
+    );
+}
+
+// The four bytes of a word, as integers 0..255.
+fn bytes4(v: u32) -> vec4<u32> {
+    return (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u);
+}
+
+// One f16 of an array of f16 pairs packed in u32 (scales of blocks i = 0, 1, 2, ...).
+fn half_at(i: u32) -> f32 {
+    let s = unpack2x16float(ws[i / 2u]);
+    return select(s.x, s.y, (i & 1u) == 1u);
+}

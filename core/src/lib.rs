@@ -1,15 +1,36 @@
 //! yangtuo (羊驼): Llama 2 chat models on wgpu (Vulkan, Metal, DX12, WebGPU), CUDA and CPU.
 //!
-//! A token's path: `chat(messages)` renders the chat template into token ids
-//! (`tokenizer`, `chat`), `model::Model::forward` runs them through a `backend::Backend`,
-//! and the sampler picks the next id from the logits, until a stop condition.
+//! A token's path: `Llama::chat(messages)` renders the chat template into token ids
+//! (`chat`, `tokenizer`), `model::Model::forward` runs them through a `backend::Backend`,
+//! the sampler picks the next id from the logits (`sampler`, `generate`), and the stream
+//! decoder turns ids back into text.
 
 pub mod backend;
+pub mod chat;
 pub mod config;
+pub mod engine;
 pub mod error;
+pub mod generate;
+pub mod load;
 pub mod model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod open;
 pub mod quant;
+pub mod runner;
+pub mod sampler;
+pub mod session;
+pub mod tokenizer;
 pub mod weights;
 
+pub use chat::{ChatTemplate, Message};
 pub use config::{Config, RopeScaling};
+pub use engine::Llama;
 pub use error::{Error, Result};
+pub use generate::{Completion, FinishReason, Flow, GenerateOptions, Usage};
+pub use load::BackendChoice;
+#[cfg(not(target_arch = "wasm32"))]
+pub use open::LoadOptions;
+pub use runner::{Runner, SessionState};
+pub use sampler::SamplingParams;
+pub use session::ChatSession;
+pub use weights::WeightFormat;

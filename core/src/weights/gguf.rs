@@ -22,7 +22,7 @@
 //! GGUF dims are `[ne0, ne1, ...]`, `ne0` being the contiguous dimension: a `[rows, cols]`
 //! matrix has dims `[cols, rows]`.
 
-use super::{Blob, RopeStyle, TensorId, WeightData, WeightFormat};
+use super::{Blob, LayerTensor, RopeStyle, TensorId, WeightData, WeightFormat};
 use crate::config::RopeScaling;
 use crate::{Config, Error, Result};
 use std::collections::HashMap;
@@ -1002,6 +1002,14 @@ impl GgufFile {
             },
         };
         let hidden_dim = self.req_usize("llama.feed_forward_length")?;
+        let n_layers = self.req_usize("llama.block_count")?;
+        // Each layer has 9 tensors; a corrupt count must not size allocations downstream.
+        if n_layers.saturating_mul(LayerTensor::ALL.len()) > self.tensors.len() {
+            return Err(self.err(format!(
+                "`llama.block_count` says {n_layers} layers, but the file holds only {} tensors",
+                self.tensors.len()
+            )));
+        }
         // Keep every matrix size far from overflow, so shape arithmetic downstream is safe.
         const LIMIT: usize = 1 << 48;
         let sane = [
@@ -1022,7 +1030,7 @@ impl GgufFile {
         let cfg = Config {
             dim,
             hidden_dim,
-            n_layers: self.req_usize("llama.block_count")?,
+            n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
@@ -1550,7 +1558,6 @@ pub fn permute_rows_for_gguf(rows_bytes: &[u8], row_bytes: usize, n_head: usize,
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
-    use crate::weights::LayerTensor;
     use std::process::Command;
 
     struct TempDir(PathBuf);
@@ -2416,6 +2423,12 @@ json.dump({"fields": fields, "tensors": tensors, "alignment": int(r.alignment), 
         .unwrap_err()
         .to_string();
         assert!(e.contains("absurd"), "{e}");
+        let e = with(&|w| {
+            w.set("llama.block_count", 1u64 << 40);
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("1099511627776 layers"), "{e}");
         // Defaults: no kv head count, no freq base, no scaling, vocab from the tokens.
         let c = with(&|w| {
             w.remove("llama.attention.head_count_kv");
@@ -2481,5 +2494,32 @@ json.dump({"fields": fields, "tensors": tensors, "alignment": int(r.alignment), 
             }
         }
         assert!(ok > 0);
+
+        // The same on a whole model, mostly hitting the `llama.*` keys, which come first.
+        let (w, specs, datas) = tiny_model();
+        let bytes = to_bytes(&w, &specs, &datas);
+        let header_end = parse(&bytes).unwrap().data_offset();
+        let keys_end = bytes.windows(21).position(|w| w == b"tokenizer.ggml.tokens").unwrap();
+        let mut configs = 0;
+        for i in 0..1500 {
+            let mut b = bytes.clone();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(if i % 4 == 0 { header_end } else { keys_end });
+                b[at] = match rng.below(3) {
+                    0 => rng.next() as u8,
+                    1 => 0xFF,
+                    _ => b[at] ^ (1 << rng.below(8)),
+                };
+            }
+            let Ok(f) = parse(&b) else { continue };
+            let Ok(cfg) = f.config() else { continue };
+            configs += 1;
+            for id in TensorId::all(&cfg).into_iter().take(64) {
+                if let Ok(w) = f.weight(id, &cfg) {
+                    let _ = w.row_f32(0);
+                }
+            }
+        }
+        assert!(configs > 0);
     }
 }

@@ -10,6 +10,8 @@ pub mod format;
 /// `GgufWriter::write_file` touch the file system.
 pub mod gguf;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod quantize;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod safetensors;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod source;

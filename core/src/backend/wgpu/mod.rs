@@ -67,7 +67,6 @@ struct Chunk {
 
 pub struct MatrixInner {
     format: WeightFormat,
-    rows: usize,
     cols: usize,
     lay: Layout,
     chunks: Vec<Chunk>,
@@ -393,7 +392,7 @@ impl Backend for Wgpu {
             chunks.push(Chunk { buf, row0: r0, rows: r1 - r0, payload_size, scales_offset, scales_size: scales_size.next_multiple_of(4) });
             r0 = r1;
         }
-        Ok(WgpuMatrix(Arc::new(MatrixInner { format: w.format, rows: w.rows, cols: w.cols, lay, chunks })))
+        Ok(WgpuMatrix(Arc::new(MatrixInner { format: w.format, cols: w.cols, lay, chunks })))
     }
 
     fn alloc(&self, name: &str, rows: usize, cols: usize) -> Result<WgpuAct> {

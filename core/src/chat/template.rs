@@ -1,0 +1,188 @@
+//! Chat templates: Meta's Llama 2 format, FlagAlpha's Llama2-Chinese format, and a
+//! model's own jinja `chat_template`. Each renders validated messages into segments of
+//! text and BOS/EOS ids; every text segment is tokenized on its own, as Meta's reference
+//! does, so SentencePiece's dummy-prefix space applies to each.
+
+use super::{Message, validate};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatTemplate {
+    /// Meta's Llama 2: `<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s>…`,
+    /// token-exact to `Llama.chat_completion` in facebookresearch/llama.
+    Llama2,
+    /// FlagAlpha Llama2-Chinese: `<s>Human: {q}\n</s><s>Assistant: {a}\n</s>…<s>Assistant: `.
+    Llama2Chinese,
+    /// A Hugging Face jinja `chat_template`, with the strings of its BOS and EOS tokens.
+    Jinja { source: String, bos: String, eos: String },
+}
+
+enum Seg {
+    Bos,
+    Eos,
+    Text(String),
+}
+
+/// Python's `str.strip()`: its whitespace includes U+001C..U+001F, which Rust's does not.
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
+
+impl ChatTemplate {
+    pub fn by_name(name: &str) -> Result<ChatTemplate> {
+        match name.to_ascii_lowercase().replace('_', "-").as_str() {
+            "llama2" | "llama-2" | "meta" => Ok(ChatTemplate::Llama2),
+            "llama2-chinese" | "chinese" | "flagalpha" => Ok(ChatTemplate::Llama2Chinese),
+            other => Err(Error::arg("template", format!("unknown template `{other}` (llama2, llama2-chinese)"))),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            ChatTemplate::Llama2 => "llama2",
+            ChatTemplate::Llama2Chinese => "llama2-chinese",
+            ChatTemplate::Jinja { .. } => "jinja",
+        }
+    }
+
+    /// Prompt ids for `messages`, after `validate`.
+    pub fn render(&self, tok: &Tokenizer, bos: u32, eos: u32, messages: &[Message], allow_control: bool) -> Result<Vec<u32>> {
+        validate(messages, allow_control)?;
+        let segs = match self {
+            ChatTemplate::Llama2 => llama2(messages),
+            ChatTemplate::Llama2Chinese => llama2_chinese(messages),
+            ChatTemplate::Jinja { source, bos, eos } => jinja(source, bos, eos, messages)?,
+        };
+        let mut ids = vec![];
+        for s in segs {
+            match s {
+                Seg::Bos => ids.push(bos),
+                Seg::Eos => ids.push(eos),
+                Seg::Text(t) if t.is_empty() => {}
+                Seg::Text(t) => ids.extend(tok.encode(&t)?),
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn llama2(messages: &[Message]) -> Vec<Seg> {
+    // the system prompt is folded into the first user turn
+    let mut turns: Vec<String> = messages.iter().map(|m| m.content.clone()).collect();
+    if messages[0].role == "system" {
+        let system = turns.remove(0);
+        turns[0] = format!("<<SYS>>\n{system}\n<</SYS>>\n\n{}", turns[0]);
+    }
+    let mut segs = vec![];
+    // each finished (user, answer) pair: BOS "[INST] {user} [/INST] {answer} " EOS
+    for pair in turns.chunks_exact(2) {
+        segs.push(Seg::Bos);
+        segs.push(Seg::Text(format!("[INST] {} [/INST] {} ", py_strip(&pair[0]), py_strip(&pair[1]))));
+        segs.push(Seg::Eos);
+    }
+    // the open user turn: BOS "[INST] {user} [/INST]"
+    segs.push(Seg::Bos);
+    segs.push(Seg::Text(format!("[INST] {} [/INST]", py_strip(turns.last().expect("validated")))));
+    segs
+}
+
+fn llama2_chinese(messages: &[Message]) -> Vec<Seg> {
+    let mut segs = vec![];
+    for m in messages {
+        let speaker = match m.role.as_str() {
+            "system" => "System",
+            "user" => "Human",
+            _ => "Assistant",
+        };
+        segs.extend([Seg::Bos, Seg::Text(format!("{speaker}: {}\n", m.content)), Seg::Eos]);
+    }
+    segs.extend([Seg::Bos, Seg::Text("Assistant: ".into())]);
+    segs
+}
+
+fn jinja(source: &str, bos: &str, eos: &str, messages: &[Message]) -> Result<Vec<Seg>> {
+    let tmpl_err = |e: minijinja::Error| Error::Template { index: 0, msg: format!("chat_template: {e}") };
+    let mut env = minijinja::Environment::new();
+    // Hugging Face templates call Python string methods (`content.strip()`).
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", source).map_err(tmpl_err)?;
+    let text = env
+        .get_template("chat")
+        .and_then(|t| {
+            t.render(minijinja::context! {
+                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                bos_token => bos,
+                eos_token => eos,
+                add_generation_prompt => true,
+            })
+        })
+        .map_err(tmpl_err)?;
+    // BOS/EOS strings in the output are the special tokens, never literal text
+    let mut segs = vec![];
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let next = [(bos, true), (eos, false)]
+            .into_iter()
+            .filter(|(s, _)| !s.is_empty())
+            .filter_map(|(s, is_bos)| rest.find(s).map(|i| (i, s.len(), is_bos)))
+            .min_by_key(|(i, _, _)| *i);
+        match next {
+            Some((i, len, is_bos)) => {
+                segs.push(Seg::Text(rest[..i].to_string()));
+                segs.push(if is_bos { Seg::Bos } else { Seg::Eos });
+                rest = &rest[i + len..];
+            }
+            None => {
+                segs.push(Seg::Text(rest.to_string()));
+                rest = "";
+            }
+        }
+    }
+    Ok(segs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(segs: &[Seg]) -> String {
+        segs.iter()
+            .map(|s| match s {
+                Seg::Bos => "<s>".to_string(),
+                Seg::Eos => "</s>".to_string(),
+                Seg::Text(t) if t.is_empty() => String::new(),
+                Seg::Text(t) => format!("|{t}|"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn llama2_folds_system_and_strips() {
+        // strip() applies to the folded turn as a whole, as in Meta's code: the user text's
+        // leading spaces survive after the system block
+        let m = [Message::system("sys"), Message::user("  q1 \n"), Message::assistant(" a1 "), Message::user("\tq2 ")];
+        assert_eq!(texts(&llama2(&m)), "<s>|[INST] <<SYS>>\nsys\n<</SYS>>\n\n  q1 [/INST] a1 |</s><s>|[INST] q2 [/INST]|");
+    }
+
+    #[test]
+    fn llama2_chinese_format() {
+        let m = [Message::system("s"), Message::user("q"), Message::assistant("a"), Message::user("q2")];
+        assert_eq!(
+            texts(&llama2_chinese(&m)),
+            "<s>|System: s\n|</s><s>|Human: q\n|</s><s>|Assistant: a\n|</s><s>|Human: q2\n|</s><s>|Assistant: |"
+        );
+    }
+
+    /// The Llama 2 template from Hugging Face's tokenizer_config.json renders like Meta's.
+    #[test]
+    fn hf_llama2_jinja_matches_builtin() {
+        let source = "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+        let m = [Message::system("sys"), Message::user(" q1"), Message::assistant("a1 "), Message::user("q2")];
+        let j = jinja(source, "<s>", "</s>", &m).unwrap();
+        assert_eq!(texts(&j), texts(&llama2(&m)));
+    }
+}

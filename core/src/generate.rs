@@ -1,0 +1,212 @@
+//! The generation loop: prefill the prompt, then sample, decode and stream one token at a
+//! time until EOS, a stop string, `max_tokens`, or a cancel.
+
+use crate::chat::StopMatcher;
+use crate::runner::{Runner, SessionState};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::{Error, Result};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Per-call generation options.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateOptions {
+    /// At most this many new tokens; `None` fills the context.
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    /// Generation stops before any of these strings; they are not part of the answer.
+    pub stop: Vec<String>,
+    /// Accept template control strings (`[INST]`, `<s>`, ...) inside message content.
+    pub allow_control_tokens: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` or the end of the context.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    /// Prompt tokens actually run (a reused KV prefix is not run again).
+    pub prefill_tokens: usize,
+    pub prefill_s: f64,
+    /// Seconds from the call to the first sampled token.
+    pub ttft_s: f64,
+    pub decode_tokens: usize,
+    pub decode_s: f64,
+}
+
+impl Timings {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prefill_tokens as f64 / self.prefill_s.max(1e-9)
+    }
+    pub fn decode_tok_s(&self) -> f64 {
+        self.decode_tokens as f64 / self.decode_s.max(1e-9)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    /// Generated ids, EOS excluded.
+    pub ids: Vec<u32>,
+    pub timings: Timings,
+}
+
+/// What a streaming consumer wants after a piece of text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// A session's device state plus the ids whose keys and values it holds, so a later
+/// prompt that starts the same way skips that prefix.
+pub struct Cached {
+    pub state: SessionState,
+    pub tokens: Vec<u32>,
+}
+
+/// Seconds since an arbitrary start (`performance.now()` has no std equivalent on the web).
+pub fn now() -> f64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static T0: OnceLock<std::time::Instant> = OnceLock::new();
+        T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        0.0
+    }
+}
+
+/// Everything the loop needs besides the model.
+pub struct Generation<'a> {
+    pub runner: &'a dyn Runner,
+    pub tokenizer: &'a Tokenizer,
+    pub eos_ids: &'a [u32],
+    pub opts: &'a GenerateOptions,
+    pub cancel: Option<&'a AtomicBool>,
+    /// Clock for timings (injected so the web build can pass `performance.now()`).
+    pub clock: fn() -> f64,
+}
+
+/// Check a prompt against the context before any work, and work out the token budget.
+pub fn budget(prompt: usize, max_tokens: Option<usize>, ctx: usize) -> Result<usize> {
+    if max_tokens == Some(0) {
+        return Err(Error::arg("max_tokens", "must be at least 1"));
+    }
+    let requested = max_tokens.unwrap_or(ctx.saturating_sub(prompt));
+    if prompt == 0 {
+        return Err(Error::arg("prompt", "the prompt is empty"));
+    }
+    if prompt + requested.max(1) > ctx {
+        return Err(Error::ContextLength { prompt, requested: requested.max(1), context: ctx });
+    }
+    Ok(requested)
+}
+
+impl Generation<'_> {
+    /// Run `prompt` on `cache` and generate; `on_text` receives each piece of answer text.
+    pub async fn run(&self, cache: &mut Cached, prompt: &[u32], on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
+        let t0 = (self.clock)();
+        let mut sampler = Sampler::new(self.opts.sampling.clone())?;
+        let max_new = budget(prompt.len(), self.opts.max_tokens, cache.state.ctx_len)?;
+
+        // reuse the longest cached prefix, but always run at least the last prompt token
+        let common = cache.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        cache.tokens.truncate(common);
+        self.runner.forward(&mut cache.state, &prompt[common..], common, 1)?;
+        cache.tokens.extend_from_slice(&prompt[common..]);
+
+        let mut history = prompt.to_vec();
+        let mut ids = vec![];
+        let mut decoder = StreamDecoder::new();
+        let mut stops = StopMatcher::new(&self.opts.stop);
+        let mut text = String::new();
+        let mut timings = Timings { prefill_tokens: prompt.len() - common, ..Default::default() };
+        let mut t_first = None;
+        let mut emit = |piece: &str, text: &mut String| -> Flow {
+            if piece.is_empty() {
+                return Flow::Continue;
+            }
+            text.push_str(piece);
+            on_text(piece)
+        };
+
+        let finish = loop {
+            if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(Error::Cancelled);
+            }
+            // next token, from the logits of the last position run
+            let next = if sampler.params.is_greedy() {
+                self.runner.argmax(&cache.state, 0).await?
+            } else {
+                let mut logits = self.runner.logits(&cache.state, 1).await?;
+                sampler.sample(&mut logits, &history)
+            };
+            let t = (self.clock)();
+            if t_first.is_none() {
+                t_first = Some(t);
+                timings.prefill_s = t - t0;
+                timings.ttft_s = t - t0;
+            }
+            if self.eos_ids.contains(&next) {
+                break FinishReason::Stop;
+            }
+            ids.push(next);
+            history.push(next);
+            let (piece, stopped) = stops.push(&decoder.push(self.tokenizer, next)?);
+            let flow = emit(&piece, &mut text);
+            if stopped {
+                break FinishReason::Stop;
+            }
+            if flow == Flow::Stop {
+                break FinishReason::Stop;
+            }
+            if ids.len() >= max_new {
+                break FinishReason::Length;
+            }
+            // feed the token back: its key and value join the cache
+            let pos = cache.tokens.len();
+            self.runner.forward(&mut cache.state, &[next], pos, 1)?;
+            cache.tokens.push(next);
+        };
+        // flush what the decoder and the stop matcher still hold
+        let (piece, stopped) = stops.push(&decoder.finish(self.tokenizer)?);
+        emit(&piece, &mut text);
+        if !stopped {
+            let rest = stops.finish();
+            emit(&rest, &mut text);
+        }
+        let t_end = (self.clock)();
+        timings.decode_tokens = ids.len().saturating_sub(1);
+        timings.decode_s = t_end - t_first.unwrap_or(t_end);
+        let usage = Usage { prompt_tokens: prompt.len(), completion_tokens: ids.len(), total_tokens: prompt.len() + ids.len() };
+        Ok(Completion { text, finish_reason: finish, usage, ids, timings })
+    }
+}

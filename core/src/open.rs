@@ -1,0 +1,119 @@
+//! Opening a model path into a ready `Llama`: weights onto a backend, the tokenizer, and
+//! the chat template (explicit choice, else the model's own, else `llama2`).
+
+use crate::chat::ChatTemplate;
+use crate::engine::Llama;
+use crate::load::{BackendChoice, load_runner};
+use crate::model::LoadProgress;
+use crate::tokenizer::{SentencePiece, Tokenizer};
+use crate::weights::WeightFormat;
+use crate::weights::source::ModelFiles;
+use crate::{Error, Result};
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub backend: BackendChoice,
+    /// `llama2`, `llama2-chinese`; `None` uses the model's own template, else `llama2`.
+    pub template: Option<String>,
+    /// Quantize f16/f32/bf16 weights while loading.
+    pub quantize: Option<WeightFormat>,
+    /// KV cache length; default min(trained context, 4096).
+    pub ctx_len: Option<usize>,
+    /// Tokens per prefill batch.
+    pub max_batch: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { backend: BackendChoice::Auto, template: None, quantize: None, ctx_len: None, max_batch: 512 }
+    }
+}
+
+/// The tokenizer of a model: a GGUF's vocabulary, or the files in its folder.
+pub fn open_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
+    if let Some(g) = files.gguf() {
+        if let Some(m) = g.tokenizer_model().filter(|m| *m != "llama") {
+            return Err(Error::load(&files.path, format!("tokenizer model `{m}` is not supported (expected llama)")));
+        }
+        let tokens = g.tokens().ok_or_else(|| Error::load(&files.path, "no tokenizer.ggml.tokens in this GGUF"))?;
+        let sp = SentencePiece::from_vocab(
+            tokens,
+            g.scores().unwrap_or_default(),
+            g.token_types().unwrap_or_default(),
+            Some(g.bos_id().unwrap_or(1)),
+            Some(g.eos_id().unwrap_or(2)),
+            g.unk_id(),
+            true,
+        )
+        .map_err(|e| Error::load(&files.path, e.to_string()))?;
+        return Ok(Tokenizer::SentencePiece(sp));
+    }
+    let dir = files.dir().ok_or_else(|| Error::load(&files.path, "no tokenizer found"))?;
+    Tokenizer::from_file(dir)
+}
+
+/// The model's own jinja template, with its BOS/EOS strings.
+pub fn model_template(files: &ModelFiles, tok: &Tokenizer) -> Option<ChatTemplate> {
+    let piece = |id: Option<u32>, default: &str| id.and_then(|i| tok.id_to_piece(i)).unwrap_or(default.into());
+    if let Some(g) = files.gguf() {
+        let source = g.chat_template()?;
+        return Some(ChatTemplate::Jinja { source, bos: piece(tok.bos_id(), "<s>"), eos: piece(tok.eos_id(), "</s>") });
+    }
+    let path = files.dir()?.join("tokenizer_config.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+    let source = match v.get("chat_template")? {
+        serde_json::Value::String(s) => s.clone(),
+        // a list of named templates: take "default"
+        serde_json::Value::Array(a) => a
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))?
+            .get("template")?
+            .as_str()?
+            .to_string(),
+        _ => return None,
+    };
+    let token = |key: &str, default: String| match v.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string).unwrap_or(default),
+        None => default,
+    };
+    Some(ChatTemplate::Jinja {
+        source,
+        bos: token("bos_token", piece(tok.bos_id(), "<s>")),
+        eos: token("eos_token", piece(tok.eos_id(), "</s>")),
+    })
+}
+
+impl Llama {
+    /// Load a model folder (config.json + safetensors + tokenizer) or a `.gguf` file.
+    pub async fn load_async(path: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {
+        let mut files = ModelFiles::open(path)?;
+        if opts.max_batch == 0 {
+            return Err(Error::arg("max_batch", "must be at least 1"));
+        }
+        let tokenizer = open_tokenizer(&files)?;
+        let template = match &opts.template {
+            Some(name) => ChatTemplate::by_name(name)?,
+            None => model_template(&files, &tokenizer).unwrap_or(ChatTemplate::Llama2),
+        };
+        log::info!("chat template: {}", template.name());
+        let ctx_len = opts.ctx_len.unwrap_or(files.config.max_seq_len.min(4096));
+        if ctx_len == 0 {
+            return Err(Error::arg("ctx_len", "must be at least 1"));
+        }
+        let total = files.total_bytes() as u64;
+        let runner = match opts.quantize {
+            None => load_runner(&mut files, opts.backend, total, progress).await?,
+            Some(f) => {
+                let mut q = crate::weights::quantize::Quantizing::new(&mut files, f)?;
+                load_runner(&mut q, opts.backend, total, progress).await?
+            }
+        };
+        Llama::from_parts(runner, tokenizer, template, ctx_len, opts.max_batch)
+    }
+
+    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {
+        pollster::block_on(Self::load_async(path.as_ref(), opts, progress))
+    }
+}

@@ -50,6 +50,10 @@ pub fn open_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
         return Ok(Tokenizer::SentencePiece(sp));
     }
     let dir = files.dir().ok_or_else(|| Error::load(&files.path, "no tokenizer found"))?;
+    if !dir.join("tokenizer.model").exists() && !dir.join("tokenizer.json").exists() {
+        log::warn!("{}: no tokenizer.model or tokenizer.json; the model runs on token ids only", dir.display());
+        return Ok(Tokenizer::Absent { vocab_size: files.config.vocab_size });
+    }
     Tokenizer::from_file(dir)
 }
 
@@ -60,7 +64,13 @@ pub fn model_template(files: &ModelFiles, tok: &Tokenizer) -> Option<ChatTemplat
         let source = g.chat_template()?;
         return Some(ChatTemplate::Jinja { source, bos: piece(tok.bos_id(), "<s>"), eos: piece(tok.eos_id(), "</s>") });
     }
-    let path = files.dir()?.join("tokenizer_config.json");
+    dir_template(files.dir()?, tok)
+}
+
+/// The jinja `chat_template` of a folder's `tokenizer_config.json`, if any.
+pub fn dir_template(dir: &Path, tok: &Tokenizer) -> Option<ChatTemplate> {
+    let piece = |id: Option<u32>, default: &str| id.and_then(|i| tok.id_to_piece(i)).unwrap_or(default.into());
+    let path = if dir.is_dir() { dir.join("tokenizer_config.json") } else { dir.parent()?.join("tokenizer_config.json") };
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
     let source = match v.get("chat_template")? {
         serde_json::Value::String(s) => s.clone(),

@@ -122,66 +122,83 @@ impl Spec {
         c
     }
 
-    /// Every tensor of the model as (name, shape, f32 values). Weights are scaled so that
-    /// activations stay O(1) and attention is far from uniform: random but not degenerate.
-    pub fn tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        let mut rng = Rng::new(self.seed);
-        let mut out = vec![];
-        let mut mat = |name: String, rows: usize, cols: usize, std: f64, rng: &mut Rng| {
-            let v = (0..rows * cols).map(|_| (rng.normal() * std) as f32).collect();
-            out.push((name, vec![rows, cols], v));
-        };
+    /// Every tensor as (name, shape, init): init > 0 is the std of normal weights, init < 0
+    /// marks a norm vector (1 + 0.2·N(0,1)). Weights are scaled so activations stay O(1) and
+    /// attention is far from uniform: random but not degenerate.
+    pub fn layout(&self) -> Vec<(String, Vec<usize>, f64)> {
         let hd = self.head_dim();
         let (d, f) = (self.hidden, self.intermediate);
-        mat("model.embed_tokens.weight".into(), self.vocab, d, 1.0, &mut rng);
         let s = |fan_in: usize| 1.0 / (fan_in as f64).sqrt();
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab, d], 1.0)];
         for l in 0..self.layers {
             let p = format!("model.layers.{l}");
-            mat(format!("{p}.self_attn.q_proj.weight"), self.heads * hd, d, 2.0 * s(d), &mut rng);
-            mat(format!("{p}.self_attn.k_proj.weight"), self.kv_heads * hd, d, 2.0 * s(d), &mut rng);
-            mat(format!("{p}.self_attn.v_proj.weight"), self.kv_heads * hd, d, s(d), &mut rng);
-            mat(format!("{p}.self_attn.o_proj.weight"), d, self.heads * hd, s(d), &mut rng);
-            mat(format!("{p}.mlp.gate_proj.weight"), f, d, s(d), &mut rng);
-            mat(format!("{p}.mlp.up_proj.weight"), f, d, s(d), &mut rng);
-            mat(format!("{p}.mlp.down_proj.weight"), d, f, s(f), &mut rng);
+            out.push((format!("{p}.self_attn.q_proj.weight"), vec![self.heads * hd, d], 2.0 * s(d)));
+            out.push((format!("{p}.self_attn.k_proj.weight"), vec![self.kv_heads * hd, d], 2.0 * s(d)));
+            out.push((format!("{p}.self_attn.v_proj.weight"), vec![self.kv_heads * hd, d], s(d)));
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, self.heads * hd], s(d)));
+            out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d], s(d)));
+            out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d], s(d)));
+            out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f], s(f)));
         }
         if !self.tie {
-            mat("lm_head.weight".into(), self.vocab, d, 2.0 * s(d), &mut rng);
+            out.push(("lm_head.weight".into(), vec![self.vocab, d], 2.0 * s(d)));
         }
-        let mut norms = vec!["model.norm.weight".to_string()];
+        out.push(("model.norm.weight".into(), vec![d], -1.0));
         for l in 0..self.layers {
-            norms.push(format!("model.layers.{l}.input_layernorm.weight"));
-            norms.push(format!("model.layers.{l}.post_attention_layernorm.weight"));
-        }
-        for n in norms {
-            let v = (0..d).map(|_| (1.0 + 0.2 * rng.normal()) as f32).collect();
-            out.push((n, vec![d], v));
+            out.push((format!("model.layers.{l}.input_layernorm.weight"), vec![d], -1.0));
+            out.push((format!("model.layers.{l}.post_attention_layernorm.weight"), vec![d], -1.0));
         }
         out
     }
 
-    /// Write `config.json` and `model.safetensors` (or `shards` shards plus the index).
+    /// Every tensor of the model as (name, shape, f32 values), in `layout` order.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut rng = Rng::new(self.seed);
+        self.layout().into_iter().map(|(n, shape, init)| {
+            let v = values(&mut rng, shape.iter().product(), init);
+            (n, shape, v)
+        }).collect()
+    }
+
+    /// Write `config.json` and the weights: `model.safetensors`, or `shards` shards plus
+    /// `model.safetensors.index.json`. Tensors are generated and written one at a time, so
+    /// models of billions of parameters need no more memory than their largest tensor.
     pub fn write(&self, dir: &Path, shards: usize) {
+        use std::io::Write;
         std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&self.config_json()).unwrap()).unwrap();
-        let tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
-            self.tensors().into_iter().map(|(n, s, v)| (n, s, encode(&v, self.dtype))).collect();
+        let layout = self.layout();
         let shards = shards.max(1);
-        let per = tensors.len().div_ceil(shards);
+        let per = layout.len().div_ceil(shards);
+        let dtype_name = match self.dtype { Dtype::F16 => "F16", Dtype::BF16 => "BF16", _ => "F32" };
+        let elem = if self.dtype == Dtype::F32 { 4 } else { 2 };
+        let mut rng = Rng::new(self.seed);
         let mut weight_map = BTreeMap::new();
-        for (i, group) in tensors.chunks(per).enumerate() {
+        for (i, group) in layout.chunks(per).enumerate() {
             let file = if shards == 1 {
                 "model.safetensors".to_string()
             } else {
                 format!("model-{:05}-of-{:05}.safetensors", i + 1, shards)
             };
-            let views: Vec<(String, safetensors::tensor::TensorView)> = group
-                .iter()
-                .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(self.dtype, s.clone(), b).unwrap()))
-                .collect();
-            safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
-            for (n, _, _) in group {
+            let mut header = serde_json::Map::new();
+            let mut off = 0usize;
+            for (n, shape, _) in group {
+                let len = shape.iter().product::<usize>() * elem;
+                header.insert(n.clone(), serde_json::json!({"dtype": dtype_name, "shape": shape, "data_offsets": [off, off + len]}));
+                off += len;
                 weight_map.insert(n.clone(), file.clone());
             }
+            let mut h = serde_json::Value::Object(header).to_string();
+            while (8 + h.len()) % 8 != 0 {
+                h.push(' ');
+            }
+            let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(&file)).unwrap());
+            f.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
+            f.write_all(h.as_bytes()).unwrap();
+            for (_, shape, init) in group {
+                let v = values(&mut rng, shape.iter().product(), *init);
+                f.write_all(&encode(&v, self.dtype)).unwrap();
+            }
+            f.flush().unwrap();
         }
         if shards > 1 {
             let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
@@ -194,6 +211,14 @@ impl Spec {
         let d = temp_dir(name);
         self.write(&d, 1);
         d
+    }
+}
+
+fn values(rng: &mut Rng, n: usize, init: f64) -> Vec<f32> {
+    if init < 0.0 {
+        (0..n).map(|_| (1.0 + 0.2 * rng.normal()) as f32).collect()
+    } else {
+        (0..n).map(|_| (rng.normal() * init) as f32).collect()
     }
 }
 

@@ -26,6 +26,9 @@ pub enum Tokenizer {
     SentencePiece(SentencePiece),
     #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
     Hf(Box<tokenizers::Tokenizer>),
+    /// A model shipped without tokenizer files: it runs on token ids only. Encoding is an
+    /// error; decoding gives no text.
+    Absent { vocab_size: usize },
 }
 
 impl Tokenizer {
@@ -85,6 +88,9 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match self {
             Tokenizer::SentencePiece(sp) => Ok(sp.encode(text)),
+            Tokenizer::Absent { .. } => Err(Error::Tokenizer(
+                "this model has no tokenizer (tokenizer.model or tokenizer.json); give token ids instead".into(),
+            )),
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
             Tokenizer::Hf(t) => {
                 let enc = t.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
@@ -102,6 +108,7 @@ impl Tokenizer {
         }
         match self {
             Tokenizer::SentencePiece(sp) => Ok(sp.decode(ids)),
+            Tokenizer::Absent { .. } => Ok(String::new()),
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
             Tokenizer::Hf(t) => t.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string())),
         }
@@ -111,6 +118,7 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::SentencePiece(sp) => sp.vocab_size(),
+            Tokenizer::Absent { vocab_size } => *vocab_size,
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
             Tokenizer::Hf(t) => t.get_vocab_size(true),
         }
@@ -119,6 +127,7 @@ impl Tokenizer {
     pub fn bos_id(&self) -> Option<u32> {
         match self {
             Tokenizer::SentencePiece(sp) => sp.bos_id(),
+            Tokenizer::Absent { .. } => None,
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
             Tokenizer::Hf(t) => t.token_to_id("<s>"),
         }
@@ -127,6 +136,7 @@ impl Tokenizer {
     pub fn eos_id(&self) -> Option<u32> {
         match self {
             Tokenizer::SentencePiece(sp) => sp.eos_id(),
+            Tokenizer::Absent { .. } => None,
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
             Tokenizer::Hf(t) => t.token_to_id("</s>"),
         }
@@ -136,6 +146,7 @@ impl Tokenizer {
     pub fn id_to_piece(&self, id: u32) -> Option<String> {
         match self {
             Tokenizer::SentencePiece(sp) => sp.id_to_piece(id).map(str::to_string),
+            Tokenizer::Absent { .. } => None,
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
             Tokenizer::Hf(t) => t.id_to_token(id),
         }
@@ -145,6 +156,7 @@ impl Tokenizer {
     pub(crate) fn byte_value(&self, id: u32) -> Option<u8> {
         match self {
             Tokenizer::SentencePiece(sp) => sp.byte_value(id),
+            Tokenizer::Absent { .. } => None,
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
             Tokenizer::Hf(t) => {
                 let piece = t.id_to_token(id)?;

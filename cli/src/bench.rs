@@ -1,0 +1,146 @@
+//! `yangtuo bench`: prompt processing (pp) and text generation (tg) speed, time to first
+//! token and peak RSS, printed as a llama-bench style table. A benchmark, not a test.
+
+use crate::args::ModelArgs;
+use std::time::Instant;
+use yangtuo::weights::TensorId;
+use yangtuo::weights::source::ModelFiles;
+use yangtuo::{Error, Result};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens for the pp test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Generated tokens for the tg test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    /// Prefill batch size.
+    #[arg(short = 'b', long, default_value_t = 512)]
+    batch: usize,
+    /// Print JSON lines instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
+    (m, var.sqrt())
+}
+
+/// Peak resident set size of this process, in bytes (Linux).
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.repetitions == 0 {
+        return Err(Error::arg("repetitions", "must be at least 1"));
+    }
+    // describe the model: size, parameters, dominant weight type
+    let files = ModelFiles::open(&a.model.model)?;
+    let c = files.config.clone();
+    let mut size = 0u64;
+    let mut params = 0u64;
+    let mut by_format = std::collections::BTreeMap::<String, u64>::new();
+    for id in TensorId::all(&c) {
+        let w = files.weight(id)?;
+        size += w.bytes.len() as u64;
+        params += (w.rows * w.cols) as u64;
+        *by_format.entry(format!("{:?}", w.format)).or_default() += w.bytes.len() as u64;
+    }
+    drop(files);
+    let ty = a.model.quantize.clone().map(|q| q.to_uppercase()).unwrap_or_else(|| {
+        by_format.iter().max_by_key(|(_, b)| **b).map(|(f, _)| f.to_uppercase()).unwrap_or_default()
+    });
+    let model_desc = format!("llama {:.2}B {ty}", params as f64 / 1e9);
+
+    let t_load = Instant::now();
+    let r = crate::progress::load_runner(&a.model)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let ctx = (a.n_prompt + a.n_gen + 1).max(2);
+    let mut s = r.new_state(ctx, a.batch.max(1), 1)?;
+    let vocab = c.vocab_size as u32;
+    let token = |i: usize| 3 + (i as u32 * 7919) % (vocab - 3);
+
+    // warm-up: compile kernels and touch every weight once
+    r.forward(&mut s, &[token(0), token(1)], 0, 1)?;
+    pollster::block_on(r.argmax(&s, 0))?;
+    r.forward(&mut s, &[token(2)], 2, 1)?;
+    pollster::block_on(r.argmax(&s, 0))?;
+
+    let mut rows = vec![];
+    let mut ttft = vec![];
+    if a.n_prompt > 0 {
+        let prompt: Vec<u32> = (0..a.n_prompt).map(token).collect();
+        let mut tps = vec![];
+        for _ in 0..a.repetitions {
+            let t = Instant::now();
+            r.forward(&mut s, &prompt, 0, 1)?;
+            pollster::block_on(r.argmax(&s, 0))?;
+            let dt = t.elapsed().as_secs_f64();
+            tps.push(a.n_prompt as f64 / dt);
+            ttft.push(dt);
+        }
+        rows.push((format!("pp{}", a.n_prompt), mean_std(&tps)));
+    }
+    if a.n_gen > 0 {
+        let mut tps = vec![];
+        for _ in 0..a.repetitions {
+            let t = Instant::now();
+            let mut next = token(5);
+            for pos in 0..a.n_gen {
+                r.forward(&mut s, &[next], pos, 1)?;
+                next = pollster::block_on(r.argmax(&s, 0))?;
+            }
+            tps.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+        }
+        rows.push((format!("tg{}", a.n_gen), mean_std(&tps)));
+    }
+    let rss = peak_rss();
+    let device = r.device();
+    if a.json {
+        for (test, (m, sd)) in &rows {
+            let j = serde_json::json!({
+                "model": model_desc, "size_bytes": size, "params": params, "backend": device,
+                "test": test, "tok_s": m, "tok_s_std": sd, "load_s": load_s,
+                "ttft_s": if ttft.is_empty() { None } else { Some(mean_std(&ttft).0) },
+                "peak_rss_bytes": rss,
+            });
+            println!("{j}");
+        }
+        return Ok(());
+    }
+    println!("| model | size | params | backend | test | t/s |");
+    println!("| --- | ---: | ---: | --- | ---: | ---: |");
+    for (test, (m, sd)) in &rows {
+        println!(
+            "| {model_desc} | {} | {:.2} B | {device} | {test} | {m:.2} ± {sd:.2} |",
+            gib(size),
+            params as f64 / 1e9
+        );
+    }
+    println!();
+    if !ttft.is_empty() {
+        let (m, sd) = mean_std(&ttft);
+        println!("time to first token (pp{}): {:.3} ± {:.3} s", a.n_prompt, m, sd);
+    }
+    println!("load: {load_s:.2} s");
+    if let Some(b) = rss {
+        println!("peak RSS: {}", gib(b));
+    }
+    Ok(())
+}

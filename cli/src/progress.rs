@@ -1,0 +1,58 @@
+//! Loading with a progress bar on a terminal.
+
+use crate::args::ModelArgs;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
+use yangtuo::model::LoadProgress;
+use yangtuo::{Llama, Result};
+
+pub fn bar(total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {bytes}/{total_bytes} ({eta}) {prefix}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// A callback that drives `pb` from load progress.
+pub fn on_progress(pb: &ProgressBar) -> impl FnMut(LoadProgress) + '_ {
+    move |p: LoadProgress| {
+        pb.set_length(p.total_bytes.max(1));
+        pb.set_position(p.done_bytes);
+        pb.set_prefix(p.tensor.to_string());
+    }
+}
+
+pub fn load_llama(m: &ModelArgs, template: Option<String>) -> Result<Arc<Llama>> {
+    let opts = m.load_options(template)?;
+    let pb = bar(0, "loading");
+    let llama = Llama::load(&m.model, &opts, &mut on_progress(&pb));
+    pb.finish_and_clear();
+    let llama = llama?;
+    log::info!("device: {}", llama.device());
+    Ok(Arc::new(llama))
+}
+
+/// Only the model (no tokenizer or template), for commands that work on token ids.
+pub fn load_runner(m: &ModelArgs) -> Result<Arc<dyn yangtuo::Runner>> {
+    let opts = m.load_options(None)?;
+    let mut files = yangtuo::weights::source::ModelFiles::open(&m.model)?;
+    let total = files.total_bytes() as u64;
+    let pb = bar(total, "loading");
+    let mut cb = on_progress(&pb);
+    let r = match opts.quantize {
+        None => pollster::block_on(yangtuo::load::load_runner(&mut files, opts.backend, total, &mut cb)),
+        Some(f) => {
+            let mut q = yangtuo::weights::quantize::Quantizing::new(&mut files, f)?;
+            pollster::block_on(yangtuo::load::load_runner(&mut q, opts.backend, total, &mut cb))
+        }
+    };
+    drop(cb);
+    pb.finish_and_clear();
+    let r = r?;
+    log::info!("device: {}", r.device());
+    Ok(r)
+}

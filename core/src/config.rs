@@ -141,7 +141,12 @@ fn default_theta() -> f64 {
 impl HfConfig {
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let hf: HfConfig = serde_json::from_str(&text)
+        Self::from_json(&text, path)
+    }
+
+    /// Parse the text of a config.json; `path` names it in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Config> {
+        let hf: HfConfig = serde_json::from_str(text)
             .map_err(|e| Error::load(path, format!("not a valid Llama config.json: {e}")))?;
         hf.into_config(path)
     }

@@ -13,7 +13,6 @@ pub mod error;
 pub mod generate;
 pub mod load;
 pub mod model;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod open;
 pub mod quant;
 pub mod runner;
@@ -28,7 +27,6 @@ pub use engine::Llama;
 pub use error::{Error, Result};
 pub use generate::{Completion, FinishReason, Flow, GenerateOptions, Usage};
 pub use load::BackendChoice;
-#[cfg(not(target_arch = "wasm32"))]
 pub use open::LoadOptions;
 pub use runner::{Runner, SessionState};
 pub use sampler::SamplingParams;

@@ -66,24 +66,41 @@ pub async fn load_runner(
         BackendChoice::Wgpu => boxed(source, crate::backend::wgpu::Wgpu::new().await?, total, progress),
         #[cfg(feature = "cpu")]
         BackendChoice::Cpu => boxed(source, crate::backend::cpu::Cpu, total, progress),
+        #[cfg(feature = "cuda")]
+        BackendChoice::Cuda => boxed(source, crate::backend::cuda::Cuda::new()?, total, progress),
         BackendChoice::Auto => {
+            // a real GPU through wgpu first; a software adapter only after CUDA
             #[cfg(feature = "wgpu")]
-            match crate::backend::wgpu::Wgpu::new().await {
+            let software = match crate::backend::wgpu::Wgpu::new().await {
                 Ok(gpu) if gpu.is_real_gpu() => return boxed(source, gpu, total, progress),
-                Ok(gpu) => {
-                    log::warn!(
-                        "no hardware GPU: using the software adapter ({}); `--backend cpu` is usually faster",
-                        crate::backend::Backend::name(&gpu)
-                    );
-                    return boxed(source, gpu, total, progress);
+                Ok(gpu) => Some(gpu),
+                Err(e) => {
+                    log::info!("wgpu unavailable ({e})");
+                    None
                 }
-                Err(e) => log::info!("wgpu unavailable ({e}); using the CPU"),
+            };
+            #[cfg(feature = "cuda")]
+            match crate::backend::cuda::Cuda::new() {
+                Ok(cuda) => return boxed(source, cuda, total, progress),
+                Err(e) => log::info!("cuda unavailable ({e})"),
+            }
+            #[cfg(feature = "wgpu")]
+            if let Some(gpu) = software {
+                log::warn!(
+                    "no hardware GPU: using the software adapter ({}); `--backend cpu` is usually faster",
+                    crate::backend::Backend::name(&gpu)
+                );
+                return boxed(source, gpu, total, progress);
             }
             #[cfg(feature = "cpu")]
             return boxed(source, crate::backend::cpu::Cpu, total, progress);
             #[allow(unreachable_code)]
             Err(Error::Device("no backend available in this build".into()))
         }
-        other => Err(Error::Device(format!("backend {other:?} is not available in this build"))),
+        #[allow(unreachable_patterns)]
+        other => Err(Error::Device(format!(
+            "backend {other:?} is not available in this build{}",
+            if other == BackendChoice::Cuda { " (build with `--features cuda`)" } else { "" }
+        ))),
     }
 }

@@ -7,6 +7,7 @@
 use crate::backend::{AttnShape, Backend};
 use crate::weights::{LayerTensor, RopeStyle, TensorId, WeightData, WeightFormat};
 use crate::{Config, Error, Result};
+use std::collections::HashMap;
 
 pub struct LayerWeights<B: Backend> {
     attn_norm: B::Act, // (1, dim)
@@ -50,42 +51,94 @@ pub trait WeightSource {
     fn weight(&mut self, id: TensorId) -> Result<WeightData>;
 }
 
+/// Uploads tensors as they arrive, in any order (a browser streams them in file order),
+/// then assembles the model once every tensor is there.
+pub struct ModelBuilder<B: Backend> {
+    config: Config,
+    rope_style: RopeStyle,
+    backend: B,
+    matrices: HashMap<TensorId, B::Matrix>,
+    vectors: HashMap<TensorId, B::Act>,
+}
+
+impl<B: Backend> ModelBuilder<B> {
+    pub fn new(config: Config, rope_style: RopeStyle, backend: B) -> Self {
+        ModelBuilder { config, rope_style, backend, matrices: HashMap::new(), vectors: HashMap::new() }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Upload one tensor to the device; the caller may drop `w` right after.
+    pub fn add(&mut self, id: TensorId, w: &WeightData) -> Result<()> {
+        let [rows, cols] = id.expected_shape(&self.config);
+        if (w.rows, w.cols) != (rows, cols) {
+            return Err(Error::load(id.gguf_name(), format!("shape [{}, {}], expected [{rows}, {cols}]", w.rows, w.cols)));
+        }
+        if id.is_vector() {
+            let mut v = self.backend.alloc(&id.gguf_name(), 1, w.cols)?;
+            self.backend.write(&mut v, &w.converted(WeightFormat::F32).to_f32());
+            self.vectors.insert(id, v);
+        } else {
+            self.matrices.insert(id, self.backend.upload_matrix(&id.gguf_name(), w)?);
+        }
+        Ok(())
+    }
+
+    /// Tensors still missing, in load order.
+    pub fn missing(&self) -> Vec<TensorId> {
+        TensorId::all(&self.config)
+            .into_iter()
+            .filter(|id| !self.matrices.contains_key(id) && !self.vectors.contains_key(id))
+            .collect()
+    }
+
+    pub fn finish(mut self) -> Result<Model<B>> {
+        if let Some(id) = self.missing().first() {
+            return Err(Error::load(id.gguf_name(), "tensor missing from the model"));
+        }
+        let mut m = |id| self.matrices.remove(&id).expect("checked by missing()");
+        let embed = m(TensorId::Embed);
+        let output = if self.config.tie_embeddings { embed.clone() } else { m(TensorId::Output) };
+        let mut layers = Vec::with_capacity(self.config.n_layers);
+        for l in 0..self.config.n_layers {
+            let id = |t| TensorId::Layer(l, t);
+            layers.push(LayerWeights {
+                attn_norm: self.vectors.remove(&id(LayerTensor::AttnNorm)).expect("checked"),
+                wq: m(id(LayerTensor::Wq)),
+                wk: m(id(LayerTensor::Wk)),
+                wv: m(id(LayerTensor::Wv)),
+                wo: m(id(LayerTensor::Wo)),
+                ffn_norm: self.vectors.remove(&id(LayerTensor::FfnNorm)).expect("checked"),
+                w1: m(id(LayerTensor::W1)),
+                w2: m(id(LayerTensor::W2)),
+                w3: m(id(LayerTensor::W3)),
+            });
+        }
+        let norm = self.vectors.remove(&TensorId::Norm).expect("checked");
+        let weights = Weights { embed, layers, norm, output };
+        Ok(Model { config: self.config, rope_style: self.rope_style, backend: self.backend, weights })
+    }
+}
+
 impl<B: Backend> Model<B> {
+    /// Load every tensor of `source`, one at a time, onto `backend`.
     pub fn load(
         source: &mut dyn WeightSource,
         backend: B,
         total_bytes: u64,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
-        let c = source.config().clone();
+        let mut b = ModelBuilder::new(source.config().clone(), source.rope_style(), backend);
         let mut done = 0u64;
-        let mut next = |id: TensorId, source: &mut dyn WeightSource| -> Result<WeightData> {
+        for id in TensorId::all(source.config()) {
             let w = source.weight(id)?;
+            b.add(id, &w)?;
             done += w.bytes.len() as u64;
             progress(LoadProgress { tensor: &id.gguf_name(), done_bytes: done, total_bytes });
-            Ok(w)
-        };
-        let matrix = |w: WeightData, id: TensorId| backend.upload_matrix(&id.gguf_name(), &w);
-        let vector = |w: WeightData, id: TensorId| -> Result<B::Act> {
-            let mut v = backend.alloc(&id.gguf_name(), 1, w.cols)?;
-            backend.write(&mut v, &w.converted(WeightFormat::F32).to_f32());
-            Ok(v)
-        };
-        let embed = matrix(next(TensorId::Embed, source)?, TensorId::Embed)?;
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for l in 0..c.n_layers {
-            let id = |t| TensorId::Layer(l, t);
-            let mut m = |t| -> Result<B::Matrix> { matrix(next(id(t), source)?, id(t)) };
-            let (wq, wk, wv, wo) = (m(LayerTensor::Wq)?, m(LayerTensor::Wk)?, m(LayerTensor::Wv)?, m(LayerTensor::Wo)?);
-            let (w1, w2, w3) = (m(LayerTensor::W1)?, m(LayerTensor::W2)?, m(LayerTensor::W3)?);
-            let attn_norm = vector(next(id(LayerTensor::AttnNorm), source)?, id(LayerTensor::AttnNorm))?;
-            let ffn_norm = vector(next(id(LayerTensor::FfnNorm), source)?, id(LayerTensor::FfnNorm))?;
-            layers.push(LayerWeights { attn_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3 });
         }
-        let norm = vector(next(TensorId::Norm, source)?, TensorId::Norm)?;
-        let output = if c.tie_embeddings { embed.clone() } else { matrix(next(TensorId::Output, source)?, TensorId::Output)? };
-        let rope_style = source.rope_style();
-        Ok(Model { config: c, rope_style, backend, weights: Weights { embed, layers, norm, output } })
+        b.finish()
     }
 
     /// A fresh session: scratch for up to `max_batch` tokens per forward, a KV cache of

@@ -2,13 +2,20 @@
 //! the chat template (explicit choice, else the model's own, else `llama2`).
 
 use crate::chat::ChatTemplate;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::engine::Llama;
-use crate::load::{BackendChoice, load_runner};
+use crate::load::BackendChoice;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::load::load_runner;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::model::LoadProgress;
 use crate::tokenizer::{SentencePiece, Tokenizer};
 use crate::weights::WeightFormat;
+use crate::weights::gguf::GgufFile;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::weights::source::ModelFiles;
 use crate::{Error, Result};
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -30,24 +37,30 @@ impl Default for LoadOptions {
     }
 }
 
+/// The SentencePiece tokenizer carried in a GGUF's `tokenizer.ggml.*` keys.
+pub fn gguf_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
+    if let Some(m) = g.tokenizer_model().filter(|m| *m != "llama") {
+        return Err(Error::load(g.path(), format!("tokenizer model `{m}` is not supported (expected llama)")));
+    }
+    let tokens = g.tokens().ok_or_else(|| Error::load(g.path(), "no tokenizer.ggml.tokens in this GGUF"))?;
+    let sp = SentencePiece::from_vocab(
+        tokens,
+        g.scores().unwrap_or_default(),
+        g.token_types().unwrap_or_default(),
+        Some(g.bos_id().unwrap_or(1)),
+        Some(g.eos_id().unwrap_or(2)),
+        g.unk_id(),
+        true,
+    )
+    .map_err(|e| Error::load(g.path(), e.to_string()))?;
+    Ok(Tokenizer::SentencePiece(sp))
+}
+
 /// The tokenizer of a model: a GGUF's vocabulary, or the files in its folder.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn open_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
     if let Some(g) = files.gguf() {
-        if let Some(m) = g.tokenizer_model().filter(|m| *m != "llama") {
-            return Err(Error::load(&files.path, format!("tokenizer model `{m}` is not supported (expected llama)")));
-        }
-        let tokens = g.tokens().ok_or_else(|| Error::load(&files.path, "no tokenizer.ggml.tokens in this GGUF"))?;
-        let sp = SentencePiece::from_vocab(
-            tokens,
-            g.scores().unwrap_or_default(),
-            g.token_types().unwrap_or_default(),
-            Some(g.bos_id().unwrap_or(1)),
-            Some(g.eos_id().unwrap_or(2)),
-            g.unk_id(),
-            true,
-        )
-        .map_err(|e| Error::load(&files.path, e.to_string()))?;
-        return Ok(Tokenizer::SentencePiece(sp));
+        return gguf_tokenizer(g);
     }
     let dir = files.dir().ok_or_else(|| Error::load(&files.path, "no tokenizer found"))?;
     if !dir.join("tokenizer.model").exists() && !dir.join("tokenizer.json").exists() {
@@ -57,21 +70,33 @@ pub fn open_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
     Tokenizer::from_file(dir)
 }
 
-/// The model's own jinja template, with its BOS/EOS strings.
-pub fn model_template(files: &ModelFiles, tok: &Tokenizer) -> Option<ChatTemplate> {
+/// The jinja template a GGUF carries (`tokenizer.chat_template`).
+pub fn gguf_template(g: &GgufFile, tok: &Tokenizer) -> Option<ChatTemplate> {
     let piece = |id: Option<u32>, default: &str| id.and_then(|i| tok.id_to_piece(i)).unwrap_or(default.into());
+    let source = g.chat_template()?;
+    Some(ChatTemplate::Jinja { source, bos: piece(tok.bos_id(), "<s>"), eos: piece(tok.eos_id(), "</s>") })
+}
+
+/// The model's own jinja template, with its BOS/EOS strings.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn model_template(files: &ModelFiles, tok: &Tokenizer) -> Option<ChatTemplate> {
     if let Some(g) = files.gguf() {
-        let source = g.chat_template()?;
-        return Some(ChatTemplate::Jinja { source, bos: piece(tok.bos_id(), "<s>"), eos: piece(tok.eos_id(), "</s>") });
+        return gguf_template(g, tok);
     }
     dir_template(files.dir()?, tok)
 }
 
 /// The jinja `chat_template` of a folder's `tokenizer_config.json`, if any.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn dir_template(dir: &Path, tok: &Tokenizer) -> Option<ChatTemplate> {
-    let piece = |id: Option<u32>, default: &str| id.and_then(|i| tok.id_to_piece(i)).unwrap_or(default.into());
     let path = if dir.is_dir() { dir.join("tokenizer_config.json") } else { dir.parent()?.join("tokenizer_config.json") };
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+    config_template(&std::fs::read_to_string(&path).ok()?, tok)
+}
+
+/// The jinja `chat_template` in the text of a `tokenizer_config.json`, if any.
+pub fn config_template(tokenizer_config: &str, tok: &Tokenizer) -> Option<ChatTemplate> {
+    let piece = |id: Option<u32>, default: &str| id.and_then(|i| tok.id_to_piece(i)).unwrap_or(default.into());
+    let v: serde_json::Value = serde_json::from_str(tokenizer_config).ok()?;
     let source = match v.get("chat_template")? {
         serde_json::Value::String(s) => s.clone(),
         // a list of named templates: take "default"
@@ -95,6 +120,17 @@ pub fn dir_template(dir: &Path, tok: &Tokenizer) -> Option<ChatTemplate> {
     })
 }
 
+/// An explicit template name wins; then the model's own; then `llama2`.
+pub fn choose_template(explicit: Option<&str>, own: Option<ChatTemplate>) -> Result<ChatTemplate> {
+    let t = match explicit {
+        Some(name) => ChatTemplate::by_name(name)?,
+        None => own.unwrap_or(ChatTemplate::Llama2),
+    };
+    log::info!("chat template: {}", t.name());
+    Ok(t)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 impl Llama {
     /// Load a model folder (config.json + safetensors + tokenizer) or a `.gguf` file.
     pub async fn load_async(path: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {
@@ -103,11 +139,7 @@ impl Llama {
             return Err(Error::arg("max_batch", "must be at least 1"));
         }
         let tokenizer = open_tokenizer(&files)?;
-        let template = match &opts.template {
-            Some(name) => ChatTemplate::by_name(name)?,
-            None => model_template(&files, &tokenizer).unwrap_or(ChatTemplate::Llama2),
-        };
-        log::info!("chat template: {}", template.name());
+        let template = choose_template(opts.template.as_deref(), model_template(&files, &tokenizer))?;
         let ctx_len = opts.ctx_len.unwrap_or(files.config.max_seq_len.min(4096));
         if ctx_len == 0 {
             return Err(Error::arg("ctx_len", "must be at least 1"));

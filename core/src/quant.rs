@@ -50,8 +50,29 @@ pub fn dequantize(format: WeightFormat, bytes: &[u8], out: &mut [f32]) {
         WeightFormat::Q4_1 => decode::<BlockQ4_1>(bytes, out),
         WeightFormat::Q4K => decode::<BlockQ4K>(bytes, out),
         WeightFormat::Q6K => decode::<BlockQ6K>(bytes, out),
-        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => format.dequantize(bytes, out),
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::Gptq4 => {
+            format.dequantize(bytes, out)
+        }
     }
+}
+
+/// Round-to-nearest into `Gptq4` blocks (asymmetric, range widened to include 0 as GPTQ's
+/// quantizer does). Real GPTQ weights come repacked from checkpoints (`weights::gptq`); this
+/// encoder exists so the format is total and kernels can be tested on any matrix.
+fn encode_gptq4(src: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() / 32 * 20);
+    for blk in src.chunks_exact(32) {
+        let lo = blk.iter().fold(0f32, |m, v| m.min(*v));
+        let hi = blk.iter().fold(0f32, |m, v| m.max(*v));
+        let d = f16::from_f32(if hi > lo { (hi - lo) / 15.0 } else { 1.0 });
+        let df = d.to_f32();
+        let z = (-lo / df).round().clamp(0.0, 15.0);
+        let q: Vec<u8> = blk.iter().map(|v| (v / df + z).round().clamp(0.0, 15.0) as u8).collect();
+        out.extend_from_slice(&d.to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(z).to_le_bytes());
+        out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
+    }
+    out
 }
 
 /// Encode rows of f32 into `format` (a whole number of blocks).
@@ -65,12 +86,15 @@ pub fn quantize(format: WeightFormat, src: &[f32]) -> Vec<u8> {
         WeightFormat::Q4_1 => encode::<BlockQ4_1>(src),
         WeightFormat::Q4K => encode::<BlockQ4K>(src),
         WeightFormat::Q6K => encode::<BlockQ6K>(src),
+        WeightFormat::Gptq4 => encode_gptq4(src),
     }
 }
 
 /// `dst[m, n] = lhs[m, k] · W[n, k]ᵀ` with W in `format`, multi-threaded. Quantized formats
 /// quantize `lhs` to Q8 blocks first (Q8_0, or Q8_K for k-quants), as llama.cpp does: the
-/// error bound of these products is that of the Q8 activation quantization.
+/// error bound of these products is that of the Q8 activation quantization. `Gptq4` is the
+/// exception: it keeps f32 activations, here in a plain single-threaded loop (the CPU
+/// backend has the threaded kernel; this one is its reference).
 pub fn matmul(format: WeightFormat, (m, k, n): (usize, usize, usize), lhs: &[f32], w: &[u8], dst: &mut [f32]) {
     fn go<T: GgmlType>(mkn: (usize, usize, usize), lhs: &[f32], w: &[u8], dst: &mut [f32]) {
         k_quants::matmul::<T>(mkn, lhs, &as_blocks::<T>(w), dst).expect("shapes checked by the caller")
@@ -85,5 +109,15 @@ pub fn matmul(format: WeightFormat, (m, k, n): (usize, usize, usize), lhs: &[f32
         WeightFormat::Q4_1 => go::<BlockQ4_1>(mkn, lhs, w, dst),
         WeightFormat::Q4K => go::<BlockQ4K>(mkn, lhs, w, dst),
         WeightFormat::Q6K => go::<BlockQ6K>(mkn, lhs, w, dst),
+        WeightFormat::Gptq4 => {
+            let rb = k / 32 * 20;
+            let mut row = vec![0f32; k];
+            for r in 0..n {
+                format.dequantize(&w[r * rb..(r + 1) * rb], &mut row);
+                for t in 0..m {
+                    dst[t * n + r] = row.iter().zip(&lhs[t * k..(t + 1) * k]).map(|(a, b)| a * b).sum();
+                }
+            }
+        }
     }
 }

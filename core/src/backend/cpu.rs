@@ -5,6 +5,8 @@ use super::{AttnShape, Backend};
 use crate::Result;
 use crate::weights::{Blob, RopeStyle, WeightData, WeightFormat};
 use candle_core::utils::barrier_pool;
+use half::f16;
+use std::sync::Arc;
 
 pub struct Cpu;
 
@@ -19,6 +21,8 @@ pub struct CpuMatrix {
     rows: usize,
     cols: usize,
     bytes: Blob,
+    /// Column permutation (GPTQ act order): the product gathers `x[perm]` first.
+    perm: Option<Arc<Vec<u32>>>,
 }
 
 pub struct CpuKv {
@@ -60,6 +64,47 @@ fn matmul_bf16((m, k, n): (usize, usize, usize), x: &[f32], w: &[u8], dst: &mut 
     });
 }
 
+/// `dst[m, n] = x[m, k] · W[n, k]ᵀ` for `Gptq4` W with f32 activations, exactly: each block
+/// of 32 is decoded to `q − z` (small integers, exact in f32) once, dotted with every
+/// token's 32 inputs, and scaled by `d`. Threads split the output rows.
+fn matmul_gptq4((m, k, n): (usize, usize, usize), x: &[f32], w: &[u8], dst: &mut [f32]) {
+    let rb = k / 32 * 20;
+    let out = SharedOut(dst.as_mut_ptr());
+    barrier_pool().execute_chunked(n, |rows| {
+        let mut acc = vec![0f32; m];
+        let mut q = [0f32; 32];
+        for r in rows {
+            acc.fill(0.0);
+            for (b, blk) in w[r * rb..(r + 1) * rb].chunks_exact(20).enumerate() {
+                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                let z = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+                for (j, v) in blk[4..].iter().enumerate() {
+                    q[j] = (v & 15) as f32 - z;
+                    q[j + 16] = (v >> 4) as f32 - z;
+                }
+                for (t, a) in acc.iter_mut().enumerate() {
+                    *a += d * dot32(&q, &x[t * k + b * 32..t * k + b * 32 + 32]);
+                }
+            }
+            for (t, a) in acc.iter().enumerate() {
+                // SAFETY: this work item alone writes column r of dst.
+                unsafe { out.slice(t * n + r, 1)[0] = *a };
+            }
+        }
+    });
+}
+
+/// Dot product of 32 values, in eight lanes so it vectorizes.
+fn dot32(a: &[f32; 32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (av, bv) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += av[i] * bv[i];
+        }
+    }
+    acc.iter().sum()
+}
+
 /// Dot product of bf16 weights with f32 values, in eight lanes so it vectorizes.
 fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -86,7 +131,7 @@ impl Backend for Cpu {
 
     fn upload_matrix(&self, _name: &str, w: &WeightData) -> Result<CpuMatrix> {
         // Mapped bytes are used in place; only a misaligned tensor is copied.
-        Ok(CpuMatrix { format: w.format, rows: w.rows, cols: w.cols, bytes: w.bytes.aligned(8) })
+        Ok(CpuMatrix { format: w.format, rows: w.rows, cols: w.cols, bytes: w.bytes.aligned(8), perm: w.perm.clone() })
     }
 
     fn alloc(&self, _name: &str, rows: usize, cols: usize) -> Result<CpuAct> {
@@ -122,16 +167,22 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, x: &CpuAct, n: usize, w: &CpuMatrix, out: &mut CpuAct) {
-        if w.format == WeightFormat::BF16 {
-            return matmul_bf16((n, w.cols, w.rows), &x.data[..n * w.cols], &w.bytes, &mut out.data[..n * w.rows]);
+        let k = w.cols;
+        // W[:, perm] · x[perm]: gather each row of x into the matrix's column order
+        let gathered: Vec<f32>;
+        let xs = match &w.perm {
+            None => &x.data[..n * k],
+            Some(perm) => {
+                gathered = (0..n).flat_map(|t| perm.iter().map(move |&c| x.data[t * x.cols + c as usize])).collect();
+                &gathered[..]
+            }
+        };
+        let dst = &mut out.data[..n * w.rows];
+        match w.format {
+            WeightFormat::BF16 => matmul_bf16((n, k, w.rows), xs, &w.bytes, dst),
+            WeightFormat::Gptq4 => matmul_gptq4((n, k, w.rows), xs, &w.bytes, dst),
+            f => crate::quant::matmul(f, (n, k, w.rows), xs, &w.bytes, dst),
         }
-        crate::quant::matmul(
-            w.format,
-            (n, w.cols, w.rows),
-            &x.data[..n * w.cols],
-            &w.bytes,
-            &mut out.data[..n * w.rows],
-        );
     }
 
     fn rope(&self, x: &mut CpuAct, n: usize, n_heads: usize, head_dim: usize, table: &CpuAct, style: RopeStyle) {

@@ -10,6 +10,8 @@
 pub mod cpu;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::Result;
 use crate::weights::{RopeStyle, WeightData};

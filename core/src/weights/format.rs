@@ -19,6 +19,12 @@ pub enum WeightFormat {
     Q4K,
     /// 256 weights in 16 sub-blocks of 16 with 8-bit scales; 6-bit quants.
     Q6K,
+    /// GPTQ 4-bit (AutoGPTQ checkpoints, repacked on load by `weights::gptq`): 32 weights of
+    /// one output row, in the matrix's (possibly permuted) column order: f16 scale `d`, f16
+    /// zero `z` (an integer 0..=16, exact in f16), then 16 bytes of nibbles in Q4_0's order
+    /// (byte j: weight j low, weight j + 16 high). w = d·(q − z). Not a ggml type: it has no
+    /// GGUF id and is never written to GGUF.
+    Gptq4,
 }
 
 impl WeightFormat {
@@ -26,7 +32,7 @@ impl WeightFormat {
     pub fn block_elems(self) -> usize {
         match self {
             WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => 1,
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => 32,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Gptq4 => 32,
             WeightFormat::Q4K | WeightFormat::Q6K => 256,
         }
     }
@@ -38,7 +44,7 @@ impl WeightFormat {
             WeightFormat::F16 | WeightFormat::BF16 => 2,
             WeightFormat::Q8_0 => 34,
             WeightFormat::Q4_0 => 18,
-            WeightFormat::Q4_1 => 20,
+            WeightFormat::Q4_1 | WeightFormat::Gptq4 => 20,
             WeightFormat::Q4K => 144,
             WeightFormat::Q6K => 210,
         }
@@ -59,9 +65,19 @@ impl WeightFormat {
         Ok(cols / b * self.block_bytes())
     }
 
+    /// Whether the format is one of ggml's types (everything but `Gptq4`), so it can be
+    /// written to GGUF.
+    pub fn is_ggml(self) -> bool {
+        self != WeightFormat::Gptq4
+    }
+
     /// ggml's type id, as written in GGUF tensor infos.
+    ///
+    /// # Panics
+    /// For `Gptq4`, which has no ggml type; check `is_ggml` first (the GGUF writer does).
     pub fn ggml_type(self) -> u32 {
         match self {
+            WeightFormat::Gptq4 => panic!("GPTQ 4-bit weights have no ggml type and cannot be written to GGUF"),
             WeightFormat::F32 => 0,
             WeightFormat::F16 => 1,
             WeightFormat::Q4_0 => 2,
@@ -114,6 +130,16 @@ impl WeightFormat {
             WeightFormat::BF16 => {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                     *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            WeightFormat::Gptq4 => {
+                for (o, blk) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(20)) {
+                    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    let z = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+                    for (j, q) in blk[4..].iter().enumerate() {
+                        o[j] = d * ((q & 15) as f32 - z);
+                        o[j + 16] = d * ((q >> 4) as f32 - z);
+                    }
                 }
             }
             _ => crate::quant::dequantize(self, bytes, out),

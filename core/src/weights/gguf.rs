@@ -63,6 +63,8 @@ pub fn llama_file_type(format: WeightFormat) -> u32 {
         WeightFormat::Q4_1 => file_type::MOSTLY_Q4_1,
         WeightFormat::Q4K => file_type::MOSTLY_Q4_K_M,
         WeightFormat::Q6K => file_type::MOSTLY_Q6_K,
+        // not a ggml type; `GgufTensorSpec::weight` refuses it, so no file is ever written
+        WeightFormat::Gptq4 => file_type::MOSTLY_Q4_1,
     }
 }
 
@@ -726,6 +728,14 @@ impl GgufFile {
 
     /// Parse a whole GGUF file held in `blob`; `path` names it in errors.
     pub fn parse(blob: Blob, path: &Path) -> Result<Self> {
+        let len = blob.len() as u64;
+        Self::parse_header(blob, len, path)
+    }
+
+    /// Parse the header at the start of a file of `file_len` bytes of which `blob` holds a
+    /// prefix (a browser streaming the file). Tensor offsets are checked against `file_len`;
+    /// `tensor_bytes` works only for tensors inside the prefix.
+    pub fn parse_header(blob: Blob, file_len: u64, path: &Path) -> Result<Self> {
         let buf: &[u8] = &blob;
         let mut r = Reader { buf, pos: 0, path };
         if buf.len() < 4 || buf[..4] != GGUF_MAGIC {
@@ -809,7 +819,6 @@ impl GgufFile {
         }
 
         let data_offset = align_up(r.pos as u64, alignment as u64).unwrap_or(u64::MAX);
-        let file_len = buf.len() as u64;
         for t in &tensors {
             let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes.unwrap_or(0)));
             if end.is_none_or(|e| e > file_len) {
@@ -908,8 +917,13 @@ impl GgufFile {
         let n = t.n_bytes.ok_or_else(|| {
             self.err(format!("tensor `{name}` has type {}, which yangtuo does not know", t.type_name()))
         })?;
-        // `parse` checked data_offset + offset + n <= file length.
-        Ok(self.blob.slice(self.data_offset + t.offset as usize, n as usize))
+        // `parse` checked data_offset + offset + n <= file length; a header-only parse holds
+        // a prefix of the file.
+        let start = self.data_offset + t.offset as usize;
+        if start + n as usize > self.blob.len() {
+            return Err(self.err(format!("tensor `{name}` is not in the bytes read so far")));
+        }
+        Ok(self.blob.slice(start, n as usize))
     }
 
     /// How RoPE pairs dimensions in this file's Q and K: llama.cpp's converter permutes
@@ -1011,7 +1025,8 @@ impl GgufFile {
             )));
         }
         // Keep every matrix size far from overflow, so shape arithmetic downstream is safe.
-        const LIMIT: usize = 1 << 48;
+        // (1 << 48 on 64-bit; on 32-bit wasm, what the address space allows)
+        const LIMIT: usize = if usize::BITS >= 64 { 1 << (usize::BITS - 16) } else { usize::MAX >> 1 };
         let sane = [
             n_heads.checked_mul(head_dim),
             n_kv_heads.checked_mul(head_dim),
@@ -1077,6 +1092,12 @@ impl GgufFile {
 
     /// One model tensor, checked against `config`'s shape, as stored.
     pub fn weight(&self, id: TensorId, config: &Config) -> Result<WeightData> {
+        self.weight_from(id, config, None)
+    }
+
+    /// As `weight`, with the tensor's bytes supplied by the caller (a streamed download)
+    /// instead of read from the file.
+    pub fn weight_from(&self, id: TensorId, config: &Config, bytes: Option<Blob>) -> Result<WeightData> {
         let name = format!("{}.weight", id.gguf_name());
         let t = self.tensor_info(&name).ok_or_else(|| self.err(format!("tensor `{name}` is missing")))?;
         let format = t.format().ok_or_else(|| {
@@ -1097,7 +1118,10 @@ impl GgufFile {
                 t.dims
             )));
         }
-        let bytes = self.tensor_bytes(&name)?;
+        let bytes = match bytes {
+            Some(b) => b,
+            None => self.tensor_bytes(&name)?,
+        };
         WeightData::new(format, rows, cols, bytes, &name)
     }
 
@@ -1210,6 +1234,9 @@ impl GgufTensorSpec {
     /// The llama.cpp name, dims and size of model tensor `id` stored as `format`.
     pub fn weight(id: TensorId, format: WeightFormat, config: &Config) -> Result<Self> {
         let name = format!("{}.weight", id.gguf_name());
+        if !format.is_ggml() {
+            return Err(Error::load(&name, format!("{format:?} is not a ggml type and cannot be written to GGUF")));
+        }
         let [rows, cols] = id.expected_shape(config);
         let n_bytes = (format.row_bytes(cols, &name)? * rows) as u64;
         let dims = if id.is_vector() { vec![cols as u64] } else { vec![cols as u64, rows as u64] };

@@ -10,9 +10,11 @@ pub mod format;
 /// `GgufWriter::write_file` touch the file system.
 pub mod gguf;
 #[cfg(not(target_arch = "wasm32"))]
-pub mod quantize;
+pub mod gptq;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod quantize;
 pub mod safetensors;
+pub mod stream;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod source;
 
@@ -20,6 +22,7 @@ pub use blob::Blob;
 pub use format::WeightFormat;
 
 use crate::{Error, Result};
+use std::sync::Arc;
 
 /// The role a tensor plays in the model, independent of the checkpoint's naming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -163,6 +166,9 @@ pub struct WeightData {
     pub rows: usize,
     pub cols: usize,
     pub bytes: Blob,
+    /// A column permutation (GPTQ with `desc_act`): `bytes` hold `W[:, perm]`, so the product
+    /// is `W[:, perm] · x[perm]` and backends gather `x[perm]` first. `None` is the identity.
+    pub perm: Option<Arc<Vec<u32>>>,
 }
 
 impl WeightData {
@@ -174,20 +180,70 @@ impl WeightData {
                 format!("{format:?} tensor of shape [{rows}, {cols}] needs {want} bytes, found {}", bytes.len()),
             ));
         }
-        Ok(WeightData { format, rows, cols, bytes })
+        Ok(WeightData { format, rows, cols, bytes, perm: None })
     }
 
-    /// Decode row `r` into f32 (for embeddings and norms, and for tests).
+    /// Attach a column permutation (see `perm`); it must be a permutation of `0..cols`.
+    pub fn with_perm(mut self, perm: Vec<u32>, name: &str) -> Result<Self> {
+        if perm.len() != self.cols {
+            return Err(Error::load(name, format!("permutation of {} columns for a matrix of {}", perm.len(), self.cols)));
+        }
+        let mut seen = vec![false; self.cols];
+        for &p in &perm {
+            if (p as usize) >= self.cols || std::mem::replace(&mut seen[p as usize], true) {
+                return Err(Error::load(name, format!("column order is not a permutation of 0..{}", self.cols)));
+            }
+        }
+        self.perm = Some(Arc::new(perm));
+        Ok(self)
+    }
+
+    /// Decode row `r` into f32, in the matrix's logical column order (for embeddings and
+    /// norms, and for tests).
     pub fn row_f32(&self, r: usize) -> Vec<f32> {
         let rb = self.format.row_bytes(self.cols, "").expect("validated at construction");
         let mut out = vec![0f32; self.cols];
         self.format.dequantize(&self.bytes[r * rb..(r + 1) * rb], &mut out);
+        self.unpermute(&mut out);
         out
     }
 
+    /// The whole matrix in f32, in logical column order.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
         self.format.dequantize(&self.bytes, &mut out);
+        if self.perm.is_some() {
+            for row in out.chunks_exact_mut(self.cols) {
+                self.unpermute(row);
+            }
+        }
         out
+    }
+
+    /// Stored column order → logical: `row[perm[i]] = stored[i]`.
+    fn unpermute(&self, row: &mut [f32]) {
+        if let Some(p) = &self.perm {
+            let stored = row.to_vec();
+            for (v, &c) in stored.iter().zip(p.iter()) {
+                row[c as usize] = *v;
+            }
+        }
+    }
+}
+
+impl WeightData {
+    /// A copy of this tensor in another format (used for norms, which run in f32).
+    pub fn converted(&self, format: WeightFormat) -> WeightData {
+        if self.format == format {
+            return self.clone();
+        }
+        let f = self.to_f32();
+        WeightData {
+            format,
+            rows: self.rows,
+            cols: self.cols,
+            bytes: Blob::from_vec(crate::quant::quantize(format, &f)),
+            perm: None,
+        }
     }
 }

@@ -25,7 +25,18 @@ impl<'a> Quantizing<'a> {
 
 /// Re-encode `w` into `target`, or return it unchanged if it is a vector, already
 /// quantized, or its rows are not a whole number of blocks.
+///
+/// GPTQ weights (`Gptq4`) are refused: they have no ggml type, and re-encoding them would
+/// quantize twice. (Loading with in-load quantization keeps them as they are; see
+/// `Quantizing`.)
 pub fn quantize_weight(w: WeightData, target: WeightFormat, name: &str) -> Result<WeightData> {
+    if w.format == WeightFormat::Gptq4 {
+        return Err(Error::load(
+            name,
+            "GPTQ 4-bit weights have no GGUF (ggml) type and are not re-quantized; \
+             convert the original float checkpoint instead",
+        ));
+    }
     if w.rows == 1 || w.format.is_quantized() {
         return Ok(w);
     }
@@ -54,6 +65,10 @@ impl WeightSource for Quantizing<'_> {
     }
     fn weight(&mut self, id: TensorId) -> Result<WeightData> {
         let w = self.inner.weight(id)?;
+        if w.format == WeightFormat::Gptq4 {
+            // already 4-bit: computed as stored
+            return Ok(w);
+        }
         quantize_weight(w, self.target, &id.gguf_name())
     }
 }

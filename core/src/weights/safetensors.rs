@@ -1,10 +1,15 @@
 //! Hugging Face safetensors checkpoints, single-file or sharded, memory-mapped.
 
-use super::Blob;
+use super::{Blob, TensorId, WeightData, WeightFormat};
+use crate::Config;
 use crate::{Error, Result};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
+#[cfg(not(target_arch = "wasm32"))]
+use safetensors::SafeTensors;
+#[cfg(not(target_arch = "wasm32"))]
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::Arc;
 
 /// A tensor as stored in a safetensors file.
@@ -16,11 +21,63 @@ pub struct RawTensor {
     pub file: PathBuf,
 }
 
+impl RawTensor {
+    /// This tensor as weight `id` (f32, f16 or bf16), checked against the config's shape.
+    pub fn to_weight(&self, id: TensorId, config: &Config) -> Result<WeightData> {
+        let [rows, cols] = id.expected_shape(config);
+        let name = format!("{}.weight", id.hf_name());
+        let format = match self.dtype {
+            Dtype::F32 => WeightFormat::F32,
+            Dtype::F16 => WeightFormat::F16,
+            Dtype::BF16 => WeightFormat::BF16,
+            other => return Err(Error::load(&self.file, format!("tensor `{name}` has unsupported dtype {other:?}"))),
+        };
+        let shape_ok = if id.is_vector() { self.shape == [cols] } else { self.shape == [rows, cols] };
+        if !shape_ok {
+            let want = if id.is_vector() { format!("[{cols}]") } else { format!("[{rows}, {cols}]") };
+            return Err(Error::load(
+                &self.file,
+                format!("tensor `{name}` has shape {:?} but config.json implies {want}", self.shape),
+            ));
+        }
+        WeightData::new(format, rows, cols, self.bytes.clone(), &name)
+    }
+}
+
+/// The tensor table of a safetensors header: (name, dtype, shape, byte range in the data
+/// section). `header` is the JSON after the 8-byte length prefix.
+pub fn parse_header(header: &[u8], origin: &Path) -> Result<Vec<(String, Dtype, Vec<usize>, usize, usize)>> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data_offsets: (usize, usize),
+    }
+    let map: std::collections::HashMap<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| Error::load(origin, format!("not a valid safetensors header: {e}")))?;
+    let mut out = vec![];
+    for (name, v) in map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let i: Info = serde_json::from_value(v)
+            .map_err(|e| Error::load(origin, format!("safetensors header entry `{name}`: {e}")))?;
+        if i.data_offsets.1 < i.data_offsets.0 {
+            return Err(Error::load(origin, format!("tensor `{name}` has a negative byte range")));
+        }
+        out.push((name, i.dtype, i.shape, i.data_offsets.0, i.data_offsets.1));
+    }
+    out.sort_by_key(|t| t.3);
+    Ok(out)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 pub struct SafetensorsFiles {
     tensors: HashMap<String, RawTensor>,
 }
 
 /// Map a whole file read-only. The map lives as long as any `Blob` cut from it.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn map_file(path: &Path) -> Result<Blob> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the map is read-only; a file changed underneath a running model is outside
@@ -29,6 +86,7 @@ pub fn map_file(path: &Path) -> Result<Blob> {
     Ok(Blob::from_owner(Arc::new(map)))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl SafetensorsFiles {
     /// Open `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {

@@ -1,11 +1,11 @@
 //! Open a model path (a Hugging Face folder or a `.gguf` file) into its config and weights.
 
 use super::gguf::GgufFile;
+use super::gptq::{GptqConfig, GptqFiles};
 use super::safetensors::{SafetensorsFiles, no_weights_message};
-use super::{Blob, RopeStyle, TensorId, WeightData, WeightFormat};
+use super::{RopeStyle, TensorId, WeightData};
 use crate::config::HfConfig;
 use crate::{Config, Error, Result};
-use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 
 pub struct ModelFiles {
@@ -18,6 +18,8 @@ pub struct ModelFiles {
 enum Kind {
     Safetensors(SafetensorsFiles),
     Gguf(GgufFile),
+    /// A safetensors folder with GPTQ 4-bit layers, repacked as they are requested.
+    Gptq(GptqFiles),
 }
 
 impl ModelFiles {
@@ -39,12 +41,11 @@ impl ModelFiles {
                 return Err(Error::load(path, no_weights_message(path)));
             }
             let files = SafetensorsFiles::open(path)?;
-            return Ok(ModelFiles {
-                path: path.to_path_buf(),
-                config,
-                rope_style: RopeStyle::Half,
-                kind: Kind::Safetensors(files),
-            });
+            let kind = match GptqConfig::find(path, &files)? {
+                Some(quant) => Kind::Gptq(GptqFiles::open(path, files, quant, &config)?),
+                None => Kind::Safetensors(files),
+            };
+            return Ok(ModelFiles { path: path.to_path_buf(), config, rope_style: RopeStyle::Half, kind });
         }
         if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
             let file = GgufFile::open(path)?;
@@ -76,58 +77,43 @@ impl ModelFiles {
         }
     }
 
-    /// One tensor, as stored, checked against the config's shape.
-    pub fn weight(&self, id: TensorId) -> Result<WeightData> {
-        let [rows, cols] = id.expected_shape(&self.config);
+    /// The GPTQ side of a GPTQ folder (its quantization config), if this is one.
+    pub fn gptq(&self) -> Option<&GptqFiles> {
         match &self.kind {
-            Kind::Safetensors(files) => {
-                let name = format!("{}.weight", id.hf_name());
-                let t = files.get(&name).ok_or_else(|| {
-                    let hint = if id == TensorId::Output { " (or set tie_word_embeddings)" } else { "" };
-                    Error::load(&self.path, format!("tensor `{name}` is missing{hint}"))
-                })?;
-                let format = match t.dtype {
-                    Dtype::F32 => WeightFormat::F32,
-                    Dtype::F16 => WeightFormat::F16,
-                    Dtype::BF16 => WeightFormat::BF16,
-                    other => {
-                        return Err(Error::load(&t.file, format!("tensor `{name}` has unsupported dtype {other:?}")));
-                    }
-                };
-                let shape_ok = if id.is_vector() { t.shape == [cols] } else { t.shape == [rows, cols] };
-                if !shape_ok {
-                    let want = if id.is_vector() { format!("[{cols}]") } else { format!("[{rows}, {cols}]") };
-                    return Err(Error::load(
-                        &t.file,
-                        format!("tensor `{name}` has shape {:?} but config.json implies {want}", t.shape),
-                    ));
-                }
-                WeightData::new(format, rows, cols, t.bytes.clone(), &name)
-            }
+            Kind::Gptq(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// One tensor, as stored (GPTQ layers repacked), checked against the config's shape.
+    pub fn weight(&self, id: TensorId) -> Result<WeightData> {
+        match &self.kind {
+            Kind::Safetensors(files) => float_weight(files, &self.path, id, &self.config),
             Kind::Gguf(file) => file.weight(id, &self.config),
+            Kind::Gptq(g) => g.weight(id),
         }
     }
 
     /// Bytes of every tensor the model needs, for progress bars and memory checks.
     pub fn total_bytes(&self) -> usize {
-        TensorId::all(&self.config).iter().filter_map(|id| self.weight(*id).ok()).map(|w| w.bytes.len()).sum()
+        let ids = TensorId::all(&self.config);
+        match &self.kind {
+            // sizes from the tensor infos, without repacking
+            Kind::Gptq(g) => ids.iter().filter_map(|id| g.weight_bytes(*id)).sum(),
+            _ => ids.iter().filter_map(|id| self.weight(*id).ok()).map(|w| w.bytes.len()).sum(),
+        }
     }
 }
 
-impl WeightData {
-    /// A copy of this tensor in another format (used for norms, which run in f32).
-    pub fn converted(&self, format: WeightFormat) -> WeightData {
-        if self.format == format {
-            return self.clone();
-        }
-        let f = self.to_f32();
-        WeightData {
-            format,
-            rows: self.rows,
-            cols: self.cols,
-            bytes: Blob::from_vec(crate::quant::quantize(format, &f)),
-        }
-    }
+/// Tensor `id` of a safetensors folder as stored (f32, f16 or bf16), checked against the
+/// config's shape.
+pub(crate) fn float_weight(files: &SafetensorsFiles, dir: &Path, id: TensorId, config: &Config) -> Result<WeightData> {
+    let name = format!("{}.weight", id.hf_name());
+    let t = files.get(&name).ok_or_else(|| {
+        let hint = if id == TensorId::Output { " (or set tie_word_embeddings)" } else { "" };
+        Error::load(dir, format!("tensor `{name}` is missing{hint}"))
+    })?;
+    t.to_weight(id, config)
 }
 
 impl crate::model::WeightSource for ModelFiles {

@@ -30,6 +30,7 @@ impl Gpu {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn rank(t: wgpu::DeviceType) -> u8 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,

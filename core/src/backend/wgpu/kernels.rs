@@ -17,6 +17,8 @@ pub enum Kernel {
     SiluMul,
     Add,
     Argmax,
+    /// x[perm] before the product with a column-permuted (GPTQ act-order) matrix.
+    Gather,
 }
 
 macro_rules! shader {
@@ -36,6 +38,7 @@ fn format_source(f: WeightFormat, native_f16: bool) -> &'static str {
         WeightFormat::Q4_1 => shader!("weights_q4_1"),
         WeightFormat::Q4K => shader!("weights_q4_k"),
         WeightFormat::Q6K => shader!("weights_q6_k"),
+        WeightFormat::Gptq4 => shader!("weights_gptq4"),
     }
 }
 
@@ -49,6 +52,7 @@ fn bindings(k: Kernel) -> &'static [bool] {
         Kernel::Attention => &[true, true, true, false],
         Kernel::SiluMul | Kernel::Add => &[false, true],
         Kernel::Argmax => &[true, false],
+        Kernel::Gather => &[true, true, false],
     }
 }
 
@@ -65,6 +69,7 @@ pub fn source(k: Kernel, native_f16: bool) -> String {
         Kernel::SiluMul => shader!("silu_mul").into(),
         Kernel::Add => shader!("add").into(),
         Kernel::Argmax => shader!("argmax").into(),
+        Kernel::Gather => shader!("gather").into(),
     }
 }
 
@@ -140,8 +145,10 @@ mod tests {
             WeightFormat::Q4_1,
             WeightFormat::Q4K,
             WeightFormat::Q6K,
+            WeightFormat::Gptq4,
         ];
         let mut kernels = vec![
+            Kernel::Gather,
             Kernel::RmsNorm,
             Kernel::Rope,
             Kernel::StoreKv,

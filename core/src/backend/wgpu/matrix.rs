@@ -25,7 +25,7 @@ pub fn layout(format: WeightFormat, cols: usize) -> Layout {
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => (nb * 16, 0),
         WeightFormat::Q8_0 => (nb * 32, nb * 2),
         WeightFormat::Q4_0 => (nb * 16, nb * 2),
-        WeightFormat::Q4_1 => (nb * 16, nb * 4),
+        WeightFormat::Q4_1 | WeightFormat::Gptq4 => (nb * 16, nb * 4),
         WeightFormat::Q4K => (nb / 8 * 144, 0),
         WeightFormat::Q6K => (nb / 8 * 208, nb / 8 * 2),
     };
@@ -47,9 +47,9 @@ pub fn repack_rows(w: &WeightData, r0: usize, r1: usize, payload: &mut [u8], sca
                 dst[..src.len()].copy_from_slice(src);
                 dst[src.len()..].fill(0);
             }
-            // (d, qs) → qs to the payload, d to the scales
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
-                let head = if f == WeightFormat::Q4_1 { 4 } else { 2 };
+            // (d, qs) → qs to the payload, d to the scales; (d, m) and GPTQ's (d, z) likewise
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Gptq4 => {
+                let head = if matches!(f, WeightFormat::Q4_1 | WeightFormat::Gptq4) { 4 } else { 2 };
                 let body = bb - head;
                 for (b, blk) in src.chunks_exact(bb).enumerate() {
                     sc[b * head..(b + 1) * head].copy_from_slice(&blk[..head]);
@@ -95,6 +95,25 @@ mod tests {
         assert_eq!(&p[..16], &[0x11; 16]);
         assert_eq!(&p[16..], &[0x22; 16]);
         assert_eq!(s, [0x00, 0x3c, 0x00, 0x3c]);
+    }
+
+    #[test]
+    fn gptq4_d_and_z_move_out_of_the_blocks() {
+        // one row of two blocks: (d, z) = (1.0, 8.0) / (2.0, 16.0), nibbles 0x21 / 0x43
+        let mut bytes = vec![];
+        for (d, z, v) in [(0x3c00u16, 0x4800u16, 0x21u8), (0x4000, 0x4c00, 0x43)] {
+            bytes.extend_from_slice(&d.to_le_bytes());
+            bytes.extend_from_slice(&z.to_le_bytes());
+            bytes.extend_from_slice(&[v; 16]);
+        }
+        let w = WeightData::new(WeightFormat::Gptq4, 1, 64, Blob::from_vec(bytes), "t").unwrap();
+        let lay = layout(WeightFormat::Gptq4, 64);
+        assert_eq!((lay.unit, lay.nb, lay.payload_row, lay.scales_row), (32, 2, 32, 8));
+        let (mut p, mut s) = (vec![0u8; lay.payload_row], vec![0u8; lay.scales_row]);
+        repack_rows(&w, 0, 1, &mut p, &mut s);
+        assert_eq!(&p[..16], &[0x21; 16]);
+        assert_eq!(&p[16..], &[0x43; 16]);
+        assert_eq!(s, [0x00, 0x3c, 0x00, 0x48, 0x00, 0x40, 0x00, 0x4c]);
     }
 
     #[test]

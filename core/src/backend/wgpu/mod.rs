@@ -31,6 +31,8 @@ pub struct Wgpu {
     rec: Mutex<Recorder>,
     dummy: wgpu::Buffer,
     argmax_out: wgpu::Buffer,
+    /// Scratch for `x[perm]` ahead of column-permuted (GPTQ act-order) products, grown as needed.
+    gathered: Mutex<Option<wgpu::Buffer>>,
     error: Arc<Mutex<Option<String>>>,
 }
 
@@ -70,6 +72,8 @@ pub struct MatrixInner {
     cols: usize,
     lay: Layout,
     chunks: Vec<Chunk>,
+    /// The column permutation (u32 per column) of a GPTQ act-order matrix.
+    perm: Option<wgpu::Buffer>,
 }
 
 #[derive(Clone)]
@@ -122,6 +126,7 @@ impl Wgpu {
             rec: Mutex::new(Recorder { params: vec![], params_buf, cmds: vec![], binds: HashMap::new() }),
             dummy,
             argmax_out,
+            gathered: Mutex::new(None),
             error,
             gpu,
         })
@@ -333,6 +338,39 @@ impl Wgpu {
         Ok(data)
     }
 
+    /// Record `out[t, i] = x[t, perm[i]]` for t < n into the gather scratch and return it as
+    /// the product's input; `None` (with the error kept for the next readback) if the
+    /// scratch cannot grow.
+    fn gather(&self, x: &WgpuAct, n: usize, cols: usize, perm: &wgpu::Buffer) -> Option<WgpuAct> {
+        let size = (n * cols * 4) as u64;
+        let buf = {
+            let mut slot = self.gathered.lock().unwrap();
+            match slot.as_ref() {
+                Some(b) if b.size() >= size => b.clone(),
+                old => {
+                    let cap = self.gpu.limits.max_storage_buffer_binding_size;
+                    let want = old.map_or(size, |b| size.max(b.size().saturating_mul(2)).min(cap).max(size));
+                    let b = match self.storage("gather scratch", want) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            self.error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+                            return None;
+                        }
+                    };
+                    if let Some(old) = slot.replace(b.clone()) {
+                        // recorded work keeps its own handle; only the cached bindings go
+                        self.rec.lock().unwrap().binds.retain(|k, _| !k.1.iter().any(|(buf, _, _)| *buf == old));
+                    }
+                    b
+                }
+            }
+        };
+        let (groups, gx) = self.linear_groups(n * cols);
+        let params = [n as u32, cols as u32, x.cols as u32, gx];
+        self.dispatch(Kernel::Gather, &params, vec![whole(perm), whole(&x.buf), whole(&buf)], groups);
+        Some(WgpuAct { buf, cols })
+    }
+
     fn weight_dispatch(&self, kern: Kernel, w: &WgpuMatrix, x: &WgpuAct, out: &WgpuAct, n: usize, grid: impl Fn(&Chunk) -> ([u32; 3], u32)) {
         let m = &w.0;
         for c in &m.chunks {
@@ -392,7 +430,21 @@ impl Backend for Wgpu {
             chunks.push(Chunk { buf, row0: r0, rows: r1 - r0, payload_size, scales_offset, scales_size: scales_size.next_multiple_of(4) });
             r0 = r1;
         }
-        Ok(WgpuMatrix(Arc::new(MatrixInner { format: w.format, cols: w.cols, lay, chunks })))
+        let perm = match &w.perm {
+            None => None,
+            Some(p) => {
+                let bytes: &[u8] = bytemuck::cast_slice(p.as_slice());
+                let buf = self.create_buffer(&format!("{name} perm"), bytes.len() as u64, wgpu::BufferUsages::STORAGE, true)?;
+                buf.slice(..)
+                    .get_mapped_range_mut()
+                    .map_err(|e| Error::Device(format!("mapping {name} perm: {e}")))?
+                    .slice(..bytes.len())
+                    .copy_from_slice(bytes);
+                buf.unmap();
+                Some(buf)
+            }
+        };
+        Ok(WgpuMatrix(Arc::new(MatrixInner { format: w.format, cols: w.cols, lay, chunks, perm })))
     }
 
     fn alloc(&self, name: &str, rows: usize, cols: usize) -> Result<WgpuAct> {
@@ -428,6 +480,17 @@ impl Backend for Wgpu {
     }
 
     fn matmul(&self, x: &WgpuAct, n: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
+        let gathered;
+        let x = match &w.0.perm {
+            None => x,
+            Some(perm) => match self.gather(x, n, w.0.cols, perm) {
+                Some(g) => {
+                    gathered = g;
+                    &gathered
+                }
+                None => return,
+            },
+        };
         if n == 1 {
             self.weight_dispatch(Kernel::Matvec(w.0.format), w, x, out, 1, |c| self.folded(c.rows));
         } else {

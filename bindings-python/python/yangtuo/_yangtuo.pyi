@@ -1,0 +1,200 @@
+"""Type stubs for the extension module (src/*.rs)."""
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Literal, Self, TypeAlias, overload
+
+from ._results import ChatResult, CompletionResult
+
+__version__: str
+
+Message: TypeAlias = Mapping[str, str]
+Messages: TypeAlias = Sequence[Message]
+Progress: TypeAlias = bool | Callable[[int, int, str], object] | None
+
+class Llama:
+    """A loaded Llama 2 model. Concurrent calls (from several threads) run in parallel, each
+    with its own KV cache; device work is interleaved token by token. The GIL is released
+    while the model runs; Ctrl-C stops a generation within one token."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        backend: Literal["auto", "wgpu", "cuda", "cpu"] | str = "auto",
+        quantize: Literal["q4_0", "q4_1", "q8_0", "q4_k", "q6_k", "f16"] | str | None = None,
+        template: Literal["llama2", "llama2-chinese"] | str | None = None,
+        n_ctx: int | None = None,
+        progress: Progress = None,
+    ) -> None: ...
+    @overload
+    def chat(
+        self,
+        messages: Messages,
+        max_tokens: int | None = None,
+        temperature: float | None = 0.6,
+        top_p: float | None = 0.9,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: Literal[False] = False,
+        allow_control_tokens: bool = False,
+    ) -> ChatResult: ...
+    @overload
+    def chat(
+        self,
+        messages: Messages,
+        max_tokens: int | None = None,
+        temperature: float | None = 0.6,
+        top_p: float | None = 0.9,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stream: Literal[True],
+        allow_control_tokens: bool = False,
+    ) -> TextStream: ...
+    @overload
+    def chat(
+        self,
+        messages: Messages,
+        max_tokens: int | None = None,
+        temperature: float | None = 0.6,
+        top_p: float | None = 0.9,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stream: bool,
+        allow_control_tokens: bool = False,
+    ) -> ChatResult | TextStream: ...
+    @overload
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = None,
+        temperature: float | None = 0.6,
+        top_p: float | None = 0.9,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: Literal[False] = False,
+    ) -> CompletionResult: ...
+    @overload
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = None,
+        temperature: float | None = 0.6,
+        top_p: float | None = 0.9,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stream: Literal[True],
+    ) -> TextStream: ...
+    @overload
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = None,
+        temperature: float | None = 0.6,
+        top_p: float | None = 0.9,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stream: bool,
+    ) -> CompletionResult | TextStream: ...
+    def session(self, system: str | None = None) -> Session: ...
+    def tokenize(self, text: str) -> list[int]: ...
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+    def apply_chat_template(self, messages: Messages, allow_control_tokens: bool = False) -> list[int]: ...
+    @property
+    def n_ctx(self) -> int: ...
+    @property
+    def n_vocab(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def template(self) -> str: ...
+    @property
+    def model_path(self) -> str: ...
+
+class Session:
+    """A conversation that keeps its KV cache between turns (``Llama.session``)."""
+
+    @overload
+    def chat(
+        self,
+        user: str,
+        max_tokens: int | None = None,
+        temperature: float | None = 0.6,
+        top_p: float | None = 0.9,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: Literal[False] = False,
+        allow_control_tokens: bool = False,
+    ) -> ChatResult: ...
+    @overload
+    def chat(
+        self,
+        user: str,
+        max_tokens: int | None = None,
+        temperature: float | None = 0.6,
+        top_p: float | None = 0.9,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stream: Literal[True],
+        allow_control_tokens: bool = False,
+    ) -> TextStream: ...
+    @overload
+    def chat(
+        self,
+        user: str,
+        max_tokens: int | None = None,
+        temperature: float | None = 0.6,
+        top_p: float | None = 0.9,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stream: bool,
+        allow_control_tokens: bool = False,
+    ) -> ChatResult | TextStream: ...
+    @property
+    def messages(self) -> list[dict[str, str]]: ...
+    def reset(self) -> None: ...
+    def __len__(self) -> int: ...
+
+class TextStream(Iterator[str]):
+    """Text deltas of a streamed answer; ``result`` holds the full result once exhausted."""
+
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> str: ...
+    def close(self) -> None: ...
+    @property
+    def result(self) -> ChatResult | CompletionResult | None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> bool: ...

@@ -1,0 +1,25 @@
+//! `yangtuo._yangtuo`: the Python extension module. A thin translation of core's `Llama`
+//! and `ChatSession`; the Python-shaped result and error classes live in `python/yangtuo`.
+//!
+//! Every core call runs on a worker thread (`worker.rs`) while the calling thread waits with
+//! the GIL released, so other Python threads run and Ctrl-C stops a generation.
+
+mod args;
+mod errors;
+mod llama;
+mod progress;
+mod results;
+mod session;
+mod stream;
+mod worker;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _yangtuo(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<llama::PyLlama>()?;
+    m.add_class::<session::PySession>()?;
+    m.add_class::<stream::TextStream>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+"""The GIL is released while the model runs; concurrent calls are safe; Ctrl-C stops a
+generation within a token and leaves the model usable."""
+
+import _thread
+import signal
+import threading
+import time
+
+import pytest
+import yangtuo
+from conftest import GREEDY, USER
+
+LONG = {"max_tokens": 3000, **GREEDY}
+
+
+def test_other_python_threads_run_during_a_chat(long_llm):
+    count = 0
+    running = True
+
+    def spin():
+        nonlocal count
+        while running:
+            count += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        time.sleep(0.05)
+        before = count
+        r = long_llm.chat(USER, max_tokens=40, **GREEDY)
+        during = count - before
+    finally:
+        running = False
+        t.join()
+    assert r.usage.completion_tokens == 40
+    assert during > 20, f"the counter advanced only {during} times while chat ran: is the GIL held?"
+
+
+def test_concurrent_chats_match_the_single_threaded_answer(llm, greedy_answer):
+    results: dict[int, yangtuo.ChatResult] = {}
+    errors = []
+
+    def run(i):
+        try:
+            results[i] = llm.chat(USER, max_tokens=16, **GREEDY)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 2
+    for r in results.values():
+        assert r.ids == greedy_answer.ids and r.content == greedy_answer.content
+
+
+def test_concurrent_streams_and_sessions(llm, greedy_answer):
+    out: dict[str, str] = {}
+
+    def stream():
+        out["stream"] = "".join(llm.chat(USER, max_tokens=16, stream=True, **GREEDY))
+
+    def session():
+        out["session"] = llm.session().chat(USER[0]["content"], max_tokens=16, **GREEDY).content
+
+    threads = [threading.Thread(target=stream), threading.Thread(target=session)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert out == {"stream": greedy_answer.content, "session": greedy_answer.content}
+
+
+def _interrupt_after(seconds: float, how: str) -> threading.Timer:
+    if how == "signal":
+        fire = lambda: signal.raise_signal(signal.SIGINT)  # a real SIGINT to the process
+    else:
+        fire = _thread.interrupt_main
+    t = threading.Timer(seconds, fire)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("how", ["signal", "interrupt_main"])
+def test_ctrl_c_stops_a_chat_and_the_model_stays_usable(long_llm, how):
+    expected = long_llm.chat(USER, max_tokens=12, **GREEDY)
+    timer = _interrupt_after(0.5, how)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        long_llm.chat(USER, **LONG)
+    elapsed = time.monotonic() - t0
+    timer.join()
+    assert elapsed < 5, f"Ctrl-C took {elapsed:.1f}s to stop the generation"
+    again = long_llm.chat(USER, max_tokens=12, **GREEDY)
+    assert again.ids == expected.ids
+
+
+def test_ctrl_c_stops_a_stream(long_llm):
+    expected = long_llm.chat(USER, max_tokens=12, **GREEDY)
+    deltas = long_llm.chat(USER, stream=True, **LONG)
+    timer = _interrupt_after(0.5, "signal")
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        got.extend(deltas)
+    timer.join()
+    assert got and len(got) < 3000
+    assert list(deltas) == [] and deltas.result is None  # the interrupted stream is over
+    assert long_llm.chat(USER, max_tokens=12, **GREEDY).ids == expected.ids
+
+
+def test_ctrl_c_in_a_session_discards_the_turn(long_llm):
+    s = long_llm.session()
+    s.chat("hi", max_tokens=4, **GREEDY)
+    timer = _interrupt_after(0.5, "signal")
+    with pytest.raises(KeyboardInterrupt):
+        s.chat("tell me a long story", **LONG)
+    timer.join()
+    assert [m["role"] for m in s.messages] == ["user", "assistant"]
+    fresh = long_llm.chat([*s.messages, {"role": "user", "content": "again"}], max_tokens=6, **GREEDY)
+    assert s.chat("again", max_tokens=6, **GREEDY).ids == fresh.ids

@@ -100,7 +100,7 @@ pub fn now() -> f64 {
     }
     #[cfg(target_arch = "wasm32")]
     {
-        0.0
+        js_sys::Date::now() / 1000.0
     }
 }
 

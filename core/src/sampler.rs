@@ -183,9 +183,7 @@ pub fn argmax(v: &[f32]) -> u32 {
 
 #[cfg(target_arch = "wasm32")]
 fn js_random() -> f64 {
-    // no clock-based seed on the web without extra crates: mix the address of a stack value
-    let x = 0u8;
-    ((&x as *const u8 as usize as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64
+    js_sys::Math::random()
 }
 
 #[cfg(test)]

@@ -1,0 +1,133 @@
+// Types of the npm package `yangtuo` (the public API in lib/index.js).
+
+export type Role = 'system' | 'user' | 'assistant'
+
+export interface ChatMessage {
+  role: Role
+  content: string
+}
+
+export interface LoadProgress {
+  /** The tensor just loaded (GGUF name). */
+  tensor: string
+  doneBytes: number
+  totalBytes: number
+}
+
+export interface LoadOptions {
+  /** `auto` (default: a GPU through wgpu, else the CPU; `$YANGTUO_BACKEND` overrides), `wgpu`, `cuda` or `cpu`. */
+  backend?: 'auto' | 'wgpu' | 'cuda' | 'cpu'
+  /** Quantize f16/bf16/f32 weights while loading. */
+  quantize?: 'q4_0' | 'q4_1' | 'q8_0' | 'q4_k' | 'q6_k' | 'f16'
+  /** `llama2` or `llama2-chinese`; default: the model's own template, else `llama2`. */
+  template?: string
+  /** KV cache length in tokens; default min(trained context, 4096). */
+  nCtx?: number
+  /** Tokens per prefill batch (default 512). */
+  maxBatch?: number
+  /** Called on the main thread after each tensor is loaded. */
+  onProgress?: (progress: LoadProgress) => void
+}
+
+export interface GenerateOptions {
+  /** At most this many new tokens; default: until EOS or the end of the context. */
+  maxTokens?: number
+  /** 0 is greedy. Default 0.6 (Meta's). */
+  temperature?: number
+  /** Nucleus mass in (0, 1]. Default 0.9 (Meta's). */
+  topP?: number
+  topK?: number
+  /** Drop tokens whose probability is below minP times the top one. */
+  minP?: number
+  /** CTRL-style penalty on tokens already in the prompt or answer (1.1–1.3 is usual). */
+  repetitionPenalty?: number
+  /** Same seed, same options, same answer (on every backend). */
+  seed?: number
+  /** Stop before this string (or any of these); it is not part of the answer. */
+  stop?: string | string[]
+  /** Accept template control strings (`[INST]`, `<s>`, ...) inside message content. */
+  allowControlTokens?: boolean
+  /** Abort the call: it rejects with an `AbortError` (code `ABORTED`) before the next token. */
+  signal?: AbortSignal
+}
+
+export interface Usage {
+  promptTokens: number
+  completionTokens: number
+  totalTokens: number
+}
+
+export interface Timings {
+  /** Prompt tokens actually run (a cached prefix is not run again). */
+  prefillTokens: number
+  prefillMs: number
+  /** From the call to the first sampled token. */
+  ttftMs: number
+  decodeTokens: number
+  decodeMs: number
+}
+
+export interface Completion {
+  content: string
+  /** `stop`: EOS or a stop string; `length`: `maxTokens` or the end of the context. */
+  finishReason: 'stop' | 'length'
+  usage: Usage
+  /** The generated token ids (EOS excluded). */
+  ids: number[]
+  timings: Timings
+}
+
+/** Text deltas; they concatenate to the answer. The iterator's return value is the completion. */
+export type CompletionStream = AsyncGenerator<string, Completion, undefined>
+
+/**
+ * The `code` of every error this package throws or rejects with:
+ * `MODEL_LOAD`, `TEMPLATE` (with `index`), `CONTEXT_LENGTH`, `INVALID_ARG`, `DEVICE`,
+ * `ABORTED` (name `AbortError`), `INTERNAL` (a bug: a caught Rust panic).
+ */
+export type ErrorCode = 'MODEL_LOAD' | 'TEMPLATE' | 'CONTEXT_LENGTH' | 'INVALID_ARG' | 'DEVICE' | 'ABORTED' | 'INTERNAL'
+
+export interface YangtuoError extends Error {
+  code: ErrorCode
+  /** For `TEMPLATE`: the position of the offending message. */
+  index?: number
+}
+
+/** A conversation that keeps its KV cache between turns. One turn at a time. */
+export declare class ChatSession {
+  private constructor()
+  /** Send a user message; resolves to the answer, which joins `messages`. */
+  chat(text: string, options?: GenerateOptions): Promise<Completion>
+  chatStream(text: string, options?: GenerateOptions): CompletionStream
+  /** The conversation so far (a copy). */
+  readonly messages: ChatMessage[]
+  /** Forget the conversation; the system prompt stays. */
+  reset(): void
+}
+
+/**
+ * A loaded Llama model. Every call runs on a worker thread, so the event loop stays free.
+ * Concurrent calls on one model are safe and run in parallel: each gets its own KV state.
+ */
+export declare class Llama {
+  private constructor()
+  /** Load a model folder (config.json + safetensors + tokenizer) or a .gguf file, off the main thread. */
+  static load(model: string | URL, options?: LoadOptions): Promise<Llama>
+  /** Answer `messages` with the model's chat template. */
+  chat(messages: ChatMessage[], options?: GenerateOptions): Promise<Completion>
+  chatStream(messages: ChatMessage[], options?: GenerateOptions): CompletionStream
+  /** Raw completion: BOS, then `prompt`; no template. */
+  generate(prompt: string, options?: GenerateOptions): Promise<Completion>
+  generateStream(prompt: string, options?: GenerateOptions): CompletionStream
+  /** Continue exactly these prompt ids (nothing added), like `yangtuo generate --ids`. */
+  completeIds(ids: number[], options?: GenerateOptions): Promise<Completion>
+  session(options?: { system?: string }): ChatSession
+  /** Token ids of `text` (no BOS). */
+  tokenize(text: string): number[]
+  detokenize(ids: number[]): string
+  /** Context length in tokens: prompt plus answer must fit. */
+  readonly nCtx: number
+  /** The device the model runs on. */
+  readonly device: string
+  readonly vocabSize: number
+}

@@ -1,0 +1,199 @@
+//! The JavaScript shapes of arguments and results (camelCase in JS), and their checked
+//! conversion to and from the engine's types. Bad values are `INVALID_ARG` errors.
+
+use crate::errors::Failure;
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use yangtuo::{BackendChoice, SamplingParams, WeightFormat};
+
+type Checked<T> = std::result::Result<T, Failure>;
+
+/// Convert a JavaScript argument, reporting a wrong type as `INVALID_ARG` on `name`.
+pub fn from_js<T: FromNapiValue>(name: &'static str, v: Unknown<'_>) -> Checked<T> {
+    unsafe { T::from_napi_value(v.value().env, v.raw()) }.map_err(|e| Failure::arg(name, e.reason))
+}
+
+/// A whole number in `min..=2^53`, or `None`.
+fn whole(name: &'static str, v: Option<f64>, min: f64) -> Checked<Option<u64>> {
+    match v {
+        None => Ok(None),
+        Some(x) if x.is_finite() && x.fract() == 0.0 && x >= min && x <= 9_007_199_254_740_992.0 => Ok(Some(x as u64)),
+        Some(x) => Err(Failure::arg(name, format!("must be a whole number >= {min}, got {x}"))),
+    }
+}
+
+#[napi(object)]
+pub struct ChatMessage {
+    #[napi(ts_type = "'system' | 'user' | 'assistant'")]
+    pub role: String,
+    pub content: String,
+}
+
+impl From<ChatMessage> for yangtuo::Message {
+    fn from(m: ChatMessage) -> Self {
+        yangtuo::Message::new(&m.role, m.content)
+    }
+}
+
+impl From<&yangtuo::Message> for ChatMessage {
+    fn from(m: &yangtuo::Message) -> Self {
+        ChatMessage { role: m.role.clone(), content: m.content.clone() }
+    }
+}
+
+#[napi(object)]
+#[derive(Default)]
+pub struct LoadOptions {
+    /// `auto` (default: a GPU through wgpu, else the CPU), `wgpu`, `cuda` or `cpu`.
+    pub backend: Option<String>,
+    /// Quantize f16/bf16/f32 weights while loading: `q4_0`, `q4_1`, `q8_0`, `q4_k`, `q6_k`.
+    pub quantize: Option<String>,
+    /// `llama2` or `llama2-chinese`; default: the model's own template, else `llama2`.
+    pub template: Option<String>,
+    /// KV cache length in tokens; default min(trained context, 4096).
+    pub n_ctx: Option<f64>,
+    /// Tokens per prefill batch (default 512).
+    pub max_batch: Option<f64>,
+}
+
+impl LoadOptions {
+    pub fn into_core(self) -> Checked<yangtuo::LoadOptions> {
+        let mut o = yangtuo::LoadOptions::default();
+        if let Some(b) = self.backend {
+            o.backend = b.parse::<BackendChoice>()?;
+        }
+        o.quantize = self.quantize.as_deref().map(weight_format).transpose()?;
+        o.template = self.template;
+        o.ctx_len = whole("nCtx", self.n_ctx, 1.0)?.map(|n| n as usize);
+        if let Some(b) = whole("maxBatch", self.max_batch, 1.0)? {
+            o.max_batch = b as usize;
+        }
+        Ok(o)
+    }
+}
+
+fn weight_format(s: &str) -> Checked<WeightFormat> {
+    match s.to_ascii_lowercase().as_str() {
+        "q4_0" => Ok(WeightFormat::Q4_0),
+        "q4_1" => Ok(WeightFormat::Q4_1),
+        "q8_0" => Ok(WeightFormat::Q8_0),
+        "q4_k" | "q4_k_m" | "q4k" => Ok(WeightFormat::Q4K),
+        "q6_k" | "q6k" => Ok(WeightFormat::Q6K),
+        "f16" => Ok(WeightFormat::F16),
+        other => Err(Failure::arg("quantize", format!("unknown type `{other}` (q4_0, q4_1, q8_0, q4_k, q6_k, f16)"))),
+    }
+}
+
+#[napi(object)]
+#[derive(Default)]
+pub struct GenerateOptions {
+    /// At most this many new tokens; default: until EOS or the end of the context.
+    pub max_tokens: Option<f64>,
+    /// 0 is greedy; default 0.6 (Meta's).
+    pub temperature: Option<f64>,
+    /// Default 0.9 (Meta's).
+    pub top_p: Option<f64>,
+    pub top_k: Option<f64>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub seed: Option<f64>,
+    /// Stop before this string (or any of these); it is not part of the answer.
+    pub stop: Option<Either<String, Vec<String>>>,
+    /// Accept template control strings (`[INST]`, `<s>`, ...) inside message content.
+    pub allow_control_tokens: Option<bool>,
+}
+
+impl GenerateOptions {
+    pub fn into_core(self) -> Checked<yangtuo::GenerateOptions> {
+        let d = SamplingParams::default();
+        let sampling = SamplingParams {
+            temperature: self.temperature.map_or(d.temperature, |t| t as f32),
+            top_p: self.top_p.map_or(d.top_p, |p| p as f32),
+            top_k: whole("topK", self.top_k, 0.0)?.map(|k| k as usize),
+            min_p: self.min_p.map(|m| m as f32),
+            repetition_penalty: self.repetition_penalty.map(|r| r as f32),
+            seed: whole("seed", self.seed, 0.0)?,
+        };
+        sampling.validate()?;
+        let stop = match self.stop {
+            None => vec![],
+            Some(Either::A(s)) => vec![s],
+            Some(Either::B(v)) => v,
+        };
+        if stop.iter().any(String::is_empty) {
+            return Err(Failure::arg("stop", "stop strings must not be empty"));
+        }
+        Ok(yangtuo::GenerateOptions {
+            max_tokens: whole("maxTokens", self.max_tokens, 0.0)?.map(|n| n as usize),
+            sampling,
+            stop,
+            allow_control_tokens: self.allow_control_tokens.unwrap_or(false),
+        })
+    }
+}
+
+#[napi(object)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+#[napi(object)]
+pub struct Timings {
+    /// Prompt tokens actually run (a cached prefix is not run again).
+    pub prefill_tokens: u32,
+    pub prefill_ms: f64,
+    /// From the call to the first sampled token.
+    pub ttft_ms: f64,
+    pub decode_tokens: u32,
+    pub decode_ms: f64,
+}
+
+#[napi(object)]
+pub struct Completion {
+    pub content: String,
+    /// `stop`: EOS or a stop string; `length`: `maxTokens` or the end of the context.
+    #[napi(ts_type = "'stop' | 'length'")]
+    pub finish_reason: String,
+    pub usage: Usage,
+    /// The generated token ids (EOS excluded).
+    pub ids: Vec<u32>,
+    pub timings: Timings,
+}
+
+impl From<yangtuo::Completion> for Completion {
+    fn from(c: yangtuo::Completion) -> Self {
+        let t = c.timings;
+        Completion {
+            content: c.text,
+            finish_reason: c.finish_reason.as_str().into(),
+            usage: Usage {
+                prompt_tokens: c.usage.prompt_tokens as u32,
+                completion_tokens: c.usage.completion_tokens as u32,
+                total_tokens: c.usage.total_tokens as u32,
+            },
+            ids: c.ids,
+            timings: Timings {
+                prefill_tokens: t.prefill_tokens as u32,
+                prefill_ms: t.prefill_s * 1e3,
+                ttft_ms: t.ttft_s * 1e3,
+                decode_tokens: t.decode_tokens as u32,
+                decode_ms: t.decode_s * 1e3,
+            },
+        }
+    }
+}
+
+#[napi(object)]
+pub struct LoadProgress {
+    pub tensor: String,
+    pub done_bytes: f64,
+    pub total_bytes: f64,
+}
+
+impl From<yangtuo::model::LoadProgress<'_>> for LoadProgress {
+    fn from(p: yangtuo::model::LoadProgress<'_>) -> Self {
+        LoadProgress { tensor: p.tensor.into(), done_bytes: p.done_bytes as f64, total_bytes: p.total_bytes as f64 }
+    }
+}

@@ -1,0 +1,195 @@
+// End-to-end in real headless Chromium (Debian's, through playwright-core): the ES module
+// loads random tiny models (GGUF and a Hugging Face folder with the real Llama 2 tokenizer)
+// over WebGPU, which here is SwiftShader without shader-f16, so the f32 path runs.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from './server.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const pkgRoot = path.resolve(here, '..');
+const repo = path.resolve(pkgRoot, '..');
+const target = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache', 'yangtuo-target');
+const makeModel = process.env.YANGTUO_MAKE_MODEL ?? path.join(target, 'release', 'make-model');
+const cli = path.join(target, 'release', 'yangtuo');
+const shared = process.env.YANGTUO_SHARED ?? path.resolve(repo, '..', 'shared');
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const FLAGS = ['--headless', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-gpu-sandbox', '--no-first-run', '--disable-background-networking'];
+const QUESTION = '咖啡的作用是什么？';
+
+let server, browser, page, models;
+
+before(async () => {
+  for (const [what, p] of [['pkg/ (run scripts/build-wasm.sh)', path.join(pkgRoot, 'pkg', 'yangtuo_wasm.js')], ['make-model', makeModel], ['the yangtuo CLI', cli], ['../shared tokenizers', path.join(shared, 'tokenizers', 'llama2', 'tokenizer.model')], ['chromium', chromiumPath]]) {
+    assert.ok(fs.existsSync(p), `missing ${what}: ${p}`);
+  }
+  models = fs.mkdtempSync(path.join(os.tmpdir(), 'yangtuo-web-'));
+  const hf = path.join(models, 'tiny');
+  execFileSync(makeModel, ['--out', hf, '--hidden', '64', '--intermediate', '256', '--layers', '2', '--heads', '4', '--kv-heads', '2', '--vocab', '32000', '--dtype', 'f16', '--seed', '3', '--tokenizer', path.join(shared, 'tokenizers', 'llama2')], { stdio: 'inherit' });
+  execFileSync(cli, ['quantize', hf, path.join(models, 'tiny.q8_0.gguf'), '--type', 'q8_0'], { stdio: 'inherit' });
+  server = await serve({ '/': pkgRoot, '/models/': models });
+  browser = await chromium.launch({ executablePath: chromiumPath, args: FLAGS });
+  page = await browser.newPage();
+  page.on('console', (m) => m.type() === 'error' && console.log('[browser]', m.text()));
+  await page.goto(`${server.url}/demo/index.html`);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  if (models) fs.rmSync(models, { recursive: true, force: true });
+});
+
+/** Run `fn(args)` in the page with the module imported as `y`. */
+function inPage(fn, args = {}) {
+  return page.evaluate(
+    async ([src, a]) => {
+      const y = await import('/js/yangtuo.js');
+      // eslint-disable-next-line no-new-func
+      return new Function('y', 'a', `return (${src})(y, a);`)(y, a);
+    },
+    [fn.toString(), args],
+  );
+}
+
+test('loads a GGUF with progress and chats on the f32 path', async () => {
+  const r = await inPage(async (y, a) => {
+    const seen = [];
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf', onProgress: (p) => seen.push(p) });
+    const out = await llm.chat([{ role: 'user', content: a.q }], { temperature: 0, maxTokens: 12 });
+    return { device: llm.device, template: llm.template, out, n: seen.length, last: seen.at(-1) };
+  }, { q: QUESTION });
+  assert.match(r.device, /f32 path/, 'SwiftShader has no shader-f16');
+  assert.ok(r.n > 5, 'progress was reported as tensors arrived');
+  assert.equal(r.last.loaded, r.last.total);
+  assert.ok(r.last.tensor.length > 0);
+  assert.equal(typeof r.out.content, 'string');
+  assert.ok(['stop', 'length'].includes(r.out.finishReason));
+  assert.ok(r.out.usage.completionTokens <= 12 && r.out.usage.promptTokens > 5);
+});
+
+test('the browser answer is token-identical to the native wgpu answer', async () => {
+  const web = await inPage(async (y, a) => {
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
+    return (await llm.chat([{ role: 'user', content: a.q }], { temperature: 0, maxTokens: 16 })).content;
+  }, { q: QUESTION });
+  const native = execFileSync(cli, ['chat', '--model', path.join(models, 'tiny.q8_0.gguf'), '--backend', 'wgpu', '--temperature', '0', '--max-tokens', '16'], {
+    input: `${QUESTION}\n/exit\n`,
+    env: { ...process.env, YANGTUO_NO_F16: '1' },
+  }).toString();
+  assert.equal(web, native.replace(/\n$/, ''));
+});
+
+test('chatStream deltas concatenate to the chat answer (same seed)', async () => {
+  const r = await inPage(async (y, a) => {
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
+    const msgs = [{ role: 'system', content: '你是一个乐于助人的助手。' }, { role: 'user', content: a.q }];
+    const opts = { temperature: 0.9, seed: 7, maxTokens: 24 };
+    const whole = await llm.chat(msgs, opts);
+    const deltas = [];
+    for await (const d of llm.chatStream(msgs, opts)) deltas.push(d);
+    return { whole: whole.content, deltas };
+  }, { q: QUESTION });
+  assert.equal(r.deltas.join(''), r.whole);
+  assert.ok(r.deltas.every((d) => !d.includes('\uFFFD')));
+});
+
+test('an AbortSignal stops generation with an AbortError and the model stays usable', async () => {
+  const r = await inPage(async (y, a) => {
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
+    const ctl = new AbortController();
+    let pieces = 0;
+    let error = null;
+    try {
+      for await (const d of llm.chatStream([{ role: 'user', content: a.q }], { signal: ctl.signal, maxTokens: 400, temperature: 0 })) {
+        if (d && ++pieces === 2) ctl.abort();
+      }
+    } catch (e) {
+      error = { name: e.name, code: e.code };
+    }
+    const after = await llm.chat([{ role: 'user', content: a.q }], { temperature: 0, maxTokens: 4 });
+    return { pieces, error, after: after.usage.completionTokens };
+  }, { q: QUESTION });
+  assert.deepEqual(r.error, { name: 'AbortError', code: 'ABORTED' });
+  assert.ok(r.pieces >= 2 && r.pieces < 10, `stopped within a token of the abort (${r.pieces} pieces)`);
+  assert.ok(r.after > 0);
+});
+
+test('a Hugging Face folder URL (config.json + safetensors + tokenizer.model) loads too', async () => {
+  const r = await inPage(async (y) => {
+    const llm = await y.Llama.load({ model: '/models/tiny/' });
+    const s = llm.session({ system: 'be brief' });
+    const a1 = await s.chat('你好', { temperature: 0, maxTokens: 6 });
+    const a2 = await s.chat('再说一次', { temperature: 0, maxTokens: 6 });
+    return { template: llm.template, roles: s.messages.map((m) => m.role), ok: typeof a1.content === 'string' && typeof a2.content === 'string', ids: llm.tokenize('咖啡') };
+  });
+  assert.equal(r.template, 'llama2');
+  assert.deepEqual(r.roles, ['system', 'user', 'assistant', 'user', 'assistant']);
+  assert.ok(r.ok);
+  // the wasm tokenizer gives the native one's ids
+  const native = JSON.parse(execFileSync(cli, ['tokenize', '--tokenizer', path.join(models, 'tiny')], { input: '{"text": "咖啡"}\n' }).toString());
+  assert.deepEqual(r.ids, native.ids);
+});
+
+test('errors reject with coded Errors', async () => {
+  const r = await inPage(async (y) => {
+    const out = {};
+    try { await y.Llama.load({ model: '/models/missing.gguf' }); } catch (e) { out.missing = { code: e.code, msg: e.message }; }
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
+    try { await llm.chat([{ role: 'user', content: 'a' }, { role: 'user', content: 'b' }]); } catch (e) { out.roles = { code: e.code, index: e.index, msg: e.message }; }
+    try { await llm.chat([{ role: 'user', content: 'a' }], { topP: 2 }); } catch (e) { out.arg = { code: e.code, msg: e.message }; }
+    try { await llm.chat([{ role: 'user', content: 'a' }], { maxTokens: 1e6 }); } catch (e) { out.ctx = { code: e.code }; }
+    return out;
+  });
+  assert.equal(r.missing.code, 'MODEL_LOAD');
+  assert.match(r.missing.msg, /404/);
+  assert.equal(r.roles.code, 'TEMPLATE');
+  assert.equal(r.roles.index, 1);
+  assert.equal(r.arg.code, 'INVALID_ARG');
+  assert.match(r.arg.msg, /top_p/);
+  assert.equal(r.ctx.code, 'CONTEXT_LENGTH');
+});
+
+test('downloads are cached: a reload fetches nothing again, clearCache() forgets', async () => {
+  const file = '/models/tiny.q8_0.gguf';
+  const load = () => inPage(async (y) => { await y.Llama.load({ model: '/models/tiny.q8_0.gguf' }); return true; });
+  await inPage(async (y) => { await y.clearCache(); return true; });
+  const before = server.counts.get(file) ?? 0;
+  await load();
+  assert.equal(server.counts.get(file), before + 1);
+  await page.reload();
+  await load();
+  assert.equal(server.counts.get(file), before + 1, 'served from the Cache API after a reload');
+  await inPage(async (y) => { await y.clearCache(); return true; });
+  await load();
+  assert.equal(server.counts.get(file), before + 2);
+});
+
+test('the demo page: load with a progress bar, stream an answer with tokens/s, stop', async () => {
+  await page.goto(`${server.url}/demo/index.html?model=/models/tiny.q8_0.gguf&max=16`);
+  await page.click('#load-btn');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 60_000 });
+  assert.match(await page.textContent('#device'), /wgpu/);
+  await page.fill('#input', QUESTION);
+  await page.click('#send');
+  await page.waitForFunction(() => document.querySelector('#speed').textContent.includes('tok/s') && document.body.dataset.state === 'ready', null, { timeout: 60_000 });
+  const answer = await page.textContent('.msg.assistant');
+  assert.ok(answer.length > 0);
+  fs.mkdirSync(path.join(pkgRoot, 'test-results'), { recursive: true });
+  await page.screenshot({ path: path.join(pkgRoot, 'test-results', 'demo.png'), fullPage: true });
+  // a long answer, stopped by the button
+  await page.goto(`${server.url}/demo/index.html?model=/models/tiny.q8_0.gguf&max=400`);
+  await page.click('#load-btn');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 60_000 });
+  await page.fill('#input', '请详细介绍一下咖啡。');
+  await page.click('#send');
+  await page.waitForFunction(() => document.querySelector('.msg.assistant')?.textContent.length > 0, null, { timeout: 60_000 });
+  await page.click('#stop');
+  await page.waitForSelector('body[data-state="ready"]', { timeout: 60_000 });
+  assert.match(await page.textContent('.msg.assistant'), /\[stopped\]$/);
+});

@@ -1,41 +1,70 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh Debian machine, then runs every test.
-# Idempotent: installed pieces are skipped, the cargo build stays warm in $CARGO_TARGET_DIR.
+# Installs what the test suite needs on a fresh Debian machine, then runs every test:
+# Rust (core, CLI, cross-crate parity against candle-transformers / sentencepiece /
+# gguf-py), the CUDA build, Python, Node, and the browser package in headless Chromium.
+# Idempotent: installed pieces are skipped; builds stay warm in $CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/yangtuo-target}"
+export WASM_TARGET_DIR="${WASM_TARGET_DIR:-$CARGO_TARGET_DIR-wasm}"
 VENV="${YANGTUO_VENV:-$HOME/.cache/yangtuo-venv}"
 export YANGTUO_PYTHON="$VENV/bin/python"
+export YANGTUO_MAKE_MODEL="$CARGO_TARGET_DIR/release/make-model"
+export YANGTUO_CLI="$CARGO_TARGET_DIR/release/yangtuo"
 # lavapipe's Vulkan loader warns without a runtime dir
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/yangtuo-xdg-$(id -u)}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+WASM_BINDGEN_VERSION=$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' bindings-wasm/Cargo.toml)
 
 step() { printf '\n==> %s\n' "$*"; }
+count_passed() { grep -Eo 'test result: ok\. [0-9]+ passed' "$1" | awk '{s+=$4} END {print s+0}'; }
 
-step "system packages (lavapipe for the wgpu tests)"
+step "system packages: lavapipe (Vulkan on the CPU) and Chromium (WebGPU tests)"
 missing=()
-for p in mesa-vulkan-drivers; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in mesa-vulkan-drivers chromium; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
-step "python venv ($VENV)"
+step "rust: wasm32 target and wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force
+fi
+
+step "python venv ($VENV) with the reference packages"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
 
-step "build"
+step "build: CLI and test tools"
 cargo build --release -p yangtuo-cli -p yangtuo-tests --bins
 
-step "rust tests (core, cli, cross-crate)"
+step "rust tests"
 log=$(mktemp)
-cargo test --release --workspace 2>&1 | tee "$log"
-passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-rm -f "$log"
-# a green run that ran nothing is a failure
-[ "$passed" -gt 50 ] || { echo "only $passed rust tests ran" >&2; exit 1; }
-echo "rust: $passed tests passed"
+cargo test --release --workspace --exclude yangtuo-node --exclude yangtuo-python 2>&1 | tee "$log"
+rust_passed=$(count_passed "$log")
 
-step "all tests passed"
+step "python package"
+"$VENV/bin/pip" install -q --disable-pip-version-check './bindings-python[langchain]' pytest
+"$VENV/bin/python" -m pytest -q bindings-python/tests
+
+step "node package"
+(cd bindings-node && npm ci --no-audit --no-fund && npm run build \
+  && node --test test/api.test.mjs test/runtime.test.mjs test/errors.test.mjs test/parity.test.mjs test/package.test.mjs)
+
+step "browser package (wasm + WebGPU in headless Chromium)"
+bash scripts/build-wasm.sh
+(cd bindings-wasm && npm ci --no-audit --no-fund && node --test test/browser.test.mjs)
+
+# last, so the binaries the suites above used are the default (CUDA-free) build
+step "CUDA backend: builds without a GPU or toolkit; kernels compile with NVRTC"
+cargo build --release -p yangtuo-cli --features cuda
+cargo test --release -p yangtuo --features cuda cuda 2>&1 | tee "$log"
+cuda_passed=$(count_passed "$log")
+rm -f "$log"
+
+# a green run that ran nothing is a failure
+[ "$rust_passed" -gt 100 ] || { echo "only $rust_passed rust tests ran" >&2; exit 1; }
+step "all tests passed (rust: $rust_passed, cuda build checks: $cuda_passed, plus python, node and browser suites)"

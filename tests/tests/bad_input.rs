@@ -1,0 +1,118 @@
+//! Bad input gets a clear, typed error that names the file or value, never a panic: through
+//! the library and through the CLI (whose exit code is 1 with `error: ...`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use yangtuo::weights::source::ModelFiles;
+use yangtuo::{Error, LoadOptions, Llama};
+use yangtuo_tests::{Spec, temp_dir};
+
+fn cli() -> PathBuf {
+    let p = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("yangtuo");
+    assert!(p.exists(), "build the CLI first: cargo build --release -p yangtuo-cli");
+    p
+}
+
+/// Run the CLI; it must fail cleanly (exit 1, one `error:` line, no panic) and say `want`.
+fn cli_fails(args: &[&str], env: &[(&str, &str)], want: &str) {
+    let out = Command::new(cli()).args(args).envs(env.iter().copied()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(err.contains("error:") && err.contains(want), "{args:?}: expected `{want}` in: {err}");
+}
+
+fn load_err(path: &Path) -> Error {
+    let opts = LoadOptions { backend: yangtuo::BackendChoice::Cpu, ..Default::default() };
+    match Llama::load(path, &opts, &mut |_| {}) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e,
+    }
+}
+
+fn model(name: &str) -> PathBuf {
+    Spec { seed: 31, ..Spec::default() }.write_temp(name)
+}
+
+#[test]
+fn missing_files_are_named() {
+    let e = load_err(Path::new("/nonexistent/model"));
+    assert!(matches!(e, Error::ModelLoad { .. }) && e.to_string().contains("/nonexistent/model"), "{e}");
+    let dir = temp_dir("empty");
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("config.json"), "{e}");
+    std::fs::write(dir.join("config.json"), Spec::default().config_json().to_string()).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("safetensors"), "{e}");
+    cli_fails(&["generate", "--model", "/nonexistent/m", "--ids", "1", "--backend", "cpu"], &[], "/nonexistent/m");
+}
+
+#[test]
+fn pickle_checkpoints_are_refused_with_how_to_convert() {
+    let dir = temp_dir("pickle");
+    std::fs::write(dir.join("config.json"), Spec::default().config_json().to_string()).unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), b"\x80\x02not unpickled").unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("pytorch_model.bin") && e.contains("never unpickles") && e.contains("safe_serialization"), "{e}");
+}
+
+#[test]
+fn unknown_model_type_is_named() {
+    let dir = model("mistral");
+    let mut c = Spec::default().config_json();
+    c["model_type"] = "mistral".into();
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("model_type `mistral`") && e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn shapes_that_disagree_with_the_config_name_the_tensor() {
+    let dir = model("shape");
+    let mut c = Spec::default().config_json();
+    c["intermediate_size"] = 128.into();
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("mlp.gate_proj.weight") && e.contains("[160, 64]") && e.contains("[128, 64]"), "{e}");
+}
+
+#[test]
+fn truncated_safetensors_is_named() {
+    let dir = model("trunc");
+    let f = dir.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+    let files = ModelFiles::open(&dir);
+    assert!(files.is_err());
+}
+
+#[test]
+fn out_of_range_ids_are_named() {
+    let dir = model("ids");
+    cli_fails(&["logits", "--model", dir.to_str().unwrap(), "--ids", "1,300,2", "--out", "/tmp/x.npy", "--backend", "cpu"], &[], "300");
+    cli_fails(&["generate", "--model", dir.to_str().unwrap(), "--ids", "1,x", "--backend", "cpu"], &[], "`x`");
+    cli_fails(&["generate", "--model", dir.to_str().unwrap(), "--ids", "5,99999", "--backend", "cpu"], &[], "99999");
+}
+
+#[test]
+fn no_adapter_found_is_a_clear_device_error() {
+    let dir = model("adapter");
+    cli_fails(
+        &["generate", "--model", dir.to_str().unwrap(), "--ids", "1", "--backend", "wgpu"],
+        &[("WGPU_ADAPTER_NAME", "no-such-gpu")],
+        "WGPU_ADAPTER_NAME=no-such-gpu matches none",
+    );
+    cli_fails(&["generate", "--model", dir.to_str().unwrap(), "--ids", "1", "--backend", "tpu"], &[], "`tpu`");
+}
+
+#[test]
+fn over_long_prompts_fail_before_any_work() {
+    let dir = model("ctx");
+    cli_fails(
+        &["generate", "--model", dir.to_str().unwrap(), "--ids", "1,2,3,4,5,6,7,8", "--max-tokens", "10", "--ctx", "16", "--backend", "cpu"],
+        &[],
+        "context length exceeded",
+    );
+}

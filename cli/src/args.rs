@@ -6,7 +6,9 @@ use yangtuo::{BackendChoice, Error, LoadOptions, Result, SamplingParams, WeightF
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct ModelArgs {
-    /// A model folder (config.json + *.safetensors + tokenizer) or a .gguf file.
+    /// A model folder (config.json + *.safetensors + tokenizer), a .gguf file, or a Hugging Face
+    /// repo id: `owner/name` (safetensors) or `owner/name:Q4_K_M` (one GGUF file of the repo),
+    /// downloaded into the Hugging Face cache (HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE).
     #[arg(long, short = 'm')]
     pub model: PathBuf,
     /// auto | wgpu | cuda | cpu (default: $YANGTUO_BACKEND, else auto).

@@ -46,10 +46,11 @@ fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
     if a.repetitions == 0 {
         return Err(Error::arg("repetitions", "must be at least 1"));
     }
+    a.model.model = crate::progress::resolve(&a.model)?;
     // describe the model: size, parameters, dominant weight type
     let files = ModelFiles::open(&a.model.model)?;
     let c = files.config.clone();

@@ -7,11 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use yangtuo::{Error, Flow, GenerateOptions, Result, SamplingParams};
 
+/// The model `yangtuo chat` runs without `--model`: HFL's Chinese-Alpaca-2-7B (Llama 2 with a
+/// Chinese-extended vocabulary, tuned to chat in the Llama 2 chat format), 4-bit Q4_K_M
+/// (4.21 GB), downloaded once into the Hugging Face cache. See README.md for why.
+pub const DEFAULT_MODEL: &str = "TheBloke/Chinese-Alpaca-2-7B-GGUF:Q4_K_M";
+/// The system prompt Chinese-Alpaca-2 was tuned with (its authors' llama.cpp chat script).
+pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant. 你是一个乐于助人的助手。";
+
 #[derive(clap::Args)]
+#[command(mut_arg("model", |a| a.required(false).default_value(DEFAULT_MODEL)))]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// System prompt.
+    /// System prompt (with the default model, default "You are a helpful assistant. 你是一个乐于助人的助手。").
     #[arg(long)]
     system: Option<String>,
     /// Chat template: llama2 | llama2-chinese (default: the model's own, else llama2).
@@ -25,7 +33,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let llama = crate::progress::load_llama(&a.model, a.template.clone())?;
-    let mut session = llama.session(a.system.clone());
+    let system = match &a.system {
+        None if a.model.model.as_os_str() == DEFAULT_MODEL => Some(DEFAULT_SYSTEM.to_string()),
+        s => s.clone(),
+    };
+    let mut session = llama.session(system);
     let opts = GenerateOptions {
         max_tokens: Some(a.max_tokens),
         sampling: a.sampling.params(SamplingParams::default()),

@@ -8,6 +8,7 @@ mod generate;
 mod logits;
 mod progress;
 mod quantize;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Tokenize(tokenize::Args),
     /// Quantize a model into a GGUF file that llama.cpp and yangtuo both read.
     Quantize(quantize::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions).
+    Serve(serve::Args),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
         Command::Eval(a) => eval::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");

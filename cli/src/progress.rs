@@ -2,6 +2,7 @@
 
 use crate::args::ModelArgs;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
 use std::sync::Arc;
 use yangtuo::model::LoadProgress;
 use yangtuo::{Llama, Result};
@@ -26,10 +27,40 @@ pub fn on_progress(pb: &ProgressBar) -> impl FnMut(LoadProgress) + '_ {
     }
 }
 
+/// The model as a local path: a path as given, a Hugging Face repo id through the cache
+/// (downloading what is missing, with a bar per file).
+pub fn resolve(m: &ModelArgs) -> Result<PathBuf> {
+    let Some(spec) = m.model.to_str().filter(|_| !m.model.exists()) else {
+        return Ok(m.model.clone());
+    };
+    let pb = bar(0, "download");
+    let mut current = String::new();
+    let r = yangtuo::hub::resolve_model(spec, &mut |p| {
+        if p.file != current {
+            current = p.file.clone();
+            if p.done_bytes < p.total_bytes {
+                let line = format!("downloading {} ({:.1} MiB)", p.file, p.total_bytes as f64 / (1 << 20) as f64);
+                if pb.is_hidden() { log::info!("{line}") } else { pb.println(line) }
+            }
+            pb.reset();
+            pb.set_prefix(p.file.clone());
+        }
+        pb.set_length(p.total_bytes.max(1));
+        pb.set_position(p.done_bytes);
+    });
+    pb.finish_and_clear();
+    let path = r?;
+    if path != m.model {
+        log::info!("{spec}: {}", path.display());
+    }
+    Ok(path)
+}
+
 pub fn load_llama(m: &ModelArgs, template: Option<String>) -> Result<Arc<Llama>> {
     let opts = m.load_options(template)?;
+    let path = resolve(m)?;
     let pb = bar(0, "loading");
-    let llama = Llama::load(&m.model, &opts, &mut on_progress(&pb));
+    let llama = Llama::load(&path, &opts, &mut on_progress(&pb));
     pb.finish_and_clear();
     let llama = llama?;
     log::info!("device: {}", llama.device());
@@ -39,7 +70,7 @@ pub fn load_llama(m: &ModelArgs, template: Option<String>) -> Result<Arc<Llama>>
 /// Only the model (no tokenizer or template), for commands that work on token ids.
 pub fn load_runner(m: &ModelArgs) -> Result<Arc<dyn yangtuo::Runner>> {
     let opts = m.load_options(None)?;
-    let mut files = yangtuo::weights::source::ModelFiles::open(&m.model)?;
+    let mut files = yangtuo::weights::source::ModelFiles::open(&resolve(m)?)?;
     let total = files.total_bytes() as u64;
     let pb = bar(total, "loading");
     let mut cb = on_progress(&pb);

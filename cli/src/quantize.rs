@@ -16,7 +16,7 @@ pub struct Args {
     input: PathBuf,
     /// Output .gguf file (written to a temporary name and renamed when complete).
     output: PathBuf,
-    /// q4_0 | q8_0 | q4_k
+    /// q4_0 | q8_0 | q4_k | q6_k | f16
     #[arg(long = "type", short = 't')]
     ty: String,
 }
@@ -52,8 +52,8 @@ fn vocab(tok: &Tokenizer) -> Option<GgufTokenizer> {
 
 pub fn run(a: Args) -> Result<()> {
     let want = parse_format(&a.ty)?;
-    if !want.is_quantized() {
-        return Err(Error::arg("type", "choose a quantized type: q4_0, q8_0 or q4_k"));
+    if !want.is_ggml() {
+        return Err(Error::arg("type", "choose a GGUF type: q4_0, q8_0, q4_k, q6_k or f16"));
     }
     let files = ModelFiles::open(&a.input)?;
     let c = files.config.clone();

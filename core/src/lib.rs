@@ -11,6 +11,8 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generate;
+#[cfg(all(feature = "hub", not(target_arch = "wasm32")))]
+pub mod hub;
 pub mod load;
 pub mod model;
 pub mod open;

@@ -132,8 +132,20 @@ pub fn choose_template(explicit: Option<&str>, own: Option<ChatTemplate>) -> Res
 
 #[cfg(not(target_arch = "wasm32"))]
 impl Llama {
-    /// Load a model folder (config.json + safetensors + tokenizer) or a `.gguf` file.
+    /// Load a model folder (config.json + safetensors + tokenizer) or a `.gguf` file; with the
+    /// `hub` feature also a Hugging Face repo id (`owner/name`, `owner/name:Q4_K_M`), downloaded
+    /// into the Hugging Face cache first (progress reports `download <file>`).
     pub async fn load_async(path: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {
+        #[cfg(feature = "hub")]
+        let resolved = match path.to_str() {
+            Some(spec) => crate::hub::resolve_model(spec, &mut |p| {
+                let tensor = format!("download {}", p.file);
+                progress(LoadProgress { tensor: &tensor, done_bytes: p.done_bytes, total_bytes: p.total_bytes })
+            })?,
+            None => path.to_path_buf(),
+        };
+        #[cfg(feature = "hub")]
+        let path = resolved.as_path();
         let mut files = ModelFiles::open(path)?;
         if opts.max_batch == 0 {
             return Err(Error::arg("max_batch", "must be at least 1"));

@@ -137,21 +137,29 @@ impl Sampler {
             logits.iter().enumerate().map(|(i, l)| (((*l as f64 - max) / t).exp(), i as u32)).collect();
         let sum: f64 = probs.iter().map(|x| x.0).sum();
         probs.iter_mut().for_each(|x| x.0 /= sum);
-        // sort descending; ties by id so every platform agrees
-        probs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        if let Some(k) = p.top_k {
-            probs.truncate(k.max(1));
-        }
-        // top-p as Meta's sample_top_p: drop tokens whose preceding mass already exceeds p
-        let mut cum = 0.0;
-        let mut keep = probs.len();
-        for (i, (pr, _)) in probs.iter().enumerate() {
-            if cum > p.top_p as f64 {
-                keep = i;
-                break;
+        // Sorted descending (ties by id, so every platform agrees), but only as far as the
+        // nucleus reaches: sort the top k, and widen k only if their mass is below top_p.
+        let order = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let limit = p.top_k.unwrap_or(probs.len()).clamp(1, probs.len());
+        let mut k = limit.min(64);
+        let keep = loop {
+            if k < probs.len() {
+                probs.select_nth_unstable_by(k - 1, order);
             }
-            cum += pr;
-        }
+            probs[..k].sort_by(order);
+            // top-p as Meta's sample_top_p: drop tokens whose preceding mass exceeds p
+            let mut cum = 0.0;
+            let cut = probs[..k].iter().position(|(pr, _)| {
+                let over = cum > p.top_p as f64;
+                cum += pr;
+                over
+            });
+            match cut {
+                Some(i) => break i,
+                None if k == limit => break k,
+                None => k = (k * 8).min(limit),
+            }
+        };
         probs.truncate(keep.max(1));
         if let Some(m) = p.min_p {
             let floor = probs[0].0 * m as f64;

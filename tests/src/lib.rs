@@ -1,6 +1,7 @@
 //! Test support: random-weight Llama models written as Hugging Face folders, and
 //! candle-transformers' Llama (in f32) as the reference the project did not write.
 
+pub mod fake_hub;
 pub mod reference;
 
 use half::{bf16, f16};

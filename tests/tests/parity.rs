@@ -5,6 +5,8 @@
 use safetensors::Dtype;
 use std::path::Path;
 use std::sync::Arc;
+#[cfg(feature = "cuda")]
+use yangtuo::backend::cuda::Cuda;
 use yangtuo::backend::{cpu::Cpu, wgpu::Wgpu};
 use yangtuo::model::Model;
 use yangtuo::runner::{Locked, Runner};
@@ -18,9 +20,24 @@ enum Dev {
     Wgpu,
     /// wgpu without shader-f16: the path browsers without f16 take.
     WgpuF32,
+    /// Built with `--features cuda` (`cargo test -p yangtuo-tests --features cuda`), on a
+    /// machine with an NVIDIA GPU.
+    #[cfg(feature = "cuda")]
+    Cuda,
 }
 
-const ALL: [Dev; 3] = [Dev::Cpu, Dev::Wgpu, Dev::WgpuF32];
+/// The devices every parity test runs on: cpu and both wgpu paths, and cuda when this build
+/// has it and the machine has a GPU (else it is skipped with a note).
+fn devices() -> Vec<Dev> {
+    #[allow(unused_mut)]
+    let mut all = vec![Dev::Cpu, Dev::Wgpu, Dev::WgpuF32];
+    #[cfg(feature = "cuda")]
+    match Cuda::new() {
+        Ok(_) => all.push(Dev::Cuda),
+        Err(e) => eprintln!("cuda skipped: {e}"),
+    }
+    all
+}
 
 fn load(dir: &Path, dev: Dev) -> Arc<dyn Runner> {
     let mut files = ModelFiles::open(dir).unwrap();
@@ -31,6 +48,8 @@ fn load(dir: &Path, dev: Dev) -> Arc<dyn Runner> {
             let gpu = pollster::block_on(Wgpu::with_f16(matches!(dev, Dev::Wgpu))).unwrap();
             Arc::new(Locked::new(Model::load(&mut files, gpu, 0, &mut progress).unwrap()))
         }
+        #[cfg(feature = "cuda")]
+        Dev::Cuda => Arc::new(Locked::new(Model::load(&mut files, Cuda::new().unwrap(), 0, &mut progress).unwrap())),
     }
 }
 
@@ -64,7 +83,7 @@ fn check(name: &str, spec: Spec, prompt_len: usize) {
     let ids = random_ids(prompt_len, spec.vocab, spec.seed + 100);
     let want = reference.logits_all(&ids);
     let want_greedy = reference.greedy(&ids[..prompt_len.min(8)], 32);
-    for dev in ALL {
+    for dev in devices() {
         let r = load(&dir, dev);
         let got = logits_all(r.as_ref(), &ids);
         let err = rel_max_err(&got, &want);
@@ -143,7 +162,7 @@ fn dynamic_ntk_past_trained_context() {
     // and within the trained context the model is unchanged
     let plain = Reference::load(&spec, &dir, None);
     let want_short = plain.logits_last(&ids[..20]);
-    for dev in ALL {
+    for dev in devices() {
         let r = load(&dir, dev);
         let got = logits_all(r.as_ref(), &ids);
         let err = rel_max_err(&got[(len - 1) * spec.vocab..], &want);

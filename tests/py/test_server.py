@@ -1,0 +1,101 @@
+"""`yangtuo serve` through the official `openai` client (run by tests/tests/server.rs).
+
+    python tests/py/test_server.py --base-url http://127.0.0.1:PORT/v1 --expected expected.json
+
+`expected.json` holds the library's greedy answers: {"chat": {"messages", "max_tokens",
+"text"}, "completion": {"prompt", "max_tokens", "text"}}. Checks: one non-streamed and one
+streamed chat (greedy, equal to the library), a completion both ways, then a bounded load
+test: 32 concurrent streamed chats, each with its own seed and prompt, all complete and each
+streamed text equals the non-streamed answer for the same seed and prompt. Prints p50/p99.
+"""
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from openai import OpenAI
+
+CONCURRENT = 32
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
+    return xs[k]
+
+
+def stream_chat(client, **kw):
+    """The streamed text, the chunks, and the seconds until [DONE]."""
+    t0 = time.perf_counter()
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks, time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--expected", required=True)
+    a = ap.parse_args()
+    exp = json.load(open(a.expected, encoding="utf-8"))
+    client = OpenAI(base_url=a.base_url, api_key="not-needed", max_retries=0, timeout=300)
+
+    models = client.models.list()
+    model = models.data[0].id
+
+    # one non-streamed and one streamed greedy chat, equal to the library's answer
+    chat = exp["chat"]
+    r = client.chat.completions.create(model=model, messages=chat["messages"], max_tokens=chat["max_tokens"], temperature=0)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant", r
+    assert r.choices[0].message.content == chat["text"], (r.choices[0].message.content, chat["text"])
+    assert r.usage.completion_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    text, chunks, _ = stream_chat(
+        client, model=model, messages=chat["messages"], max_tokens=chat["max_tokens"], temperature=0,
+        stream_options={"include_usage": True},
+    )
+    assert text == chat["text"], (text, chat["text"])
+    assert chunks[0].choices[0].delta.role == "assistant", chunks[0]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [r.choices[0].finish_reason], finishes
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens, chunks[-1]
+    assert len({c.id for c in chunks}) == 1
+    print(f"chat: {r.usage.prompt_tokens} + {r.usage.completion_tokens} tokens, streamed in {len(chunks)} chunks")
+
+    # a raw completion, both ways
+    comp = exp["completion"]
+    c = client.completions.create(model=model, prompt=comp["prompt"], max_tokens=comp["max_tokens"], temperature=0)
+    assert c.object == "text_completion" and c.choices[0].text == comp["text"], (c.choices[0].text, comp["text"])
+    streamed = "".join(x.choices[0].text for x in client.completions.create(
+        model=model, prompt=comp["prompt"], max_tokens=comp["max_tokens"], temperature=0, stream=True) if x.choices)
+    assert streamed == comp["text"], (streamed, comp["text"])
+
+    # the load test: 32 concurrent streamed chats, then the same requests whole
+    def request(i):
+        return dict(model=model, messages=[{"role": "user", "content": f"请求 {i}: 讲一个关于羊驼的故事。"}],
+                    max_tokens=24 + i % 9, temperature=0.9, top_p=0.95, seed=1000 + i)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        results = list(pool.map(lambda i: stream_chat(client, **request(i)), range(CONCURRENT)))
+    wall = time.perf_counter() - t0
+    assert len(results) == CONCURRENT
+    latencies = [lat for _, _, lat in results]
+    ids = set()
+    for i, (text, chunks, _) in enumerate(results):
+        assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length"), (i, chunks[-1:])
+        ids.add(chunks[0].id)
+    assert len(ids) == CONCURRENT, "every stream has its own id"
+    with ThreadPoolExecutor(8) as pool:
+        whole = list(pool.map(lambda i: client.chat.completions.create(**request(i)), range(CONCURRENT)))
+    for i, ((text, _, _), w) in enumerate(zip(results, whole)):
+        assert text == w.choices[0].message.content, f"request {i}: streamed {text!r} != whole {w.choices[0].message.content!r}"
+    distinct = len({t for t, _, _ in results})
+    print(f"load: {CONCURRENT} concurrent streamed chats in {wall:.2f} s, none lost or mixed ({distinct} distinct answers); "
+          f"latency p50 {percentile(latencies, 50) * 1000:.0f} ms, p99 {percentile(latencies, 99) * 1000:.0f} ms")
+    assert distinct > CONCURRENT // 2, "different seeds and prompts give different answers"
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

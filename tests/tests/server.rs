@@ -1,0 +1,390 @@
+//! `yangtuo serve` end to end, on a small random model on the CPU: OpenAI-shaped errors (400
+//! for malformed JSON, wrong roles, a prompt over the context, bad parameters) after which the
+//! server keeps serving; `/health` and `/v1/models`; a client that disconnects mid-stream
+//! stops its generation; then `tests/py/test_server.py` drives it with the official `openai`
+//! client (non-streamed and streamed chat equal to the library's greedy answer, and a load
+//! test of 32 concurrent streamed requests with p50/p99 latency).
+//!
+//! The model runs as Q8_0 (`--quantize q8_0`): its products are the same for a prompt run
+//! whole and for one continued on a pooled KV cache, so a seed gives one answer whatever ran
+//! before (f16 weights take a GEMM for prompts whose rounding differs from the one-row path).
+//!
+//! Needs `../shared` (a real tokenizer) and the `yangtuo` binary of the same profile
+//! (`cargo build --release -p yangtuo-cli`); the Python part needs `openai` in
+//! `$YANGTUO_PYTHON` (else `/root/.cache/yt-venv/bin/python`, else `python3`) and is skipped,
+//! loudly, without it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use yangtuo::{BackendChoice, Flow, GenerateOptions, Llama, LoadOptions, Message, SamplingParams, WeightFormat};
+use yangtuo_tests::Spec;
+
+fn shared_dir() -> Option<PathBuf> {
+    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"));
+    d.join("tokenizers").is_dir().then_some(d)
+}
+
+fn cli_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).expect("test binary in <target>/<profile>/deps");
+    let bin = dir.join(format!("yangtuo{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.is_file(), "build the CLI first: cargo build --release -p yangtuo-cli ({} is missing)", bin.display());
+    bin
+}
+
+const CTX: usize = 1024;
+
+/// The server process, killed when dropped; its log collected from stderr.
+struct Server {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(model: &Path, parallel: usize) -> Server {
+        let mut child = Command::new(cli_bin())
+            .args(["serve", "--model", model.to_str().unwrap(), "--backend", "cpu", "--port", "0"])
+            .args(["--ctx", &CTX.to_string(), "--parallel", &parallel.to_string(), "--quantize", "q8_0"])
+            .env_remove("YANGTUO_BACKEND")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
+                        let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                        let _ = tx.send(port.parse::<u16>().unwrap());
+                    }
+                    log.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        let port = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
+            panic!("the server did not start:\n{}", log.lock().unwrap());
+        });
+        Server { child, port, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: u16,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn send(port: u16, method: &str, path: &str, body: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s
+}
+
+/// One request on its own connection, the whole answer (chunked bodies joined).
+fn http(port: u16, method: &str, path: &str, body: &str) -> Resp {
+    let mut s = send(port, method, path, body);
+    let mut raw = vec![];
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    Resp { status, body }
+}
+
+fn post(port: u16, path: &str, body: &str) -> Resp {
+    http(port, "POST", path, body)
+}
+
+fn health(port: u16) -> serde_json::Value {
+    http(port, "GET", "/health", "").json()
+}
+
+/// The `data:` payloads of an SSE body.
+fn events(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data: ").map(str::to_string)).collect()
+}
+
+fn assert_400(r: &Resp, param: Option<&str>, words: &[&str]) {
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e = &r.json()["error"];
+    assert_eq!(e["type"], "invalid_request_error", "{e}");
+    let msg = e["message"].as_str().unwrap();
+    for w in words {
+        assert!(msg.contains(w), "`{w}` not in {msg}");
+    }
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{e}");
+    }
+    assert!(e.get("code").is_some(), "{e}");
+}
+
+fn tiny_model(shared: &Path) -> PathBuf {
+    let d = yangtuo_tests::temp_dir("serve-model");
+    let spec = Spec {
+        hidden: 64,
+        intermediate: 160,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 32000,
+        max_pos: 4096,
+        dtype: safetensors::Dtype::F16,
+        seed: 23,
+        ..Spec::default()
+    };
+    spec.write(&d, 1);
+    for f in ["tokenizer.model", "tokenizer.json"] {
+        std::fs::copy(shared.join("tokenizers/llama2").join(f), d.join(f)).unwrap();
+    }
+    d
+}
+
+fn python() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("YANGTUO_PYTHON").map(PathBuf::from),
+        Some(PathBuf::from("/root/.cache/yt-venv/bin/python")),
+        Some(PathBuf::from("python3")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| Command::new(p).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success()))
+}
+
+#[test]
+fn serve_openai_api() {
+    let Some(shared) = shared_dir() else {
+        eprintln!("skipping: ../shared not found");
+        return;
+    };
+    let model = tiny_model(&shared);
+    let _cleanup = Cleanup(model.clone());
+
+    // the library's greedy answers, which the server must reproduce
+    let opts = LoadOptions {
+        backend: BackendChoice::Cpu,
+        ctx_len: Some(CTX),
+        quantize: Some(WeightFormat::Q8_0),
+        ..Default::default()
+    };
+    let llama = Llama::load(&model, &opts, &mut |_| {}).unwrap();
+    let greedy = |n| GenerateOptions { max_tokens: Some(n), sampling: SamplingParams::greedy(), ..Default::default() };
+    let messages = vec![Message::system("你是一个乐于助人的助手。"), Message::user("羊驼吃什么？")];
+    let chat = llama.chat(&messages, &greedy(24)).unwrap();
+    let prompt = "Once upon a time";
+    let completion = llama.generate(prompt, &greedy(16), None, &mut |_| Flow::Continue).unwrap();
+    drop(llama);
+
+    let server = Server::start(&model, 4);
+    let port = server.port;
+
+    // health and models
+    let h = health(port);
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["context_length"], CTX);
+    let m = http(port, "GET", "/v1/models", "").json();
+    assert_eq!(m["data"][0]["id"], model.to_str().unwrap());
+
+    // a whole answer in OpenAI's shape, equal to the library's
+    let body = serde_json::json!({"model": "x", "messages": [
+        {"role": "system", "content": "你是一个乐于助人的助手。"}, {"role": "user", "content": "羊驼吃什么？"}],
+        "max_tokens": 24, "temperature": 0});
+    let r = post(port, "/v1/chat/completions", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["choices"][0]["message"]["content"], chat.text);
+    assert_eq!(v["choices"][0]["finish_reason"], chat.finish_reason.as_str());
+    assert_eq!(v["usage"]["prompt_tokens"], chat.usage.prompt_tokens);
+    assert_eq!(v["usage"]["completion_tokens"], chat.usage.completion_tokens);
+
+    // streamed: role first, then content, then the finish reason, usage, [DONE]
+    let mut sb = body.clone();
+    sb["stream"] = true.into();
+    sb["stream_options"] = serde_json::json!({"include_usage": true});
+    let r = post(port, "/v1/chat/completions", &sb.to_string());
+    assert_eq!(r.status, 200);
+    let ev = events(&r.body);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let chunks: Vec<serde_json::Value> = ev[..ev.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, chat.text);
+    let n = chunks.len();
+    assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], chat.finish_reason.as_str());
+    assert_eq!(chunks[n - 1]["choices"], serde_json::json!([]));
+    assert_eq!(chunks[n - 1]["usage"]["completion_tokens"], chat.usage.completion_tokens);
+
+    // the same seeded request again (now on a pooled KV cache holding its prompt): same answer
+    let seeded = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 12, "seed": 3, "temperature": 1.0});
+    let first = post(port, "/v1/chat/completions", &seeded.to_string()).json();
+    let again = post(port, "/v1/chat/completions", &seeded.to_string()).json();
+    assert_eq!(first["choices"][0]["message"]["content"], again["choices"][0]["message"]["content"]);
+
+    // a raw completion
+    let r = post(
+        port,
+        "/v1/completions",
+        &serde_json::json!({"prompt": prompt, "max_tokens": 16, "temperature": 0}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["text"], completion.text);
+    assert_eq!(r.json()["object"], "text_completion");
+
+    // bad requests: 400 with an OpenAI error body, and the server keeps serving
+    assert_400(&post(port, "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", "), None, &["not valid JSON"]);
+    assert_400(&post(port, "/v1/chat/completions", "not json at all"), None, &["JSON"]);
+    let wrong_role =
+        serde_json::json!({"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]});
+    assert_400(&post(port, "/v1/chat/completions", &wrong_role.to_string()), Some("messages"), &["messages[1]"]);
+    let bad_role = serde_json::json!({"messages": [{"role": "wizard", "content": "hi"}]});
+    assert_400(&post(port, "/v1/chat/completions", &bad_role.to_string()), Some("messages"), &["messages[0]"]);
+    let long = "羊驼 ".repeat(CTX);
+    let too_long = serde_json::json!({"messages": [{"role": "user", "content": long}], "stream": true});
+    let r = post(port, "/v1/chat/completions", &too_long.to_string());
+    assert_400(&r, Some("messages"), &["context"]);
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    let r = post(port, "/v1/completions", &serde_json::json!({"prompt": long}).to_string());
+    assert_400(&r, Some("prompt"), &["context"]);
+    for (field, value) in
+        [("temperature", serde_json::json!(-1)), ("top_p", serde_json::json!(0)), ("max_tokens", serde_json::json!(0))]
+    {
+        let mut b = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
+        b[field] = value;
+        assert_400(&post(port, "/v1/chat/completions", &b.to_string()), Some(field), &[field]);
+    }
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        &serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}).to_string(),
+    );
+    assert_400(&r, Some("temperature"), &["temperature"]);
+    let r = post(port, "/v1/chat/completions", &serde_json::json!({"messages": "hi"}).to_string());
+    assert_400(&r, Some("messages"), &["messages"]);
+    assert_eq!(http(port, "GET", "/v1/nothing", "").status, 404);
+    let r = post(port, "/v1/chat/completions", &body.to_string());
+    assert_eq!(r.status, 200, "still serving after errors");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], chat.text);
+
+    // a client that disconnects mid-stream stops its generation
+    let before = health(port);
+    let long_answer = serde_json::json!({"messages": [{"role": "user", "content": "讲一个很长的故事。"}],
+        "max_tokens": CTX - 64, "temperature": 0.8, "seed": 5, "stream": true});
+    let mut s = send(port, "POST", "/v1/chat/completions", &long_answer.to_string());
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while seen.matches("data: ").count() < 3 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(s);
+    let t0 = Instant::now();
+    let after = loop {
+        let h = health(port);
+        if h["cancelled"].as_u64() > before["cancelled"].as_u64() && h["running"] == 0 {
+            break h;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the generation did not stop: {h}\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let generated = after["completion_tokens"].as_u64().unwrap() - before["completion_tokens"].as_u64().unwrap();
+    assert!(generated < (CTX as u64 - 64) / 2, "stopped early: {generated} tokens generated");
+    assert!(server.log().contains("client gone"), "{}", server.log());
+    assert_eq!(after["completed"], before["completed"]);
+
+    // every request is logged with its token counts and speed
+    assert!(server.log().contains(" completion tokens in ") && server.log().contains("tok/s"), "{}", server.log());
+
+    // the official client, and the load test
+    let Some(py) = python() else {
+        eprintln!("SKIPPING the openai-client part: no Python with `openai` (pip install -r tests/requirements.txt)");
+        return;
+    };
+    let expected = yangtuo_tests::temp_dir("serve-expected").join("expected.json");
+    let msgs: Vec<_> = messages.iter().map(|m| serde_json::json!({"role": m.role, "content": m.content})).collect();
+    std::fs::write(
+        &expected,
+        serde_json::json!({"chat": {"messages": msgs, "max_tokens": 24, "text": chat.text},
+                           "completion": {"prompt": prompt, "max_tokens": 16, "text": completion.text}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(&py)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/test_server.py"))
+        .args(["--base-url", &format!("http://127.0.0.1:{port}/v1"), "--expected", expected.to_str().unwrap()])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(expected.parent().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "test_server.py failed:\n{stdout}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    assert!(stdout.contains("p50") && stdout.contains("p99"));
+    let h = health(port);
+    assert_eq!(h["running"], 0);
+    assert_eq!(h["queued"], 0);
+}
+
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -2,6 +2,19 @@
 // rows row0..row0+rows. The ids travel in the `x` binding as raw u32 bits.
 //   grid: x = ceil(cols / 256), y = n
 
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+
+// x[xo + k .. xo + k + 4], zero past the row's end (float formats pad rows to UNIT).
+fn x4(xo: u32, k: u32) -> vec4<f32> {
+    let i = xo + k;
+    return vec4<f32>(
+        select(0.0, x[i], k < p.cols),
+        select(0.0, x[i + 1u], k + 1u < p.cols),
+        select(0.0, x[i + 2u], k + 2u < p.cols),
+        select(0.0, x[i + 3u], k + 3u < p.cols),
+    );
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let t = wid.y;

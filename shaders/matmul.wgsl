@@ -4,6 +4,19 @@
 // memory, weights decoded once per tile through load4 (see weights_<format>.wgsl).
 //   grid: x = ceil(rows / 64), y = ceil(n / 64)
 
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+
+// x[xo + k .. xo + k + 4], zero past the row's end (float formats pad rows to UNIT).
+fn x4(xo: u32, k: u32) -> vec4<f32> {
+    let i = xo + k;
+    return vec4<f32>(
+        select(0.0, x[i], k < p.cols),
+        select(0.0, x[i + 1u], k + 1u < p.cols),
+        select(0.0, x[i + 2u], k + 2u < p.cols),
+        select(0.0, x[i + 3u], k + 3u < p.cols),
+    );
+}
+
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
 // [k][i] with i = token (xs) or weight row (wsh) within the tile, as vec4 over 4 of them.

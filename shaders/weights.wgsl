@@ -6,7 +6,7 @@
 //   binding 0  p:   Params (uniform, one 256-byte slot per dispatch)
 //   binding 1  w:   weight payload of one chunk of rows, array<vec4<u32>>
 //   binding 2  ws:  per-block scales of that chunk (format-specific), array<u32>
-//   binding 3  x:   input activations [n, x_stride]
+//   binding 3  x:   input activations [n, x_stride] (declared by each kernel)
 //   binding 4  out: output [n, out_stride]; this chunk writes columns out_off..out_off+rows
 
 struct Params {
@@ -22,19 +22,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-
-// x[xo + k .. xo + k + 4], zero past the row's end (float formats pad rows to UNIT).
-fn x4(xo: u32, k: u32) -> vec4<f32> {
-    let i = xo + k;
-    return vec4<f32>(
-        select(0.0, x[i], k < p.cols),
-        select(0.0, x[i + 1u], k + 1u < p.cols),
-        select(0.0, x[i + 2u], k + 2u < p.cols),
-        select(0.0, x[i + 3u], k + 3u < p.cols),
-    );
-}
+// Binding 3 (x) and `fn x4(xo, k) -> vec4<f32>` (x[xo + k .. xo + k + 4], zero past the
+// row's end) come with each kernel: matvec reads x as vec4s, matmul and embed as scalars.
 
 // The four bytes of a word, as integers 0..255.
 fn bytes4(v: u32) -> vec4<u32> {

@@ -18,13 +18,14 @@
 #      graphs off; plus NVRTC on this machine compiling the kernels
 #   3. CLI parity on random models (make-model): `yangtuo logits` cuda vs cpu, compared with
 #      numpy (max|Δ| ≤ 1e-3·max|logit| for f32, 1e-2 for f16/bf16, 1e-1 for GGUF quantized
-#      models, where the CPU rounds activations to 8 bits), and `yangtuo generate --ids ...
-#      --max-tokens 32 --json` with identical ids on cuda and cpu (a random model may stop
-#      early at its EOS id: both must stop at the same place)
-#   4. `yangtuo bench` pp512 / tg128 (3 repetitions) on the Llama-2-7B-shaped model, f16
-#      and Q4_0 (`yangtuo quantize`), with 2 and 6 layers (config.json trimmed; the file
-#      keeps 6), extrapolated per layer to 32 layers; on cuda, and on wgpu through Vulkan
-#      when the carried loader finds the driver
+#      models, where the CPU rounds activations to 8 bits, and for one token so does cuda),
+#      and `yangtuo generate --ids ... --max-tokens 32 --json` with identical ids on cuda
+#      and cpu (a random model may stop early at its EOS id: both must stop at the same place)
+#   4. `yangtuo bench` pp512 / tg128 (3 repetitions) on the Llama-2-7B-shaped model, f16,
+#      Q4_0 and Q4_K (`yangtuo quantize`, the four in parallel), with 2 and 6 layers
+#      (config.json trimmed; the file keeps 6), extrapolated per layer to 32 layers; on cuda,
+#      and (only with YT_WGPU=1, to keep the run short) on wgpu through Vulkan when the
+#      carried loader finds the driver
 #   5. the table: backend, type, layers, pp512 tok/s, tg128 tok/s, weight GB per token,
 #      achieved GB/s (weight bytes per token × tg tok/s) and % of the copy bandwidth
 set -uo pipefail
@@ -75,8 +76,12 @@ echo "NVRTC here: $NVRTC_DIR ($(ls "$NVRTC_DIR" 2>/dev/null | grep nvrtc | tr '\
   "$B/make-model" --out "$M/l6-f16" --shape llama2-7b --layers 6 --dtype f16 --seed 7 &&
     mkdir -p "$M/l2-f16" && ln -sf "$M/l6-f16/model.safetensors" "$M/l2-f16/model.safetensors" &&
     python3 -c "import json; c = json.load(open('$M/l6-f16/config.json')); c['num_hidden_layers'] = 2; json.dump(c, open('$M/l2-f16/config.json', 'w'))" &&
-    "$B/yangtuo" quantize "$M/l2-f16" "$M/l2-q4_0.gguf" --type q4_0 &&
-    "$B/yangtuo" quantize "$M/l6-f16" "$M/l6-q4_0.gguf" --type q4_0 &&
+    {
+      for l in 2 6; do
+        for q in q4_0 q4_k; do "$B/yangtuo" quantize "$M/l$l-f16" "$M/l$l-$q.gguf" --type $q & done
+      done
+      wait
+    } &&
     echo "big models ready at $(el)s"
 ) >"$L/make-7b.log" 2>&1 &
 BIG=$!
@@ -184,6 +189,8 @@ for q in q4_0 q4_1 q8_0 q4_k q6_k; do
   # loose: the CPU quantizes activations to 8 bits for these (the unit tests of step 2 hold
   # the same formats to CPU results on identical f32 activations)
   parity "$M/gqa-$q.gguf" 1e-1 "gqa $q gguf (mixed with f16 where widths don't divide)" 40 no
+  # one id: the one-token (decode) products, on 8-bit activations on both backends
+  case $q in q4_0 | q4_k) parity "$M/gqa-$q.gguf" 1e-1 "gqa $q gguf, one token (decode kernels)" 1 no ;; esac
 done
 
 step "4. bench (pp512, tg128) on the Llama-2-7B-shaped model"
@@ -206,14 +213,19 @@ for l in sys.stdin:
 for l in 2 6; do
   bench cuda "$M/l$l-f16" F16 $l
   bench cuda "$M/l$l-q4_0.gguf" Q4_0 $l
+  bench cuda "$M/l$l-q4_k.gguf" Q4_K $l
 done
-# wgpu through Vulkan, with the carried loader
-if ls .gl/*.deb >/dev/null 2>&1; then
+# wgpu through Vulkan, with the carried loader (YT_WGPU=1)
+if [ "${YT_WGPU:-0}" != 1 ]; then
+  echo "wgpu bench skipped (YT_WGPU=1 runs it)"
+elif ls .gl/*.deb >/dev/null 2>&1; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
   [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
-if WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backend wgpu --ids 1,2,3 --out "$W/wgpu-probe.npy" >"$L/wgpu-probe.log" 2>&1; then
+if [ "${YT_WGPU:-0}" != 1 ]; then
+  :
+elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backend wgpu --ids 1,2,3 --out "$W/wgpu-probe.npy" >"$L/wgpu-probe.log" 2>&1; then
   grep -h "device:" "$L/wgpu-probe.log" | tail -1
   for l in 2 6; do
     WGPU_BACKEND=vulkan bench wgpu "$M/l$l-f16" F16 $l
@@ -230,7 +242,7 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 bw = float(sys.argv[2])
 d, h, v = 4096, 11008, 32000                 # Llama-2-7B
 layer = 4 * d * d + 3 * d * h                # weights one decode token reads per layer
-bpp = {'F16': 2.0, 'Q4_0': 18 / 32}
+bpp = {'F16': 2.0, 'Q4_0': 18 / 32, 'Q4_K': 144 / 256}
 def gb_per_token(ty, layers): return (layers * layer + v * d) * bpp[ty] / 1e9   # + the output matrix
 r = collections.defaultdict(dict)
 for j in rows:

@@ -131,7 +131,7 @@ export class Llama {
         onProgress?.({ loaded, total, file: name, tensor });
       });
     }
-    return new Llama(loader.finish(src.tokenizer, src.tokenizerConfig, template, nCtx));
+    return new Llama(await loader.finish(src.tokenizer, src.tokenizerConfig, template, nCtx));
   }
 
   get device() {

@@ -71,23 +71,36 @@ impl WasmLoader {
         tokenizer_config: Option<String>,
         template: Option<String>,
         n_ctx: Option<usize>,
-    ) -> Result<WasmLlama, JsValue> {
+    ) -> Result<js_sys::Promise, JsValue> {
         let loader = self.inner.take().ok_or_else(|| arg("loader", "this loader has already finished"))?;
-        let gguf_tok = loader.gguf().map(yangtuo::open::gguf_tokenizer).transpose().map_err(to_js)?;
-        let tok = match (tokenizer, gguf_tok) {
-            (Some(bytes), _) => Tokenizer::from_bytes(&bytes).map_err(to_js)?,
-            (None, Some(t)) => t,
-            (None, None) => return Err(arg("tokenizer", "this model has no tokenizer: pass tokenizer.model or tokenizer.json")),
-        };
-        let own = match (&tokenizer_config, loader.gguf()) {
-            (Some(cfg), _) => yangtuo::open::config_template(cfg, &tok),
-            (None, Some(g)) => yangtuo::open::gguf_template(g, &tok),
-            _ => None,
-        };
-        let template = yangtuo::open::choose_template(template.as_deref(), own).map_err(to_js)?;
-        let model = loader.finish().map_err(to_js)?;
-        let ctx = n_ctx.unwrap_or(model.config.max_seq_len.min(4096));
-        let llama = yangtuo::Llama::from_parts(Arc::new(Locked::new(model)), tok, template, ctx, 256).map_err(to_js)?;
-        Ok(WasmLlama::new(llama))
+        let device = self.device.clone();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let weights = loader.loaded_bytes;
+            let gguf_tok = loader.gguf().map(yangtuo::open::gguf_tokenizer).transpose().map_err(to_js)?;
+            let tok = match (tokenizer, gguf_tok) {
+                (Some(bytes), _) => Tokenizer::from_bytes(&bytes).map_err(to_js)?,
+                (None, Some(t)) => t,
+                (None, None) => {
+                    return Err(arg("tokenizer", "this model has no tokenizer: pass tokenizer.model or tokenizer.json"));
+                }
+            };
+            let own = match (&tokenizer_config, loader.gguf()) {
+                (Some(cfg), _) => yangtuo::open::config_template(cfg, &tok),
+                (None, Some(g)) => yangtuo::open::gguf_template(g, &tok),
+                _ => None,
+            };
+            let template = yangtuo::open::choose_template(template.as_deref(), own).map_err(to_js)?;
+            let model = loader.finish().map_err(to_js)?;
+            // the browser reports failed allocations asynchronously: wait for the uploads
+            if let Err(e) = model.backend.sync().await {
+                let mib = weights as f64 / (1 << 20) as f64;
+                let msg = format!("the model's {mib:.1} MiB of weights do not fit this GPU ({device}): {e}");
+                return Err(to_js(yangtuo::Error::Device(msg)));
+            }
+            let ctx = n_ctx.unwrap_or(model.config.max_seq_len.min(4096));
+            let llama =
+                yangtuo::Llama::from_parts(Arc::new(Locked::new(model)), tok, template, ctx, 256).map_err(to_js)?;
+            Ok(WasmLlama::new(llama).into())
+        }))
     }
 }

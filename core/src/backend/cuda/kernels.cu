@@ -5,6 +5,14 @@
 //
 // Conventions
 // - Activations are f32, row-major [rows, stride]; kernels work on the first n rows.
+// - One-token products of quantized weights (decode) read their input vector quantized to
+//   8 bits ("Q8 activations", as llama.cpp's MMVQ and the CPU backend's Q8_0/Q8_K do):
+//   per block b of 32 values, q_i = round(x_i · 127 / max|x_b|) (int8, ties to even) and
+//   d_b = max|x_b| / 127, stored as cols int8 at q, then one float2 (d_b, s_b = d_b · Σ q_i)
+//   per block at q + cols. The product then computes Σ w_i · d_b · q_i exactly (up to f32
+//   rounding), with dp4a (four int8 products per instruction) on the weights' integer
+//   quants. quantize_q8 writes them, or the kernel that produces x (rms_norm,
+//   add_rms_norm, attention, glu) when given a q8 pointer.
 // - Positions come from device memory (`const u32* pos`, a slot of the batch's upload
 //   arena), never from a kernel argument, so a decode step launches the same kernels with
 //   the same arguments every time and can be replayed as a CUDA graph.
@@ -37,7 +45,8 @@ typedef unsigned long long u64;
 // ---------------------------------------------------------------------------------------
 // Small helpers
 
-// BEGIN PTX: the only inline PTX (a host emulation for tests swaps this region)
+// BEGIN PTX: the only inline PTX and integer intrinsics (a host emulation for tests swaps
+// this region)
 // f16 bits to f32
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
@@ -63,18 +72,18 @@ __device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) 
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+// c + Σ_i a_i · b_i over the four signed bytes of a and b (dp4a, sm_61+).
+__device__ __forceinline__ int dp4a(u32 a, u32 b, int c) { return __dp4a((int)a, (int)b, c); }
+
+// v rounded to the nearest integer, ties to even.
+__device__ __forceinline__ int f2i_rn(float v) { return __float2int_rn(v); }
 // END PTX
 
 __device__ __forceinline__ float lo_h(u32 v) { return h2f((u16)(v & 0xffffu)); }
 __device__ __forceinline__ float hi_h(u32 v) { return h2f((u16)(v >> 16)); }
 __device__ __forceinline__ float lo_bf(u32 v) { return __int_as_float(v << 16); }
 __device__ __forceinline__ float hi_bf(u32 v) { return __int_as_float(v & 0xffff0000u); }
-
-// Byte i (0..3) of w minus `off`, as a float: 0x4B0000uu is the float 2^23 + u, so one byte
-// permute and one subtraction replace an integer-to-float conversion. Exact for integers.
-__device__ __forceinline__ float bytef(u32 w, int i, float off) {
-    return __int_as_float(__byte_perm(w, 0x4B000000u, 0x7440 | i)) - (8388608.0f + off);
-}
 
 // Byte i (0..15) of a 16-byte vector, as an integer; i is a compile-time constant after
 // unrolling, or a small run-time value resolved with selects (no local memory).
@@ -97,6 +106,19 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// Q8 activations (see the conventions at the top) of the warp's 32 values v, lane i of block
+// b holding x[32b + i]; i = 32b + lane. Every lane of the warp takes part.
+__device__ __forceinline__ void q8_block(float v, u8* q, int i, int cols) {
+    float amax = warp_max(fabsf(v));
+    int qi = amax > 0.0f ? f2i_rn(v * (127.0f / amax)) : 0;
+    q[i] = (u8)qi;
+    float s = warp_sum((float)qi);
+    if ((i & 31) == 0) {
+        float d = amax / 127.0f;
+        ((float2*)(q + cols))[i >> 5] = make_float2(d, d * s);
+    }
+}
+
 // x[k..k+4], zero past `cols` (float formats pad their rows; the padding's x is not read).
 __device__ __forceinline__ float4 x4(const float* x, int k, int cols) {
     if (k + 4 <= cols) return __ldg((const float4*)(x + k));
@@ -107,17 +129,10 @@ __device__ __forceinline__ float4 x4(const float* x, int k, int cols) {
     r.w = k + 3 < cols ? x[k + 3] : 0.0f;
     return r;
 }
-// Four x values at k (a multiple of 4; quantized rows are whole blocks, so no tail).
-__device__ __forceinline__ float4 xq(const float* x, int k) { return __ldg((const float4*)(x + k)); }
 
 __device__ __forceinline__ float dot4(float4 a, float b0, float b1, float b2, float b3) {
     return a.x * b0 + a.y * b1 + a.z * b2 + a.w * b3;
 }
-// Σ (byte_i(w) − off) · x_i over the four bytes of w.
-__device__ __forceinline__ float dotb(u32 w, float4 x, float off) {
-    return x.x * bytef(w, 0, off) + x.y * bytef(w, 1, off) + x.z * bytef(w, 2, off) + x.w * bytef(w, 3, off);
-}
-__device__ __forceinline__ float hsum(float4 x) { return (x.x + x.y) + (x.z + x.w); }
 
 // q4_k: (d·scale_j, dmin·min_j) of sub-block j from the 16-byte header, as ggml's
 // get_scale_min_k4 (the scales are header bytes 4..15).
@@ -137,13 +152,22 @@ __device__ __forceinline__ float i8f(u32 b) { return (float)(int)(signed char)(u
 
 // ---------------------------------------------------------------------------------------
 // Weight formats. Each defines, over row pointers wr (payload) and sr (scales):
+//   load16   w[k0..k0+16] as floats (k0 a multiple of 16), zero past `cols` (prefill, embed)
+//   Q8       whether one-token products read Q8 activations (see the conventions above)
+// and for those products, the float formats (f32 activations):
 //   UNIT     columns per dot unit (one lane's step in a matrix-vector product)
 //   Raw      the bytes of one unit, loaded with 16-byte loads
 //   load     Raw of unit u
 //   dot      Σ_k w[k] · x[k] over the unit's columns
-//   load16   w[k0..k0+16] as floats (k0 a multiple of 16), zero past `cols`
+// the quantized formats (Q8 activations):
+//   QK       columns per unit (a multiple of 32: QK / 32 activation blocks)
+//   U        units one lane loads at once (for each of its rows)
+//   Raw, load  as above
+//   dotq     Σ_k w[k] · d_b·q_k over unit u, from the unit's int8 activations (QK / 16
+//            16-byte vectors x) and its blocks' (d_b, s_b) pairs ds
 
 struct F32 {
+    static const bool Q8 = false;
     static const int UNIT = 4;
     typedef float4 Raw;
     static __device__ __forceinline__ Raw load(const u8* wr, const u8* sr, int u) { return __ldg((const float4*)wr + u); }
@@ -167,6 +191,7 @@ struct F32 {
 };
 
 struct F16 {
+    static const bool Q8 = false;
     static const int UNIT = 8;
     typedef uint4 Raw;
     static __device__ __forceinline__ Raw load(const u8* wr, const u8* sr, int u) { return ld16(wr + 16 * u); }
@@ -191,6 +216,7 @@ struct F16 {
 };
 
 struct BF16 {
+    static const bool Q8 = false;
     static const int UNIT = 8;
     typedef uint4 Raw;
     static __device__ __forceinline__ Raw load(const u8* wr, const u8* sr, int u) { return ld16(wr + 16 * u); }
@@ -215,7 +241,8 @@ struct BF16 {
 };
 
 struct Q8_0 {
-    static const int UNIT = 32;
+    static const bool Q8 = true;
+    static const int QK = 32, U = 2;
     struct Raw { uint4 a, b; u16 d; };
     static __device__ __forceinline__ Raw load(const u8* wr, const u8* sr, int u) {
         Raw r;
@@ -224,15 +251,14 @@ struct Q8_0 {
         r.d = __ldg((const u16*)sr + u);
         return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& w, const float* x, int u, int cols) {
-        const float* xk = x + 32 * u;
-        // signed bytes: b ^ 0x80 is q + 128
-        float s = 0.0f;
+    static __device__ __forceinline__ float dotq(const Raw& w, const uint4* x, const float2* ds, int u) {
+        int s = 0;
 #pragma unroll
-        for (int c = 0; c < 4; c++) s += dotb(word4(w.a, c) ^ 0x80808080u, xq(xk, 4 * c), 128.0f);
-#pragma unroll
-        for (int c = 0; c < 4; c++) s += dotb(word4(w.b, c) ^ 0x80808080u, xq(xk, 16 + 4 * c), 128.0f);
-        return h2f(w.d) * s;
+        for (int c = 0; c < 4; c++) {
+            s = dp4a(word4(w.a, c), word4(x[0], c), s);
+            s = dp4a(word4(w.b, c), word4(x[1], c), s);
+        }
+        return h2f(w.d) * (ds[0].x * (float)s);
     }
     static __device__ __forceinline__ void load16(const u8* wr, const u8* sr, int k0, int cols, float* v) {
         int b = k0 >> 5;
@@ -246,7 +272,8 @@ struct Q8_0 {
 // The three formats with Q4_0's nibble order; `Kind` picks the scale rule.
 template <int KIND>  // 0: q4_0 (d), 1: q4_1 (d, m), 2: gptq4 (d, z)
 struct Q4 {
-    static const int UNIT = 32;
+    static const bool Q8 = true;
+    static const int QK = 32, U = 2;
     struct Raw { uint4 q; u32 s; };
     static __device__ __forceinline__ Raw load(const u8* wr, const u8* sr, int u) {
         Raw r;
@@ -254,19 +281,20 @@ struct Q4 {
         r.s = KIND == 0 ? (u32)__ldg((const u16*)sr + u) : __ldg((const u32*)sr + u);
         return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& w, const float* x, int u, int cols) {
-        const float* xk = x + 32 * u;
-        float d = lo_h(w.s);
-        float off = KIND == 0 ? 8.0f : KIND == 2 ? hi_h(w.s) : 0.0f;
-        float s = 0.0f, sx = 0.0f;
+    // Σ q·xd = d_x·Σ q·q_x with the nibbles as bytes (low: weights 4c.., high: 16 + 4c..);
+    // then q4_0: d·(Σ q·xd − 8·s_x), q4_1: d·Σ q·xd + m·s_x, gptq4: d·(Σ q·xd − z·s_x)
+    static __device__ __forceinline__ float dotq(const Raw& w, const uint4* x, const float2* ds, int u) {
+        int s = 0;
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             u32 v = word4(w.q, c);
-            float4 xa = xq(xk, 4 * c), xb = xq(xk, 16 + 4 * c);
-            s += dotb(v & 0x0F0F0F0Fu, xa, off) + dotb((v >> 4) & 0x0F0F0F0Fu, xb, off);
-            if (KIND == 1) sx += hsum(xa) + hsum(xb);
+            s = dp4a(v & 0x0F0F0F0Fu, word4(x[0], c), s);
+            s = dp4a((v >> 4) & 0x0F0F0F0Fu, word4(x[1], c), s);
         }
-        return KIND == 1 ? d * s + hi_h(w.s) * sx : d * s;
+        float d = lo_h(w.s), qx = ds[0].x * (float)s;
+        if (KIND == 0) return d * (qx - 8.0f * ds[0].y);
+        if (KIND == 1) return d * qx + hi_h(w.s) * ds[0].y;
+        return d * (qx - hi_h(w.s) * ds[0].y);
     }
     static __device__ __forceinline__ void load16(const u8* wr, const u8* sr, int k0, int cols, float* v) {
         int b = k0 >> 5, sh = (k0 & 16) ? 4 : 0;
@@ -285,8 +313,10 @@ typedef Q4<1> Q4_1;
 typedef Q4<2> GPTQ4;
 
 struct Q4K {
-    // unit u: super-block u / 4, sub-block pair p = u % 4 (columns 64u .. 64u + 63)
-    static const int UNIT = 64;
+    // unit u: super-block u / 4, sub-block pair p = u % 4 (columns 64u .. 64u + 63): the
+    // 16-byte header and the pair's 32 bytes of nibbles (four lanes share a super-block)
+    static const bool Q8 = true;
+    static const int QK = 64, U = 1;
     struct Raw { uint4 h, q0, q1; };
     static __device__ __forceinline__ Raw load(const u8* wr, const u8* sr, int u) {
         const u8* b = wr + 144 * (u >> 2);
@@ -297,22 +327,20 @@ struct Q4K {
         r.q1 = ld16(b + 32 + 32 * p);
         return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& w, const float* x, int u, int cols) {
-        const float* xk = x + 64 * u;
+    // sub-block j: d·sc_j·Σ q·xd − dmin·m_j·s_x
+    static __device__ __forceinline__ float dotq(const Raw& w, const uint4* x, const float2* ds, int u) {
         int j = 2 * (u & 3);
-        float s0 = 0.0f, s1 = 0.0f, x0 = 0.0f, x1 = 0.0f;
+        int s0 = 0, s1 = 0;
 #pragma unroll
         for (int c = 0; c < 4; c++) {
-            u32 a = word4(w.q0, c), b = word4(w.q1, c);
-            float4 xa = xq(xk, 4 * c), xb = xq(xk, 16 + 4 * c);   // sub-block j, l < 16 | l >= 16
-            float4 xc = xq(xk, 32 + 4 * c), xd = xq(xk, 48 + 4 * c);  // sub-block j + 1
-            s0 += dotb(a & 0x0F0F0F0Fu, xa, 0.0f) + dotb(b & 0x0F0F0F0Fu, xb, 0.0f);
-            s1 += dotb((a >> 4) & 0x0F0F0F0Fu, xc, 0.0f) + dotb((b >> 4) & 0x0F0F0F0Fu, xd, 0.0f);
-            x0 += hsum(xa) + hsum(xb);
-            x1 += hsum(xc) + hsum(xd);
+            u32 a = word4(w.q0, c), b = word4(w.q1, c);  // weights 4c.. and 16 + 4c.. of j and j + 1
+            s0 = dp4a(a & 0x0F0F0F0Fu, word4(x[0], c), s0);
+            s0 = dp4a(b & 0x0F0F0F0Fu, word4(x[1], c), s0);
+            s1 = dp4a((a >> 4) & 0x0F0F0F0Fu, word4(x[2], c), s1);
+            s1 = dp4a((b >> 4) & 0x0F0F0F0Fu, word4(x[3], c), s1);
         }
         float2 dm0 = q4k_dm(w.h, j), dm1 = q4k_dm(w.h, j + 1);
-        return dm0.x * s0 - dm0.y * x0 + dm1.x * s1 - dm1.y * x1;
+        return (dm0.x * (ds[0].x * (float)s0) - dm0.y * ds[0].y) + (dm1.x * (ds[1].x * (float)s1) - dm1.y * ds[1].y);
     }
     static __device__ __forceinline__ void load16(const u8* wr, const u8* sr, int k0, int cols, float* v) {
         const u8* b = wr + 144 * (k0 >> 8);
@@ -327,39 +355,42 @@ struct Q4K {
 };
 
 struct Q6K {
-    // unit u: super-block u / 4, half h = (u / 2) % 2, groups g0 = u % 2 and g0 + 2
-    static const int UNIT = 64;
-    struct Raw { uint4 l0, l1, h0, h1, sc; u16 d; };
+    // unit u: super-block u / 2, half h = u % 2 (columns 128u .. 128u + 127): the half's 64
+    // bytes of ql, 32 of qh and 8 scales (two lanes share a super-block's row of scales)
+    static const bool Q8 = true;
+    static const int QK = 128, U = 1;
+    struct Raw { uint4 l[4], h[2]; uint2 sc; u16 d; };
     static __device__ __forceinline__ Raw load(const u8* wr, const u8* sr, int u) {
-        const u8* b = wr + 208 * (u >> 2);
-        int h = (u >> 1) & 1, g0 = u & 1;
+        const u8* b = wr + 208 * (u >> 1);
+        int h = u & 1;
         Raw r;
-        r.l0 = ld16(b + 64 * h + 32 * g0);
-        r.l1 = ld16(b + 64 * h + 32 * g0 + 16);
-        r.h0 = ld16(b + 128 + 32 * h);
-        r.h1 = ld16(b + 128 + 32 * h + 16);
-        r.sc = ld16(b + 192);
-        r.d = __ldg((const u16*)sr + (u >> 2));
+#pragma unroll
+        for (int i = 0; i < 4; i++) r.l[i] = ld16(b + 64 * h + 16 * i);
+#pragma unroll
+        for (int i = 0; i < 2; i++) r.h[i] = ld16(b + 128 + 32 * h + 16 * i);
+        r.sc = __ldg((const uint2*)(b + 192 + 8 * h));
+        r.d = __ldg((const u16*)sr + (u >> 1));
         return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& w, const float* x, int u, int cols) {
-        int h = (u >> 1) & 1, g0 = u & 1;
-        const float* xa = x + 256 * (u >> 2) + 128 * h + 32 * g0;  // group g0; group g0 + 2 at +64
-        int sa = 2 * g0, sb = 2 * g0 + 4;  // qh bit shifts
-        float a0 = 0.0f, a1 = 0.0f, b0 = 0.0f, b1 = 0.0f;
+    // group g (activation block 4u + g): d·Σ_{half} sc·(Σ q·q_x − 32·Σ q_x)·d_x, q in 0..63
+    static __device__ __forceinline__ float dotq(const Raw& w, const uint4* x, const float2* ds, int u) {
+        float r = 0.0f;
 #pragma unroll
-        for (int c = 0; c < 4; c++) {
-            u32 l = word4(w.l0, c), q = word4(w.h0, c);
-            a0 += dotb((l & 0x0F0F0F0Fu) | (((q >> sa) & 0x03030303u) << 4), xq(xa, 4 * c), 32.0f);
-            b0 += dotb(((l >> 4) & 0x0F0F0F0Fu) | (((q >> sb) & 0x03030303u) << 4), xq(xa, 64 + 4 * c), 32.0f);
-            l = word4(w.l1, c);
-            q = word4(w.h1, c);
-            a1 += dotb((l & 0x0F0F0F0Fu) | (((q >> sa) & 0x03030303u) << 4), xq(xa, 16 + 4 * c), 32.0f);
-            b1 += dotb(((l >> 4) & 0x0F0F0F0Fu) | (((q >> sb) & 0x03030303u) << 4), xq(xa, 80 + 4 * c), 32.0f);
+        for (int g = 0; g < 4; g++) {
+            int p[2] = {0, 0}, sx[2] = {0, 0};
+#pragma unroll
+            for (int c = 0; c < 8; c++) {  // weights 4c..4c+3 of the group; c / 4 picks the scale
+                u32 l = word4(w.l[2 * (g & 1) + (c >> 2)], c & 3);
+                u32 q = ((g < 2 ? l : l >> 4) & 0x0F0F0F0Fu) | (((word4(w.h[c >> 2], c & 3) >> (2 * g)) & 0x03030303u) << 4);
+                u32 xv = word4(x[2 * g + (c >> 2)], c & 3);
+                p[c >> 2] = dp4a(q, xv, p[c >> 2]);
+                sx[c >> 2] = dp4a(0x01010101u, xv, sx[c >> 2]);
+            }
+            u32 sw = g < 2 ? w.sc.x : w.sc.y;  // scales 2g and 2g + 1 of the half
+            float sa = i8f(sw >> (16 * (g & 1))), sb = i8f(sw >> (16 * (g & 1) + 8));
+            r += ds[g].x * (sa * (float)(p[0] - 32 * sx[0]) + sb * (float)(p[1] - 32 * sx[1]));
         }
-        int s = 8 * h + 2 * g0;
-        return h2f(w.d) * (i8f(byte16(w.sc, s)) * a0 + i8f(byte16(w.sc, s + 1)) * a1 + i8f(byte16(w.sc, s + 4)) * b0 +
-                           i8f(byte16(w.sc, s + 5)) * b1);
+        return h2f(w.d) * r;
     }
     static __device__ __forceinline__ void load16(const u8* wr, const u8* sr, int k0, int cols, float* v) {
         const u8* b = wr + 208 * (k0 >> 8);
@@ -377,9 +408,18 @@ struct Q6K {
 };
 
 // ---------------------------------------------------------------------------------------
-// Matrix-vector products for decode (one token): one warp per output row, lanes striding
-// over the row's units with four units' loads in flight, then a shuffle reduction.
-// 256 threads = 8 rows per block.
+// Matrix-vector products for decode (one token).
+//
+// Float formats: one warp per output row, lanes striding over the row's units with four
+// units' loads in flight, then a shuffle reduction. 256 threads = 8 rows per block.
+//
+// Quantized formats, on Q8 activations: a warp per two rows (mv: two neighbouring rows,
+// possibly of two matrices; glu: row r of gate and of up). Each step a lane loads U units of
+// both rows (adjacent lanes read adjacent 16-byte chunks) and the units' int8 activations
+// once for both rows, and takes the products with dp4a; one shuffle reduction serves both
+// rows. In mv, `ks` (1, 2 or 4) warps may share a row pair, taking interleaved runs of 32
+// units, and add up through shared memory: a matrix of few rows (o, down) then still has
+// enough loads in flight. 256 threads = 16 / ks rows per block in mv, 8 row pairs in glu.
 
 template <class F>
 __device__ __forceinline__ float row_dot(const u8* wr, const u8* sr, const float* x, int cols, int lane) {
@@ -396,43 +436,152 @@ __device__ __forceinline__ float row_dot(const u8* wr, const u8* sr, const float
     return warp_sum(acc);
 }
 
-// Up to three matrices of one format and width that share the input x (q, k and v):
-// rows of matrix 0, then 1, then 2, one warp each. out_m[r] = W_m[r] · x.
+// acc[r] += Σ over units first, first + stride, ... of W_r · xd for the R rows at wr[r], sr[r]
+// (cols a multiple of F::QK), xq the Q8 activations.
+template <class F, int R>
+__device__ __forceinline__ void rows_dotq(const u8* const* wr, const u8* const* sr, const u8* xq, int cols, int first,
+                                          int stride, float* acc) {
+    const int nu = cols / F::QK;
+    const float2* xd = (const float2*)(xq + cols);
+    for (int u0 = first; u0 < nu; u0 += stride * F::U) {
+        typename F::Raw w[F::U][R];
+        uint4 xv[F::U][F::QK / 16];
+        float2 ds[F::U][F::QK / 32];
+#pragma unroll
+        for (int i = 0; i < F::U; i++) {
+            int u = u0 + stride * i;
+            if (u < nu) {
+#pragma unroll
+                for (int r = 0; r < R; r++) w[i][r] = F::load(wr[r], sr[r], u);
+#pragma unroll
+                for (int k = 0; k < F::QK / 16; k++) xv[i][k] = ld16(xq + (u64)u * F::QK + 16 * k);
+#pragma unroll
+                for (int k = 0; k < F::QK / 32; k++) ds[i][k] = __ldg(xd + u * (F::QK / 32) + k);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < F::U; i++) {
+            int u = u0 + stride * i;
+            if (u < nu) {
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r] += F::dotq(w[i][r], xv[i], ds[i], u);
+            }
+        }
+    }
+}
+
+// Warp sums of a and b in one reduction: lane 0 gets Σ a, lane 16 gets Σ b.
+__device__ __forceinline__ float warp_sum2(float a, float b, int lane) {
+    bool hi = lane & 16;
+    float v = (hi ? b : a) + __shfl_xor_sync(0xffffffffu, hi ? a : b, 16);
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Up to three matrices of one format and width that share the input x (q, k and v): rows
+// of matrix 0, then 1, then 2. out_m[r] = W_m[r] · x. x is f32, or Q8 for quantized formats
+// (which take ks, above; the float formats ignore it).
 template <class F>
 __device__ __forceinline__ void matvec(const u8* w0, const u8* s0, float* o0, int rows0, const u8* w1, const u8* s1,
                                        float* o1, int rows1, const u8* w2, const u8* s2, float* o2, int rows2,
-                                       const float* x, int cols, int wrow, int srow) {
+                                       const void* x, int cols, int wrow, int srow, int ks) {
     int lane = threadIdx.x & 31;
-    int r = blockIdx.x * 8 + (threadIdx.x >> 5);
-    const u8* w = w0;
-    const u8* s = s0;
-    float* o = o0;
-    if (r >= rows0) {
-        r -= rows0;
-        w = w1; s = s1; o = o1;
-        if (r >= rows1) {
-            r -= rows1;
-            w = w2; s = s2; o = o2;
-            if (r >= rows2) return;
+    if constexpr (F::Q8) {
+        __shared__ float red[8][2];
+        int total = rows0 + rows1 + rows2;
+        int warp = threadIdx.x >> 5, slice = warp & (ks - 1);
+        int r0 = (blockIdx.x * (8 / ks) + warp / ks) * 2;
+        if (total == 0 || (ks == 1 && r0 >= total)) return;  // (with ks > 1 every warp reaches the barrier)
+        const u8* wr[2];
+        const u8* sr[2];
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int r = min(r0 + k, total - 1);  // a missing row repeats the last, unwritten
+            const u8* w = r < rows0 ? w0 : r < rows0 + rows1 ? w1 : w2;
+            const u8* s = r < rows0 ? s0 : r < rows0 + rows1 ? s1 : s2;
+            r -= r < rows0 ? 0 : r < rows0 + rows1 ? rows0 : rows0 + rows1;
+            wr[k] = w + (u64)r * wrow;
+            sr[k] = s + (u64)r * srow;
         }
+        float acc[2] = {0.0f, 0.0f};
+        rows_dotq<F, 2>(wr, sr, (const u8*)x, cols, 32 * slice + lane, 32 * ks, acc);
+        float v = warp_sum2(acc[0], acc[1], lane);
+        if (ks > 1) {
+            if ((lane & 15) == 0) red[warp][lane >> 4] = v;
+            __syncthreads();
+            if (slice != 0) return;
+            for (int k = 1; k < ks; k++) v += red[warp + k][lane >> 4];
+        }
+        int r = r0 + (lane >> 4);  // lane 0: row r0, lane 16: row r0 + 1
+        if ((lane & 15) == 0 && r < total) {
+            if (r < rows0) o0[r] = v;
+            else if (r < rows0 + rows1) o1[r - rows0] = v;
+            else o2[r - rows0 - rows1] = v;
+        }
+    } else {
+        int r = blockIdx.x * 8 + (threadIdx.x >> 5);
+        const u8* w = w0;
+        const u8* s = s0;
+        float* o = o0;
+        if (r >= rows0) {
+            r -= rows0;
+            w = w1; s = s1; o = o1;
+            if (r >= rows1) {
+                r -= rows1;
+                w = w2; s = s2; o = o2;
+                if (r >= rows2) return;
+            }
+        }
+        float acc = row_dot<F>(w + (u64)r * wrow, s + (u64)r * srow, (const float*)x, cols, lane);
+        if (lane == 0) o[r] = acc;
     }
-    float acc = row_dot<F>(w + (u64)r * wrow, s + (u64)r * srow, x, cols, lane);
-    if (lane == 0) o[r] = acc;
+}
+
+// After each block of 8 rows wrote v[8·blockIdx.x ..], the last of the four blocks of each
+// group of 32 rows to finish writes the group as Q8 activations (rows a multiple of 32); a
+// counter per group (zero, and reset) finds it, as attention's split merge does.
+__device__ __forceinline__ void q8_rows_last_block(const float* v, int rows, u8* q8, u32* cnt) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    int grp = blockIdx.x >> 2;
+    if (threadIdx.x == 0) last = atomicAdd(&cnt[grp], 1u) == 3u;
+    __syncthreads();
+    if (!last || threadIdx.x >= 32) return;
+    __threadfence();
+    int i = 32 * grp + threadIdx.x;
+    q8_block(__ldcg(v + i), q8, i, rows);
+    if (threadIdx.x == 0) cnt[grp] = 0;
 }
 
 // SwiGLU fused with its two products: up[r] = W_up[r] · x, gate[r] = silu(W_gate[r] · x) · up[r].
+// With q8 (rows a multiple of 32) gate is also written as Q8 activations there, for the
+// quantized product that reads it next (cnt: rows / 32 counters).
 template <class F>
 __device__ __forceinline__ void glu(const u8* wg, const u8* sg, const u8* wu, const u8* su, float* gate, float* up,
-                                    int rows, const float* x, int cols, int wrow, int srow) {
+                                    int rows, const void* x, int cols, int wrow, int srow, u8* q8, u32* cnt) {
     int lane = threadIdx.x & 31;
     int r = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (r >= rows) return;
-    float g = row_dot<F>(wg + (u64)r * wrow, sg + (u64)r * srow, x, cols, lane);
-    float u = row_dot<F>(wu + (u64)r * wrow, su + (u64)r * srow, x, cols, lane);
+    float g, u;
+    if constexpr (F::Q8) {
+        const u8* wr[2] = {wg + (u64)r * wrow, wu + (u64)r * wrow};
+        const u8* sr[2] = {sg + (u64)r * srow, su + (u64)r * srow};
+        float acc[2] = {0.0f, 0.0f};
+        rows_dotq<F, 2>(wr, sr, (const u8*)x, cols, lane, 32, acc);
+        float v = warp_sum2(acc[0], acc[1], lane);
+        g = v;
+        u = __shfl_xor_sync(0xffffffffu, v, 16);  // lane 0: gate's sum, and up's from lane 16
+    } else {
+        g = row_dot<F>(wg + (u64)r * wrow, sg + (u64)r * srow, (const float*)x, cols, lane);
+        u = row_dot<F>(wu + (u64)r * wrow, su + (u64)r * srow, (const float*)x, cols, lane);
+    }
     if (lane == 0) {
         up[r] = u;
         gate[r] = g / (1.0f + expf(-g)) * u;
     }
+    if (q8) q8_rows_last_block(gate, rows, q8, cnt);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -612,16 +761,18 @@ __device__ __forceinline__ void embed(const u8* w, const u8* s, const u32* perm,
         if (k0 + i < cols) o[perm ? perm[k0 + i] : k0 + i] = v[i];
 }
 
+// mv_ and glu_ read x as f32 for the float formats and as Q8 activations for the others.
 #define WEIGHT_KERNELS(NAME, F)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256) mv_##NAME(                                                        \
         const u8* w0, const u8* s0, float* o0, int rows0, const u8* w1, const u8* s1, float* o1, int rows1,            \
-        const u8* w2, const u8* s2, float* o2, int rows2, const float* x, int cols, int wrow, int srow) {                \
-        matvec<F>(w0, s0, o0, rows0, w1, s1, o1, rows1, w2, s2, o2, rows2, x, cols, wrow, srow);                         \
+        const u8* w2, const u8* s2, float* o2, int rows2, const void* x, int cols, int wrow, int srow, int ks) {         \
+        matvec<F>(w0, s0, o0, rows0, w1, s1, o1, rows1, w2, s2, o2, rows2, x, cols, wrow, srow, ks);                     \
     }                                                                                                                   \
     extern "C" __global__ void __launch_bounds__(256) glu_##NAME(const u8* wg, const u8* sg, const u8* wu,              \
                                                                  const u8* su, float* gate, float* up, int rows,        \
-                                                                 const float* x, int cols, int wrow, int srow) {        \
-        glu<F>(wg, sg, wu, su, gate, up, rows, x, cols, wrow, srow);                                                    \
+                                                                 const void* x, int cols, int wrow, int srow, u8* q8,   \
+                                                                 u32* cnt) {                                            \
+        glu<F>(wg, sg, wu, su, gate, up, rows, x, cols, wrow, srow, q8, cnt);                                           \
     }                                                                                                                   \
     extern "C" __global__ void __launch_bounds__(128) mmtc_##NAME(const u8* w, const u8* s, const float* x, float* out, \
                                                                   int n, int rows, int cols, int x_stride,             \
@@ -664,21 +815,36 @@ __device__ __forceinline__ float block_sum256(float v, float* red) {
     return r;
 }
 
+// Q8 activations of x[perm[i]] (x[i] when perm is null), i < cols, at q; cols a multiple of
+// 32 (a quantized matrix's width). Fuses GPTQ's gather for one token.
+extern "C" __global__ void __launch_bounds__(256) quantize_q8(const float* x, const u32* perm, u8* q, int cols) {
+    int i = blockIdx.x * 256 + threadIdx.x;
+    if (i >= cols) return;  // whole warps
+    q8_block(perm ? x[perm[i]] : x[i], q, i, cols);
+}
+
 // RMSNorm: out[t] = x[first + t] / sqrt(mean(x[first + t]²) + eps) · w, one block per row.
+// With q8 (one row, cols a multiple of 32) the row is also written as Q8 activations there,
+// for the quantized product that reads it next.
 extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const float* w, float* out, int cols, int first,
-                                                           float eps) {
+                                                           float eps, u8* q8) {
     __shared__ float red[8];
     const float* xr = x + (u64)(first + blockIdx.x) * cols;
     float* o = out + (u64)blockIdx.x * cols;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < cols; i += 256) ss += xr[i] * xr[i];
     float inv = rsqrtf(block_sum256(ss, red) / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += 256) o[i] = xr[i] * inv * w[i];
+    for (int i = threadIdx.x; i < cols; i += 256) {
+        float v = xr[i] * inv * w[i];
+        o[i] = v;
+        if (q8) q8_block(v, q8, i, cols);
+    }
 }
 
-// The residual add fused with the next RMSNorm: x[t] += y[t]; out[t] = rmsnorm(x[t]) · w.
+// The residual add fused with the next RMSNorm: x[t] += y[t]; out[t] = rmsnorm(x[t]) · w;
+// q8 as in rms_norm.
 extern "C" __global__ void __launch_bounds__(256) add_rms_norm(float* x, const float* y, const float* w, float* out, int cols,
-                                                               float eps) {
+                                                               float eps, u8* q8) {
     __shared__ float red[8];
     float* xr = x + (u64)blockIdx.x * cols;
     const float* yr = y + (u64)blockIdx.x * cols;
@@ -690,7 +856,11 @@ extern "C" __global__ void __launch_bounds__(256) add_rms_norm(float* x, const f
         ss += v * v;
     }
     float inv = rsqrtf(block_sum256(ss, red) / (float)cols + eps);
-    for (int i = threadIdx.x; i < cols; i += 256) o[i] = xr[i] * inv * w[i];
+    for (int i = threadIdx.x; i < cols; i += 256) {
+        float v = xr[i] * inv * w[i];
+        o[i] = v;
+        if (q8) q8_block(v, q8, i, cols);
+    }
 }
 
 // Rotate pair j of head h of token t by table[t, j] = (cos, sin): pairs (j, j + hd/2), or
@@ -762,11 +932,12 @@ extern "C" __global__ void rope_store(float* q, int q_heads, int q_stride, float
 // memory. With one split the block writes the output; with several it writes its
 // (max, sum, weighted values) to `part` and the last block of the head to finish (an atomic
 // count) merges them, so a decode step spreads each head over many multiprocessors in one
-// launch. hd ≤ 256.
+// launch. hd ≤ 256. With q8 (one token, hd a multiple of 32) the output row is also written
+// as Q8 activations there, for the quantized product that reads it next.
 extern "C" __global__ void __launch_bounds__(128) attention(const float* q, const float* kc, const float* vc, float* out,
                                                             float* part, u32* counters, const u32* pos, int n_heads,
                                                             int n_kv_heads, int hd, int q_stride, int kv_dim,
-                                                            int out_stride, float scale, int splits) {
+                                                            int out_stride, float scale, int splits, u8* q8) {
     __shared__ float sm_m[4], sm_l[4];
     __shared__ float sm_acc[4][256];
     __shared__ int last;
@@ -824,8 +995,11 @@ extern "C" __global__ void __launch_bounds__(128) attention(const float* q, cons
     }
     float* o = out + (u64)t * out_stride + h * hd;
     if (splits == 1) {
-        for (int d = threadIdx.x; d < hd; d += 128)
-            o[d] = (wt[0] * sm_acc[0][d] + wt[1] * sm_acc[1][d] + wt[2] * sm_acc[2][d] + wt[3] * sm_acc[3][d]) / bl;
+        for (int d = threadIdx.x; d < hd; d += 128) {
+            float v = (wt[0] * sm_acc[0][d] + wt[1] * sm_acc[1][d] + wt[2] * sm_acc[2][d] + wt[3] * sm_acc[3][d]) / bl;
+            o[d] = v;
+            if (q8) q8_block(v, q8, h * hd + d, n_heads * hd);
+        }
         return;
     }
     // partial of this split: [m, l, acc[hd]]
@@ -857,6 +1031,7 @@ extern "C" __global__ void __launch_bounds__(128) attention(const float* q, cons
             if (mi != NEG_INF) a += expf(mi - gm) * __ldcg(p0 + i * (hd + 2) + 2 + d);
         }
         o[d] = a / gl;
+        if (q8) q8_block(a / gl, q8, h * hd + d, n_heads * hd);
     }
     if (threadIdx.x == 0) counters[t * n_heads + h] = 0;
 }

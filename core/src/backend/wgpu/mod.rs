@@ -132,6 +132,13 @@ impl Wgpu {
         })
     }
 
+    /// Wait for all recorded and submitted work; report any device error (out of memory,
+    /// lost device) that happened meanwhile. The browser reports allocation failures
+    /// asynchronously, so a loader calls this once the weights are uploaded.
+    pub async fn sync(&self) -> Result<()> {
+        self.readback(&self.argmax_out, 0, 4).await.map(|_| ())
+    }
+
     pub fn is_real_gpu(&self) -> bool {
         self.gpu.is_real_gpu()
     }

@@ -1,6 +1,10 @@
-//! The CPU backend: plain loops over f32, with candle's ggml kernels for the matrix
-//! products. It is the fallback device and the readable reference for every GPU kernel.
+//! The CPU backend: plain loops over f32. The matrix products are register-tiled SIMD
+//! kernels for f32/f16/bf16 (cpu_dense_gemm.rs) and Q8_0/Q4_0 (cpu_q8_gemm.rs), GPTQ's
+//! below, and candle's ggml kernels for the k-quants. It is the fallback device and the
+//! readable reference for every GPU kernel.
 
+use super::cpu_dense_gemm as dense_gemm;
+use super::cpu_q8_gemm as q8_gemm;
 use super::{AttnShape, Backend};
 use crate::Result;
 use crate::weights::{Blob, RopeStyle, WeightData, WeightFormat};
@@ -38,29 +42,31 @@ fn par_for(n: usize, f: impl Fn(usize) + Sync) {
 
 /// A `*mut f32` that worker threads may share because each writes disjoint elements.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
+    pub(super) fn new(dst: &mut [f32]) -> Self {
+        SharedOut(dst.as_mut_ptr())
+    }
+
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+
     /// SAFETY: callers write disjoint ranges from different threads.
-    unsafe fn slice(self, start: usize, len: usize) -> &'static mut [f32] {
+    pub(super) unsafe fn slice(self, start: usize, len: usize) -> &'static mut [f32] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 }
 
-/// `dst[m, n] = x[m, k] · W[n, k]ᵀ` for bf16 W with f32 activations. (candle's bf16 product
-/// rounds the activations to bf16 first, which costs ~5e-3 relative error in the logits.)
-fn matmul_bf16((m, k, n): (usize, usize, usize), x: &[f32], w: &[u8], dst: &mut [f32]) {
-    let w: &[u16] = bytemuck::cast_slice(w);
-    let out = SharedOut(dst.as_mut_ptr());
-    barrier_pool().execute_chunked(n, |rows| {
-        for r in rows {
-            let wr = &w[r * k..(r + 1) * k];
-            for t in 0..m {
-                // SAFETY: this work item alone writes column r of dst.
-                unsafe { out.slice(t * n + r, 1)[0] = dot_bf16(wr, &x[t * k..(t + 1) * k]) };
-            }
-        }
+/// `dst[m, n] = x[m, k] · W[n, k]ᵀ` through [`q8_gemm`], threads splitting the output rows.
+fn matmul_q8(mkn: (usize, usize, usize), format: WeightFormat, x: &[f32], w: &[u8], dst: &mut [f32]) {
+    let xq = q8_gemm::quantize_acts(x);
+    let out = SharedOut::new(dst);
+    barrier_pool().execute_chunked(mkn.2, |rows| {
+        // SAFETY: each work item owns its output columns `rows`.
+        unsafe { q8_gemm::matmul_rows(format, mkn, &xq, w, rows, out.ptr()) }
     });
 }
 
@@ -103,20 +109,6 @@ fn dot32(a: &[f32; 32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum()
-}
-
-/// Dot product of bf16 weights with f32 values, in eight lanes so it vectorizes.
-fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (wc, xc) = (w.chunks_exact(8), x.chunks_exact(8));
-    let (wr, xr) = (wc.remainder(), xc.remainder());
-    for (wv, xv) in wc.zip(xc) {
-        for i in 0..8 {
-            acc[i] += f32::from_bits((wv[i] as u32) << 16) * xv[i];
-        }
-    }
-    let tail: f32 = wr.iter().zip(xr).map(|(a, b)| f32::from_bits((*a as u32) << 16) * b).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 impl Backend for Cpu {
@@ -179,8 +171,11 @@ impl Backend for Cpu {
         };
         let dst = &mut out.data[..n * w.rows];
         match w.format {
-            WeightFormat::BF16 => matmul_bf16((n, k, w.rows), xs, &w.bytes, dst),
+            f @ (WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16) => {
+                dense_gemm::matmul(f, (n, k, w.rows), xs, &w.bytes, dst)
+            }
             WeightFormat::Gptq4 => matmul_gptq4((n, k, w.rows), xs, &w.bytes, dst),
+            f if q8_gemm::supports(f) => matmul_q8((n, k, w.rows), f, xs, &w.bytes, dst),
             f => crate::quant::matmul(f, (n, k, w.rows), xs, &w.bytes, dst),
         }
     }

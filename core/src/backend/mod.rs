@@ -8,6 +8,10 @@
 
 #[cfg(feature = "cpu")]
 pub mod cpu;
+#[cfg(feature = "cpu")]
+mod cpu_dense_gemm;
+#[cfg(feature = "cpu")]
+mod cpu_q8_gemm;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 #[cfg(feature = "cuda")]

@@ -1,19 +1,29 @@
-//! `dst[m, n] = x[m, k] · W[n, k]ᵀ` for Q4_0 and Q8_0 weights on x86-64 with AVX2, the
-//! kernel the CPU backend uses for both prefill and decode with these formats.
+//! `dst[m, n] = x[m, k] · W[n, k]ᵀ` for Q4_0, Q8_0, Q4_K and Q6_K weights on x86-64 with
+//! AVX2 (and AVX-VNNI where present): the CPU backend's product for these formats, in
+//! prefill and decode.
 //!
-//! Like llama.cpp, the activations are first quantized to Q8_0 blocks (32 int8 values and
-//! one f32 scale `dx`), so each block product is an exact integer dot product:
-//!   dst[t, r] = Σ_b  dw[r, b] · dx[t, b] · Σ_{i<32} qw[r, b, i] · qx[t, b, i]
-//! with qw = nibble − 8 for Q4_0 (16 bytes: element i in the low nibble of byte i, element
-//! 16 + i in the high one) and qw = the int8 itself for Q8_0.
+//! Like llama.cpp, the activations are first quantized to int8 in blocks of 32 with one
+//! f32 scale `dx` each, so each block product is an exact integer dot product. Every
+//! weight format is read as blocks of 32 signed int8 values `q` with
+//!   w = scale · lane · q − min
+//! where `scale` and `min` are f32 per block of 32 (min is 0 except for Q4_K), and `lane`
+//! is an integer per 16 weights (1 except for Q6_K, whose scales are per 16). Then
+//!   Σ_i w_i · x_i = scale · dx · Σ_i lane · q_i · qx_i  −  min · dx · Σ_i qx_i
+//! Q4_0: q = nibble − 8 (16 bytes: element i in the low nibble of byte i, 16 + i in the
+//! high one), scale = d. Q8_0: q = the int8, scale = d. Q4_K (256 weights): q = a nibble
+//! (low nibbles of 32 bytes for even sub-blocks, high for odd), scale = d · sc_j and
+//! min = dmin · m_j from the 6-bit packed scales. Q6_K (256): q = (4 low bits | 2 high
+//! bits << 4) − 32, scale = d, lane = the int8 scale of each 16.
 //!
 //! Why not candle's `k_quants::matmul`: it calls one block-row `vec_dot` per (token, row),
 //! so a prompt of m tokens unpacks every weight block m times and prefill runs no faster
-//! than decode. Here a weight block is unpacked once and applied to `TILE` tokens held in
-//! registers, and a row is read from memory once for the whole prompt.
+//! than decode. Here eight blocks of a row are unpacked once and applied to `TILE` tokens,
+//! a row is read from memory once for the whole prompt, and the eight blocks' integer sums
+//! are reduced into one vector before the float scaling.
 //!
-//! The products use the `maddubs` sign trick: |qw| (unsigned) times qx carrying qw's sign.
-//! |qw| ≤ 127 and |qx| ≤ 127, so a pair sum is at most 32258 and the i16 never saturates.
+//! The products use the `maddubs` sign trick: |q| (unsigned) times qx carrying q's sign.
+//! |q| ≤ 127 and |qx| ≤ 127, so a pair sum is at most 32258 and the i16 never saturates.
+//! (Q4_K's q is never negative and goes in as it is.)
 
 // Off x86-64 `supports` is false and the CPU backend uses candle's kernels instead.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
@@ -23,14 +33,16 @@ use half::f16;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Tokens per register tile: four f32x8 accumulators, plus the unpacked weight block.
+/// Tokens per register tile.
 const TILE: usize = 8;
 const QK: usize = 32;
 
-/// Activations quantized to Q8_0 blocks, token-major: `qs[t*k + i]`, `d[t*k/32 + b]`.
+/// Activations quantized to int8 blocks of 32, token-major: `qs[t*k + i]`, and per block
+/// `d[t*k/32 + b]` and `sum[..] = d · Σ qs` (for the min term of Q4_K).
 pub struct QuantizedActs {
     qs: Vec<i8>,
     d: Vec<f32>,
+    sum: Vec<f32>,
 }
 
 /// Quantize each 32-value block of `x` (m rows of k) to int8 with scale `max|x| / 127`,
@@ -39,21 +51,23 @@ pub struct QuantizedActs {
 pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
     let mut qs = vec![0i8; x.len()];
     let mut d = vec![0f32; x.len() / QK];
-    for ((blk, q), d) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(&mut d) {
+    let mut sum = vec![0f32; x.len() / QK];
+    for (((blk, q), d), sum) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(&mut d).zip(&mut sum) {
         let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
         *d = amax / 127.0;
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         for (q, v) in q.iter_mut().zip(blk) {
             *q = (v * id).round() as i8;
         }
+        *sum = *d * q.iter().map(|&q| q as i32).sum::<i32>() as f32;
     }
-    QuantizedActs { qs, d }
+    QuantizedActs { qs, d, sum }
 }
 
-/// Whether [`matmul`] can run `format` on this CPU.
+/// Whether [`matmul_rows`] can run `format` on this CPU.
 pub fn supports(format: WeightFormat) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if matches!(format, WeightFormat::Q4_0 | WeightFormat::Q8_0) {
+    if matches!(format, WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K) {
         return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     }
     let _ = format;
@@ -66,13 +80,12 @@ pub fn supports(format: WeightFormat) -> bool {
 fn use_vnni() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *VNNI.get_or_init(|| {
-        is_x86_feature_detected!("avxvnni")
-            && std::env::var("YANGTUO_CPU_VNNI").as_deref() != Ok("0")
+        is_x86_feature_detected!("avxvnni") && std::env::var("YANGTUO_CPU_VNNI").as_deref() != Ok("0")
     })
 }
 
 /// Output rows `rows` of `dst[m, n]` (row-major, n columns) for weights `w` in `format`,
-/// which must satisfy [`supports`]. `w` holds all n rows; k is a multiple of 32.
+/// which must satisfy [`supports`]. `w` holds all n rows; k is a multiple of the block.
 ///
 /// # Safety
 /// `dst` must point at `m * n` writable f32 that no other thread writes in `rows`' columns.
@@ -107,9 +120,9 @@ unsafe fn rows_x86(
     rows: std::ops::Range<usize>,
     dst: *mut f32,
 ) {
-    assert!(supports(format) && k % QK == 0 && x.qs.len() == m * k);
+    assert!(supports(format) && k % format.block_elems() == 0 && x.qs.len() == m * k);
     assert!(!vnni || is_x86_feature_detected!("avxvnni"));
-    let row_bytes = k / QK * format.block_bytes();
+    let row_bytes = k / format.block_elems() * format.block_bytes();
     assert!(w.len() >= n * row_bytes && rows.end <= n);
     for r in rows {
         let wr = &w[r * row_bytes..(r + 1) * row_bytes];
@@ -117,18 +130,22 @@ unsafe fn rows_x86(
         while t < m {
             let mut out = [0f32; TILE];
             let tile = if m - t >= TILE { TILE } else { 1 };
-            // SAFETY: the features were checked (`supports`, `vnni`); slices are in bounds.
+            macro_rules! go {
+                ($f:ident) => {
+                    match (format, tile) {
+                        (WeightFormat::Q4_0, TILE) => $f::<Q4_0, TILE>(wr, x, k, t, &mut out),
+                        (WeightFormat::Q4_0, _) => $f::<Q4_0, 1>(wr, x, k, t, &mut out),
+                        (WeightFormat::Q8_0, TILE) => $f::<Q8_0, TILE>(wr, x, k, t, &mut out),
+                        (WeightFormat::Q8_0, _) => $f::<Q8_0, 1>(wr, x, k, t, &mut out),
+                        (WeightFormat::Q4K, TILE) => $f::<Q4K, TILE>(wr, x, k, t, &mut out),
+                        (WeightFormat::Q4K, _) => $f::<Q4K, 1>(wr, x, k, t, &mut out),
+                        (_, TILE) => $f::<Q6K, TILE>(wr, x, k, t, &mut out),
+                        (_, _) => $f::<Q6K, 1>(wr, x, k, t, &mut out),
+                    }
+                };
+            }
+            // SAFETY: the features were checked (`supports`, `vnni`); lengths above.
             unsafe {
-                macro_rules! go {
-                    ($f:ident) => {
-                        match (format, tile) {
-                            (WeightFormat::Q4_0, TILE) => $f::<Q4_0, TILE>(wr, x, k, t, &mut out),
-                            (WeightFormat::Q4_0, _) => $f::<Q4_0, 1>(wr, x, k, t, &mut out),
-                            (_, TILE) => $f::<Q8_0, TILE>(wr, x, k, t, &mut out),
-                            (_, _) => $f::<Q8_0, 1>(wr, x, k, t, &mut out),
-                        }
-                    };
-                }
                 if vnni {
                     go!(row_tile_vnni)
                 } else {
@@ -144,56 +161,153 @@ unsafe fn rows_x86(
     }
 }
 
-/// One weight block format: its byte size and how to read it as 32 signed int8 values.
+/// Up to eight blocks of 32 weights, unpacked: `w = scale · lane · q − min` (module doc).
 #[cfg(target_arch = "x86_64")]
-trait Block {
+struct Blocks {
+    q: [__m256i; 8],
+    scale: [f32; 8],
+    min: [f32; 8],
+    /// Per i32 lane of a block's dot product (lanes 0..4 are weights 0..16).
+    lane: [__m256i; 8],
+}
+
+/// A weight format, read eight blocks of 32 at a time: for the k-quants that is one
+/// super-block of 256.
+#[cfg(target_arch = "x86_64")]
+trait Format {
+    /// Bytes per eight blocks of 32.
     const BYTES: usize;
-    /// (scale, the 32 int8 values) of the block at `p`.
-    unsafe fn load(p: *const u8) -> (f32, __m256i);
+    const HAS_MIN: bool = false;
+    const HAS_LANE: bool = false;
+    /// q is never negative, so it can be the unsigned operand as it is (no sign trick).
+    const UNSIGNED: bool = false;
+    /// Blocks `0..count` of the group at `p` into `b` (count < 8 only for the 32-weight
+    /// formats, at the end of a row).
+    unsafe fn load(p: *const u8, count: usize, b: &mut Blocks);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: callers pass the address of an in-bounds f16.
+    f16::from_bits(u16::from_le_bytes(unsafe { [*p, *p.add(1)] })).to_f32()
+}
+
+/// The low (`high = false`) or high nibbles of 32 bytes at `p`, as bytes 0..=15.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn nibbles32(p: *const u8, high: bool) -> __m256i {
+    unsafe {
+        let v = _mm256_loadu_si256(p as *const __m256i);
+        let v = if high { _mm256_srli_epi16(v, 4) } else { v };
+        _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 struct Q4_0;
 #[cfg(target_arch = "x86_64")]
-struct Q8_0;
-
-#[cfg(target_arch = "x86_64")]
-fn scale_at(p: *const u8) -> f32 {
-    // SAFETY: every block starts with its f16 scale; callers pass in-bounds blocks.
-    f16::from_bits(u16::from_le_bytes(unsafe { [*p, *p.add(1)] })).to_f32()
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Block for Q4_0 {
-    const BYTES: usize = 18;
+impl Format for Q4_0 {
+    const BYTES: usize = 8 * 18;
     #[inline(always)]
-    unsafe fn load(p: *const u8) -> (f32, __m256i) {
-        unsafe {
-            let packed = _mm_loadu_si128(p.add(2) as *const __m128i);
-            // low nibbles → elements 0..16 (lower lane), high nibbles → 16..32 (upper lane)
-            let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-            let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
-            (scale_at(p), _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8)))
+    unsafe fn load(p: *const u8, count: usize, b: &mut Blocks) {
+        for i in 0..count {
+            // SAFETY: block i < count lies inside the row.
+            unsafe {
+                let p = p.add(i * 18);
+                let packed = _mm_loadu_si128(p.add(2) as *const __m128i);
+                // low nibbles → elements 0..16 (lower lane), high nibbles → 16..32
+                let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+                let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+                b.q[i] = _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+                b.scale[i] = f16_at(p);
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Block for Q8_0 {
-    const BYTES: usize = 34;
+struct Q8_0;
+#[cfg(target_arch = "x86_64")]
+impl Format for Q8_0 {
+    const BYTES: usize = 8 * 34;
     #[inline(always)]
-    unsafe fn load(p: *const u8) -> (f32, __m256i) {
-        unsafe { (scale_at(p), _mm256_loadu_si256(p.add(2) as *const __m256i)) }
+    unsafe fn load(p: *const u8, count: usize, b: &mut Blocks) {
+        for i in 0..count {
+            // SAFETY: block i < count lies inside the row.
+            unsafe {
+                let p = p.add(i * 34);
+                b.q[i] = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                b.scale[i] = f16_at(p);
+            }
+        }
     }
 }
 
-/// `out[j] = Σ_b dw·dx · (qw · qx)` for one weight row `wr` and tokens `t0 .. t0 + T`.
+/// ggml's block_q4_K: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of nibbles.
+#[cfg(target_arch = "x86_64")]
+struct Q4K;
+#[cfg(target_arch = "x86_64")]
+impl Format for Q4K {
+    const BYTES: usize = 144;
+    const HAS_MIN: bool = true;
+    const UNSIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8, _count: usize, b: &mut Blocks) {
+        // SAFETY: the super-block's 144 bytes lie inside the row.
+        unsafe {
+            let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
+            let sc = std::slice::from_raw_parts(p.add(4), 12);
+            for j in 0..8 {
+                let (s, m) = if j < 4 {
+                    (sc[j] & 63, sc[j + 4] & 63)
+                } else {
+                    ((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+                };
+                b.scale[j] = d * s as f32;
+                b.min[j] = dmin * m as f32;
+                b.q[j] = nibbles32(p.add(16 + 32 * (j / 2)), j % 2 == 1);
+            }
+        }
+    }
+}
+
+/// ggml's block_q6_K: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales, d.
+#[cfg(target_arch = "x86_64")]
+struct Q6K;
+#[cfg(target_arch = "x86_64")]
+impl Format for Q6K {
+    const BYTES: usize = 210;
+    const HAS_LANE: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8, _count: usize, b: &mut Blocks) {
+        // SAFETY: the super-block's 210 bytes lie inside the row.
+        unsafe {
+            let d = f16_at(p.add(208));
+            let scales = p.add(192) as *const i8;
+            for j in 0..8 {
+                // each half of 128 weights: ql[64] (sub-blocks 0, 1 low nibbles; 2, 3 high),
+                // qh[32] (bits 2s..2s+2 for sub-block s)
+                let (half, s) = (j / 4, j % 4);
+                let low = nibbles32(p.add(64 * half + 32 * (s % 2)), s >= 2);
+                let qh = _mm256_loadu_si256(p.add(128 + 32 * half) as *const __m256i);
+                let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * s as i32)), _mm256_set1_epi8(3));
+                let q = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+                b.q[j] = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+                b.scale[j] = d;
+                let (s0, s1) = (*scales.add(2 * j) as i32, *scales.add(2 * j + 1) as i32);
+                b.lane[j] = _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0));
+            }
+        }
+    }
+}
+
+/// `out[j] = Σ_b w[b] · x_(t0+j)[b]` for one weight row `wr` and tokens `t0 .. t0 + T`.
 /// `$dot(a, b)` sums u8 `a` times i8 `b` over groups of four bytes into eight i32.
 macro_rules! row_tile {
     ($name:ident, $features:literal, $dot:expr) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<B: Block, const T: usize>(
+        unsafe fn $name<F: Format, const T: usize>(
             wr: &[u8],
             x: &QuantizedActs,
             k: usize,
@@ -202,60 +316,54 @@ macro_rules! row_tile {
         ) {
             let nb = k / QK;
             let mut acc = [_mm256_setzero_ps(); T];
-            // Eight blocks at a time: their eight i32 lane-sums are reduced into one vector
-            // (lane i = block i) before the float conversion and scaling, so those cost one
-            // instruction per eight blocks instead of one per block.
-            let mut b = 0;
-            while b + 8 <= nb {
-                // SAFETY: blocks b..b+8 of this row and of tokens t0..t0+T lie inside wr / x
-                // (the caller asserted the lengths).
+            let zero = _mm256_setzero_si256();
+            let mut w = Blocks { q: [zero; 8], scale: [0.0; 8], min: [0.0; 8], lane: [zero; 8] };
+            let mut abs = [zero; 8];
+            for b in (0..nb).step_by(8) {
+                let count = (nb - b).min(8);
+                if count < 8 {
+                    // the tail of a 32-weight format: blocks count.. contribute nothing
+                    w = Blocks { q: [zero; 8], scale: [0.0; 8], min: [0.0; 8], lane: [zero; 8] };
+                }
+                // SAFETY: blocks b..b+count of this row and of tokens t0..t0+T lie inside
+                // wr / x (the caller asserted the lengths).
                 unsafe {
-                    let mut qw = [_mm256_setzero_si256(); 8];
-                    let mut aw = [_mm256_setzero_si256(); 8];
-                    let mut dw = [0f32; 8];
-                    for i in 0..8 {
-                        (dw[i], qw[i]) = B::load(wr.as_ptr().add((b + i) * B::BYTES));
-                        aw[i] = _mm256_sign_epi8(qw[i], qw[i]);
+                    F::load(wr.as_ptr().add(b / 8 * F::BYTES), count, &mut w);
+                    if !F::UNSIGNED {
+                        for i in 0..8 {
+                            abs[i] = _mm256_sign_epi8(w.q[i], w.q[i]);
+                        }
                     }
-                    let dw = _mm256_loadu_ps(dw.as_ptr());
+                    let scale = _mm256_loadu_ps(w.scale.as_ptr());
+                    let min = _mm256_loadu_ps(w.min.as_ptr());
                     for j in 0..T {
                         let first = (t0 + j) * nb + b;
                         let dot = |i: usize| {
-                            let qx = _mm256_loadu_si256(
-                                x.qs.as_ptr().add((first + i) * QK) as *const __m256i
-                            );
-                            $dot(aw[i], _mm256_sign_epi8(qx, qw[i]))
+                            if i >= count {
+                                return zero;
+                            }
+                            let qx = _mm256_loadu_si256(x.qs.as_ptr().add((first + i) * QK) as *const __m256i);
+                            let d = if F::UNSIGNED {
+                                $dot(w.q[i], qx)
+                            } else {
+                                $dot(abs[i], _mm256_sign_epi8(qx, w.q[i]))
+                            };
+                            if F::HAS_LANE { _mm256_mullo_epi32(d, w.lane[i]) } else { d }
                         };
                         let sums = _mm256_cvtepi32_ps(sum_lanes_of_8(
-                            dot(0),
-                            dot(1),
-                            dot(2),
-                            dot(3),
-                            dot(4),
-                            dot(5),
-                            dot(6),
-                            dot(7),
+                            dot(0), dot(1), dot(2), dot(3), dot(4), dot(5), dot(6), dot(7),
                         ));
-                        let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x.d.as_ptr().add(first)));
-                        acc[j] = _mm256_fmadd_ps(sums, scale, acc[j]);
-                    }
-                }
-                b += 8;
-            }
-            for b in b..nb {
-                // SAFETY: as above, for block b.
-                unsafe {
-                    let (dw, qw) = B::load(wr.as_ptr().add(b * B::BYTES));
-                    let dw = _mm256_set1_ps(dw);
-                    let aw = _mm256_sign_epi8(qw, qw);
-                    for j in 0..T {
-                        let block = (t0 + j) * nb + b;
-                        let qx =
-                            _mm256_loadu_si256(x.qs.as_ptr().add(block * QK) as *const __m256i);
-                        let sums = _mm256_cvtepi32_ps($dot(aw, _mm256_sign_epi8(qx, qw)));
-                        let scale =
-                            _mm256_mul_ps(dw, _mm256_broadcast_ss(x.d.get_unchecked(block)));
-                        acc[j] = _mm256_fmadd_ps(sums, scale, acc[j]);
+                        let (dx, xsum) = if count == 8 {
+                            (_mm256_loadu_ps(x.d.as_ptr().add(first)), _mm256_loadu_ps(x.sum.as_ptr().add(first)))
+                        } else {
+                            let mut d = [0f32; 8];
+                            d[..count].copy_from_slice(&x.d[first..first + count]);
+                            (_mm256_loadu_ps(d.as_ptr()), _mm256_setzero_ps())
+                        };
+                        acc[j] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scale, dx), acc[j]);
+                        if F::HAS_MIN {
+                            acc[j] = _mm256_fnmadd_ps(min, xsum, acc[j]);
+                        }
                     }
                 }
             }
@@ -266,14 +374,9 @@ macro_rules! row_tile {
     };
 }
 
-row_tile!(row_tile_avx2, "avx2,fma", |a, b| _mm256_madd_epi16(
-    _mm256_maddubs_epi16(a, b),
-    _mm256_set1_epi16(1)
-));
+row_tile!(row_tile_avx2, "avx2,fma", |a, b| _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
 // AVX-VNNI (Zen 4, Alder Lake and later): one instruction, which also cannot saturate.
-row_tile!(row_tile_vnni, "avx2,fma,avxvnni", |a, b| {
-    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b)
-});
+row_tile!(row_tile_vnni, "avx2,fma,avxvnni", |a, b| _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b));
 
 /// Lane i of the result is the sum of the eight lanes of argument i.
 #[cfg(target_arch = "x86_64")]
@@ -292,10 +395,7 @@ fn sum_lanes_of_8(
     // per 128-bit half: [Σ0, Σ1, Σ2, Σ3] of that half's lanes, then the halves added
     let lo = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
     let hi = _mm256_hadd_epi32(_mm256_hadd_epi32(p4, p5), _mm256_hadd_epi32(p6, p7));
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256(lo, hi, 0x20),
-        _mm256_permute2x128_si256(lo, hi, 0x31),
-    )
+    _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -317,19 +417,17 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn matches_the_integer_dot_product_on_odd_shapes() {
-        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
+        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K] {
             if !supports(format) {
                 eprintln!("skipped: no AVX2 here");
                 return;
             }
-            for (m, k, n) in [
-                (1, 32, 1),
-                (3, 96, 5),
-                (7, 160, 9),
-                (9, 352, 4),
-                (13, 2048, 3),
-                (17, 8 * 32 + 32 * 3, 2),
-            ] {
+            let shapes: &[(usize, usize, usize)] = if format.block_elems() == 256 {
+                &[(1, 256, 1), (3, 512, 5), (9, 768, 4), (17, 2048, 3)]
+            } else {
+                &[(1, 32, 1), (3, 96, 5), (7, 160, 9), (9, 352, 4), (13, 2048, 3), (17, 8 * 32 + 32 * 3, 2)]
+            };
+            for &(m, k, n) in shapes {
                 let mut s = 0x2545_f491_u32;
                 let mut rnd = || {
                     s ^= s << 13;

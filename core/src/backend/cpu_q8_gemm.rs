@@ -130,26 +130,17 @@ unsafe fn rows_x86(
         while t < m {
             let mut out = [0f32; TILE];
             let tile = if m - t >= TILE { TILE } else { 1 };
-            macro_rules! go {
-                ($f:ident) => {
-                    match (format, tile) {
-                        (WeightFormat::Q4_0, TILE) => $f::<Q4_0, TILE>(wr, x, k, t, &mut out),
-                        (WeightFormat::Q4_0, _) => $f::<Q4_0, 1>(wr, x, k, t, &mut out),
-                        (WeightFormat::Q8_0, TILE) => $f::<Q8_0, TILE>(wr, x, k, t, &mut out),
-                        (WeightFormat::Q8_0, _) => $f::<Q8_0, 1>(wr, x, k, t, &mut out),
-                        (WeightFormat::Q4K, TILE) => $f::<Q4K, TILE>(wr, x, k, t, &mut out),
-                        (WeightFormat::Q4K, _) => $f::<Q4K, 1>(wr, x, k, t, &mut out),
-                        (_, TILE) => $f::<Q6K, TILE>(wr, x, k, t, &mut out),
-                        (_, _) => $f::<Q6K, 1>(wr, x, k, t, &mut out),
-                    }
-                };
-            }
             // SAFETY: the features were checked (`supports`, `vnni`); lengths above.
             unsafe {
-                if vnni {
-                    go!(row_tile_vnni)
-                } else {
-                    go!(row_tile_avx2)
+                match (format, tile) {
+                    (WeightFormat::Q4_0, TILE) => row::<Q4_0, TILE>(vnni, wr, x, k, t, &mut out),
+                    (WeightFormat::Q4_0, _) => row::<Q4_0, 1>(vnni, wr, x, k, t, &mut out),
+                    (WeightFormat::Q8_0, TILE) => row::<Q8_0, TILE>(vnni, wr, x, k, t, &mut out),
+                    (WeightFormat::Q8_0, _) => row::<Q8_0, 1>(vnni, wr, x, k, t, &mut out),
+                    (WeightFormat::Q4K, TILE) => row::<Q4K, TILE>(vnni, wr, x, k, t, &mut out),
+                    (WeightFormat::Q4K, _) => row::<Q4K, 1>(vnni, wr, x, k, t, &mut out),
+                    (_, TILE) => row::<Q6K, TILE>(vnni, wr, x, k, t, &mut out),
+                    (_, _) => row::<Q6K, 1>(vnni, wr, x, k, t, &mut out),
                 }
             }
             for (i, v) in out[..tile].iter().enumerate() {
@@ -157,6 +148,32 @@ unsafe fn rows_x86(
                 unsafe { *dst.add((t + i) * n + r) = *v };
             }
             t += tile;
+        }
+    }
+}
+
+/// `out[j] = W_r · x_(t0+j)` for the weight row `wr` and tokens `t0 .. t0 + T`: whole
+/// groups of eight blocks, then the tail.
+///
+/// # Safety
+/// AVX2 and FMA (and AVX-VNNI if `vnni`) are present; `wr` is one row of k weights and x
+/// holds tokens t0..t0+T.
+#[cfg(target_arch = "x86_64")]
+unsafe fn row<F: Format, const T: usize>(vnni: bool, wr: &[u8], x: &QuantizedActs, k: usize, t0: usize, out: &mut [f32; TILE]) {
+    let nb = k / QK;
+    let whole = nb / 8 * 8;
+    // SAFETY: passed on from the caller.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); T];
+        if vnni {
+            row_tile_vnni::<F, T, true>(wr, x, k, t0, 0..whole, &mut acc);
+            row_tile_vnni::<F, T, false>(wr, x, k, t0, whole..nb, &mut acc);
+        } else {
+            row_tile_avx2::<F, T, true>(wr, x, k, t0, 0..whole, &mut acc);
+            row_tile_avx2::<F, T, false>(wr, x, k, t0, whole..nb, &mut acc);
+        }
+        for j in 0..T {
+            out[j] = hsum(acc[j]);
         }
     }
 }
@@ -307,24 +324,22 @@ macro_rules! row_tile {
     ($name:ident, $features:literal, $dot:expr) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<F: Format, const T: usize>(
+        unsafe fn $name<F: Format, const T: usize, const FULL: bool>(
             wr: &[u8],
             x: &QuantizedActs,
             k: usize,
             t0: usize,
-            out: &mut [f32; TILE],
+            blocks: std::ops::Range<usize>,
+            acc: &mut [__m256; T],
         ) {
             let nb = k / QK;
-            let mut acc = [_mm256_setzero_ps(); T];
             let zero = _mm256_setzero_si256();
+            // blocks not loaded (the tail of a 32-weight format) stay zero and add nothing
             let mut w = Blocks { q: [zero; 8], scale: [0.0; 8], min: [0.0; 8], lane: [zero; 8] };
             let mut abs = [zero; 8];
-            for b in (0..nb).step_by(8) {
-                let count = (nb - b).min(8);
-                if count < 8 {
-                    // the tail of a 32-weight format: blocks count.. contribute nothing
-                    w = Blocks { q: [zero; 8], scale: [0.0; 8], min: [0.0; 8], lane: [zero; 8] };
-                }
+            for b in blocks.step_by(8) {
+                // a constant 8 in the FULL instance, where everything below unrolls
+                let count = if FULL { 8 } else { (nb - b).min(8) };
                 // SAFETY: blocks b..b+count of this row and of tokens t0..t0+T lie inside
                 // wr / x (the caller asserted the lengths).
                 unsafe {
@@ -366,9 +381,6 @@ macro_rules! row_tile {
                         }
                     }
                 }
-            }
-            for j in 0..T {
-                out[j] = hsum(acc[j]);
             }
         }
     };

@@ -51,14 +51,21 @@ function fromResponse(name, resp) {
   return { name, size, stream: () => resp.body };
 }
 
+// Progress is reported at least this often: a stream (a cached response, a local file) may
+// hand over many megabytes in one chunk.
+const PROGRESS_STEP = 256 * 1024;
+
 async function streamInto(loader, file, progress) {
   loader.beginFile(file.name, file.size);
   const reader = file.stream().getReader();
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
-    loader.push(value);
-    progress(value.length, file.name, loader.tensor);
+    for (let at = 0; at < value.length; at += PROGRESS_STEP) {
+      const part = value.subarray(at, at + PROGRESS_STEP);
+      loader.push(part);
+      progress(part.length, file.name, loader.tensor);
+    }
   }
   loader.endFile();
 }

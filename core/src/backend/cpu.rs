@@ -89,7 +89,7 @@ fn matmul_gptq4((m, k, n): (usize, usize, usize), x: &[f32], w: &[u8], dst: &mut
                     q[j + 16] = (v >> 4) as f32 - z;
                 }
                 for (t, a) in acc.iter_mut().enumerate() {
-                    *a += d * dot32(&q, &x[t * k + b * 32..t * k + b * 32 + 32]);
+                    *a += d * dot(&q, &x[t * k + b * 32..t * k + b * 32 + 32]);
                 }
             }
             for (t, a) in acc.iter().enumerate() {
@@ -100,15 +100,18 @@ fn matmul_gptq4((m, k, n): (usize, usize, usize), x: &[f32], w: &[u8], dst: &mut
     });
 }
 
-/// Dot product of 32 values, in eight lanes so it vectorizes.
-fn dot32(a: &[f32; 32], b: &[f32]) -> f32 {
+/// Dot product in eight lanes, so that it vectorizes (a plain `sum()` must keep the
+/// sequential order and stays scalar).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
-    for (av, bv) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (av, bv) in ac.zip(bc) {
         for i in 0..8 {
             acc[i] += av[i] * bv[i];
         }
     }
-    acc.iter().sum()
+    acc.iter().sum::<f32>() + tail
 }
 
 impl Backend for Cpu {
@@ -222,7 +225,7 @@ impl Backend for Cpu {
             let mut att: Vec<f32> = (0..len)
                 .map(|p| {
                     let kv = &kc.data[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale
+                    dot(qv, kv) * scale
                 })
                 .collect();
             // softmax

@@ -189,12 +189,16 @@ async fn fetch(spec: &str, repo: &RepoSpec, cache: &Path, tx: &Sender<HubProgres
     let client = HFClient::builder().cache_dir(cache).build().map_err(|e| fail(e, None))?;
     let (owner, name) = hf_hub::split_id(&repo.repo);
     let handle = client.model(owner, name);
-    let info = handle.info().revision("main").send().await.map_err(|e| fail(e, None))?;
+    let silent = || Fail::Unreachable(format!("{} sent nothing for {} s", endpoint(), stall_limit().as_secs()));
+    let info = tokio::time::timeout(stall_limit(), handle.info().revision("main").send())
+        .await
+        .map_err(|_| silent())?
+        .map_err(|e| fail(e, None))?;
     let commit = info.sha.ok_or_else(|| Fail::Error(Error::load(spec, "the Hub sent no commit for `main`")))?;
     let tree = handle.list_tree().revision(commit.clone()).recursive(true).send().map_err(|e| fail(e, None))?;
     let mut files = vec![];
     futures_util::pin_mut!(tree);
-    while let Some(entry) = tree.next().await {
+    while let Some(entry) = tokio::time::timeout(stall_limit(), tree.next()).await.map_err(|_| silent())? {
         if let RepoTreeEntry::File { path, size, oid, lfs, .. } = entry.map_err(|e| fail(e, None))? {
             let etag = lfs.and_then(|l| l.sha256).unwrap_or(oid);
             files.push(Remote { path, size, etag });
@@ -451,6 +455,14 @@ impl DlError {
 /// Dropped connections tolerated per file, each resumed where it stopped.
 const RESUMES: usize = 5;
 
+/// How long the Hub may send nothing before a request counts as dropped (a download then
+/// resumes where it stopped; metadata falls back to the cache): `YANGTUO_HUB_TIMEOUT`
+/// seconds, default 60. Mirrors do stall, and a stalled connection otherwise waits forever.
+fn stall_limit() -> std::time::Duration {
+    let secs = std::env::var("YANGTUO_HUB_TIMEOUT").ok().and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0);
+    std::time::Duration::from_secs_f64(secs.unwrap_or(60.0))
+}
+
 /// One file into `blobs/<etag>` (through `.incomplete`, resuming what is there) and its
 /// snapshot link.
 async fn download(
@@ -497,19 +509,43 @@ async fn download(
                 log::info!("{}: resuming at {have} of {} bytes", f.path, f.size);
             }
             let req = handle.download_file_stream().filename(f.path.clone()).revision(commit.to_string());
-            let sent = if have > 0 { req.range(have..f.size).send().await } else { req.send().await };
+            let sent = if have > 0 {
+                tokio::time::timeout(stall_limit(), req.range(have..f.size).send()).await
+            } else {
+                tokio::time::timeout(stall_limit(), req.send()).await
+            };
             let mut stream = match sent {
-                Ok((_, s)) => s,
-                Err(e) if transient(&e) && drops < RESUMES => {
+                Ok(Ok((_, s))) => s,
+                Err(_) if drops < RESUMES => {
+                    drops += 1;
+                    log::warn!("{}: the Hub sent nothing for {} s; asking again", f.path, stall_limit().as_secs());
+                    continue;
+                }
+                Err(_) => {
+                    return Err(DlError::Other(format!(
+                        "the Hub sent nothing for {} s, {RESUMES} times; run again to resume at {have} of {} bytes",
+                        stall_limit().as_secs(),
+                        f.size
+                    )));
+                }
+                Ok(Err(e)) if transient(&e) && drops < RESUMES => {
                     drops += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(200 * drops as u64)).await;
                     continue;
                 }
-                Err(e) => return Err(DlError::Hub(e)),
+                Ok(Err(e)) => return Err(DlError::Hub(e)),
             };
             let mut done = have;
             let mut dropped = None;
-            while let Some(chunk) = stream.next().await {
+            loop {
+                let chunk = match tokio::time::timeout(stall_limit(), stream.next()).await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(_) => {
+                        dropped = Some(format!("no data for {} s", stall_limit().as_secs()));
+                        break;
+                    }
+                };
                 match chunk {
                     Ok(bytes) if done + bytes.len() as u64 > f.size => {
                         // more than the file holds: the server ignored the Range (or the

@@ -25,6 +25,8 @@ struct Shared {
     repos: HashMap<String, FakeRepo>,
     /// `(file, bytes)`: the next GET of `file` stops after `bytes` bytes of its body.
     cut: Option<(String, usize)>,
+    /// `(file, bytes)`: the next GET of `file` sends `bytes` bytes, then nothing for 10 s.
+    stall: Option<(String, usize)>,
     /// `METHOD path [range]` of every request, in order.
     log: Vec<String>,
     /// Answer every GET with the whole file, as a server without Range support does.
@@ -93,6 +95,12 @@ impl FakeHub {
 
     pub fn repo(&self, id: &str) -> Option<FakeRepo> {
         self.shared.lock().unwrap().repos.get(id).cloned()
+    }
+
+    /// The next GET of `file` sends its first `after` bytes, then keeps the connection open
+    /// and silent for 10 s (a stalled mirror) before closing it.
+    pub fn stall_once(&self, file: &str, after: usize) {
+        self.shared.lock().unwrap().stall = Some((file.to_string(), after));
     }
 
     /// The next GET of `file` sends only its first `after` bytes, then drops the connection.
@@ -279,20 +287,25 @@ fn serve(mut sock: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             }
             _ => ("200 OK", &bytes[..]),
         };
-        let cut = {
+        let (cut, stall) = {
             let mut s = shared.lock().unwrap();
-            match &s.cut {
+            let take = |slot: &mut Option<(String, usize)>| match slot {
                 Some((f, after)) if !head && *f == file => {
-                    let after = *after;
-                    s.cut = None;
-                    Some(after.min(body.len()))
+                    let after = (*after).min(body.len());
+                    *slot = None;
+                    Some(after)
                 }
                 _ => None,
-            }
+            };
+            let cut = take(&mut s.cut);
+            (cut, take(&mut s.stall))
         };
         headers.push(("Content-Length", body.len().to_string()));
-        if let Some(after) = cut {
+        if let Some(after) = cut.or(stall) {
             answer(&mut sock, status, &headers, &body[..after], false)?;
+            if stall.is_some() {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+            }
             let _ = sock.shutdown(Shutdown::Both);
             return Ok(());
         }

@@ -1,7 +1,8 @@
 //! Models by Hugging Face repo id (`core/src/hub.rs`) against a local stand-in for the Hub
 //! (`yangtuo_tests::fake_hub`): download into the standard cache and chat; load again offline
 //! with the server gone; pick one GGUF by its quant; resume a download the server cut off (in
-//! the same run and from a previous run's `.incomplete`); and clear `ModelLoad` errors for a
+//! the same run and from a previous run's `.incomplete`) or that stalled past
+//! `YANGTUO_HUB_TIMEOUT`; and clear `ModelLoad` errors for a
 //! gated repo (401), a missing one (404), no network, and an offline cache miss.
 //!
 //! `HF_ENDPOINT`, `HF_HOME` and `HF_HUB_OFFLINE` are process-wide, so every test here holds
@@ -45,7 +46,7 @@ struct HubEnv {
     _lock: MutexGuard<'static, ()>,
 }
 
-const VARS: [&str; 8] = [
+const VARS: [&str; 9] = [
     "HF_ENDPOINT",
     "HF_HOME",
     "HF_HUB_CACHE",
@@ -54,6 +55,7 @@ const VARS: [&str; 8] = [
     "HF_TOKEN",
     "NO_PROXY",
     "no_proxy",
+    "YANGTUO_HUB_TIMEOUT",
 ];
 
 impl HubEnv {
@@ -305,6 +307,30 @@ fn picks_one_gguf_by_quant() {
     assert!(e.contains("Q5_K_M") && e.contains("Q8_0") && e.contains("Q4_0") && e.contains("Q4_K_M"), "{e}");
     let e = load_error("owner/tiny-GGUF");
     assert!(e.contains(":QUANT") && e.contains("Q8_0"), "{e}");
+}
+
+#[test]
+fn a_stalled_download_resumes_after_the_timeout() {
+    let shared = shared_or_skip!();
+    let model = tiny_model(&shared, 2, 17);
+    let hub = FakeHub::start();
+    hub.add_repo("owner/tiny-stalled", files_of(&model), false);
+    let home = Temp::new("hf-home");
+    let mut env = HubEnv::new(&hub.endpoint(), &home);
+    env.set("YANGTUO_HUB_TIMEOUT", Some("0.5"));
+    let shard = "model-00001-of-00002.safetensors";
+    let bytes = std::fs::read(model.join(shard)).unwrap();
+    let half = bytes.len() / 2;
+    hub.stall_once(shard, half);
+    let t0 = std::time::Instant::now();
+    let dir = resolve("owner/tiny-stalled").unwrap();
+    assert!(t0.elapsed().as_secs_f64() < 8.0, "the stall was not cut short: {:?}", t0.elapsed());
+    assert_eq!(std::fs::read(dir.join(shard)).unwrap(), bytes, "the resumed file is byte-exact");
+    let log = hub.requests();
+    assert!(
+        log.iter().any(|r| r.contains(shard) && r.ends_with(&format!("bytes={half}-{}", bytes.len() - 1))),
+        "a Range request continued after the stall: {log:?}"
+    );
 }
 
 #[test]

@@ -499,7 +499,8 @@ impl Backend for Wgpu {
             },
         };
         if n == 1 {
-            self.weight_dispatch(Kernel::Matvec(w.0.format), w, x, out, 1, |c| self.folded(c.rows));
+            // matvec.wgsl: ROWS = 8 rows per workgroup
+            self.weight_dispatch(Kernel::Matvec(w.0.format), w, x, out, 1, |c| self.folded(c.rows.div_ceil(8)));
         } else {
             let ty = n.div_ceil(64) as u32;
             self.weight_dispatch(Kernel::Matmul(w.0.format), w, x, out, n, |c| ([c.rows.div_ceil(64) as u32, ty, 1], 0));

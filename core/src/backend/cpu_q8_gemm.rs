@@ -4,13 +4,13 @@
 //!
 //! Like llama.cpp, the activations are first quantized to int8 in blocks of 32 with one
 //! f32 scale `dx` each, so each block product is an exact integer dot product. Every
-//! weight format is read as blocks of 32 signed int8 values `q` with
+//! weight format is read as blocks of 32 int8 values `q` with
 //!   w = scale · lane · q − min
-//! where `scale` and `min` are f32 per block of 32 (min is 0 except for Q4_K), and `lane`
+//! where `scale` and `min` are f32 per block of 32 (min is 0 except for Q4_0 and Q4_K), and `lane`
 //! is an integer per 16 weights (1 except for Q6_K, whose scales are per 16). Then
 //!   Σ_i w_i · x_i = scale · dx · Σ_i lane · q_i · qx_i  −  min · dx · Σ_i qx_i
-//! Q4_0: q = nibble − 8 (16 bytes: element i in the low nibble of byte i, 16 + i in the
-//! high one), scale = d. Q8_0: q = the int8, scale = d. Q4_K (256 weights): q = a nibble
+//! Q4_0: q = nibble (16 bytes: element i in the low nibble of byte i, 16 + i in the high
+//! one), scale = d, min = 8d. Q8_0: q = the int8, scale = d. Q4_K (256 weights): q = a nibble
 //! (low nibbles of 32 bytes for even sub-blocks, high for odd), scale = d · sc_j and
 //! min = dmin · m_j from the 6-bit packed scales. Q6_K (256): q = (4 low bits | 2 high
 //! bits << 4) − 32, scale = d, lane = the int8 scale of each 16.
@@ -23,7 +23,7 @@
 //!
 //! The products use the `maddubs` sign trick: |q| (unsigned) times qx carrying q's sign.
 //! |q| ≤ 127 and |qx| ≤ 127, so a pair sum is at most 32258 and the i16 never saturates.
-//! (Q4_K's q is never negative and goes in as it is.)
+//! (Q4_0's and Q4_K's nibbles are never negative and go in as they are.)
 
 // Off x86-64 `supports` is false and the CPU backend uses candle's kernels instead.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
@@ -225,6 +225,9 @@ struct Q4_0;
 #[cfg(target_arch = "x86_64")]
 impl Format for Q4_0 {
     const BYTES: usize = 8 * 18;
+    // d · (nibble − 8) = d · nibble − 8d: the nibble goes in unsigned and 8d is a min
+    const HAS_MIN: bool = true;
+    const UNSIGNED: bool = true;
     #[inline(always)]
     unsafe fn load(p: *const u8, count: usize, b: &mut Blocks) {
         for i in 0..count {
@@ -234,9 +237,9 @@ impl Format for Q4_0 {
                 let packed = _mm_loadu_si128(p.add(2) as *const __m128i);
                 // low nibbles → elements 0..16 (lower lane), high nibbles → 16..32
                 let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-                let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
-                b.q[i] = _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+                b.q[i] = _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
                 b.scale[i] = f16_at(p);
+                b.min[i] = 8.0 * b.scale[i];
             }
         }
     }
@@ -371,9 +374,10 @@ macro_rules! row_tile {
                         let (dx, xsum) = if count == 8 {
                             (_mm256_loadu_ps(x.d.as_ptr().add(first)), _mm256_loadu_ps(x.sum.as_ptr().add(first)))
                         } else {
-                            let mut d = [0f32; 8];
+                            let (mut d, mut sum) = ([0f32; 8], [0f32; 8]);
                             d[..count].copy_from_slice(&x.d[first..first + count]);
-                            (_mm256_loadu_ps(d.as_ptr()), _mm256_setzero_ps())
+                            sum[..count].copy_from_slice(&x.sum[first..first + count]);
+                            (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(sum.as_ptr()))
                         };
                         acc[j] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scale, dx), acc[j]);
                         if F::HAS_MIN {

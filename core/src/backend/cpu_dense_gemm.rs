@@ -32,30 +32,35 @@ pub fn matmul(
     let row = |r: usize| &w[r * k * size..(r + 1) * k * size];
     // SAFETY (the writes below): a work item alone writes the columns of its rows.
     let put = |t: usize, r: usize, v: f32| unsafe { out.slice(t * n + r, 1)[0] = v };
+    // long prompts in blocks of tokens whose inputs stay in L2 (see cpu_q8_gemm.rs)
+    let block = (super::cpu_q8_gemm::L2_BUDGET / (4 * k)).max(TOKENS) / TOKENS * TOKENS;
     barrier_pool().execute_chunked(n.div_ceil(ROWS), |groups| {
-        for g in groups {
-            let r0 = g * ROWS;
-            let mut t = 0;
-            if r0 + ROWS <= n {
-                while t + TOKENS <= m {
-                    let tile = dot_tile::<ROWS, TOKENS>(
-                        format,
-                        std::array::from_fn(|i| row(r0 + i)),
-                        &x[t * k..(t + TOKENS) * k],
-                    );
-                    for (i, dots) in tile.iter().enumerate() {
-                        for (j, v) in dots.iter().enumerate() {
-                            put(t + j, r0 + i, *v);
+        for first in (0..m).step_by(block) {
+            let end = (first + block).min(m);
+            for g in groups.clone() {
+                let r0 = g * ROWS;
+                let mut t = first;
+                if r0 + ROWS <= n {
+                    while t + TOKENS <= end {
+                        let tile = dot_tile::<ROWS, TOKENS>(
+                            format,
+                            std::array::from_fn(|i| row(r0 + i)),
+                            &x[t * k..(t + TOKENS) * k],
+                        );
+                        for (i, dots) in tile.iter().enumerate() {
+                            for (j, v) in dots.iter().enumerate() {
+                                put(t + j, r0 + i, *v);
+                            }
                         }
+                        t += TOKENS;
                     }
-                    t += TOKENS;
                 }
-            }
-            // what is left (decode is all of it): one row and token at a time
-            for r in r0..(r0 + ROWS).min(n) {
-                for t in t..m {
-                    let [[v]] = dot_tile::<1, 1>(format, [row(r)], &x[t * k..(t + 1) * k]);
-                    put(t, r, v);
+                // what is left (decode is all of it): one row and token at a time
+                for r in r0..(r0 + ROWS).min(n) {
+                    for t in t..end {
+                        let [[v]] = dot_tile::<1, 1>(format, [row(r)], &x[t * k..(t + 1) * k]);
+                        put(t, r, v);
+                    }
                 }
             }
         }
@@ -212,6 +217,7 @@ mod tests {
                 (4, 40, 2),
                 (9, 101, 7),
                 (13, 64, 3),
+                (70, 2048, 3), // three blocks of inputs (L2_BUDGET)
             ] {
                 let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
                 let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();

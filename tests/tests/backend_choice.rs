@@ -1,0 +1,49 @@
+//! `--backend auto` (core/src/load.rs): a real GPU through wgpu, then CUDA, then the CPU
+//! backend. A software wgpu adapter (lavapipe, SwiftShader) runs only when asked for by name:
+//! on the same cores it is 50-100x slower than the CPU backend.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use yangtuo_tests::Spec;
+
+fn cli() -> PathBuf {
+    let p = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("yangtuo");
+    assert!(p.exists(), "build the CLI first: cargo build --release -p yangtuo-cli");
+    p
+}
+
+fn generate(model: &str, backend: &str) -> (Output, String) {
+    let out = Command::new(cli())
+        .args(["generate", "--model", model, "--ids", "1,2,3", "--max-tokens", "2", "--backend", backend])
+        .env("RUST_LOG", "info")
+        .env_remove("YANGTUO_BACKEND")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, err)
+}
+
+/// The `device: ...` line the CLI logs for the backend it ran on.
+fn device(log: &str) -> &str {
+    log.lines().filter_map(|l| l.split_once("] device: ").map(|(_, d)| d)).last().unwrap_or("")
+}
+
+#[test]
+fn auto_picks_a_real_gpu_else_the_cpu_never_a_software_adapter() {
+    let dir = Spec { seed: 41, ..Spec::default() }.write_temp("auto");
+    let model = dir.to_str().unwrap();
+    let (auto, log) = generate(model, "auto");
+    assert!(auto.status.success(), "{log}");
+    // what wgpu offers on this machine decides what auto must pick
+    let (wgpu, wgpu_log) = generate(model, "wgpu");
+    let software = wgpu_log.lines().any(|l| l.contains("wgpu device:") && l.contains("(Cpu,"));
+    if wgpu.status.success() && !software {
+        assert!(device(&log).starts_with("wgpu"), "a real GPU is there, auto ran on {}", device(&log));
+    } else {
+        assert!(device(&log).starts_with("cpu"), "auto ran on {}:\n{log}", device(&log));
+        if software {
+            assert!(log.contains("rather than the software adapter"), "{log}");
+            assert!(device(&wgpu_log).contains("(Cpu,"), "--backend wgpu still runs the software adapter: {wgpu_log}");
+        }
+    }
+}

@@ -26,8 +26,12 @@ function abortError() {
   return e;
 }
 
-/** A Response for `url`, from the cache when present; `optional` turns a 404 into null. */
-async function get(url, { cache, optional = false }) {
+/**
+ * A Response for `url`, from the cache when present; `optional` turns a 404 into null. The
+ * cache write finishes only after the body has been read: its promise goes into `pending`,
+ * which `Llama.load` awaits, so that a reload right after a load finds everything cached.
+ */
+async function get(url, { cache, optional = false, pending }) {
   const store = cache && typeof caches !== 'undefined' ? await caches.open(CACHE) : null;
   const hit = store && (await store.match(url));
   if (hit) return hit;
@@ -40,7 +44,7 @@ async function get(url, { cache, optional = false }) {
   if (resp.status === 404 && optional) return null;
   if (!resp.ok) throw fail(`could not fetch ${url}: HTTP ${resp.status} ${resp.statusText}`);
   // keep a copy: the cache reads one branch of the stream while we read the other
-  if (store) store.put(url, resp.clone()).catch((e) => console.warn(`yangtuo: not cached: ${url}: ${e}`));
+  if (store) pending?.push(store.put(url, resp.clone()).catch((e) => console.warn(`yangtuo: not cached: ${url}: ${e}`)));
   return resp;
 }
 
@@ -74,7 +78,7 @@ const text = async (r) => (r ? r.text() : undefined);
 const bytes = async (r) => (r ? new Uint8Array(await r.arrayBuffer()) : undefined);
 
 /** Resolve `model` (a URL to a .gguf or a folder, or File objects) into what to stream. */
-async function resolve(model, cache) {
+async function resolve(model, cache, pending) {
   const files = model instanceof FileList ? [...model] : Array.isArray(model) ? model : null;
   if (files) {
     const byName = (n) => files.find((f) => f.name === n);
@@ -93,22 +97,22 @@ async function resolve(model, cache) {
   if (typeof model !== 'string' || !model) throw fail('`model` must be a URL or File objects', 'INVALID_ARG');
   const url = new URL(model, location.href).href;
   if (/\.gguf($|\?)/i.test(url)) {
-    return { weights: [fromResponse(url.split('/').pop(), await get(url, { cache }))] };
+    return { weights: [fromResponse(url.split('/').pop(), await get(url, { cache, pending }))] };
   }
   const base = url.endsWith('/') ? url : `${url}/`;
-  const config = await text(await get(`${base}config.json`, { cache }));
+  const config = await text(await get(`${base}config.json`, { cache, pending }));
   const tokenizer =
-    (await bytes(await get(`${base}tokenizer.model`, { cache, optional: true }))) ??
-    (await bytes(await get(`${base}tokenizer.json`, { cache, optional: true })));
-  const tokenizerConfig = await text(await get(`${base}tokenizer_config.json`, { cache, optional: true }));
-  const index = await get(`${base}model.safetensors.index.json`, { cache, optional: true });
+    (await bytes(await get(`${base}tokenizer.model`, { cache, optional: true, pending }))) ??
+    (await bytes(await get(`${base}tokenizer.json`, { cache, optional: true, pending })));
+  const tokenizerConfig = await text(await get(`${base}tokenizer_config.json`, { cache, optional: true, pending }));
+  const index = await get(`${base}model.safetensors.index.json`, { cache, optional: true, pending });
   const names = index
     ? [...new Set(Object.values((await index.json()).weight_map))].sort()
     : ['model.safetensors'];
   // open the shards one after another, when it is their turn to stream
   const weights = names.map((n) => ({
     name: n,
-    open: async () => fromResponse(n, await get(`${base}${n}`, { cache })),
+    open: async () => fromResponse(n, await get(`${base}${n}`, { cache, pending })),
   }));
   return { config, tokenizer, tokenizerConfig, weights };
 }
@@ -125,7 +129,8 @@ export class Llama {
    */
   static async load({ model, onProgress, template, nCtx, cache = true } = {}) {
     await boot();
-    const src = await resolve(model, cache);
+    const pending = [];
+    const src = await resolve(model, cache, pending);
     const loader = await WasmLoader.create(src.config);
     let loaded = 0;
     const sizes = src.weights.map((w) => w.size ?? 0);
@@ -138,6 +143,7 @@ export class Llama {
         onProgress?.({ loaded, total, file: name, tensor });
       });
     }
+    await Promise.all(pending);
     return new Llama(await loader.finish(src.tokenizer, src.tokenizerConfig, template, nCtx));
   }
 

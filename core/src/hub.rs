@@ -189,8 +189,9 @@ async fn fetch(spec: &str, repo: &RepoSpec, cache: &Path, tx: &Sender<HubProgres
     let client = HFClient::builder().cache_dir(cache).build().map_err(|e| fail(e, None))?;
     let (owner, name) = hf_hub::split_id(&repo.repo);
     let handle = client.model(owner, name);
-    let silent = || Fail::Unreachable(format!("{} sent nothing for {} s", endpoint(), stall_limit().as_secs()));
-    let info = tokio::time::timeout(stall_limit(), handle.info().revision("main").send())
+    let limit = stall_limit();
+    let silent = || Fail::Unreachable(format!("{} sent nothing for {} s", endpoint(), limit.as_secs()));
+    let info = tokio::time::timeout(limit, handle.info().revision("main").send())
         .await
         .map_err(|_| silent())?
         .map_err(|e| fail(e, None))?;
@@ -198,7 +199,7 @@ async fn fetch(spec: &str, repo: &RepoSpec, cache: &Path, tx: &Sender<HubProgres
     let tree = handle.list_tree().revision(commit.clone()).recursive(true).send().map_err(|e| fail(e, None))?;
     let mut files = vec![];
     futures_util::pin_mut!(tree);
-    while let Some(entry) = tokio::time::timeout(stall_limit(), tree.next()).await.map_err(|_| silent())? {
+    while let Some(entry) = tokio::time::timeout(limit, tree.next()).await.map_err(|_| silent())? {
         if let RepoTreeEntry::File { path, size, oid, lfs, .. } = entry.map_err(|e| fail(e, None))? {
             let etag = lfs.and_then(|l| l.sha256).unwrap_or(oid);
             files.push(Remote { path, size, etag });
@@ -484,6 +485,7 @@ async fn download(
             let _ = tx.send(HubProgress { file: f.path.clone(), done_bytes: done, total_bytes: f.size });
         }
     };
+    let limit = stall_limit();
     let snap = repo_dir.join("snapshots").join(commit).join(&f.path);
     if std::fs::metadata(&snap).is_ok_and(|m| m.len() == f.size) {
         return Ok(());
@@ -510,21 +512,21 @@ async fn download(
             }
             let req = handle.download_file_stream().filename(f.path.clone()).revision(commit.to_string());
             let sent = if have > 0 {
-                tokio::time::timeout(stall_limit(), req.range(have..f.size).send()).await
+                tokio::time::timeout(limit, req.range(have..f.size).send()).await
             } else {
-                tokio::time::timeout(stall_limit(), req.send()).await
+                tokio::time::timeout(limit, req.send()).await
             };
             let mut stream = match sent {
                 Ok(Ok((_, s))) => s,
                 Err(_) if drops < RESUMES => {
                     drops += 1;
-                    log::warn!("{}: the Hub sent nothing for {} s; asking again", f.path, stall_limit().as_secs());
+                    log::warn!("{}: the Hub sent nothing for {} s; asking again", f.path, limit.as_secs());
                     continue;
                 }
                 Err(_) => {
                     return Err(DlError::Other(format!(
                         "the Hub sent nothing for {} s, {RESUMES} times; run again to resume at {have} of {} bytes",
-                        stall_limit().as_secs(),
+                        limit.as_secs(),
                         f.size
                     )));
                 }
@@ -538,11 +540,11 @@ async fn download(
             let mut done = have;
             let mut dropped = None;
             loop {
-                let chunk = match tokio::time::timeout(stall_limit(), stream.next()).await {
+                let chunk = match tokio::time::timeout(limit, stream.next()).await {
                     Ok(Some(chunk)) => chunk,
                     Ok(None) => break,
                     Err(_) => {
-                        dropped = Some(format!("no data for {} s", stall_limit().as_secs()));
+                        dropped = Some(format!("no data for {} s", limit.as_secs()));
                         break;
                     }
                 };

@@ -22,6 +22,8 @@ pub mod sampler;
 pub mod session;
 pub mod tokenizer;
 pub mod weights;
+#[cfg(test)]
+mod testing;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{Config, RopeScaling};

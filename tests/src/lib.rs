@@ -237,3 +237,17 @@ pub fn rel_max_err(a: &[f32], b: &[f64]) -> f64 {
     assert!(err.is_finite(), "non-finite logits");
     err / scale
 }
+
+/// The `yangtuo` CLI of the same build as the running test (`<target>/<profile>/yangtuo`).
+pub fn cli_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).expect("test binary in <target>/<profile>/deps");
+    let bin = dir.join(format!("yangtuo{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "the CLI binary {} is missing: build it first with `cargo build --release -p yangtuo-cli` \
+         (same profile and CARGO_TARGET_DIR as the tests)",
+        bin.display()
+    );
+    bin
+}

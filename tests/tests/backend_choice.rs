@@ -2,18 +2,11 @@
 //! backend. A software wgpu adapter (lavapipe, SwiftShader) runs only when asked for by name:
 //! on the same cores it is 50-100x slower than the CPU backend.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
-use yangtuo_tests::Spec;
-
-fn cli() -> PathBuf {
-    let p = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("yangtuo");
-    assert!(p.exists(), "build the CLI first: cargo build --release -p yangtuo-cli");
-    p
-}
+use yangtuo_tests::{Spec, cli_bin};
 
 fn generate(model: &str, backend: &str) -> (Output, String) {
-    let out = Command::new(cli())
+    let out = Command::new(cli_bin())
         .args(["generate", "--model", model, "--ids", "1,2,3", "--max-tokens", "2", "--backend", backend])
         .env("RUST_LOG", "info")
         .env_remove("YANGTUO_BACKEND")

@@ -5,17 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use yangtuo::weights::source::ModelFiles;
 use yangtuo::{Error, LoadOptions, Llama};
-use yangtuo_tests::{Spec, temp_dir};
-
-fn cli() -> PathBuf {
-    let p = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("yangtuo");
-    assert!(p.exists(), "build the CLI first: cargo build --release -p yangtuo-cli");
-    p
-}
+use yangtuo_tests::{Spec, cli_bin, temp_dir};
 
 /// Run the CLI; it must fail cleanly (exit 1, one `error:` line, no panic) and say `want`.
 fn cli_fails(args: &[&str], env: &[(&str, &str)], want: &str) {
-    let out = Command::new(cli()).args(args).envs(env.iter().copied()).output().unwrap();
+    let out = Command::new(cli_bin()).args(args).envs(env.iter().copied()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use yangtuo::chat::{ChatTemplate, StopMatcher};
 use yangtuo::tokenizer::{StreamDecoder, Tokenizer};
 use yangtuo::{BackendChoice, Completion, Error, Flow, GenerateOptions, Llama, LoadOptions, Message, SamplingParams};
-use yangtuo_tests::Spec;
+use yangtuo_tests::{Spec, cli_bin};
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -244,19 +244,6 @@ const COFFEE_ANSWER: &str = "咖的作用是什么？";
 // --- the CLI --------------------------------------------------------------------------------
 
 /// The `yangtuo` binary next to this test's profile folder (`<target>/<profile>/yangtuo`).
-fn cli_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary in <target>/<profile>/deps");
-    let bin = profile_dir.join(format!("yangtuo{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "the CLI binary {} is missing: build it first with `cargo build --release -p yangtuo-cli` \
-         (same profile and CARGO_TARGET_DIR as the tests)",
-        bin.display()
-    );
-    bin
-}
-
 struct Run {
     ok: bool,
     code: Option<i32>,

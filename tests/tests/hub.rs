@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use yangtuo::hub::{HubProgress, resolve_model};
 use yangtuo::{BackendChoice, Error, GenerateOptions, Llama, LoadOptions, Message, SamplingParams};
-use yangtuo_tests::Spec;
+use yangtuo_tests::{Spec, cli_bin};
 use yangtuo_tests::fake_hub::{FakeHub, oid};
 
 fn shared_dir() -> Option<PathBuf> {
@@ -181,14 +181,6 @@ fn load_error(spec: &str) -> String {
         }
         Err(e) => panic!("{spec}: expected a ModelLoad error, got {e:?}"),
     }
-}
-
-fn cli_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).expect("test binary in <target>/<profile>/deps");
-    let bin = dir.join(format!("yangtuo{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.is_file(), "build the CLI first: cargo build --release -p yangtuo-cli ({} is missing)", bin.display());
-    bin
 }
 
 /// `yangtuo generate --model MODEL` (4 tokens, JSON) with `HF_HOME=home` and `env`.

@@ -21,19 +21,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use yangtuo::{BackendChoice, Flow, GenerateOptions, Llama, LoadOptions, Message, SamplingParams, WeightFormat};
-use yangtuo_tests::Spec;
+use yangtuo_tests::{Spec, cli_bin};
 
 fn shared_dir() -> Option<PathBuf> {
     let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"));
     d.join("tokenizers").is_dir().then_some(d)
-}
-
-fn cli_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).expect("test binary in <target>/<profile>/deps");
-    let bin = dir.join(format!("yangtuo{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.is_file(), "build the CLI first: cargo build --release -p yangtuo-cli ({} is missing)", bin.display());
-    bin
 }
 
 const CTX: usize = 1024;

@@ -4,6 +4,7 @@
 //! readable reference for every GPU kernel.
 
 use super::cpu_dense_gemm as dense_gemm;
+#[cfg(target_arch = "x86_64")]
 use super::cpu_q8_gemm as q8_gemm;
 use super::{AttnShape, Backend};
 use crate::Result;
@@ -45,11 +46,16 @@ fn par_for(n: usize, f: impl Fn(usize) + Sync) {
 pub(super) struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
+/// Bytes of one block of prompt inputs, kept in a core's L2 while a thread's weight rows
+/// pass over it (the tiled products of cpu_dense_gemm.rs and cpu_q8_gemm.rs).
+pub(super) const L2_BUDGET: usize = 256 * 1024;
+
 impl SharedOut {
     pub(super) fn new(dst: &mut [f32]) -> Self {
         SharedOut(dst.as_mut_ptr())
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn ptr(self) -> *mut f32 {
         self.0
     }
@@ -61,12 +67,14 @@ impl SharedOut {
 }
 
 /// `dst[m, n] = x[m, k] · W[n, k]ᵀ` through [`q8_gemm`], threads splitting the output rows.
+#[cfg(target_arch = "x86_64")]
 fn matmul_q8(mkn: (usize, usize, usize), format: WeightFormat, x: &[f32], w: &[u8], dst: &mut [f32]) {
     let xq = q8_gemm::quantize_acts(x);
+    let vnni = q8_gemm::use_vnni();
     let out = SharedOut::new(dst);
     barrier_pool().execute_chunked(mkn.2, |rows| {
         // SAFETY: each work item owns its output columns `rows`.
-        unsafe { q8_gemm::matmul_rows(format, mkn, &xq, w, rows, out.ptr()) }
+        unsafe { q8_gemm::matmul_rows(vnni, format, mkn, &xq, w, rows, out.ptr()) }
     });
 }
 
@@ -178,6 +186,7 @@ impl Backend for Cpu {
                 dense_gemm::matmul(f, (n, k, w.rows), xs, &w.bytes, dst)
             }
             WeightFormat::Gptq4 => matmul_gptq4((n, k, w.rows), xs, &w.bytes, dst),
+            #[cfg(target_arch = "x86_64")]
             f if q8_gemm::supports(f) => matmul_q8((n, k, w.rows), f, xs, &w.bytes, dst),
             f => crate::quant::matmul(f, (n, k, w.rows), xs, &w.bytes, dst),
         }

@@ -33,7 +33,8 @@ pub fn matmul(
     // SAFETY (the writes below): a work item alone writes the columns of its rows.
     let put = |t: usize, r: usize, v: f32| unsafe { out.slice(t * n + r, 1)[0] = v };
     // long prompts in blocks of tokens whose inputs stay in L2 (see cpu_q8_gemm.rs)
-    let block = (super::cpu_q8_gemm::L2_BUDGET / (4 * k)).max(TOKENS) / TOKENS * TOKENS;
+    let block = (super::cpu::L2_BUDGET / (4 * k)).max(TOKENS) / TOKENS * TOKENS;
+    let simd = avx2_present();
     barrier_pool().execute_chunked(n.div_ceil(ROWS), |groups| {
         for first in (0..m).step_by(block) {
             let end = (first + block).min(m);
@@ -43,6 +44,7 @@ pub fn matmul(
                 if r0 + ROWS <= n {
                     while t + TOKENS <= end {
                         let tile = dot_tile::<ROWS, TOKENS>(
+                            simd,
                             format,
                             std::array::from_fn(|i| row(r0 + i)),
                             &x[t * k..(t + TOKENS) * k],
@@ -58,7 +60,7 @@ pub fn matmul(
                 // what is left (decode is all of it): one row and token at a time
                 for r in r0..(r0 + ROWS).min(n) {
                     for t in t..end {
-                        let [[v]] = dot_tile::<1, 1>(format, [row(r)], &x[t * k..(t + 1) * k]);
+                        let [[v]] = dot_tile::<1, 1>(simd, format, [row(r)], &x[t * k..(t + 1) * k]);
                         put(t, r, v);
                     }
                 }
@@ -67,20 +69,27 @@ pub fn matmul(
     });
 }
 
+/// Whether this CPU has what `avx2::dot_tile` uses.
+fn avx2_present() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+    #[allow(unreachable_code)]
+    false
+}
+
 /// `W_i · x_j` for the R weight rows `ws` (k weights each, in `format`) and the T rows
-/// x_j of `xs`.
+/// x_j of `xs`; `simd` is [`avx2_present`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn dot_tile<const R: usize, const T: usize>(
+    simd: bool,
     format: WeightFormat,
     ws: [&[u8]; R],
     xs: &[f32],
 ) -> [[f32; T]; R] {
     let k = xs.len() / T;
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        // SAFETY: the features were just checked; each w holds k weights, xs T rows of k.
+    if simd {
+        // SAFETY: the features were checked; each w holds k weights, xs T rows of k.
         unsafe {
             return match format {
                 WeightFormat::F32 => avx2::dot_tile::<avx2::F32, R, T>(ws, xs, k),
@@ -203,13 +212,8 @@ mod tests {
     /// not a multiple of 8 or 32) against an f64 loop over the same weights.
     #[test]
     fn matches_an_f64_loop_on_odd_shapes() {
-        let mut s = 0x9e37_79b9_u32;
-        let mut rnd = || {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            s as f32 / u32::MAX as f32 * 2.0 - 1.0
-        };
+        let mut rng = crate::testing::Rng(0x9e37_79b9);
+        let mut rnd = || rng.f32();
         for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16] {
             for (m, k, n) in [
                 (1, 7, 1),

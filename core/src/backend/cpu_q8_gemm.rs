@@ -25,18 +25,14 @@
 //! |q| ≤ 127 and |qx| ≤ 127, so a pair sum is at most 32258 and the i16 never saturates.
 //! (Q4_0's and Q4_K's nibbles are never negative and go in as they are.)
 
-// Off x86-64 `supports` is false and the CPU backend uses candle's kernels instead.
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
+// x86-64 only (backend/mod.rs): elsewhere the CPU backend uses candle's kernels.
 
 use crate::weights::WeightFormat;
 use half::f16;
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// Tokens per register tile.
 const TILE: usize = 8;
-/// Bytes of one block of prompt inputs, kept in a core's L2 across a pass over the rows.
-pub(super) const L2_BUDGET: usize = 256 * 1024;
 const QK: usize = 32;
 
 /// Activations quantized to int8 blocks of 32, token-major: `qs[t*k + i]`, and per block
@@ -73,21 +69,14 @@ pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
 
 /// Whether [`matmul_rows`] can run `format` on this CPU.
 pub fn supports(format: WeightFormat) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if matches!(
-        format,
-        WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K
-    ) {
-        return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-    }
-    let _ = format;
-    false
+    matches!(format, WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K)
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
 }
 
 /// AVX-VNNI where the CPU has it, unless `YANGTUO_CPU_VNNI=0` (to measure or test the
 /// AVX2 path on such a CPU).
-#[cfg(target_arch = "x86_64")]
-fn use_vnni() -> bool {
+pub fn use_vnni() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *VNNI.get_or_init(|| {
         is_x86_feature_detected!("avxvnni")
@@ -96,33 +85,12 @@ fn use_vnni() -> bool {
 }
 
 /// Output rows `rows` of `dst[m, n]` (row-major, n columns) for weights `w` in `format`,
-/// which must satisfy [`supports`]. `w` holds all n rows; k is a multiple of the block.
+/// which must satisfy [`supports`], with AVX-VNNI if `vnni` (see [`use_vnni`]). `w` holds
+/// all n rows; k is a multiple of the block.
 ///
 /// # Safety
 /// `dst` must point at `m * n` writable f32 that no other thread writes in `rows`' columns.
 pub unsafe fn matmul_rows(
-    format: WeightFormat,
-    (m, k, n): (usize, usize, usize),
-    x: &QuantizedActs,
-    w: &[u8],
-    rows: std::ops::Range<usize>,
-    dst: *mut f32,
-) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: passed on from the caller.
-    unsafe {
-        rows_x86(use_vnni(), format, (m, k, n), x, w, rows, dst)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (format, m, k, n, x, w, rows, dst);
-        unreachable!("supports() is false off x86-64")
-    }
-}
-
-/// [`matmul_rows`] with the choice of AVX-VNNI made by the caller.
-#[cfg(target_arch = "x86_64")]
-unsafe fn rows_x86(
     vnni: bool,
     format: WeightFormat,
     (m, k, n): (usize, usize, usize),
@@ -137,7 +105,7 @@ unsafe fn rows_x86(
     assert!(w.len() >= n * row_bytes && rows.end <= n);
     // Long prompts go in blocks of tokens whose int8 inputs stay in L2 while every row of
     // this work item passes over them (512 tokens of 5632 inputs are 2.9 MB).
-    let block = (L2_BUDGET / k).max(TILE) / TILE * TILE;
+    let block = (super::cpu::L2_BUDGET / k).max(TILE) / TILE * TILE;
     for first in (0..m).step_by(block) {
         let end = (first + block).min(m);
         for r in rows.clone() {
@@ -179,7 +147,6 @@ unsafe fn rows_x86(
 /// # Safety
 /// AVX2 and FMA (and AVX-VNNI if `vnni`) are present; `wr` is one row of k weights and x
 /// holds tokens t0..t0+T.
-#[cfg(target_arch = "x86_64")]
 unsafe fn row<F: Format, const T: usize>(
     vnni: bool,
     wr: &[u8],
@@ -207,7 +174,6 @@ unsafe fn row<F: Format, const T: usize>(
 }
 
 /// Up to eight blocks of 32 weights, unpacked: `w = scale · lane · q − min` (module doc).
-#[cfg(target_arch = "x86_64")]
 struct Blocks {
     q: [__m256i; 8],
     scale: [f32; 8],
@@ -218,7 +184,6 @@ struct Blocks {
 
 /// A weight format, read eight blocks of 32 at a time: for the k-quants that is one
 /// super-block of 256.
-#[cfg(target_arch = "x86_64")]
 trait Format {
     /// Bytes per eight blocks of 32.
     const BYTES: usize;
@@ -231,14 +196,12 @@ trait Format {
     unsafe fn load(p: *const u8, count: usize, b: &mut Blocks);
 }
 
-#[cfg(target_arch = "x86_64")]
 fn f16_at(p: *const u8) -> f32 {
     // SAFETY: callers pass the address of an in-bounds f16.
     f16::from_bits(u16::from_le_bytes(unsafe { [*p, *p.add(1)] })).to_f32()
 }
 
 /// The low (`high = false`) or high nibbles of 32 bytes at `p`, as bytes 0..=15.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn nibbles32(p: *const u8, high: bool) -> __m256i {
     unsafe {
@@ -248,9 +211,7 @@ unsafe fn nibbles32(p: *const u8, high: bool) -> __m256i {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 struct Q4_0;
-#[cfg(target_arch = "x86_64")]
 impl Format for Q4_0 {
     const BYTES: usize = 8 * 18;
     // d · (nibble − 8) = d · nibble − 8d: the nibble goes in unsigned and 8d is a min
@@ -273,9 +234,7 @@ impl Format for Q4_0 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 struct Q8_0;
-#[cfg(target_arch = "x86_64")]
 impl Format for Q8_0 {
     const BYTES: usize = 8 * 34;
     #[inline(always)]
@@ -292,9 +251,7 @@ impl Format for Q8_0 {
 }
 
 /// ggml's block_q4_K: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of nibbles.
-#[cfg(target_arch = "x86_64")]
 struct Q4K;
-#[cfg(target_arch = "x86_64")]
 impl Format for Q4K {
     const BYTES: usize = 144;
     const HAS_MIN: bool = true;
@@ -323,9 +280,7 @@ impl Format for Q4K {
 }
 
 /// ggml's block_q6_K: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales, d.
-#[cfg(target_arch = "x86_64")]
 struct Q6K;
-#[cfg(target_arch = "x86_64")]
 impl Format for Q6K {
     const BYTES: usize = 210;
     const HAS_LANE: bool = true;
@@ -359,7 +314,6 @@ impl Format for Q6K {
 /// `$dot(a, b)` sums u8 `a` times i8 `b` over groups of four bytes into eight i32.
 macro_rules! row_tile {
     ($name:ident, $features:literal, $dot:expr) => {
-        #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $name<F: Format, const T: usize, const FULL: bool>(
             wr: &[u8],
@@ -455,7 +409,6 @@ row_tile!(row_tile_vnni, "avx2,fma,avxvnni", |a, b| {
 });
 
 /// Lane i of the result is the sum of the eight lanes of argument i.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 fn sum_lanes_of_8(
@@ -477,7 +430,6 @@ fn sum_lanes_of_8(
     )
 }
 
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -493,7 +445,6 @@ mod tests {
     /// Against a plain f64 loop over the same quantized values: the kernel's only error is
     /// f32 accumulation. (The reference against gguf-py's dequantizers, which bounds the
     /// activation quantization too, is in tests/tests/quant.rs.)
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn matches_the_integer_dot_product_on_odd_shapes() {
         for format in [
@@ -507,7 +458,7 @@ mod tests {
                 return;
             }
             let shapes: &[(usize, usize, usize)] = if format.block_elems() == 256 {
-                // 300 tokens of 2048 inputs: three blocks of L2_BUDGET
+                // 300 tokens of 2048 inputs: three blocks of cpu::L2_BUDGET
                 &[(1, 256, 1), (3, 512, 5), (9, 768, 4), (17, 2048, 3), (300, 2048, 2)]
             } else {
                 &[
@@ -521,13 +472,8 @@ mod tests {
                 ]
             };
             for &(m, k, n) in shapes {
-                let mut s = 0x2545_f491_u32;
-                let mut rnd = || {
-                    s ^= s << 13;
-                    s ^= s >> 17;
-                    s ^= s << 5;
-                    s as f32 / u32::MAX as f32 * 2.0 - 1.0
-                };
+                let mut rng = crate::testing::Rng(0x2545_f491);
+                let mut rnd = || rng.f32();
                 let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
                 let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
                 let w = crate::quant::quantize(format, &wf);
@@ -536,7 +482,7 @@ mod tests {
                 let xq = quantize_acts(&x);
                 for vnni in [false, is_x86_feature_detected!("avxvnni")] {
                     let mut dst = vec![0f32; m * n];
-                    unsafe { rows_x86(vnni, format, (m, k, n), &xq, &w, 0..n, dst.as_mut_ptr()) };
+                    unsafe { matmul_rows(vnni, format, (m, k, n), &xq, &w, 0..n, dst.as_mut_ptr()) };
                     for t in 0..m {
                         for r in 0..n {
                             let want: f64 = (0..k)

@@ -10,7 +10,7 @@
 pub mod cpu;
 #[cfg(feature = "cpu")]
 mod cpu_dense_gemm;
-#[cfg(feature = "cpu")]
+#[cfg(all(feature = "cpu", target_arch = "x86_64"))]
 mod cpu_q8_gemm;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

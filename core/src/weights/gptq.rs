@@ -403,22 +403,7 @@ mod tests {
     use crate::weights::source::ModelFiles;
     use std::collections::HashMap;
 
-    /// xorshift64*, for reproducible test data.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545F4914F6CDD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn f32(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
-    }
+    use crate::testing::Rng;
 
     /// One layer as AutoGPTQ packs it, plus the dense matrix its formula gives.
     struct Packed {

@@ -70,11 +70,11 @@ impl SharedOut {
 #[cfg(target_arch = "x86_64")]
 fn matmul_q8(mkn: (usize, usize, usize), format: WeightFormat, x: &[f32], w: &[u8], dst: &mut [f32]) {
     let xq = q8_gemm::quantize_acts(x);
-    let vnni = q8_gemm::use_vnni();
+    let isa = q8_gemm::Isa::detect();
     let out = SharedOut::new(dst);
     barrier_pool().execute_chunked(mkn.2, |rows| {
         // SAFETY: each work item owns its output columns `rows`.
-        unsafe { q8_gemm::matmul_rows(vnni, format, mkn, &xq, w, rows, out.ptr()) }
+        unsafe { q8_gemm::matmul_rows(isa, format, mkn, &xq, w, rows, out.ptr()) }
     });
 }
 

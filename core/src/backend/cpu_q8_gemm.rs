@@ -74,24 +74,60 @@ pub fn supports(format: WeightFormat) -> bool {
         && is_x86_feature_detected!("fma")
 }
 
-/// AVX-VNNI where the CPU has it, unless `YANGTUO_CPU_VNNI=0` (to measure or test the
-/// AVX2 path on such a CPU).
-pub fn use_vnni() -> bool {
-    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VNNI.get_or_init(|| {
-        is_x86_feature_detected!("avxvnni")
-            && std::env::var("YANGTUO_CPU_VNNI").as_deref() != Ok("0")
-    })
+/// The instructions a product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub enum Isa {
+    Avx2,
+    /// AVX-VNNI (Zen 4, Alder Lake and later): `vpdpbusd` on 256 bits.
+    AvxVnni,
+    /// AVX-512 VNNI (+BW, VL): two blocks per `vpdpbusd`, 32 registers.
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best this CPU has; `YANGTUO_CPU_AVX512=0` and `YANGTUO_CPU_VNNI=0` step down
+    /// (to measure or test the other paths on such a CPU).
+    pub fn detect() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let off = |var: &str| std::env::var(var).as_deref() == Ok("0");
+            Isa::ALL
+                .into_iter()
+                .rev()
+                .find(|isa| {
+                    isa.present()
+                        && !(*isa == Isa::Avx512Vnni && off("YANGTUO_CPU_AVX512"))
+                        && !(*isa > Isa::Avx2 && off("YANGTUO_CPU_VNNI"))
+                })
+                .unwrap_or(Isa::Avx2)
+        })
+    }
+
+    const ALL: [Isa; 3] = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni];
+
+    fn present(self) -> bool {
+        match self {
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::AvxVnni => Isa::Avx2.present() && is_x86_feature_detected!("avxvnni"),
+            Isa::Avx512Vnni => {
+                Isa::Avx2.present()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+        }
+    }
 }
 
 /// Output rows `rows` of `dst[m, n]` (row-major, n columns) for weights `w` in `format`,
-/// which must satisfy [`supports`], with AVX-VNNI if `vnni` (see [`use_vnni`]). `w` holds
-/// all n rows; k is a multiple of the block.
+/// which must satisfy [`supports`], on `isa` (see [`Isa::detect`]). `w` holds all n rows;
+/// k is a multiple of the block.
 ///
 /// # Safety
 /// `dst` must point at `m * n` writable f32 that no other thread writes in `rows`' columns.
 pub unsafe fn matmul_rows(
-    vnni: bool,
+    isa: Isa,
     format: WeightFormat,
     (m, k, n): (usize, usize, usize),
     x: &QuantizedActs,
@@ -100,7 +136,7 @@ pub unsafe fn matmul_rows(
     dst: *mut f32,
 ) {
     assert!(supports(format) && k % format.block_elems() == 0 && x.qs.len() == m * k);
-    assert!(!vnni || is_x86_feature_detected!("avxvnni"));
+    assert!(isa.present());
     let row_bytes = k / format.block_elems() * format.block_bytes();
     assert!(w.len() >= n * row_bytes && rows.end <= n);
     // Long prompts go in blocks of tokens whose int8 inputs stay in L2 while every row of
@@ -114,21 +150,21 @@ pub unsafe fn matmul_rows(
             while t < end {
                 let mut out = [0f32; TILE];
                 let tile = if end - t >= TILE { TILE } else { 1 };
-                // SAFETY: the features were checked (`supports`, `vnni`); lengths above.
+                // SAFETY: the features were checked (`isa.present()`); lengths above.
                 unsafe {
                     match (format, tile) {
                         (WeightFormat::Q4_0, TILE) => {
-                            row::<Q4_0, TILE>(vnni, wr, x, k, t, &mut out)
+                            row::<Q4_0, TILE>(isa, wr, x, k, t, &mut out)
                         }
-                        (WeightFormat::Q4_0, _) => row::<Q4_0, 1>(vnni, wr, x, k, t, &mut out),
+                        (WeightFormat::Q4_0, _) => row::<Q4_0, 1>(isa, wr, x, k, t, &mut out),
                         (WeightFormat::Q8_0, TILE) => {
-                            row::<Q8_0, TILE>(vnni, wr, x, k, t, &mut out)
+                            row::<Q8_0, TILE>(isa, wr, x, k, t, &mut out)
                         }
-                        (WeightFormat::Q8_0, _) => row::<Q8_0, 1>(vnni, wr, x, k, t, &mut out),
-                        (WeightFormat::Q4K, TILE) => row::<Q4K, TILE>(vnni, wr, x, k, t, &mut out),
-                        (WeightFormat::Q4K, _) => row::<Q4K, 1>(vnni, wr, x, k, t, &mut out),
-                        (_, TILE) => row::<Q6K, TILE>(vnni, wr, x, k, t, &mut out),
-                        (_, _) => row::<Q6K, 1>(vnni, wr, x, k, t, &mut out),
+                        (WeightFormat::Q8_0, _) => row::<Q8_0, 1>(isa, wr, x, k, t, &mut out),
+                        (WeightFormat::Q4K, TILE) => row::<Q4K, TILE>(isa, wr, x, k, t, &mut out),
+                        (WeightFormat::Q4K, _) => row::<Q4K, 1>(isa, wr, x, k, t, &mut out),
+                        (_, TILE) => row::<Q6K, TILE>(isa, wr, x, k, t, &mut out),
+                        (_, _) => row::<Q6K, 1>(isa, wr, x, k, t, &mut out),
                     }
                 }
                 for (i, v) in out[..tile].iter().enumerate() {
@@ -145,10 +181,9 @@ pub unsafe fn matmul_rows(
 /// groups of eight blocks, then the tail.
 ///
 /// # Safety
-/// AVX2 and FMA (and AVX-VNNI if `vnni`) are present; `wr` is one row of k weights and x
-/// holds tokens t0..t0+T.
+/// `isa` is present; `wr` is one row of k weights and x holds tokens t0..t0+T.
 unsafe fn row<F: Format, const T: usize>(
-    vnni: bool,
+    isa: Isa,
     wr: &[u8],
     x: &QuantizedActs,
     k: usize,
@@ -160,12 +195,24 @@ unsafe fn row<F: Format, const T: usize>(
     // SAFETY: passed on from the caller.
     unsafe {
         let mut acc = [_mm256_setzero_ps(); T];
-        if vnni {
-            row_tile_vnni::<F, T, true>(wr, x, k, t0, 0..whole, &mut acc);
-            row_tile_vnni::<F, T, false>(wr, x, k, t0, whole..nb, &mut acc);
-        } else {
-            row_tile_avx2::<F, T, true>(wr, x, k, t0, 0..whole, &mut acc);
-            row_tile_avx2::<F, T, false>(wr, x, k, t0, whole..nb, &mut acc);
+        match isa {
+            Isa::Avx512Vnni if !F::HAS_LANE => {
+                row_tile_avx512::<F, T, true>(wr, x, k, t0, 0..whole, &mut acc);
+                row_tile_avx512::<F, T, false>(wr, x, k, t0, whole..nb, &mut acc);
+            }
+            // Q6_K's per-16 lane scales: the 256-bit kernel, with AVX-512's 32 registers
+            Isa::Avx512Vnni => {
+                row_tile_vnni512::<F, T, true>(wr, x, k, t0, 0..whole, &mut acc);
+                row_tile_vnni512::<F, T, false>(wr, x, k, t0, whole..nb, &mut acc);
+            }
+            Isa::AvxVnni => {
+                row_tile_vnni::<F, T, true>(wr, x, k, t0, 0..whole, &mut acc);
+                row_tile_vnni::<F, T, false>(wr, x, k, t0, whole..nb, &mut acc);
+            }
+            Isa::Avx2 => {
+                row_tile_avx2::<F, T, true>(wr, x, k, t0, 0..whole, &mut acc);
+                row_tile_avx2::<F, T, false>(wr, x, k, t0, whole..nb, &mut acc);
+            }
         }
         for j in 0..T {
             out[j] = hsum(acc[j]);
@@ -408,6 +455,101 @@ row_tile!(row_tile_vnni, "avx2,fma,avxvnni", |a, b| {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b)
 });
 
+row_tile!(row_tile_vnni512, "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni", |a, b| {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b)
+});
+
+/// As `row_tile!`, two blocks per 512-bit `vpdpbusd`, and for signed q (Q8_0) no sign
+/// trick, which AVX-512 lacks: q + 128 goes in unsigned and 128 · scale becomes the min,
+///   Σ (q + 128) · qx · scale · dx − 128 · scale · dx · Σ qx = Σ q · qx · scale · dx.
+/// Not for formats with lane scales (Q6_K).
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_tile_avx512<F: Format, const T: usize, const FULL: bool>(
+    wr: &[u8],
+    x: &QuantizedActs,
+    k: usize,
+    t0: usize,
+    blocks: std::ops::Range<usize>,
+    acc: &mut [__m256; T],
+) {
+    debug_assert!(!F::HAS_LANE);
+    let nb = k / QK;
+    let zero = _mm256_setzero_si256();
+    // blocks not loaded (the tail of a 32-weight format) stay zero and add nothing
+    let mut w = Blocks {
+        q: [zero; 8],
+        scale: [0.0; 8],
+        min: [0.0; 8],
+        lane: [zero; 8],
+    };
+    for b in blocks.step_by(8) {
+        let count = if FULL { 8 } else { (nb - b).min(8) };
+        // SAFETY: blocks b..b+count of this row and of tokens t0..t0+T lie inside wr / x
+        // (the caller asserted the lengths); the masked load reads only blocks < count.
+        unsafe {
+            F::load(wr.as_ptr().add(b / 8 * F::BYTES), count, &mut w);
+            let pairs: [__m512i; 4] = std::array::from_fn(|p| {
+                let q = _mm512_inserti64x4(_mm512_castsi256_si512(w.q[2 * p]), w.q[2 * p + 1], 1);
+                if F::UNSIGNED { q } else { _mm512_xor_si512(q, _mm512_set1_epi8(-128)) }
+            });
+            let scale = _mm256_loadu_ps(w.scale.as_ptr());
+            let min = if F::UNSIGNED {
+                _mm256_loadu_ps(w.min.as_ptr())
+            } else {
+                _mm256_mul_ps(scale, _mm256_set1_ps(128.0))
+            };
+            for j in 0..T {
+                let first = (t0 + j) * nb + b;
+                let dot = |p: usize| {
+                    if 2 * p >= count {
+                        return _mm512_setzero_si512();
+                    }
+                    let at = x.qs.as_ptr().add((first + 2 * p) * QK);
+                    let qx = if 2 * p + 1 < count {
+                        _mm512_loadu_si512(at as *const __m512i)
+                    } else {
+                        _mm512_maskz_loadu_epi8(u32::MAX as u64, at as *const i8)
+                    };
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), pairs[p], qx)
+                };
+                let sums = _mm256_cvtepi32_ps(sum_lanes_of_4x2(dot(0), dot(1), dot(2), dot(3)));
+                let (dx, xsum) = if count == 8 {
+                    (
+                        _mm256_loadu_ps(x.d.as_ptr().add(first)),
+                        _mm256_loadu_ps(x.sum.as_ptr().add(first)),
+                    )
+                } else {
+                    let (mut d, mut sum) = ([0f32; 8], [0f32; 8]);
+                    d[..count].copy_from_slice(&x.d[first..first + count]);
+                    sum[..count].copy_from_slice(&x.sum[first..first + count]);
+                    (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(sum.as_ptr()))
+                };
+                acc[j] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scale, dx), acc[j]);
+                if F::HAS_MIN || !F::UNSIGNED {
+                    acc[j] = _mm256_fnmadd_ps(min, xsum, acc[j]);
+                }
+            }
+        }
+    }
+}
+
+/// Lane b of the result is the sum of the eight lanes of block b, where argument p holds
+/// blocks 2p (lanes 0..8) and 2p + 1 (lanes 8..16).
+#[target_feature(enable = "avx512f")]
+fn sum_lanes_of_4x2(p0: __m512i, p1: __m512i, p2: __m512i, p3: __m512i) -> __m256i {
+    // 128-bit chunk c of `half(a, b)`: block c (of a's two and b's two) summed to 4 lanes
+    let half = |a: __m512i, b: __m512i| {
+        _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xdd))
+    };
+    let (lo, hi) = (half(p0, p1), half(p2, p3)); // blocks 0..4 and 4..8
+    // per chunk c: [lo0+lo2, hi0+hi2, lo1+lo3, hi1+hi3], then its two halves added
+    let t = _mm512_add_epi32(_mm512_unpacklo_epi32(lo, hi), _mm512_unpackhi_epi32(lo, hi));
+    let t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));
+    // lane 4c of t is block c, lane 4c + 1 block 4 + c
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, t))
+}
+
 /// Lane i of the result is the sum of the eight lanes of argument i.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
@@ -480,9 +622,9 @@ mod tests {
                 let mut wd = vec![0f32; n * k];
                 crate::quant::dequantize(format, &w, &mut wd);
                 let xq = quantize_acts(&x);
-                for vnni in [false, is_x86_feature_detected!("avxvnni")] {
+                for isa in Isa::ALL.into_iter().filter(|isa| isa.present()) {
                     let mut dst = vec![0f32; m * n];
-                    unsafe { matmul_rows(vnni, format, (m, k, n), &xq, &w, 0..n, dst.as_mut_ptr()) };
+                    unsafe { matmul_rows(isa, format, (m, k, n), &xq, &w, 0..n, dst.as_mut_ptr()) };
                     for t in 0..m {
                         for r in 0..n {
                             let want: f64 = (0..k)
@@ -495,7 +637,7 @@ mod tests {
                             let got = dst[t * n + r] as f64;
                             assert!(
                                 (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "{format:?} {m}x{k}x{n} vnni={vnni} [{t},{r}]: {got} vs {want}"
+                                "{format:?} {m}x{k}x{n} {isa:?} [{t},{r}]: {got} vs {want}"
                             );
                         }
                     }

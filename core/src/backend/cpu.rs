@@ -72,7 +72,10 @@ fn matmul_q8(mkn: (usize, usize, usize), format: WeightFormat, x: &[f32], w: &[u
     let xq = q8_gemm::quantize_acts(x);
     let isa = q8_gemm::Isa::detect();
     let out = SharedOut::new(dst);
-    barrier_pool().execute_chunked(mkn.2, |rows| {
+    // work items of whole groups of 16 rows (cpu_q8_rows16.rs)
+    let n = mkn.2;
+    barrier_pool().execute_chunked(n.div_ceil(16), |groups| {
+        let rows = groups.start * 16..(groups.end * 16).min(n);
         // SAFETY: each work item owns its output columns `rows`.
         unsafe { q8_gemm::matmul_rows(isa, format, mkn, &xq, w, rows, out.ptr()) }
     });

@@ -27,20 +27,21 @@
 
 // x86-64 only (backend/mod.rs): elsewhere the CPU backend uses candle's kernels.
 
+use super::cpu_q8_rows16 as rows16;
 use crate::weights::WeightFormat;
 use half::f16;
 use std::arch::x86_64::*;
 
 /// Tokens per register tile.
 const TILE: usize = 8;
-const QK: usize = 32;
+pub(super) const QK: usize = 32;
 
 /// Activations quantized to int8 blocks of 32, token-major: `qs[t*k + i]`, and per block
 /// `d[t*k/32 + b]` and `sum[..] = d · Σ qs` (for the min term of Q4_K).
 pub struct QuantizedActs {
-    qs: Vec<i8>,
-    d: Vec<f32>,
-    sum: Vec<f32>,
+    pub(super) qs: Vec<i8>,
+    pub(super) d: Vec<f32>,
+    pub(super) sum: Vec<f32>,
 }
 
 /// Quantize each 32-value block of `x` (m rows of k) to int8 with scale `max|x| / 127`,
@@ -144,7 +145,16 @@ pub unsafe fn matmul_rows(
     let block = (super::cpu::L2_BUDGET / k).max(TILE) / TILE * TILE;
     for first in (0..m).step_by(block) {
         let end = (first + block).min(m);
-        for r in rows.clone() {
+        let mut whole = rows.start;
+        // a tile's worth of tokens pays for the transposes; decode takes the path below
+        if isa == Isa::Avx512Vnni && rows16::supports(format) && end - first >= TILE {
+            while whole + rows16::ROWS <= rows.end {
+                // SAFETY: the ISA was checked; the caller's contract covers these rows.
+                unsafe { rows16::matmul_rows16(format, (k, n), x, w, row_bytes, whole, first..end, dst) };
+                whole += rows16::ROWS;
+            }
+        }
+        for r in whole..rows.end {
             let wr = &w[r * row_bytes..(r + 1) * row_bytes];
             let mut t = first;
             while t < end {
@@ -464,6 +474,7 @@ row_tile!(row_tile_vnni512, "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni", |a,
 ///   Σ (q + 128) · qx · scale · dx − 128 · scale · dx · Σ qx = Σ q · qx · scale · dx.
 /// Not for formats with lane scales (Q6_K).
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::needless_range_loop)] // j indexes the tokens and acc at once
 unsafe fn row_tile_avx512<F: Format, const T: usize, const FULL: bool>(
     wr: &[u8],
     x: &QuantizedActs,
@@ -508,7 +519,7 @@ unsafe fn row_tile_avx512<F: Format, const T: usize, const FULL: bool>(
                     let qx = if 2 * p + 1 < count {
                         _mm512_loadu_si512(at as *const __m512i)
                     } else {
-                        _mm512_maskz_loadu_epi8(u32::MAX as u64, at as *const i8)
+                        _mm512_maskz_loadu_epi8(u32::MAX as u64, at)
                     };
                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), pairs[p], qx)
                 };
@@ -601,7 +612,8 @@ mod tests {
             }
             let shapes: &[(usize, usize, usize)] = if format.block_elems() == 256 {
                 // 300 tokens of 2048 inputs: three blocks of cpu::L2_BUDGET
-                &[(1, 256, 1), (3, 512, 5), (9, 768, 4), (17, 2048, 3), (300, 2048, 2)]
+                // and 16-row groups (cpu_q8_rows16.rs) with leftover rows and tokens
+                &[(1, 256, 1), (3, 512, 5), (9, 768, 4), (17, 2048, 3), (300, 2048, 2), (11, 512, 37), (1, 2048, 32)]
             } else {
                 &[
                     (1, 32, 1),
@@ -611,6 +623,9 @@ mod tests {
                     (13, 2048, 3),
                     (17, 8 * 32 + 32 * 3, 2),
                     (300, 2048, 2),
+                    (11, 352, 37),
+                    (1, 2048, 32),
+                    (70, 2048, 17),
                 ]
             };
             for &(m, k, n) in shapes {

@@ -12,6 +12,8 @@ pub mod cpu;
 mod cpu_dense_gemm;
 #[cfg(all(feature = "cpu", target_arch = "x86_64"))]
 mod cpu_q8_gemm;
+#[cfg(all(feature = "cpu", target_arch = "x86_64"))]
+mod cpu_q8_rows16;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 #[cfg(feature = "cuda")]

@@ -132,7 +132,16 @@ impl Backend for Cpu {
 
     fn name(&self) -> String {
         let threads = candle_core::utils::get_num_threads();
-        format!("cpu ({threads} threads, avx2={})", candle_core::utils::with_avx())
+        #[cfg(target_arch = "x86_64")]
+        let isa = match q8_gemm::Isa::detect() {
+            _ if !q8_gemm::Isa::Avx2.present() => "no AVX2: candle's kernels",
+            q8_gemm::Isa::Avx512Vnni => "AVX-512 VNNI",
+            q8_gemm::Isa::AvxVnni => "AVX-VNNI",
+            q8_gemm::Isa::Avx2 => "AVX2",
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let isa = std::env::consts::ARCH;
+        format!("cpu ({threads} threads, {isa})")
     }
 
     fn upload_matrix(&self, _name: &str, w: &WeightData) -> Result<CpuMatrix> {

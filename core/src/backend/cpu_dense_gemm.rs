@@ -13,6 +13,7 @@ use half::f16;
 
 /// The instruction set a product runs on, checked once per product.
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Simd {
     Scalar,
     /// AVX2 + FMA + F16C: 8 lanes and 16 registers, a 2×4 tile (3×4 spills).
@@ -130,6 +131,7 @@ fn matmul_tiled<const ROWS: usize>(
 /// `W_i · x_j` for the R weight rows `ws` (k weights each, in `format`) and the T rows
 /// x_j of `xs`, on the instructions `simd` says the CPU has. Each dot product has L
 /// accumulators: R·T·L of at least 8 keeps FMA latency from bounding a small tile (decode).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn dot_tile<const R: usize, const T: usize, const L: usize>(
     simd: Simd,
     format: WeightFormat,

@@ -106,7 +106,7 @@ impl Isa {
 
     const ALL: [Isa; 3] = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni];
 
-    fn present(self) -> bool {
+    pub fn present(self) -> bool {
         match self {
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             Isa::AvxVnni => Isa::Avx2.present() && is_x86_feature_detected!("avxvnni"),

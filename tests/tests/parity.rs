@@ -133,6 +133,32 @@ fn sequence_longer_than_attention_tile() {
 }
 
 #[test]
+fn decode_over_a_long_context() {
+    // Decode at positions 600..640: past 256 keys the wgpu backend splits decode attention
+    // into chunks merged by a second pass (three here); every backend against the reference.
+    let spec = Spec { hidden: 64, heads: 4, kv_heads: 2, vocab: 300, max_pos: 1024, seed: 11, ..Spec::default() };
+    let (prefill, len) = (600, 640);
+    let dir = spec.write_temp("long-decode");
+    let reference = Reference::load(&spec, &dir, None);
+    let ids = random_ids(len, spec.vocab, 12);
+    let want = reference.logits_all(&ids);
+    for dev in devices() {
+        let r = load(&dir, dev);
+        let mut s = r.new_state(len, 64, 1).unwrap();
+        r.forward(&mut s, &ids[..prefill], 0, 1).unwrap();
+        let mut worst = 0f64;
+        for pos in prefill..len {
+            r.forward(&mut s, &ids[pos..pos + 1], pos, 1).unwrap();
+            let got = pollster::block_on(r.logits(&s, 1)).unwrap();
+            worst = worst.max(rel_max_err(&got, &want[pos * spec.vocab..(pos + 1) * spec.vocab]));
+        }
+        println!("long-decode {dev:?}: max|Δlogit|/max|logit| = {worst:.2e}");
+        assert!(worst <= 1e-3, "decode at positions {prefill}..{len} on {dev:?}: relative error {worst:.3e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn linear_rope_scaling() {
     let spec = Spec {
         rope_scaling: Some(serde_json::json!({"type": "linear", "factor": 4.0})),

@@ -33,6 +33,8 @@ pub struct Wgpu {
     argmax_out: wgpu::Buffer,
     /// Scratch for `x[perm]` ahead of column-permuted (GPTQ act-order) products, grown as needed.
     gathered: Mutex<Option<wgpu::Buffer>>,
+    /// Partial results of split decode attention (attention.wgsl), grown as needed.
+    attn_parts: Mutex<Option<wgpu::Buffer>>,
     error: Arc<Mutex<Option<String>>>,
 }
 
@@ -127,6 +129,7 @@ impl Wgpu {
             dummy,
             argmax_out,
             gathered: Mutex::new(None),
+            attn_parts: Mutex::new(None),
             error,
             gpu,
         })
@@ -349,33 +352,36 @@ impl Wgpu {
     /// the product's input; `None` (with the error kept for the next readback) if the
     /// scratch cannot grow.
     fn gather(&self, x: &WgpuAct, n: usize, cols: usize, perm: &wgpu::Buffer) -> Option<WgpuAct> {
-        let size = (n * cols * 4) as u64;
-        let buf = {
-            let mut slot = self.gathered.lock().unwrap();
-            match slot.as_ref() {
-                Some(b) if b.size() >= size => b.clone(),
-                old => {
-                    let cap = self.gpu.limits.max_storage_buffer_binding_size;
-                    let want = old.map_or(size, |b| size.max(b.size().saturating_mul(2)).min(cap).max(size));
-                    let b = match self.storage("gather scratch", want) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            self.error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
-                            return None;
-                        }
-                    };
-                    if let Some(old) = slot.replace(b.clone()) {
-                        // recorded work keeps its own handle; only the cached bindings go
-                        self.rec.lock().unwrap().binds.retain(|k, _| !k.1.iter().any(|(buf, _, _)| *buf == old));
-                    }
-                    b
-                }
-            }
-        };
+        let buf = self.scratch(&self.gathered, "gather scratch", (n * cols * 4) as u64)?;
         let (groups, gx) = self.linear_groups(n * cols);
         let params = [n as u32, cols as u32, x.cols as u32, gx];
         self.dispatch(Kernel::Gather, &params, vec![whole(perm), whole(&x.buf), whole(&buf)], groups);
         Some(WgpuAct { buf, cols })
+    }
+
+    /// The scratch buffer in `slot`, grown (at least doubling) to `size` bytes if smaller;
+    /// `None` (with the error kept for the next readback) if it cannot grow.
+    fn scratch(&self, slot: &Mutex<Option<wgpu::Buffer>>, what: &str, size: u64) -> Option<wgpu::Buffer> {
+        let mut slot = slot.lock().unwrap();
+        match slot.as_ref() {
+            Some(b) if b.size() >= size => Some(b.clone()),
+            old => {
+                let cap = self.gpu.limits.max_storage_buffer_binding_size;
+                let want = old.map_or(size, |b| size.max(b.size().saturating_mul(2)).min(cap).max(size));
+                let b = match self.storage(what, want) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+                        return None;
+                    }
+                };
+                if let Some(old) = slot.replace(b.clone()) {
+                    // recorded work keeps its own handle; only the cached bindings go
+                    self.rec.lock().unwrap().binds.retain(|k, _| !k.1.iter().any(|(buf, _, _)| *buf == old));
+                }
+                Some(b)
+            }
+        }
     }
 
     fn weight_dispatch(&self, kern: Kernel, w: &WgpuMatrix, x: &WgpuAct, out: &WgpuAct, n: usize, grid: impl Fn(&Chunk) -> ([u32; 3], u32)) {
@@ -522,6 +528,23 @@ impl Backend for Wgpu {
 
     fn attention(&self, q: &WgpuAct, kc: &WgpuKv, vc: &WgpuKv, n: usize, pos: usize, s: AttnShape, out: &mut WgpuAct) {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
+        // Decode over a long context: the keys in up to MAX_SPLITS chunks of at least
+        // MIN_SPLIT, each a workgroup of its own, merged by attention_combine.wgsl. One
+        // workgroup per head would leave most of a GPU idle (32 heads, 100+ cores).
+        const MAX_SPLITS: usize = 16;
+        const MIN_SPLIT: usize = 256;
+        let len = pos + n;
+        let chunk = if n == 1 && len > MIN_SPLIT { len.div_ceil(MAX_SPLITS).next_multiple_of(64).max(MIN_SPLIT) } else { len };
+        let splits = len.div_ceil(chunk);
+        let parts = if splits > 1 {
+            let size = (s.n_heads * splits * (s.head_dim + 2) * 4) as u64;
+            match self.scratch(&self.attn_parts, "attention scratch", size) {
+                Some(b) => b,
+                None => return, // the error is reported at the next readback
+            }
+        } else {
+            self.dummy.clone()
+        };
         let params = [
             n as u32,
             pos as u32,
@@ -532,9 +555,15 @@ impl Backend for Wgpu {
             kc.kv_dim as u32,
             out.cols as u32,
             scale.to_bits(),
+            chunk as u32,
+            splits as u32,
         ];
-        let bufs = vec![whole(&q.buf), whole(&kc.buf), whole(&vc.buf), whole(&out.buf)];
-        self.dispatch(Kernel::Attention, &params, bufs, [s.n_heads as u32, n as u32, 1]);
+        let bufs = vec![whole(&q.buf), whole(&kc.buf), whole(&vc.buf), whole(&out.buf), whole(&parts)];
+        self.dispatch(Kernel::Attention, &params, bufs, [s.n_heads as u32, n as u32, splits as u32]);
+        if splits > 1 {
+            let params = [s.n_heads as u32, s.head_dim as u32, splits as u32];
+            self.dispatch(Kernel::AttentionCombine, &params, vec![whole(&parts), whole(&out.buf)], [s.n_heads as u32, 1, 1]);
+        }
     }
 
     fn silu_mul(&self, gate: &mut WgpuAct, up: &WgpuAct, len: usize) {

@@ -27,6 +27,7 @@
 
 // x86-64 only (backend/mod.rs): elsewhere the CPU backend uses candle's kernels.
 
+use super::cpu_q8_rows8 as rows8;
 use super::cpu_q8_rows16 as rows16;
 use crate::weights::WeightFormat;
 use half::f16;
@@ -71,8 +72,7 @@ pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
 /// Whether [`matmul_rows`] can run `format` on this CPU.
 pub fn supports(format: WeightFormat) -> bool {
     matches!(format, WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K)
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
+        && Isa::Avx2.present()
 }
 
 /// The instructions a product runs on.
@@ -108,7 +108,9 @@ impl Isa {
 
     pub fn present(self) -> bool {
         match self {
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+            }
             Isa::AvxVnni => Isa::Avx2.present() && is_x86_feature_detected!("avxvnni"),
             Isa::Avx512Vnni => {
                 Isa::Avx2.present()
@@ -146,12 +148,18 @@ pub unsafe fn matmul_rows(
     for first in (0..m).step_by(block) {
         let end = (first + block).min(m);
         let mut whole = rows.start;
-        // a tile's worth of tokens pays for the transposes; decode takes the path below
-        if isa == Isa::Avx512Vnni && rows16::supports(format) && end - first >= TILE {
+        // A tile's worth of tokens pays for the transposes; decode takes the path below.
+        // SAFETY (both): the ISA was checked; the caller's contract covers these rows.
+        if isa == Isa::Avx512Vnni && rows16::supports(format) && end - first >= rows16::MIN_TOKENS {
             while whole + rows16::ROWS <= rows.end {
-                // SAFETY: the ISA was checked; the caller's contract covers these rows.
                 unsafe { rows16::matmul_rows16(format, (k, n), x, w, row_bytes, whole, first..end, dst) };
                 whole += rows16::ROWS;
+            }
+        } else if isa != Isa::Avx512Vnni && rows8::supports(format) && end - first >= rows8::MIN_TOKENS {
+            let vnni = isa == Isa::AvxVnni;
+            while whole + rows8::ROWS <= rows.end {
+                unsafe { rows8::matmul_rows8(vnni, format, (k, n), x, w, row_bytes, whole, first..end, dst) };
+                whole += rows8::ROWS;
             }
         }
         for r in whole..rows.end {
@@ -317,23 +325,34 @@ impl Format for Q4K {
     unsafe fn load(p: *const u8, _count: usize, b: &mut Blocks) {
         // SAFETY: the super-block's 144 bytes lie inside the row.
         unsafe {
-            let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
-            let sc = std::slice::from_raw_parts(p.add(4), 12);
+            (b.scale, b.min) = q4k_scales(p);
             for j in 0..8 {
-                let (s, m) = if j < 4 {
-                    (sc[j] & 63, sc[j + 4] & 63)
-                } else {
-                    (
-                        (sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4),
-                        (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
-                    )
-                };
-                b.scale[j] = d * s as f32;
-                b.min[j] = dmin * m as f32;
                 b.q[j] = nibbles32(p.add(16 + 32 * (j / 2)), j % 2 == 1);
             }
         }
     }
+}
+
+/// The scale d · sc_j and min dmin · m_j of each sub-block j of the Q4_K super-block at
+/// `p` (its 6-bit scales and mins packed in 12 bytes, as ggml's `get_scale_min_k4`).
+///
+/// # Safety
+/// `p` points at a whole super-block (144 bytes).
+#[inline(always)]
+pub(super) unsafe fn q4k_scales(p: *const u8) -> ([f32; 8], [f32; 8]) {
+    let (d, dmin) = (f16_at(p), f16_at(unsafe { p.add(2) }));
+    let sc = unsafe { std::slice::from_raw_parts(p.add(4), 12) };
+    let (mut scale, mut min) = ([0f32; 8], [0f32; 8]);
+    for j in 0..8 {
+        let (s, m) = if j < 4 {
+            (sc[j] & 63, sc[j + 4] & 63)
+        } else {
+            ((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+        };
+        scale[j] = d * s as f32;
+        min[j] = dmin * m as f32;
+    }
+    (scale, min)
 }
 
 /// ggml's block_q6_K: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales, d.
@@ -612,8 +631,9 @@ mod tests {
             }
             let shapes: &[(usize, usize, usize)] = if format.block_elems() == 256 {
                 // 300 tokens of 2048 inputs: three blocks of cpu::L2_BUDGET
-                // and 16-row groups (cpu_q8_rows16.rs) with leftover rows and tokens
-                &[(1, 256, 1), (3, 512, 5), (9, 768, 4), (17, 2048, 3), (300, 2048, 2), (11, 512, 37), (1, 2048, 32)]
+                // and 16- and 8-row groups (cpu_q8_rows16.rs, cpu_q8_rows8.rs) with
+                // leftover rows and tokens
+                &[(1, 256, 1), (3, 512, 5), (9, 768, 4), (17, 2048, 3), (300, 2048, 2), (11, 512, 37), (20, 512, 33), (1, 2048, 32)]
             } else {
                 &[
                     (1, 32, 1),

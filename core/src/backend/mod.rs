@@ -13,6 +13,8 @@ mod cpu_dense_gemm;
 #[cfg(all(feature = "cpu", target_arch = "x86_64"))]
 mod cpu_q8_gemm;
 #[cfg(all(feature = "cpu", target_arch = "x86_64"))]
+mod cpu_q8_rows8;
+#[cfg(all(feature = "cpu", target_arch = "x86_64"))]
 mod cpu_q8_rows16;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

@@ -72,7 +72,7 @@ fn matmul_q8(mkn: (usize, usize, usize), format: WeightFormat, x: &[f32], w: &[u
     let xq = q8_gemm::quantize_acts(x);
     let isa = q8_gemm::Isa::detect();
     let out = SharedOut::new(dst);
-    // work items of whole groups of 16 rows (cpu_q8_rows16.rs)
+    // work items of whole groups of 16 rows (cpu_q8_rows.rs)
     let n = mkn.2;
     barrier_pool().execute_chunked(n.div_ceil(16), |groups| {
         let rows = groups.start * 16..(groups.end * 16).min(n);

@@ -27,8 +27,7 @@
 
 // x86-64 only (backend/mod.rs): elsewhere the CPU backend uses candle's kernels.
 
-use super::cpu_q8_rows8 as rows8;
-use super::cpu_q8_rows16 as rows16;
+use super::cpu_q8_rows as grouped;
 use crate::weights::WeightFormat;
 use half::f16;
 use std::arch::x86_64::*;
@@ -149,17 +148,12 @@ pub unsafe fn matmul_rows(
         let end = (first + block).min(m);
         let mut whole = rows.start;
         // A tile's worth of tokens pays for the transposes; decode takes the path below.
-        // SAFETY (both): the ISA was checked; the caller's contract covers these rows.
-        if isa == Isa::Avx512Vnni && rows16::supports(format) && end - first >= rows16::MIN_TOKENS {
-            while whole + rows16::ROWS <= rows.end {
-                unsafe { rows16::matmul_rows16(format, (k, n), x, w, row_bytes, whole, first..end, dst) };
-                whole += rows16::ROWS;
-            }
-        } else if isa != Isa::Avx512Vnni && rows8::supports(format) && end - first >= rows8::MIN_TOKENS {
-            let vnni = isa == Isa::AvxVnni;
-            while whole + rows8::ROWS <= rows.end {
-                unsafe { rows8::matmul_rows8(vnni, format, (k, n), x, w, row_bytes, whole, first..end, dst) };
-                whole += rows8::ROWS;
+        if grouped::supports(format) && end - first >= grouped::min_tokens(isa) {
+            let size = grouped::rows(isa);
+            while whole + size <= rows.end {
+                // SAFETY: the ISA was checked; the caller's contract covers these rows.
+                unsafe { grouped::matmul_group(isa, format, (k, n), x, w, row_bytes, whole, first..end, dst) };
+                whole += size;
             }
         }
         for r in whole..rows.end {
@@ -631,8 +625,7 @@ mod tests {
             }
             let shapes: &[(usize, usize, usize)] = if format.block_elems() == 256 {
                 // 300 tokens of 2048 inputs: three blocks of cpu::L2_BUDGET
-                // and 16- and 8-row groups (cpu_q8_rows16.rs, cpu_q8_rows8.rs) with
-                // leftover rows and tokens
+                // and 16- and 8-row groups (cpu_q8_rows.rs) with leftover rows and tokens
                 &[(1, 256, 1), (3, 512, 5), (9, 768, 4), (17, 2048, 3), (300, 2048, 2), (11, 512, 37), (20, 512, 33), (1, 2048, 32)]
             } else {
                 &[

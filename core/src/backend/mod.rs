@@ -13,9 +13,7 @@ mod cpu_dense_gemm;
 #[cfg(all(feature = "cpu", target_arch = "x86_64"))]
 mod cpu_q8_gemm;
 #[cfg(all(feature = "cpu", target_arch = "x86_64"))]
-mod cpu_q8_rows8;
-#[cfg(all(feature = "cpu", target_arch = "x86_64"))]
-mod cpu_q8_rows16;
+mod cpu_q8_rows;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 #[cfg(feature = "cuda")]

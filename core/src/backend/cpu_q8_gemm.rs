@@ -437,7 +437,7 @@ macro_rules! row_tile {
                                 d
                             }
                         };
-                        let sums = _mm256_cvtepi32_ps(sum_lanes_of_8(
+                        let sums = sum_lanes_of_8(
                             dot(0),
                             dot(1),
                             dot(2),
@@ -446,22 +446,9 @@ macro_rules! row_tile {
                             dot(5),
                             dot(6),
                             dot(7),
-                        ));
-                        let (dx, xsum) = if count == 8 {
-                            (
-                                _mm256_loadu_ps(x.d.as_ptr().add(first)),
-                                _mm256_loadu_ps(x.sum.as_ptr().add(first)),
-                            )
-                        } else {
-                            let (mut d, mut sum) = ([0f32; 8], [0f32; 8]);
-                            d[..count].copy_from_slice(&x.d[first..first + count]);
-                            sum[..count].copy_from_slice(&x.sum[first..first + count]);
-                            (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(sum.as_ptr()))
-                        };
-                        acc[j] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scale, dx), acc[j]);
-                        if F::HAS_MIN {
-                            acc[j] = _mm256_fnmadd_ps(min, xsum, acc[j]);
-                        }
+                        );
+                        let min = F::HAS_MIN.then_some(min);
+                        acc[j] = scale_blocks(acc[j], sums, scale, min, x, first, count);
                     }
                 }
             }
@@ -536,22 +523,9 @@ unsafe fn row_tile_avx512<F: Format, const T: usize, const FULL: bool>(
                     };
                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), pairs[p], qx)
                 };
-                let sums = _mm256_cvtepi32_ps(sum_lanes_of_4x2(dot(0), dot(1), dot(2), dot(3)));
-                let (dx, xsum) = if count == 8 {
-                    (
-                        _mm256_loadu_ps(x.d.as_ptr().add(first)),
-                        _mm256_loadu_ps(x.sum.as_ptr().add(first)),
-                    )
-                } else {
-                    let (mut d, mut sum) = ([0f32; 8], [0f32; 8]);
-                    d[..count].copy_from_slice(&x.d[first..first + count]);
-                    sum[..count].copy_from_slice(&x.sum[first..first + count]);
-                    (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(sum.as_ptr()))
-                };
-                acc[j] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scale, dx), acc[j]);
-                if F::HAS_MIN || !F::UNSIGNED {
-                    acc[j] = _mm256_fnmadd_ps(min, xsum, acc[j]);
-                }
+                let sums = sum_lanes_of_4x2(dot(0), dot(1), dot(2), dot(3));
+                let min = (F::HAS_MIN || !F::UNSIGNED).then_some(min);
+                acc[j] = scale_blocks(acc[j], sums, scale, min, x, first, count);
             }
         }
     }
@@ -572,6 +546,36 @@ fn sum_lanes_of_4x2(p0: __m512i, p1: __m512i, p2: __m512i, p3: __m512i) -> __m25
     // lane 4c of t is block c, lane 4c + 1 block 4 + c
     let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
     _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, t))
+}
+
+/// `acc + Σ_b (sums_b · scale_b · dx_b − min_b · xsum_b)` over the `count` blocks from
+/// activation block `first`, lane b for block b: the float end of every 8-block product.
+#[inline(always)]
+unsafe fn scale_blocks(
+    acc: __m256,
+    sums: __m256i,
+    scale: __m256,
+    min: Option<__m256>,
+    x: &QuantizedActs,
+    first: usize,
+    count: usize,
+) -> __m256 {
+    // SAFETY: the caller's blocks first..first + count exist; AVX2 and FMA are present.
+    unsafe {
+        let (dx, xsum) = if count == 8 {
+            (_mm256_loadu_ps(x.d.as_ptr().add(first)), _mm256_loadu_ps(x.sum.as_ptr().add(first)))
+        } else {
+            let (mut d, mut sum) = ([0f32; 8], [0f32; 8]);
+            d[..count].copy_from_slice(&x.d[first..first + count]);
+            sum[..count].copy_from_slice(&x.sum[first..first + count]);
+            (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(sum.as_ptr()))
+        };
+        let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(scale, dx), acc);
+        match min {
+            Some(min) => _mm256_fnmadd_ps(min, xsum, acc),
+            None => acc,
+        }
+    }
 }
 
 /// Lane i of the result is the sum of the eight lanes of argument i.

@@ -112,7 +112,8 @@ fn matmul_gptq4((m, k, n): (usize, usize, usize), x: &[f32], w: &[u8], dst: &mut
 }
 
 /// Dot product in eight lanes, so that it vectorizes (a plain `sum()` must keep the
-/// sequential order and stays scalar).
+/// sequential order and stays scalar). Inlined, so that it takes its callers' features.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -123,6 +124,78 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// The causal attention of one (query token, head) work item, from `Cpu::attention`.
+struct AttnHead<'a> {
+    q: &'a CpuAct,
+    kc: &'a CpuKv,
+    vc: &'a CpuKv,
+    pos: usize,
+    s: AttnShape,
+    out_cols: usize,
+    dst: SharedOut,
+}
+
+impl AttnHead<'_> {
+    /// out[t, h] = Σ_p softmax_p(q[t, h] · k[p, g] / √head_dim) · v[p, g] over p ≤ pos + t,
+    /// g the kv head of h; `item` = t · n_heads + h.
+    #[inline(always)]
+    fn attend(&self, item: usize) {
+        let s = self.s;
+        let hd = s.head_dim;
+        let (t, h) = (item / s.n_heads, item % s.n_heads);
+        let kv_dim = self.kc.kv_dim;
+        let kv_off = (h / (s.n_heads / s.n_kv_heads)) * hd;
+        let qv = &self.q.data[t * self.q.cols + h * hd..t * self.q.cols + (h + 1) * hd];
+        let len = self.pos + t + 1;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // scores of this query against every cached key up to its own position
+        let mut att = vec![0f32; len];
+        let mut max = f32::NEG_INFINITY;
+        for (p, a) in att.iter_mut().enumerate() {
+            *a = dot(qv, &self.kc.data[p * kv_dim + kv_off..p * kv_dim + kv_off + hd]) * scale;
+            max = max.max(*a);
+        }
+        // softmax
+        let mut sum = 0.0;
+        for a in att.iter_mut() {
+            *a = (*a - max).exp();
+            sum += *a;
+        }
+        // weighted sum of the values
+        // SAFETY: work item (t, h) alone writes out[t, h*hd..(h+1)*hd].
+        let o = unsafe { self.dst.slice(t * self.out_cols + h * hd, hd) };
+        o.fill(0.0);
+        for (p, a) in att.iter().enumerate() {
+            let vv = &self.vc.data[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
+            let w = a / sum;
+            for (oi, vi) in o.iter_mut().zip(vv) {
+                *oi += w * vi;
+            }
+        }
+    }
+
+    /// `attend` on AVX2 + FMA (cpu_attention.rs).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; head_dim is a multiple of 8.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn attend_avx2(&self, item: usize) {
+        let s = self.s;
+        let hd = s.head_dim;
+        let (t, h) = (item / s.n_heads, item % s.n_heads);
+        let kv_off = (h / (s.n_heads / s.n_kv_heads)) * hd;
+        let qv = &self.q.data[t * self.q.cols + h * hd..t * self.q.cols + (h + 1) * hd];
+        // SAFETY: work item (t, h) alone writes out[t, h*hd..(h+1)*hd]; the caches hold
+        // pos + t + 1 rows; the features are the caller's contract.
+        unsafe {
+            let o = self.dst.slice(t * self.out_cols + h * hd, hd);
+            let (k, v) = (&self.kc.data[kv_off..], &self.vc.data[kv_off..]);
+            let scale = 1.0 / (hd as f32).sqrt();
+            super::cpu_attention::attend(qv, k, v, self.kc.kv_dim, self.pos + t + 1, scale, o)
+        }
+    }
 }
 
 impl Backend for Cpu {
@@ -231,42 +304,18 @@ impl Backend for Cpu {
     }
 
     fn attention(&self, q: &CpuAct, kc: &CpuKv, vc: &CpuKv, n: usize, pos: usize, s: AttnShape, out: &mut CpuAct) {
-        let hd = s.head_dim;
-        let group = s.n_heads / s.n_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let (q_cols, out_cols, kv_dim) = (q.cols, out.cols, kc.kv_dim);
         let dst = SharedOut(out.data.as_mut_ptr());
+        let head = AttnHead { q, kc, vc, pos, s, out_cols: out.cols, dst };
+        #[cfg(target_arch = "x86_64")]
+        let wide = s.head_dim.is_multiple_of(8) && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         // One work item per (query token, head); each writes its own head_dim slice of `out`.
         par_for(n * s.n_heads, |item| {
-            let (t, h) = (item / s.n_heads, item % s.n_heads);
-            let kv_off = (h / group) * hd;
-            let qv = &q.data[t * q_cols + h * hd..t * q_cols + (h + 1) * hd];
-            let len = pos + t + 1;
-            // scores of this query against every cached key up to its own position
-            let mut att: Vec<f32> = (0..len)
-                .map(|p| {
-                    let kv = &kc.data[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    dot(qv, kv) * scale
-                })
-                .collect();
-            // softmax
-            let max = att.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for a in att.iter_mut() {
-                *a = (*a - max).exp();
-                sum += *a;
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: the features and head_dim were checked.
+                return unsafe { head.attend_avx2(item) };
             }
-            // weighted sum of the values
-            // SAFETY: work item (t, h) alone writes out[t, h*hd..(h+1)*hd].
-            let o = unsafe { dst.slice(t * out_cols + h * hd, hd) };
-            o.fill(0.0);
-            for (p, a) in att.iter().enumerate() {
-                let vv = &vc.data[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                let w = a / sum;
-                for (oi, vi) in o.iter_mut().zip(vv) {
-                    *oi += w * vi;
-                }
-            }
+            head.attend(item)
         });
     }
 

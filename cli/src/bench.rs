@@ -23,6 +23,10 @@ pub struct Args {
     /// Prefill batch size.
     #[arg(short = 'b', long, default_value_t = 512)]
     batch: usize,
+    /// Tokens already in the KV cache when each test starts, as llama-bench's -d: the speed
+    /// deep into a long chat, where attention reads the whole cache every token.
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    depth: usize,
     /// Print JSON lines instead of the table.
     #[arg(long)]
     json: bool,
@@ -72,7 +76,7 @@ pub fn run(mut a: Args) -> Result<()> {
     let t_load = Instant::now();
     let r = crate::progress::load_runner(&a.model)?;
     let load_s = t_load.elapsed().as_secs_f64();
-    let ctx = (a.n_prompt + a.n_gen + 1).max(2);
+    let ctx = (a.depth + a.n_prompt + a.n_gen + 1).max(3);
     let mut s = r.new_state(ctx, a.batch.max(1), 1)?;
     let vocab = c.vocab_size as u32;
     let token = |i: usize| 3 + (i as u32 * 7919) % (vocab - 3);
@@ -83,6 +87,14 @@ pub fn run(mut a: Args) -> Result<()> {
     r.forward(&mut s, &[token(2)], 2, 1)?;
     pollster::block_on(r.argmax(&s, 0))?;
 
+    // the cache the tests start from (not timed): positions 0..depth, which no test overwrites
+    let d = a.depth;
+    if d > 0 {
+        let context: Vec<u32> = (0..d).map(|i| token(i + 11)).collect();
+        r.forward(&mut s, &context, 0, 1)?;
+    }
+    let at_depth = if d > 0 { format!(" @ d{d}") } else { String::new() };
+
     let mut rows = vec![];
     let mut ttft = vec![];
     if a.n_prompt > 0 {
@@ -90,13 +102,13 @@ pub fn run(mut a: Args) -> Result<()> {
         let mut tps = vec![];
         for _ in 0..a.repetitions {
             let t = Instant::now();
-            r.forward(&mut s, &prompt, 0, 1)?;
+            r.forward(&mut s, &prompt, d, 1)?;
             pollster::block_on(r.argmax(&s, 0))?;
             let dt = t.elapsed().as_secs_f64();
             tps.push(a.n_prompt as f64 / dt);
             ttft.push(dt);
         }
-        rows.push((format!("pp{}", a.n_prompt), mean_std(&tps)));
+        rows.push((format!("pp{}{at_depth}", a.n_prompt), mean_std(&tps)));
     }
     if a.n_gen > 0 {
         let mut tps = vec![];
@@ -104,12 +116,12 @@ pub fn run(mut a: Args) -> Result<()> {
             let t = Instant::now();
             let mut next = token(5);
             for pos in 0..a.n_gen {
-                r.forward(&mut s, &[next], pos, 1)?;
+                r.forward(&mut s, &[next], d + pos, 1)?;
                 next = pollster::block_on(r.argmax(&s, 0))?;
             }
             tps.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
         }
-        rows.push((format!("tg{}", a.n_gen), mean_std(&tps)));
+        rows.push((format!("tg{}{at_depth}", a.n_gen), mean_std(&tps)));
     }
     let rss = peak_rss();
     let device = r.device();
@@ -137,7 +149,7 @@ pub fn run(mut a: Args) -> Result<()> {
     println!();
     if !ttft.is_empty() {
         let (m, sd) = mean_std(&ttft);
-        println!("time to first token (pp{}): {:.3} ± {:.3} s", a.n_prompt, m, sd);
+        println!("time to first token (pp{}{at_depth}): {:.3} ± {:.3} s", a.n_prompt, m, sd);
     }
     println!("load: {load_s:.2} s");
     if let Some(b) = rss {

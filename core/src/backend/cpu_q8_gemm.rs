@@ -241,6 +241,16 @@ struct Blocks {
     lane: [__m256i; 8],
 }
 
+impl Blocks {
+    /// All zero: blocks a load leaves out (the tail of a 32-weight format) add nothing.
+    #[inline(always)]
+    fn zeroed() -> Blocks {
+        // SAFETY: AVX is present wherever the kernels run.
+        let zero = unsafe { _mm256_setzero_si256() };
+        Blocks { q: [zero; 8], scale: [0.0; 8], min: [0.0; 8], lane: [zero; 8] }
+    }
+}
+
 /// A weight format, read eight blocks of 32 at a time: for the k-quants that is one
 /// super-block of 256.
 trait Format {
@@ -395,13 +405,7 @@ macro_rules! row_tile {
         ) {
             let nb = k / QK;
             let zero = _mm256_setzero_si256();
-            // blocks not loaded (the tail of a 32-weight format) stay zero and add nothing
-            let mut w = Blocks {
-                q: [zero; 8],
-                scale: [0.0; 8],
-                min: [0.0; 8],
-                lane: [zero; 8],
-            };
+            let mut w = Blocks::zeroed();
             let mut abs = [zero; 8];
             for b in blocks.step_by(8) {
                 // a constant 8 in the FULL instance, where everything below unrolls
@@ -485,14 +489,7 @@ unsafe fn row_tile_avx512<F: Format, const T: usize, const FULL: bool>(
 ) {
     debug_assert!(!F::HAS_LANE);
     let nb = k / QK;
-    let zero = _mm256_setzero_si256();
-    // blocks not loaded (the tail of a 32-weight format) stay zero and add nothing
-    let mut w = Blocks {
-        q: [zero; 8],
-        scale: [0.0; 8],
-        min: [0.0; 8],
-        lane: [zero; 8],
-    };
+    let mut w = Blocks::zeroed();
     for b in blocks.step_by(8) {
         let count = if FULL { 8 } else { (nb - b).min(8) };
         // SAFETY: blocks b..b+count of this row and of tokens t0..t0+T lie inside wr / x

@@ -1,7 +1,8 @@
 //! The CPU backend: plain loops over f32. The matrix products are register-tiled SIMD
-//! kernels for f32/f16/bf16 (cpu_dense_gemm.rs) and Q8_0/Q4_0/Q4_K/Q6_K (cpu_q8_gemm.rs),
-//! GPTQ's below, and candle's ggml kernels for Q4_1 and for CPUs without AVX2. It is the fallback device and the
-//! readable reference for every GPU kernel.
+//! kernels for f32/f16/bf16 (cpu_dense_gemm.rs) and Q8_0/Q4_0/Q4_K/Q6_K (cpu_q8_gemm.rs,
+//! with prompts through cpu_q8_rows.rs), GPTQ's below, and candle's ggml kernels for Q4_1
+//! and for CPUs without AVX2; attention takes cpu_attention.rs on AVX2. The plain loops
+//! here are the fallback and the readable reference for every GPU kernel.
 
 use super::cpu_dense_gemm as dense_gemm;
 #[cfg(target_arch = "x86_64")]

@@ -1,6 +1,7 @@
 //! `dst[m, n] = x[m, k] · W[n, k]ᵀ` for Q4_0, Q8_0, Q4_K and Q6_K weights on x86-64 with
-//! AVX2 (and AVX-VNNI where present): the CPU backend's product for these formats, in
-//! prefill and decode.
+//! AVX2, AVX-VNNI or AVX-512 VNNI: the CPU backend's product for these formats. Prompts of
+//! Q4_0, Q8_0 and Q4_K go through the row-group kernel of cpu_q8_rows.rs; decode, Q6_K and
+//! the rows and tokens left over take the per-row kernels here.
 //!
 //! Like llama.cpp, the activations are first quantized to int8 in blocks of 32 with one
 //! f32 scale `dx` each, so each block product is an exact integer dot product. Every

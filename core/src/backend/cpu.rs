@@ -177,6 +177,48 @@ impl AttnHead<'_> {
         }
     }
 
+    /// `attend` for the n query tokens of head h at once, on AVX2 + FMA: the scores of up
+    /// to 64 queries against all the keys they see are one product of the queries with the
+    /// cached keys read in place (cpu_dense_gemm.rs, at matrix-product speed instead of a
+    /// dot product per key), then softmax and values per query (cpu_attention.rs). Keys
+    /// past a query's own position get a score and are left out of its softmax.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; head_dim is a multiple of 8.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn prompt_avx2(&self, h: usize, n: usize) {
+        const QUERIES: usize = 64;
+        let s = self.s;
+        let hd = s.head_dim;
+        let kv_dim = self.kc.kv_dim;
+        let kv_off = (h / (s.n_heads / s.n_kv_heads)) * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (k, v) = (&self.kc.data[kv_off..], &self.vc.data[kv_off..]);
+        let mut qs = vec![0f32; QUERIES.min(n) * hd];
+        let mut scores = vec![0f32; QUERIES.min(n) * (self.pos + n)];
+        for t0 in (0..n).step_by(QUERIES) {
+            let nq = QUERIES.min(n - t0);
+            let len = self.pos + t0 + nq; // keys the block's last query sees
+            for (j, qj) in qs.chunks_exact_mut(hd).take(nq).enumerate() {
+                let row = (t0 + j) * self.q.cols + h * hd;
+                for (d, x) in qj.iter_mut().zip(&self.q.data[row..row + hd]) {
+                    *d = x * scale;
+                }
+            }
+            let sc = &mut scores[..nq * len];
+            dense_gemm::matmul_f32_strided_serial((nq, hd, len), &qs[..nq * hd], k, kv_dim, sc);
+            for j in 0..nq {
+                let t = t0 + j;
+                // SAFETY: work item h alone writes out[t, h*hd..(h+1)*hd]; the caches hold
+                // pos + t + 1 rows; the features are the caller's contract.
+                unsafe {
+                    let o = self.dst.slice(t * self.out_cols + h * hd, hd);
+                    super::cpu_attention::attend_scored(&mut sc[j * len..j * len + self.pos + t + 1], v, kv_dim, o);
+                }
+            }
+        }
+    }
+
     /// `attend` on AVX2 + FMA (cpu_attention.rs).
     ///
     /// # Safety
@@ -309,6 +351,16 @@ impl Backend for Cpu {
         let head = AttnHead { q, kc, vc, pos, s, out_cols: out.cols, dst };
         #[cfg(target_arch = "x86_64")]
         let wide = s.head_dim.is_multiple_of(8) && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        #[cfg(target_arch = "x86_64")]
+        if wide && n >= 4 {
+            // A prompt: per head, its queries' scores as one matrix product with the cached
+            // keys, then softmax and values per query.
+            par_for(s.n_heads, |h| {
+                // SAFETY: the features and head_dim were checked.
+                unsafe { head.prompt_avx2(h, n) }
+            });
+            return;
+        }
         // One work item per (query token, head); each writes its own head_dim slice of `out`.
         par_for(n * s.n_heads, |item| {
             #[cfg(target_arch = "x86_64")]

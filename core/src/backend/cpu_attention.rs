@@ -45,6 +45,23 @@ pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, len: usize,
             }
             *a = super::cpu_q8_gemm::hsum(acc) * scale;
         }
+        attend_scored(&mut att, v, stride, &mut out[..hd]);
+    }
+}
+
+/// `out = Σ_p softmax(att)_p · v_p` over p < att.len(), value p at `v[p * stride..]`, for
+/// scores already scaled; hd = out.len(). `att` is left holding the softmax's numerators.
+///
+/// # Safety
+/// AVX2 and FMA are present; hd is a multiple of 8; v holds att.len() rows of `stride`
+/// (the last one may end after hd).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn attend_scored(att: &mut [f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    let (len, hd) = (att.len(), out.len());
+    debug_assert!(hd.is_multiple_of(8) && len > 0 && v.len() >= (len - 1) * stride + hd);
+    let nv = hd / 8;
+    // SAFETY (all below): in bounds by the contract above.
+    unsafe {
         // softmax: eight at a time, then the tail
         let body = len / 8 * 8;
         let mut max8 = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -69,18 +86,18 @@ pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, len: usize,
         // 64 dims at a time, then the rest
         let mut c = 0;
         while c + 8 <= nv {
-            values::<8>(&att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c));
+            values::<8>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c));
             c += 8;
         }
         match nv - c {
             0 => {}
-            1 => values::<1>(&att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            2 => values::<2>(&att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            3 => values::<3>(&att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            4 => values::<4>(&att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            5 => values::<5>(&att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            6 => values::<6>(&att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            _ => values::<7>(&att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
+            1 => values::<1>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
+            2 => values::<2>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
+            3 => values::<3>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
+            4 => values::<4>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
+            5 => values::<5>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
+            6 => values::<6>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
+            _ => values::<7>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
         }
     }
 }

@@ -53,7 +53,24 @@ pub fn matmul(
     w: &[u8],
     dst: &mut [f32],
 ) {
-    matmul_on(simd(), format, mkn, x, w, dst)
+    matmul_on(simd(), format, mkn, x, w, Rows { stride: mkn.1, parallel: true }, dst)
+}
+
+/// As [`matmul`] for f32 weights whose rows lie `stride` floats apart (the keys of one head
+/// in a KV cache), on the calling thread alone (for a caller that is already one of the
+/// pool's workers).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // attention's prompt path is x86-64's
+pub fn matmul_f32_strided_serial(mkn: (usize, usize, usize), x: &[f32], w: &[f32], stride: usize, dst: &mut [f32]) {
+    let rows = Rows { stride, parallel: false };
+    matmul_on(simd(), WeightFormat::F32, mkn, x, bytemuck::cast_slice(w), rows, dst)
+}
+
+/// Where the weight rows are, and whether the product may use the thread pool.
+#[derive(Clone, Copy)]
+struct Rows {
+    /// Elements from one row's start to the next's (≥ k).
+    stride: usize,
+    parallel: bool,
 }
 
 fn matmul_on(
@@ -62,22 +79,25 @@ fn matmul_on(
     mkn: (usize, usize, usize),
     x: &[f32],
     w: &[u8],
+    rows: Rows,
     dst: &mut [f32],
 ) {
     match simd {
-        Simd::Avx512 => matmul_tiled::<6>(simd, format, mkn, x, w, dst),
-        _ => matmul_tiled::<2>(simd, format, mkn, x, w, dst),
+        Simd::Avx512 => matmul_tiled::<6>(simd, format, mkn, x, w, rows, dst),
+        _ => matmul_tiled::<2>(simd, format, mkn, x, w, rows, dst),
     }
 }
 
 /// Work items of ROWS weight rows; each passes its rows over a block of tokens, TOKENS
 /// at a time, reading a row once per block.
+#[allow(clippy::too_many_arguments)]
 fn matmul_tiled<const ROWS: usize>(
     simd: Simd,
     format: WeightFormat,
     (m, k, n): (usize, usize, usize),
     x: &[f32],
     w: &[u8],
+    Rows { stride, parallel }: Rows,
     dst: &mut [f32],
 ) {
     assert!(matches!(
@@ -85,14 +105,15 @@ fn matmul_tiled<const ROWS: usize>(
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16
     ));
     let size = format.block_bytes();
-    assert!(w.len() >= n * k * size && x.len() >= m * k && dst.len() >= m * n);
+    assert!(stride >= k && (n == 0 || w.len() >= ((n - 1) * stride + k) * size));
+    assert!(x.len() >= m * k && dst.len() >= m * n);
     let out = SharedOut::new(dst);
-    let row = |r: usize| &w[r * k * size..(r + 1) * k * size];
+    let row = |r: usize| &w[r * stride * size..(r * stride + k) * size];
     // SAFETY (the writes below): a work item alone writes the columns of its rows.
     let put = |t: usize, r: usize, v: f32| unsafe { out.slice(t * n + r, 1)[0] = v };
     // long prompts in blocks of tokens whose inputs stay in L2 (see cpu_q8_gemm.rs)
     let block = (super::cpu::L2_BUDGET / (4 * k)).max(TOKENS) / TOKENS * TOKENS;
-    barrier_pool().execute_chunked(n.div_ceil(ROWS), |groups| {
+    let work = |groups: std::ops::Range<usize>| {
         for first in (0..m).step_by(block) {
             let end = (first + block).min(m);
             for g in groups.clone() {
@@ -125,7 +146,12 @@ fn matmul_tiled<const ROWS: usize>(
                 }
             }
         }
-    });
+    };
+    if parallel {
+        barrier_pool().execute_chunked(n.div_ceil(ROWS), work);
+    } else {
+        work(0..n.div_ceil(ROWS));
+    }
 }
 
 /// `W_i · x_j` for the R weight rows `ws` (k weights each, in `format`) and the T rows
@@ -356,6 +382,26 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// Weight rows `stride` apart, on the calling thread (attention's keys in a KV cache):
+    /// against an f64 loop, rows with padding between them.
+    #[test]
+    fn strided_rows_match_an_f64_loop() {
+        let mut rng = crate::testing::Rng(0x1234_5678);
+        for (m, k, n, stride) in [(1, 8, 1, 8), (5, 64, 13, 96), (9, 24, 7, 40), (64, 64, 300, 256)] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
+            let w: Vec<f32> = (0..(n - 1) * stride + k).map(|_| rng.f32()).collect();
+            let mut dst = vec![0f32; m * n];
+            matmul_f32_strided_serial((m, k, n), &x, &w, stride, &mut dst);
+            for t in 0..m {
+                for r in 0..n {
+                    let want: f64 = (0..k).map(|i| x[t * k + i] as f64 * w[r * stride + i] as f64).sum();
+                    let got = dst[t * n + r] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{m}x{k}x{n}/{stride} [{t},{r}]: {got} vs {want}");
+                }
+            }
+        }
+    }
+
     /// Every instruction set this CPU has and every tile path (whole tiles, leftover rows
     /// and tokens, the decode path, a k that is not a multiple of 16 or 32) against an f64
     /// loop over the same weights.
@@ -391,7 +437,7 @@ mod tests {
                         continue; // this CPU lacks it
                     }
                     let mut dst = vec![0f32; m * n];
-                    matmul_on(simd, format, (m, k, n), &x, &w, &mut dst);
+                    matmul_on(simd, format, (m, k, n), &x, &w, Rows { stride: k, parallel: true }, &mut dst);
                     for t in 0..m {
                         for r in 0..n {
                             let want: f64 = (0..k)

@@ -139,6 +139,31 @@ struct AttnHead<'a> {
 }
 
 impl AttnHead<'_> {
+    /// Query t of head h.
+    fn query(&self, t: usize, h: usize) -> &[f32] {
+        let (hd, row) = (self.s.head_dim, t * self.q.cols);
+        &self.q.data[row + h * hd..row + (h + 1) * hd]
+    }
+
+    /// Where head h's kv head starts in a cache row.
+    fn kv_off(&self, h: usize) -> usize {
+        (h / (self.s.n_heads / self.s.n_kv_heads)) * self.s.head_dim
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.s.head_dim as f32).sqrt()
+    }
+
+    /// The output of query t, head h.
+    ///
+    /// # Safety
+    /// Only the work item of (t, h) writes it.
+    unsafe fn out(&self, t: usize, h: usize) -> &'static mut [f32] {
+        let hd = self.s.head_dim;
+        // SAFETY: passed on from the caller.
+        unsafe { self.dst.slice(t * self.out_cols + h * hd, hd) }
+    }
+
     /// out[t, h] = Σ_p softmax_p(q[t, h] · k[p, g] / √head_dim) · v[p, g] over p ≤ pos + t,
     /// g the kv head of h; `item` = t · n_heads + h.
     #[inline(always)]
@@ -147,10 +172,10 @@ impl AttnHead<'_> {
         let hd = s.head_dim;
         let (t, h) = (item / s.n_heads, item % s.n_heads);
         let kv_dim = self.kc.kv_dim;
-        let kv_off = (h / (s.n_heads / s.n_kv_heads)) * hd;
-        let qv = &self.q.data[t * self.q.cols + h * hd..t * self.q.cols + (h + 1) * hd];
+        let kv_off = self.kv_off(h);
+        let qv = self.query(t, h);
         let len = self.pos + t + 1;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = self.scale();
         // scores of this query against every cached key up to its own position
         let mut att = vec![0f32; len];
         let mut max = f32::NEG_INFINITY;
@@ -165,8 +190,8 @@ impl AttnHead<'_> {
             sum += *a;
         }
         // weighted sum of the values
-        // SAFETY: work item (t, h) alone writes out[t, h*hd..(h+1)*hd].
-        let o = unsafe { self.dst.slice(t * self.out_cols + h * hd, hd) };
+        // SAFETY: this is the work item of (t, h).
+        let o = unsafe { self.out(t, h) };
         o.fill(0.0);
         for (p, a) in att.iter().enumerate() {
             let vv = &self.vc.data[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
@@ -188,11 +213,9 @@ impl AttnHead<'_> {
     #[cfg(target_arch = "x86_64")]
     unsafe fn prompt_avx2(&self, h: usize, n: usize) {
         const QUERIES: usize = 64;
-        let s = self.s;
-        let hd = s.head_dim;
+        let hd = self.s.head_dim;
         let kv_dim = self.kc.kv_dim;
-        let kv_off = (h / (s.n_heads / s.n_kv_heads)) * hd;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let (scale, kv_off) = (self.scale(), self.kv_off(h));
         let (k, v) = (&self.kc.data[kv_off..], &self.vc.data[kv_off..]);
         let mut qs = vec![0f32; QUERIES.min(n) * hd];
         let mut scores = vec![0f32; QUERIES.min(n) * (self.pos + n)];
@@ -200,8 +223,7 @@ impl AttnHead<'_> {
             let nq = QUERIES.min(n - t0);
             let len = self.pos + t0 + nq; // keys the block's last query sees
             for (j, qj) in qs.chunks_exact_mut(hd).take(nq).enumerate() {
-                let row = (t0 + j) * self.q.cols + h * hd;
-                for (d, x) in qj.iter_mut().zip(&self.q.data[row..row + hd]) {
+                for (d, x) in qj.iter_mut().zip(self.query(t0 + j, h)) {
                     *d = x * scale;
                 }
             }
@@ -209,11 +231,11 @@ impl AttnHead<'_> {
             dense_gemm::matmul_f32_strided_serial((nq, hd, len), &qs[..nq * hd], k, kv_dim, sc);
             for j in 0..nq {
                 let t = t0 + j;
-                // SAFETY: work item h alone writes out[t, h*hd..(h+1)*hd]; the caches hold
+                // SAFETY: work item h alone writes head h's outputs; the caches hold
                 // pos + t + 1 rows; the features are the caller's contract.
                 unsafe {
-                    let o = self.dst.slice(t * self.out_cols + h * hd, hd);
-                    super::cpu_attention::attend_scored(&mut sc[j * len..j * len + self.pos + t + 1], v, kv_dim, o);
+                    let row = &mut sc[j * len..j * len + self.pos + t + 1];
+                    super::cpu_attention::attend_scored(row, v, kv_dim, self.out(t, h));
                 }
             }
         }
@@ -225,18 +247,14 @@ impl AttnHead<'_> {
     /// AVX2 and FMA are present; head_dim is a multiple of 8.
     #[cfg(target_arch = "x86_64")]
     unsafe fn attend_avx2(&self, item: usize) {
-        let s = self.s;
-        let hd = s.head_dim;
-        let (t, h) = (item / s.n_heads, item % s.n_heads);
-        let kv_off = (h / (s.n_heads / s.n_kv_heads)) * hd;
-        let qv = &self.q.data[t * self.q.cols + h * hd..t * self.q.cols + (h + 1) * hd];
-        // SAFETY: work item (t, h) alone writes out[t, h*hd..(h+1)*hd]; the caches hold
-        // pos + t + 1 rows; the features are the caller's contract.
+        let (t, h) = (item / self.s.n_heads, item % self.s.n_heads);
+        let kv_off = self.kv_off(h);
+        let (k, v) = (&self.kc.data[kv_off..], &self.vc.data[kv_off..]);
+        // SAFETY: this is the work item of (t, h); the caches hold pos + t + 1 rows; the
+        // features are the caller's contract.
         unsafe {
-            let o = self.dst.slice(t * self.out_cols + h * hd, hd);
-            let (k, v) = (&self.kc.data[kv_off..], &self.vc.data[kv_off..]);
-            let scale = 1.0 / (hd as f32).sqrt();
-            super::cpu_attention::attend(qv, k, v, self.kc.kv_dim, self.pos + t + 1, scale, o)
+            let len = self.pos + t + 1;
+            super::cpu_attention::attend(self.query(t, h), k, v, self.kc.kv_dim, len, self.scale(), self.out(t, h))
         }
     }
 }

@@ -23,24 +23,28 @@ enum Simd {
     Avx512,
 }
 
+/// What this CPU has, detected once (a product runs per matrix, many times per token).
 fn simd() -> Simd {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let avx2 = is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c");
-        // `YANGTUO_CPU_AVX512=0` measures or tests the AVX2 path on an AVX-512 CPU
-        if avx2
-            && is_x86_feature_detected!("avx512f")
-            && std::env::var("YANGTUO_CPU_AVX512").as_deref() != Ok("0")
+    static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *SIMD.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
         {
-            return Simd::Avx512;
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            // `YANGTUO_CPU_AVX512=0` measures or tests the AVX2 path on an AVX-512 CPU
+            if avx2
+                && is_x86_feature_detected!("avx512f")
+                && std::env::var("YANGTUO_CPU_AVX512").as_deref() != Ok("0")
+            {
+                return Simd::Avx512;
+            }
+            if avx2 {
+                return Simd::Avx2;
+            }
         }
-        if avx2 {
-            return Simd::Avx2;
-        }
-    }
-    Simd::Scalar
+        Simd::Scalar
+    })
 }
 
 /// Tokens per register tile (ROWS depends on the instruction set).

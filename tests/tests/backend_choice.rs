@@ -1,6 +1,6 @@
-//! `--backend auto` (core/src/load.rs): a real GPU through wgpu, then CUDA, then the CPU
-//! backend. A software wgpu adapter (lavapipe, SwiftShader) runs only when asked for by name:
-//! on the same cores it is 50-100x slower than the CPU backend.
+//! `--backend auto` (core/src/load.rs): a real GPU through wgpu, then CUDA, then wgpu on any
+//! adapter, then the CPU backend. A software adapter (lavapipe, SwiftShader) is chosen with a
+//! warning that the CPU backend is 50-100x faster on the same cores.
 
 use std::process::{Command, Output};
 use yangtuo_tests::{Spec, cli_bin};
@@ -22,7 +22,7 @@ fn device(log: &str) -> &str {
 }
 
 #[test]
-fn auto_picks_a_real_gpu_else_the_cpu_never_a_software_adapter() {
+fn auto_picks_a_real_gpu_then_any_wgpu_adapter_then_the_cpu() {
     let dir = Spec { seed: 41, ..Spec::default() }.write_temp("auto");
     let model = dir.to_str().unwrap();
     let (auto, log) = generate(model, "auto");
@@ -30,13 +30,13 @@ fn auto_picks_a_real_gpu_else_the_cpu_never_a_software_adapter() {
     // what wgpu offers on this machine decides what auto must pick
     let (wgpu, wgpu_log) = generate(model, "wgpu");
     let software = wgpu_log.lines().any(|l| l.contains("wgpu device:") && l.contains("(Cpu,"));
-    if wgpu.status.success() && !software {
-        assert!(device(&log).starts_with("wgpu"), "a real GPU is there, auto ran on {}", device(&log));
+    if wgpu.status.success() {
+        assert!(device(&log).starts_with("wgpu"), "wgpu has an adapter, auto ran on {}", device(&log));
+        assert_eq!(software, device(&log).contains("(Cpu,"), "{log}");
+        if software {
+            assert!(log.contains("`--backend cpu` is 50-100x faster"), "{log}");
+        }
     } else {
         assert!(device(&log).starts_with("cpu"), "auto ran on {}:\n{log}", device(&log));
-        if software {
-            assert!(log.contains("rather than the software adapter"), "{log}");
-            assert!(device(&wgpu_log).contains("(Cpu,"), "--backend wgpu still runs the software adapter: {wgpu_log}");
-        }
     }
 }

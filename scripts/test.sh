@@ -22,7 +22,10 @@ count_passed() { grep -Eo 'test result: ok\. [0-9]+ passed' "$1" | awk '{s+=$4} 
 
 step "system packages: lavapipe (Vulkan on the CPU) and Chromium (WebGPU tests)"
 missing=()
-for p in mesa-vulkan-drivers chromium; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# (installed, not just known to dpkg: a removed package keeps its config files and a status)
+for p in mesa-vulkan-drivers chromium; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"

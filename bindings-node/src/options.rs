@@ -192,8 +192,8 @@ pub struct LoadProgress {
     pub total_bytes: f64,
 }
 
-impl From<yangtuo::model::LoadProgress<'_>> for LoadProgress {
-    fn from(p: yangtuo::model::LoadProgress<'_>) -> Self {
+impl From<yangtuo::LoadProgress<'_>> for LoadProgress {
+    fn from(p: yangtuo::LoadProgress<'_>) -> Self {
         LoadProgress { tensor: p.tensor.into(), done_bytes: p.done_bytes as f64, total_bytes: p.total_bytes as f64 }
     }
 }

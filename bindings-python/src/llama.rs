@@ -39,7 +39,7 @@ impl PyLlama {
         let progress = Progress::new(progress)?;
         let path = model.clone();
         let worker = Worker::spawn(move |tx, _| {
-            let mut on_progress = |p: yangtuo::model::LoadProgress| {
+            let mut on_progress = |p: yangtuo::LoadProgress| {
                 let _ = tx.send(Msg::Progress(p.done_bytes, p.total_bytes, p.tensor.to_string()));
             };
             Llama::load(&path, &opts, &mut on_progress)

@@ -4,12 +4,10 @@
 use crate::error::{arg, to_js};
 use crate::llama::WasmLlama;
 use std::path::Path;
-use std::sync::Arc;
 use wasm_bindgen::prelude::*;
 use yangtuo::backend::wgpu::Wgpu;
 use yangtuo::config::HfConfig;
-use yangtuo::runner::Locked;
-use yangtuo::tokenizer::Tokenizer;
+use yangtuo::{Llama, LoadOptions, TokenizerFiles};
 use yangtuo::weights::stream::StreamLoader;
 
 #[wasm_bindgen]
@@ -76,20 +74,8 @@ impl WasmLoader {
         let device = self.device.clone();
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let weights = loader.loaded_bytes;
-            let gguf_tok = loader.gguf().map(yangtuo::open::gguf_tokenizer).transpose().map_err(to_js)?;
-            let tok = match (tokenizer, gguf_tok) {
-                (Some(bytes), _) => Tokenizer::from_bytes(&bytes).map_err(to_js)?,
-                (None, Some(t)) => t,
-                (None, None) => {
-                    return Err(arg("tokenizer", "this model has no tokenizer: pass tokenizer.model or tokenizer.json"));
-                }
-            };
-            let own = match (&tokenizer_config, loader.gguf()) {
-                (Some(cfg), _) => yangtuo::open::config_template(cfg, &tok),
-                (None, Some(g)) => yangtuo::open::gguf_template(g, &tok),
-                _ => None,
-            };
-            let template = yangtuo::open::choose_template(template.as_deref(), own).map_err(to_js)?;
+            let mut loader = loader;
+            let gguf = loader.take_gguf();
             let model = loader.finish().map_err(to_js)?;
             // the browser reports failed allocations asynchronously: wait for the uploads
             if let Err(e) = model.backend.sync().await {
@@ -97,9 +83,9 @@ impl WasmLoader {
                 let msg = format!("the model's {mib:.1} MiB of weights do not fit this GPU ({device}): {e}");
                 return Err(to_js(yangtuo::Error::Device(msg)));
             }
-            let ctx = n_ctx.unwrap_or(model.config.max_seq_len.min(4096));
-            let llama =
-                yangtuo::Llama::from_parts(Arc::new(Locked::new(model)), tok, template, ctx, 256).map_err(to_js)?;
+            let files = TokenizerFiles::Bytes { tokenizer: tokenizer.as_deref(), tokenizer_config: tokenizer_config.as_deref() };
+            let opts = LoadOptions { template, ctx_len: n_ctx, ..LoadOptions::default() };
+            let llama = Llama::from_parts(model.into_runner(), gguf.as_ref(), files, &opts).map_err(to_js)?;
             Ok(WasmLlama::new(llama).into())
         }))
     }

@@ -4,7 +4,7 @@ use crate::args::ModelArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::Arc;
-use yangtuo::model::LoadProgress;
+use yangtuo::LoadProgress;
 use yangtuo::{Llama, Result};
 
 pub fn bar(total: u64, what: &str) -> ProgressBar {
@@ -75,10 +75,10 @@ pub fn load_runner(m: &ModelArgs) -> Result<Arc<dyn yangtuo::Runner>> {
     let pb = bar(total, "loading");
     let mut cb = on_progress(&pb);
     let r = match opts.quantize {
-        None => pollster::block_on(yangtuo::load::load_runner(&mut files, opts.backend, total, &mut cb)),
+        None => pollster::block_on(yangtuo::device::load_runner(&mut files, opts.backend, total, &mut cb)),
         Some(f) => {
             let mut q = yangtuo::weights::quantize::Quantizing::new(&mut files, f)?;
-            pollster::block_on(yangtuo::load::load_runner(&mut q, opts.backend, total, &mut cb))
+            pollster::block_on(yangtuo::device::load_runner(&mut q, opts.backend, total, &mut cb))
         }
     };
     drop(cb);

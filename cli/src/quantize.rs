@@ -57,12 +57,12 @@ pub fn run(a: Args) -> Result<()> {
     }
     let files = ModelFiles::open(&a.input)?;
     let c = files.config.clone();
-    let tok = yangtuo::open::open_tokenizer(&files)?;
-    let gguf_vocab = vocab(&tok);
+    let chat = yangtuo::ChatFormat::of_files(&files)?;
+    let gguf_vocab = vocab(&chat.tokenizer);
     if gguf_vocab.is_none() {
         log::warn!("no SentencePiece vocabulary to embed; llama.cpp will need one");
     }
-    let template = match yangtuo::open::model_template(&files, &tok) {
+    let template = match chat.own_template {
         Some(yangtuo::ChatTemplate::Jinja { source, .. }) => Some(source),
         _ => None,
     };

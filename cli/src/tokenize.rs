@@ -40,7 +40,7 @@ pub fn run(a: Args) -> Result<()> {
     let tok = Tokenizer::from_file(&a.tokenizer)?;
     let template = match &a.template {
         Some(n) => ChatTemplate::by_name(n)?,
-        None => yangtuo::open::dir_template(&a.tokenizer, &tok).unwrap_or(ChatTemplate::Llama2),
+        None => yangtuo::chat::own_template::from_dir(&a.tokenizer, &tok).unwrap_or(ChatTemplate::Llama2),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

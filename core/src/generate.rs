@@ -105,7 +105,7 @@ pub fn now() -> f64 {
 }
 
 /// Everything the loop needs besides the model.
-pub struct Generation<'a> {
+pub(crate) struct Generation<'a> {
     pub runner: &'a dyn Runner,
     pub tokenizer: &'a Tokenizer,
     pub eos_ids: &'a [u32],
@@ -115,7 +115,16 @@ pub struct Generation<'a> {
     pub clock: fn() -> f64,
 }
 
-/// Check a prompt against the context before any work, and work out the token budget.
+impl GenerateOptions {
+    /// The one check of a request, before any device work: the sampling parameters, and
+    /// the prompt against the context. Returns the most tokens it may generate.
+    pub fn check(&self, prompt: usize, ctx: usize) -> Result<usize> {
+        self.sampling.validate()?;
+        budget(prompt, self.max_tokens, ctx)
+    }
+}
+
+/// Check a prompt against the context, and work out the token budget.
 pub fn budget(prompt: usize, max_tokens: Option<usize>, ctx: usize) -> Result<usize> {
     if max_tokens == Some(0) {
         return Err(Error::arg("max_tokens", "must be at least 1"));
@@ -131,11 +140,11 @@ pub fn budget(prompt: usize, max_tokens: Option<usize>, ctx: usize) -> Result<us
 }
 
 impl Generation<'_> {
-    /// Run `prompt` on `cache` and generate; `on_text` receives each piece of answer text.
-    pub async fn run(&self, cache: &mut Cached, prompt: &[u32], on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
+    /// Run `prompt` on `cache` and generate at most `max_new` tokens (from
+    /// `GenerateOptions::check`); `on_text` receives each piece of answer text.
+    pub async fn run(&self, cache: &mut Cached, prompt: &[u32], max_new: usize, on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
         let t0 = (self.clock)();
-        let mut sampler = Sampler::new(self.opts.sampling.clone())?;
-        let max_new = budget(prompt.len(), self.opts.max_tokens, cache.state.ctx_len)?;
+        let mut sampler = Sampler::new(self.opts.sampling.clone());
 
         // reuse the longest cached prefix, but always run at least the last prompt token
         let common = cache.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);

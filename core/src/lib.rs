@@ -8,15 +8,13 @@
 pub mod backend;
 pub mod chat;
 pub mod config;
-pub mod engine;
+pub mod device;
 pub mod error;
 pub mod generate;
 #[cfg(all(feature = "hub", not(target_arch = "wasm32")))]
 pub mod hub;
-pub mod load;
+pub mod llama;
 pub mod model;
-pub mod open;
-pub mod quant;
 pub mod runner;
 pub mod sampler;
 pub mod session;
@@ -27,12 +25,12 @@ mod testing;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{Config, RopeScaling};
-pub use engine::Llama;
+pub use llama::{ChatFormat, Llama, LoadOptions, TokenizerFiles};
 pub use error::{Error, Result};
 pub use generate::{Completion, FinishReason, Flow, GenerateOptions, Usage};
-pub use load::BackendChoice;
-pub use open::LoadOptions;
+pub use device::BackendChoice;
 pub use runner::{Runner, SessionState};
 pub use sampler::SamplingParams;
 pub use session::ChatSession;
 pub use weights::WeightFormat;
+pub use weights::builder::LoadProgress;

@@ -28,14 +28,15 @@ pub trait Runner: Send + Sync {
     fn logits<'a>(&'a self, s: &'a SessionState, rows: usize) -> LocalFuture<'a, Result<Vec<f32>>>;
 }
 
-/// A model plus the lock that keeps two sessions' work from interleaving on its device.
-pub struct Locked<B: Backend> {
-    pub model: Model<B>,
+/// A model plus the lock that keeps two sessions' work from interleaving on its device
+/// (made by `Model::into_runner`).
+pub(crate) struct Locked<B: Backend> {
+    model: Model<B>,
     exec: Mutex<()>,
 }
 
 impl<B: Backend> Locked<B> {
-    pub fn new(model: Model<B>) -> Self {
+    pub(crate) fn new(model: Model<B>) -> Self {
         Locked { model, exec: Mutex::new(()) }
     }
 }

@@ -100,8 +100,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(params: SamplingParams) -> Result<Sampler> {
-        params.validate()?;
+    /// A sampler for `params`, which `SamplingParams::validate` has accepted.
+    pub fn new(params: SamplingParams) -> Sampler {
         let seed = params.seed.unwrap_or_else(|| {
             #[cfg(not(target_arch = "wasm32"))]
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64);
@@ -109,7 +109,7 @@ impl Sampler {
             let t: std::result::Result<u64, ()> = Ok((js_random() * u64::MAX as f64) as u64);
             t.unwrap_or(0x5eed)
         });
-        Ok(Sampler { params, rng: Rng::new(seed) })
+        Sampler { params, rng: Rng::new(seed) }
     }
 
     /// Pick the next token. `history` is every id so far (prompt and answer), for the
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn invalid_parameters_are_rejected() {
-        let bad = |p: SamplingParams| Sampler::new(p).err().map(|e| e.to_string()).unwrap();
+        let bad = |p: SamplingParams| p.validate().err().map(|e| e.to_string()).unwrap();
         assert!(bad(SamplingParams { temperature: -0.1, ..Default::default() }).contains("temperature"));
         assert!(bad(SamplingParams { top_p: 0.0, ..Default::default() }).contains("top_p"));
         assert!(bad(SamplingParams { top_p: 1.5, ..Default::default() }).contains("top_p"));
@@ -212,7 +212,7 @@ mod tests {
     fn seeded_sampling_is_reproducible() {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 17) as f32 * 0.3).collect();
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed: Some(seed), temperature: 1.0, top_p: 0.95, ..Default::default() }).unwrap();
+            let mut s = Sampler::new(SamplingParams { seed: Some(seed), temperature: 1.0, top_p: 0.95, ..Default::default() });
             (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
@@ -223,7 +223,7 @@ mod tests {
     fn top_p_keeps_the_nucleus_like_meta() {
         // probs 0.5, 0.3, 0.2: with p = 0.6 Meta keeps the first two (0.5 <= 0.6 < 0.8)
         let mut logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.6, seed: Some(1), ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.6, seed: Some(1), ..Default::default() });
         let picks: Vec<u32> = (0..2000).map(|_| s.sample(&mut logits, &[])).collect();
         assert!(!picks.contains(&2));
         let ones = picks.iter().filter(|&&x| x == 1).count() as f64 / 2000.0;
@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn repetition_penalty_demotes_seen_tokens() {
         let mut logits = [2.0f32, 1.9, -1.0];
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: Some(1.3), ..SamplingParams::greedy() }).unwrap();
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: Some(1.3), ..SamplingParams::greedy() });
         assert_eq!(s.sample(&mut logits, &[0, 0, 2]), 1);
         assert_eq!(logits, [2.0 / 1.3, 1.9, -1.3]);
     }

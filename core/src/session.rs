@@ -3,7 +3,7 @@
 //! is the one a fresh `chat()` over the same history gives.
 
 use crate::chat::Message;
-use crate::engine::Llama;
+use crate::llama::Llama;
 use crate::generate::{Cached, Completion, Flow, GenerateOptions};
 use crate::Result;
 use std::sync::Arc;
@@ -41,13 +41,12 @@ impl ChatSession {
         let mut msgs = self.messages.clone();
         msgs.push(Message::user(user));
         let prompt = self.llama.render(&msgs, opts.allow_control_tokens)?;
-        opts.sampling.validate()?;
-        crate::generate::budget(prompt.len(), opts.max_tokens, self.llama.context_length())?;
+        let max_new = opts.check(prompt.len(), self.llama.context_length())?;
         let mut cache = match self.cache.take() {
             Some(c) => c,
             None => Cached { state: self.llama.take_state(&[])?.state, tokens: vec![] },
         };
-        let r = self.llama.run_on(&mut cache, &prompt, opts, cancel, on_text).await;
+        let r = self.llama.run_on(&mut cache, &prompt, max_new, opts, cancel, on_text).await;
         self.cache = Some(cache);
         let c = r?;
         msgs.push(Message::assistant(c.text.clone()));

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use yangtuo::backend::{cpu::Cpu, wgpu::Wgpu};
 use yangtuo::model::Model;
-use yangtuo::runner::{Locked, Runner};
+use yangtuo::runner::Runner;
 use yangtuo::weights::source::ModelFiles;
 use yangtuo::weights::{LayerTensor, TensorId, WeightFormat};
 use yangtuo_tests::reference::Reference;
@@ -41,12 +41,12 @@ fn python() -> Option<PathBuf> {
 
 fn load(dir: &Path, dev: Dev) -> Arc<dyn Runner> {
     let mut files = ModelFiles::open(dir).unwrap();
-    let mut progress = |_: yangtuo::model::LoadProgress| {};
+    let mut progress = |_: yangtuo::LoadProgress| {};
     match dev {
-        Dev::Cpu => Arc::new(Locked::new(Model::load(&mut files, Cpu, 0, &mut progress).unwrap())),
+        Dev::Cpu => Model::load(&mut files, Cpu, 0, &mut progress).unwrap().into_runner(),
         Dev::Wgpu | Dev::WgpuF32 => {
             let gpu = pollster::block_on(Wgpu::with_f16(matches!(dev, Dev::Wgpu))).unwrap();
-            Arc::new(Locked::new(Model::load(&mut files, gpu, 0, &mut progress).unwrap()))
+            Model::load(&mut files, gpu, 0, &mut progress).unwrap().into_runner()
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use yangtuo::backend::cuda::Cuda;
 use yangtuo::backend::{cpu::Cpu, wgpu::Wgpu};
 use yangtuo::model::Model;
-use yangtuo::runner::{Locked, Runner};
+use yangtuo::runner::Runner;
 use yangtuo::weights::source::ModelFiles;
 use yangtuo_tests::reference::Reference;
 use yangtuo_tests::{Spec, random_ids, rel_max_err};
@@ -41,15 +41,15 @@ fn devices() -> Vec<Dev> {
 
 fn load(dir: &Path, dev: Dev) -> Arc<dyn Runner> {
     let mut files = ModelFiles::open(dir).unwrap();
-    let mut progress = |_: yangtuo::model::LoadProgress| {};
+    let mut progress = |_: yangtuo::LoadProgress| {};
     match dev {
-        Dev::Cpu => Arc::new(Locked::new(Model::load(&mut files, Cpu, 0, &mut progress).unwrap())),
+        Dev::Cpu => Model::load(&mut files, Cpu, 0, &mut progress).unwrap().into_runner(),
         Dev::Wgpu | Dev::WgpuF32 => {
             let gpu = pollster::block_on(Wgpu::with_f16(matches!(dev, Dev::Wgpu))).unwrap();
-            Arc::new(Locked::new(Model::load(&mut files, gpu, 0, &mut progress).unwrap()))
+            Model::load(&mut files, gpu, 0, &mut progress).unwrap().into_runner()
         }
         #[cfg(feature = "cuda")]
-        Dev::Cuda => Arc::new(Locked::new(Model::load(&mut files, Cuda::new().unwrap(), 0, &mut progress).unwrap())),
+        Dev::Cuda => Model::load(&mut files, Cuda::new().unwrap(), 0, &mut progress).unwrap().into_runner(),
     }
 }
 

@@ -27,8 +27,10 @@ use yangtuo::backend::Backend;
 use yangtuo::backend::cpu::Cpu;
 use yangtuo::backend::wgpu::Wgpu;
 use yangtuo::backend::wgpu::matrix::layout;
-use yangtuo::model::{LoadProgress, Model, WeightSource};
-use yangtuo::runner::{Locked, Runner};
+use yangtuo::LoadProgress;
+use yangtuo::model::Model;
+use yangtuo::weights::builder::WeightSource;
+use yangtuo::runner::Runner;
 use yangtuo::weights::quantize::Quantizing;
 use yangtuo::weights::source::ModelFiles;
 use yangtuo::weights::{Blob, TensorId, WeightData, WeightFormat};
@@ -137,8 +139,8 @@ fn progress() -> impl FnMut(LoadProgress) {
 fn runner(source: &mut dyn WeightSource, dev: Dev) -> Arc<dyn Runner> {
     let mut p = progress();
     match dev {
-        Dev::Cpu => Arc::new(Locked::new(Model::load(source, Cpu, 0, &mut p).unwrap())),
-        _ => Arc::new(Locked::new(Model::load(source, gpu(dev), 0, &mut p).unwrap())),
+        Dev::Cpu => Model::load(source, Cpu, 0, &mut p).unwrap().into_runner(),
+        _ => Model::load(source, gpu(dev), 0, &mut p).unwrap().into_runner(),
     }
 }
 
@@ -900,7 +902,7 @@ fn memory_child() {
     let mut files = ModelFiles::open(Path::new(&path)).unwrap();
     let r = match g {
         None => runner(&mut files, Dev::Cpu),
-        Some(g) => Arc::new(Locked::new(Model::load(&mut files, g, 0, &mut progress()).unwrap())) as Arc<dyn Runner>,
+        Some(g) => Model::load(&mut files, g, 0, &mut progress()).unwrap().into_runner() as Arc<dyn Runner>,
     };
     let mut s = r.new_state(8, 1, 1).unwrap();
     for (pos, id) in [5u32, 9, 11].into_iter().enumerate() {

@@ -5,7 +5,7 @@ use std::path::Path;
 use yangtuo::backend::cpu::Cpu;
 use yangtuo::config::HfConfig;
 use yangtuo::model::Model;
-use yangtuo::runner::{Locked, Runner};
+use yangtuo::runner::Runner;
 use yangtuo::weights::source::ModelFiles;
 use yangtuo::weights::stream::StreamLoader;
 use yangtuo_tests::{Rng, Spec, random_ids};
@@ -19,7 +19,7 @@ fn logits(r: &dyn Runner, ids: &[u32]) -> Vec<f32> {
 fn from_disk(path: &Path) -> Vec<f32> {
     let mut files = ModelFiles::open(path).unwrap();
     let m = Model::load(&mut files, Cpu, 0, &mut |_| {}).unwrap();
-    logits(&Locked::new(m), &random_ids(12, 300, 5))
+    logits(m.into_runner().as_ref(), &random_ids(12, 300, 5))
 }
 
 /// Feed `file` in random chunks of 1..max bytes.
@@ -48,7 +48,7 @@ fn safetensors_stream_equals_disk_load() {
         for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
             stream(&mut l, &dir.join(shard), max, seed);
         }
-        let got = logits(&Locked::new(l.finish().unwrap()), &random_ids(12, 300, 5));
+        let got = logits(l.finish().unwrap().into_runner().as_ref(), &random_ids(12, 300, 5));
         assert_eq!(got, want, "chunks up to {max} bytes");
     }
 }
@@ -84,7 +84,7 @@ fn gguf_stream_equals_disk_load() {
     for (max, seed) in [(13, 1), (1 << 16, 2)] {
         let mut l = StreamLoader::new(Cpu, None);
         stream(&mut l, &gguf, max, seed);
-        let got = logits(&Locked::new(l.finish().unwrap()), &random_ids(12, 300, 5));
+        let got = logits(l.finish().unwrap().into_runner().as_ref(), &random_ids(12, 300, 5));
         assert_eq!(got, want, "chunks up to {max} bytes");
     }
 }

@@ -8,14 +8,6 @@
 
 #[cfg(feature = "cpu")]
 pub mod cpu;
-#[cfg(feature = "cpu")]
-mod cpu_dense_gemm;
-#[cfg(all(feature = "cpu", target_arch = "x86_64"))]
-mod cpu_attention;
-#[cfg(all(feature = "cpu", target_arch = "x86_64"))]
-mod cpu_q8_gemm;
-#[cfg(all(feature = "cpu", target_arch = "x86_64"))]
-mod cpu_q8_rows;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 #[cfg(feature = "cuda")]

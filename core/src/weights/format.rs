@@ -142,7 +142,7 @@ impl WeightFormat {
                     }
                 }
             }
-            _ => crate::quant::dequantize(self, bytes, out),
+            _ => crate::weights::ggml::dequantize(self, bytes, out),
         }
     }
 }

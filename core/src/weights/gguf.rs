@@ -1745,7 +1745,7 @@ mod tests {
             let f = format_for(id);
             let [rows, cols] = id.expected_shape(&cfg);
             let src: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
-            let mut bytes = crate::quant::quantize(f, &src);
+            let mut bytes = crate::weights::ggml::quantize(f, &src);
             if let TensorId::Layer(_, t @ (LayerTensor::Wq | LayerTensor::Wk)) = id {
                 let heads = if t == LayerTensor::Wq { cfg.n_heads } else { cfg.n_kv_heads };
                 bytes = permute_rows_for_gguf(&bytes, f.row_bytes(cols, "").unwrap(), heads, cfg.head_dim);

@@ -20,7 +20,7 @@
 use super::safetensors::{RawTensor, SafetensorsFiles};
 use super::source::float_weight;
 use super::{Blob, RopeStyle, TensorId, WeightData, WeightFormat};
-use crate::model::WeightSource;
+use crate::weights::builder::WeightSource;
 use crate::{Config, Error, Result};
 use candle_core::utils::barrier_pool;
 use half::f16;

@@ -5,7 +5,10 @@
 //! `WeightData` one tensor at a time, so no loader ever holds a second full copy.
 
 pub mod blob;
+pub mod builder;
 pub mod format;
+/// ggml block formats: decode and encode (candle's blocks).
+pub mod ggml;
 /// Parsing works on any byte blob (browsers included); only `GgufFile::open` and
 /// `GgufWriter::write_file` touch the file system.
 pub mod gguf;
@@ -242,7 +245,7 @@ impl WeightData {
             format,
             rows: self.rows,
             cols: self.cols,
-            bytes: Blob::from_vec(crate::quant::quantize(format, &f)),
+            bytes: Blob::from_vec(crate::weights::ggml::quantize(format, &f)),
             perm: None,
         }
     }

@@ -3,7 +3,7 @@
 //! exists in f32.
 
 use super::{Blob, RopeStyle, TensorId, WeightData, WeightFormat};
-use crate::model::WeightSource;
+use crate::weights::builder::WeightSource;
 use crate::{Config, Error, Result};
 
 /// Rows converted per slab (bounds the f32 scratch to a few MiB).
@@ -51,7 +51,7 @@ pub fn quantize_weight(w: WeightData, target: WeightFormat, name: &str) -> Resul
         let n = SLAB_ROWS.min(w.rows - r0);
         let slab = &mut f[..n * w.cols];
         w.format.dequantize(&w.bytes[r0 * src_row..(r0 + n) * src_row], slab);
-        out.extend(crate::quant::quantize(target, slab));
+        out.extend(crate::weights::ggml::quantize(target, slab));
     }
     WeightData::new(target, w.rows, w.cols, Blob::from_vec(out), name)
 }

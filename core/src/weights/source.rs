@@ -116,7 +116,7 @@ pub(crate) fn float_weight(files: &SafetensorsFiles, dir: &Path, id: TensorId, c
     t.to_weight(id, config)
 }
 
-impl crate::model::WeightSource for ModelFiles {
+impl super::builder::WeightSource for ModelFiles {
     fn config(&self) -> &Config {
         &self.config
     }

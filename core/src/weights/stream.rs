@@ -8,7 +8,8 @@ use super::gguf::GgufFile;
 use super::safetensors::{RawTensor, parse_header};
 use super::{Blob, TensorId};
 use crate::backend::Backend;
-use crate::model::{Model, ModelBuilder};
+use crate::model::Model;
+use super::builder::ModelBuilder;
 use crate::{Config, Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -70,9 +71,10 @@ impl<B: Backend> StreamLoader<B> {
         }
     }
 
-    /// The GGUF header (vocabulary, chat template), once parsed.
-    pub fn gguf(&self) -> Option<&GgufFile> {
-        self.gguf.as_ref()
+    /// The GGUF header (vocabulary, chat template), once the last file is in: taken for
+    /// `Llama::from_parts` before `finish` consumes the loader.
+    pub fn take_gguf(&mut self) -> Option<GgufFile> {
+        self.gguf.take()
     }
 
     pub fn config(&self) -> Option<&Config> {

@@ -1468,9 +1468,9 @@ mod tests {
                     p
                 };
                 let stored: Vec<f32> = (0..rows).flat_map(|r| perm.iter().map(move |&c| (r, c))).map(|(r, c)| data[r * cols + c as usize]).collect();
-                WeightData::new(f, rows, cols, Blob::from_vec(crate::quant::quantize(f, &stored)), &name)?.with_perm(perm, &name)?
+                WeightData::new(f, rows, cols, Blob::from_vec(crate::weights::ggml::quantize(f, &stored)), &name)?.with_perm(perm, &name)?
             } else {
-                WeightData::new(f, rows, cols, Blob::from_vec(crate::quant::quantize(f, &data)), &name)?
+                WeightData::new(f, rows, cols, Blob::from_vec(crate::weights::ggml::quantize(f, &data)), &name)?
             };
             if self.dequantized {
                 let v = w.to_f32();
@@ -1547,7 +1547,7 @@ mod tests {
             let seed = 1000 + 10 * fi as u64;
             let mat = |rows: usize, s: u64, permuted: bool| {
                 let data = random(s, rows * cols, 1.5 / (cols as f32).sqrt());
-                let w = WeightData::new(f, rows, cols, Blob::from_vec(crate::quant::quantize(f, &data)), "w").unwrap();
+                let w = WeightData::new(f, rows, cols, Blob::from_vec(crate::weights::ggml::quantize(f, &data)), "w").unwrap();
                 if !permuted {
                     return w;
                 }
@@ -1563,7 +1563,7 @@ mod tests {
             let (g2, u2) = (mat(256, seed + 10, false), mat(256, seed + 11, false));
             let down = {
                 let data = random(seed + 12, 29 * 256, 0.1);
-                WeightData::new(f, 29, 256, Blob::from_vec(crate::quant::quantize(f, &data)), "w").unwrap()
+                WeightData::new(f, 29, 256, Blob::from_vec(crate::weights::ggml::quantize(f, &data)), "w").unwrap()
             };
             let ms: Vec<CudaMatrix> = ws.iter().map(|w| gpu.upload_matrix("w", w).unwrap()).collect();
             let act = |rows: usize, c: usize| gpu.alloc("a", rows, c).unwrap();

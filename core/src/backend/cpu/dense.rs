@@ -6,7 +6,8 @@
 //! time, so a prompt of m tokens streams the weights from memory m times. Here a weight
 //! row is read once and applied to `TOKENS` tokens held in registers.
 
-use super::cpu::SharedOut;
+use super::parallel::{L2_BUDGET, SharedOut};
+use super::simd::Features;
 use crate::weights::WeightFormat;
 use candle_core::utils::barrier_pool;
 use half::f16;
@@ -23,28 +24,22 @@ enum Simd {
     Avx512,
 }
 
-/// What this CPU has, detected once (a product runs per matrix, many times per token).
+/// The tile this CPU takes (simd.rs detects it once; a product runs per matrix, many
+/// times per token).
 fn simd() -> Simd {
-    static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-    *SIMD.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
-            // `YANGTUO_CPU_AVX512=0` measures or tests the AVX2 path on an AVX-512 CPU
-            if avx2
-                && is_x86_feature_detected!("avx512f")
-                && std::env::var("YANGTUO_CPU_AVX512").as_deref() != Ok("0")
-            {
-                return Simd::Avx512;
-            }
-            if avx2 {
-                return Simd::Avx2;
-            }
+    Simd::within(Features::chosen())
+}
+
+impl Simd {
+    fn within(f: Features) -> Simd {
+        if f.avx512 {
+            Simd::Avx512
+        } else if f.avx2 {
+            Simd::Avx2
+        } else {
+            Simd::Scalar
         }
-        Simd::Scalar
-    })
+    }
 }
 
 /// Tokens per register tile (ROWS depends on the instruction set).
@@ -115,8 +110,8 @@ fn matmul_tiled<const ROWS: usize>(
     let row = |r: usize| &w[r * stride * size..(r * stride + k) * size];
     // SAFETY (the writes below): a work item alone writes the columns of its rows.
     let put = |t: usize, r: usize, v: f32| unsafe { out.slice(t * n + r, 1)[0] = v };
-    // long prompts in blocks of tokens whose inputs stay in L2 (see cpu_q8_gemm.rs)
-    let block = (super::cpu::L2_BUDGET / (4 * k)).max(TOKENS) / TOKENS * TOKENS;
+    // long prompts in blocks of tokens whose inputs stay in L2 (see q8/mod.rs)
+    let block = (L2_BUDGET / (4 * k)).max(TOKENS) / TOKENS * TOKENS;
     let work = |groups: std::ops::Range<usize>| {
         for first in (0..m).step_by(block) {
             let end = (first + block).min(m);
@@ -291,7 +286,7 @@ mod avx2 {
                 let tail: f32 = (body..k)
                     .map(|c| weight(W::FORMAT, ws[i], c) * xs[j * k + c])
                     .sum();
-                super::super::cpu_q8_gemm::hsum(v) + tail
+                crate::backend::cpu::simd::hsum(v) + tail
             })
         })
     }
@@ -437,7 +432,7 @@ mod tests {
                         .collect(),
                 };
                 for simd in [Simd::Avx512, Simd::Avx2, Simd::Scalar] {
-                    if simd > super::simd() {
+                    if simd > Simd::within(Features::present()) {
                         continue; // this CPU lacks it
                     }
                     let mut dst = vec![0f32; m * n];

@@ -1,5 +1,5 @@
 //! One head's causal attention for one query on AVX2 + FMA: the fast path of
-//! `Cpu::attention`, whose plain loop (`AttnHead::attend` in cpu.rs) is the reference.
+//! `Cpu::attention`, whose plain loop (`AttnHead::attend` in mod.rs) is the reference.
 //!
 //! Why: at long contexts attention, not the weights, is most of the CPU's time per token
 //! (2048 cached positions × 32 heads is 65k dot products per layer), and the plain loop,
@@ -43,7 +43,7 @@ pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, len: usize,
             for i in 0..nv {
                 acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(8 * i)), _mm256_loadu_ps(k.as_ptr().add(p * stride + 8 * i)), acc);
             }
-            *a = super::cpu_q8_gemm::hsum(acc) * scale;
+            *a = crate::backend::cpu::simd::hsum(acc) * scale;
         }
         attend_scored(&mut att, v, stride, &mut out[..hd]);
     }
@@ -77,7 +77,7 @@ pub unsafe fn attend_scored(att: &mut [f32], v: &[f32], stride: usize, out: &mut
             _mm256_storeu_ps(att.as_mut_ptr().add(p), e);
             sum8 = _mm256_add_ps(sum8, e);
         }
-        let mut sum = super::cpu_q8_gemm::hsum(sum8);
+        let mut sum = crate::backend::cpu::simd::hsum(sum8);
         for a in &mut att[body..] {
             *a = (*a - max).exp();
             sum += *a;

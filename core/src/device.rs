@@ -1,7 +1,9 @@
-//! Choosing a backend and loading a model onto it.
+//! Choosing the device a model runs on (`auto`, `YANGTUO_BACKEND`) and loading its
+//! weights onto that backend.
 
-use crate::model::{LoadProgress, Model, WeightSource};
-use crate::runner::{Locked, Runner};
+use crate::model::Model;
+use crate::runner::Runner;
+use crate::weights::builder::{LoadProgress, WeightSource};
 use crate::{Error, Result};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -51,7 +53,7 @@ fn boxed<B: crate::backend::Backend>(
 ) -> Result<Arc<dyn Runner>> {
     let model = Model::load(source, backend, total, progress)?;
     log::info!("loaded on {}", crate::backend::Backend::name(&model.backend));
-    Ok(Arc::new(Locked::new(model)))
+    Ok(model.into_runner())
 }
 
 /// Load `source` onto the chosen backend. `total` is the byte count for progress.

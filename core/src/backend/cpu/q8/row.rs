@@ -1,191 +1,41 @@
-//! `dst[m, n] = x[m, k] · W[n, k]ᵀ` for Q4_0, Q8_0, Q4_K and Q6_K weights on x86-64 with
-//! AVX2, AVX-VNNI or AVX-512 VNNI: the CPU backend's product for these formats. Prompts of
-//! Q4_0, Q8_0 and Q4_K go through the row-group kernel of cpu_q8_rows.rs; decode, Q6_K and
-//! the rows and tokens left over take the per-row kernels here.
-//!
-//! Like llama.cpp, the activations are first quantized to int8 in blocks of 32 with one
-//! f32 scale `dx` each, so each block product is an exact integer dot product. Every
-//! weight format is read as blocks of 32 int8 values `q` with
-//!   w = scale · lane · q − min
-//! where `scale` and `min` are f32 per block of 32 (min is 0 except for Q4_0 and Q4_K), and `lane`
-//! is an integer per 16 weights (1 except for Q6_K, whose scales are per 16). Then
-//!   Σ_i w_i · x_i = scale · dx · Σ_i lane · q_i · qx_i  −  min · dx · Σ_i qx_i
-//! Q4_0: q = nibble (16 bytes: element i in the low nibble of byte i, 16 + i in the high
-//! one), scale = d, min = 8d. Q8_0: q = the int8, scale = d. Q4_K (256 weights): q = a nibble
-//! (low nibbles of 32 bytes for even sub-blocks, high for odd), scale = d · sc_j and
-//! min = dmin · m_j from the 6-bit packed scales. Q6_K (256): q = (4 low bits | 2 high
-//! bits << 4) − 32, scale = d, lane = the int8 scale of each 16.
-//!
-//! Why not candle's `k_quants::matmul`: it calls one block-row `vec_dot` per (token, row),
-//! so a prompt of m tokens unpacks every weight block m times and prefill runs no faster
-//! than decode. Here eight blocks of a row are unpacked once and applied to `TILE` tokens,
-//! a row is read from memory once for the whole prompt, and the eight blocks' integer sums
-//! are reduced into one vector before the float scaling.
-//!
-//! The products use the `maddubs` sign trick: |q| (unsigned) times qx carrying q's sign.
-//! |q| ≤ 127 and |qx| ≤ 127, so a pair sum is at most 32258 and the i16 never saturates.
-//! (Q4_0's and Q4_K's nibbles are never negative and go in as they are.)
+//! One weight row at a time against a tile of tokens (decode, Q6_K, and the rows and
+//! tokens the row-group kernel of group.rs leaves over). The math is in mod.rs's doc.
 
-// x86-64 only (backend/mod.rs): elsewhere the CPU backend uses candle's kernels.
-
-use super::cpu_q8_rows as grouped;
+use super::blocks::{QK, QuantizedActs, f16_at, q4k_scales};
+use crate::backend::cpu::simd::{Isa, hsum};
 use crate::weights::WeightFormat;
-use half::f16;
 use std::arch::x86_64::*;
 
 /// Tokens per register tile.
-const TILE: usize = 8;
-pub(super) const QK: usize = 32;
+pub const TILE: usize = 8;
 
-/// Activations quantized to int8 blocks of 32, token-major: `qs[t*k + i]`, and per block
-/// `d[t*k/32 + b]` and `sum[..] = d · Σ qs` (for the min term of Q4_K).
-pub struct QuantizedActs {
-    pub(super) qs: Vec<i8>,
-    pub(super) d: Vec<f32>,
-    pub(super) sum: Vec<f32>,
-}
-
-/// Quantize each 32-value block of `x` (m rows of k) to int8 with scale `max|x| / 127`,
-/// rounding to nearest: the same rule as ggml's `quantize_row_q8_0` (whose scale is then
-/// stored as f16; here it stays f32).
-pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
-    let mut qs = vec![0i8; x.len()];
-    let mut d = vec![0f32; x.len() / QK];
-    let mut sum = vec![0f32; x.len() / QK];
-    for (((blk, q), d), sum) in x
-        .chunks_exact(QK)
-        .zip(qs.chunks_exact_mut(QK))
-        .zip(&mut d)
-        .zip(&mut sum)
-    {
-        let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
-        *d = amax / 127.0;
-        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        for (q, v) in q.iter_mut().zip(blk) {
-            *q = (v * id).round() as i8;
-        }
-        *sum = *d * q.iter().map(|&q| q as i32).sum::<i32>() as f32;
-    }
-    QuantizedActs { qs, d, sum }
-}
-
-/// Whether [`matmul_rows`] can run `format` on this CPU.
-pub fn supports(format: WeightFormat) -> bool {
-    matches!(format, WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K)
-        && Isa::Avx2.present()
-}
-
-/// The instructions a product runs on.
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
-pub enum Isa {
-    Avx2,
-    /// AVX-VNNI (Zen 4, Alder Lake and later): `vpdpbusd` on 256 bits.
-    AvxVnni,
-    /// AVX-512 VNNI (+BW, VL): two blocks per `vpdpbusd`, 32 registers.
-    Avx512Vnni,
-}
-
-impl Isa {
-    /// The best this CPU has; `YANGTUO_CPU_AVX512=0` and `YANGTUO_CPU_VNNI=0` step down
-    /// (to measure or test the other paths on such a CPU).
-    pub fn detect() -> Isa {
-        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *ISA.get_or_init(|| {
-            let off = |var: &str| std::env::var(var).as_deref() == Ok("0");
-            Isa::ALL
-                .into_iter()
-                .rev()
-                .find(|isa| {
-                    isa.present()
-                        && !(*isa == Isa::Avx512Vnni && off("YANGTUO_CPU_AVX512"))
-                        && !(*isa > Isa::Avx2 && off("YANGTUO_CPU_VNNI"))
-                })
-                .unwrap_or(Isa::Avx2)
-        })
-    }
-
-    const ALL: [Isa; 3] = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni];
-
-    pub fn present(self) -> bool {
-        match self {
-            Isa::Avx2 => {
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-            }
-            Isa::AvxVnni => Isa::Avx2.present() && is_x86_feature_detected!("avxvnni"),
-            Isa::Avx512Vnni => {
-                Isa::Avx2.present()
-                    && is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-        }
-    }
-}
-
-/// Output rows `rows` of `dst[m, n]` (row-major, n columns) for weights `w` in `format`,
-/// which must satisfy [`supports`], on `isa` (see [`Isa::detect`]). `w` holds all n rows;
-/// k is a multiple of the block.
+/// `out[j] = W_r · x_(t0+j)` for the weight row `wr` and `tokens` (1 or [`TILE`]) tokens from t0.
 ///
 /// # Safety
-/// `dst` must point at `m * n` writable f32 that no other thread writes in `rows`' columns.
-pub unsafe fn matmul_rows(
+/// `isa` is present; `format` is one of mod.rs's [`super::supports`]; `wr` is one row of k
+/// weights and x holds the tokens.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn products(
     isa: Isa,
     format: WeightFormat,
-    (m, k, n): (usize, usize, usize),
+    wr: &[u8],
     x: &QuantizedActs,
-    w: &[u8],
-    rows: std::ops::Range<usize>,
-    dst: *mut f32,
+    k: usize,
+    t0: usize,
+    tokens: usize,
+    out: &mut [f32; TILE],
 ) {
-    assert!(supports(format) && k % format.block_elems() == 0 && x.qs.len() == m * k);
-    assert!(isa.present());
-    let row_bytes = k / format.block_elems() * format.block_bytes();
-    assert!(w.len() >= n * row_bytes && rows.end <= n);
-    // Long prompts go in blocks of tokens whose int8 inputs stay in L2 while every row of
-    // this work item passes over them (512 tokens of 5632 inputs are 2.9 MB).
-    let block = (super::cpu::L2_BUDGET / k).max(TILE) / TILE * TILE;
-    for first in (0..m).step_by(block) {
-        let end = (first + block).min(m);
-        let mut whole = rows.start;
-        // A tile's worth of tokens pays for the transposes; decode takes the path below.
-        if grouped::supports(format) && end - first >= grouped::min_tokens(isa) {
-            let size = grouped::rows(isa);
-            while whole + size <= rows.end {
-                // SAFETY: the ISA was checked; the caller's contract covers these rows.
-                unsafe { grouped::matmul_group(isa, format, (k, n), x, w, row_bytes, whole, first..end, dst) };
-                whole += size;
-            }
-        }
-        for r in whole..rows.end {
-            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-            let mut t = first;
-            while t < end {
-                let mut out = [0f32; TILE];
-                let tile = if end - t >= TILE { TILE } else { 1 };
-                // SAFETY: the features were checked (`isa.present()`); lengths above.
-                unsafe {
-                    match (format, tile) {
-                        (WeightFormat::Q4_0, TILE) => {
-                            row::<Q4_0, TILE>(isa, wr, x, k, t, &mut out)
-                        }
-                        (WeightFormat::Q4_0, _) => row::<Q4_0, 1>(isa, wr, x, k, t, &mut out),
-                        (WeightFormat::Q8_0, TILE) => {
-                            row::<Q8_0, TILE>(isa, wr, x, k, t, &mut out)
-                        }
-                        (WeightFormat::Q8_0, _) => row::<Q8_0, 1>(isa, wr, x, k, t, &mut out),
-                        (WeightFormat::Q4K, TILE) => row::<Q4K, TILE>(isa, wr, x, k, t, &mut out),
-                        (WeightFormat::Q4K, _) => row::<Q4K, 1>(isa, wr, x, k, t, &mut out),
-                        (_, TILE) => row::<Q6K, TILE>(isa, wr, x, k, t, &mut out),
-                        (_, _) => row::<Q6K, 1>(isa, wr, x, k, t, &mut out),
-                    }
-                }
-                for (i, v) in out[..tile].iter().enumerate() {
-                    // SAFETY: the caller owns column r of dst; (t + i) < m.
-                    unsafe { *dst.add((t + i) * n + r) = *v };
-                }
-                t += tile;
-            }
+    // SAFETY: passed on from the caller.
+    unsafe {
+        match (format, tokens) {
+            (WeightFormat::Q4_0, TILE) => row::<Q4_0, TILE>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q4_0, _) => row::<Q4_0, 1>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q8_0, TILE) => row::<Q8_0, TILE>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q8_0, _) => row::<Q8_0, 1>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q4K, TILE) => row::<Q4K, TILE>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q4K, _) => row::<Q4K, 1>(isa, wr, x, k, t0, out),
+            (_, TILE) => row::<Q6K, TILE>(isa, wr, x, k, t0, out),
+            (_, _) => row::<Q6K, 1>(isa, wr, x, k, t0, out),
         }
     }
 }
@@ -266,10 +116,6 @@ trait Format {
     unsafe fn load(p: *const u8, count: usize, b: &mut Blocks);
 }
 
-fn f16_at(p: *const u8) -> f32 {
-    // SAFETY: callers pass the address of an in-bounds f16.
-    f16::from_bits(u16::from_le_bytes(unsafe { [*p, *p.add(1)] })).to_f32()
-}
 
 /// The low (`high = false`) or high nibbles of 32 bytes at `p`, as bytes 0..=15.
 #[inline(always)]
@@ -338,27 +184,6 @@ impl Format for Q4K {
     }
 }
 
-/// The scale d · sc_j and min dmin · m_j of each sub-block j of the Q4_K super-block at
-/// `p` (its 6-bit scales and mins packed in 12 bytes, as ggml's `get_scale_min_k4`).
-///
-/// # Safety
-/// `p` points at a whole super-block (144 bytes).
-#[inline(always)]
-pub(super) unsafe fn q4k_scales(p: *const u8) -> ([f32; 8], [f32; 8]) {
-    let (d, dmin) = (f16_at(p), f16_at(unsafe { p.add(2) }));
-    let sc = unsafe { std::slice::from_raw_parts(p.add(4), 12) };
-    let (mut scale, mut min) = ([0f32; 8], [0f32; 8]);
-    for j in 0..8 {
-        let (s, m) = if j < 4 {
-            (sc[j] & 63, sc[j + 4] & 63)
-        } else {
-            ((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
-        };
-        scale[j] = d * s as f32;
-        min[j] = dmin * m as f32;
-    }
-    (scale, min)
-}
 
 /// ggml's block_q6_K: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales, d.
 struct Q6K;
@@ -596,83 +421,4 @@ fn sum_lanes_of_8(
         _mm256_permute2x128_si256(lo, hi, 0x20),
         _mm256_permute2x128_si256(lo, hi, 0x31),
     )
-}
-
-#[target_feature(enable = "avx2,fma")]
-pub(super) fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Against a plain f64 loop over the same quantized values: the kernel's only error is
-    /// f32 accumulation. (The reference against gguf-py's dequantizers, which bounds the
-    /// activation quantization too, is in tests/tests/quant.rs.)
-    #[test]
-    fn matches_the_integer_dot_product_on_odd_shapes() {
-        for format in [
-            WeightFormat::Q4_0,
-            WeightFormat::Q8_0,
-            WeightFormat::Q4K,
-            WeightFormat::Q6K,
-        ] {
-            if !supports(format) {
-                eprintln!("skipped: no AVX2 here");
-                return;
-            }
-            let shapes: &[(usize, usize, usize)] = if format.block_elems() == 256 {
-                // 300 tokens of 2048 inputs: three blocks of cpu::L2_BUDGET
-                // and 16- and 8-row groups (cpu_q8_rows.rs) with leftover rows and tokens
-                &[(1, 256, 1), (3, 512, 5), (9, 768, 4), (17, 2048, 3), (300, 2048, 2), (11, 512, 37), (20, 512, 33), (1, 2048, 32)]
-            } else {
-                &[
-                    (1, 32, 1),
-                    (3, 96, 5),
-                    (7, 160, 9),
-                    (9, 352, 4),
-                    (13, 2048, 3),
-                    (17, 8 * 32 + 32 * 3, 2),
-                    (300, 2048, 2),
-                    (11, 352, 37),
-                    (1, 2048, 32),
-                    (70, 2048, 17),
-                ]
-            };
-            for &(m, k, n) in shapes {
-                let mut rng = crate::testing::Rng(0x2545_f491);
-                let mut rnd = || rng.f32();
-                let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
-                let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
-                let w = crate::quant::quantize(format, &wf);
-                let mut wd = vec![0f32; n * k];
-                crate::quant::dequantize(format, &w, &mut wd);
-                let xq = quantize_acts(&x);
-                for isa in Isa::ALL.into_iter().filter(|isa| isa.present()) {
-                    let mut dst = vec![0f32; m * n];
-                    unsafe { matmul_rows(isa, format, (m, k, n), &xq, &w, 0..n, dst.as_mut_ptr()) };
-                    for t in 0..m {
-                        for r in 0..n {
-                            let want: f64 = (0..k)
-                                .map(|i| {
-                                    wd[r * k + i] as f64
-                                        * xq.d[(t * k + i) / QK] as f64
-                                        * xq.qs[t * k + i] as f64
-                                })
-                                .sum();
-                            let got = dst[t * n + r] as f64;
-                            assert!(
-                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "{format:?} {m}x{k}x{n} {isa:?} [{t},{r}]: {got} vs {want}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
 }

@@ -1,5 +1,5 @@
 //! Prompts through Q4_0, Q8_0 and Q4_K weights with the rows in the lanes: the product of
-//! cpu_q8_gemm.rs (same int8 activations, same math, see its doc) for 16 rows at a time on
+//! row.rs (same int8 activations, same math, see mod.rs) for 16 rows at a time on
 //! AVX-512 VNNI and 8 on AVX2 (with AVX-VNNI where present).
 //!
 //! The 32 weights of a block of a row group are transposed in registers into eight
@@ -22,7 +22,8 @@
 // the loops index lanes, rows and vectors of several arrays at once
 #![allow(clippy::needless_range_loop)]
 
-use super::cpu_q8_gemm::{Isa, QK, QuantizedActs, q4k_scales};
+use super::blocks::{QK, QuantizedActs, q4k_scales};
+use crate::backend::cpu::simd::Isa;
 use crate::weights::WeightFormat;
 use std::arch::x86_64::*;
 

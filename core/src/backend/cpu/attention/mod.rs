@@ -1,0 +1,184 @@
+//! Causal GQA attention on the CPU: one work item per (query token, head) with the plain
+//! loop below (the readable reference for every GPU kernel), or on AVX2 + FMA the kernels
+//! of avx2.rs, and for prompts the scores of a head's queries as one product with the
+//! cached keys (dense.rs).
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+use super::parallel::{SharedOut, par_for};
+use super::simd::dot;
+use crate::backend::AttnShape;
+
+/// Rows of f32 `stride` apart.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+}
+
+/// One layer's cached keys and values, `[positions, stride]`.
+#[derive(Clone, Copy)]
+pub struct Cache<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub stride: usize,
+}
+
+/// `out[t, h] = Σ_p softmax_p(q[t, h] · k[p, g] / √head_dim) · v[p, g]` over p ≤ pos + t, g
+/// the kv head of h, for the n queries at positions pos..pos+n; out rows `out_cols` apart.
+pub fn attention(q: Rows, cache: Cache, n: usize, pos: usize, s: AttnShape, out: &mut [f32], out_cols: usize) {
+    let head = AttnHead { q, cache, pos, s, out_cols, dst: SharedOut::new(out) };
+    #[cfg(target_arch = "x86_64")]
+    let wide = s.head_dim.is_multiple_of(8) && super::simd::Features::chosen().avx2;
+    #[cfg(target_arch = "x86_64")]
+    if wide && n >= 4 {
+        // A prompt: per head, its queries' scores as one matrix product with the cached
+        // keys, then softmax and values per query.
+        par_for(s.n_heads, |h| {
+            // SAFETY: the features and head_dim were checked.
+            unsafe { head.prompt_avx2(h, n) }
+        });
+        return;
+    }
+    // One work item per (query token, head); each writes its own head_dim slice of `out`.
+    par_for(n * s.n_heads, |item| {
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: the features and head_dim were checked.
+            return unsafe { head.attend_avx2(item) };
+        }
+        head.attend(item)
+    });
+}
+
+/// The causal attention of one (query token, head) work item.
+struct AttnHead<'a> {
+    q: Rows<'a>,
+    cache: Cache<'a>,
+    pos: usize,
+    s: AttnShape,
+    out_cols: usize,
+    dst: SharedOut,
+}
+
+impl AttnHead<'_> {
+    /// Query t of head h.
+    fn query(&self, t: usize, h: usize) -> &[f32] {
+        let (hd, row) = (self.s.head_dim, t * self.q.stride);
+        &self.q.data[row + h * hd..row + (h + 1) * hd]
+    }
+
+    /// Where head h's kv head starts in a cache row.
+    fn kv_off(&self, h: usize) -> usize {
+        (h / (self.s.n_heads / self.s.n_kv_heads)) * self.s.head_dim
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.s.head_dim as f32).sqrt()
+    }
+
+    /// The output of query t, head h.
+    ///
+    /// # Safety
+    /// Only the work item of (t, h) writes it.
+    unsafe fn out(&self, t: usize, h: usize) -> &'static mut [f32] {
+        let hd = self.s.head_dim;
+        // SAFETY: passed on from the caller.
+        unsafe { self.dst.slice(t * self.out_cols + h * hd, hd) }
+    }
+
+    /// out[t, h] = Σ_p softmax_p(q[t, h] · k[p, g] / √head_dim) · v[p, g] over p ≤ pos + t,
+    /// g the kv head of h; `item` = t · n_heads + h.
+    #[inline(always)]
+    fn attend(&self, item: usize) {
+        let s = self.s;
+        let hd = s.head_dim;
+        let (t, h) = (item / s.n_heads, item % s.n_heads);
+        let kv_dim = self.cache.stride;
+        let kv_off = self.kv_off(h);
+        let qv = self.query(t, h);
+        let len = self.pos + t + 1;
+        let scale = self.scale();
+        // scores of this query against every cached key up to its own position
+        let mut att = vec![0f32; len];
+        let mut max = f32::NEG_INFINITY;
+        for (p, a) in att.iter_mut().enumerate() {
+            *a = dot(qv, &self.cache.k[p * kv_dim + kv_off..p * kv_dim + kv_off + hd]) * scale;
+            max = max.max(*a);
+        }
+        // softmax
+        let mut sum = 0.0;
+        for a in att.iter_mut() {
+            *a = (*a - max).exp();
+            sum += *a;
+        }
+        // weighted sum of the values
+        // SAFETY: this is the work item of (t, h).
+        let o = unsafe { self.out(t, h) };
+        o.fill(0.0);
+        for (p, a) in att.iter().enumerate() {
+            let vv = &self.cache.v[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
+            let w = a / sum;
+            for (oi, vi) in o.iter_mut().zip(vv) {
+                *oi += w * vi;
+            }
+        }
+    }
+
+    /// `attend` for the n query tokens of head h at once, on AVX2 + FMA: the scores of up
+    /// to 64 queries against all the keys they see are one product of the queries with the
+    /// cached keys read in place (dense.rs, at matrix-product speed instead of a
+    /// dot product per key), then softmax and values per query (avx2.rs). Keys
+    /// past a query's own position get a score and are left out of its softmax.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; head_dim is a multiple of 8.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn prompt_avx2(&self, h: usize, n: usize) {
+        const QUERIES: usize = 64;
+        let hd = self.s.head_dim;
+        let kv_dim = self.cache.stride;
+        let (scale, kv_off) = (self.scale(), self.kv_off(h));
+        let (k, v) = (&self.cache.k[kv_off..], &self.cache.v[kv_off..]);
+        let mut qs = vec![0f32; QUERIES.min(n) * hd];
+        let mut scores = vec![0f32; QUERIES.min(n) * (self.pos + n)];
+        for t0 in (0..n).step_by(QUERIES) {
+            let nq = QUERIES.min(n - t0);
+            let len = self.pos + t0 + nq; // keys the block's last query sees
+            for (j, qj) in qs.chunks_exact_mut(hd).take(nq).enumerate() {
+                for (d, x) in qj.iter_mut().zip(self.query(t0 + j, h)) {
+                    *d = x * scale;
+                }
+            }
+            let sc = &mut scores[..nq * len];
+            super::dense::matmul_f32_strided_serial((nq, hd, len), &qs[..nq * hd], k, kv_dim, sc);
+            for j in 0..nq {
+                let t = t0 + j;
+                // SAFETY: work item h alone writes head h's outputs; the caches hold
+                // pos + t + 1 rows; the features are the caller's contract.
+                unsafe {
+                    let row = &mut sc[j * len..j * len + self.pos + t + 1];
+                    avx2::attend_scored(row, v, kv_dim, self.out(t, h));
+                }
+            }
+        }
+    }
+
+    /// `attend` on AVX2 + FMA (avx2.rs).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; head_dim is a multiple of 8.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn attend_avx2(&self, item: usize) {
+        let (t, h) = (item / self.s.n_heads, item % self.s.n_heads);
+        let kv_off = self.kv_off(h);
+        let (k, v) = (&self.cache.k[kv_off..], &self.cache.v[kv_off..]);
+        // SAFETY: this is the work item of (t, h); the caches hold pos + t + 1 rows; the
+        // features are the caller's contract.
+        unsafe {
+            let len = self.pos + t + 1;
+            avx2::attend(self.query(t, h), k, v, self.cache.stride, len, self.scale(), self.out(t, h))
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The CPU backend: plain loops over f32 for the small ops (the readable reference for
+//! every GPU kernel), and for the matrix products register-tiled SIMD kernels picked at
+//! run time.
+//!
+//! Files, each a kernel that imports only the leaves `simd.rs` (instruction sets, detected
+//! once; shared SIMD helpers) and `parallel.rs` (threads, shared output, cache budget):
+//! - `dense.rs`: f32/f16/bf16 weights, f32 activations;
+//! - `q8/`: Q4_0/Q8_0/Q4_K/Q6_K with int8 activations on AVX2, AVX-VNNI or AVX-512 VNNI
+//!   (x86-64);
+//! - `gptq.rs`: GPTQ 4-bit;
+//! - `ggml.rs`: candle's kernels, for Q4_1 and CPUs without AVX2;
+//! - `attention/`: causal GQA attention, the plain loop and the AVX2 kernels.
+
+mod attention;
+mod dense;
+mod ggml;
+mod gptq;
+mod parallel;
+#[cfg(target_arch = "x86_64")]
+mod q8;
+mod simd;
+
+use super::{AttnShape, Backend};
+use crate::Result;
+use crate::weights::{Blob, RopeStyle, WeightData, WeightFormat};
+use std::sync::Arc;
+
+pub struct Cpu;
+
+pub struct CpuAct {
+    data: Vec<f32>,
+    cols: usize,
+}
+
+#[derive(Clone)]
+pub struct CpuMatrix {
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    bytes: Blob,
+    /// Column permutation (GPTQ act order): the product gathers `x[perm]` first.
+    perm: Option<Arc<Vec<u32>>>,
+}
+
+pub struct CpuKv {
+    data: Vec<f32>,
+    kv_dim: usize,
+}
+
+impl Backend for Cpu {
+    type Act = CpuAct;
+    type Matrix = CpuMatrix;
+    type Kv = CpuKv;
+
+    fn name(&self) -> String {
+        let threads = candle_core::utils::get_num_threads();
+        let isa = match simd::Isa::detect() {
+            None if cfg!(target_arch = "x86_64") => "no AVX2: candle's kernels",
+            None => std::env::consts::ARCH,
+            Some(simd::Isa::Avx512Vnni) => "AVX-512 VNNI",
+            Some(simd::Isa::AvxVnni) => "AVX-VNNI",
+            Some(simd::Isa::Avx2) => "AVX2",
+        };
+        format!("cpu ({threads} threads, {isa})")
+    }
+
+    fn upload_matrix(&self, _name: &str, w: &WeightData) -> Result<CpuMatrix> {
+        // Mapped bytes are used in place; only a misaligned tensor is copied.
+        Ok(CpuMatrix { format: w.format, rows: w.rows, cols: w.cols, bytes: w.bytes.aligned(8), perm: w.perm.clone() })
+    }
+
+    fn alloc(&self, _name: &str, rows: usize, cols: usize) -> Result<CpuAct> {
+        Ok(CpuAct { data: vec![0.0; rows * cols], cols })
+    }
+
+    fn alloc_kv(&self, _name: &str, max_seq: usize, kv_dim: usize) -> Result<CpuKv> {
+        Ok(CpuKv { data: vec![0.0; max_seq * kv_dim], kv_dim })
+    }
+
+    fn write(&self, dst: &mut CpuAct, data: &[f32]) {
+        dst.data[..data.len()].copy_from_slice(data);
+    }
+
+    fn embed(&self, table: &CpuMatrix, ids: &[u32], out: &mut CpuAct) {
+        let rb = table.format.row_bytes(table.cols, "").expect("checked at load");
+        for (t, &id) in ids.iter().enumerate() {
+            let row = &table.bytes[id as usize * rb..(id as usize + 1) * rb];
+            table.format.dequantize(row, &mut out.data[t * table.cols..(t + 1) * table.cols]);
+        }
+    }
+
+    fn rms_norm(&self, x: &CpuAct, first: usize, n: usize, w: &CpuAct, eps: f32, out: &mut CpuAct) {
+        let d = x.cols;
+        for t in 0..n {
+            let xr = &x.data[(first + t) * d..(first + t + 1) * d];
+            let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let inv = 1.0 / (ss + eps).sqrt();
+            for ((o, xv), wv) in out.data[t * d..(t + 1) * d].iter_mut().zip(xr).zip(&w.data[..d]) {
+                *o = xv * inv * wv;
+            }
+        }
+    }
+
+    fn matmul(&self, x: &CpuAct, n: usize, w: &CpuMatrix, out: &mut CpuAct) {
+        let k = w.cols;
+        // W[:, perm] · x[perm]: gather each row of x into the matrix's column order
+        let gathered: Vec<f32>;
+        let xs = match &w.perm {
+            None => &x.data[..n * k],
+            Some(perm) => {
+                gathered = (0..n).flat_map(|t| perm.iter().map(move |&c| x.data[t * x.cols + c as usize])).collect();
+                &gathered[..]
+            }
+        };
+        let dst = &mut out.data[..n * w.rows];
+        match w.format {
+            f @ (WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16) => {
+                dense::matmul(f, (n, k, w.rows), xs, &w.bytes, dst)
+            }
+            WeightFormat::Gptq4 => gptq::matmul((n, k, w.rows), xs, &w.bytes, dst),
+            #[cfg(target_arch = "x86_64")]
+            f if q8::supports(f) => q8::matmul((n, k, w.rows), f, xs, &w.bytes, dst),
+            f => ggml::matmul(f, (n, k, w.rows), xs, &w.bytes, dst),
+        }
+    }
+
+    fn rope(&self, x: &mut CpuAct, n: usize, n_heads: usize, head_dim: usize, table: &CpuAct, style: RopeStyle) {
+        let half = head_dim / 2;
+        for t in 0..n {
+            let angles = &table.data[t * head_dim..(t + 1) * head_dim];
+            for h in 0..n_heads {
+                let v = &mut x.data[t * x.cols + h * head_dim..t * x.cols + (h + 1) * head_dim];
+                for i in 0..half {
+                    let (c, s) = (angles[2 * i], angles[2 * i + 1]);
+                    let (a, b) = match style {
+                        RopeStyle::Half => (i, i + half),
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    let (x0, x1) = (v[a], v[b]);
+                    v[a] = x0 * c - x1 * s;
+                    v[b] = x0 * s + x1 * c;
+                }
+            }
+        }
+    }
+
+    fn store_kv(&self, k: &CpuAct, v: &CpuAct, n: usize, pos: usize, kc: &mut CpuKv, vc: &mut CpuKv) {
+        let d = kc.kv_dim;
+        kc.data[pos * d..(pos + n) * d].copy_from_slice(&k.data[..n * d]);
+        vc.data[pos * d..(pos + n) * d].copy_from_slice(&v.data[..n * d]);
+    }
+
+    fn attention(&self, q: &CpuAct, kc: &CpuKv, vc: &CpuKv, n: usize, pos: usize, s: AttnShape, out: &mut CpuAct) {
+        let queries = attention::Rows { data: &q.data, stride: q.cols };
+        let cache = attention::Cache { k: &kc.data, v: &vc.data, stride: kc.kv_dim };
+        attention::attention(queries, cache, n, pos, s, &mut out.data, out.cols)
+    }
+
+    fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct, len: usize) {
+        for (g, u) in gate.data[..len].iter_mut().zip(&up.data[..len]) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    }
+
+    fn add(&self, x: &mut CpuAct, y: &CpuAct, len: usize) {
+        for (a, b) in x.data[..len].iter_mut().zip(&y.data[..len]) {
+            *a += b;
+        }
+    }
+
+    async fn argmax(&self, x: &CpuAct, row: usize) -> Result<u32> {
+        let r = &x.data[row * x.cols..(row + 1) * x.cols];
+        let mut best = 0;
+        for (i, v) in r.iter().enumerate() {
+            if *v > r[best] {
+                best = i;
+            }
+        }
+        Ok(best as u32)
+    }
+
+    async fn read(&self, x: &CpuAct, rows: usize) -> Result<Vec<f32>> {
+        Ok(x.data[..rows * x.cols].to_vec())
+    }
+}

@@ -1,0 +1,66 @@
+//! What the int8 kernels of this folder share: the activations quantized to int8 blocks,
+//! and the decoding of Q4_K's packed scales. A leaf.
+
+use half::f16;
+
+/// Weights (and inputs) per block.
+pub const QK: usize = 32;
+
+/// Activations quantized to int8 blocks of 32, token-major: `qs[t*k + i]`, and per block
+/// `d[t*k/32 + b]` and `sum[..] = d · Σ qs` (for the min term of Q4_K).
+pub struct QuantizedActs {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub sum: Vec<f32>,
+}
+
+/// Quantize each 32-value block of `x` (m rows of k) to int8 with scale `max|x| / 127`,
+/// rounding to nearest: the same rule as ggml's `quantize_row_q8_0` (whose scale is then
+/// stored as f16; here it stays f32).
+pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
+    let mut qs = vec![0i8; x.len()];
+    let mut d = vec![0f32; x.len() / QK];
+    let mut sum = vec![0f32; x.len() / QK];
+    for (((blk, q), d), sum) in x
+        .chunks_exact(QK)
+        .zip(qs.chunks_exact_mut(QK))
+        .zip(&mut d)
+        .zip(&mut sum)
+    {
+        let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
+        *d = amax / 127.0;
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (q, v) in q.iter_mut().zip(blk) {
+            *q = (v * id).round() as i8;
+        }
+        *sum = *d * q.iter().map(|&q| q as i32).sum::<i32>() as f32;
+    }
+    QuantizedActs { qs, d, sum }
+}
+
+pub fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: callers pass the address of an in-bounds f16.
+    f16::from_bits(u16::from_le_bytes(unsafe { [*p, *p.add(1)] })).to_f32()
+}
+
+/// The scale d · sc_j and min dmin · m_j of each sub-block j of the Q4_K super-block at
+/// `p` (its 6-bit scales and mins packed in 12 bytes, as ggml's `get_scale_min_k4`).
+///
+/// # Safety
+/// `p` points at a whole super-block (144 bytes).
+#[inline(always)]
+pub unsafe fn q4k_scales(p: *const u8) -> ([f32; 8], [f32; 8]) {
+    let (d, dmin) = (f16_at(p), f16_at(unsafe { p.add(2) }));
+    let sc = unsafe { std::slice::from_raw_parts(p.add(4), 12) };
+    let (mut scale, mut min) = ([0f32; 8], [0f32; 8]);
+    for j in 0..8 {
+        let (s, m) = if j < 4 {
+            (sc[j] & 63, sc[j + 4] & 63)
+        } else {
+            ((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+        };
+        scale[j] = d * s as f32;
+        min[j] = dmin * m as f32;
+    }
+    (scale, min)
+}

@@ -1,0 +1,381 @@
+//! `Llama`: a loaded model with its tokenizer and chat template, and the calls every
+//! binding wraps: `chat`, streaming chat, `generate`, `session`, `tokenize`.
+//!
+//! One function assembles a `Llama` from its parts, `Llama::from_parts`: weights on a
+//! device, the files that give its tokenizer and chat template, and `LoadOptions`.
+//! `Llama::load` (a path or a Hugging Face repo id) and the browser's streaming loader
+//! both end there.
+
+use crate::chat::{ChatTemplate, Message, own_template};
+use crate::device::BackendChoice;
+use crate::generate::{Cached, Completion, Flow, GenerateOptions, Generation};
+use crate::runner::Runner;
+use crate::tokenizer::{SentencePiece, Tokenizer};
+use crate::weights::WeightFormat;
+use crate::weights::gguf::GgufFile;
+use crate::{Config, Error, Result};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+#[cfg(not(target_arch = "wasm32"))]
+use {crate::weights::builder::LoadProgress, crate::weights::source::ModelFiles, std::path::Path};
+
+/// Idle session states kept for reuse (each holds a KV cache).
+const POOL_SIZE: usize = 2;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub backend: BackendChoice,
+    /// `llama2`, `llama2-chinese`; `None` uses the model's own template, else `llama2`.
+    pub template: Option<String>,
+    /// Quantize f16/f32/bf16 weights while loading.
+    pub quantize: Option<WeightFormat>,
+    /// KV cache length; default min(trained context, 4096).
+    pub ctx_len: Option<usize>,
+    /// Tokens per prefill batch.
+    pub max_batch: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { backend: BackendChoice::Auto, template: None, quantize: None, ctx_len: None, max_batch: 512 }
+    }
+}
+
+impl LoadOptions {
+    /// Checked before any weight is read (`load`), and by `from_parts`.
+    fn validate(&self) -> Result<()> {
+        if self.max_batch == 0 {
+            return Err(Error::arg("max_batch", "must be at least 1"));
+        }
+        if self.ctx_len == Some(0) {
+            return Err(Error::arg("ctx_len", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a model's tokenizer and chat template come from, besides a GGUF's header.
+pub enum TokenizerFiles<'a> {
+    /// A model folder: tokenizer.model (preferred) or tokenizer.json, and
+    /// tokenizer_config.json, whose `chat_template` is the model's own. A folder without a
+    /// tokenizer gives a model that runs on token ids only.
+    #[cfg(not(target_arch = "wasm32"))]
+    Dir(&'a Path),
+    /// The same files as bytes (a browser's download). Without a tokenizer, the GGUF's
+    /// vocabulary is required.
+    Bytes { tokenizer: Option<&'a [u8]>, tokenizer_config: Option<&'a str> },
+    /// Nothing beside the weights: a GGUF file, which carries both.
+    None,
+}
+
+/// What a model carries that turns its chats into ids: the tokenizer, and the chat
+/// template it names, if any.
+pub struct ChatFormat {
+    pub tokenizer: Tokenizer,
+    /// A GGUF's or tokenizer_config.json's jinja `chat_template`.
+    pub own_template: Option<ChatTemplate>,
+}
+
+impl ChatFormat {
+    /// The rules of [`Llama::from_parts`]. Read before any weight loads, so a bad
+    /// tokenizer fails fast.
+    pub fn read(gguf: Option<&GgufFile>, files: TokenizerFiles, vocab_size: usize) -> Result<ChatFormat> {
+        let (tokenizer, own_template) = match files {
+            #[cfg(not(target_arch = "wasm32"))]
+            TokenizerFiles::Dir(dir) => {
+                if !dir.join("tokenizer.model").exists() && !dir.join("tokenizer.json").exists() {
+                    log::warn!("{}: no tokenizer.model or tokenizer.json; the model runs on token ids only", dir.display());
+                    (Tokenizer::Absent { vocab_size }, None)
+                } else {
+                    let tok = Tokenizer::from_file(dir)?;
+                    let own = own_template::from_dir(dir, &tok);
+                    (tok, own)
+                }
+            }
+            TokenizerFiles::Bytes { tokenizer, tokenizer_config } => {
+                let tok = match (tokenizer, gguf) {
+                    (Some(bytes), _) => Tokenizer::from_bytes(bytes)?,
+                    (None, Some(g)) => gguf_tokenizer(g)?,
+                    (None, None) => {
+                        return Err(Error::arg("tokenizer", "this model has no tokenizer: pass tokenizer.model or tokenizer.json"));
+                    }
+                };
+                let own = match (tokenizer_config, gguf) {
+                    (Some(cfg), _) => own_template::from_tokenizer_config(cfg, &tok),
+                    (None, Some(g)) => own_template::from_gguf(g, &tok),
+                    _ => None,
+                };
+                (tok, own)
+            }
+            TokenizerFiles::None => {
+                let g = gguf.ok_or_else(|| Error::arg("tokenizer", "no tokenizer found: neither tokenizer files nor a GGUF vocabulary"))?;
+                let tok = gguf_tokenizer(g)?;
+                let own = own_template::from_gguf(g, &tok);
+                (tok, own)
+            }
+        };
+        Ok(ChatFormat { tokenizer, own_template })
+    }
+
+    /// The tokenizer and template of a model on disk: a GGUF's header, or the files of a
+    /// model folder.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn of_files(files: &ModelFiles) -> Result<ChatFormat> {
+        let tokenizer_files = match files.dir() {
+            Some(dir) if files.gguf().is_none() => TokenizerFiles::Dir(dir),
+            _ => TokenizerFiles::None,
+        };
+        ChatFormat::read(files.gguf(), tokenizer_files, files.config.vocab_size)
+    }
+}
+
+pub struct Llama {
+    runner: Arc<dyn Runner>,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+    ctx_len: usize,
+    max_batch: usize,
+    bos: u32,
+    eos_ids: Vec<u32>,
+    pool: Mutex<Vec<Cached>>,
+}
+
+impl Llama {
+    /// Assemble a `Llama`: `runner` holds the weights on a device (`Model::into_runner`);
+    /// the tokenizer is `files`' (else the GGUF's vocabulary); the template is
+    /// `opts.template`, else the model's own (tokenizer_config.json, else the GGUF's), else
+    /// `llama2`; the context is `opts.ctx_len`, else min(trained context, 4096).
+    pub fn from_parts(runner: Arc<dyn Runner>, gguf: Option<&GgufFile>, files: TokenizerFiles, opts: &LoadOptions) -> Result<Llama> {
+        opts.validate()?;
+        let chat = ChatFormat::read(gguf, files, runner.config().vocab_size)?;
+        let template = own_template::choose(opts.template.as_deref(), chat.own_template)?;
+        Llama::assemble(runner, chat.tokenizer, template, opts)
+    }
+
+    /// The last step of `from_parts` and `load`: the tokenizer checked against the model,
+    /// BOS/EOS ids, the context.
+    fn assemble(runner: Arc<dyn Runner>, tokenizer: Tokenizer, template: ChatTemplate, opts: &LoadOptions) -> Result<Llama> {
+        let c = runner.config();
+        if tokenizer.vocab_size() > c.vocab_size {
+            return Err(Error::Tokenizer(format!(
+                "the tokenizer has {} ids but the model only {} logits",
+                tokenizer.vocab_size(),
+                c.vocab_size
+            )));
+        }
+        let bos = tokenizer.bos_id().or(c.bos_id).unwrap_or(1);
+        let mut eos_ids = c.eos_ids.clone();
+        eos_ids.extend(tokenizer.eos_id());
+        eos_ids.dedup();
+        let ctx_len = opts.ctx_len.unwrap_or(c.max_seq_len.min(4096));
+        Ok(Llama {
+            runner,
+            tokenizer: Arc::new(tokenizer),
+            template,
+            ctx_len,
+            max_batch: opts.max_batch,
+            bos,
+            eos_ids,
+            pool: Mutex::new(vec![]),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        self.runner.config()
+    }
+    pub fn device(&self) -> String {
+        self.runner.device()
+    }
+    pub fn runner(&self) -> &Arc<dyn Runner> {
+        &self.runner
+    }
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+    pub fn context_length(&self) -> usize {
+        self.ctx_len
+    }
+
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text)
+    }
+
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids)
+    }
+
+    /// The prompt ids `chat` would run for `messages`.
+    pub fn render(&self, messages: &[Message], allow_control: bool) -> Result<Vec<u32>> {
+        self.template.render(&self.tokenizer, self.bos, self.eos_ids[0], messages, allow_control)
+    }
+
+    /// A fresh or pooled session state; prefers the one sharing the longest prefix.
+    pub fn take_state(&self, prompt: &[u32]) -> Result<Cached> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let best = (0..pool.len()).max_by_key(|&i| pool[i].tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count());
+        if let Some(i) = best {
+            return Ok(pool.swap_remove(i));
+        }
+        drop(pool);
+        Ok(Cached { state: self.runner.new_state(self.ctx_len, self.max_batch, 1)?, tokens: vec![] })
+    }
+
+    pub fn put_state(&self, c: Cached) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_SIZE {
+            pool.push(c);
+        }
+    }
+
+    /// Generate after `prompt` ids on a pooled state, streaming text to `on_text`.
+    pub async fn complete_ids_async(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Completion> {
+        // parameters and length are checked once, before any device work
+        let max_new = opts.check(prompt.len(), self.ctx_len)?;
+        let mut cache = self.take_state(prompt)?;
+        let r = self.run_on(&mut cache, prompt, max_new, opts, cancel, on_text).await;
+        self.put_state(cache);
+        r
+    }
+
+    /// Generate after `prompt` on `cache`; `max_new` comes from `GenerateOptions::check`.
+    pub(crate) async fn run_on(
+        &self,
+        cache: &mut Cached,
+        prompt: &[u32],
+        max_new: usize,
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Completion> {
+        let g = Generation {
+            runner: self.runner.as_ref(),
+            tokenizer: &self.tokenizer,
+            eos_ids: &self.eos_ids,
+            opts,
+            cancel,
+            clock: crate::generate::now,
+        };
+        g.run(cache, prompt, max_new, on_text).await
+    }
+
+    pub async fn chat_async(
+        &self,
+        messages: &[Message],
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Completion> {
+        let prompt = self.render(messages, opts.allow_control_tokens)?;
+        self.complete_ids_async(&prompt, opts, cancel, on_text).await
+    }
+
+    /// Raw completion of `prompt` text (BOS, then the text; no template).
+    pub async fn generate_async(
+        &self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Completion> {
+        let mut ids = vec![self.bos];
+        ids.extend(self.tokenizer.encode(prompt)?);
+        self.complete_ids_async(&ids, opts, cancel, on_text).await
+    }
+
+    /// A multi-turn conversation that keeps its KV cache between turns.
+    pub fn session(self: &Arc<Self>, system: Option<String>) -> crate::session::ChatSession {
+        crate::session::ChatSession::new(self.clone(), system)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Llama {
+    /// `chat_async`, blocking. The answer with `finish_reason` and `usage`.
+    pub fn chat(&self, messages: &[Message], opts: &GenerateOptions) -> Result<Completion> {
+        pollster::block_on(self.chat_async(messages, opts, None, &mut |_| Flow::Continue))
+    }
+
+    /// `chat_async`, blocking, streaming text pieces to `on_text`; stops early when
+    /// `on_text` returns `Flow::Stop` or `cancel` is set.
+    pub fn chat_stream(
+        &self,
+        messages: &[Message],
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Completion> {
+        pollster::block_on(self.chat_async(messages, opts, cancel, on_text))
+    }
+
+    pub fn generate(&self, prompt: &str, opts: &GenerateOptions, cancel: Option<&AtomicBool>, on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
+        pollster::block_on(self.generate_async(prompt, opts, cancel, on_text))
+    }
+
+    pub fn complete_ids(&self, prompt: &[u32], opts: &GenerateOptions, cancel: Option<&AtomicBool>, on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
+        pollster::block_on(self.complete_ids_async(prompt, opts, cancel, on_text))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Llama {
+    /// Load a model folder (config.json + safetensors + tokenizer) or a `.gguf` file; with the
+    /// `hub` feature also a Hugging Face repo id (`owner/name`, `owner/name:Q4_K_M`), downloaded
+    /// into the Hugging Face cache first (progress reports `download <file>`).
+    pub async fn load_async(path: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {
+        #[cfg(feature = "hub")]
+        let resolved = match path.to_str() {
+            Some(spec) => crate::hub::resolve_model(spec, &mut |p| {
+                let tensor = format!("download {}", p.file);
+                progress(LoadProgress { tensor: &tensor, done_bytes: p.done_bytes, total_bytes: p.total_bytes })
+            })?,
+            None => path.to_path_buf(),
+        };
+        #[cfg(feature = "hub")]
+        let path = resolved.as_path();
+        let mut files = ModelFiles::open(path)?;
+        opts.validate()?;
+        let chat = ChatFormat::of_files(&files)?;
+        let template = own_template::choose(opts.template.as_deref(), chat.own_template)?;
+        let total = files.total_bytes() as u64;
+        let runner = match opts.quantize {
+            None => crate::device::load_runner(&mut files, opts.backend, total, progress).await?,
+            Some(f) => {
+                let mut q = crate::weights::quantize::Quantizing::new(&mut files, f)?;
+                crate::device::load_runner(&mut q, opts.backend, total, progress).await?
+            }
+        };
+        Llama::assemble(runner, chat.tokenizer, template, opts)
+    }
+
+    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {
+        pollster::block_on(Self::load_async(path.as_ref(), opts, progress))
+    }
+}
+
+/// The SentencePiece tokenizer carried in a GGUF's `tokenizer.ggml.*` keys.
+fn gguf_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
+    if let Some(m) = g.tokenizer_model().filter(|m| *m != "llama") {
+        return Err(Error::load(g.path(), format!("tokenizer model `{m}` is not supported (expected llama)")));
+    }
+    let tokens = g.tokens().ok_or_else(|| Error::load(g.path(), "no tokenizer.ggml.tokens in this GGUF"))?;
+    let sp = SentencePiece::from_vocab(
+        tokens,
+        g.scores().unwrap_or_default(),
+        g.token_types().unwrap_or_default(),
+        Some(g.bos_id().unwrap_or(1)),
+        Some(g.eos_id().unwrap_or(2)),
+        g.unk_id(),
+        true,
+    )
+    .map_err(|e| Error::load(g.path(), e.to_string()))?;
+    Ok(Tokenizer::SentencePiece(sp))
+}

@@ -201,9 +201,9 @@ impl WeightData {
         Ok(self)
     }
 
-    /// Decode row `r` into f32, in the matrix's logical column order (for embeddings and
-    /// norms, and for tests).
-    pub fn row_f32(&self, r: usize) -> Vec<f32> {
+    /// Decode row `r` into f32, in the matrix's logical column order (tests' references).
+    #[cfg(test)]
+    pub(crate) fn row_f32(&self, r: usize) -> Vec<f32> {
         let rb = self.format.row_bytes(self.cols, "").expect("validated at construction");
         let mut out = vec![0f32; self.cols];
         self.format.dequantize(&self.bytes[r * rb..(r + 1) * rb], &mut out);

@@ -3,7 +3,7 @@
 // load4, unit_dot) + this file + the kernel.
 //
 // Buffer layout (elements are f32 unless said otherwise):
-//   binding 0  p:   Params (uniform, one 256-byte slot per dispatch)
+//   binding 0  p:   Params (uniform: a 64-byte window at this dispatch's slot of the params ring)
 //   binding 1  w:   weight payload of one chunk of rows, array<vec4<u32>>
 //   binding 2  ws:  per-block scales of that chunk (format-specific), array<u32>
 //   binding 3  x:   input activations [n, x_stride] (declared by each kernel)

@@ -12,6 +12,9 @@ pub mod cpu;
 pub mod wgpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+// pollster, which the suite blocks on, is a native-only dependency
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod conformance;
 
 use crate::Result;
 use crate::weights::{RopeStyle, WeightData};

@@ -84,7 +84,10 @@ pub struct Compiled {
     pub n_storage: usize,
 }
 
-/// Size of the uniform window bound at binding 0 (one params slot).
+/// Size of the uniform window bound at binding 0: room for the largest `Params`
+/// (attention's, 44 bytes; params.rs tests that every kernel's fits). Slots in the ring are
+/// max(min_uniform_buffer_offset_alignment, PARAMS_SIZE) apart, so the window never reaches
+/// past the ring's last slot, even where the alignment is under 256.
 pub const PARAMS_SIZE: u64 = 64;
 
 pub fn compile(device: &wgpu::Device, k: Kernel, native_f16: bool) -> Arc<Compiled> {

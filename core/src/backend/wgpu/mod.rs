@@ -8,10 +8,12 @@
 mod device;
 pub mod kernels;
 pub mod matrix;
+mod params;
 
 use self::device::Gpu;
 use self::kernels::{Compiled, Kernel, PARAMS_SIZE};
 use self::matrix::{Layout, layout, repack_rows, rows_per_chunk};
+use self::params::{Argmax, Attention, AttentionCombine, Elementwise, Gather, RmsNorm, Rope, StoreKv, Weights};
 use super::{AttnShape, Backend};
 use crate::weights::{RopeStyle, WeightData, WeightFormat};
 use crate::{Error, Result};
@@ -155,8 +157,11 @@ impl Wgpu {
         map.entry(k).or_insert_with(|| kernels::compile(&self.gpu.device, k, self.gpu.f16)).clone()
     }
 
-    /// Record one dispatch of `k` with `params` (u32 words) over `buffers` (bindings 1..).
-    fn dispatch(&self, k: Kernel, params: &[u32], buffers: Vec<Bind>, groups: [u32; 3]) {
+    /// Record one dispatch of `k` with `params` (the kernel's struct from params.rs) over
+    /// `buffers` (bindings 1..).
+    fn dispatch<P: bytemuck::Pod>(&self, k: Kernel, params: &P, buffers: Vec<Bind>, groups: [u32; 3]) {
+        // the shader sees only the PARAMS_SIZE window at the slot's start
+        const { assert!(size_of::<P>() as u64 <= PARAMS_SIZE) };
         let kernel = self.kernel(k);
         debug_assert_eq!(buffers.len(), kernel.n_storage);
         let mut rec = self.rec.lock().unwrap();
@@ -165,7 +170,7 @@ impl Wgpu {
         }
         let slot = rec.params.len() as u32;
         let mut bytes = vec![0u8; self.slot as usize];
-        bytes[..params.len() * 4].copy_from_slice(bytemuck::cast_slice(params));
+        bytes[..size_of::<P>()].copy_from_slice(bytemuck::bytes_of(params));
         rec.params.extend_from_slice(&bytes);
         let key = (k, buffers);
         let bind = match rec.binds.get(&key) {
@@ -354,7 +359,7 @@ impl Wgpu {
     fn gather(&self, x: &WgpuAct, n: usize, cols: usize, perm: &wgpu::Buffer) -> Option<WgpuAct> {
         let buf = self.scratch(&self.gathered, "gather scratch", (n * cols * 4) as u64)?;
         let (groups, gx) = self.linear_groups(n * cols);
-        let params = [n as u32, cols as u32, x.cols as u32, gx];
+        let params = Gather { n: n as u32, cols: cols as u32, x_stride: x.cols as u32, grid_x: gx };
         self.dispatch(Kernel::Gather, &params, vec![whole(perm), whole(&x.buf), whole(&buf)], groups);
         Some(WgpuAct { buf, cols })
     }
@@ -388,17 +393,17 @@ impl Wgpu {
         let m = &w.0;
         for c in &m.chunks {
             let (groups, grid_x) = grid(c);
-            let params = [
-                n as u32,
-                c.rows as u32,
-                m.cols as u32,
-                m.lay.nb as u32,
-                x.cols as u32,
-                out.cols as u32,
-                c.row0 as u32,
+            let params = Weights {
+                n: n as u32,
+                rows: c.rows as u32,
+                cols: m.cols as u32,
+                nb: m.lay.nb as u32,
+                x_stride: x.cols as u32,
+                out_stride: out.cols as u32,
+                out_off: c.row0 as u32,
                 grid_x,
-                c.row0 as u32,
-            ];
+                row0: c.row0 as u32,
+            };
             let scales = if c.scales_size > 0 { (c.buf.clone(), c.scales_offset, c.scales_size) } else { whole(&self.dummy) };
             let bufs = vec![(c.buf.clone(), 0, c.payload_size), scales, whole(&x.buf), whole(&out.buf)];
             self.dispatch(kern, &params, bufs, groups);
@@ -488,7 +493,7 @@ impl Backend for Wgpu {
     }
 
     fn rms_norm(&self, x: &WgpuAct, first: usize, n: usize, w: &WgpuAct, eps: f32, out: &mut WgpuAct) {
-        let params = [n as u32, x.cols as u32, first as u32, eps.to_bits()];
+        let params = RmsNorm { n: n as u32, cols: x.cols as u32, first: first as u32, eps };
         self.dispatch(Kernel::RmsNorm, &params, vec![whole(&x.buf), whole(&w.buf), whole(&out.buf)], [n as u32, 1, 1]);
     }
 
@@ -515,14 +520,15 @@ impl Backend for Wgpu {
 
     fn rope(&self, x: &mut WgpuAct, n: usize, n_heads: usize, head_dim: usize, table: &WgpuAct, style: RopeStyle) {
         let (groups, gx) = self.linear_groups(n * n_heads * head_dim / 2);
-        let inter = (style == RopeStyle::Interleaved) as u32;
-        let params = [n as u32, n_heads as u32, head_dim as u32, x.cols as u32, inter, gx];
+        let interleaved = (style == RopeStyle::Interleaved) as u32;
+        let (n, n_heads, head_dim, stride) = (n as u32, n_heads as u32, head_dim as u32, x.cols as u32);
+        let params = Rope { n, n_heads, head_dim, stride, interleaved, grid_x: gx };
         self.dispatch(Kernel::Rope, &params, vec![whole(&x.buf), whole(&table.buf)], groups);
     }
 
     fn store_kv(&self, k: &WgpuAct, v: &WgpuAct, n: usize, pos: usize, kc: &mut WgpuKv, vc: &mut WgpuKv) {
         let (groups, gx) = self.linear_groups(n * kc.kv_dim);
-        let params = [n as u32, pos as u32, kc.kv_dim as u32, gx];
+        let params = StoreKv { n: n as u32, pos: pos as u32, kv_dim: kc.kv_dim as u32, grid_x: gx };
         self.dispatch(Kernel::StoreKv, &params, vec![whole(&k.buf), whole(&v.buf), whole(&kc.buf), whole(&vc.buf)], groups);
     }
 
@@ -545,39 +551,39 @@ impl Backend for Wgpu {
         } else {
             self.dummy.clone()
         };
-        let params = [
-            n as u32,
-            pos as u32,
-            s.n_heads as u32,
-            s.n_kv_heads as u32,
-            s.head_dim as u32,
-            q.cols as u32,
-            kc.kv_dim as u32,
-            out.cols as u32,
-            scale.to_bits(),
-            chunk as u32,
-            splits as u32,
-        ];
+        let params = Attention {
+            n: n as u32,
+            pos: pos as u32,
+            n_heads: s.n_heads as u32,
+            n_kv_heads: s.n_kv_heads as u32,
+            head_dim: s.head_dim as u32,
+            q_stride: q.cols as u32,
+            kv_stride: kc.kv_dim as u32,
+            out_stride: out.cols as u32,
+            scale,
+            chunk: chunk as u32,
+            splits: splits as u32,
+        };
         let bufs = vec![whole(&q.buf), whole(&kc.buf), whole(&vc.buf), whole(&out.buf), whole(&parts)];
         self.dispatch(Kernel::Attention, &params, bufs, [s.n_heads as u32, n as u32, splits as u32]);
         if splits > 1 {
-            let params = [s.n_heads as u32, s.head_dim as u32, splits as u32];
+            let params = AttentionCombine { n_heads: s.n_heads as u32, head_dim: s.head_dim as u32, splits: splits as u32 };
             self.dispatch(Kernel::AttentionCombine, &params, vec![whole(&parts), whole(&out.buf)], [s.n_heads as u32, 1, 1]);
         }
     }
 
     fn silu_mul(&self, gate: &mut WgpuAct, up: &WgpuAct, len: usize) {
         let (groups, gx) = self.linear_groups(len);
-        self.dispatch(Kernel::SiluMul, &[len as u32, gx], vec![whole(&gate.buf), whole(&up.buf)], groups);
+        self.dispatch(Kernel::SiluMul, &Elementwise { len: len as u32, grid_x: gx }, vec![whole(&gate.buf), whole(&up.buf)], groups);
     }
 
     fn add(&self, x: &mut WgpuAct, y: &WgpuAct, len: usize) {
         let (groups, gx) = self.linear_groups(len);
-        self.dispatch(Kernel::Add, &[len as u32, gx], vec![whole(&x.buf), whole(&y.buf)], groups);
+        self.dispatch(Kernel::Add, &Elementwise { len: len as u32, grid_x: gx }, vec![whole(&x.buf), whole(&y.buf)], groups);
     }
 
     async fn argmax(&self, x: &WgpuAct, row: usize) -> Result<u32> {
-        self.dispatch(Kernel::Argmax, &[x.cols as u32, row as u32], vec![whole(&x.buf), whole(&self.argmax_out)], [1, 1, 1]);
+        self.dispatch(Kernel::Argmax, &Argmax { cols: x.cols as u32, row: row as u32 }, vec![whole(&x.buf), whole(&self.argmax_out)], [1, 1, 1]);
         let bytes = self.readback(&self.argmax_out, 0, 4).await?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }

@@ -173,7 +173,7 @@ impl<'a, B: Backend> Suite<'a, B> {
             };
             let name = format!("{f:?}{}", if permuted { " permuted" } else { "" });
             let src = random(&mut self.rng, ROWS * cols, 1.0);
-            let mut w = WeightData::new(f, ROWS, cols, Blob::from_vec(crate::quant::quantize(f, &src)), &name).unwrap();
+            let mut w = WeightData::new(f, ROWS, cols, Blob::from_vec(crate::weights::ggml::quantize(f, &src)), &name).unwrap();
             let mut perm: Vec<u32> = (0..cols as u32).collect();
             if permuted {
                 for i in (1..cols).rev() {

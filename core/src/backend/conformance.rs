@@ -24,8 +24,9 @@ enum Products {
     /// f32 activations times exactly the stored weights (wgpu).
     #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     Exact,
-    /// llama.cpp's scheme (cpu.rs): 8-bit activations for the ggml block formats (blocks of
-    /// 32, or Q8_K's 256 for K-quants), f16 activations for f16 weights.
+    /// llama.cpp's scheme (cpu/): 8-bit activations for the ggml block formats (blocks of
+    /// 32; the bound allows Q8_K's 256 for K-quants, which candle's fallback uses), f32
+    /// activations for the float formats.
     #[cfg_attr(not(feature = "cpu"), allow(dead_code))]
     Cpu,
     /// cuda/: 8-bit activations in blocks of 32 for quantized decode; f16 tensor-core tiles
@@ -47,8 +48,7 @@ enum Inputs {
 fn inputs(p: Products, f: WeightFormat, n: usize) -> Inputs {
     use WeightFormat::*;
     match (p, f) {
-        (Products::Exact, _) | (Products::Cpu, F32 | BF16 | Gptq4) | (Products::Cuda, F32) => Inputs::F32,
-        (Products::Cpu, F16) => Inputs::F16 { weights: false },
+        (Products::Exact, _) | (Products::Cpu, F32 | F16 | BF16 | Gptq4) | (Products::Cuda, F32) => Inputs::F32,
         (Products::Cpu, Q4K | Q6K) => Inputs::Q8 { block: 256 },
         (Products::Cpu, _) => Inputs::Q8 { block: 32 },
         (Products::Cuda, F16 | BF16) if n == 1 => Inputs::F32,

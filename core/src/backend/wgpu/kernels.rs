@@ -78,7 +78,6 @@ pub fn source(k: Kernel, native_f16: bool) -> String {
 }
 
 pub struct Compiled {
-    pub kernel: Kernel,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     pub n_storage: usize,
@@ -133,7 +132,7 @@ pub fn compile(device: &wgpu::Device, k: Kernel, native_f16: bool) -> Arc<Compil
         compilation_options: Default::default(),
         cache: None,
     });
-    Arc::new(Compiled { kernel: k, pipeline, layout, n_storage: access.len() })
+    Arc::new(Compiled { pipeline, layout, n_storage: access.len() })
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
-pub use device::open as open_device;
 
 /// Dispatches recorded between two submits before the ring wraps and forces a submit.
 const RING_SLOTS: u64 = 4096;
@@ -146,10 +145,6 @@ impl Wgpu {
 
     pub fn is_real_gpu(&self) -> bool {
         self.gpu.is_real_gpu()
-    }
-
-    pub fn limits(&self) -> &wgpu::Limits {
-        &self.gpu.limits
     }
 
     fn kernel(&self, k: Kernel) -> Arc<Compiled> {

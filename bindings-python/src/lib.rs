@@ -7,6 +7,7 @@
 mod args;
 mod errors;
 mod llama;
+mod openai;
 mod progress;
 mod results;
 mod session;
@@ -20,6 +21,7 @@ fn _yangtuo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<llama::PyLlama>()?;
     m.add_class::<session::PySession>()?;
     m.add_class::<stream::TextStream>()?;
+    m.add_class::<openai::ChunkStream>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

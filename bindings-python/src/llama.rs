@@ -3,6 +3,7 @@
 
 use crate::args::{self, GenArgs};
 use crate::errors::{IntoPy, call, invalid, panicked};
+use crate::openai;
 use crate::progress::Progress;
 use crate::results::Kind;
 use crate::session::PySession;
@@ -141,6 +142,48 @@ impl PyLlama {
         stream::finish(py, worker, stream, Kind::Text, self.model.clone())
     }
 
+    /// OpenAI's chat completion, as llama-cpp-python's `create_chat_completion`: the
+    /// keywords are OpenAI's fields (`max_tokens`, `temperature`, `top_p`, `top_k`, `min_p`,
+    /// `repeat_penalty`, `seed`, `stop`, `stream`, ...); an unsupported one raises
+    /// `InvalidArgumentError` naming it. Returns the `chat.completion` dict, or with
+    /// `stream=True` an iterator of `chat.completion.chunk` dicts.
+    #[pyo3(signature = (messages, **kwargs))]
+    fn create_chat_completion(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let stream = is_stream(kwargs)?;
+        let body = openai::request_json(py, "messages", messages, kwargs)?;
+        openai::finish(py, openai::chat(self.inner.clone(), body)?, stream)
+    }
+
+    /// OpenAI's text completion, as llama-cpp-python's `create_completion` (BOS, then the
+    /// prompt; no template). Returns the `text_completion` dict, or an iterator of them.
+    #[pyo3(signature = (prompt, **kwargs))]
+    fn create_completion(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let stream = is_stream(kwargs)?;
+        let body = openai::request_json(py, "prompt", prompt, kwargs)?;
+        openai::finish(py, openai::completion(self.inner.clone(), body)?, stream)
+    }
+
+    /// `llm(prompt, **kwargs)` is `create_completion`, as in llama-cpp-python.
+    #[pyo3(signature = (prompt, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.create_completion(py, prompt, kwargs)
+    }
+
     /// A multi-turn conversation that keeps its KV cache between turns.
     #[pyo3(signature = (system = None))]
     fn session(&self, system: Option<String>) -> PySession {
@@ -205,6 +248,15 @@ impl PyLlama {
             self.n_ctx(),
             self.template()
         )
+    }
+}
+
+/// Whether `stream=True` was passed (core checks the value's type; this only picks the
+/// return shape).
+fn is_stream(kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> PyResult<bool> {
+    match kwargs.map(|k| k.get_item("stream")).transpose()?.flatten() {
+        Some(v) => Ok(v.is_truthy()?),
+        None => Ok(false),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One error type for the whole engine. Bindings map each variant to their runtime's
 //! exception or error code, so variants follow what a user must do differently.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -24,7 +25,7 @@ pub enum Error {
 
     /// A parameter outside its valid range (temperature, top_p, ids, ...).
     #[error("invalid argument `{name}`: {msg}")]
-    InvalidArg { name: &'static str, msg: String },
+    InvalidArg { name: Cow<'static, str>, msg: String },
 
     /// A tokenizer file that cannot be parsed, or text it cannot encode.
     #[error("tokenizer: {0}")]
@@ -50,8 +51,8 @@ impl Error {
     pub fn load(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::ModelLoad { path: path.into(), msg: msg.into() }
     }
-    pub fn arg(name: &'static str, msg: impl Into<String>) -> Self {
-        Error::InvalidArg { name, msg: msg.into() }
+    pub fn arg(name: impl Into<Cow<'static, str>>, msg: impl Into<String>) -> Self {
+        Error::InvalidArg { name: name.into(), msg: msg.into() }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }

@@ -5,6 +5,7 @@
 //! the sampler picks the next id from the logits (`sampler`, `generate`), and the stream
 //! decoder turns ids back into text.
 
+pub mod api;
 pub mod backend;
 pub mod chat;
 pub mod config;

@@ -6,7 +6,9 @@
 //! `Llama::load` (a path or a Hugging Face repo id) and the browser's streaming loader
 //! both end there.
 
+use crate::api::{ChatCompletion, ChatCompletionChunk, ChatRequest, CompletionRequest, Meta, TextCompletion};
 use crate::chat::{ChatTemplate, Message, own_template};
+use crate::sampler::SamplingParams;
 use crate::device::BackendChoice;
 use crate::generate::{Cached, Completion, Flow, GenerateOptions, Generation};
 use crate::runner::Runner;
@@ -130,6 +132,8 @@ impl ChatFormat {
 }
 
 pub struct Llama {
+    /// What answers name as their `model` (the path or repo id it was loaded from).
+    name: String,
     runner: Arc<dyn Runner>,
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
@@ -169,6 +173,7 @@ impl Llama {
         eos_ids.dedup();
         let ctx_len = opts.ctx_len.unwrap_or(c.max_seq_len.min(4096));
         Ok(Llama {
+            name: "model".into(),
             runner,
             tokenizer: Arc::new(tokenizer),
             template,
@@ -178,6 +183,16 @@ impl Llama {
             eos_ids,
             pool: Mutex::new(vec![]),
         })
+    }
+
+    /// The name answers carry as `model`.
+    pub fn with_name(mut self, name: impl Into<String>) -> Llama {
+        self.name = name.into();
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn config(&self) -> &Config {
@@ -291,6 +306,63 @@ impl Llama {
         self.complete_ids_async(&ids, opts, cancel, on_text).await
     }
 
+    /// Run an OpenAI-shaped chat request: checked once (`Params::check`, with `defaults`
+    /// for the fields it leaves out), and with `stream` its chunks go to `on_chunk` as the
+    /// text arrives. The whole answer is returned either way.
+    pub async fn chat_completion_async(
+        &self,
+        req: &ChatRequest,
+        defaults: &SamplingParams,
+        cancel: Option<&AtomicBool>,
+        on_chunk: &mut dyn FnMut(&ChatCompletionChunk) -> Flow,
+    ) -> Result<ChatCompletion> {
+        let checked = req.params.check(defaults)?;
+        let prompt = self.render(&req.messages, false)?;
+        let meta = Meta::new("chatcmpl", req.params.model.as_deref().unwrap_or(&self.name));
+        let (stream, usage) = (checked.stream, checked.include_usage);
+        let mut started = false;
+        let mut on_text = |t: &str| {
+            if !stream {
+                return Flow::Continue;
+            }
+            if !std::mem::replace(&mut started, true) && on_chunk(&ChatCompletionChunk::role(&meta, usage)) == Flow::Stop {
+                return Flow::Stop;
+            }
+            on_chunk(&ChatCompletionChunk::text(&meta, t, usage))
+        };
+        let c = self.complete_ids_async(&prompt, &checked.opts, cancel, &mut on_text).await?;
+        if stream {
+            if !started {
+                on_chunk(&ChatCompletionChunk::role(&meta, usage));
+            }
+            for chunk in ChatCompletionChunk::last(&meta, &c, usage) {
+                on_chunk(&chunk);
+            }
+        }
+        Ok(ChatCompletion::new(meta, &c))
+    }
+
+    /// Run an OpenAI-shaped raw completion (BOS, then the prompt); as `chat_completion_async`.
+    pub async fn text_completion_async(
+        &self,
+        req: &CompletionRequest,
+        defaults: &SamplingParams,
+        cancel: Option<&AtomicBool>,
+        on_chunk: &mut dyn FnMut(&TextCompletion) -> Flow,
+    ) -> Result<TextCompletion> {
+        let checked = req.params.check(defaults)?;
+        let meta = Meta::new("cmpl", req.params.model.as_deref().unwrap_or(&self.name));
+        let (stream, usage) = (checked.stream, checked.include_usage);
+        let mut on_text = |t: &str| if stream { on_chunk(&TextCompletion::text(&meta, t, usage)) } else { Flow::Continue };
+        let c = self.generate_async(&req.prompt, &checked.opts, cancel, &mut on_text).await?;
+        if stream {
+            for chunk in TextCompletion::last(&meta, &c, usage) {
+                on_chunk(&chunk);
+            }
+        }
+        Ok(TextCompletion::new(meta, &c))
+    }
+
     /// A multi-turn conversation that keeps its KV cache between turns.
     pub fn session(self: &Arc<Self>, system: Option<String>) -> crate::session::ChatSession {
         crate::session::ChatSession::new(self.clone(), system)
@@ -323,6 +395,28 @@ impl Llama {
     pub fn complete_ids(&self, prompt: &[u32], opts: &GenerateOptions, cancel: Option<&AtomicBool>, on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
         pollster::block_on(self.complete_ids_async(prompt, opts, cancel, on_text))
     }
+
+    /// `chat_completion_async`, blocking.
+    pub fn chat_completion(
+        &self,
+        req: &ChatRequest,
+        defaults: &SamplingParams,
+        cancel: Option<&AtomicBool>,
+        on_chunk: &mut dyn FnMut(&ChatCompletionChunk) -> Flow,
+    ) -> Result<ChatCompletion> {
+        pollster::block_on(self.chat_completion_async(req, defaults, cancel, on_chunk))
+    }
+
+    /// `text_completion_async`, blocking.
+    pub fn text_completion(
+        &self,
+        req: &CompletionRequest,
+        defaults: &SamplingParams,
+        cancel: Option<&AtomicBool>,
+        on_chunk: &mut dyn FnMut(&TextCompletion) -> Flow,
+    ) -> Result<TextCompletion> {
+        pollster::block_on(self.text_completion_async(req, defaults, cancel, on_chunk))
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -353,7 +447,7 @@ impl Llama {
                 crate::device::load_runner(&mut q, opts.backend, total, progress).await?
             }
         };
-        Llama::assemble(runner, chat.tokenizer, template, opts)
+        Ok(Llama::assemble(runner, chat.tokenizer, template, opts)?.with_name(path.to_string_lossy()))
     }
 
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {

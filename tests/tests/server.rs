@@ -238,6 +238,7 @@ fn serve_openai_api() {
     assert_eq!(v["choices"][0]["finish_reason"], chat.finish_reason.as_str());
     assert_eq!(v["usage"]["prompt_tokens"], chat.usage.prompt_tokens);
     assert_eq!(v["usage"]["completion_tokens"], chat.usage.completion_tokens);
+    assert!(v["usage"]["prompt_tokens_details"]["cached_tokens"].is_number(), "{v}");
 
     // streamed: role first, then content, then the finish reason, usage, [DONE]
     let mut sb = body.clone();
@@ -256,6 +257,9 @@ fn serve_openai_api() {
     assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], chat.finish_reason.as_str());
     assert_eq!(chunks[n - 1]["choices"], serde_json::json!([]));
     assert_eq!(chunks[n - 1]["usage"]["completion_tokens"], chat.usage.completion_tokens);
+    // the same prompt again: its KV came from the pooled cache (all but the last token)
+    assert_eq!(chunks[n - 1]["usage"]["prompt_tokens_details"]["cached_tokens"], chat.usage.prompt_tokens - 1);
+    assert!(chunks[n - 2]["timings"]["decode_s"].is_number(), "{}", chunks[n - 2]);
 
     // the same seeded request again (now on a pooled KV cache holding its prompt): same answer
     let seeded = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 12, "seed": 3, "temperature": 1.0});
@@ -303,6 +307,29 @@ fn serve_openai_api() {
     assert_400(&r, Some("temperature"), &["temperature"]);
     let r = post(port, "/v1/chat/completions", &serde_json::json!({"messages": "hi"}).to_string());
     assert_400(&r, Some("messages"), &["messages"]);
+    // every field is honoured or refused by name, never ignored
+    for (field, value, words) in [
+        ("frobnicate", serde_json::json!(1), "not a supported field"),
+        ("n", serde_json::json!(2), "must be 1"),
+        ("logprobs", serde_json::json!(true), "not supported"),
+        ("response_format", serde_json::json!({"type": "json_object"}), "response_format"),
+        ("tools", serde_json::json!([{"type": "function", "function": {"name": "f"}}]), "tool"),
+        ("frequency_penalty", serde_json::json!(0.5), "not supported"),
+        ("seed", serde_json::json!(-2), "-1 for a random seed"),
+        ("top_k", serde_json::json!(0), "at least 1"),
+    ] {
+        let mut b = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
+        b[field] = value;
+        assert_400(&post(port, "/v1/chat/completions", &b.to_string()), Some(field), &[words]);
+    }
+    for (field, value) in [("seed", serde_json::json!(-1)), ("top_k", serde_json::json!(5)), ("min_p", serde_json::json!(0.05)),
+                           ("repetition_penalty", serde_json::json!(1.1)), ("response_format", serde_json::json!({"type": "text"})),
+                           ("model", serde_json::json!("anything")), ("user", serde_json::json!("u1"))] {
+        let mut b = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+        b[field] = value;
+        let r = post(port, "/v1/chat/completions", &b.to_string());
+        assert_eq!(r.status, 200, "{field}: {}", r.body);
+    }
     assert_eq!(http(port, "GET", "/v1/nothing", "").status, 404);
     let r = post(port, "/v1/chat/completions", &body.to_string());
     assert_eq!(r.status, 200, "still serving after errors");

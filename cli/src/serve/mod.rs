@@ -10,7 +10,6 @@ use crate::args::ModelArgs;
 use axum::Router;
 use axum::routing::{get, post};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use yangtuo::{Error, Result, SamplingParams};
 
 #[derive(clap::Args)]
@@ -51,7 +50,6 @@ pub fn run(a: Args) -> Result<()> {
         },
         model: a.model.model.to_string_lossy().into_owned(),
         started,
-        next_id: AtomicU64::new(0),
         sampling: SamplingParams::default(),
     });
     let router = Router::new()

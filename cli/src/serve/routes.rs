@@ -21,20 +21,14 @@ pub struct App {
     /// The name clients see in `model` (the `--model` argument as given).
     pub model: String,
     pub started: u64,
-    pub next_id: AtomicU64,
     /// Sampling for fields a request leaves out (Meta's 0.6 / 0.9).
     pub sampling: SamplingParams,
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl App {
     fn meta(&self, kind: Kind) -> Meta {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
-        Meta { id: format!("{prefix}-{:x}{n:06x}", self.started), created: now(), model: self.model.clone(), kind }
+        Meta { meta: yangtuo::api::Meta::new(prefix, &self.model), kind }
     }
 
     /// A prompt that fits, with room for at least one token (before any queueing).
@@ -89,7 +83,7 @@ async fn respond(
     include_usage: bool,
 ) -> Response {
     let meta = app.meta(kind);
-    let rx = app.jobs.submit(meta.id.clone(), input, opts);
+    let rx = app.jobs.submit(meta.meta.id.clone(), input, opts);
     if stream {
         return axum::response::Sse::new(sse(meta, rx, include_usage)).keep_alive(KeepAlive::default()).into_response();
     }
@@ -124,33 +118,34 @@ fn sse(
     enum St {
         Start,
         Body,
-        Usage(Completion),
-        Done,
+        /// Chunks left to send before `[DONE]`.
+        Last(std::vec::IntoIter<Value>),
         End,
     }
     stream::unfold((St::Start, rx), move |(st, mut rx)| {
         let meta = meta.clone();
         async move {
             match st {
-                St::Start if meta.kind == Kind::Chat => {
-                    Some((data(&meta.chunk(Some(""), true, None, include_usage)), (St::Body, rx)))
-                }
+                St::Start if meta.kind == Kind::Chat => Some((data(&meta.role_chunk(include_usage)), (St::Body, rx))),
                 St::Start | St::Body => match rx.recv().await {
-                    Some(Event::Text(t)) => {
-                        Some((data(&meta.chunk(Some(&t), false, None, include_usage)), (St::Body, rx)))
-                    }
+                    Some(Event::Text(t)) => Some((data(&meta.text_chunk(&t, include_usage)), (St::Body, rx))),
                     Some(Event::Done(Ok(c))) => {
-                        let last = meta.chunk(None, false, Some(c.finish_reason.as_str()), include_usage);
-                        let next = if include_usage { St::Usage(c) } else { St::Done };
-                        Some((data(&last), (next, rx)))
+                        let mut last = meta.last_chunks(&c, include_usage).into_iter();
+                        let first = last.next().unwrap_or(Value::Null);
+                        Some((data(&first), (St::Last(last), rx)))
                     }
-                    Some(Event::Done(Err(e))) => Some((data(&ApiError::from_engine(&e).body()), (St::Done, rx))),
-                    None => {
-                        Some((data(&ApiError::server("the generation ended without a result").body()), (St::Done, rx)))
+                    Some(Event::Done(Err(e))) => {
+                        Some((data(&ApiError::from_engine(&e).body()), (St::Last(vec![].into_iter()), rx)))
                     }
+                    None => Some((
+                        data(&ApiError::server("the generation ended without a result").body()),
+                        (St::Last(vec![].into_iter()), rx),
+                    )),
                 },
-                St::Usage(c) => Some((data(&meta.usage_chunk(&c)), (St::Done, rx))),
-                St::Done => Some((Ok(Sse::default().data("[DONE]")), (St::End, rx))),
+                St::Last(mut rest) => match rest.next() {
+                    Some(v) => Some((data(&v), (St::Last(rest), rx))),
+                    None => Some((Ok(Sse::default().data("[DONE]")), (St::End, rx))),
+                },
                 St::End => None,
             }
         }

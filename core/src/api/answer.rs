@@ -1,0 +1,262 @@
+//! The answer every front end returns, serializing to OpenAI's JSON: `ChatCompletion` and,
+//! streamed, `ChatCompletionChunk`s; `TextCompletion` for raw completions. Each adds
+//! yangtuo's `timings` (prefill and decode speed) as an extra field, as llama.cpp's server
+//! does. Front ends pass these through and add nothing.
+
+use crate::generate::{Completion, FinishReason, Timings};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The fields every object of one answer shares.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl Meta {
+    /// A fresh id (`chatcmpl-…` / `cmpl-…`, unique in this process) and the time now.
+    pub fn new(prefix: &str, model: &str) -> Meta {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let created = unix_now();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Meta { id: format!("{prefix}-{created:x}{n:06x}"), created, model: model.to_string() }
+    }
+}
+
+fn unix_now() -> u64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        (js_sys::Date::now() / 1000.0) as u64
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV came from a cache (an earlier turn, a shared system prompt).
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+impl From<&Completion> for Usage {
+    fn from(c: &Completion) -> Usage {
+        Usage {
+            prompt_tokens: c.usage.prompt_tokens,
+            completion_tokens: c.usage.completion_tokens,
+            total_tokens: c.usage.total_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: c.usage.prompt_tokens.saturating_sub(c.timings.prefill_tokens),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AssistantMessage {
+    pub role: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<()>,
+    pub finish_reason: FinishReason,
+}
+
+/// `object: "chat.completion"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletion {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub object: &'static str,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+    pub system_fingerprint: Option<String>,
+    pub timings: Timings,
+}
+
+impl ChatCompletion {
+    pub fn new(meta: Meta, c: &Completion) -> ChatCompletion {
+        ChatCompletion {
+            meta,
+            object: "chat.completion",
+            choices: vec![ChatChoice {
+                index: 0,
+                message: AssistantMessage { role: "assistant", content: c.text.clone() },
+                logprobs: None,
+                finish_reason: c.finish_reason,
+            }],
+            usage: Usage::from(c),
+            system_fingerprint: None,
+            timings: c.timings,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// `object: "chat.completion.chunk"`: the first carries the role, then one per piece of
+/// text, the last the finish reason (and the timings); with `include_usage`, a final
+/// chunk with no choices carries the usage and every other has `usage: null`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletionChunk {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub object: &'static str,
+    pub choices: Vec<ChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+    pub system_fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+}
+
+impl ChatCompletionChunk {
+    fn with(meta: &Meta, delta: Delta, finish: Option<FinishReason>, include_usage: bool) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            meta: meta.clone(),
+            object: "chat.completion.chunk",
+            choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish }],
+            usage: include_usage.then_some(None),
+            system_fingerprint: None,
+            timings: None,
+        }
+    }
+
+    /// The first chunk: the assistant's role and empty content.
+    pub fn role(meta: &Meta, include_usage: bool) -> ChatCompletionChunk {
+        let delta = Delta { role: Some("assistant"), content: Some(String::new()) };
+        ChatCompletionChunk::with(meta, delta, None, include_usage)
+    }
+
+    /// A piece of the answer's text.
+    pub fn text(meta: &Meta, text: &str, include_usage: bool) -> ChatCompletionChunk {
+        ChatCompletionChunk::with(meta, Delta { role: None, content: Some(text.to_string()) }, None, include_usage)
+    }
+
+    /// The last chunk with a choice: the finish reason and the timings.
+    pub fn finish(meta: &Meta, c: &Completion, include_usage: bool) -> ChatCompletionChunk {
+        let mut chunk = ChatCompletionChunk::with(meta, Delta::default(), Some(c.finish_reason), include_usage);
+        chunk.timings = Some(c.timings);
+        chunk
+    }
+
+    /// After the finish chunk when `include_usage`: no choices, the usage.
+    pub fn usage(meta: &Meta, c: &Completion) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            meta: meta.clone(),
+            object: "chat.completion.chunk",
+            choices: vec![],
+            usage: Some(Some(Usage::from(c))),
+            system_fingerprint: None,
+            timings: None,
+        }
+    }
+
+    /// The chunks that end a stream: the finish, then the usage if asked.
+    pub fn last(meta: &Meta, c: &Completion, include_usage: bool) -> Vec<ChatCompletionChunk> {
+        let mut v = vec![ChatCompletionChunk::finish(meta, c, include_usage)];
+        if include_usage {
+            v.push(ChatCompletionChunk::usage(meta, c));
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TextChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// `object: "text_completion"`, whole or as a streamed piece (then without usage unless
+/// asked, as `ChatCompletionChunk`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TextCompletion {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub object: &'static str,
+    pub choices: Vec<TextChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+    pub system_fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+}
+
+impl TextCompletion {
+    pub fn new(meta: Meta, c: &Completion) -> TextCompletion {
+        TextCompletion {
+            meta,
+            object: "text_completion",
+            choices: vec![TextChoice { index: 0, text: c.text.clone(), logprobs: None, finish_reason: Some(c.finish_reason) }],
+            usage: Some(Some(Usage::from(c))),
+            system_fingerprint: None,
+            timings: Some(c.timings),
+        }
+    }
+
+    fn piece(meta: &Meta, text: &str, finish: Option<FinishReason>, include_usage: bool) -> TextCompletion {
+        TextCompletion {
+            meta: meta.clone(),
+            object: "text_completion",
+            choices: vec![TextChoice { index: 0, text: text.to_string(), logprobs: None, finish_reason: finish }],
+            usage: include_usage.then_some(None),
+            system_fingerprint: None,
+            timings: None,
+        }
+    }
+
+    /// A streamed piece of text.
+    pub fn text(meta: &Meta, text: &str, include_usage: bool) -> TextCompletion {
+        TextCompletion::piece(meta, text, None, include_usage)
+    }
+
+    /// The chunks that end a stream: the finish (with timings), then the usage if asked.
+    pub fn last(meta: &Meta, c: &Completion, include_usage: bool) -> Vec<TextCompletion> {
+        let mut finish = TextCompletion::piece(meta, "", Some(c.finish_reason), include_usage);
+        finish.timings = Some(c.timings);
+        let mut v = vec![finish];
+        if include_usage {
+            v.push(TextCompletion {
+                meta: meta.clone(),
+                object: "text_completion",
+                choices: vec![],
+                usage: Some(Some(Usage::from(c))),
+                system_fingerprint: None,
+                timings: None,
+            });
+        }
+        v
+    }
+}

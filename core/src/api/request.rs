@@ -1,0 +1,314 @@
+//! The request every front end sends, in OpenAI's field names: `ChatRequest` for
+//! `/v1/chat/completions`-shaped calls, `CompletionRequest` for raw text. Parsed from JSON
+//! (the server's body, a Python call's keywords, a JS object) and checked once, here, with
+//! one meaning per field and errors that name the field.
+//!
+//! A field that yangtuo does not implement is an error naming it, never silently ignored:
+//! a caller who asks for `logprobs` or a JSON schema must not get unconstrained text
+//! with a 200.
+
+use crate::chat::Message;
+use crate::generate::GenerateOptions;
+use crate::sampler::SamplingParams;
+use crate::{Error, Result};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// The fields both request kinds take. `None` is "not given": the front end's defaults
+/// apply (Meta's temperature 0.6 and top_p 0.9 unless a server sets others).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Params {
+    /// Accepted and not checked: one process serves one model.
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    /// OpenAI's newer name for `max_tokens`; it wins when both are given.
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    /// `repeat_penalty` is llama-cpp-python's name for it.
+    #[serde(alias = "repeat_penalty")]
+    pub repetition_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    /// A seed ≥ 0 makes sampling repeatable; -1 (llama.cpp's convention) or none is random.
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    pub n: Option<i64>,
+    pub response_format: Option<Value>,
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    /// Accepted for OpenAI clients; not used.
+    pub user: Option<String>,
+}
+
+/// The names `Params` reads, for the unknown-field check.
+const PARAMS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "repeat_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+    "n",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "user",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+/// A chat request: `messages` plus the shared fields.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub params: Params,
+}
+
+/// A raw completion: BOS, then `prompt`, no template.
+#[derive(Debug, Clone)]
+pub struct CompletionRequest {
+    pub prompt: String,
+    pub params: Params,
+}
+
+/// A request's fields as the engine takes them.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub opts: GenerateOptions,
+    pub stream: bool,
+    /// Stream a last chunk with the usage (`stream_options.include_usage`).
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    /// `[{"type": "text", "text": "..."}]`
+    Parts(Vec<Map<String, Value>>),
+}
+
+impl ChatRequest {
+    /// Parse a JSON request object.
+    pub fn from_json(body: &[u8]) -> Result<ChatRequest> {
+        ChatRequest::from_value(parse(body)?)
+    }
+
+    pub fn from_value(v: Value) -> Result<ChatRequest> {
+        let mut obj = object(v)?;
+        known_fields(&obj, &["messages"])?;
+        let messages = obj.remove("messages").ok_or_else(|| Error::arg("messages", "is required"))?;
+        let Value::Array(list) = messages else {
+            return Err(Error::arg("messages", "must be a list of {role, content}"));
+        };
+        if list.is_empty() {
+            return Err(Error::arg("messages", "must not be empty"));
+        }
+        let messages = list.into_iter().enumerate().map(|(i, m)| message(i, m)).collect::<Result<_>>()?;
+        Ok(ChatRequest { messages, params: field("request", Value::Object(obj))? })
+    }
+}
+
+impl CompletionRequest {
+    pub fn from_json(body: &[u8]) -> Result<CompletionRequest> {
+        CompletionRequest::from_value(parse(body)?)
+    }
+
+    pub fn from_value(v: Value) -> Result<CompletionRequest> {
+        let mut obj = object(v)?;
+        known_fields(&obj, &["prompt"])?;
+        let prompt = match obj.remove("prompt") {
+            Some(Value::String(p)) => p,
+            Some(Value::Array(mut list)) if list.len() == 1 && list[0].is_string() => {
+                list.remove(0).as_str().unwrap_or_default().to_string()
+            }
+            Some(Value::Array(list)) => {
+                return Err(Error::arg("prompt", format!("must be one string, got a list of {}", list.len())));
+            }
+            Some(_) => return Err(Error::arg("prompt", "must be a string")),
+            None => return Err(Error::arg("prompt", "is required")),
+        };
+        if prompt.is_empty() {
+            return Err(Error::arg("prompt", "must not be empty"));
+        }
+        Ok(CompletionRequest { prompt, params: field("request", Value::Object(obj))? })
+    }
+}
+
+/// One message: `role`, and `content` as a string or text parts (`name` is accepted).
+fn message(i: usize, m: Value) -> Result<Message> {
+    let bad = |msg: String| Error::Template { index: i, msg };
+    let Value::Object(mut m) = m else { return Err(bad("must be an object {role, content}".into())) };
+    if let Some(k) = m.keys().find(|k| !["role", "content", "name"].contains(&k.as_str())) {
+        return Err(bad(format!("`{k}` is not a supported message field (role, content, name)")));
+    }
+    let role = match m.remove("role") {
+        Some(Value::String(r)) => r,
+        _ => return Err(bad("`role` must be a string".into())),
+    };
+    let content = match m.remove("content").filter(|c| !c.is_null()).map(serde_json::from_value::<Content>) {
+        Some(Ok(Content::Text(t))) => t,
+        Some(Ok(Content::Parts(parts))) => {
+            let mut t = String::new();
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(s)) => t.push_str(s),
+                    (kind, _) => {
+                        return Err(bad(format!(
+                            "content parts of type `{}` are not supported (text only)",
+                            kind.unwrap_or("?")
+                        )));
+                    }
+                }
+            }
+            t
+        }
+        None => return Err(bad("`content` is missing".into())),
+        Some(Err(_)) => return Err(bad("`content` must be a string or a list of text parts".into())),
+    };
+    Ok(Message { role, content })
+}
+
+impl Params {
+    /// The one check of a request's fields; `defaults` fill what it leaves out.
+    pub fn check(&self, defaults: &SamplingParams) -> Result<Checked> {
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(Error::arg("n", format!("must be 1 (one choice per request), got {n}")));
+        }
+        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(m), _) => Some(("max_completion_tokens", m)),
+            (None, Some(m)) => Some(("max_tokens", m)),
+            (None, None) => None,
+        };
+        if let Some((name, m)) = max_tokens
+            && m < 1
+        {
+            return Err(Error::arg(name, format!("must be at least 1, got {m}")));
+        }
+        for (name, v) in [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)] {
+            if v.is_some_and(|v| v != 0.0) {
+                return Err(Error::arg(name, "is not supported; use repetition_penalty (CTRL-style, 1.1-1.3)"));
+            }
+        }
+        if self.logprobs == Some(true) || self.top_logprobs.is_some() {
+            let name = if self.logprobs == Some(true) { "logprobs" } else { "top_logprobs" };
+            return Err(Error::arg(name, "is not supported yet"));
+        }
+        match &self.response_format {
+            None => {}
+            Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => {}
+            Some(_) => return Err(Error::arg("response_format", "only {\"type\": \"text\"} is supported yet")),
+        }
+        let empty = |v: &Option<Value>| v.as_ref().is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.is_empty()));
+        if !empty(&self.tools) {
+            return Err(Error::arg("tools", "tool calls are not supported yet"));
+        }
+        if self.tool_choice.as_ref().is_some_and(|c| !c.is_null() && c.as_str() != Some("none")) {
+            return Err(Error::arg("tool_choice", "tool calls are not supported yet"));
+        }
+        let stop = match &self.stop {
+            None => vec![],
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::arg("stop", "strings must not be empty"));
+        }
+        let seed = match self.seed {
+            None | Some(-1) => defaults.seed,
+            Some(s) if s >= 0 => Some(s as u64),
+            Some(s) => return Err(Error::arg("seed", format!("must be >= 0, or -1 for a random seed; got {s}"))),
+        };
+        let top_k = match self.top_k {
+            None => defaults.top_k,
+            Some(k) if k >= 1 => Some(k as usize),
+            Some(k) => return Err(Error::arg("top_k", format!("must be at least 1 (or unset), got {k}"))),
+        };
+        let sampling = SamplingParams {
+            temperature: self.temperature.map(|t| t as f32).unwrap_or(defaults.temperature),
+            top_p: self.top_p.map(|p| p as f32).unwrap_or(defaults.top_p),
+            top_k,
+            min_p: self.min_p.map(|p| p as f32).or(defaults.min_p),
+            repetition_penalty: self.repetition_penalty.map(|p| p as f32).or(defaults.repetition_penalty),
+            seed,
+        };
+        sampling.validate()?;
+        let opts = GenerateOptions {
+            max_tokens: max_tokens.map(|(_, m)| m as usize),
+            sampling,
+            stop,
+            allow_control_tokens: false,
+        };
+        let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        Ok(Checked { opts, stream: self.stream.unwrap_or(false), include_usage })
+    }
+}
+
+/// A JSON object from request bytes.
+fn parse(body: &[u8]) -> Result<Value> {
+    if body.is_empty() {
+        return Err(Error::arg("request", "the request body is empty; send a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| Error::arg("request", format!("is not valid JSON: {e}")))
+}
+
+fn object(v: Value) -> Result<Map<String, Value>> {
+    match v {
+        Value::Object(m) => Ok(m),
+        _ => Err(Error::arg("request", "must be a JSON object")),
+    }
+}
+
+/// Every key is one of `Params`' or the endpoint's own.
+fn known_fields(obj: &Map<String, Value>, own: &[&str]) -> Result<()> {
+    match obj.keys().find(|k| !PARAMS.contains(&k.as_str()) && !own.contains(&k.as_str())) {
+        Some(k) => Err(Error::arg(k.clone(), "is not a supported field")),
+        None => Ok(()),
+    }
+}
+
+/// `T` from `v`, or an error naming the field at fault.
+fn field<T: DeserializeOwned>(what: &'static str, v: Value) -> Result<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            Error::arg(what, inner.to_string())
+        } else {
+            let name = path.split(['.', '[']).next().unwrap_or(&path).to_string();
+            Error::arg(name, format!("invalid `{path}`: {inner}"))
+        }
+    })
+}

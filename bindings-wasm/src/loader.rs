@@ -76,7 +76,7 @@ impl WasmLoader {
         let device = self.device.clone();
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let weights = loader.loaded_bytes;
-            let gguf_tok = loader.gguf().map(yangtuo::open::gguf_tokenizer).transpose().map_err(to_js)?;
+            let gguf_tok = loader.gguf().map(yangtuo::weights::gguf::tokenizer).transpose().map_err(to_js)?;
             let tok = match (tokenizer, gguf_tok) {
                 (Some(bytes), _) => Tokenizer::from_bytes(&bytes).map_err(to_js)?,
                 (None, Some(t)) => t,

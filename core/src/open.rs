@@ -1,6 +1,9 @@
 //! Opening a model path into a ready `Llama`: weights onto a backend, the tokenizer, and
 //! the chat template (explicit choice, else the model's own, else `llama2`).
 
+#[cfg(not(target_arch = "wasm32"))]
+use crate::Error;
+use crate::Result;
 use crate::chat::ChatTemplate;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::engine::Llama;
@@ -9,12 +12,11 @@ use crate::load::BackendChoice;
 use crate::load::load_runner;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::model::LoadProgress;
-use crate::tokenizer::{SentencePiece, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFormat;
 use crate::weights::gguf::GgufFile;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::weights::source::ModelFiles;
-use crate::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
@@ -37,30 +39,11 @@ impl Default for LoadOptions {
     }
 }
 
-/// The SentencePiece tokenizer carried in a GGUF's `tokenizer.ggml.*` keys.
-pub fn gguf_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
-    if let Some(m) = g.tokenizer_model().filter(|m| *m != "llama") {
-        return Err(Error::load(g.path(), format!("tokenizer model `{m}` is not supported (expected llama)")));
-    }
-    let tokens = g.tokens().ok_or_else(|| Error::load(g.path(), "no tokenizer.ggml.tokens in this GGUF"))?;
-    let sp = SentencePiece::from_vocab(
-        tokens,
-        g.scores().unwrap_or_default(),
-        g.token_types().unwrap_or_default(),
-        Some(g.bos_id().unwrap_or(1)),
-        Some(g.eos_id().unwrap_or(2)),
-        g.unk_id(),
-        true,
-    )
-    .map_err(|e| Error::load(g.path(), e.to_string()))?;
-    Ok(Tokenizer::SentencePiece(sp))
-}
-
 /// The tokenizer of a model: a GGUF's vocabulary, or the files in its folder.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn open_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
     if let Some(g) = files.gguf() {
-        return gguf_tokenizer(g);
+        return crate::weights::gguf::tokenizer(g);
     }
     let dir = files.dir().ok_or_else(|| Error::load(&files.path, "no tokenizer found"))?;
     if !dir.join("tokenizer.model").exists() && !dir.join("tokenizer.json").exists() {

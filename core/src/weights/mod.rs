@@ -6,8 +6,6 @@
 
 pub mod blob;
 pub mod format;
-/// Parsing works on any byte blob (browsers included); only `GgufFile::open` and
-/// `GgufWriter::write_file` touch the file system.
 pub mod gguf;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod gptq;

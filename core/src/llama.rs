@@ -12,7 +12,7 @@ use crate::sampler::SamplingParams;
 use crate::device::BackendChoice;
 use crate::generate::{Cached, Completion, Flow, GenerateOptions, Generation};
 use crate::runner::Runner;
-use crate::tokenizer::{SentencePiece, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFormat;
 use crate::weights::gguf::GgufFile;
 use crate::{Config, Error, Result};
@@ -97,7 +97,7 @@ impl ChatFormat {
             TokenizerFiles::Bytes { tokenizer, tokenizer_config } => {
                 let tok = match (tokenizer, gguf) {
                     (Some(bytes), _) => Tokenizer::from_bytes(bytes)?,
-                    (None, Some(g)) => gguf_tokenizer(g)?,
+                    (None, Some(g)) => crate::weights::gguf::tokenizer(g)?,
                     (None, None) => {
                         return Err(Error::arg("tokenizer", "this model has no tokenizer: pass tokenizer.model or tokenizer.json"));
                     }
@@ -111,7 +111,7 @@ impl ChatFormat {
             }
             TokenizerFiles::None => {
                 let g = gguf.ok_or_else(|| Error::arg("tokenizer", "no tokenizer found: neither tokenizer files nor a GGUF vocabulary"))?;
-                let tok = gguf_tokenizer(g)?;
+                let tok = crate::weights::gguf::tokenizer(g)?;
                 let own = own_template::from_gguf(g, &tok);
                 (tok, own)
             }
@@ -453,23 +453,4 @@ impl Llama {
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {
         pollster::block_on(Self::load_async(path.as_ref(), opts, progress))
     }
-}
-
-/// The SentencePiece tokenizer carried in a GGUF's `tokenizer.ggml.*` keys.
-fn gguf_tokenizer(g: &GgufFile) -> Result<Tokenizer> {
-    if let Some(m) = g.tokenizer_model().filter(|m| *m != "llama") {
-        return Err(Error::load(g.path(), format!("tokenizer model `{m}` is not supported (expected llama)")));
-    }
-    let tokens = g.tokens().ok_or_else(|| Error::load(g.path(), "no tokenizer.ggml.tokens in this GGUF"))?;
-    let sp = SentencePiece::from_vocab(
-        tokens,
-        g.scores().unwrap_or_default(),
-        g.token_types().unwrap_or_default(),
-        Some(g.bos_id().unwrap_or(1)),
-        Some(g.eos_id().unwrap_or(2)),
-        g.unk_id(),
-        true,
-    )
-    .map_err(|e| Error::load(g.path(), e.to_string()))?;
-    Ok(Tokenizer::SentencePiece(sp))
 }

@@ -9,8 +9,6 @@ pub mod builder;
 pub mod format;
 /// ggml block formats: decode and encode (candle's blocks).
 pub mod ggml;
-/// Parsing works on any byte blob (browsers included); only `GgufFile::open` and
-/// `GgufWriter::write_file` touch the file system.
 pub mod gguf;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod gptq;

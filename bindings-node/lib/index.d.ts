@@ -105,6 +105,97 @@ export declare class ChatSession {
   reset(): void
 }
 
+/** OpenAI's request fields; the engine checks them and rejects (INVALID_ARG, naming the field) any it does not implement. */
+export interface OpenAIRequestFields {
+  model?: string
+  max_tokens?: number
+  max_completion_tokens?: number
+  temperature?: number
+  top_p?: number
+  top_k?: number
+  min_p?: number
+  repetition_penalty?: number
+  frequency_penalty?: number
+  presence_penalty?: number
+  /** >= 0 repeats sampling; -1 or absent is random. */
+  seed?: number
+  stop?: string | string[]
+  stream?: boolean
+  stream_options?: { include_usage?: boolean }
+  n?: number
+  response_format?: { type: 'text' }
+  user?: string
+  /** Aborts the generation (AbortError). */
+  signal?: AbortSignal
+}
+
+export interface ChatCompletionRequest extends OpenAIRequestFields {
+  messages: ChatMessage[]
+}
+
+export interface CompletionRequest extends OpenAIRequestFields {
+  prompt: string
+}
+
+export interface OpenAIUsage {
+  prompt_tokens: number
+  completion_tokens: number
+  total_tokens: number
+  prompt_tokens_details: { cached_tokens: number }
+}
+
+export interface OpenAITimings {
+  prefill_tokens: number
+  prefill_s: number
+  ttft_s: number
+  decode_tokens: number
+  decode_s: number
+}
+
+export interface ChatCompletion {
+  id: string
+  object: 'chat.completion'
+  created: number
+  model: string
+  choices: { index: number; message: { role: 'assistant'; content: string }; logprobs: null; finish_reason: 'stop' | 'length' }[]
+  usage: OpenAIUsage
+  system_fingerprint: null
+  timings: OpenAITimings
+}
+
+export interface ChatCompletionChunk {
+  id: string
+  object: 'chat.completion.chunk'
+  created: number
+  model: string
+  choices: { index: number; delta: { role?: 'assistant'; content?: string }; logprobs: null; finish_reason: 'stop' | 'length' | null }[]
+  /** Present with `stream_options.include_usage`: null except on the last chunk. */
+  usage?: OpenAIUsage | null
+  system_fingerprint: null
+  timings?: OpenAITimings
+}
+
+export interface TextCompletion {
+  id: string
+  object: 'text_completion'
+  created: number
+  model: string
+  choices: { index: number; text: string; logprobs: null; finish_reason: 'stop' | 'length' | null }[]
+  usage?: OpenAIUsage | null
+  system_fingerprint: null
+  timings?: OpenAITimings
+}
+
+export interface ChatFunction {
+  /** Answer `messages` with the model's chat template (the short form). */
+  (messages: ChatMessage[], options?: GenerateOptions): Promise<Completion>
+  completions: {
+    /** OpenAI's call, as the `openai` package and WebLLM have it. */
+    create(request: ChatCompletionRequest & { stream: true }): AsyncIterableIterator<ChatCompletionChunk>
+    create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>
+  }
+}
+
 /**
  * A loaded Llama model. Every call runs on a worker thread, so the event loop stays free.
  * Concurrent calls on one model are safe and run in parallel: each gets its own KV state.
@@ -113,8 +204,12 @@ export declare class Llama {
   private constructor()
   /** Load a model folder (config.json + safetensors + tokenizer) or a .gguf file, off the main thread. */
   static load(model: string | URL, options?: LoadOptions): Promise<Llama>
-  /** Answer `messages` with the model's chat template. */
-  chat(messages: ChatMessage[], options?: GenerateOptions): Promise<Completion>
+  /** `llm.chat(messages)`, and `llm.chat.completions.create({ messages, ... })`. */
+  readonly chat: ChatFunction
+  readonly completions: {
+    create(request: CompletionRequest & { stream: true }): AsyncIterableIterator<TextCompletion>
+    create(request: CompletionRequest & { stream?: false }): Promise<TextCompletion>
+  }
   chatStream(messages: ChatMessage[], options?: GenerateOptions): CompletionStream
   /** Raw completion: BOS, then `prompt`; no template. */
   generate(prompt: string, options?: GenerateOptions): Promise<Completion>

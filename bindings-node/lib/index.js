@@ -93,6 +93,23 @@ async function* stream(begin, options) {
   }
 }
 
+// One OpenAI-shaped request (`kind` 'chat' or 'text') to the answer object, or with
+// `stream: true` to an async iterator of chunk objects. The request goes to the engine as
+// JSON and is checked there; `signal` (an AbortSignal) is the only field read here.
+function openai(native, kind, request) {
+  if (request == null || typeof request !== 'object') throw invalidArg('request', 'must be an object')
+  const { signal, ...body } = request
+  const text = JSON.stringify(body)
+  const begin = (_o, token, _s, cb) => native.openai(kind, text, token, cb)
+  if (body.stream === true) {
+    return (async function* () {
+      const chunks = stream(begin, { signal })
+      for await (const chunk of chunks) yield JSON.parse(chunk)
+    })()
+  }
+  return complete(begin, { signal }).then((answer) => JSON.parse(answer))
+}
+
 /** A conversation that keeps its KV cache between turns (the engine's ChatSession). */
 class ChatSession {
   #native
@@ -138,6 +155,13 @@ class Llama {
       throw new TypeError('load a model with `await Llama.load(path, options)`')
     }
     this.#native = nativeLlama
+    // `llm.chat(messages)` stays the short form; `llm.chat.completions.create(request)` is
+    // the `openai` package's (and WebLLM's) call, returning OpenAI's objects.
+    const chat = (messages, options) => this.#chat(messages, options)
+    chat.completions = { create: (request) => openai(this.#native, 'chat', request) }
+    Object.defineProperty(this, 'chat', { value: chat })
+    /** `llm.completions.create({ prompt, ... })`: OpenAI's raw text completion. */
+    this.completions = { create: (request) => openai(this.#native, 'text', request) }
   }
 
   /** Load a model folder (config.json + safetensors + tokenizer) or a .gguf file, off the main thread. */
@@ -166,7 +190,7 @@ class Llama {
   }
 
   /** Answer `messages` ({ role, content }[]) with the model's chat template. */
-  chat(messages, options) {
+  #chat(messages, options) {
     return complete((o, t, s, cb) => this.#native.chat(messages, o, t, s, cb), options)
   }
 

@@ -134,6 +134,40 @@ impl NativeLlama {
         })
     }
 
+    /// An OpenAI-shaped request (`chat.completions.create`'s, as JSON text; `kind` is
+    /// `chat` or `text`), checked by core. Each chunk (JSON) is an item when the request
+    /// streams; the result is the whole answer (JSON).
+    #[napi(
+        ts_args_type = "kind: 'chat' | 'text', request: string, token: CancelToken, onEvent: (err: Error | null, chunk: string | null, answer: string | null) => void"
+    )]
+    pub fn openai(&self, env: Env, kind: String, request: String, token: &CancelToken, on_event: Callback<'_>) -> Result<()> {
+        let llama = self.inner.clone();
+        let cancel = token.flag();
+        guard(&env, || {
+            let sink = Sink::<String, String>::new(&on_event).map_err(|e| Failure::arg("onEvent", e.reason))?;
+            sink.spawn("yangtuo-openai", move |sink| {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(yangtuo::Error::Cancelled.into());
+                }
+                let defaults = yangtuo::SamplingParams::default();
+                let send = |chunk: String| {
+                    sink.item(chunk);
+                    Flow::Continue
+                };
+                let answer = if kind == "text" {
+                    let req = yangtuo::api::CompletionRequest::from_json(request.as_bytes())?;
+                    let a = llama.text_completion(&req, &defaults, Some(&cancel), &mut |c| send(json(c)))?;
+                    json(&a)
+                } else {
+                    let req = yangtuo::api::ChatRequest::from_json(request.as_bytes())?;
+                    let a = llama.chat_completion(&req, &defaults, Some(&cancel), &mut |c| send(json(c)))?;
+                    json(&a)
+                };
+                Ok(answer)
+            })
+        })
+    }
+
     /// A conversation that keeps its KV cache between turns.
     #[napi]
     pub fn session(&self, system: Option<String>) -> NativeSession {
@@ -167,4 +201,8 @@ impl NativeLlama {
     pub fn vocab_size(&self) -> u32 {
         self.inner.config().vocab_size as u32
     }
+}
+
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }

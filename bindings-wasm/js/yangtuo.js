@@ -121,6 +121,13 @@ export class Llama {
   #inner;
   constructor(inner) {
     this.#inner = inner;
+    // `llm.chat(messages)` stays the short form; `llm.chat.completions.create(request)` is
+    // WebLLM's (and the `openai` package's) call, returning OpenAI's objects.
+    const chat = (messages, opts) => this.#chat(messages, opts);
+    chat.completions = { create: (request) => openai(this.#inner, 'chat', request) };
+    Object.defineProperty(this, 'chat', { value: chat });
+    /** `llm.completions.create({ prompt, ... })`: OpenAI's raw text completion. */
+    this.completions = { create: (request) => openai(this.#inner, 'text', request) };
   }
 
   /**
@@ -164,7 +171,7 @@ export class Llama {
   }
 
   /** Resolves to { content, finishReason, usage: { promptTokens, completionTokens, totalTokens } }. */
-  chat(messages, opts = {}) {
+  #chat(messages, opts = {}) {
     return run((o, d, t) => this.#inner.chat(messages, o, d, t), opts);
   }
 
@@ -196,6 +203,24 @@ class Session {
   chatStream(text, opts = {}) {
     return stream((o, d, t) => this.#inner.chat(text, o, d, t), opts);
   }
+}
+
+/**
+ * One OpenAI-shaped request (`kind` 'chat' or 'text') to the answer object, or with
+ * `stream: true` to an async iterator of chunk objects. The request goes to the engine as
+ * JSON and is checked there; `signal` is the only field read here.
+ */
+function openai(inner, kind, request) {
+  if (request == null || typeof request !== 'object') throw new TypeError('invalid argument `request`: must be an object');
+  const { signal, ...body } = request;
+  const text = JSON.stringify(body);
+  const call = (_o, onChunk, token) => inner.openai(kind, text, onChunk, token);
+  if (body.stream === true) {
+    return (async function* () {
+      for await (const chunk of stream(call, { signal })) yield JSON.parse(chunk);
+    })();
+  }
+  return run(call, { signal }).then((answer) => JSON.parse(answer));
 }
 
 /** Run `call(opts, onDelta, token)` with an AbortSignal wired to the cancel token. */

@@ -22,7 +22,8 @@ struct ChatOpts {
     min_p: Option<f32>,
     repetition_penalty: Option<f32>,
     seed: Option<f64>,
-    stop: Option<Vec<String>>,
+    /// A string or a list of strings.
+    stop: Option<yangtuo::api::Stop>,
     allow_control_tokens: Option<bool>,
 }
 
@@ -44,7 +45,11 @@ impl ChatOpts {
                 repetition_penalty: o.repetition_penalty,
                 seed: o.seed.map(|s| s as u64),
             },
-            stop: o.stop.unwrap_or_default(),
+            stop: match o.stop {
+                None => vec![],
+                Some(yangtuo::api::Stop::One(s)) => vec![s],
+                Some(yangtuo::api::Stop::Many(v)) => v,
+            },
             allow_control_tokens: o.allow_control_tokens.unwrap_or(false),
         })
     }
@@ -137,6 +142,27 @@ impl WasmLlama {
         })
     }
 
+    /// An OpenAI-shaped request as JSON (`kind` `chat` or `text`), checked by core. Resolves
+    /// to the answer's JSON; with `stream` each chunk's JSON goes to `on_chunk`.
+    pub fn openai(&self, kind: String, request: String, on_chunk: Option<js_sys::Function>, cancel: &CancelToken) -> js_sys::Promise {
+        let llama = self.inner.clone();
+        let cancel = cancel.0.clone();
+        future_to_promise(async move {
+            let mut send = sink(on_chunk);
+            let defaults = SamplingParams::default();
+            let answer = if kind == "text" {
+                let req = yangtuo::api::CompletionRequest::from_json(request.as_bytes()).map_err(to_js)?;
+                let mut on = |c: &yangtuo::api::TextCompletion| send(&json(c));
+                json(&llama.text_completion_async(&req, &defaults, Some(&cancel), &mut on).await.map_err(to_js)?)
+            } else {
+                let req = yangtuo::api::ChatRequest::from_json(request.as_bytes()).map_err(to_js)?;
+                let mut on = |c: &yangtuo::api::ChatCompletionChunk| send(&json(c));
+                json(&llama.chat_completion_async(&req, &defaults, Some(&cancel), &mut on).await.map_err(to_js)?)
+            };
+            Ok(JsValue::from_str(&answer))
+        })
+    }
+
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsValue> {
         self.inner.tokenize(text).map_err(to_js)
     }
@@ -195,4 +221,9 @@ impl WasmSession {
         let s = self.inner.try_borrow().map_err(|_| arg("session", "this session is answering"))?;
         serde_wasm_bindgen::to_value(s.messages()).map_err(|e| arg("messages", e))
     }
+}
+
+/// An answer or chunk as JSON text.
+fn json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }

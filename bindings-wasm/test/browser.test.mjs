@@ -85,6 +85,30 @@ test('the browser answer is token-identical to the native wgpu answer', async ()
   assert.equal(web, native.replace(/\n$/, ''));
 });
 
+test('chat.completions.create returns OpenAI objects, as WebLLM does', async () => {
+  const r = await inPage(async (y, a) => {
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
+    const messages = [{ role: 'user', content: a.q }];
+    const short = await llm.chat(messages, { temperature: 0, maxTokens: 12 });
+    const whole = await llm.chat.completions.create({ messages, temperature: 0, max_tokens: 12 });
+    const chunks = [];
+    for await (const c of llm.chat.completions.create({ messages, temperature: 0, max_tokens: 12, stream: true, stop: '。' })) chunks.push(c);
+    let bad = null;
+    try {
+      await llm.chat.completions.create({ messages, logprobs: true });
+    } catch (e) {
+      bad = e.message;
+    }
+    return { short: short.content, whole, chunks, bad };
+  }, { q: QUESTION });
+  assert.equal(r.whole.object, 'chat.completion');
+  assert.equal(r.whole.choices[0].message.content, r.short);
+  assert.equal(r.chunks[0].choices[0].delta.role, 'assistant');
+  assert.ok(r.chunks.every((c) => c.object === 'chat.completion.chunk'));
+  assert.ok(r.chunks.at(-1).choices[0].finish_reason);
+  assert.match(r.bad, /logprobs/);
+});
+
 test('chatStream deltas concatenate to the chat answer (same seed)', async () => {
   const r = await inPage(async (y, a) => {
     const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });

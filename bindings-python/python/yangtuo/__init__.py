@@ -21,7 +21,7 @@ from ._errors import (
 )
 from ._pipeline import TextGenerationPipeline, pipeline
 from ._results import ChatResult, CompletionResult, Timings, Usage
-from ._yangtuo import Llama, Session, TextStream, __version__
+from ._yangtuo import ChunkStream, Llama, Session, TextStream, __version__
 
 # shown as yangtuo.X in tracebacks and reprs
 for _cls in (
@@ -51,6 +51,7 @@ __all__ = [
     "Session",
     "TemplateError",
     "TextGenerationPipeline",
+    "ChunkStream",
     "TextStream",
     "Timings",
     "Usage",

@@ -12,6 +12,7 @@ from ._results import Timings as Timings
 from ._results import Usage as Usage
 from ._yangtuo import Llama as Llama
 from ._yangtuo import Session as Session
+from ._yangtuo import ChunkStream as ChunkStream
 from ._yangtuo import TextStream as TextStream
 from ._yangtuo import __version__ as __version__
 
@@ -26,6 +27,7 @@ __all__ = [
     "Session",
     "TemplateError",
     "TextGenerationPipeline",
+    "ChunkStream",
     "TextStream",
     "Timings",
     "Usage",

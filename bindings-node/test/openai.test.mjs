@@ -1,0 +1,71 @@
+// The OpenAI-shaped calls: llm.chat.completions.create and llm.completions.create return
+// the objects the `openai` package returns (chunks when streamed), with the same greedy
+// content as llm.chat; a field the engine does not implement rejects with INVALID_ARG
+// naming it.
+import assert from 'node:assert/strict'
+import { before, describe, it } from 'node:test'
+import { Llama } from '../lib/index.mjs'
+import { makeModel, missing } from './helpers.mjs'
+
+const skip = missing()
+if (skip) console.log(`# skipping the model tests: ${skip}`)
+
+const messages = [{ role: 'user', content: '咖啡的作用是什么?' }]
+
+describe('OpenAI-shaped calls', { skip: skip ?? false }, () => {
+  let llm
+
+  before(async () => {
+    llm = await Llama.load(makeModel('tiny'), { backend: 'cpu' })
+  })
+
+  it('chat.completions.create returns a chat.completion equal to chat()', async () => {
+    const r = await llm.chat.completions.create({ messages, max_tokens: 12, temperature: 0 })
+    const want = await llm.chat(messages, { maxTokens: 12, temperature: 0 })
+    assert.equal(r.object, 'chat.completion')
+    assert.match(r.id, /^chatcmpl-/)
+    assert.deepEqual(r.choices[0].message, { role: 'assistant', content: want.content })
+    assert.equal(r.choices[0].finish_reason, want.finishReason)
+    assert.equal(r.usage.completion_tokens, want.usage.completionTokens)
+    assert.equal(typeof r.usage.prompt_tokens_details.cached_tokens, 'number')
+  })
+
+  it('streams chunks that concatenate to the answer', async () => {
+    const whole = await llm.chat.completions.create({ messages, max_tokens: 12, temperature: 0 })
+    const chunks = []
+    for await (const c of await llm.chat.completions.create({ messages, max_tokens: 12, temperature: 0, stream: true })) {
+      chunks.push(c)
+    }
+    assert.equal(chunks[0].choices[0].delta.role, 'assistant')
+    assert.ok(chunks.every((c) => c.object === 'chat.completion.chunk'))
+    const text = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')
+    assert.equal(text, whole.choices[0].message.content)
+    assert.equal(chunks.at(-1).choices[0].finish_reason, whole.choices[0].finish_reason)
+  })
+
+  it('completions.create is a raw text completion', async () => {
+    const r = await llm.completions.create({ prompt: '咖啡的作用是', max_tokens: 8, temperature: 0 })
+    const want = await llm.generate('咖啡的作用是', { maxTokens: 8, temperature: 0 })
+    assert.equal(r.object, 'text_completion')
+    assert.equal(r.choices[0].text, want.content)
+  })
+
+  it('rejects fields it does not implement, naming them', async () => {
+    for (const [field, value] of [['frobnicate', 1], ['n', 2], ['logprobs', true], ['seed', -2], ['top_k', 0]]) {
+      await assert.rejects(llm.chat.completions.create({ messages, [field]: value }), (e) => {
+        assert.equal(e.code, 'INVALID_ARG')
+        assert.ok(e.message.includes(field), e.message)
+        return true
+      })
+    }
+    // seed -1 is "random", as in llama.cpp
+    const r = await llm.chat.completions.create({ messages, max_tokens: 2, seed: -1, temperature: 1 })
+    assert.equal(r.choices[0].message.role, 'assistant')
+  })
+
+  it('an AbortSignal stops it', async () => {
+    const ac = new AbortController()
+    ac.abort()
+    await assert.rejects(llm.chat.completions.create({ messages, signal: ac.signal }), (e) => e.name === 'AbortError' || e.code === 'ABORTED')
+  })
+})

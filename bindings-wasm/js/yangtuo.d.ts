@@ -1,0 +1,144 @@
+// Types of the browser package `yangtuo-web` (js/yangtuo.js).
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant'
+  content: string
+}
+
+export interface LoadProgress {
+  loaded: number
+  total: number
+  file: string
+  tensor: string
+}
+
+export interface LoadOptions {
+  /** A URL of a .gguf file or of a Hugging Face model folder, or the files a user picked. */
+  model: string | FileList | File[]
+  onProgress?: (p: LoadProgress) => void
+  /** `llama2`, `llama2-chinese`; default: the model's own, else `llama2`. */
+  template?: string
+  nCtx?: number
+  /** Keep downloads in the Cache API (default true). */
+  cache?: boolean
+}
+
+/** Options of the short forms `chat` / `chatStream` (Meta's defaults: temperature 0.6, top_p 0.9). */
+export interface ChatOptions {
+  maxTokens?: number
+  temperature?: number
+  topP?: number
+  topK?: number
+  minP?: number
+  repetitionPenalty?: number
+  seed?: number
+  stop?: string | string[]
+  allowControlTokens?: boolean
+  signal?: AbortSignal
+  onDelta?: (delta: string) => void
+}
+
+export interface ChatResult {
+  content: string
+  finishReason: 'stop' | 'length'
+  usage: { promptTokens: number; completionTokens: number; totalTokens: number }
+  prefillTokS: number
+  decodeTokS: number
+  ttftS: number
+}
+
+/** OpenAI's request fields; the engine rejects any it does not implement, naming it. */
+export interface OpenAIRequestFields {
+  model?: string
+  max_tokens?: number
+  max_completion_tokens?: number
+  temperature?: number
+  top_p?: number
+  top_k?: number
+  min_p?: number
+  repetition_penalty?: number
+  frequency_penalty?: number
+  presence_penalty?: number
+  /** >= 0 repeats sampling; -1 or absent is random. */
+  seed?: number
+  stop?: string | string[]
+  stream?: boolean
+  stream_options?: { include_usage?: boolean }
+  n?: number
+  response_format?: { type: 'text' }
+  user?: string
+  signal?: AbortSignal
+}
+
+export interface OpenAIUsage {
+  prompt_tokens: number
+  completion_tokens: number
+  total_tokens: number
+  prompt_tokens_details: { cached_tokens: number }
+}
+
+export interface ChatCompletion {
+  id: string
+  object: 'chat.completion'
+  created: number
+  model: string
+  choices: { index: number; message: { role: 'assistant'; content: string }; logprobs: null; finish_reason: 'stop' | 'length' }[]
+  usage: OpenAIUsage
+  system_fingerprint: null
+  timings: { prefill_tokens: number; prefill_s: number; ttft_s: number; decode_tokens: number; decode_s: number }
+}
+
+export interface ChatCompletionChunk {
+  id: string
+  object: 'chat.completion.chunk'
+  created: number
+  model: string
+  choices: { index: number; delta: { role?: 'assistant'; content?: string }; logprobs: null; finish_reason: 'stop' | 'length' | null }[]
+  usage?: OpenAIUsage | null
+  system_fingerprint: null
+}
+
+export interface TextCompletion {
+  id: string
+  object: 'text_completion'
+  created: number
+  model: string
+  choices: { index: number; text: string; logprobs: null; finish_reason: 'stop' | 'length' | null }[]
+  usage?: OpenAIUsage | null
+  system_fingerprint: null
+}
+
+export interface ChatFunction {
+  (messages: ChatMessage[], opts?: ChatOptions): Promise<ChatResult>
+  completions: {
+    create(request: OpenAIRequestFields & { messages: ChatMessage[]; stream: true }): AsyncIterableIterator<ChatCompletionChunk>
+    create(request: OpenAIRequestFields & { messages: ChatMessage[]; stream?: false }): Promise<ChatCompletion>
+  }
+}
+
+export declare class Session {
+  readonly messages: ChatMessage[]
+  reset(): void
+  chat(text: string, opts?: ChatOptions): Promise<ChatResult>
+  chatStream(text: string, opts?: ChatOptions): AsyncIterableIterator<string>
+}
+
+export declare class Llama {
+  static load(options: LoadOptions): Promise<Llama>
+  readonly device: string
+  readonly nCtx: number
+  readonly template: string
+  tokenize(text: string): number[]
+  detokenize(ids: number[]): string
+  /** `llm.chat(messages)`, and WebLLM's `llm.chat.completions.create({ messages, ... })`. */
+  readonly chat: ChatFunction
+  readonly completions: {
+    create(request: OpenAIRequestFields & { prompt: string; stream: true }): AsyncIterableIterator<TextCompletion>
+    create(request: OpenAIRequestFields & { prompt: string; stream?: false }): Promise<TextCompletion>
+  }
+  chatStream(messages: ChatMessage[], opts?: ChatOptions): AsyncIterableIterator<string>
+  session(options?: { system?: string }): Session
+}
+
+/** Forget every cached download. */
+export declare function clearCache(): Promise<void>

@@ -63,25 +63,13 @@ impl LoadOptions {
         if let Some(b) = self.backend {
             o.backend = b.parse::<BackendChoice>()?;
         }
-        o.quantize = self.quantize.as_deref().map(weight_format).transpose()?;
+        o.quantize = self.quantize.as_deref().map(str::parse::<WeightFormat>).transpose()?;
         o.template = self.template;
         o.ctx_len = whole("nCtx", self.n_ctx, 1.0)?.map(|n| n as usize);
         if let Some(b) = whole("maxBatch", self.max_batch, 1.0)? {
             o.max_batch = b as usize;
         }
         Ok(o)
-    }
-}
-
-fn weight_format(s: &str) -> Checked<WeightFormat> {
-    match s.to_ascii_lowercase().as_str() {
-        "q4_0" => Ok(WeightFormat::Q4_0),
-        "q4_1" => Ok(WeightFormat::Q4_1),
-        "q8_0" => Ok(WeightFormat::Q8_0),
-        "q4_k" | "q4_k_m" | "q4k" => Ok(WeightFormat::Q4K),
-        "q6_k" | "q6k" => Ok(WeightFormat::Q6K),
-        "f16" => Ok(WeightFormat::F16),
-        other => Err(Failure::arg("quantize", format!("unknown type `{other}` (q4_0, q4_1, q8_0, q4_k, q6_k, f16)"))),
     }
 }
 
@@ -105,31 +93,33 @@ pub struct GenerateOptions {
 }
 
 impl GenerateOptions {
+    /// Core's options, through core's one check of a request (`Params::check`, Meta's
+    /// defaults for what is left out); only JavaScript's number types are read here.
     pub fn into_core(self) -> Checked<yangtuo::GenerateOptions> {
-        let d = SamplingParams::default();
-        let sampling = SamplingParams {
-            temperature: self.temperature.map_or(d.temperature, |t| t as f32),
-            top_p: self.top_p.map_or(d.top_p, |p| p as f32),
-            top_k: whole("topK", self.top_k, 0.0)?.map(|k| k as usize),
-            min_p: self.min_p.map(|m| m as f32),
-            repetition_penalty: self.repetition_penalty.map(|r| r as f32),
-            seed: whole("seed", self.seed, 0.0)?,
+        let int = |name: &'static str, v: Option<f64>| -> Checked<Option<i64>> {
+            match v {
+                None => Ok(None),
+                Some(x) if x.is_finite() && x.fract() == 0.0 && x.abs() <= 9_007_199_254_740_992.0 => Ok(Some(x as i64)),
+                Some(x) => Err(Failure::arg(name, format!("must be a whole number, got {x}"))),
+            }
         };
-        sampling.validate()?;
-        let stop = match self.stop {
-            None => vec![],
-            Some(Either::A(s)) => vec![s],
-            Some(Either::B(v)) => v,
+        let params = yangtuo::api::Params {
+            max_tokens: int("maxTokens", self.max_tokens)?,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: int("topK", self.top_k)?,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: int("seed", self.seed)?,
+            stop: self.stop.map(|s| match s {
+                Either::A(one) => yangtuo::api::Stop::One(one),
+                Either::B(many) => yangtuo::api::Stop::Many(many),
+            }),
+            ..Default::default()
         };
-        if stop.iter().any(String::is_empty) {
-            return Err(Failure::arg("stop", "stop strings must not be empty"));
-        }
-        Ok(yangtuo::GenerateOptions {
-            max_tokens: whole("maxTokens", self.max_tokens, 0.0)?.map(|n| n as usize),
-            sampling,
-            stop,
-            allow_control_tokens: self.allow_control_tokens.unwrap_or(false),
-        })
+        let mut opts = params.check(&SamplingParams::default())?.opts;
+        opts.allow_control_tokens = self.allow_control_tokens.unwrap_or(false);
+        Ok(opts)
     }
 }
 

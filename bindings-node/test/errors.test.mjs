@@ -75,7 +75,7 @@ describe('errors', () => {
         [{ topK: 0 }, /top_k/],
         [{ maxTokens: 1.5 }, /maxTokens/],
         [{ maxTokens: 0 }, /max_tokens/],
-        [{ seed: -1 }, /seed/],
+        [{ seed: -2 }, /seed/],
         [{ temperature: 'hot' }, /options/],
         [{ stop: [''] }, /stop/],
       ]) {

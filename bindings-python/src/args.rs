@@ -4,6 +4,7 @@ use crate::errors::{IntoPy, invalid};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyMapping, PyString, PyTuple};
+use yangtuo::api::{Params, Stop};
 use yangtuo::{BackendChoice, GenerateOptions, LoadOptions, Message, SamplingParams, WeightFormat};
 
 /// `[{"role": str, "content": str}, ...]` → messages. Roles and order are core's to check
@@ -70,41 +71,30 @@ pub struct GenArgs<'py> {
 }
 
 impl GenArgs<'_> {
-    /// Core's options; `None` for temperature or top_p means Meta's defaults (0.6, 0.9).
-    /// Ranges are core's to check, except what a Rust unsigned type cannot hold.
+    /// Core's options, through core's one check of a request (`Params::check`, Meta's
+    /// defaults for what is left out); only `stop`'s Python types are read here.
     pub fn options(self, py: Python<'_>) -> PyResult<GenerateOptions> {
-        let count = |name: &'static str, v: Option<i64>| -> PyResult<Option<usize>> {
-            v.map(|n| usize::try_from(n).map_err(|_| invalid(py, name, format!("must be at least 1, got {n}"))))
-                .transpose()
-        };
-        let base = SamplingParams::default();
-        let seed = self
-            .seed
-            .map(|s| {
-                u64::try_from(s)
-                    .map_err(|_| invalid(py, "seed", format!("must be >= 0, got {s} (None draws a random seed)")))
-            })
-            .transpose()?;
         let stop = match self.stop {
-            None => vec![],
-            Some(s) if s.is_instance_of::<PyString>() => vec![s.extract::<String>()?],
-            Some(s) => {
-                s.extract::<Vec<String>>().map_err(|_| PyTypeError::new_err("stop must be a str or a list of str"))?
-            }
+            None => None,
+            Some(s) if s.is_instance_of::<PyString>() => Some(Stop::One(s.extract::<String>()?)),
+            Some(s) => Some(Stop::Many(
+                s.extract::<Vec<String>>().map_err(|_| PyTypeError::new_err("stop must be a str or a list of str"))?,
+            )),
         };
-        Ok(GenerateOptions {
-            max_tokens: count("max_tokens", self.max_tokens)?,
-            sampling: SamplingParams {
-                temperature: self.temperature.unwrap_or(base.temperature),
-                top_p: self.top_p.unwrap_or(base.top_p),
-                top_k: count("top_k", self.top_k)?,
-                min_p: self.min_p,
-                repetition_penalty: self.repetition_penalty,
-                seed,
-            },
+        let params = Params {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature.map(f64::from),
+            top_p: self.top_p.map(f64::from),
+            top_k: self.top_k,
+            min_p: self.min_p.map(f64::from),
+            repetition_penalty: self.repetition_penalty.map(f64::from),
+            seed: self.seed,
             stop,
-            allow_control_tokens: self.allow_control_tokens,
-        })
+            ..Params::default()
+        };
+        let mut opts = params.check(&SamplingParams::default()).py_err(py)?.opts;
+        opts.allow_control_tokens = self.allow_control_tokens;
+        Ok(opts)
     }
 }
 
@@ -122,27 +112,8 @@ pub fn load_options(
     Ok(LoadOptions {
         backend: backend.parse::<BackendChoice>().py_err(py)?,
         template,
-        quantize: quantize.map(|q| weight_format(py, q)).transpose()?,
+        quantize: quantize.map(|q| q.parse::<WeightFormat>()).transpose().py_err(py)?,
         ctx_len,
         ..LoadOptions::default()
-    })
-}
-
-/// The names the CLI's `--quantize` takes.
-fn weight_format(py: Python<'_>, s: &str) -> PyResult<WeightFormat> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "q4_0" => WeightFormat::Q4_0,
-        "q4_1" => WeightFormat::Q4_1,
-        "q8_0" => WeightFormat::Q8_0,
-        "q4_k" | "q4_k_m" | "q4k" => WeightFormat::Q4K,
-        "q6_k" | "q6k" => WeightFormat::Q6K,
-        "f16" => WeightFormat::F16,
-        other => {
-            return Err(invalid(
-                py,
-                "quantize",
-                format!("unknown format `{other}` (q4_0, q4_1, q8_0, q4_k, q6_k, f16)"),
-            ));
-        }
     })
 }

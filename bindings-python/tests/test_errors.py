@@ -97,7 +97,7 @@ def test_context_length(llm):
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": -5}, "max_tokens"),
-        ({"seed": -1}, "seed"),
+        ({"seed": -2}, "seed"),
     ],
 )
 def test_bad_parameters_are_value_errors(llm, kwargs, name):

@@ -11,17 +11,18 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 use yangtuo::{ChatSession, Completion, Flow, GenerateOptions, Llama, Message, SamplingParams};
 
-/// Options of `chat`, as JavaScript passes them (camelCase); unset fields keep Meta's defaults.
+/// Options of `chat`, as JavaScript passes them (camelCase); they go through core's one
+/// check of a request (`Params::check`), with Meta's defaults for what is left out.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct ChatOpts {
-    max_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<usize>,
-    min_p: Option<f32>,
-    repetition_penalty: Option<f32>,
-    seed: Option<f64>,
+    max_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    min_p: Option<f64>,
+    repetition_penalty: Option<f64>,
+    seed: Option<i64>,
     /// A string or a list of strings.
     stop: Option<yangtuo::api::Stop>,
     allow_control_tokens: Option<bool>,
@@ -34,24 +35,20 @@ impl ChatOpts {
         } else {
             serde_wasm_bindgen::from_value(v).map_err(|e| arg("options", e))?
         };
-        let d = SamplingParams::default();
-        Ok(GenerateOptions {
+        let params = yangtuo::api::Params {
             max_tokens: o.max_tokens,
-            sampling: SamplingParams {
-                temperature: o.temperature.unwrap_or(d.temperature),
-                top_p: o.top_p.unwrap_or(d.top_p),
-                top_k: o.top_k,
-                min_p: o.min_p,
-                repetition_penalty: o.repetition_penalty,
-                seed: o.seed.map(|s| s as u64),
-            },
-            stop: match o.stop {
-                None => vec![],
-                Some(yangtuo::api::Stop::One(s)) => vec![s],
-                Some(yangtuo::api::Stop::Many(v)) => v,
-            },
-            allow_control_tokens: o.allow_control_tokens.unwrap_or(false),
-        })
+            temperature: o.temperature,
+            top_p: o.top_p,
+            top_k: o.top_k,
+            min_p: o.min_p,
+            repetition_penalty: o.repetition_penalty,
+            seed: o.seed,
+            stop: o.stop,
+            ..Default::default()
+        };
+        let mut opts = params.check(&SamplingParams::default()).map_err(to_js)?.opts;
+        opts.allow_control_tokens = o.allow_control_tokens.unwrap_or(false);
+        Ok(opts)
     }
 }
 

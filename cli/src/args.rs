@@ -2,7 +2,8 @@
 
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
-use yangtuo::{BackendChoice, Error, LoadOptions, Result, SamplingParams, WeightFormat};
+use yangtuo::api::{Params, Stop};
+use yangtuo::{BackendChoice, Error, GenerateOptions, LoadOptions, Result, SamplingParams, WeightFormat};
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct ModelArgs {
@@ -40,29 +41,31 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// Sampling parameters over `base` (which differs: chat uses Meta's 0.6/0.9, generate greedy).
-    pub fn params(&self, base: SamplingParams) -> SamplingParams {
-        SamplingParams {
-            temperature: self.temperature.unwrap_or(base.temperature),
-            top_p: self.top_p.unwrap_or(base.top_p),
-            top_k: self.top_k.or(base.top_k),
-            min_p: self.min_p.or(base.min_p),
-            repetition_penalty: self.repetition_penalty.or(base.repetition_penalty),
-            seed: self.seed.or(base.seed),
-        }
+    /// Generation options through core's one check of a request (`Params::check`), over
+    /// `base` for the flags left out (chat uses Meta's 0.6/0.9, generate greedy).
+    pub fn options(&self, base: &SamplingParams, max_tokens: usize, stop: Vec<String>) -> Result<GenerateOptions> {
+        let seed = self.seed.map(|s| i64::try_from(s).map_err(|_| Error::arg("seed", format!("must be below 2^63, got {s}"))));
+        let params = Params {
+            max_tokens: Some(max_tokens as i64),
+            temperature: self.temperature.map(f64::from),
+            top_p: self.top_p.map(f64::from),
+            top_k: self.top_k.map(|k| k as i64),
+            min_p: self.min_p.map(f64::from),
+            repetition_penalty: self.repetition_penalty.map(f64::from),
+            seed: seed.transpose()?,
+            stop: Some(Stop::Many(stop)),
+            ..Params::default()
+        };
+        Ok(params.check(base)?.opts)
     }
 }
 
-pub fn parse_format(s: &str) -> Result<WeightFormat> {
-    match s.to_ascii_lowercase().as_str() {
-        "q4_0" => Ok(WeightFormat::Q4_0),
-        "q4_1" => Ok(WeightFormat::Q4_1),
-        "q8_0" => Ok(WeightFormat::Q8_0),
-        "q4_k" | "q4_k_m" | "q4k" => Ok(WeightFormat::Q4K),
-        "q6_k" | "q6k" => Ok(WeightFormat::Q6K),
-        "f16" => Ok(WeightFormat::F16),
-        other => Err(Error::arg("type", format!("unknown type `{other}` (q4_0, q8_0, q4_k)"))),
-    }
+/// A `--type` / `--quantize` name (core's `FromStr`), an error naming `arg`.
+pub fn parse_format(s: &str, arg: &'static str) -> Result<WeightFormat> {
+    s.parse::<WeightFormat>().map_err(|e| match e {
+        Error::InvalidArg { msg, .. } => Error::arg(arg, msg),
+        other => other,
+    })
 }
 
 impl ModelArgs {
@@ -70,7 +73,7 @@ impl ModelArgs {
         Ok(LoadOptions {
             backend: self.backend.parse::<BackendChoice>()?,
             template,
-            quantize: self.quantize.as_deref().map(parse_format).transpose()?,
+            quantize: self.quantize.as_deref().map(|q| parse_format(q, "quantize")).transpose()?,
             ctx_len: self.ctx,
             ..LoadOptions::default()
         })

@@ -5,7 +5,7 @@ use crate::args::{ModelArgs, SamplingArgs};
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use yangtuo::{Error, Flow, GenerateOptions, Result, SamplingParams};
+use yangtuo::{Error, Flow, Result, SamplingParams};
 
 /// The model `yangtuo chat` runs without `--model`: HFL's Chinese-Alpaca-2-7B (Llama 2 with a
 /// Chinese-extended vocabulary, tuned to chat in the Llama 2 chat format), 4-bit Q4_K_M
@@ -38,11 +38,7 @@ pub fn run(a: Args) -> Result<()> {
         s => s.clone(),
     };
     let mut session = llama.session(system);
-    let opts = GenerateOptions {
-        max_tokens: Some(a.max_tokens),
-        sampling: a.sampling.params(SamplingParams::default()),
-        ..Default::default()
-    };
+    let opts = a.sampling.options(&SamplingParams::default(), a.max_tokens, vec![])?;
     // Ctrl-C while answering cancels the answer; at the prompt it quits.
     let cancel = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));

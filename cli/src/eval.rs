@@ -5,7 +5,7 @@
 use crate::args::{ModelArgs, SamplingArgs};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use yangtuo::{Error, Flow, GenerateOptions, Message, Result, SamplingParams};
+use yangtuo::{Error, Flow, Message, Result, SamplingParams};
 
 /// The system prompt of the community's Llama 2 chat evaluation (meta_eval_7B.md).
 pub const COMMUNITY_SYSTEM: &str = "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. Please ensure that your responses are socially unbiased and positive in nature. The answer always been translate into Chinese language.\nIf a question does not make any sense, or is not factually coherent, explain why instead of answering something not correct. If you don't know the answer to a question, please don't share false information.\nThe answer always been translate into Chinese language.";
@@ -68,8 +68,7 @@ pub fn run(a: Args) -> Result<()> {
     let llama = crate::progress::load_llama(&a.model, a.template.clone())?;
     let system = a.system.clone().unwrap_or_else(|| COMMUNITY_SYSTEM.to_string());
     // a fixed seed by default, so a report can be reproduced
-    let sampling = a.sampling.params(SamplingParams { seed: Some(42), ..SamplingParams::default() });
-    let opts = GenerateOptions { max_tokens: Some(a.max_tokens), sampling, ..Default::default() };
+    let opts = a.sampling.options(&SamplingParams { seed: Some(42), ..SamplingParams::default() }, a.max_tokens, vec![])?;
     let pb = indicatif::ProgressBar::new(qs.len() as u64);
     pb.set_style(indicatif::ProgressStyle::with_template("eval [{bar:40}] {pos}/{len} ({eta})").expect("valid template"));
     let mut md = String::new();

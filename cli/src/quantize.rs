@@ -51,7 +51,7 @@ fn vocab(tok: &Tokenizer) -> Option<GgufTokenizer> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let want = parse_format(&a.ty)?;
+    let want = parse_format(&a.ty, "type")?;
     if !want.is_ggml() {
         return Err(Error::arg("type", "choose a GGUF type: q4_0, q8_0, q4_k, q6_k or f16"));
     }

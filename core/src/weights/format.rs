@@ -27,6 +27,24 @@ pub enum WeightFormat {
     Gptq4,
 }
 
+/// The names `--quantize`, `quantize=` and `quantize:` take (llama.cpp's type names).
+impl std::str::FromStr for WeightFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<WeightFormat> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "q4_0" => WeightFormat::Q4_0,
+            "q4_1" => WeightFormat::Q4_1,
+            "q8_0" => WeightFormat::Q8_0,
+            "q4_k" | "q4_k_m" | "q4k" => WeightFormat::Q4K,
+            "q6_k" | "q6k" => WeightFormat::Q6K,
+            "f16" => WeightFormat::F16,
+            other => {
+                return Err(Error::arg("quantize", format!("unknown type `{other}` (q4_0, q4_1, q8_0, q4_k, q6_k, f16)")));
+            }
+        })
+    }
+}
+
 impl WeightFormat {
     /// Weights per block.
     pub fn block_elems(self) -> usize {

@@ -16,6 +16,8 @@ mod cpu_attention;
 mod cpu_q8_gemm;
 #[cfg(all(feature = "cpu", target_arch = "x86_64"))]
 mod cpu_q8_rows;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod layout;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 #[cfg(feature = "cuda")]

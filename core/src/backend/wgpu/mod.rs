@@ -11,7 +11,8 @@ pub mod matrix;
 
 use self::device::Gpu;
 use self::kernels::{Compiled, Kernel, PARAMS_SIZE};
-use self::matrix::{Layout, layout, repack_rows, rows_per_chunk};
+use self::matrix::rows_per_chunk;
+use super::layout::{Layout, layout, repack_rows};
 use super::{AttnShape, Backend};
 use crate::weights::{RopeStyle, WeightData, WeightFormat};
 use crate::{Error, Result};

@@ -111,7 +111,7 @@ YANGTUO_CUDA_MMA=0 YANGTUO_CUDA_GRAPH=0 YANGTUO_TEST_FORMATS=F16,Q4_0,Q4K,Gptq4 
   "$B/yangtuo-core-tests" backend::cuda::tests::forward --nocapture 2>&1 | tee "$L/unit-nomma-nograph.log" | grep -vE '^\[|^$'
 grep -q "test result: ok" "$L/unit-nomma-nograph.log" && note "unit tests, f32 prefill kernel and no graphs: ok" || note "unit tests, f32 prefill kernel and no graphs: FAILED"
 if [ -n "$NVRTC_DIR" ]; then
-  YANGTUO_NVRTC_DIR=$NVRTC_DIR timeout 60 "$B/yangtuo-core-tests" backend::cuda::tests::kernels_compile_with_nvrtc --nocapture 2>&1 | tee "$L/nvrtc.log" | grep -E "compute_|result|panicked"
+  YANGTUO_NVRTC_DIR=$NVRTC_DIR timeout 60 "$B/yangtuo-core-tests" backend::cuda::nvrtc::tests::kernels_compile_with_nvrtc --nocapture 2>&1 | tee "$L/nvrtc.log" | grep -E "compute_|result|panicked"
   # and the whole path (compile here, JIT, run) once without the carried PTX
   mkdir -p "$W/fresh-cache"
   XDG_CACHE_HOME=$W/fresh-cache YANGTUO_NVRTC_DIR=$NVRTC_DIR YANGTUO_TEST_FORMATS=Q4_0 timeout 90 \

@@ -45,7 +45,7 @@ cp "$tests" "$C/bin/yangtuo-core-tests"
 strip "$C"/bin/*
 # the kernels' PTX, compiled (and checked) by the NVRTC unit test, into the carried cache
 YANGTUO_NVRTC_DIR="$NVRTC_DIR" YANGTUO_PTX_OUT="$PWD/$C/cache" \
-  "$C/bin/yangtuo-core-tests" backend::cuda::tests::kernels_compile_with_nvrtc --nocapture
+  "$C/bin/yangtuo-core-tests" backend::cuda::nvrtc::tests::kernels_compile_with_nvrtc --nocapture
 ls "$C"/cache/yangtuo/*.ptx >/dev/null
 xz -T0 -6 "$C"/bin/*
 git rev-parse HEAD > "$C/commit" 2>/dev/null || true

@@ -8,6 +8,8 @@
 
 #[cfg(feature = "cpu")]
 pub mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod layout;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 #[cfg(feature = "cuda")]

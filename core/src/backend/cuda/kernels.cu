@@ -16,7 +16,7 @@
 // - Positions come from device memory (`const u32* pos`, a slot of the batch's upload
 //   arena), never from a kernel argument, so a decode step launches the same kernels with
 //   the same arguments every time and can be replayed as a CUDA graph.
-// - A weight matrix is row-major in the GPU layout of mod.rs (`Layout`): row r's payload
+X
 //   at w + r * wrow bytes (16-byte aligned) and its per-block scales at s + r * srow bytes.
 //
 // Weight formats (ggml's block layouts, repacked at upload like shaders/weights_*.wgsl):

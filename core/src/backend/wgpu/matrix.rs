@@ -1,71 +1,8 @@
-//! Weight matrices on the GPU: repacked so every row starts on a 16-byte boundary (scales
-//! moved to their own array where a ggml block is not a multiple of 4 bytes), and split by
-//! rows into chunks no larger than the device binds (lavapipe: 128 MiB).
+//! Weight matrices on the wgpu backend: in the GPU layout of `backend/layout.rs` (shared with
+//! CUDA), split by rows into chunks no larger than the device binds (lavapipe: 128 MiB).
 
-use crate::weights::{WeightData, WeightFormat};
-
-/// GPU layout parameters of a format; see the comments of `shaders/weights_<format>.wgsl`.
-pub struct Layout {
-    /// Weights per dot unit (UNIT in the shader).
-    pub unit: usize,
-    /// Dot units per row, padding included.
-    pub nb: usize,
-    pub payload_row: usize,
-    pub scales_row: usize,
-}
-
-pub fn layout(format: WeightFormat, cols: usize) -> Layout {
-    let unit = match format {
-        WeightFormat::F32 => 4,
-        WeightFormat::F16 | WeightFormat::BF16 => 8,
-        _ => 32,
-    };
-    let nb = cols.div_ceil(unit);
-    let (payload_row, scales_row) = match format {
-        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => (nb * 16, 0),
-        WeightFormat::Q8_0 => (nb * 32, nb * 2),
-        WeightFormat::Q4_0 => (nb * 16, nb * 2),
-        WeightFormat::Q4_1 | WeightFormat::Gptq4 => (nb * 16, nb * 4),
-        WeightFormat::Q4K => (nb / 8 * 144, 0),
-        WeightFormat::Q6K => (nb / 8 * 208, nb / 8 * 2),
-    };
-    Layout { unit, nb, payload_row, scales_row }
-}
-
-/// Write rows `r0..r1` of `w` in GPU layout: payload into `payload`, scales into `scales`.
-pub fn repack_rows(w: &WeightData, r0: usize, r1: usize, payload: &mut [u8], scales: &mut [u8]) {
-    let f = w.format;
-    let lay = layout(f, w.cols);
-    let src_row = f.row_bytes(w.cols, "").expect("validated at load");
-    let bb = f.block_bytes();
-    for (i, r) in (r0..r1).enumerate() {
-        let src = &w.bytes[r * src_row..(r + 1) * src_row];
-        let dst = &mut payload[i * lay.payload_row..(i + 1) * lay.payload_row];
-        let sc = &mut scales[i * lay.scales_row..(i + 1) * lay.scales_row];
-        match f {
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::Q4K => {
-                dst[..src.len()].copy_from_slice(src);
-                dst[src.len()..].fill(0);
-            }
-            // (d, qs) → qs to the payload, d to the scales; (d, m) and GPTQ's (d, z) likewise
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Gptq4 => {
-                let head = if matches!(f, WeightFormat::Q4_1 | WeightFormat::Gptq4) { 4 } else { 2 };
-                let body = bb - head;
-                for (b, blk) in src.chunks_exact(bb).enumerate() {
-                    sc[b * head..(b + 1) * head].copy_from_slice(&blk[..head]);
-                    dst[b * body..(b + 1) * body].copy_from_slice(&blk[head..]);
-                }
-            }
-            // (ql, qh, scales, d) → the first 208 bytes to the payload, d to the scales
-            WeightFormat::Q6K => {
-                for (b, blk) in src.chunks_exact(bb).enumerate() {
-                    dst[b * 208..(b + 1) * 208].copy_from_slice(&blk[..208]);
-                    sc[b * 2..(b + 1) * 2].copy_from_slice(&blk[208..]);
-                }
-            }
-        }
-    }
-}
+// Re-exported: tests/tests/quant.rs reads the layout through this path.
+pub use crate::backend::layout::{Layout, layout, repack_rows};
 
 /// How many rows fit one chunk under the device's binding and buffer limits.
 pub fn rows_per_chunk(lay: &Layout, max_binding: u64, max_buffer: u64) -> usize {
@@ -78,43 +15,7 @@ pub fn rows_per_chunk(lay: &Layout, max_binding: u64, max_buffer: u64) -> usize 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::Blob;
-
-    #[test]
-    fn q4_0_scales_move_out_of_the_blocks() {
-        // two rows of one block each: d = 0x3c00 (1.0), nibbles 0x11 / 0x22
-        let mut bytes = vec![];
-        for v in [0x11u8, 0x22] {
-            bytes.extend_from_slice(&[0x00, 0x3c]);
-            bytes.extend_from_slice(&[v; 16]);
-        }
-        let w = WeightData::new(WeightFormat::Q4_0, 2, 32, Blob::from_vec(bytes), "t").unwrap();
-        let lay = layout(WeightFormat::Q4_0, 32);
-        let (mut p, mut s) = (vec![0u8; 2 * lay.payload_row], vec![0u8; 2 * lay.scales_row]);
-        repack_rows(&w, 0, 2, &mut p, &mut s);
-        assert_eq!(&p[..16], &[0x11; 16]);
-        assert_eq!(&p[16..], &[0x22; 16]);
-        assert_eq!(s, [0x00, 0x3c, 0x00, 0x3c]);
-    }
-
-    #[test]
-    fn gptq4_d_and_z_move_out_of_the_blocks() {
-        // one row of two blocks: (d, z) = (1.0, 8.0) / (2.0, 16.0), nibbles 0x21 / 0x43
-        let mut bytes = vec![];
-        for (d, z, v) in [(0x3c00u16, 0x4800u16, 0x21u8), (0x4000, 0x4c00, 0x43)] {
-            bytes.extend_from_slice(&d.to_le_bytes());
-            bytes.extend_from_slice(&z.to_le_bytes());
-            bytes.extend_from_slice(&[v; 16]);
-        }
-        let w = WeightData::new(WeightFormat::Gptq4, 1, 64, Blob::from_vec(bytes), "t").unwrap();
-        let lay = layout(WeightFormat::Gptq4, 64);
-        assert_eq!((lay.unit, lay.nb, lay.payload_row, lay.scales_row), (32, 2, 32, 8));
-        let (mut p, mut s) = (vec![0u8; lay.payload_row], vec![0u8; lay.scales_row]);
-        repack_rows(&w, 0, 1, &mut p, &mut s);
-        assert_eq!(&p[..16], &[0x21; 16]);
-        assert_eq!(&p[16..], &[0x43; 16]);
-        assert_eq!(s, [0x00, 0x3c, 0x00, 0x48, 0x00, 0x40, 0x00, 0x4c]);
-    }
+    use crate::weights::WeightFormat;
 
     #[test]
     fn chunks_respect_the_binding_limit() {

@@ -12,8 +12,9 @@ mod params;
 
 use self::device::Gpu;
 use self::kernels::{Compiled, Kernel, PARAMS_SIZE};
-use self::matrix::{Layout, layout, repack_rows, rows_per_chunk};
+use self::matrix::rows_per_chunk;
 use self::params::{Argmax, Attention, AttentionCombine, Elementwise, Gather, RmsNorm, Rope, StoreKv, Weights};
+use super::layout::{Layout, layout, repack_rows};
 use super::{AttnShape, Backend};
 use crate::weights::{RopeStyle, WeightData, WeightFormat};
 use crate::{Error, Result};

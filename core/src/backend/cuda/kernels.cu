@@ -16,8 +16,9 @@
 // - Positions come from device memory (`const u32* pos`, a slot of the batch's upload
 //   arena), never from a kernel argument, so a decode step launches the same kernels with
 //   the same arguments every time and can be replayed as a CUDA graph.
-X
-//   at w + r * wrow bytes (16-byte aligned) and its per-block scales at s + r * srow bytes.
+// - A weight matrix is row-major in the GPU layout of backend/layout.rs (`Layout`): row r's
+//   payload at w + r * wrow bytes (16-byte aligned; `payload_row` there) and its per-block
+//   scales at s + r * srow bytes (`scales_row`).
 //
 // Weight formats (ggml's block layouts, repacked at upload like shaders/weights_*.wgsl):
 //   f32, f16, bf16  payload: the row, zero-padded to a multiple of 16 bytes; no scales

@@ -47,6 +47,8 @@ export interface GenerateOptions {
   stop?: string | string[]
   /** Accept template control strings (`[INST]`, `<s>`, ...) inside message content. */
   allowControlTokens?: boolean
+  /** When the chat outgrows the context: `truncate-oldest` leaves out the oldest turns (a session's default), `error` rejects with CONTEXT_LENGTH (a one-shot chat's default). */
+  contextOverflow?: 'truncate-oldest' | 'error'
   /** Abort the call: it rejects with an `AbortError` (code `ABORTED`) before the next token. */
   signal?: AbortSignal
 }
@@ -75,6 +77,8 @@ export interface Completion {
   /** The generated token ids (EOS excluded). */
   ids: number[]
   timings: Timings
+  /** The oldest turns left out so the chat fits the context. */
+  droppedTurns: number
 }
 
 /** Text deltas; they concatenate to the answer. The iterator's return value is the completion. */
@@ -125,6 +129,8 @@ export interface OpenAIRequestFields {
   n?: number
   response_format?: { type: 'text' }
   user?: string
+  /** yangtuo's: leave out the oldest turns that do not fit the context instead of failing. */
+  context_overflow?: 'truncate-oldest' | 'error'
   /** Aborts the generation (AbortError). */
   signal?: AbortSignal
 }

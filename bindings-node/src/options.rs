@@ -90,6 +90,10 @@ pub struct GenerateOptions {
     pub stop: Option<Either<String, Vec<String>>>,
     /// Accept template control strings (`[INST]`, `<s>`, ...) inside message content.
     pub allow_control_tokens: Option<bool>,
+    /// When the chat outgrows the context: `truncate-oldest` leaves out the oldest turns
+    /// (a session's default), `error` fails with CONTEXT_LENGTH (a one-shot chat's default).
+    #[napi(ts_type = "'truncate-oldest' | 'error'")]
+    pub context_overflow: Option<String>,
 }
 
 impl GenerateOptions {
@@ -111,6 +115,7 @@ impl GenerateOptions {
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
             seed: int("seed", self.seed)?,
+            context_overflow: self.context_overflow,
             stop: self.stop.map(|s| match s {
                 Either::A(one) => yangtuo::api::Stop::One(one),
                 Either::B(many) => yangtuo::api::Stop::Many(many),
@@ -151,6 +156,8 @@ pub struct Completion {
     /// The generated token ids (EOS excluded).
     pub ids: Vec<u32>,
     pub timings: Timings,
+    /// The oldest turns left out so the chat fits the context.
+    pub dropped_turns: u32,
 }
 
 impl From<yangtuo::Completion> for Completion {
@@ -165,6 +172,7 @@ impl From<yangtuo::Completion> for Completion {
                 total_tokens: c.usage.total_tokens as u32,
             },
             ids: c.ids,
+            dropped_turns: c.dropped_turns as u32,
             timings: Timings {
                 prefill_tokens: t.prefill_tokens as u32,
                 prefill_ms: t.prefill_s * 1e3,

@@ -63,9 +63,25 @@ describe('errors', () => {
       await llm.chat(injected, { ...greedy, maxTokens: 1, allowControlTokens: true })
     })
 
-    it('CONTEXT_LENGTH when prompt plus maxTokens exceed nCtx', async () => {
-      coded(await rejection(llm.chat(hi, { maxTokens: 500 })), 'CONTEXT_LENGTH', /context/)
-      coded(await rejection(llm.completeIds(new Array(200).fill(1), { maxTokens: 1 })), 'CONTEXT_LENGTH')
+    it('CONTEXT_LENGTH when the prompt leaves no room; maxTokens is a cap', async () => {
+      coded(await rejection(llm.completeIds(new Array(200).fill(1), { maxTokens: 1 })), 'CONTEXT_LENGTH', /context/)
+      const long = [{ role: 'user', content: '咖啡 '.repeat(300) }]
+      coded(await rejection(llm.chat(long, { maxTokens: 1 })), 'CONTEXT_LENGTH')
+      const r = await llm.chat(hi, { maxTokens: 500, temperature: 0 })
+      assert.ok(r.usage.totalTokens <= llm.nCtx)
+    })
+
+    it('a session drops its oldest turns when the context fills; the error policy still errors', async () => {
+      const s = llm.session({ system: 'You are a helpful assistant.' })
+      let dropped = 0
+      for (let i = 0; i < 60; i++) {
+        const r = await s.chat(`第${i}个问题：羊驼吃什么？`, { maxTokens: 24, temperature: 0 })
+        dropped += r.droppedTurns
+        assert.ok(r.usage.totalTokens <= llm.nCtx)
+        assert.equal(s.messages[0].role, 'system')
+      }
+      assert.ok(dropped > 0)
+      coded(await rejection(s.chat('咖啡 '.repeat(300), { maxTokens: 1, contextOverflow: 'error' })), 'CONTEXT_LENGTH')
     })
 
     it('INVALID_ARG for bad generation options and inputs', async () => {

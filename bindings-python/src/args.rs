@@ -68,6 +68,8 @@ pub struct GenArgs<'py> {
     pub seed: Option<i64>,
     pub stop: Option<Bound<'py, PyAny>>,
     pub allow_control_tokens: bool,
+    /// `truncate-oldest` or `error` (core's `ContextOverflow`); `None`: the call's default.
+    pub context_overflow: Option<String>,
 }
 
 impl GenArgs<'_> {
@@ -90,6 +92,7 @@ impl GenArgs<'_> {
             repetition_penalty: self.repetition_penalty.map(f64::from),
             seed: self.seed,
             stop,
+            context_overflow: self.context_overflow,
             ..Params::default()
         };
         let mut opts = params.check(&SamplingParams::default()).py_err(py)?.opts;

@@ -64,7 +64,7 @@ impl PyLlama {
     /// assistant alternating, ending with user). Returns a `ChatResult`, or with
     /// `stream=True` a `TextStream` of text deltas.
     #[pyo3(signature = (messages, max_tokens = None, temperature = 0.6, top_p = 0.9, top_k = None, min_p = None,
-        repetition_penalty = None, seed = None, stop = None, stream = false, allow_control_tokens = false))]
+        repetition_penalty = None, seed = None, stop = None, stream = false, allow_control_tokens = false, context_overflow = None))]
     #[allow(clippy::too_many_arguments)]
     fn chat<'py>(
         &self,
@@ -80,6 +80,7 @@ impl PyLlama {
         stop: Option<Bound<'py, PyAny>>,
         stream: bool,
         allow_control_tokens: bool,
+        context_overflow: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let msgs = args::messages(messages)?;
         let opts = GenArgs {
@@ -92,6 +93,7 @@ impl PyLlama {
             seed,
             stop,
             allow_control_tokens,
+            context_overflow,
         }
         .options(py)?;
         let llama = self.inner.clone();
@@ -129,6 +131,7 @@ impl PyLlama {
             seed,
             stop,
             allow_control_tokens: true,
+            context_overflow: None,
         }
         .options(py)?;
         let llama = self.inner.clone();

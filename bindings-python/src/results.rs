@@ -33,6 +33,7 @@ pub fn to_py(py: Python<'_>, kind: Kind, model: &str, c: Completion) -> PyResult
     d.set_item("usage", usage)?;
     d.set_item("ids", &c.ids)?;
     d.set_item("timings", timings)?;
+    d.set_item("dropped_turns", c.dropped_turns)?;
     let class = match kind {
         Kind::Chat => "ChatResult",
         Kind::Text => "CompletionResult",

@@ -38,7 +38,7 @@ impl PySession {
     /// Send a user message; the answer joins the history. Returns a `ChatResult`, or a
     /// `TextStream` with `stream=True`. Same keyword arguments as `Llama.chat`.
     #[pyo3(signature = (user, max_tokens = None, temperature = 0.6, top_p = 0.9, top_k = None, min_p = None,
-        repetition_penalty = None, seed = None, stop = None, stream = false, allow_control_tokens = false))]
+        repetition_penalty = None, seed = None, stop = None, stream = false, allow_control_tokens = false, context_overflow = None))]
     #[allow(clippy::too_many_arguments)]
     fn chat<'py>(
         &self,
@@ -54,6 +54,7 @@ impl PySession {
         stop: Option<Bound<'py, PyAny>>,
         stream: bool,
         allow_control_tokens: bool,
+        context_overflow: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let opts = GenArgs {
             max_tokens,
@@ -65,6 +66,7 @@ impl PySession {
             seed,
             stop,
             allow_control_tokens,
+            context_overflow,
         }
         .options(py)?;
         let inner = self.inner.clone();

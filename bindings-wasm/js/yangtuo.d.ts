@@ -34,6 +34,8 @@ export interface ChatOptions {
   seed?: number
   stop?: string | string[]
   allowControlTokens?: boolean
+  /** `truncate-oldest` (a session's default) or `error` (a one-shot chat's). */
+  contextOverflow?: 'truncate-oldest' | 'error'
   signal?: AbortSignal
   onDelta?: (delta: string) => void
 }
@@ -45,6 +47,8 @@ export interface ChatResult {
   prefillTokS: number
   decodeTokS: number
   ttftS: number
+  /** The oldest turns left out so the chat fits the context. */
+  droppedTurns: number
 }
 
 /** OpenAI's request fields; the engine rejects any it does not implement, naming it. */
@@ -67,6 +71,7 @@ export interface OpenAIRequestFields {
   n?: number
   response_format?: { type: 'text' }
   user?: string
+  context_overflow?: 'truncate-oldest' | 'error'
   signal?: AbortSignal
 }
 

@@ -26,6 +26,8 @@ struct ChatOpts {
     /// A string or a list of strings.
     stop: Option<yangtuo::api::Stop>,
     allow_control_tokens: Option<bool>,
+    /// `truncate-oldest` (a session's default) or `error` (a one-shot chat's).
+    context_overflow: Option<String>,
 }
 
 impl ChatOpts {
@@ -44,6 +46,7 @@ impl ChatOpts {
             repetition_penalty: o.repetition_penalty,
             seed: o.seed,
             stop: o.stop,
+            context_overflow: o.context_overflow,
             ..Default::default()
         };
         let mut opts = params.check(&SamplingParams::default()).map_err(to_js)?.opts;
@@ -69,6 +72,8 @@ struct ChatResult {
     prefill_tok_s: f64,
     decode_tok_s: f64,
     ttft_s: f64,
+    /// The oldest turns left out so the chat fits the context.
+    dropped_turns: usize,
 }
 
 fn result(c: Completion) -> Result<JsValue, JsValue> {
@@ -82,6 +87,7 @@ fn result(c: Completion) -> Result<JsValue, JsValue> {
         prefill_tok_s: c.timings.prefill_tok_s(),
         decode_tok_s: c.timings.decode_tok_s(),
         ttft_s: c.timings.ttft_s,
+        dropped_turns: c.dropped_turns,
         content: c.text,
     };
     serde_wasm_bindgen::to_value(&r).map_err(|e| arg("result", e))

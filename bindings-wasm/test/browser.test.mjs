@@ -167,7 +167,10 @@ test('errors reject with coded Errors', async () => {
     const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
     try { await llm.chat([{ role: 'user', content: 'a' }, { role: 'user', content: 'b' }]); } catch (e) { out.roles = { code: e.code, index: e.index, msg: e.message }; }
     try { await llm.chat([{ role: 'user', content: 'a' }], { topP: 2 }); } catch (e) { out.arg = { code: e.code, msg: e.message }; }
-    try { await llm.chat([{ role: 'user', content: 'a' }], { maxTokens: 1e6 }); } catch (e) { out.ctx = { code: e.code }; }
+    try { await llm.chat([{ role: 'user', content: '咖啡 '.repeat(600) }], { maxTokens: 1 }); } catch (e) { out.ctx = { code: e.code }; }
+    // maxTokens is a cap, not a reservation
+    const small = await y.Llama.load({ model: '/models/tiny.q8_0.gguf', nCtx: 40 });
+    out.capped = (await small.chat([{ role: 'user', content: 'a' }], { maxTokens: 1e6, temperature: 0 })).usage.totalTokens <= 40;
     return out;
   });
   assert.equal(r.missing.code, 'MODEL_LOAD');
@@ -177,6 +180,28 @@ test('errors reject with coded Errors', async () => {
   assert.equal(r.arg.code, 'INVALID_ARG');
   assert.match(r.arg.msg, /top_p/);
   assert.equal(r.ctx.code, 'CONTEXT_LENGTH');
+  assert.ok(r.capped);
+});
+
+test('a long session drops its oldest turns instead of failing', async () => {
+  const r = await inPage(async (y) => {
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf', nCtx: 64 });
+    const s = llm.session({ system: 'You are a helpful assistant.' });
+    let dropped = 0;
+    let maxTotal = 0;
+    for (let i = 0; i < 25; i++) {
+      const a = await s.chat(`问题${i}：羊驼吃什么？`, { maxTokens: 8, temperature: 0 });
+      dropped += a.droppedTurns;
+      maxTotal = Math.max(maxTotal, a.usage.totalTokens);
+    }
+    let err = null;
+    try { await s.chat('咖啡 '.repeat(100), { maxTokens: 1, contextOverflow: 'error' }); } catch (e) { err = e.code; }
+    return { dropped, maxTotal, first: s.messages[0].role, err };
+  });
+  assert.ok(r.dropped > 0);
+  assert.ok(r.maxTotal <= 64);
+  assert.equal(r.first, 'system');
+  assert.equal(r.err, 'CONTEXT_LENGTH');
 });
 
 test('downloads are cached: a reload fetches nothing again, clearCache() forgets', async () => {

@@ -5,7 +5,7 @@ use crate::args::{ModelArgs, SamplingArgs};
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use yangtuo::{Error, Flow, Result, SamplingParams};
+use yangtuo::{Error, Flow, GenerateOptions, Result, SamplingParams};
 
 /// The model `yangtuo chat` runs without `--model`: HFL's Chinese-Alpaca-2-7B (Llama 2 with a
 /// Chinese-extended vocabulary, tuned to chat in the Llama 2 chat format), 4-bit Q4_K_M
@@ -25,8 +25,13 @@ pub struct Args {
     /// Chat template: llama2 | llama2-chinese (default: the model's own, else llama2).
     #[arg(long)]
     template: Option<String>,
+    /// At most this many tokens per answer (a cap: an answer also ends when the context is full).
     #[arg(long, default_value_t = 1024)]
     max_tokens: usize,
+    /// When the conversation outgrows the context: truncate-oldest (leave out the oldest
+    /// turns, the system prompt stays) | error.
+    #[arg(long, default_value = "truncate-oldest")]
+    context_overflow: String,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -38,7 +43,10 @@ pub fn run(a: Args) -> Result<()> {
         s => s.clone(),
     };
     let mut session = llama.session(system);
-    let opts = a.sampling.options(&SamplingParams::default(), a.max_tokens, vec![])?;
+    let opts = GenerateOptions {
+        context_overflow: Some(a.context_overflow.parse()?),
+        ..a.sampling.options(&SamplingParams::default(), a.max_tokens, vec![])?
+    };
     // Ctrl-C while answering cancels the answer; at the prompt it quits.
     let cancel = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));
@@ -81,12 +89,17 @@ pub fn run(a: Args) -> Result<()> {
         busy.store(false, Ordering::SeqCst);
         println!();
         match r {
-            Ok(c) => eprintln!(
-                "[{} tokens, {:.1} tok/s, first token {:.2} s]",
-                c.usage.completion_tokens,
-                c.timings.decode_tok_s(),
-                c.timings.ttft_s
-            ),
+            Ok(c) => {
+                if c.dropped_turns > 0 {
+                    eprintln!("[the chat outgrew the context: its {} oldest turn(s) were left out]", c.dropped_turns);
+                }
+                eprintln!(
+                    "[{} tokens, {:.1} tok/s, first token {:.2} s]",
+                    c.usage.completion_tokens,
+                    c.timings.decode_tok_s(),
+                    c.timings.ttft_s
+                )
+            }
             Err(Error::Cancelled) => eprintln!("[stopped]"),
             Err(e) => eprintln!("error: {e}"),
         }

@@ -9,16 +9,41 @@ use crate::{Error, Result};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// What a chat does when its history no longer fits the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextOverflow {
+    /// Fail with `Error::ContextLength`, naming the sizes.
+    Error,
+    /// Drop the oldest whole user/assistant turns (the system prompt stays) until the new
+    /// prompt and a reserve for the answer fit. Sessions' default.
+    TruncateOldest,
+}
+
+impl std::str::FromStr for ContextOverflow {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ContextOverflow> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "error" => Ok(ContextOverflow::Error),
+            "truncate-oldest" | "truncate" => Ok(ContextOverflow::TruncateOldest),
+            other => Err(Error::arg("context_overflow", format!("`{other}` is not one of truncate-oldest, error"))),
+        }
+    }
+}
+
 /// Per-call generation options.
 #[derive(Debug, Clone, Default)]
 pub struct GenerateOptions {
-    /// At most this many new tokens; `None` fills the context.
+    /// At most this many new tokens (a cap, not a reservation: generation also stops, with
+    /// `FinishReason::Length`, when the context is full); `None` fills the context.
     pub max_tokens: Option<usize>,
     pub sampling: SamplingParams,
     /// Generation stops before any of these strings; they are not part of the answer.
     pub stop: Vec<String>,
     /// Accept template control strings (`[INST]`, `<s>`, ...) inside message content.
     pub allow_control_tokens: bool,
+    /// When a chat's messages outgrow the context; `None` is the call's default
+    /// (`TruncateOldest` for sessions, `Error` for a one-shot chat).
+    pub context_overflow: Option<ContextOverflow>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,6 +99,8 @@ pub struct Completion {
     /// Generated ids, EOS excluded.
     pub ids: Vec<u32>,
     pub timings: Timings,
+    /// Oldest user/assistant turns left out so the prompt fits (`ContextOverflow::TruncateOldest`).
+    pub dropped_turns: usize,
 }
 
 /// What a streaming consumer wants after a piece of text.
@@ -124,19 +151,20 @@ impl GenerateOptions {
     }
 }
 
-/// Check a prompt against the context, and work out the token budget.
+/// Check a prompt against the context, and work out the token budget: `max_tokens` is a
+/// cap, and what the context has left is the other. A prompt that leaves no room for one
+/// token is an error.
 pub fn budget(prompt: usize, max_tokens: Option<usize>, ctx: usize) -> Result<usize> {
     if max_tokens == Some(0) {
         return Err(Error::arg("max_tokens", "must be at least 1"));
     }
-    let requested = max_tokens.unwrap_or(ctx.saturating_sub(prompt));
     if prompt == 0 {
         return Err(Error::arg("prompt", "the prompt is empty"));
     }
-    if prompt + requested.max(1) > ctx {
-        return Err(Error::ContextLength { prompt, requested: requested.max(1), context: ctx });
+    if prompt + 1 > ctx {
+        return Err(Error::ContextLength { prompt, requested: 1, context: ctx });
     }
-    Ok(requested)
+    Ok(max_tokens.unwrap_or(usize::MAX).min(ctx - prompt))
 }
 
 impl Generation<'_> {
@@ -216,6 +244,6 @@ impl Generation<'_> {
         timings.decode_tokens = ids.len().saturating_sub(1);
         timings.decode_s = t_end - t_first.unwrap_or(t_end);
         let usage = Usage { prompt_tokens: prompt.len(), completion_tokens: ids.len(), total_tokens: prompt.len() + ids.len() };
-        Ok(Completion { text, finish_reason: finish, usage, ids, timings })
+        Ok(Completion { text, finish_reason: finish, usage, ids, timings, dropped_turns: 0 })
     }
 }

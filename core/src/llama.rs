@@ -7,10 +7,11 @@
 //! both end there.
 
 use crate::api::{ChatCompletion, ChatCompletionChunk, ChatRequest, CompletionRequest, Meta, TextCompletion};
+use crate::chat::fit::drop_oldest_turns;
 use crate::chat::{ChatTemplate, Message, own_template};
 use crate::sampler::SamplingParams;
 use crate::device::BackendChoice;
-use crate::generate::{Cached, Completion, Flow, GenerateOptions, Generation};
+use crate::generate::{Cached, Completion, ContextOverflow, Flow, GenerateOptions, Generation};
 use crate::runner::Runner;
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFormat;
@@ -282,6 +283,9 @@ impl Llama {
         g.run(cache, prompt, max_new, on_text).await
     }
 
+    /// Answer `messages`. With `ContextOverflow::TruncateOldest` (not the default here: a
+    /// caller who sent the history expects it used) the oldest turns that do not fit are
+    /// left out, and `dropped_turns` says how many.
     pub async fn chat_async(
         &self,
         messages: &[Message],
@@ -289,8 +293,36 @@ impl Llama {
         cancel: Option<&AtomicBool>,
         on_text: &mut dyn FnMut(&str) -> Flow,
     ) -> Result<Completion> {
-        let prompt = self.render(messages, opts.allow_control_tokens)?;
-        self.complete_ids_async(&prompt, opts, cancel, on_text).await
+        let (prompt, _, dropped) = self.fit(messages, opts, ContextOverflow::Error)?;
+        let mut c = self.complete_ids_async(&prompt, opts, cancel, on_text).await?;
+        c.dropped_turns = dropped;
+        Ok(c)
+    }
+
+    /// The prompt ids for `messages` under `opts.context_overflow` (else `default`): with
+    /// `TruncateOldest`, the oldest whole turns are left out until the prompt and a reserve
+    /// for the answer (`max_tokens`, at most half the context; a quarter when unset) fit.
+    /// Returns the ids, the messages they render, and how many turns were left out.
+    pub(crate) fn fit(
+        &self,
+        messages: &[Message],
+        opts: &GenerateOptions,
+        default: ContextOverflow,
+    ) -> Result<(Vec<u32>, Vec<Message>, usize)> {
+        let ctx = self.ctx_len;
+        let render = |m: &[Message]| self.render(m, opts.allow_control_tokens);
+        let full = render(messages)?;
+        let reserve = opts.max_tokens.unwrap_or(ctx / 4).clamp(1, (ctx / 2).max(1));
+        if opts.context_overflow.unwrap_or(default) == ContextOverflow::Error || full.len() + reserve <= ctx {
+            return Ok((full, messages.to_vec(), 0));
+        }
+        let (kept, dropped) = drop_oldest_turns(messages, |m| Ok(render(m)?.len() + reserve <= ctx))?;
+        let prompt = render(&kept)?;
+        log::info!(
+            "the chat outgrew the context ({ctx} tokens): left out its {dropped} oldest turn(s); the prompt is {} tokens",
+            prompt.len()
+        );
+        Ok((prompt, kept, dropped))
     }
 
     /// Raw completion of `prompt` text (BOS, then the text; no template).
@@ -317,7 +349,6 @@ impl Llama {
         on_chunk: &mut dyn FnMut(&ChatCompletionChunk) -> Flow,
     ) -> Result<ChatCompletion> {
         let checked = req.params.check(defaults)?;
-        let prompt = self.render(&req.messages, false)?;
         let meta = Meta::new("chatcmpl", req.params.model.as_deref().unwrap_or(&self.name));
         let (stream, usage) = (checked.stream, checked.include_usage);
         let mut started = false;
@@ -330,7 +361,7 @@ impl Llama {
             }
             on_chunk(&ChatCompletionChunk::text(&meta, t, usage))
         };
-        let c = self.complete_ids_async(&prompt, &checked.opts, cancel, &mut on_text).await?;
+        let c = self.chat_async(&req.messages, &checked.opts, cancel, &mut on_text).await?;
         if stream {
             if !started {
                 on_chunk(&ChatCompletionChunk::role(&meta, usage));

@@ -1,10 +1,12 @@
 //! `ChatSession`: multi-turn chat that keeps its KV cache between turns. Each turn renders
 //! the whole conversation and runs only what the cache does not already hold, so an answer
-//! is the one a fresh `chat()` over the same history gives.
+//! is the one a fresh `chat()` over the same history gives. When the history outgrows the
+//! context, the oldest whole turns are left out (`ContextOverflow::TruncateOldest`, the
+//! default here) and stay out of the history.
 
 use crate::chat::Message;
 use crate::llama::Llama;
-use crate::generate::{Cached, Completion, Flow, GenerateOptions};
+use crate::generate::{Cached, Completion, ContextOverflow, Flow, GenerateOptions};
 use crate::Result;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -40,7 +42,7 @@ impl ChatSession {
     ) -> Result<Completion> {
         let mut msgs = self.messages.clone();
         msgs.push(Message::user(user));
-        let prompt = self.llama.render(&msgs, opts.allow_control_tokens)?;
+        let (prompt, mut msgs, dropped) = self.llama.fit(&msgs, opts, ContextOverflow::TruncateOldest)?;
         let max_new = opts.check(prompt.len(), self.llama.context_length())?;
         let mut cache = match self.cache.take() {
             Some(c) => c,
@@ -48,7 +50,8 @@ impl ChatSession {
         };
         let r = self.llama.run_on(&mut cache, &prompt, max_new, opts, cancel, on_text).await;
         self.cache = Some(cache);
-        let c = r?;
+        let mut c = r?;
+        c.dropped_turns = dropped;
         msgs.push(Message::assistant(c.text.clone()));
         self.messages = msgs;
         Ok(c)

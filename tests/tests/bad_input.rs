@@ -105,7 +105,7 @@ fn no_adapter_found_is_a_clear_device_error() {
 fn over_long_prompts_fail_before_any_work() {
     let dir = model("ctx");
     cli_fails(
-        &["generate", "--model", dir.to_str().unwrap(), "--ids", "1,2,3,4,5,6,7,8", "--max-tokens", "10", "--ctx", "16", "--backend", "cpu"],
+        &["generate", "--model", dir.to_str().unwrap(), "--ids", &["1"; 16].join(","), "--max-tokens", "10", "--ctx", "16", "--backend", "cpu"],
         &[],
         "context length exceeded",
     );

@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use yangtuo::chat::{ChatTemplate, StopMatcher};
 use yangtuo::tokenizer::{StreamDecoder, Tokenizer};
-use yangtuo::{BackendChoice, Completion, Error, Flow, GenerateOptions, Llama, LoadOptions, Message, SamplingParams};
+use yangtuo::{BackendChoice, Completion, Error, FinishReason, Flow, GenerateOptions, Llama, LoadOptions, Message, SamplingParams};
 use yangtuo_tests::{Spec, cli_bin};
 
 // ---------------------------------------------------------------------------------------
@@ -535,29 +535,89 @@ fn context_overflow_is_reported_before_any_work() {
     let msgs = [Message::user("Tell me a long story about a llama who lived in the mountains of Peru.")];
     let n = llama.render(&msgs, false).unwrap().len();
     assert!(n < 64 && n + 40 > 64, "prompt of {n} tokens");
-    // The prompt fits, prompt + max_tokens does not: the model itself would only fail once
-    // the cache is full, after generating; the budget check refuses upfront, naming the
-    // requested count (the model's own overflow error reports `requested: 0`).
-    let o = greedy(40);
-    let check = |r: yangtuo::Result<Completion>, prompt: usize, requested: usize| match r {
+    let check = |r: yangtuo::Result<Completion>, prompt: usize| match r {
         Err(Error::ContextLength { prompt: p, requested: q, context }) => {
-            assert_eq!((p, q, context), (prompt, requested, 64));
+            assert_eq!((p, q, context), (prompt, 1, 64));
         }
         other => panic!("expected ContextLength, got {:?}", other.map(|c| c.text)),
     };
-    check(llama.chat_stream(&msgs, &o, None, &mut |_| panic!("no tokens before the context check")), n, 40);
-    check(llama.complete_ids(&vec![BOS; 30], &o, None, &mut |_| panic!("no tokens")), 30, 40);
-    // a prompt longer than the context, with the default "fill the context" budget
+    // max_tokens is a cap, not a reservation: prompt + max_tokens past the context runs,
+    // and stops with `length` when the context is full
+    let c = llama.chat(&msgs, &greedy(40)).unwrap();
+    assert!(c.usage.total_tokens <= 64);
+    if c.finish_reason == FinishReason::Length {
+        assert!(c.usage.total_tokens == 64 || c.usage.completion_tokens == 40, "{:?}", c.usage);
+    }
+    let c = llama.complete_ids(&vec![BOS; 60], &greedy(40), None, &mut |_| Flow::Continue).unwrap();
+    assert_eq!((c.usage.total_tokens, c.finish_reason), (64, FinishReason::Length));
+    // a prompt that leaves no room for one token fails before any work, naming the sizes
+    check(llama.complete_ids(&vec![BOS; 64], &greedy(1), None, &mut |_| panic!("no tokens")), 64);
     let long = [Message::user("llama ".repeat(80))];
     let ln = llama.render(&long, false).unwrap().len();
-    check(llama.chat(&long, &GenerateOptions { max_tokens: None, ..greedy(1) }), ln, 1);
-    // a session too: the error leaves the history as it was
+    check(llama.chat(&long, &GenerateOptions { max_tokens: None, ..greedy(1) }), ln);
+    // a session too: the error leaves the history as it was (one message cannot be truncated)
     let mut session = llama.session(None);
-    check(session.send(&msgs[0].content, &o, None, &mut |_| panic!("no tokens")), n, 40);
+    check(session.send(&long[0].content, &greedy(4), None, &mut |_| panic!("no tokens")), ln);
     assert!(session.messages().is_empty());
     // and exactly filling the context is fine
     let c = llama.chat(&msgs, &greedy(64 - n)).unwrap();
-    assert_eq!(c.usage.total_tokens, 64);
+    assert!(c.usage.total_tokens <= 64);
+}
+
+/// A session outgrowing a small context drops its oldest whole turns and never errors;
+/// each turn's prompt is the template over the turns kept. On cpu and wgpu.
+#[test]
+fn long_sessions_drop_their_oldest_turns() {
+    let shared = shared_or_skip!();
+    let dir = random_model(&shared, "long-chat", LLAMA2, 5);
+    for backend in [BackendChoice::Cpu, BackendChoice::Wgpu] {
+        let llama = match Llama::load(&*dir, &opts(backend, None, Some(96)), &mut |_| {}) {
+            Ok(l) => Arc::new(l),
+            Err(e) if backend == BackendChoice::Wgpu => {
+                eprintln!("skipping wgpu: {e}");
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let turns = if backend == BackendChoice::Cpu { 200 } else { 40 };
+        let mut session = llama.session(Some("You are a helpful assistant.".into()));
+        let mut dropped = 0;
+        for i in 0..turns {
+            let c = session
+                .send(&format!("第{i}个问题：羊驼吃什么？"), &greedy(1024), None, &mut |_| Flow::Continue)
+                .unwrap_or_else(|e| panic!("{backend:?} turn {i}: {e}"));
+            dropped += c.dropped_turns;
+            let msgs = session.messages();
+            assert_eq!(msgs[0].role, "system");
+            let kept = &msgs[..msgs.len() - 1];
+            let want = llama.render(kept, false).unwrap();
+            // the same ids as the template and the tokenizer give for the kept turns
+            let mut ids = vec![BOS];
+            ids.extend(llama.tokenizer().encode(&format!(
+                "[INST] <<SYS>>\n{}\n<</SYS>>\n\n{} [/INST]",
+                kept[0].content,
+                kept[1].content
+            )).unwrap());
+            // (the first kept turn's text up to its closing `[/INST]`, whose last piece may
+            // merge with an answer that follows)
+            let n = ids.len() - 1;
+            assert_eq!(&want[..n], &ids[..n], "{backend:?} turn {i}");
+            assert_eq!(c.usage.prompt_tokens, want.len(), "{backend:?} turn {i}");
+            assert!(c.usage.total_tokens <= 96);
+        }
+        assert!(dropped > 0, "{backend:?}: nothing was dropped in {turns} turns");
+        // the error policy still errors, with the numbers
+        let mut o = greedy(8);
+        o.context_overflow = Some(yangtuo::ContextOverflow::Error);
+        let mut long = llama.session(None);
+        for i in 0..3 {
+            long.send(&format!("问题{i}"), &greedy(8), None, &mut |_| Flow::Continue).unwrap();
+        }
+        match long.send(&"咖啡 ".repeat(60), &o, None, &mut |_| Flow::Continue) {
+            Err(Error::ContextLength { prompt, context: 96, .. }) => assert!(prompt > 48, "{prompt}"),
+            other => panic!("expected ContextLength, got {:?}", other.map(|c| c.text)),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

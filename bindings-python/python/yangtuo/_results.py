@@ -54,10 +54,12 @@ class ChatResult(dict[str, Any]):
     """A chat answer. As a dict it is an OpenAI ``chat.completion``:
     ``r["choices"][0]["message"]["content"]``, ``r["usage"]["total_tokens"]``; as an object:
     ``r.content``, ``r.finish_reason`` (``"stop"`` or ``"length"``), ``r.usage``, ``r.ids``
-    (the answer's token ids) and ``r.timings``."""
+    (the answer's token ids), ``r.timings`` and ``r.dropped_turns`` (the oldest turns left
+    out so the chat fits the context)."""
 
     ids: list[int]
     timings: Timings
+    dropped_turns: int
 
     @classmethod
     def _from_core(cls, core: dict[str, Any], model: str) -> ChatResult:
@@ -69,6 +71,7 @@ class ChatResult(dict[str, Any]):
         r = cls(_envelope("chat.completion", "chatcmpl-", model, choice, core))
         r.ids = core["ids"]
         r.timings = Timings(**core["timings"])
+        r.dropped_turns = core["dropped_turns"]
         return r
 
     @property

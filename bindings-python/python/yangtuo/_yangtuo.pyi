@@ -41,6 +41,7 @@ class Llama:
         stop: str | Sequence[str] | None = None,
         stream: Literal[False] = False,
         allow_control_tokens: bool = False,
+        context_overflow: Literal["truncate-oldest", "error"] | None = None,
     ) -> ChatResult: ...
     @overload
     def chat(
@@ -57,6 +58,7 @@ class Llama:
         *,
         stream: Literal[True],
         allow_control_tokens: bool = False,
+        context_overflow: Literal["truncate-oldest", "error"] | None = None,
     ) -> TextStream: ...
     @overload
     def chat(
@@ -73,6 +75,7 @@ class Llama:
         *,
         stream: bool,
         allow_control_tokens: bool = False,
+        context_overflow: Literal["truncate-oldest", "error"] | None = None,
     ) -> ChatResult | TextStream: ...
     @overload
     def generate(
@@ -159,6 +162,7 @@ class Session:
         stop: str | Sequence[str] | None = None,
         stream: Literal[False] = False,
         allow_control_tokens: bool = False,
+        context_overflow: Literal["truncate-oldest", "error"] | None = None,
     ) -> ChatResult: ...
     @overload
     def chat(
@@ -175,6 +179,7 @@ class Session:
         *,
         stream: Literal[True],
         allow_control_tokens: bool = False,
+        context_overflow: Literal["truncate-oldest", "error"] | None = None,
     ) -> TextStream: ...
     @overload
     def chat(
@@ -191,6 +196,7 @@ class Session:
         *,
         stream: bool,
         allow_control_tokens: bool = False,
+        context_overflow: Literal["truncate-oldest", "error"] | None = None,
     ) -> ChatResult | TextStream: ...
     @property
     def messages(self) -> list[dict[str, str]]: ...

@@ -46,6 +46,9 @@ pub struct Params {
     pub tool_choice: Option<Value>,
     /// Accepted for OpenAI clients; not used.
     pub user: Option<String>,
+    /// yangtuo's: `truncate-oldest` leaves out the oldest turns that do not fit the
+    /// context, `error` (a one-shot call's default) fails with the sizes.
+    pub context_overflow: Option<String>,
 }
 
 /// The names `Params` reads, for the unknown-field check.
@@ -72,6 +75,7 @@ const PARAMS: &[&str] = &[
     "tools",
     "tool_choice",
     "user",
+    "context_overflow",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +274,7 @@ impl Params {
             sampling,
             stop,
             allow_control_tokens: false,
+            context_overflow: self.context_overflow.as_deref().map(str::parse).transpose()?,
         };
         let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         Ok(Checked { opts, stream: self.stream.unwrap_or(false), include_usage })

@@ -1,5 +1,6 @@
 //! Messages and chat templates: from `[{role, content}]` to prompt token ids.
 
+pub mod fit;
 pub mod own_template;
 mod stop;
 mod template;

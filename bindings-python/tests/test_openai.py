@@ -62,7 +62,7 @@ def test_llama_cpp_python_style_call(llm):
 def test_completion_matches_generate(llm):
     r = llm.create_completion("咖啡的作用是", max_tokens=8, **GREEDY)
     assert r["object"] == "text_completion"
-    assert r["choices"][0]["text"] == llm.generate("咖啡的作用是", max_tokens=8, **GREEDY).content
+    assert r["choices"][0]["text"] == llm.generate("咖啡的作用是", max_tokens=8, **GREEDY).text
     assert llm("咖啡的作用是", max_tokens=8, **GREEDY)["choices"][0]["text"] == r["choices"][0]["text"]
     text = "".join(c["choices"][0]["text"] for c in llm.create_completion("咖啡的作用是", max_tokens=8, stream=True, **GREEDY))
     assert text == r["choices"][0]["text"]

@@ -39,9 +39,14 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, parallel: usize) -> Server {
+        Server::start_with(model, parallel, &[])
+    }
+
+    fn start_with(model: &Path, parallel: usize, extra: &[&str]) -> Server {
         let mut child = Command::new(cli_bin())
             .args(["serve", "--model", model.to_str().unwrap(), "--backend", "cpu", "--port", "0"])
             .args(["--ctx", &CTX.to_string(), "--parallel", &parallel.to_string(), "--quantize", "q8_0"])
+            .args(extra)
             .env_remove("YANGTUO_BACKEND")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -84,6 +89,8 @@ impl Drop for Server {
 struct Resp {
     status: u16,
     body: String,
+    /// The status line and headers, lowercased.
+    head: String,
 }
 
 impl Resp {
@@ -93,11 +100,16 @@ impl Resp {
 }
 
 fn send(port: u16, method: &str, path: &str, body: &str) -> TcpStream {
+    send_with(port, method, path, body, "")
+}
+
+/// `headers`: extra header lines, each ending in \r\n.
+fn send_with(port: u16, method: &str, path: &str, body: &str, headers: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -107,13 +119,18 @@ fn send(port: u16, method: &str, path: &str, body: &str) -> TcpStream {
 
 /// One request on its own connection, the whole answer (chunked bodies joined).
 fn http(port: u16, method: &str, path: &str, body: &str) -> Resp {
-    let mut s = send(port, method, path, body);
+    http_with(port, method, path, body, "")
+}
+
+fn http_with(port: u16, method: &str, path: &str, body: &str, headers: &str) -> Resp {
+    let mut s = send_with(port, method, path, body, headers);
     let mut raw = vec![];
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let lower = head.to_ascii_lowercase();
+    let body = if lower.contains("transfer-encoding: chunked") {
         let mut out = String::new();
         let mut rest = rest;
         while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -128,7 +145,7 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> Resp {
     } else {
         rest.to_string()
     };
-    Resp { status, body }
+    Resp { status, body, head: lower }
 }
 
 fn post(port: u16, path: &str, body: &str) -> Resp {
@@ -398,6 +415,57 @@ fn serve_openai_api() {
     let h = health(port);
     assert_eq!(h["running"], 0);
     assert_eq!(h["queued"], 0);
+}
+
+/// A server safe to expose: Bearer auth on /v1 (401 in OpenAI's shape), CORS only for the
+/// origins named, limits on the body and the message count.
+#[test]
+fn serve_auth_cors_and_limits() {
+    let Some(shared) = shared_dir() else {
+        eprintln!("SKIPPING: no ../shared");
+        return;
+    };
+    let model = tiny_model(&shared);
+    let _cleanup = Cleanup(model.clone());
+    let server = Server::start_with(
+        &model,
+        1,
+        &["--api-key", "s3cret", "--cors-origin", "http://app.example", "--max-body", "4096", "--max-messages", "3"],
+    );
+    let port = server.port;
+    let chat = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).to_string();
+    let key = "Authorization: Bearer s3cret\r\n";
+    // no key, a wrong key: 401 with OpenAI's body; the right key: 200
+    for headers in ["", "Authorization: Bearer nope\r\n"] {
+        let r = http_with(port, "POST", "/v1/chat/completions", &chat, headers);
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+        assert_eq!(http_with(port, "GET", "/v1/models", "", headers).status, 401);
+    }
+    assert_eq!(http_with(port, "POST", "/v1/chat/completions", &chat, key).status, 200);
+    assert_eq!(http_with(port, "GET", "/v1/models", "", key).status, 200);
+    // /health stays open, for load balancers
+    assert_eq!(http(port, "GET", "/health", "").status, 200);
+    // CORS: the named origin is allowed (preflight included), another is not
+    let pre = http_with(
+        port,
+        "OPTIONS",
+        "/v1/chat/completions",
+        "",
+        "Origin: http://app.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization,content-type\r\n",
+    );
+    assert!(pre.head.contains("access-control-allow-origin: http://app.example"), "{}", pre.head);
+    let other = http_with(port, "POST", "/v1/chat/completions", &chat, &format!("{key}Origin: http://evil.example\r\n"));
+    assert!(!other.head.contains("access-control-allow-origin"), "{}", other.head);
+    // limits: more messages than allowed is a 400 naming `messages`; a body over the limit a 413
+    let many: Vec<_> = (0..5)
+        .map(|i| serde_json::json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "x"}))
+        .collect();
+    let r = http_with(port, "POST", "/v1/chat/completions", &serde_json::json!({"messages": many}).to_string(), key);
+    assert_400(&r, Some("messages"), &["messages"]);
+    let big = serde_json::json!({"messages": [{"role": "user", "content": "x".repeat(8192)}]}).to_string();
+    assert_eq!(http_with(port, "POST", "/v1/chat/completions", &big, key).status, 413);
+    assert_eq!(http_with(port, "POST", "/v1/chat/completions", &chat, key).status, 200, "still serving");
 }
 
 struct Cleanup(PathBuf);

@@ -5,6 +5,7 @@
 mod api;
 mod jobs;
 mod routes;
+mod security;
 
 use crate::args::ModelArgs;
 use axum::Router;
@@ -28,11 +29,34 @@ pub struct Args {
     /// cache (2 GiB for a 7B model at 4096 positions in f16).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// Require `Authorization: Bearer KEY` on every /v1 route (401 otherwise).
+    #[arg(long, env = "YANGTUO_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Allow browser pages from this origin (repeatable; `*` for any). No CORS by default.
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
+    /// The largest request body, in bytes (413 above).
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body: usize,
+    /// The most messages one chat request may carry (400 above).
+    #[arg(long, default_value_t = 4096)]
+    max_messages: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
     if a.parallel == 0 {
         return Err(Error::arg("parallel", "must be at least 1"));
+    }
+    if a.api_key.as_deref().is_some_and(str::is_empty) {
+        return Err(Error::arg("api-key", "must not be empty"));
+    }
+    let cors = security::cors(&a.cors_origins)?;
+    let loopback = matches!(a.host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]");
+    if !loopback && a.api_key.is_none() {
+        log::warn!(
+            "listening on {} without --api-key: anyone who can reach this address can use the model",
+            a.host
+        );
     }
     // load before the runtime starts: the loader blocks
     let llama = crate::progress::load_llama(&a.model, a.template.clone())?;
@@ -51,14 +75,22 @@ pub fn run(a: Args) -> Result<()> {
         model: a.model.model.to_string_lossy().into_owned(),
         started,
         sampling: SamplingParams::default(),
+        max_messages: a.max_messages,
     });
-    let router = Router::new()
+    let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::new(a.api_key.clone()), security::require_key));
+    let mut router = Router::new()
+        .merge(v1)
         .route("/health", get(routes::health))
         .fallback(routes::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(a.max_body))
         .with_state(app);
+    if let Some(cors) = cors {
+        router = router.layer(cors);
+    }
     let addr = format!("{}:{}", a.host, a.port);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr)

@@ -23,6 +23,8 @@ pub struct App {
     pub started: u64,
     /// Sampling for fields a request leaves out (Meta's 0.6 / 0.9).
     pub sampling: SamplingParams,
+    /// The most messages a chat request may carry.
+    pub max_messages: usize,
 }
 
 impl App {
@@ -45,6 +47,10 @@ impl App {
 
 pub async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let r = api::chat_request(&body, &app.sampling).and_then(|req| {
+        if req.prompt.len() > app.max_messages {
+            let msg = format!("{} messages is more than this server takes ({})", req.prompt.len(), app.max_messages);
+            return Err(ApiError::invalid(msg, Some("messages")));
+        }
         let ids =
             app.jobs.llama.render(&req.prompt, req.opts.allow_control_tokens).map_err(|e| ApiError::from_engine(&e))?;
         app.check_length(ids.len(), &req.opts, "messages")?;

@@ -415,6 +415,21 @@ fn serve_openai_api() {
     let h = health(port);
     assert_eq!(h["running"], 0);
     assert_eq!(h["queued"], 0);
+
+    // Prometheus: the counters /health shows, and the latency histograms
+    let m = http(port, "GET", "/metrics", "");
+    assert_eq!(m.status, 200);
+    for name in [
+        "yangtuo_requests_total",
+        "yangtuo_completion_tokens_total",
+        "yangtuo_queue_depth 0",
+        "yangtuo_time_to_first_token_seconds_bucket",
+        "yangtuo_inter_token_latency_seconds_count",
+    ] {
+        assert!(m.body.contains(name), "{name} not in\n{}", m.body);
+    }
+    let completed = h["completed"].as_u64().unwrap();
+    assert!(m.body.contains(&format!("yangtuo_requests_completed_total {completed}")), "{}", m.body);
 }
 
 /// A server safe to expose: Bearer auth on /v1 (401 in OpenAI's shape), CORS only for the

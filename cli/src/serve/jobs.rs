@@ -4,9 +4,10 @@
 //! generation: the text callback returns `Flow::Stop` and the cancel flag is set.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
+use super::metrics::Stats;
 use yangtuo::{Completion, Error, Flow, GenerateOptions, Llama};
 
 /// What a generation reports.
@@ -23,20 +24,6 @@ pub enum Input {
     Text(String),
 }
 
-/// Counters shown by `GET /health`.
-#[derive(Default)]
-pub struct Stats {
-    pub requests: AtomicU64,
-    pub completed: AtomicU64,
-    /// Generations stopped because their client went away.
-    pub cancelled: AtomicU64,
-    pub failed: AtomicU64,
-    pub queued: AtomicUsize,
-    pub running: AtomicUsize,
-    pub prompt_tokens: AtomicU64,
-    pub completion_tokens: AtomicU64,
-}
-
 pub struct Jobs {
     pub llama: Arc<Llama>,
     pub slots: Arc<Semaphore>,
@@ -50,22 +37,22 @@ impl Jobs {
     pub fn submit(&self, id: String, input: Input, opts: GenerateOptions) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (llama, slots, stats) = (self.llama.clone(), self.slots.clone(), self.stats.clone());
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        stats.queued.fetch_add(1, Ordering::Relaxed);
+        stats.requests.inc();
+        stats.queued.inc();
         tokio::spawn(async move {
             let t0 = Instant::now();
             let permit = tokio::select! {
                 p = slots.acquire_owned() => p,
                 _ = tx.closed() => {
-                    stats.queued.fetch_sub(1, Ordering::Relaxed);
-                    stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                    stats.queued.dec();
+                    stats.cancelled.inc();
                     log::info!("{id}: client gone while queued");
                     return;
                 }
             };
-            stats.queued.fetch_sub(1, Ordering::Relaxed);
+            stats.queued.dec();
             let Ok(permit) = permit else { return };
-            stats.running.fetch_add(1, Ordering::Relaxed);
+            stats.running.inc();
             let waited = t0.elapsed().as_secs_f64();
             let cancel = Arc::new(AtomicBool::new(false));
             // a client that goes away sets the cancel flag, even between text pieces
@@ -77,11 +64,18 @@ impl Jobs {
                 })
             };
             let run = {
-                let (tx, cancel) = (tx.clone(), cancel.clone());
+                let (tx, cancel, stats) = (tx.clone(), cancel.clone(), stats.clone());
                 tokio::task::spawn_blocking(move || {
-                    let mut on_text = |t: &str| match tx.send(Event::Text(t.to_string())) {
-                        Ok(()) => Flow::Continue,
-                        Err(_) => Flow::Stop,
+                    let mut last: Option<Instant> = None;
+                    let mut on_text = |t: &str| {
+                        let now = Instant::now();
+                        if let Some(prev) = last.replace(now) {
+                            stats.inter_token.observe((now - prev).as_secs_f64());
+                        }
+                        match tx.send(Event::Text(t.to_string())) {
+                            Ok(()) => Flow::Continue,
+                            Err(_) => Flow::Stop,
+                        }
                     };
                     match input {
                         Input::Ids(ids) => llama.complete_ids(&ids, &opts, Some(&cancel), &mut on_text),
@@ -92,15 +86,16 @@ impl Jobs {
             let r = run.await.unwrap_or_else(|e| Err(Error::Device(format!("the generation thread failed: {e}"))));
             drop(permit);
             watch.abort();
-            stats.running.fetch_sub(1, Ordering::Relaxed);
+            stats.running.dec();
             let secs = t0.elapsed().as_secs_f64();
             let gone = tx.is_closed() || cancel.load(Ordering::Relaxed);
             match &r {
                 Ok(c) => {
-                    stats.prompt_tokens.fetch_add(c.usage.prompt_tokens as u64, Ordering::Relaxed);
-                    stats.completion_tokens.fetch_add(c.usage.completion_tokens as u64, Ordering::Relaxed);
+                    stats.prompt_tokens.inc_by(c.usage.prompt_tokens as u64);
+                    stats.ttft.observe(c.timings.ttft_s);
+                    stats.completion_tokens.inc_by(c.usage.completion_tokens as u64);
                     let counter = if gone { &stats.cancelled } else { &stats.completed };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    counter.inc();
                     log::info!(
                         "{id}: {} prompt + {} completion tokens in {secs:.2} s (queued {waited:.2} s), {:.1} tok/s, {}{}",
                         c.usage.prompt_tokens,
@@ -111,11 +106,11 @@ impl Jobs {
                     );
                 }
                 Err(Error::Cancelled) => {
-                    stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                    stats.cancelled.inc();
                     log::info!("{id}: client gone after {secs:.2} s: stopped");
                 }
                 Err(e) => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    stats.failed.inc();
                     log::warn!("{id}: failed after {secs:.2} s: {e}");
                 }
             }

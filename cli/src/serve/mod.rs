@@ -4,6 +4,7 @@
 
 mod api;
 mod jobs;
+mod metrics;
 mod routes;
 mod security;
 
@@ -85,6 +86,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut router = Router::new()
         .merge(v1)
         .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(a.max_body))
         .with_state(app);

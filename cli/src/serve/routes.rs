@@ -12,7 +12,6 @@ use futures_util::stream::{self, Stream};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use yangtuo::{Completion, GenerateOptions, SamplingParams, generate::budget};
 
@@ -75,7 +74,7 @@ pub async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
 }
 
 fn reject(app: &App, e: ApiError) -> Response {
-    app.jobs.stats.requests.fetch_add(1, Ordering::Relaxed);
+    app.jobs.stats.requests.inc();
     log::info!("rejected ({}): {}", e.status.as_u16(), e.message);
     e.into_response()
 }
@@ -166,7 +165,6 @@ pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
 
 pub async fn health(State(app): State<Arc<App>>) -> Json<Value> {
     let s = &app.jobs.stats;
-    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let llama = &app.jobs.llama;
     Json(json!({
         "status": "ok",
@@ -174,19 +172,25 @@ pub async fn health(State(app): State<Arc<App>>) -> Json<Value> {
         "device": llama.device(),
         "context_length": llama.context_length(),
         "parallel": app.jobs.parallel,
-        "running": s.running.load(Ordering::Relaxed),
-        "queued": s.queued.load(Ordering::Relaxed),
-        "requests": n(&s.requests),
-        "completed": n(&s.completed),
-        "cancelled": n(&s.cancelled),
-        "failed": n(&s.failed),
-        "prompt_tokens": n(&s.prompt_tokens),
-        "completion_tokens": n(&s.completion_tokens),
+        "running": s.running.get(),
+        "queued": s.queued.get(),
+        "requests": s.requests.get(),
+        "completed": s.completed.get(),
+        "cancelled": s.cancelled.get(),
+        "failed": s.failed.get(),
+        "prompt_tokens": s.prompt_tokens.get(),
+        "completion_tokens": s.completion_tokens.get(),
     }))
+}
+
+/// Prometheus' text format.
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let headers = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
+    (headers, app.jobs.stats.render()).into_response()
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
-        "no route for {uri}; this server has /v1/chat/completions, /v1/completions, /v1/models, /health"
+        "no route for {uri}; this server has /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics"
     ))
 }

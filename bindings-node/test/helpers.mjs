@@ -1,5 +1,5 @@
 // Test support: random tiny models written by the workspace's `make-model`, with the real
-// Llama 2 tokenizer from ../shared. Tests skip with a clear message when either is absent.
+// Llama 2 tokenizer from ../shared. Tests skip when make-model is not built; a missing ../shared fails them.
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { homedir, tmpdir } from 'node:os'
@@ -19,8 +19,9 @@ export function missing() {
   if (!existsSync(makeModelBin)) {
     return `make-model not found at ${makeModelBin} (cargo build --release -p yangtuo-tests --bins, or set YANGTUO_MAKE_MODEL)`
   }
+  // test data outside the repository must be there: its absence fails the run, never skips it
   if (!existsSync(join(tokenizerDir, 'tokenizer.model'))) {
-    return `the Llama 2 tokenizer is not at ${tokenizerDir} (set YANGTUO_SHARED to the shared data folder)`
+    throw new Error(`the Llama 2 tokenizer is not at ${tokenizerDir} (set YANGTUO_SHARED to the shared data folder)`)
   }
   return null
 }

@@ -46,7 +46,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"no make-model at {make_model}: run `cargo build --release -p yangtuo-tests --bins` or set YANGTUO_MAKE_MODEL"
         )
     if not (tokenizer / "tokenizer.model").exists():
-        pytest.skip(f"no Llama 2 tokenizer at {tokenizer}: set YANGTUO_SHARED to the shared test data folder")
+        pytest.fail(f"no Llama 2 tokenizer at {tokenizer}: set YANGTUO_SHARED to the shared test data folder")
     out = tmp_path_factory.mktemp("model") / "tiny-llama"
     shape = {"hidden": 64, "intermediate": 160, "layers": 2, "heads": 4, "kv-heads": 2, "vocab": 32000, "dtype": "f16"}
     args = [a for k, v in shape.items() for a in (f"--{k}", str(v))]

@@ -210,10 +210,7 @@ fn python() -> Option<PathBuf> {
 
 #[test]
 fn serve_openai_api() {
-    let Some(shared) = shared_dir() else {
-        eprintln!("skipping: ../shared not found");
-        return;
-    };
+    let Some(shared) = shared_dir() else { panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it") };
     let model = tiny_model(&shared);
     let _cleanup = Cleanup(model.clone());
 
@@ -436,10 +433,7 @@ fn serve_openai_api() {
 /// origins named, limits on the body and the message count.
 #[test]
 fn serve_auth_cors_and_limits() {
-    let Some(shared) = shared_dir() else {
-        eprintln!("SKIPPING: no ../shared");
-        return;
-    };
+    let Some(shared) = shared_dir() else { panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it") };
     let model = tiny_model(&shared);
     let _cleanup = Cleanup(model.clone());
     let server = Server::start_with(

@@ -11,6 +11,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use yangtuo::api::Endpoint;
 use yangtuo::{Flow, Llama, Message};
 
 #[napi]
@@ -145,25 +146,16 @@ impl NativeLlama {
         let cancel = token.flag();
         guard(&env, || {
             let sink = Sink::<String, String>::new(&on_event).map_err(|e| Failure::arg("onEvent", e.reason))?;
+            let endpoint = kind.parse::<Endpoint>()?;
             sink.spawn("yangtuo-openai", move |sink| {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(yangtuo::Error::Cancelled.into());
                 }
-                let defaults = yangtuo::SamplingParams::default();
-                let send = |chunk: String| {
+                let mut send = |chunk: String| {
                     sink.item(chunk);
                     Flow::Continue
                 };
-                let answer = if kind == "text" {
-                    let req = yangtuo::api::CompletionRequest::from_json(request.as_bytes())?;
-                    let a = llama.text_completion(&req, &defaults, Some(&cancel), &mut |c| send(json(c)))?;
-                    json(&a)
-                } else {
-                    let req = yangtuo::api::ChatRequest::from_json(request.as_bytes())?;
-                    let a = llama.chat_completion(&req, &defaults, Some(&cancel), &mut |c| send(json(c)))?;
-                    json(&a)
-                };
-                Ok(answer)
+                Ok(llama.openai_json(endpoint, &request, Some(&cancel), &mut send)?)
             })
         })
     }
@@ -201,8 +193,4 @@ impl NativeLlama {
     pub fn vocab_size(&self) -> u32 {
         self.inner.config().vocab_size as u32
     }
-}
-
-fn json(v: &impl serde::Serialize) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }

@@ -15,6 +15,7 @@ use pyo3::types::PyString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use yangtuo::Llama;
+use yangtuo::api::Endpoint;
 
 #[pyclass(module = "yangtuo", name = "Llama", frozen)]
 pub struct PyLlama {
@@ -159,7 +160,7 @@ impl PyLlama {
     ) -> PyResult<Py<PyAny>> {
         let stream = is_stream(kwargs)?;
         let body = openai::request_json(py, "messages", messages, kwargs)?;
-        openai::finish(py, openai::chat(self.inner.clone(), body)?, stream)
+        openai::finish(py, openai::run(self.inner.clone(), Endpoint::Chat, body)?, stream)
     }
 
     /// OpenAI's text completion, as llama-cpp-python's `create_completion` (BOS, then the
@@ -173,7 +174,7 @@ impl PyLlama {
     ) -> PyResult<Py<PyAny>> {
         let stream = is_stream(kwargs)?;
         let body = openai::request_json(py, "prompt", prompt, kwargs)?;
-        openai::finish(py, openai::completion(self.inner.clone(), body)?, stream)
+        openai::finish(py, openai::run(self.inner.clone(), Endpoint::Text, body)?, stream)
     }
 
     /// `llm(prompt, **kwargs)` is `create_completion`, as in llama-cpp-python.

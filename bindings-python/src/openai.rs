@@ -4,12 +4,11 @@
 //! OpenAI chunk dicts. Nothing here interprets a field.
 
 use crate::errors::{panicked, to_py};
-use crate::worker::{Msg, Worker};
+use crate::worker::{Msg, Started, Worker};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use std::sync::{Mutex, PoisonError};
-use yangtuo::api::{ChatRequest, CompletionRequest};
-use yangtuo::{Flow, SamplingParams};
+use yangtuo::Flow;
+use yangtuo::api::Endpoint;
 
 /// `{first_key: first, **kwargs}` as JSON text, `None` values left out (llama-cpp-python's
 /// "not given").
@@ -30,31 +29,14 @@ fn loads(py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
     Ok(py.import("json")?.call_method1("loads", (PyString::new(py, text),))?.unbind())
 }
 
-/// A chat or text completion run on a worker: chunks (JSON) as `Msg::Text`, the answer
-/// (JSON) as the result.
-pub fn chat(llama: std::sync::Arc<yangtuo::Llama>, body: String) -> PyResult<Worker<String>> {
+/// A request run on a worker: chunks (JSON) as `Msg::Text`, the answer (JSON) as the result.
+pub fn run(llama: std::sync::Arc<yangtuo::Llama>, endpoint: Endpoint, body: String) -> PyResult<Worker<String>> {
     Worker::spawn(move |tx, cancel| {
-        let req = ChatRequest::from_json(body.as_bytes())?;
-        let mut on_chunk = |c: &yangtuo::api::ChatCompletionChunk| send(tx, c);
-        let answer = llama.chat_completion(&req, &SamplingParams::default(), Some(cancel), &mut on_chunk)?;
-        Ok(serde_json::to_string(&answer).unwrap_or_default())
+        llama.openai_json(endpoint, &body, Some(cancel), &mut |chunk| match tx.send(Msg::Text(chunk)) {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        })
     })
-}
-
-pub fn completion(llama: std::sync::Arc<yangtuo::Llama>, body: String) -> PyResult<Worker<String>> {
-    Worker::spawn(move |tx, cancel| {
-        let req = CompletionRequest::from_json(body.as_bytes())?;
-        let mut on_chunk = |c: &yangtuo::api::TextCompletion| send(tx, c);
-        let answer = llama.text_completion(&req, &SamplingParams::default(), Some(cancel), &mut on_chunk)?;
-        Ok(serde_json::to_string(&answer).unwrap_or_default())
-    })
-}
-
-fn send(tx: &std::sync::mpsc::Sender<Msg<String>>, chunk: &impl serde::Serialize) -> Flow {
-    match tx.send(Msg::Text(serde_json::to_string(chunk).unwrap_or_default())) {
-        Ok(()) => Flow::Continue,
-        Err(_) => Flow::Stop,
-    }
 }
 
 /// The answer dict, or with `stream` a `ChunkStream`.
@@ -62,21 +44,14 @@ pub fn finish(py: Python<'_>, worker: Worker<String>, stream: bool) -> PyResult<
     if !stream {
         return loads(py, &worker.wait(py)?);
     }
-    // the first message is read now, so that a bad request raises at the call
-    let first = match worker.next_or_cancel(py)? {
-        Some(Msg::Done(Err(e))) => return Err(to_py(py, e)),
-        Some(Msg::Panicked(m)) => return Err(panicked(py, &m)),
-        other => other,
-    };
-    Ok(Py::new(py, ChunkStream { worker, pending: Mutex::new(first) })?.into_any())
+    Ok(Py::new(py, ChunkStream { started: Started::start(py, worker)? })?.into_any())
 }
 
 /// The iterator of OpenAI chunk dicts that `create_chat_completion(..., stream=True)`
 /// returns. Closing or dropping it stops the generation at the next token.
 #[pyclass(module = "yangtuo", frozen)]
 pub struct ChunkStream {
-    worker: Worker<String>,
-    pending: Mutex<Option<Msg<String>>>,
+    started: Started<String>,
 }
 
 #[pymethods]
@@ -87,12 +62,7 @@ impl ChunkStream {
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         loop {
-            let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner).take();
-            let msg = match pending {
-                Some(m) => Some(m),
-                None => self.worker.next_or_cancel(py)?,
-            };
-            match msg {
+            match self.started.next(py)? {
                 Some(Msg::Text(t)) => return loads(py, &t).map(Some),
                 Some(Msg::Done(r)) => return r.map(|_| None).map_err(|e| to_py(py, e)),
                 Some(Msg::Panicked(m)) => return Err(panicked(py, &m)),
@@ -104,7 +74,7 @@ impl ChunkStream {
 
     /// Stop the generation now (at the next token) and wait for it to end.
     fn close(&self, py: Python<'_>) {
-        self.worker.close(py);
+        self.started.worker.close(py);
     }
 
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {

@@ -5,31 +5,23 @@
 
 use crate::errors::{panicked, to_py};
 use crate::results::{self, Kind};
-use crate::worker::{Msg, Worker};
+use crate::worker::{Msg, Started, Worker};
 use pyo3::prelude::*;
 use std::sync::{Mutex, PoisonError};
 use yangtuo::Completion;
 
 #[pyclass(module = "yangtuo", frozen)]
 pub struct TextStream {
-    worker: Worker<Completion>,
+    started: Started<Completion>,
     kind: Kind,
     model: String,
-    /// The first message, read before returning so that errors raise at the call.
-    pending: Mutex<Option<Msg<Completion>>>,
     result: Mutex<Option<Py<PyAny>>>,
 }
 
 impl TextStream {
     /// Wait for the worker's first message (the first delta, or an error) and wrap it.
     pub fn start(py: Python<'_>, worker: Worker<Completion>, kind: Kind, model: String) -> PyResult<TextStream> {
-        let first = worker.next_or_cancel(py)?;
-        let first = match first {
-            Some(Msg::Done(Err(e))) => return Err(to_py(py, e)),
-            Some(Msg::Panicked(m)) => return Err(panicked(py, &m)),
-            other => other,
-        };
-        Ok(TextStream { worker, kind, model, pending: Mutex::new(first), result: Mutex::new(None) })
+        Ok(TextStream { started: Started::start(py, worker)?, kind, model, result: Mutex::new(None) })
     }
 }
 
@@ -41,12 +33,7 @@ impl TextStream {
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
         loop {
-            let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner).take();
-            let msg = match pending {
-                Some(m) => Some(m),
-                None => self.worker.next_or_cancel(py)?,
-            };
-            match msg {
+            match self.started.next(py)? {
                 Some(Msg::Text(t)) => return Ok(Some(t)),
                 Some(Msg::Done(r)) => {
                     let c = r.map_err(|e| to_py(py, e))?;
@@ -63,7 +50,7 @@ impl TextStream {
 
     /// Stop the generation now (at the next token) and wait for it to end.
     fn close(&self, py: Python<'_>) {
-        self.worker.close(py);
+        self.started.worker.close(py);
     }
 
     /// The full `ChatResult` / `CompletionResult` once the stream is exhausted, else `None`.

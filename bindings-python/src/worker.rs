@@ -142,3 +142,30 @@ pub fn text_sink<T>(tx: &Sender<Msg<T>>, stream: bool) -> impl FnMut(&str) -> Fl
         if !stream || tx.send(Msg::Text(t.to_string())).is_ok() { Flow::Continue } else { Flow::Stop }
     }
 }
+
+/// A streaming worker whose first message was read at the call, so that a bad request
+/// raises there and not at the first `next()`; the streams (`TextStream`, `ChunkStream`)
+/// read through it.
+pub struct Started<T> {
+    pub worker: Worker<T>,
+    pending: Mutex<Option<Msg<T>>>,
+}
+
+impl<T: Send + 'static> Started<T> {
+    pub fn start(py: Python<'_>, worker: Worker<T>) -> PyResult<Started<T>> {
+        let first = match worker.next_or_cancel(py)? {
+            Some(Msg::Done(Err(e))) => return Err(to_py(py, e)),
+            Some(Msg::Panicked(m)) => return Err(panicked(py, &m)),
+            other => other,
+        };
+        Ok(Started { worker, pending: Mutex::new(first) })
+    }
+
+    /// The message read at the start, then the worker's next ones (cancelled on a signal).
+    pub fn next(&self, py: Python<'_>) -> PyResult<Option<Msg<T>>> {
+        match lock(&self.pending).take() {
+            Some(m) => Ok(Some(m)),
+            None => self.worker.next_or_cancel(py),
+        }
+    }
+}

@@ -151,17 +151,9 @@ impl WasmLlama {
         let llama = self.inner.clone();
         let cancel = cancel.0.clone();
         future_to_promise(async move {
+            let endpoint = kind.parse::<yangtuo::api::Endpoint>().map_err(to_js)?;
             let mut send = sink(on_chunk);
-            let defaults = SamplingParams::default();
-            let answer = if kind == "text" {
-                let req = yangtuo::api::CompletionRequest::from_json(request.as_bytes()).map_err(to_js)?;
-                let mut on = |c: &yangtuo::api::TextCompletion| send(&json(c));
-                json(&llama.text_completion_async(&req, &defaults, Some(&cancel), &mut on).await.map_err(to_js)?)
-            } else {
-                let req = yangtuo::api::ChatRequest::from_json(request.as_bytes()).map_err(to_js)?;
-                let mut on = |c: &yangtuo::api::ChatCompletionChunk| send(&json(c));
-                json(&llama.chat_completion_async(&req, &defaults, Some(&cancel), &mut on).await.map_err(to_js)?)
-            };
+            let answer = llama.openai_json_async(endpoint, &request, Some(&cancel), &mut |c| send(&c)).await.map_err(to_js)?;
             Ok(JsValue::from_str(&answer))
         })
     }
@@ -224,9 +216,4 @@ impl WasmSession {
         let s = self.inner.try_borrow().map_err(|_| arg("session", "this session is answering"))?;
         serde_wasm_bindgen::to_value(s.messages()).map_err(|e| arg("messages", e))
     }
-}
-
-/// An answer or chunk as JSON text.
-fn json(v: &impl Serialize) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }

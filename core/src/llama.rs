@@ -6,7 +6,7 @@
 //! `Llama::load` (a path or a Hugging Face repo id) and the browser's streaming loader
 //! both end there.
 
-use crate::api::{ChatCompletion, ChatCompletionChunk, ChatRequest, CompletionRequest, Meta, TextCompletion};
+use crate::api::{ChatCompletion, ChatCompletionChunk, ChatRequest, CompletionRequest, Endpoint, Meta, TextCompletion};
 use crate::chat::fit::drop_oldest_turns;
 use crate::chat::{ChatTemplate, Message, own_template};
 use crate::sampler::SamplingParams;
@@ -394,6 +394,31 @@ impl Llama {
         Ok(TextCompletion::new(meta, &c))
     }
 
+    /// An OpenAI-shaped request as JSON text, answered as JSON text: what the bindings,
+    /// which all speak JSON with their runtimes, call. Meta's sampling defaults fill what
+    /// the request leaves out; with `stream`, each chunk's JSON goes to `on_chunk`.
+    pub async fn openai_json_async(
+        &self,
+        endpoint: Endpoint,
+        request: &str,
+        cancel: Option<&AtomicBool>,
+        on_chunk: &mut dyn FnMut(String) -> Flow,
+    ) -> Result<String> {
+        let defaults = SamplingParams::default();
+        Ok(match endpoint {
+            Endpoint::Chat => {
+                let req = ChatRequest::from_json(request.as_bytes())?;
+                let mut on = |c: &ChatCompletionChunk| on_chunk(crate::api::json(c));
+                crate::api::json(&self.chat_completion_async(&req, &defaults, cancel, &mut on).await?)
+            }
+            Endpoint::Text => {
+                let req = CompletionRequest::from_json(request.as_bytes())?;
+                let mut on = |c: &TextCompletion| on_chunk(crate::api::json(c));
+                crate::api::json(&self.text_completion_async(&req, &defaults, cancel, &mut on).await?)
+            }
+        })
+    }
+
     /// A multi-turn conversation that keeps its KV cache between turns.
     pub fn session(self: &Arc<Self>, system: Option<String>) -> crate::session::ChatSession {
         crate::session::ChatSession::new(self.clone(), system)
@@ -436,6 +461,17 @@ impl Llama {
         on_chunk: &mut dyn FnMut(&ChatCompletionChunk) -> Flow,
     ) -> Result<ChatCompletion> {
         pollster::block_on(self.chat_completion_async(req, defaults, cancel, on_chunk))
+    }
+
+    /// `openai_json_async`, blocking.
+    pub fn openai_json(
+        &self,
+        endpoint: Endpoint,
+        request: &str,
+        cancel: Option<&AtomicBool>,
+        on_chunk: &mut dyn FnMut(String) -> Flow,
+    ) -> Result<String> {
+        pollster::block_on(self.openai_json_async(endpoint, request, cancel, on_chunk))
     }
 
     /// `text_completion_async`, blocking.

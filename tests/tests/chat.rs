@@ -576,7 +576,7 @@ fn long_sessions_drop_their_oldest_turns() {
             }
             Err(e) => panic!("{e}"),
         };
-        let turns = if backend == BackendChoice::Cpu { 200 } else { 40 };
+        let turns = 200;
         let mut session = llama.session(Some("You are a helpful assistant.".into()));
         let mut dropped = 0;
         for i in 0..turns {

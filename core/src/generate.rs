@@ -44,6 +44,49 @@ pub struct GenerateOptions {
     /// When a chat's messages outgrow the context; `None` is the call's default
     /// (`TruncateOldest` for sessions, `Error` for a one-shot chat).
     pub context_overflow: Option<ContextOverflow>,
+    /// Report each generated token's log-probability and this many of the most likely
+    /// alternatives (`Completion::logprobs`); `None` reports nothing.
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives a token's logprobs may list (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// One generated token's log-probability under the model: the log-softmax of its raw
+/// logits (before temperature, penalties or truncation, as OpenAI and vLLM report them).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The most likely tokens at this position and their log-probabilities, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// `chosen`'s log-probability in `logits`, and the `top` most likely tokens (ties by id).
+    pub fn of(logits: &[f32], chosen: u32, top: usize) -> TokenLogprob {
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+        let lp = |id: u32| (logits[id as usize] as f64 - log_sum) as f32;
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let order = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        let top = top.min(ids.len());
+        if top > 0 && top < ids.len() {
+            ids.select_nth_unstable_by(top - 1, order);
+        }
+        ids.truncate(top);
+        ids.sort_by(order);
+        TokenLogprob { id: chosen, logprob: lp(chosen), top: ids.into_iter().map(|i| (i, lp(i))).collect() }
+    }
+}
+
+/// A piece of streamed answer text, with the logprobs of the tokens that produced it
+/// (empty unless asked for; a token whose text is held back, as a possible stop string,
+/// reports with the next piece).
+#[derive(Debug, Clone, Copy)]
+pub struct Piece<'a> {
+    pub text: &'a str,
+    pub logprobs: &'a [TokenLogprob],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,6 +96,9 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the end of the context.
     Length,
+    /// Cancelled (an abort signal, a timeout, a client gone): the answer so far. The
+    /// OpenAI-shaped calls return it; the others turn it into `Error::Cancelled`.
+    Abort,
 }
 
 impl FinishReason {
@@ -60,6 +106,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
         }
     }
 }
@@ -101,6 +148,16 @@ pub struct Completion {
     pub timings: Timings,
     /// Oldest user/assistant turns left out so the prompt fits (`ContextOverflow::TruncateOldest`).
     pub dropped_turns: usize,
+    /// One per id in `ids` when `GenerateOptions::logprobs` asked; else empty.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+impl Completion {
+    /// The completion, or `Error::Cancelled` if it was aborted: for calls whose callers
+    /// expect a cancel to be an error.
+    pub fn unless_aborted(self) -> Result<Completion> {
+        if self.finish_reason == FinishReason::Abort { Err(Error::Cancelled) } else { Ok(self) }
+    }
 }
 
 /// What a streaming consumer wants after a piece of text.
@@ -147,6 +204,11 @@ impl GenerateOptions {
     /// the prompt against the context. Returns the most tokens it may generate.
     pub fn check(&self, prompt: usize, ctx: usize) -> Result<usize> {
         self.sampling.validate()?;
+        if let Some(n) = self.logprobs
+            && n > MAX_TOP_LOGPROBS
+        {
+            return Err(Error::arg("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}, got {n}")));
+        }
         budget(prompt, self.max_tokens, ctx)
     }
 }
@@ -169,8 +231,8 @@ pub fn budget(prompt: usize, max_tokens: Option<usize>, ctx: usize) -> Result<us
 
 impl Generation<'_> {
     /// Run `prompt` on `cache` and generate at most `max_new` tokens (from
-    /// `GenerateOptions::check`); `on_text` receives each piece of answer text.
-    pub async fn run(&self, cache: &mut Cached, prompt: &[u32], max_new: usize, on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
+    /// `GenerateOptions::check`); `on_piece` receives each piece of answer text.
+    pub async fn run(&self, cache: &mut Cached, prompt: &[u32], max_new: usize, on_piece: &mut dyn FnMut(Piece) -> Flow) -> Result<Completion> {
         let t0 = (self.clock)();
         let mut sampler = Sampler::new(self.opts.sampling.clone());
 
@@ -187,24 +249,36 @@ impl Generation<'_> {
         let mut text = String::new();
         let mut timings = Timings { prefill_tokens: prompt.len() - common, ..Default::default() };
         let mut t_first = None;
-        let mut emit = |piece: &str, text: &mut String| -> Flow {
+        let mut logprobs: Vec<TokenLogprob> = vec![];
+        // logprobs not yet sent with a piece
+        let mut unsent = 0;
+        let mut emit = |piece: &str, text: &mut String, logprobs: &[TokenLogprob], unsent: &mut usize| -> Flow {
             if piece.is_empty() {
                 return Flow::Continue;
             }
             text.push_str(piece);
-            on_text(piece)
+            let fresh = &logprobs[logprobs.len() - *unsent..];
+            *unsent = 0;
+            on_piece(Piece { text: piece, logprobs: fresh })
         };
 
         let finish = loop {
             if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Err(Error::Cancelled);
+                break FinishReason::Abort;
             }
             // next token, from the logits of the last position run
-            let next = if sampler.params.is_greedy() {
-                self.runner.argmax(&cache.state, 0).await?
-            } else {
-                let mut logits = self.runner.logits(&cache.state, 1).await?;
-                sampler.sample(&mut logits, &history)
+            let next = match self.opts.logprobs {
+                None if sampler.params.is_greedy() => self.runner.argmax(&cache.state, 0).await?,
+                None => sampler.sample(&mut self.runner.logits(&cache.state, 1).await?, &history),
+                Some(top) => {
+                    let logits = self.runner.logits(&cache.state, 1).await?;
+                    let next = sampler.sample(&mut logits.clone(), &history);
+                    if !self.eos_ids.contains(&next) {
+                        logprobs.push(TokenLogprob::of(&logits, next, top));
+                        unsent += 1;
+                    }
+                    next
+                }
             };
             let t = (self.clock)();
             if t_first.is_none() {
@@ -218,7 +292,7 @@ impl Generation<'_> {
             ids.push(next);
             history.push(next);
             let (piece, stopped) = stops.push(&decoder.push(self.tokenizer, next)?);
-            let flow = emit(&piece, &mut text);
+            let flow = emit(&piece, &mut text, &logprobs, &mut unsent);
             if stopped {
                 break FinishReason::Stop;
             }
@@ -235,15 +309,32 @@ impl Generation<'_> {
         };
         // flush what the decoder and the stop matcher still hold
         let (piece, stopped) = stops.push(&decoder.finish(self.tokenizer)?);
-        emit(&piece, &mut text);
+        emit(&piece, &mut text, &logprobs, &mut unsent);
         if !stopped {
             let rest = stops.finish();
-            emit(&rest, &mut text);
+            emit(&rest, &mut text, &logprobs, &mut unsent);
         }
         let t_end = (self.clock)();
         timings.decode_tokens = ids.len().saturating_sub(1);
         timings.decode_s = t_end - t_first.unwrap_or(t_end);
         let usage = Usage { prompt_tokens: prompt.len(), completion_tokens: ids.len(), total_tokens: prompt.len() + ids.len() };
-        Ok(Completion { text, finish_reason: finish, usage, ids, timings, dropped_turns: 0 })
+        Ok(Completion { text, finish_reason: finish, usage, ids, timings, dropped_turns: 0, logprobs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_logprobs_are_a_log_softmax_with_the_best_first() {
+        let logits = [1.0f32, 3.0, 3.0, -2.0, 0.5];
+        let lp = TokenLogprob::of(&logits, 4, 3);
+        let log_sum = logits.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
+        assert!((lp.logprob as f64 - (0.5 - log_sum)).abs() < 1e-6);
+        // ties rank by id
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 0]);
+        assert!(TokenLogprob::of(&logits, 0, 0).top.is_empty());
+        assert_eq!(TokenLogprob::of(&logits, 0, 20).top.len(), 5);
     }
 }

@@ -28,7 +28,7 @@ pub use chat::{ChatTemplate, Message};
 pub use config::{Config, RopeScaling};
 pub use llama::{ChatFormat, Llama, LoadOptions, TokenizerFiles};
 pub use error::{Error, Result};
-pub use generate::{Completion, ContextOverflow, FinishReason, Flow, GenerateOptions, Usage};
+pub use generate::{Completion, ContextOverflow, FinishReason, Flow, GenerateOptions, Piece, TokenLogprob, Usage};
 pub use device::BackendChoice;
 pub use runner::{Runner, SessionState};
 pub use sampler::SamplingParams;

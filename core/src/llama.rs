@@ -6,12 +6,10 @@
 //! `Llama::load` (a path or a Hugging Face repo id) and the browser's streaming loader
 //! both end there.
 
-use crate::api::{ChatCompletion, ChatCompletionChunk, ChatRequest, CompletionRequest, Endpoint, Meta, TextCompletion};
 use crate::chat::fit::drop_oldest_turns;
 use crate::chat::{ChatTemplate, Message, own_template};
-use crate::sampler::SamplingParams;
 use crate::device::BackendChoice;
-use crate::generate::{Cached, Completion, ContextOverflow, Flow, GenerateOptions, Generation};
+use crate::generate::{Cached, Completion, ContextOverflow, Flow, GenerateOptions, Generation, Piece};
 use crate::runner::Runner;
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFormat;
@@ -256,8 +254,22 @@ impl Llama {
     ) -> Result<Completion> {
         // parameters and length are checked once, before any device work
         let max_new = opts.check(prompt.len(), self.ctx_len)?;
+        self.complete_pieces(prompt, max_new, opts, cancel, &mut |p| on_text(p.text)).await?.unless_aborted()
+    }
+
+    /// Generate at most `max_new` tokens (from `GenerateOptions::check`) after `prompt` on a
+    /// pooled state; each piece comes with its tokens' logprobs, and a cancel ends the
+    /// answer with `FinishReason::Abort`.
+    pub(crate) async fn complete_pieces(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_piece: &mut dyn FnMut(Piece) -> Flow,
+    ) -> Result<Completion> {
         let mut cache = self.take_state(prompt)?;
-        let r = self.run_on(&mut cache, prompt, max_new, opts, cancel, on_text).await;
+        let r = self.run_on(&mut cache, prompt, max_new, opts, cancel, on_piece).await;
         self.put_state(cache);
         r
     }
@@ -270,7 +282,7 @@ impl Llama {
         max_new: usize,
         opts: &GenerateOptions,
         cancel: Option<&AtomicBool>,
-        on_text: &mut dyn FnMut(&str) -> Flow,
+        on_piece: &mut dyn FnMut(Piece) -> Flow,
     ) -> Result<Completion> {
         let g = Generation {
             runner: self.runner.as_ref(),
@@ -280,7 +292,7 @@ impl Llama {
             cancel,
             clock: crate::generate::now,
         };
-        g.run(cache, prompt, max_new, on_text).await
+        g.run(cache, prompt, max_new, on_piece).await
     }
 
     /// Answer `messages`. With `ContextOverflow::TruncateOldest` (not the default here: a
@@ -333,90 +345,14 @@ impl Llama {
         cancel: Option<&AtomicBool>,
         on_text: &mut dyn FnMut(&str) -> Flow,
     ) -> Result<Completion> {
+        self.complete_ids_async(&self.raw_prompt(prompt)?, opts, cancel, on_text).await
+    }
+
+    /// The ids of a raw completion's prompt: BOS, then the text.
+    pub(crate) fn raw_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
         let mut ids = vec![self.bos];
         ids.extend(self.tokenizer.encode(prompt)?);
-        self.complete_ids_async(&ids, opts, cancel, on_text).await
-    }
-
-    /// Run an OpenAI-shaped chat request: checked once (`Params::check`, with `defaults`
-    /// for the fields it leaves out), and with `stream` its chunks go to `on_chunk` as the
-    /// text arrives. The whole answer is returned either way.
-    pub async fn chat_completion_async(
-        &self,
-        req: &ChatRequest,
-        defaults: &SamplingParams,
-        cancel: Option<&AtomicBool>,
-        on_chunk: &mut dyn FnMut(&ChatCompletionChunk) -> Flow,
-    ) -> Result<ChatCompletion> {
-        let checked = req.params.check(defaults)?;
-        let meta = Meta::new("chatcmpl", req.params.model.as_deref().unwrap_or(&self.name));
-        let (stream, usage) = (checked.stream, checked.include_usage);
-        let mut started = false;
-        let mut on_text = |t: &str| {
-            if !stream {
-                return Flow::Continue;
-            }
-            if !std::mem::replace(&mut started, true) && on_chunk(&ChatCompletionChunk::role(&meta, usage)) == Flow::Stop {
-                return Flow::Stop;
-            }
-            on_chunk(&ChatCompletionChunk::text(&meta, t, usage))
-        };
-        let c = self.chat_async(&req.messages, &checked.opts, cancel, &mut on_text).await?;
-        if stream {
-            if !started {
-                on_chunk(&ChatCompletionChunk::role(&meta, usage));
-            }
-            for chunk in ChatCompletionChunk::last(&meta, &c, usage) {
-                on_chunk(&chunk);
-            }
-        }
-        Ok(ChatCompletion::new(meta, &c))
-    }
-
-    /// Run an OpenAI-shaped raw completion (BOS, then the prompt); as `chat_completion_async`.
-    pub async fn text_completion_async(
-        &self,
-        req: &CompletionRequest,
-        defaults: &SamplingParams,
-        cancel: Option<&AtomicBool>,
-        on_chunk: &mut dyn FnMut(&TextCompletion) -> Flow,
-    ) -> Result<TextCompletion> {
-        let checked = req.params.check(defaults)?;
-        let meta = Meta::new("cmpl", req.params.model.as_deref().unwrap_or(&self.name));
-        let (stream, usage) = (checked.stream, checked.include_usage);
-        let mut on_text = |t: &str| if stream { on_chunk(&TextCompletion::text(&meta, t, usage)) } else { Flow::Continue };
-        let c = self.generate_async(&req.prompt, &checked.opts, cancel, &mut on_text).await?;
-        if stream {
-            for chunk in TextCompletion::last(&meta, &c, usage) {
-                on_chunk(&chunk);
-            }
-        }
-        Ok(TextCompletion::new(meta, &c))
-    }
-
-    /// An OpenAI-shaped request as JSON text, answered as JSON text: what the bindings,
-    /// which all speak JSON with their runtimes, call. Meta's sampling defaults fill what
-    /// the request leaves out; with `stream`, each chunk's JSON goes to `on_chunk`.
-    pub async fn openai_json_async(
-        &self,
-        endpoint: Endpoint,
-        request: &str,
-        cancel: Option<&AtomicBool>,
-        on_chunk: &mut dyn FnMut(String) -> Flow,
-    ) -> Result<String> {
-        let defaults = SamplingParams::default();
-        Ok(match endpoint {
-            Endpoint::Chat => {
-                let req = ChatRequest::from_json(request.as_bytes())?;
-                let mut on = |c: &ChatCompletionChunk| on_chunk(crate::api::json(c));
-                crate::api::json(&self.chat_completion_async(&req, &defaults, cancel, &mut on).await?)
-            }
-            Endpoint::Text => {
-                let req = CompletionRequest::from_json(request.as_bytes())?;
-                let mut on = |c: &TextCompletion| on_chunk(crate::api::json(c));
-                crate::api::json(&self.text_completion_async(&req, &defaults, cancel, &mut on).await?)
-            }
-        })
+        Ok(ids)
     }
 
     /// A multi-turn conversation that keeps its KV cache between turns.
@@ -450,39 +386,6 @@ impl Llama {
 
     pub fn complete_ids(&self, prompt: &[u32], opts: &GenerateOptions, cancel: Option<&AtomicBool>, on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
         pollster::block_on(self.complete_ids_async(prompt, opts, cancel, on_text))
-    }
-
-    /// `chat_completion_async`, blocking.
-    pub fn chat_completion(
-        &self,
-        req: &ChatRequest,
-        defaults: &SamplingParams,
-        cancel: Option<&AtomicBool>,
-        on_chunk: &mut dyn FnMut(&ChatCompletionChunk) -> Flow,
-    ) -> Result<ChatCompletion> {
-        pollster::block_on(self.chat_completion_async(req, defaults, cancel, on_chunk))
-    }
-
-    /// `openai_json_async`, blocking.
-    pub fn openai_json(
-        &self,
-        endpoint: Endpoint,
-        request: &str,
-        cancel: Option<&AtomicBool>,
-        on_chunk: &mut dyn FnMut(String) -> Flow,
-    ) -> Result<String> {
-        pollster::block_on(self.openai_json_async(endpoint, request, cancel, on_chunk))
-    }
-
-    /// `text_completion_async`, blocking.
-    pub fn text_completion(
-        &self,
-        req: &CompletionRequest,
-        defaults: &SamplingParams,
-        cancel: Option<&AtomicBool>,
-        on_chunk: &mut dyn FnMut(&TextCompletion) -> Flow,
-    ) -> Result<TextCompletion> {
-        pollster::block_on(self.text_completion_async(req, defaults, cancel, on_chunk))
     }
 }
 

@@ -70,6 +70,26 @@ def main():
         model=model, prompt=comp["prompt"], max_tokens=comp["max_tokens"], temperature=0, stream=True) if x.choices)
     assert streamed == comp["text"], (streamed, comp["text"])
 
+    # logprobs through the client's own types: chat's content list and the legacy lists
+    r = client.chat.completions.create(model=model, messages=chat["messages"], max_tokens=6, temperature=0,
+                                       logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens, (len(content), r.usage)
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == t.logprob, t
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+        assert bytes(t.bytes).decode("utf-8", "replace") and isinstance(t.token, str)
+    streamed = [t for ch in client.chat.completions.create(
+        model=model, messages=chat["messages"], max_tokens=6, temperature=0, logprobs=True, top_logprobs=3, stream=True)
+        if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+    # the same tokens; values equal to float noise (this run's prompt KV came from the cache)
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert all(abs(s.logprob - t.logprob) < 1e-4 for s, t in zip(streamed, content))
+    c = client.completions.create(model=model, prompt=comp["prompt"], max_tokens=6, temperature=0, logprobs=2)
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == c.usage.completion_tokens
+    assert all(1 <= len(alts) <= 2 for alts in lp.top_logprobs), lp.top_logprobs
+
     # the load test: 32 concurrent streamed chats, then the same requests whole
     def request(i):
         return dict(model=model, messages=[{"role": "user", "content": f"请求 {i}: 讲一个关于羊驼的故事。"}],

@@ -325,7 +325,7 @@ fn serve_openai_api() {
     for (field, value, words) in [
         ("frobnicate", serde_json::json!(1), "not a supported field"),
         ("n", serde_json::json!(2), "must be 1"),
-        ("logprobs", serde_json::json!(true), "not supported"),
+        ("top_logprobs", serde_json::json!(3), "logprobs: true"),
         ("response_format", serde_json::json!({"type": "json_object"}), "response_format"),
         ("tools", serde_json::json!([{"type": "function", "function": {"name": "f"}}]), "tool"),
         ("frequency_penalty", serde_json::json!(0.5), "not supported"),
@@ -338,7 +338,8 @@ fn serve_openai_api() {
     }
     for (field, value) in [("seed", serde_json::json!(-1)), ("top_k", serde_json::json!(5)), ("min_p", serde_json::json!(0.05)),
                            ("repetition_penalty", serde_json::json!(1.1)), ("response_format", serde_json::json!({"type": "text"})),
-                           ("model", serde_json::json!("anything")), ("user", serde_json::json!("u1"))] {
+                           ("model", serde_json::json!("anything")), ("user", serde_json::json!("u1")),
+                           ("logprobs", serde_json::json!(true))] {
         let mut b = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
         b[field] = value;
         let r = post(port, "/v1/chat/completions", &b.to_string());
@@ -475,6 +476,29 @@ fn serve_auth_cors_and_limits() {
     let big = serde_json::json!({"messages": [{"role": "user", "content": "x".repeat(8192)}]}).to_string();
     assert_eq!(http_with(port, "POST", "/v1/chat/completions", &big, key).status, 413);
     assert_eq!(http_with(port, "POST", "/v1/chat/completions", &chat, key).status, 200, "still serving");
+}
+
+/// `--request-timeout`: a generation past it ends with the text so far and
+/// `finish_reason: "abort"`, counted in the metrics.
+#[test]
+fn serve_request_timeout() {
+    let Some(shared) = shared_dir() else { panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it") };
+    let model = tiny_model(&shared);
+    let _cleanup = Cleanup(model.clone());
+    let server = Server::start_with(&model, 1, &["--request-timeout", "0.001"]);
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "讲一个很长的故事。"}], "max_tokens": CTX - 64});
+    let r = post(server.port, "/v1/chat/completions", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "abort", "{}", r.body);
+    let mut sb = body.clone();
+    sb["stream"] = true.into();
+    let ev = events(&post(server.port, "/v1/chat/completions", &sb.to_string()).body);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let finish: serde_json::Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "abort", "{ev:?}");
+    let m = http(server.port, "GET", "/metrics", "");
+    assert!(m.body.contains("yangtuo_requests_timed_out_total 2"), "{}", m.body);
+    assert!(server.log().contains("timed out"), "{}", server.log());
 }
 
 struct Cleanup(PathBuf);

@@ -1,27 +1,24 @@
 //! Running generations: at most `--parallel` at once (a semaphore; the rest wait in its
-//! queue), each on a blocking thread so the async runtime stays free, its text pieces sent
+//! queue), each on a blocking thread so the async runtime stays free, its chunks sent
 //! through a channel. A receiver that goes away (the client disconnected) stops the
-//! generation: the text callback returns `Flow::Stop` and the cancel flag is set.
+//! generation through core's cancel flag; so does `--request-timeout`, counted from
+//! arrival: a request still queued then gets a 503, a running one ends with the text so
+//! far and `finish_reason: "abort"`.
 
+use super::api::ApiError;
+use super::metrics::Stats;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
-use super::metrics::Stats;
-use yangtuo::{Completion, Error, Flow, GenerateOptions, Llama};
+use yangtuo::api::{Answer, Prepared};
+use yangtuo::{Error, FinishReason, Flow, Llama};
 
 /// What a generation reports.
 pub enum Event {
-    Text(String),
-    Done(Result<Completion, Error>),
-}
-
-/// The prompt of a job.
-pub enum Input {
-    /// Rendered chat ids.
-    Ids(Vec<u32>),
-    /// Raw text (BOS, then the text).
-    Text(String),
+    /// A streamed chunk's JSON.
+    Chunk(String),
+    Done(Result<Answer, ApiError>),
 }
 
 pub struct Jobs {
@@ -29,24 +26,39 @@ pub struct Jobs {
     pub slots: Arc<Semaphore>,
     pub parallel: usize,
     pub stats: Arc<Stats>,
+    /// From arrival to the end of the answer; `None` is no limit.
+    pub timeout: Option<Duration>,
 }
 
 impl Jobs {
     /// Queue a generation; its events arrive on the returned receiver. Dropping the receiver
     /// cancels it, queued or running.
-    pub fn submit(&self, id: String, input: Input, opts: GenerateOptions) -> mpsc::UnboundedReceiver<Event> {
+    pub fn submit(&self, prepared: Prepared) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (llama, slots, stats) = (self.llama.clone(), self.slots.clone(), self.stats.clone());
+        let id = prepared.meta.id.clone();
+        let t0 = Instant::now();
+        // far enough to never fire
+        let deadline = tokio::time::Instant::from_std(t0) + self.timeout.unwrap_or(Duration::from_secs(1 << 40));
         stats.requests.inc();
         stats.queued.inc();
         tokio::spawn(async move {
-            let t0 = Instant::now();
             let permit = tokio::select! {
+                // a free slot wins over a deadline that passed meanwhile: the answer then
+                // ends at once, as `abort`
+                biased;
                 p = slots.acquire_owned() => p,
                 _ = tx.closed() => {
                     stats.queued.dec();
                     stats.cancelled.inc();
                     log::info!("{id}: client gone while queued");
+                    return;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    stats.queued.dec();
+                    stats.timed_out.inc();
+                    log::info!("{id}: timed out while queued");
+                    let _ = tx.send(Event::Done(Err(ApiError::timeout(t0.elapsed()))));
                     return;
                 }
             };
@@ -55,11 +67,15 @@ impl Jobs {
             stats.running.inc();
             let waited = t0.elapsed().as_secs_f64();
             let cancel = Arc::new(AtomicBool::new(false));
-            // a client that goes away sets the cancel flag, even between text pieces
+            let timed_out = Arc::new(AtomicBool::new(false));
+            // a client that goes away, or the deadline, sets the cancel flag
             let watch = {
-                let (tx, cancel) = (tx.clone(), cancel.clone());
+                let (tx, cancel, timed_out) = (tx.clone(), cancel.clone(), timed_out.clone());
                 tokio::spawn(async move {
-                    tx.closed().await;
+                    tokio::select! {
+                        _ = tx.closed() => {}
+                        _ = tokio::time::sleep_until(deadline) => timed_out.store(true, Ordering::Relaxed),
+                    }
                     cancel.store(true, Ordering::Relaxed);
                 })
             };
@@ -67,20 +83,17 @@ impl Jobs {
                 let (tx, cancel, stats) = (tx.clone(), cancel.clone(), stats.clone());
                 tokio::task::spawn_blocking(move || {
                     let mut last: Option<Instant> = None;
-                    let mut on_text = |t: &str| {
-                        let now = Instant::now();
-                        if let Some(prev) = last.replace(now) {
-                            stats.inter_token.observe((now - prev).as_secs_f64());
+                    let mut on_chunk = |c: &yangtuo::api::Chunk| {
+                        if !c.text().is_empty() {
+                            let now = Instant::now();
+                            if let Some(prev) = last.replace(now) {
+                                stats.inter_token.observe((now - prev).as_secs_f64());
+                            }
                         }
-                        match tx.send(Event::Text(t.to_string())) {
-                            Ok(()) => Flow::Continue,
-                            Err(_) => Flow::Stop,
-                        }
+                        let json = serde_json::to_string(c).unwrap_or_default();
+                        if tx.send(Event::Chunk(json)).is_ok() { Flow::Continue } else { Flow::Stop }
                     };
-                    match input {
-                        Input::Ids(ids) => llama.complete_ids(&ids, &opts, Some(&cancel), &mut on_text),
-                        Input::Text(p) => llama.generate(&p, &opts, Some(&cancel), &mut on_text),
-                    }
+                    llama.run(prepared, Some(&cancel), &mut on_chunk)
                 })
             };
             let r = run.await.unwrap_or_else(|e| Err(Error::Device(format!("the generation thread failed: {e}"))));
@@ -88,33 +101,34 @@ impl Jobs {
             watch.abort();
             stats.running.dec();
             let secs = t0.elapsed().as_secs_f64();
-            let gone = tx.is_closed() || cancel.load(Ordering::Relaxed);
+            let gone = tx.is_closed();
             match &r {
-                Ok(c) => {
-                    stats.prompt_tokens.inc_by(c.usage.prompt_tokens as u64);
-                    stats.ttft.observe(c.timings.ttft_s);
-                    stats.completion_tokens.inc_by(c.usage.completion_tokens as u64);
-                    let counter = if gone { &stats.cancelled } else { &stats.completed };
+                Ok(a) => {
+                    let (usage, timings) = (a.usage(), a.timings());
+                    stats.prompt_tokens.inc_by(usage.prompt_tokens as u64);
+                    stats.ttft.observe(timings.ttft_s);
+                    stats.completion_tokens.inc_by(usage.completion_tokens as u64);
+                    let aborted = a.finish_reason() == Some(FinishReason::Abort);
+                    let (counter, note) = match (aborted, timed_out.load(Ordering::Relaxed)) {
+                        (true, true) => (&stats.timed_out, ", timed out: stopped"),
+                        (true, false) if gone => (&stats.cancelled, ", client gone: stopped"),
+                        _ => (&stats.completed, ""),
+                    };
                     counter.inc();
                     log::info!(
-                        "{id}: {} prompt + {} completion tokens in {secs:.2} s (queued {waited:.2} s), {:.1} tok/s, {}{}",
-                        c.usage.prompt_tokens,
-                        c.usage.completion_tokens,
-                        c.timings.decode_tok_s(),
-                        c.finish_reason.as_str(),
-                        if gone { ", client gone: stopped" } else { "" }
+                        "{id}: {} prompt + {} completion tokens in {secs:.2} s (queued {waited:.2} s), {:.1} tok/s, {}{note}",
+                        usage.prompt_tokens,
+                        usage.completion_tokens,
+                        timings.decode_tok_s(),
+                        a.finish_reason().map_or("?", FinishReason::as_str),
                     );
-                }
-                Err(Error::Cancelled) => {
-                    stats.cancelled.inc();
-                    log::info!("{id}: client gone after {secs:.2} s: stopped");
                 }
                 Err(e) => {
                     stats.failed.inc();
                     log::warn!("{id}: failed after {secs:.2} s: {e}");
                 }
             }
-            let _ = tx.send(Event::Done(r));
+            let _ = tx.send(Event::Done(r.map_err(|e| ApiError::from_engine(&e))));
         });
         rx
     }

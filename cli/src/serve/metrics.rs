@@ -14,6 +14,8 @@ pub struct Stats {
     pub completed: Counter,
     /// Generations stopped because their client went away.
     pub cancelled: Counter,
+    /// Requests past `--request-timeout` (queued: refused; running: cut short).
+    pub timed_out: Counter,
     pub failed: Counter,
     pub queued: Gauge,
     pub running: Gauge,
@@ -32,6 +34,7 @@ impl Default for Stats {
             requests: Counter::default(),
             completed: Counter::default(),
             cancelled: Counter::default(),
+            timed_out: Counter::default(),
             failed: Counter::default(),
             queued: Gauge::default(),
             running: Gauge::default(),
@@ -47,6 +50,7 @@ impl Default for Stats {
         r.register("requests", "Requests received, rejected ones included", s.requests.clone());
         r.register("requests_completed", "Generations that ran to their end", s.completed.clone());
         r.register("requests_cancelled", "Generations stopped because the client went away", s.cancelled.clone());
+        r.register("requests_timed_out", "Requests past --request-timeout", s.timed_out.clone());
         r.register("requests_failed", "Generations that failed", s.failed.clone());
         r.register("queue_depth", "Requests waiting for a generation slot", s.queued.clone());
         r.register("running", "Generations running", s.running.clone());

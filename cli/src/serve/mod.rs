@@ -42,6 +42,10 @@ pub struct Args {
     /// The most messages one chat request may carry (400 above).
     #[arg(long, default_value_t = 4096)]
     max_messages: usize,
+    /// Seconds from a request's arrival to the end of its answer (0: no limit). Queued
+    /// past it: 503; running past it: the text so far, `finish_reason: "abort"`.
+    #[arg(long, default_value_t = 600.0)]
+    request_timeout: f64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -50,6 +54,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.api_key.as_deref().is_some_and(str::is_empty) {
         return Err(Error::arg("api-key", "must not be empty"));
+    }
+    if !(a.request_timeout >= 0.0 && a.request_timeout.is_finite()) {
+        return Err(Error::arg("request-timeout", "must be a number of seconds >= 0"));
     }
     let cors = security::cors(&a.cors_origins)?;
     let loopback = matches!(a.host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]");
@@ -72,6 +79,7 @@ pub fn run(a: Args) -> Result<()> {
             slots: Arc::new(tokio::sync::Semaphore::new(a.parallel)),
             parallel: a.parallel,
             stats: Default::default(),
+            timeout: (a.request_timeout > 0.0).then(|| std::time::Duration::from_secs_f64(a.request_timeout)),
         },
         model: a.model.model.to_string_lossy().into_owned(),
         started,

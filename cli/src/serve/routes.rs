@@ -1,8 +1,8 @@
 //! The endpoints: `/v1/chat/completions`, `/v1/completions` (each whole or streamed as
 //! server-sent events), `/v1/models` and `/health`.
 
-use super::api::{self, ApiError, Kind, Meta};
-use super::jobs::{Event, Input, Jobs};
+use super::api::ApiError;
+use super::jobs::{Event, Jobs};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use yangtuo::{Completion, GenerateOptions, SamplingParams, generate::budget};
+use yangtuo::SamplingParams;
+use yangtuo::api::{Answer, Endpoint, Prepared, Request};
 
 pub struct App {
     pub jobs: Jobs,
@@ -26,133 +27,87 @@ pub struct App {
     pub max_messages: usize,
 }
 
-impl App {
-    fn meta(&self, kind: Kind) -> Meta {
-        let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
-        Meta { meta: yangtuo::api::Meta::new(prefix, &self.model), kind }
-    }
-
-    /// A prompt that fits, with room for at least one token (before any queueing).
-    fn check_length(&self, prompt: usize, opts: &GenerateOptions, param: &str) -> Result<(), ApiError> {
-        budget(prompt, opts.max_tokens, self.jobs.llama.context_length()).map(|_| ()).map_err(|e| {
-            let mut e = ApiError::from_engine(&e);
-            if e.code == Some("context_length_exceeded") {
-                e.param = Some(param.to_string());
-            }
-            e
-        })
-    }
-}
-
 pub async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    let r = api::chat_request(&body, &app.sampling).and_then(|req| {
-        if req.prompt.len() > app.max_messages {
-            let msg = format!("{} messages is more than this server takes ({})", req.prompt.len(), app.max_messages);
-            return Err(ApiError::invalid(msg, Some("messages")));
-        }
-        let ids =
-            app.jobs.llama.render(&req.prompt, req.opts.allow_control_tokens).map_err(|e| ApiError::from_engine(&e))?;
-        app.check_length(ids.len(), &req.opts, "messages")?;
-        Ok((Input::Ids(ids), req))
-    });
-    match r {
-        Ok((input, req)) => respond(&app, Kind::Chat, input, req.opts, req.stream, req.include_usage).await,
-        Err(e) => reject(&app, e),
-    }
+    answer(&app, Endpoint::Chat, &body).await
 }
 
 pub async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    let r = api::completion_request(&body, &app.sampling).and_then(|req| {
-        let n = app.jobs.llama.tokenize(&req.prompt).map_err(|e| ApiError::from_engine(&e))?.len() + 1;
-        app.check_length(n, &req.opts, "prompt")?;
-        Ok(req)
-    });
-    match r {
-        Ok(req) => respond(&app, Kind::Text, Input::Text(req.prompt), req.opts, req.stream, req.include_usage).await,
-        Err(e) => reject(&app, e),
+    answer(&app, Endpoint::Text, &body).await
+}
+
+/// A request checked and rendered by core before it queues: every error the caller can
+/// cause is a 400 now, never a failure after waiting.
+fn prepare(app: &App, endpoint: Endpoint, body: &[u8]) -> Result<Prepared, ApiError> {
+    let req = Request::from_json(endpoint, body).map_err(|e| ApiError::from_engine(&e))?;
+    if let Request::Chat(c) = &req
+        && c.messages.len() > app.max_messages
+    {
+        let msg = format!("{} messages is more than this server takes ({})", c.messages.len(), app.max_messages);
+        return Err(ApiError::invalid(msg, Some("messages")));
     }
+    let mut prepared = app.jobs.llama.prepare(&req, &app.sampling).map_err(|e| {
+        let mut e = ApiError::from_engine(&e);
+        if e.code == Some("context_length_exceeded") && endpoint == Endpoint::Text {
+            e.param = Some("prompt".into());
+        }
+        e
+    })?;
+    // clients see the model by the name it is served under
+    prepared.meta.model.clone_from(&app.model);
+    Ok(prepared)
 }
 
-fn reject(app: &App, e: ApiError) -> Response {
-    app.jobs.stats.requests.inc();
-    log::info!("rejected ({}): {}", e.status.as_u16(), e.message);
-    e.into_response()
-}
-
-async fn respond(
-    app: &App,
-    kind: Kind,
-    input: Input,
-    opts: GenerateOptions,
-    stream: bool,
-    include_usage: bool,
-) -> Response {
-    let meta = app.meta(kind);
-    let rx = app.jobs.submit(meta.meta.id.clone(), input, opts);
+async fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Response {
+    let prepared = match prepare(app, endpoint, body) {
+        Ok(p) => p,
+        Err(e) => {
+            app.jobs.stats.requests.inc();
+            log::info!("rejected ({}): {}", e.status.as_u16(), e.message);
+            return e.into_response();
+        }
+    };
+    let stream = prepared.stream();
+    let rx = app.jobs.submit(prepared);
     if stream {
-        return axum::response::Sse::new(sse(meta, rx, include_usage)).keep_alive(KeepAlive::default()).into_response();
+        return axum::response::Sse::new(sse(rx)).keep_alive(KeepAlive::default()).into_response();
     }
     match finish(rx).await {
-        Ok(c) => Json(meta.response(&c)).into_response(),
+        Ok(a) => Json(a).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-/// The completion at the end of the events (the text pieces are in it too).
-async fn finish(mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Completion, ApiError> {
+/// The answer at the end of the events.
+async fn finish(mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Answer, ApiError> {
     while let Some(ev) = rx.recv().await {
         if let Event::Done(r) = ev {
-            return r.map_err(|e| ApiError::from_engine(&e));
+            return r;
         }
     }
     Err(ApiError::server("the generation ended without a result"))
 }
 
-fn data(v: &Value) -> Result<Sse, Infallible> {
-    Ok(Sse::default().data(v.to_string()))
-}
-
-/// The events of a streamed answer: role, content deltas, the finish reason, usage if asked,
-/// then `[DONE]`. Dropping the stream (the client went away) drops `rx`, which stops the
-/// generation.
-fn sse(
-    meta: Meta,
-    rx: mpsc::UnboundedReceiver<Event>,
-    include_usage: bool,
-) -> impl Stream<Item = Result<Sse, Infallible>> {
+/// The events of a streamed answer: core's chunks as they come, an error body if the
+/// generation failed, then `[DONE]`. Dropping the stream (the client went away) drops
+/// `rx`, which stops the generation.
+fn sse(rx: mpsc::UnboundedReceiver<Event>) -> impl Stream<Item = Result<Sse, Infallible>> {
     enum St {
-        Start,
-        Body,
-        /// Chunks left to send before `[DONE]`.
-        Last(std::vec::IntoIter<Value>),
+        Open(mpsc::UnboundedReceiver<Event>),
+        /// `[DONE]` is next.
+        Done,
         End,
     }
-    stream::unfold((St::Start, rx), move |(st, mut rx)| {
-        let meta = meta.clone();
-        async move {
-            match st {
-                St::Start if meta.kind == Kind::Chat => Some((data(&meta.role_chunk(include_usage)), (St::Body, rx))),
-                St::Start | St::Body => match rx.recv().await {
-                    Some(Event::Text(t)) => Some((data(&meta.text_chunk(&t, include_usage)), (St::Body, rx))),
-                    Some(Event::Done(Ok(c))) => {
-                        let mut last = meta.last_chunks(&c, include_usage).into_iter();
-                        let first = last.next().unwrap_or(Value::Null);
-                        Some((data(&first), (St::Last(last), rx)))
-                    }
-                    Some(Event::Done(Err(e))) => {
-                        Some((data(&ApiError::from_engine(&e).body()), (St::Last(vec![].into_iter()), rx)))
-                    }
-                    None => Some((
-                        data(&ApiError::server("the generation ended without a result").body()),
-                        (St::Last(vec![].into_iter()), rx),
-                    )),
-                },
-                St::Last(mut rest) => match rest.next() {
-                    Some(v) => Some((data(&v), (St::Last(rest), rx))),
-                    None => Some((Ok(Sse::default().data("[DONE]")), (St::End, rx))),
-                },
-                St::End => None,
-            }
+    let data = |s: String| Ok(Sse::default().data(s));
+    stream::unfold(St::Open(rx), move |st| async move {
+        match st {
+            St::Open(mut rx) => Some(match rx.recv().await {
+                Some(Event::Chunk(json)) => (data(json), St::Open(rx)),
+                Some(Event::Done(Ok(_))) => (data("[DONE]".into()), St::End),
+                Some(Event::Done(Err(e))) => (data(e.body().to_string()), St::Done),
+                None => (data(ApiError::server("the generation ended without a result").body().to_string()), St::Done),
+            }),
+            St::Done => Some((data("[DONE]".into()), St::End)),
+            St::End => None,
         }
     })
 }

@@ -3,6 +3,7 @@
 //! yangtuo's `timings` (prefill and decode speed) as an extra field, as llama.cpp's server
 //! does. Front ends pass these through and add nothing.
 
+use super::logprobs::{ChatLogprobs, TextLogprobs};
 use crate::generate::{Completion, FinishReason, Timings};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,7 +74,7 @@ pub struct AssistantMessage {
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: FinishReason,
 }
 
@@ -90,14 +91,14 @@ pub struct ChatCompletion {
 }
 
 impl ChatCompletion {
-    pub fn new(meta: Meta, c: &Completion) -> ChatCompletion {
+    pub fn new(meta: Meta, c: &Completion, logprobs: Option<ChatLogprobs>) -> ChatCompletion {
         ChatCompletion {
             meta,
             object: "chat.completion",
             choices: vec![ChatChoice {
                 index: 0,
                 message: AssistantMessage { role: "assistant", content: c.text.clone() },
-                logprobs: None,
+                logprobs,
                 finish_reason: c.finish_reason,
             }],
             usage: Usage::from(c),
@@ -119,7 +120,7 @@ pub struct Delta {
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<FinishReason>,
 }
 
@@ -140,11 +141,17 @@ pub struct ChatCompletionChunk {
 }
 
 impl ChatCompletionChunk {
-    fn with(meta: &Meta, delta: Delta, finish: Option<FinishReason>, include_usage: bool) -> ChatCompletionChunk {
+    fn with(
+        meta: &Meta,
+        delta: Delta,
+        logprobs: Option<ChatLogprobs>,
+        finish: Option<FinishReason>,
+        include_usage: bool,
+    ) -> ChatCompletionChunk {
         ChatCompletionChunk {
             meta: meta.clone(),
             object: "chat.completion.chunk",
-            choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish }],
+            choices: vec![ChunkChoice { index: 0, delta, logprobs, finish_reason: finish }],
             usage: include_usage.then_some(None),
             system_fingerprint: None,
             timings: None,
@@ -154,17 +161,19 @@ impl ChatCompletionChunk {
     /// The first chunk: the assistant's role and empty content.
     pub fn role(meta: &Meta, include_usage: bool) -> ChatCompletionChunk {
         let delta = Delta { role: Some("assistant"), content: Some(String::new()) };
-        ChatCompletionChunk::with(meta, delta, None, include_usage)
+        ChatCompletionChunk::with(meta, delta, None, None, include_usage)
     }
 
-    /// A piece of the answer's text.
-    pub fn text(meta: &Meta, text: &str, include_usage: bool) -> ChatCompletionChunk {
-        ChatCompletionChunk::with(meta, Delta { role: None, content: Some(text.to_string()) }, None, include_usage)
+    /// A piece of the answer's text, with its tokens' logprobs if asked.
+    pub fn text(meta: &Meta, text: &str, logprobs: Option<ChatLogprobs>, include_usage: bool) -> ChatCompletionChunk {
+        let delta = Delta { role: None, content: Some(text.to_string()) };
+        ChatCompletionChunk::with(meta, delta, logprobs, None, include_usage)
     }
 
-    /// The last chunk with a choice: the finish reason and the timings.
-    pub fn finish(meta: &Meta, c: &Completion, include_usage: bool) -> ChatCompletionChunk {
-        let mut chunk = ChatCompletionChunk::with(meta, Delta::default(), Some(c.finish_reason), include_usage);
+    /// The last chunk with a choice: the finish reason, the timings, and the logprobs of
+    /// tokens whose text never streamed (a stop string's).
+    pub fn finish(meta: &Meta, c: &Completion, logprobs: Option<ChatLogprobs>, include_usage: bool) -> ChatCompletionChunk {
+        let mut chunk = ChatCompletionChunk::with(meta, Delta::default(), logprobs, Some(c.finish_reason), include_usage);
         chunk.timings = Some(c.timings);
         chunk
     }
@@ -182,8 +191,8 @@ impl ChatCompletionChunk {
     }
 
     /// The chunks that end a stream: the finish, then the usage if asked.
-    pub fn last(meta: &Meta, c: &Completion, include_usage: bool) -> Vec<ChatCompletionChunk> {
-        let mut v = vec![ChatCompletionChunk::finish(meta, c, include_usage)];
+    pub fn last(meta: &Meta, c: &Completion, logprobs: Option<ChatLogprobs>, include_usage: bool) -> Vec<ChatCompletionChunk> {
+        let mut v = vec![ChatCompletionChunk::finish(meta, c, logprobs, include_usage)];
         if include_usage {
             v.push(ChatCompletionChunk::usage(meta, c));
         }
@@ -195,7 +204,7 @@ impl ChatCompletionChunk {
 pub struct TextChoice {
     pub index: u32,
     pub text: String,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<TextLogprobs>,
     pub finish_reason: Option<FinishReason>,
 }
 
@@ -215,36 +224,43 @@ pub struct TextCompletion {
 }
 
 impl TextCompletion {
-    pub fn new(meta: Meta, c: &Completion) -> TextCompletion {
+    pub fn new(meta: Meta, c: &Completion, logprobs: Option<TextLogprobs>) -> TextCompletion {
         TextCompletion {
             meta,
             object: "text_completion",
-            choices: vec![TextChoice { index: 0, text: c.text.clone(), logprobs: None, finish_reason: Some(c.finish_reason) }],
+            choices: vec![TextChoice { index: 0, text: c.text.clone(), logprobs, finish_reason: Some(c.finish_reason) }],
             usage: Some(Some(Usage::from(c))),
             system_fingerprint: None,
             timings: Some(c.timings),
         }
     }
 
-    fn piece(meta: &Meta, text: &str, finish: Option<FinishReason>, include_usage: bool) -> TextCompletion {
+    fn piece(
+        meta: &Meta,
+        text: &str,
+        logprobs: Option<TextLogprobs>,
+        finish: Option<FinishReason>,
+        include_usage: bool,
+    ) -> TextCompletion {
         TextCompletion {
             meta: meta.clone(),
             object: "text_completion",
-            choices: vec![TextChoice { index: 0, text: text.to_string(), logprobs: None, finish_reason: finish }],
+            choices: vec![TextChoice { index: 0, text: text.to_string(), logprobs, finish_reason: finish }],
             usage: include_usage.then_some(None),
             system_fingerprint: None,
             timings: None,
         }
     }
 
-    /// A streamed piece of text.
-    pub fn text(meta: &Meta, text: &str, include_usage: bool) -> TextCompletion {
-        TextCompletion::piece(meta, text, None, include_usage)
+    /// A streamed piece of text, with its tokens' logprobs if asked.
+    pub fn text(meta: &Meta, text: &str, logprobs: Option<TextLogprobs>, include_usage: bool) -> TextCompletion {
+        TextCompletion::piece(meta, text, logprobs, None, include_usage)
     }
 
-    /// The chunks that end a stream: the finish (with timings), then the usage if asked.
-    pub fn last(meta: &Meta, c: &Completion, include_usage: bool) -> Vec<TextCompletion> {
-        let mut finish = TextCompletion::piece(meta, "", Some(c.finish_reason), include_usage);
+    /// The chunks that end a stream: the finish (with timings and the logprobs of tokens
+    /// whose text never streamed), then the usage if asked.
+    pub fn last(meta: &Meta, c: &Completion, logprobs: Option<TextLogprobs>, include_usage: bool) -> Vec<TextCompletion> {
+        let mut finish = TextCompletion::piece(meta, "", logprobs, Some(c.finish_reason), include_usage);
         finish.timings = Some(c.timings);
         let mut v = vec![finish];
         if include_usage {

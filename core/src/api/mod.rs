@@ -1,15 +1,20 @@
 //! One request and one answer for every front end (CLI server, Python, Node, browser), in
 //! OpenAI's shapes: a request is parsed and checked here once (`request.rs`), and the
-//! answer serializes to OpenAI's JSON (`answer.rs`). `Llama::chat_completion` runs one.
+//! answer serializes to OpenAI's JSON (`answer.rs`, token logprobs in `logprobs.rs`).
+//! `Llama::prepare` and `Llama::run_async` (`run.rs`) run one.
 
 mod answer;
+mod logprobs;
 mod request;
+mod run;
 
 pub use answer::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Meta, PromptTokensDetails,
     TextChoice, TextCompletion, Usage,
 };
-pub use request::{ChatRequest, Checked, CompletionRequest, Params, Stop, StreamOptions};
+pub use logprobs::{Alternatives, ChatLogprobs, ContentLogprob, TextLogprobs, TopLogprob};
+pub use request::{ChatRequest, Checked, CompletionRequest, Logprobs, Params, Stop, StreamOptions};
+pub use run::{Answer, Chunk, Prepared, Request};
 
 /// The two OpenAI endpoints a request can be for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

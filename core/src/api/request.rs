@@ -4,11 +4,12 @@
 //! one meaning per field and errors that name the field.
 //!
 //! A field that yangtuo does not implement is an error naming it, never silently ignored:
-//! a caller who asks for `logprobs` or a JSON schema must not get unconstrained text
+//! a caller who asks for tool calls or a JSON schema must not get unconstrained text
 //! with a 200.
 
 use crate::chat::Message;
-use crate::generate::GenerateOptions;
+use super::Endpoint;
+use crate::generate::{GenerateOptions, MAX_TOP_LOGPROBS};
 use crate::sampler::SamplingParams;
 use crate::{Error, Result};
 use serde::Deserialize;
@@ -38,7 +39,9 @@ pub struct Params {
     pub stop: Option<Stop>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
-    pub logprobs: Option<bool>,
+    /// Chat: `true` reports each token's log-probability, `top_logprobs` (0-20) adds the
+    /// most likely alternatives. Completions (legacy): the number of alternatives (0-20).
+    pub logprobs: Option<Logprobs>,
     pub top_logprobs: Option<i64>,
     pub n: Option<i64>,
     pub response_format: Option<Value>,
@@ -77,6 +80,14 @@ const PARAMS: &[&str] = &[
     "user",
     "context_overflow",
 ];
+
+/// `logprobs`: a flag in chat requests, a count in legacy completions.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum Logprobs {
+    Flag(bool),
+    Count(i64),
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -204,8 +215,35 @@ fn message(i: usize, m: Value) -> Result<Message> {
 }
 
 impl Params {
-    /// The one check of a request's fields; `defaults` fill what it leaves out.
+    /// The one check of a chat request's fields; `defaults` fill what it leaves out.
     pub fn check(&self, defaults: &SamplingParams) -> Result<Checked> {
+        self.check_for(defaults, Endpoint::Chat)
+    }
+
+    /// How many alternatives to report per token, if logprobs are asked for: chat takes
+    /// `logprobs: true` and `top_logprobs`, legacy completions a count in `logprobs`.
+    fn logprobs(&self, endpoint: Endpoint) -> Result<Option<usize>> {
+        let count = |name: &'static str, n: i64| {
+            if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) {
+                Ok(n as usize)
+            } else {
+                Err(Error::arg(name, format!("must be in 0..={MAX_TOP_LOGPROBS}, got {n}")))
+            }
+        };
+        match (endpoint, self.logprobs, self.top_logprobs) {
+            (Endpoint::Chat, Some(Logprobs::Flag(true)), top) => Ok(Some(top.map_or(Ok(0), |n| count("top_logprobs", n))?)),
+            (Endpoint::Chat, Some(Logprobs::Count(_)), _) => Err(Error::arg("logprobs", "must be true or false in a chat request")),
+            (Endpoint::Chat, _, Some(_)) => Err(Error::arg("top_logprobs", "needs `logprobs: true`")),
+            (Endpoint::Chat, _, None) => Ok(None),
+            (Endpoint::Text, _, Some(_)) => Err(Error::arg("top_logprobs", "is a chat field; completions take a count in `logprobs`")),
+            (Endpoint::Text, Some(Logprobs::Count(n)), None) => Ok(Some(count("logprobs", n)?)),
+            (Endpoint::Text, Some(Logprobs::Flag(_)), None) => Err(Error::arg("logprobs", "must be a count (0-20) in a completion request")),
+            (Endpoint::Text, None, None) => Ok(None),
+        }
+    }
+
+    /// The one check of a request's fields for `endpoint`; `defaults` fill what it leaves out.
+    pub fn check_for(&self, defaults: &SamplingParams, endpoint: Endpoint) -> Result<Checked> {
         if let Some(n) = self.n
             && n != 1
         {
@@ -225,10 +263,6 @@ impl Params {
             if v.is_some_and(|v| v != 0.0) {
                 return Err(Error::arg(name, "is not supported; use repetition_penalty (CTRL-style, 1.1-1.3)"));
             }
-        }
-        if self.logprobs == Some(true) || self.top_logprobs.is_some() {
-            let name = if self.logprobs == Some(true) { "logprobs" } else { "top_logprobs" };
-            return Err(Error::arg(name, "is not supported yet"));
         }
         match &self.response_format {
             None => {}
@@ -275,6 +309,7 @@ impl Params {
             stop,
             allow_control_tokens: false,
             context_overflow: self.context_overflow.as_deref().map(str::parse).transpose()?,
+            logprobs: self.logprobs(endpoint)?,
         };
         let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         Ok(Checked { opts, stream: self.stream.unwrap_or(false), include_usage })

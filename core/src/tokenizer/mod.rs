@@ -152,6 +152,21 @@ impl Tokenizer {
         }
     }
 
+    /// The bytes `id` adds to decoded text when it is not the first token (a space for
+    /// `▁`, one byte for a `<0xNN>` token, nothing for a control token).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match self {
+            Tokenizer::SentencePiece(sp) => sp.token_bytes(id),
+            Tokenizer::Absent { .. } => Vec::new(),
+            #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
+            Tokenizer::Hf(t) => match self.byte_value(id) {
+                Some(b) => vec![b],
+                None if t.get_added_vocabulary().is_special_token(&t.id_to_token(id).unwrap_or_default()) => Vec::new(),
+                None => t.id_to_token(id).unwrap_or_default().replace('▁', " ").into_bytes(),
+            },
+        }
+    }
+
     /// The byte a `<0xNN>` byte-fallback token stands for.
     pub(crate) fn byte_value(&self, id: u32) -> Option<u8> {
         match self {

@@ -55,7 +55,7 @@ step "python package"
 
 step "node package"
 (cd bindings-node && npm ci --no-audit --no-fund && npm run build \
-  && node --test test/api.test.mjs test/openai.test.mjs test/runtime.test.mjs test/errors.test.mjs test/parity.test.mjs test/package.test.mjs)
+  && node --test test/api.test.mjs test/openai.test.mjs test/requests.test.mjs test/runtime.test.mjs test/errors.test.mjs test/parity.test.mjs test/package.test.mjs)
 
 step "browser package (wasm + WebGPU in headless Chromium)"
 bash scripts/build-wasm.sh

@@ -51,7 +51,7 @@ describe('OpenAI-shaped calls', { skip: skip ?? false }, () => {
   })
 
   it('rejects fields it does not implement, naming them', async () => {
-    for (const [field, value] of [['frobnicate', 1], ['n', 2], ['logprobs', true], ['seed', -2], ['top_k', 0]]) {
+    for (const [field, value] of [['frobnicate', 1], ['n', 2], ['top_logprobs', 2], ['seed', -2], ['top_k', 0]]) {
       await assert.rejects(llm.chat.completions.create({ messages, [field]: value }), (e) => {
         assert.equal(e.code, 'INVALID_ARG')
         assert.ok(e.message.includes(field), e.message)
@@ -61,6 +61,38 @@ describe('OpenAI-shaped calls', { skip: skip ?? false }, () => {
     // seed -1 is "random", as in llama.cpp
     const r = await llm.chat.completions.create({ messages, max_tokens: 2, seed: -1, temperature: 1 })
     assert.equal(r.choices[0].message.role, 'assistant')
+  })
+
+  it('reports token logprobs, whole and streamed', async () => {
+    const r = await llm.chat.completions.create({ messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 2 })
+    const content = r.choices[0].logprobs.content
+    assert.equal(content.length, r.usage.completion_tokens)
+    for (const t of content) {
+      assert.ok(t.logprob <= 0 && t.top_logprobs.length === 2 && t.top_logprobs[0].logprob === t.logprob)
+      assert.equal(Buffer.from(t.bytes).length, t.bytes.length)
+    }
+    const streamed = []
+    for await (const c of await llm.chat.completions.create({ messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 2, stream: true })) {
+      streamed.push(...(c.choices[0]?.logprobs?.content ?? []))
+    }
+    assert.deepEqual(streamed.map((t) => t.token), content.map((t) => t.token))
+    const c = await llm.completions.create({ prompt: '咖啡', max_tokens: 4, temperature: 0, logprobs: 1 })
+    assert.equal(c.choices[0].logprobs.tokens.length, c.usage.completion_tokens)
+  })
+
+  it('an abort mid-answer keeps the text so far, finish_reason "abort"', async () => {
+    const ac = new AbortController()
+    let text = ''
+    let pieces = 0
+    let last
+    for await (const c of await llm.chat.completions.create({ messages, max_tokens: 200, temperature: 0, stream: true, signal: ac.signal })) {
+      const piece = c.choices[0]?.delta.content ?? ''
+      text += piece
+      if (piece && ++pieces === 3) ac.abort()
+      last = c
+    }
+    assert.equal(last.choices[0].finish_reason, 'abort')
+    assert.ok(pieces >= 3 && text.length > 0)
   })
 
   it('an AbortSignal stops it', async () => {

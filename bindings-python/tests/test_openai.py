@@ -73,7 +73,7 @@ def test_completion_matches_generate(llm):
     [
         ("frobnicate", 1, "not a supported field"),
         ("n", 2, "must be 1"),
-        ("logprobs", True, "not supported"),
+        ("top_logprobs", 2, "logprobs: true"),
         ("response_format", {"type": "json_object"}, "response_format"),
         ("seed", -2, "random seed"),
         ("temperature", "hot", "temperature"),
@@ -84,6 +84,16 @@ def test_bad_fields_raise_naming_the_field(llm, field, value, words):
     with pytest.raises(yangtuo.InvalidArgumentError) as e:
         llm.create_chat_completion(messages=USER, **{field: value})
     assert field in str(e.value) and words in str(e.value)
+
+
+def test_logprobs_as_llama_cpp_python(llm):
+    r = llm.create_chat_completion(messages=USER, max_tokens=4, logprobs=True, top_logprobs=2, **GREEDY)
+    content = r["choices"][0]["logprobs"]["content"]
+    assert len(content) == r["usage"]["completion_tokens"]
+    assert all(len(t["top_logprobs"]) == 2 and t["top_logprobs"][0]["logprob"] == t["logprob"] for t in content)
+    c = llm.create_completion("咖啡的作用是", max_tokens=4, logprobs=2, **GREEDY)
+    lp = c["choices"][0]["logprobs"]
+    assert len(lp["token_logprobs"]) == len(lp["text_offset"]) == c["usage"]["completion_tokens"]
 
 
 def test_seed_minus_one_is_random_not_an_error(llm):

@@ -40,3 +40,23 @@ def test_bad_pipelines(llm):
         yangtuo.pipeline("summarization", model=llm)
     with pytest.raises(ValueError, match="model"):
         yangtuo.pipeline("text-generation")
+
+
+def test_modelscope_task_names(llm, greedy_answer):
+    p = yangtuo.pipeline(yangtuo.Tasks.text_generation, model=llm, max_tokens=16, **GREEDY)
+    assert p("咖啡的作用是什么?")["text"] == greedy_answer.content
+    assert yangtuo.pipeline(yangtuo.Tasks.chat, model=llm).task == "text-generation"
+
+
+def test_transformers_output_format(llm, greedy_answer):
+    p = yangtuo.pipeline("text-generation", model=llm, output_format="transformers", max_tokens=16, **GREEDY)
+    q = "咖啡的作用是什么?"
+    assert p(q) == [{"generated_text": q + greedy_answer.content}]
+    assert p(q, return_full_text=False) == [{"generated_text": greedy_answer.content}]
+    assert p(USER) == [{"generated_text": [*USER, {"role": "assistant", "content": greedy_answer.content}]}]
+    assert p([q, q], return_full_text=False) == [[{"generated_text": greedy_answer.content}]] * 2
+    # the default stays modelscope's shape, which does not take return_full_text
+    with pytest.raises(ValueError, match="return_full_text"):
+        yangtuo.pipeline("text-generation", model=llm)(q, return_full_text=False)
+    with pytest.raises(ValueError, match="output_format"):
+        yangtuo.pipeline("text-generation", model=llm, output_format="xml")

@@ -68,6 +68,10 @@ export interface OpenAIRequestFields {
   stop?: string | string[]
   stream?: boolean
   stream_options?: { include_usage?: boolean }
+  /** Chat: `true` adds each token's logprob; completions: how many alternatives (0-20). */
+  logprobs?: boolean | number
+  /** Chat, with `logprobs: true`: how many alternatives per token (0-20). */
+  top_logprobs?: number
   n?: number
   response_format?: { type: 'text' }
   user?: string
@@ -82,12 +86,37 @@ export interface OpenAIUsage {
   prompt_tokens_details: { cached_tokens: number }
 }
 
+/** A token's log-probability under the model (log-softmax of its raw logits). */
+export interface TokenLogprob {
+  token: string
+  logprob: number
+  /** The token's UTF-8 bytes (a byte-fallback token holds part of a character). */
+  bytes: number[]
+}
+
+/** `choices[i].logprobs` of a chat answer or chunk, with `logprobs: true`. */
+export interface ChatLogprobs {
+  content: (TokenLogprob & { top_logprobs: TokenLogprob[] })[]
+}
+
+/** `choices[i].logprobs` of a text completion, with `logprobs: n`. */
+export interface TextLogprobs {
+  tokens: string[]
+  token_logprobs: number[]
+  top_logprobs: Record<string, number>[]
+  /** Where each token starts in the text, in characters. */
+  text_offset: number[]
+}
+
+/** `abort`: stopped by an AbortSignal (or a server's timeout); the text so far. */
+export type FinishReason = 'stop' | 'length' | 'abort'
+
 export interface ChatCompletion {
   id: string
   object: 'chat.completion'
   created: number
   model: string
-  choices: { index: number; message: { role: 'assistant'; content: string }; logprobs: null; finish_reason: 'stop' | 'length' }[]
+  choices: { index: number; message: { role: 'assistant'; content: string }; logprobs: ChatLogprobs | null; finish_reason: FinishReason }[]
   usage: OpenAIUsage
   system_fingerprint: null
   timings: { prefill_tokens: number; prefill_s: number; ttft_s: number; decode_tokens: number; decode_s: number }
@@ -98,7 +127,7 @@ export interface ChatCompletionChunk {
   object: 'chat.completion.chunk'
   created: number
   model: string
-  choices: { index: number; delta: { role?: 'assistant'; content?: string }; logprobs: null; finish_reason: 'stop' | 'length' | null }[]
+  choices: { index: number; delta: { role?: 'assistant'; content?: string }; logprobs: ChatLogprobs | null; finish_reason: FinishReason | null }[]
   usage?: OpenAIUsage | null
   system_fingerprint: null
 }
@@ -108,7 +137,7 @@ export interface TextCompletion {
   object: 'text_completion'
   created: number
   model: string
-  choices: { index: number; text: string; logprobs: null; finish_reason: 'stop' | 'length' | null }[]
+  choices: { index: number; text: string; logprobs: TextLogprobs | null; finish_reason: FinishReason | null }[]
   usage?: OpenAIUsage | null
   system_fingerprint: null
 }

@@ -3,13 +3,14 @@
 // over WebGPU, which here is SwiftShader without shader-f16, so the f32 path runs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { serve } from './server.mjs';
+import { errorField, outcomeFromServer, outcomeOfAnswer, outcomeOfChunks, startServer } from '../../tests/requests/outcome.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkgRoot = path.resolve(here, '..');
@@ -85,6 +86,44 @@ test('the browser answer is token-identical to the native wgpu answer', async ()
   assert.equal(web, native.replace(/\n$/, ''));
 });
 
+test('the shared request set gives what yangtuo serve gives (tests/requests/openai.json)', async () => {
+  const { cases } = JSON.parse(fs.readFileSync(path.join(repo, 'tests', 'requests', 'openai.json'), 'utf8'));
+  // in the page: each answer or chunk list as JSON, or the error's code and message
+  const raw = await inPage(async (y, a) => {
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
+    const out = [];
+    for (const c of a.cases) {
+      const api = c.endpoint === 'chat' ? llm.chat.completions : llm.completions;
+      try {
+        if (c.request.stream) {
+          const chunks = [];
+          for await (const chunk of api.create(c.request)) chunks.push(chunk);
+          out.push({ chunks });
+        } else {
+          out.push({ answer: await api.create(c.request) });
+        }
+      } catch (e) {
+        out.push({ error: { code: e.code, message: e.message } });
+      }
+    }
+    return out;
+  }, { cases });
+  // the native server on the same file and the same f32 wgpu path
+  const env = { ...process.env, YANGTUO_NO_F16: '1' };
+  const { child, port } = await startServer(spawn, cli, ['--model', path.join(models, 'tiny.q8_0.gguf'), '--backend', 'wgpu'], env);
+  try {
+    for (const [i, c] of cases.entries()) {
+      const r = raw[i];
+      const mine = r.error ? { error: errorField(r.error) } : r.chunks ? outcomeOfChunks(r.chunks) : outcomeOfAnswer(r.answer);
+      if (c.expect.error) assert.deepEqual(mine, { error: c.expect.error }, c.name);
+      else assert.equal(mine.object, c.expect.object, `${c.name}: ${JSON.stringify(mine)}`);
+      assert.deepEqual(mine, await outcomeFromServer(port, c), c.name);
+    }
+  } finally {
+    child.kill();
+  }
+});
+
 test('chat.completions.create returns OpenAI objects, as WebLLM does', async () => {
   const r = await inPage(async (y, a) => {
     const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
@@ -95,18 +134,20 @@ test('chat.completions.create returns OpenAI objects, as WebLLM does', async () 
     for await (const c of llm.chat.completions.create({ messages, temperature: 0, max_tokens: 12, stream: true, stop: '。' })) chunks.push(c);
     let bad = null;
     try {
-      await llm.chat.completions.create({ messages, logprobs: true });
+      await llm.chat.completions.create({ messages, top_logprobs: 2 });
     } catch (e) {
       bad = e.message;
     }
-    return { short: short.content, whole, chunks, bad };
+    const lp = await llm.chat.completions.create({ messages, temperature: 0, max_tokens: 3, logprobs: true, top_logprobs: 1 });
+    return { short: short.content, whole, chunks, bad, lp };
   }, { q: QUESTION });
   assert.equal(r.whole.object, 'chat.completion');
   assert.equal(r.whole.choices[0].message.content, r.short);
   assert.equal(r.chunks[0].choices[0].delta.role, 'assistant');
   assert.ok(r.chunks.every((c) => c.object === 'chat.completion.chunk'));
   assert.ok(r.chunks.at(-1).choices[0].finish_reason);
-  assert.match(r.bad, /logprobs/);
+  assert.match(r.bad, /top_logprobs/);
+  assert.equal(r.lp.choices[0].logprobs.content.length, r.lp.usage.completion_tokens);
 });
 
 test('chatStream deltas concatenate to the chat answer (same seed)', async () => {

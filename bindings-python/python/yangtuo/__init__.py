@@ -19,7 +19,7 @@ from ._errors import (
     TemplateError,
     YangtuoError,
 )
-from ._pipeline import TextGenerationPipeline, pipeline
+from ._pipeline import Tasks, TextGenerationPipeline, pipeline
 from ._results import ChatResult, CompletionResult, Timings, Usage
 from ._yangtuo import ChunkStream, Llama, Session, TextStream, __version__
 
@@ -36,6 +36,7 @@ for _cls in (
     Usage,
     Timings,
     TextGenerationPipeline,
+    Tasks,
 ):
     _cls.__module__ = __name__
 del _cls
@@ -49,6 +50,7 @@ __all__ = [
     "Llama",
     "ModelLoadError",
     "Session",
+    "Tasks",
     "TemplateError",
     "TextGenerationPipeline",
     "ChunkStream",

@@ -4,6 +4,7 @@ from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import ModelLoadError as ModelLoadError
 from ._errors import TemplateError as TemplateError
 from ._errors import YangtuoError as YangtuoError
+from ._pipeline import Tasks as Tasks
 from ._pipeline import TextGenerationPipeline as TextGenerationPipeline
 from ._pipeline import pipeline as pipeline
 from ._results import ChatResult as ChatResult
@@ -34,4 +35,5 @@ __all__ = [
     "YangtuoError",
     "__version__",
     "pipeline",
+    "Tasks",
 ]

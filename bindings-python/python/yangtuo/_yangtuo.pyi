@@ -3,7 +3,9 @@
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias, overload
+from typing import Any, Literal, overload
+
+from typing_extensions import Self, TypeAlias
 
 from ._results import ChatResult, CompletionResult
 

@@ -79,6 +79,9 @@ def test_concurrent_streams_and_sessions(llm, greedy_answer):
 
 
 def _interrupt_after(seconds: float, how: str) -> threading.Timer:
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: install it, so the test does not depend on how it was run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if how == "signal":
         fire = lambda: signal.raise_signal(signal.SIGINT)  # a real SIGINT to the process
     else:

@@ -10,8 +10,8 @@
 //! the next, so its answer is fixed whatever the sampling.
 //!
 //! Needs:
-//! - `../shared` (tokenizers, golden files, eval questions); without it every test prints
-//!   "skipping: ../shared not found" and passes.
+//! - `../shared` (tokenizers, golden files, eval questions); without it every test fails,
+//!   naming the folder.
 //! - For the CLI tests, the `yangtuo` binary of the same profile, built first:
 //!   `cargo build --release -p yangtuo-cli` (CI does this before the tests).
 //! - Optionally Python with `sentencepiece` (`$YANGTUO_PYTHON`, else

@@ -2,7 +2,6 @@
 // llm.completions.create and through `yangtuo serve` on the same model: each case gives its
 // expected outcome, and the same outcome both ways (JSON shape, finish reason, greedy text).
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -37,7 +36,7 @@ describe('the shared request set', { skip: skip ?? false }, () => {
   before(async () => {
     const model = makeModel('tiny')
     llm = await Llama.load(model, { backend: 'cpu' })
-    ;({ child: server, port } = await startServer(spawn, cliBin, ['--model', model, '--backend', 'cpu'], process.env))
+    ;({ child: server, port } = await startServer(cliBin, ['--model', model, '--backend', 'cpu'], process.env))
   })
 
   after(() => server?.kill())

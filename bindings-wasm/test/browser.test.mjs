@@ -3,7 +3,7 @@
 // over WebGPU, which here is SwiftShader without shader-f16, so the f32 path runs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -110,7 +110,7 @@ test('the shared request set gives what yangtuo serve gives (tests/requests/open
   }, { cases });
   // the native server on the same file and the same f32 wgpu path
   const env = { ...process.env, YANGTUO_NO_F16: '1' };
-  const { child, port } = await startServer(spawn, cli, ['--model', path.join(models, 'tiny.q8_0.gguf'), '--backend', 'wgpu'], env);
+  const { child, port } = await startServer(cli, ['--model', path.join(models, 'tiny.q8_0.gguf'), '--backend', 'wgpu'], env);
   try {
     for (const [i, c] of cases.entries()) {
       const r = raw[i];

@@ -2,6 +2,8 @@
 // JSON shape, the finish reason and the text; ids and timings are left out. Python's copy is
 // in bindings-python/tests/test_request_suite.py.
 
+import { spawn } from 'node:child_process'
+
 const sorted = (o) => Object.keys(o).sort()
 
 export function outcomeOfAnswer(answer) {
@@ -53,7 +55,7 @@ export async function outcomeFromServer(port, c) {
 }
 
 /** Start `yangtuo serve` (`cli`, with `args`) on a free port: the child and its port. */
-export async function startServer(spawn, cli, args, env) {
+export async function startServer(cli, args, env) {
   const child = spawn(cli, ['serve', ...args, '--port', '0'], { env: { ...env, RUST_LOG: 'info' }, stdio: ['ignore', 'ignore', 'pipe'] })
   const port = await new Promise((resolve, reject) => {
     let log = ''

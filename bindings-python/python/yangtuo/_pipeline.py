@@ -43,9 +43,9 @@ class TextGenerationPipeline:
 
     def __call__(self, inputs: str | Messages | list[str] | list[Messages], **kwargs: Any) -> Any:
         kw = _chat_kwargs({**self.chat_kwargs, **kwargs})
-        full_text = kw.pop("return_full_text", True)
-        if self.output_format == "modelscope" and "return_full_text" in {**self.chat_kwargs, **kwargs}:
+        if self.output_format == "modelscope" and "return_full_text" in kw:
             raise ValueError("return_full_text applies with output_format='transformers'")
+        full_text = kw.pop("return_full_text", True)
         if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, (str, list, tuple)) for x in inputs):
             return [self(cast(Any, x), **kwargs) for x in inputs]
         if isinstance(inputs, str):

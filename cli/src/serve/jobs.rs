@@ -38,8 +38,7 @@ impl Jobs {
         let (llama, slots, stats) = (self.llama.clone(), self.slots.clone(), self.stats.clone());
         let id = prepared.meta.id.clone();
         let t0 = Instant::now();
-        // far enough to never fire
-        let deadline = tokio::time::Instant::from_std(t0) + self.timeout.unwrap_or(Duration::from_secs(1 << 40));
+        let deadline = self.timeout.map(|t| tokio::time::Instant::from_std(t0) + t);
         stats.requests.inc();
         stats.queued.inc();
         tokio::spawn(async move {
@@ -54,7 +53,7 @@ impl Jobs {
                     log::info!("{id}: client gone while queued");
                     return;
                 }
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = until(deadline) => {
                     stats.queued.dec();
                     stats.timed_out.inc();
                     log::info!("{id}: timed out while queued");
@@ -74,7 +73,7 @@ impl Jobs {
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = tx.closed() => {}
-                        _ = tokio::time::sleep_until(deadline) => timed_out.store(true, Ordering::Relaxed),
+                        _ = until(deadline) => timed_out.store(true, Ordering::Relaxed),
                     }
                     cancel.store(true, Ordering::Relaxed);
                 })
@@ -131,5 +130,13 @@ impl Jobs {
             let _ = tx.send(Event::Done(r.map_err(|e| ApiError::from_engine(&e))));
         });
         rx
+    }
+}
+
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

@@ -159,11 +159,13 @@ impl Tokenizer {
             Tokenizer::SentencePiece(sp) => sp.token_bytes(id),
             Tokenizer::Absent { .. } => Vec::new(),
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
-            Tokenizer::Hf(t) => match self.byte_value(id) {
-                Some(b) => vec![b],
-                None if t.get_added_vocabulary().is_special_token(&t.id_to_token(id).unwrap_or_default()) => Vec::new(),
-                None => t.id_to_token(id).unwrap_or_default().replace('▁', " ").into_bytes(),
-            },
+            Tokenizer::Hf(t) => {
+                if let Some(b) = self.byte_value(id) {
+                    return vec![b];
+                }
+                let piece = t.id_to_token(id).unwrap_or_default();
+                if t.get_added_vocabulary().is_special_token(&piece) { Vec::new() } else { piece.replace('▁', " ").into_bytes() }
+            }
         }
     }
 

@@ -135,6 +135,8 @@ export interface OpenAIRequestFields {
   user?: string
   /** yangtuo's: leave out the oldest turns that do not fit the context instead of failing. */
   context_overflow?: 'truncate-oldest' | 'error'
+  /** vLLM's and llama.cpp's: generate to `max_tokens` without stopping at end-of-sequence. */
+  ignore_eos?: boolean
   /** Stops the generation: before it starts, the call rejects with an AbortError; after,
    * the answer ends with `finish_reason: 'abort'` and the text so far. */
   signal?: AbortSignal

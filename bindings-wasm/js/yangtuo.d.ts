@@ -76,6 +76,7 @@ export interface OpenAIRequestFields {
   response_format?: { type: 'text' }
   user?: string
   context_overflow?: 'truncate-oldest' | 'error'
+  ignore_eos?: boolean
   signal?: AbortSignal
 }
 

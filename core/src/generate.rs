@@ -47,6 +47,10 @@ pub struct GenerateOptions {
     /// Report each generated token's log-probability and this many of the most likely
     /// alternatives (`Completion::logprobs`); `None` reports nothing.
     pub logprobs: Option<usize>,
+    /// Never end at the end-of-sequence token, only at `max_tokens`, a stop string or the
+    /// end of the context (vLLM's and llama.cpp's `ignore_eos`): fixed-length answers for
+    /// benchmarks and tests. EOS is masked out before sampling, so it never appears.
+    pub ignore_eos: bool,
 }
 
 /// The most alternatives a token's logprobs may list (OpenAI's `top_logprobs` limit).
@@ -230,6 +234,16 @@ pub fn budget(prompt: usize, max_tokens: Option<usize>, ctx: usize) -> Result<us
 }
 
 impl Generation<'_> {
+    fn mask_eos(&self, logits: &mut [f32]) {
+        if self.opts.ignore_eos {
+            for &id in self.eos_ids {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
     /// Run `prompt` on `cache` and generate at most `max_new` tokens (from
     /// `GenerateOptions::check`); `on_piece` receives each piece of answer text.
     pub async fn run(&self, cache: &mut Cached, prompt: &[u32], max_new: usize, on_piece: &mut dyn FnMut(Piece) -> Flow) -> Result<Completion> {
@@ -268,11 +282,18 @@ impl Generation<'_> {
             }
             // next token, from the logits of the last position run
             let next = match self.opts.logprobs {
-                None if sampler.params.is_greedy() => self.runner.argmax(&cache.state, 0).await?,
-                None => sampler.sample(&mut self.runner.logits(&cache.state, 1).await?, &history),
+                None if sampler.params.is_greedy() && !self.opts.ignore_eos => self.runner.argmax(&cache.state, 0).await?,
+                None => {
+                    let mut logits = self.runner.logits(&cache.state, 1).await?;
+                    self.mask_eos(&mut logits);
+                    sampler.sample(&mut logits, &history)
+                }
                 Some(top) => {
+                    // logprobs are the model's, before the mask
                     let logits = self.runner.logits(&cache.state, 1).await?;
-                    let next = sampler.sample(&mut logits.clone(), &history);
+                    let mut masked = logits.clone();
+                    self.mask_eos(&mut masked);
+                    let next = sampler.sample(&mut masked, &history);
                     if !self.eos_ids.contains(&next) {
                         logprobs.push(TokenLogprob::of(&logits, next, top));
                         unsent += 1;

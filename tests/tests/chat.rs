@@ -36,8 +36,8 @@ fn shared_dir() -> Option<PathBuf> {
     d.join("tokenizers").is_dir().then_some(d)
 }
 
-/// The shared data folder, or return from the test with a note.
-macro_rules! shared_or_skip {
+/// The shared data folder; a test without it fails (the test command and CI always have it).
+macro_rules! shared_or_fail {
     () => {
         match shared_dir() {
             Some(d) => d,
@@ -329,7 +329,7 @@ fn py_encode(model: &Path, texts: &[String]) -> Option<Vec<Vec<u32>>> {
 /// token for token, with one BOS per turn and never two in a row.
 #[test]
 fn chat_goldens_render_token_exact() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     for tokenizer in [LLAMA2, CHINESE] {
         let dir = random_model(&shared, &format!("golden-{tokenizer}"), tokenizer, 1);
         let llama = load(&dir, &opts(BackendChoice::Cpu, Some("llama2"), None));
@@ -351,7 +351,7 @@ fn chat_goldens_render_token_exact() {
 /// `yangtuo tokenize --chat` reproduces the chat goldens line by line.
 #[test]
 fn cli_tokenize_chat_goldens() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     for tokenizer in [LLAMA2, CHINESE] {
         let input = std::fs::read_to_string(shared.join("golden").join(format!("chat-{tokenizer}.jsonl"))).unwrap();
         let model = shared.join("tokenizers").join(tokenizer).join("tokenizer.model");
@@ -371,7 +371,7 @@ fn cli_tokenize_chat_goldens() {
 /// `yangtuo tokenize` (no --chat) reproduces `sentencepiece.encode` on the text goldens.
 #[test]
 fn cli_tokenize_text_goldens() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     for tokenizer in [LLAMA2, CHINESE] {
         let input = std::fs::read_to_string(shared.join("golden").join(format!("tokenize-{tokenizer}.jsonl"))).unwrap();
         let model = shared.join("tokenizers").join(tokenizer).join("tokenizer.model");
@@ -390,7 +390,7 @@ fn cli_tokenize_text_goldens() {
 /// A bad line gives `{"error": ...}` and the lines after it still succeed.
 #[test]
 fn cli_tokenize_bad_lines_do_not_stop_the_run() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let model = shared.join("tokenizers/llama2/tokenizer.model");
     let model = model.to_str().unwrap();
 
@@ -449,7 +449,7 @@ fn template_index(r: yangtuo::Result<Completion>) -> usize {
 
 #[test]
 fn invalid_conversations_are_template_errors_with_the_index() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "validate", LLAMA2, 2);
     let llama = Arc::new(load_cpu(&dir));
     let o = greedy(1);
@@ -493,7 +493,7 @@ fn invalid_conversations_are_template_errors_with_the_index() {
 
 #[test]
 fn invalid_sampling_parameters_are_invalid_arg() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "badargs", LLAMA2, 3);
     let llama = Arc::new(load_cpu(&dir));
     let msgs = [Message::user("hi")];
@@ -525,7 +525,7 @@ fn invalid_sampling_parameters_are_invalid_arg() {
 
 #[test]
 fn context_overflow_is_reported_before_any_work() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "ctx", LLAMA2, 4);
     let llama = Arc::new(load(&dir, &opts(BackendChoice::Cpu, None, Some(64))));
     assert_eq!(llama.context_length(), 64);
@@ -565,7 +565,7 @@ fn context_overflow_is_reported_before_any_work() {
 /// each turn's prompt is the template over the turns kept. On cpu and wgpu.
 #[test]
 fn long_sessions_drop_their_oldest_turns() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "long-chat", LLAMA2, 5);
     for backend in [BackendChoice::Cpu, BackendChoice::Wgpu] {
         let llama = match Llama::load(&*dir, &opts(backend, None, Some(96)), &mut |_| {}) {
@@ -624,7 +624,7 @@ fn long_sessions_drop_their_oldest_turns() {
 /// The streamed deltas of a sampled chat concatenate to `chat()`'s text for the same seed.
 #[test]
 fn streamed_deltas_equal_chat_text() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "stream", LLAMA2, 5);
     let msgs = conversation();
     for (seed, max) in [(7u64, 16usize), (8, 16), (9, 32)] {
@@ -658,7 +658,7 @@ fn streamed_deltas_equal_chat_text() {
 /// Chinese arriving as `<0xE5><0x92><0x96>` byte tokens streams as whole characters.
 #[test]
 fn streamed_byte_fallback_chinese() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let tok = Tokenizer::from_file(&shared.join("tokenizers/llama2/tokenizer.model")).unwrap();
     let answer = tok.encode(COFFEE_ANSWER).unwrap();
     // ▁ <0xE5> <0x92> <0x96> 的 作 用 是 <0xE4> <0xBB> <0x80> 么 ？
@@ -681,7 +681,7 @@ fn streamed_byte_fallback_chinese() {
 /// The streaming machinery on its own: StreamDecoder into StopMatcher, as the loop uses them.
 #[test]
 fn stream_decoder_and_stop_matcher_pipeline() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let tok = Tokenizer::from_file(&shared.join("tokenizers/llama2/tokenizer.model")).unwrap();
     let text = "咖啡的作用是什么？";
     let ids = tok.encode(text).unwrap();
@@ -745,7 +745,7 @@ fn stream_decoder_and_stop_matcher_pipeline() {
 
 #[test]
 fn stop_string_split_across_tokens() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "stop", LLAMA2, 6);
     let llama = load_cpu(&dir);
     let msgs = conversation();
@@ -820,7 +820,7 @@ fn stop_string_split_across_tokens() {
 
 #[test]
 fn seeded_sampling_is_reproducible() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "seed", LLAMA2, 7);
     let msgs = conversation();
     let llama = load_cpu(&dir);
@@ -843,7 +843,7 @@ fn seeded_sampling_is_reproducible() {
 
 #[test]
 fn same_seed_same_tokens_on_cpu_and_wgpu() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "cpu-wgpu", LLAMA2, 8);
     let msgs = conversation();
     let cpu = load_cpu(&dir);
@@ -879,7 +879,7 @@ fn same_seed_same_tokens_on_cpu_and_wgpu() {
 // ---------------------------------------------------------------------------------------
 
 fn session_matches_fresh_chat(o: &GenerateOptions, seed: u64) {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "session", LLAMA2, seed);
     let llama = Arc::new(load_cpu(&dir));
     let mut session = llama.session(Some("You are a helpful, concise assistant.".into()));
@@ -940,7 +940,7 @@ fn session_matches_fresh_chat_sampled() {
 
 #[test]
 fn finish_reason_and_usage() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "usage", LLAMA2, 11);
     let llama = load_cpu(&dir);
     let msgs = conversation();
@@ -991,7 +991,7 @@ fn finish_reason_and_usage() {
 
 #[test]
 fn llama2_chinese_template_by_hand() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "zh-template", CHINESE, 12);
     let llama = load(&dir, &opts(BackendChoice::Cpu, Some("llama2-chinese"), None));
     assert_eq!(llama.template(), &ChatTemplate::Llama2Chinese);
@@ -1037,7 +1037,7 @@ const HF_LLAMA2_TEMPLATE: &str = "{% if messages[0]['role'] == 'system' %}{% set
 
 #[test]
 fn jinja_template_from_tokenizer_config() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "jinja", LLAMA2, 13);
     let config = serde_json::json!({
         "add_bos_token": true,
@@ -1106,7 +1106,7 @@ fn jinja_template_from_tokenizer_config() {
 
 #[test]
 fn cli_eval_writes_the_community_report() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "eval", LLAMA2, 14);
     let report = dir.join("report.md");
     let questions = shared.join("eval/atombulb-questions.jsonl");
@@ -1146,7 +1146,7 @@ fn cli_eval_writes_the_community_report() {
 
 #[test]
 fn cli_generate_json() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "generate", LLAMA2, 15);
     let r = cli(&["generate", "--model", dir.to_str().unwrap(), "--ids", "1,5,9", "--max-tokens", "4", "--json", "--backend", "cpu"], "");
     assert!(r.ok, "generate failed: {}", r.stderr);
@@ -1181,7 +1181,7 @@ fn cli_generate_json() {
 
 #[test]
 fn cli_chat_repl() {
-    let shared = shared_or_skip!();
+    let shared = shared_or_fail!();
     let dir = random_model(&shared, "repl", LLAMA2, 16);
     let r = cli(&["chat", "--model", dir.to_str().unwrap(), "--backend", "cpu", "--max-tokens", "4"], "hi\n/reset\nhello\n/exit\n");
     assert!(r.ok, "chat exited with {:?}: {}", r.code, r.stderr);

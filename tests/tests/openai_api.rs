@@ -213,3 +213,45 @@ fn a_cancelled_answer_keeps_its_text_and_says_abort() {
     ));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `ignore_eos`: with the model's greedy first token declared its end-of-sequence, a plain
+/// request stops at once, and one with `ignore_eos` runs to `max_tokens` without ever
+/// producing it, while its logprobs still report the model's own (unmasked) distribution.
+#[test]
+fn ignore_eos_runs_to_max_tokens() {
+    let (dir, llama) = model("ignore-eos");
+    let ask = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0});
+    let greedy = GenerateOptions { max_tokens: Some(1), sampling: SamplingParams::greedy(), ..Default::default() };
+    let eos = llama.chat(&[Message::user("hi")], &greedy).unwrap().ids[0];
+    drop(llama);
+
+    let config = dir.join("config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["eos_token_id"] = json!(eos);
+    std::fs::write(&config, c.to_string()).unwrap();
+    let llama = Llama::load(&dir, &LoadOptions { backend: BackendChoice::Cpu, ..LoadOptions::default() }, &mut |_| {}).unwrap();
+    let (stopped, _) = run(&llama, Endpoint::Chat, ask.clone(), None);
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    assert_eq!(stopped["usage"]["completion_tokens"], 0);
+
+    for temperature in [0.0, 0.7] {
+        let mut req = ask.clone();
+        req["ignore_eos"] = json!(true);
+        req["temperature"] = json!(temperature);
+        req["seed"] = json!(3);
+        req["logprobs"] = json!(true);
+        req["top_logprobs"] = json!(1);
+        let (a, _) = run(&llama, Endpoint::Chat, req, None);
+        assert_eq!(a["choices"][0]["finish_reason"], "length", "{a}");
+        assert_eq!(a["usage"]["completion_tokens"], 8);
+        let content = a["choices"][0]["logprobs"]["content"].as_array().unwrap();
+        assert_eq!(content.len(), 8);
+        let eos_text = llama.tokenizer().token_bytes(eos);
+        // the first position's most likely token is still EOS: the mask is not in the logprobs
+        let top = &content[0]["top_logprobs"][0];
+        let top_bytes: Vec<u8> = top["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        assert_eq!(top_bytes, eos_text, "{a}");
+        assert!(top["logprob"].as_f64().unwrap() >= content[0]["logprob"].as_f64().unwrap());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -52,6 +52,8 @@ pub struct Params {
     /// yangtuo's: `truncate-oldest` leaves out the oldest turns that do not fit the
     /// context, `error` (a one-shot call's default) fails with the sizes.
     pub context_overflow: Option<String>,
+    /// vLLM's and llama.cpp's: generate to `max_tokens` without stopping at EOS.
+    pub ignore_eos: Option<bool>,
 }
 
 /// The names `Params` reads, for the unknown-field check.
@@ -79,6 +81,7 @@ const PARAMS: &[&str] = &[
     "tool_choice",
     "user",
     "context_overflow",
+    "ignore_eos",
 ];
 
 /// `logprobs`: a flag in chat requests, a count in legacy completions.
@@ -310,6 +313,7 @@ impl Params {
             allow_control_tokens: false,
             context_overflow: self.context_overflow.as_deref().map(str::parse).transpose()?,
             logprobs: self.logprobs(endpoint)?,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         };
         let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         Ok(Checked { opts, stream: self.stream.unwrap_or(false), include_usage })

@@ -1,5 +1,6 @@
 // Causal attention with GQA over the KV cache, one workgroup per (head h, query t, split z):
-//   out[t, h] = Σ_{s ≤ pos + t} softmax_s(q[t, h] · k_cache[s, g] / √head_dim) · v_cache[s, g]
+//   out[first + t, h] = Σ_{s ≤ pos + t} softmax_s(q[first + t, h] · k_cache[s, g] / √head_dim) · v_cache[s, g]
+// (rows first..first + n are one sequence's of a batch)
 // where g = h / (n_heads / n_kv_heads) is the shared kv head. Keys are visited in tiles of
 // 64 positions with an online softmax (running max m and sum l), so any context length
 // works in fixed workgroup memory. Each thread owns head dims li, li+64, li+128, li+192.
@@ -21,6 +22,7 @@ struct Params {
     scale: f32,
     chunk: u32,  // keys per split
     splits: u32,
+    first: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,7 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let first = wid.z * p.chunk;
     let end = min(len, first + p.chunk);
     for (var d = li; d < hd; d += WG) {
-        qs[d] = q[t * p.q_stride + h * hd + d] * p.scale;
+        qs[d] = q[(p.first + t) * p.q_stride + h * hd + d] * p.scale;
     }
     workgroupBarrier();
 
@@ -131,7 +133,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var c = 0u; c < 4u; c++) {
         let d = li + c * WG;
         if (d < hd) {
-            out[t * p.out_stride + h * hd + d] = acc[c] / l;
+            out[(p.first + t) * p.out_stride + h * hd + d] = acc[c] / l;
         }
     }
 }

@@ -1,6 +1,6 @@
 // Merges the splits of split decode attention (attention.wgsl) for one query, one
 // workgroup per head h:
-//   M = max_z m_z,  L = Σ_z l_z · e^(m_z − M),  out[h, d] = Σ_z acc_z[d] · e^(m_z − M) / L
+//   M = max_z m_z,  L = Σ_z l_z · e^(m_z − M),  out[out_base + h·head_dim + d] = Σ_z acc_z[d] · e^(m_z − M) / L
 // where split z left (acc_z[0..head_dim], m_z, l_z) at parts[(h · splits + z) · (head_dim + 2)].
 //   grid: x = n_heads
 
@@ -8,6 +8,7 @@ struct Params {
     n_heads: u32,
     head_dim: u32,
     splits: u32,
+    out_base: u32,  // where the query's output row starts
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -37,6 +38,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let o = base + z * stride;
             acc += parts[o + d] * exp(parts[o + hd] - big_m);
         }
-        out[h * hd + d] = acc / big_l;
+        out[p.out_base + h * hd + d] = acc / big_l;
     }
 }

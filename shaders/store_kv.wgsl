@@ -1,5 +1,6 @@
-// Append to the KV cache: k_cache[pos + t, i] = k[t, i] and v_cache[pos + t, i] = v[t, i]
-// for t < n, i < kv_dim. Caches are [max_seq, kv_dim] f32.
+// Append to the KV cache: k_cache[pos + t, i] = k[first + t, i] and v_cache[pos + t, i] =
+// v[first + t, i] for t < n, i < kv_dim (rows first.. are one sequence's of a batch).
+// Caches are [max_seq, kv_dim] f32.
 //   grid: one thread per element, folded 2-D
 
 struct Params {
@@ -7,6 +8,7 @@ struct Params {
     pos: u32,
     kv_dim: u32,
     grid_x: u32,
+    first: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,6 +23,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (i >= p.n * p.kv_dim) {
         return;
     }
-    k_cache[p.pos * p.kv_dim + i] = k[i];
-    v_cache[p.pos * p.kv_dim + i] = v[i];
+    k_cache[p.pos * p.kv_dim + i] = k[p.first * p.kv_dim + i];
+    v_cache[p.pos * p.kv_dim + i] = v[p.first * p.kv_dim + i];
 }

@@ -142,9 +142,9 @@ impl<B: Backend> Model<B> {
             b.rope(&mut s.k, n, c.n_kv_heads, c.head_dim, &s.rope, self.rope_style);
             // save key and value at positions pos..pos+n to the kv cache
             let (kc, vc) = &mut s.kv[l];
-            b.store_kv(&s.k, &s.v, n, pos, kc, vc);
+            b.store_kv(&s.k, &s.v, 0, n, pos, kc, vc);
             // causal multi-head attention over the cache (GQA: heads share kv heads)
-            b.attention(&s.q, kc, vc, n, pos, shape, &mut s.att);
+            b.attention(&s.q, kc, vc, 0, n, pos, shape, &mut s.att);
             // output projection, then residual connection
             b.matmul(&s.att, n, &lw.wo, &mut s.xb2);
             b.add(&mut s.x, &s.xb2, n * c.dim);

@@ -54,15 +54,19 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn matmul(&self, x: &Self::Act, n: usize, w: &Self::Matrix, out: &mut Self::Act);
     /// Rotate each head of x[t] by the angles in table[t] (`[n, head_dim/2, (cos, sin)]`).
     fn rope(&self, x: &mut Self::Act, n: usize, n_heads: usize, head_dim: usize, table: &Self::Act, style: RopeStyle);
-    /// k_cache[pos + t] = k[t], v_cache[pos + t] = v[t]
-    fn store_kv(&self, k: &Self::Act, v: &Self::Act, n: usize, pos: usize, k_cache: &mut Self::Kv, v_cache: &mut Self::Kv);
-    /// Causal attention of the n queries at positions pos..pos+n over cache rows 0..=pos+t.
+    /// k_cache[pos + t] = k[first + t], v_cache[pos + t] = v[first + t], for t < n. One
+    /// sequence's rows of a batch (`first`: where they start) go to that sequence's cache.
+    #[allow(clippy::too_many_arguments)]
+    fn store_kv(&self, k: &Self::Act, v: &Self::Act, first: usize, n: usize, pos: usize, k_cache: &mut Self::Kv, v_cache: &mut Self::Kv);
+    /// Causal attention of the n queries q[first + t] at positions pos + t over cache rows
+    /// 0..=pos+t, into out[first + t]. Rows outside first..first+n are left as they are.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Self::Act,
         k_cache: &Self::Kv,
         v_cache: &Self::Kv,
+        first: usize,
         n: usize,
         pos: usize,
         shape: AttnShape,

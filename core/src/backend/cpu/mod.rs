@@ -144,16 +144,16 @@ impl Backend for Cpu {
         }
     }
 
-    fn store_kv(&self, k: &CpuAct, v: &CpuAct, n: usize, pos: usize, kc: &mut CpuKv, vc: &mut CpuKv) {
+    fn store_kv(&self, k: &CpuAct, v: &CpuAct, first: usize, n: usize, pos: usize, kc: &mut CpuKv, vc: &mut CpuKv) {
         let d = kc.kv_dim;
-        kc.data[pos * d..(pos + n) * d].copy_from_slice(&k.data[..n * d]);
-        vc.data[pos * d..(pos + n) * d].copy_from_slice(&v.data[..n * d]);
+        kc.data[pos * d..(pos + n) * d].copy_from_slice(&k.data[first * d..(first + n) * d]);
+        vc.data[pos * d..(pos + n) * d].copy_from_slice(&v.data[first * d..(first + n) * d]);
     }
 
-    fn attention(&self, q: &CpuAct, kc: &CpuKv, vc: &CpuKv, n: usize, pos: usize, s: AttnShape, out: &mut CpuAct) {
-        let queries = attention::Rows { data: &q.data, stride: q.cols };
+    fn attention(&self, q: &CpuAct, kc: &CpuKv, vc: &CpuKv, first: usize, n: usize, pos: usize, s: AttnShape, out: &mut CpuAct) {
+        let queries = attention::Rows { data: &q.data[first * q.cols..], stride: q.cols };
         let cache = attention::Cache { k: &kc.data, v: &vc.data, stride: kc.kv_dim };
-        attention::attention(queries, cache, n, pos, s, &mut out.data, out.cols)
+        attention::attention(queries, cache, n, pos, s, &mut out.data[first * out.cols..], out.cols)
     }
 
     fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct, len: usize) {

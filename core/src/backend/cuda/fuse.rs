@@ -65,9 +65,10 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
                 _ => Op::SiluMul { gate, up, len },
             },
             // RoPE of q, RoPE of k, then the store of k and v
-            Op::StoreKv { k, v, n, pos, kv_dim, kc, vc } => {
+            Op::StoreKv { k, v, first, n, pos, kv_dim, kc, vc } => {
                 let l = out.len();
                 let fits = l >= 2
+                    && first == 0
                     && match (&out[l - 2], &out[l - 1]) {
                         (
                             Op::Rope { x: q, n: nq, hd: hq, table: tq, style: sq, .. },
@@ -91,7 +92,7 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
                     let Some(Op::Rope { x: q, x_cols: q_cols, heads: q_heads, hd, table, style, .. }) = out.pop() else { unreachable!() };
                     Op::RopeStore { q, q_cols, q_heads, kv: [k, v, kc, vc], kv_heads, table, n, hd, style, pos }
                 } else {
-                    Op::StoreKv { k, v, n, pos, kv_dim, kc, vc }
+                    Op::StoreKv { k, v, first, n, pos, kv_dim, kc, vc }
                 }
             }
             other => other,
@@ -198,12 +199,12 @@ mod tests {
             self.push(|_| Op::rope(x, n, n_heads, head_dim, table, style));
         }
 
-        fn store_kv(&self, k: &CudaAct, v: &CudaAct, n: usize, pos: usize, kc: &mut CudaKv, vc: &mut CudaKv) {
-            self.push(|rec| Op::store_kv(rec, k, v, n, pos, kc, vc));
+        fn store_kv(&self, k: &CudaAct, v: &CudaAct, first: usize, n: usize, pos: usize, kc: &mut CudaKv, vc: &mut CudaKv) {
+            self.push(|rec| Op::store_kv(rec, k, v, first, n, pos, kc, vc));
         }
 
-        fn attention(&self, q: &CudaAct, kc: &CudaKv, vc: &CudaKv, n: usize, pos: usize, shape: AttnShape, out: &mut CudaAct) {
-            self.push(|rec| Op::attention(rec, q, kc, vc, n, pos, shape, out));
+        fn attention(&self, q: &CudaAct, kc: &CudaKv, vc: &CudaKv, first: usize, n: usize, pos: usize, shape: AttnShape, out: &mut CudaAct) {
+            self.push(|rec| Op::attention(rec, q, kc, vc, first, n, pos, shape, out));
         }
 
         fn silu_mul(&self, gate: &mut CudaAct, up: &CudaAct, len: usize) {

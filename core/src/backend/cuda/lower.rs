@@ -185,9 +185,10 @@ impl LowerCx<'_> {
                 let args = vec![x.ptr, table.ptr, *n as u64, *heads as u64, *hd as u64, *x_cols as u64, inter];
                 out.push(kern(k.rope, grid1(n * heads * (hd / 2), 256), 256, args));
             }
-            Op::StoreKv { k: kk, v, n, pos, kv_dim, kc, vc } => {
-                // store_kv(k, v, kc, vc, pos, n, kv_dim)
-                let args = vec![kk.ptr, v.ptr, kc.ptr, vc.ptr, arena + *pos as u64, *n as u64, *kv_dim as u64];
+            Op::StoreKv { k: kk, v, first, n, pos, kv_dim, kc, vc } => {
+                // store_kv(k, v, kc, vc, pos, n, kv_dim), from row `first` of k and v
+                let row = (first * kv_dim * 4) as u64;
+                let args = vec![kk.ptr + row, v.ptr + row, kc.ptr, vc.ptr, arena + *pos as u64, *n as u64, *kv_dim as u64];
                 out.push(kern(k.store_kv, grid1(n * kv_dim, 256), 256, args));
             }
             Op::RopeStore { q, q_cols, q_heads, kv, kv_heads, table, n, hd, style, pos } => {
@@ -198,7 +199,7 @@ impl LowerCx<'_> {
                 let args = vec![q.ptr, *q_heads as u64, *q_cols as u64, kb.ptr, vb.ptr, *kv_heads as u64, table.ptr, *n as u64, *hd as u64, inter, kc.ptr, vc.ptr, arena + *pos as u64];
                 out.push(kern(k.rope_store, grid1(threads, 256), 256, args));
             }
-            Op::Attention { q, q_cols, kc, vc, max_seq, kv_dim, n, pos, shape, out: o, out_cols } => {
+            Op::Attention { q, q_cols, kc, vc, max_seq, kv_dim, first, n, pos, shape, out: o, out_cols } => {
                 let (nh, hd) = (shape.n_heads, shape.head_dim);
                 if hd > 256 || shape.n_kv_heads == 0 || nh % shape.n_kv_heads != 0 {
                     return Err(Error::Device(format!("cuda: attention with head_dim {hd} (at most 256) and {nh}/{} heads is not supported", shape.n_kv_heads)));
@@ -217,9 +218,11 @@ impl LowerCx<'_> {
                 };
                 let scale = 1.0 / (hd as f32).sqrt();
                 // the output's Q8 activations for a quantized product right after (o)
-                let q8 = if *n == 1 && hd % 32 == 0 { self.feed_next(next, o.ptr, nh * hd, 0) } else { 0 };
+                // (rows first.. of q and out: one sequence's of a batch)
+                let (q_row, o_ptr) = (q.ptr + (first * q_cols * 4) as u64, o.ptr + (first * out_cols * 4) as u64);
+                let q8 = if *n == 1 && hd % 32 == 0 { self.feed_next(next, o_ptr, nh * hd, 0) } else { 0 };
                 // attention(q, kc, vc, out, part, counters, pos, n_heads, n_kv_heads, hd, q_stride, kv_dim, out_stride, scale, splits, q8)
-                let args = vec![q.ptr, kc.ptr, vc.ptr, o.ptr, part, counters, arena + *pos as u64, nh as u64, shape.n_kv_heads as u64, hd as u64, *q_cols as u64, *kv_dim as u64, *out_cols as u64, arg_f(scale), splits as u64, q8];
+                let args = vec![q_row, kc.ptr, vc.ptr, o_ptr, part, counters, arena + *pos as u64, nh as u64, shape.n_kv_heads as u64, hd as u64, *q_cols as u64, *kv_dim as u64, *out_cols as u64, arg_f(scale), splits as u64, q8];
                 out.push(kern(k.attention, [nh as u32, *n as u32, splits as u32], 128, args));
             }
             Op::SiluMul { gate, up, len } => {

@@ -314,13 +314,13 @@ impl Backend for Cuda {
         self.record(Op::rope(x, n, n_heads, head_dim, table, style));
     }
 
-    fn store_kv(&self, k: &CudaAct, v: &CudaAct, n: usize, pos: usize, kc: &mut CudaKv, vc: &mut CudaKv) {
+    fn store_kv(&self, k: &CudaAct, v: &CudaAct, first: usize, n: usize, pos: usize, kc: &mut CudaKv, vc: &mut CudaKv) {
         assert!(pos + n <= kc.max_seq, "KV cache of {} positions cannot store {}..{}", kc.max_seq, pos, pos + n);
-        self.record_with(|rec| Op::store_kv(rec, k, v, n, pos, kc, vc));
+        self.record_with(|rec| Op::store_kv(rec, k, v, first, n, pos, kc, vc));
     }
 
-    fn attention(&self, q: &CudaAct, kc: &CudaKv, vc: &CudaKv, n: usize, pos: usize, shape: AttnShape, out: &mut CudaAct) {
-        self.record_with(|rec| Op::attention(rec, q, kc, vc, n, pos, shape, out));
+    fn attention(&self, q: &CudaAct, kc: &CudaKv, vc: &CudaKv, first: usize, n: usize, pos: usize, shape: AttnShape, out: &mut CudaAct) {
+        self.record_with(|rec| Op::attention(rec, q, kc, vc, first, n, pos, shape, out));
     }
 
     fn silu_mul(&self, gate: &mut CudaAct, up: &CudaAct, len: usize) {

@@ -222,10 +222,12 @@ pub(super) enum Op {
     /// gate = silu(W_gate · x) · (W_up · x), up = W_up · x, for one token.
     Glu { x: BufRef, gate: (CudaMatrix, BufRef), up: (CudaMatrix, BufRef) },
     Rope { x: BufRef, x_cols: usize, n: usize, heads: usize, hd: usize, table: BufRef, style: RopeStyle },
-    StoreKv { k: BufRef, v: BufRef, n: usize, pos: usize, kv_dim: usize, kc: BufRef, vc: BufRef },
+    /// Rows first..first + n of k and v to cache positions pos.. (pos: an arena slot).
+    StoreKv { k: BufRef, v: BufRef, first: usize, n: usize, pos: usize, kv_dim: usize, kc: BufRef, vc: BufRef },
     /// RoPE of q and k, then the store of k and v.
     RopeStore { q: BufRef, q_cols: usize, q_heads: usize, kv: [BufRef; 4], kv_heads: usize, table: BufRef, n: usize, hd: usize, style: RopeStyle, pos: usize },
-    Attention { q: BufRef, q_cols: usize, kc: BufRef, vc: BufRef, max_seq: usize, kv_dim: usize, n: usize, pos: usize, shape: AttnShape, out: BufRef, out_cols: usize },
+    /// Queries first..first + n of q into the same rows of out.
+    Attention { q: BufRef, q_cols: usize, kc: BufRef, vc: BufRef, max_seq: usize, kv_dim: usize, first: usize, n: usize, pos: usize, shape: AttnShape, out: BufRef, out_cols: usize },
     SiluMul { gate: BufRef, up: BufRef, len: usize },
     Add { x: BufRef, y: BufRef, len: usize },
     Argmax { x: BufRef, cols: usize, row: usize },
@@ -257,12 +259,14 @@ impl Op {
         Op::Rope { x: x.buf.clone(), x_cols: x.cols, n, heads: n_heads, hd: head_dim, table: table.buf.clone(), style }
     }
 
-    pub(super) fn store_kv(rec: &mut Recorder, k: &CudaAct, v: &CudaAct, n: usize, pos: usize, kc: &CudaKv, vc: &CudaKv) -> Op {
-        Op::StoreKv { k: k.buf.clone(), v: v.buf.clone(), n, pos: rec.pos_slot(pos), kv_dim: kc.kv_dim, kc: kc.buf.clone(), vc: vc.buf.clone() }
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_kv(rec: &mut Recorder, k: &CudaAct, v: &CudaAct, first: usize, n: usize, pos: usize, kc: &CudaKv, vc: &CudaKv) -> Op {
+        let (k, v, kv_dim, kc, vc) = (k.buf.clone(), v.buf.clone(), kc.kv_dim, kc.buf.clone(), vc.buf.clone());
+        Op::StoreKv { k, v, first, n, pos: rec.pos_slot(pos), kv_dim, kc, vc }
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention(rec: &mut Recorder, q: &CudaAct, kc: &CudaKv, vc: &CudaKv, n: usize, pos: usize, shape: AttnShape, out: &CudaAct) -> Op {
+    pub(super) fn attention(rec: &mut Recorder, q: &CudaAct, kc: &CudaKv, vc: &CudaKv, first: usize, n: usize, pos: usize, shape: AttnShape, out: &CudaAct) -> Op {
         Op::Attention {
             q: q.buf.clone(),
             q_cols: q.cols,
@@ -270,6 +274,7 @@ impl Op {
             vc: vc.buf.clone(),
             max_seq: kc.max_seq,
             kv_dim: kc.kv_dim,
+            first,
             n,
             pos: rec.pos_slot(pos),
             shape,

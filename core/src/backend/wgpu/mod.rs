@@ -522,13 +522,13 @@ impl Backend for Wgpu {
         self.dispatch(Kernel::Rope, &params, vec![whole(&x.buf), whole(&table.buf)], groups);
     }
 
-    fn store_kv(&self, k: &WgpuAct, v: &WgpuAct, n: usize, pos: usize, kc: &mut WgpuKv, vc: &mut WgpuKv) {
+    fn store_kv(&self, k: &WgpuAct, v: &WgpuAct, first: usize, n: usize, pos: usize, kc: &mut WgpuKv, vc: &mut WgpuKv) {
         let (groups, gx) = self.linear_groups(n * kc.kv_dim);
-        let params = StoreKv { n: n as u32, pos: pos as u32, kv_dim: kc.kv_dim as u32, grid_x: gx };
+        let params = StoreKv { n: n as u32, pos: pos as u32, kv_dim: kc.kv_dim as u32, grid_x: gx, first: first as u32 };
         self.dispatch(Kernel::StoreKv, &params, vec![whole(&k.buf), whole(&v.buf), whole(&kc.buf), whole(&vc.buf)], groups);
     }
 
-    fn attention(&self, q: &WgpuAct, kc: &WgpuKv, vc: &WgpuKv, n: usize, pos: usize, s: AttnShape, out: &mut WgpuAct) {
+    fn attention(&self, q: &WgpuAct, kc: &WgpuKv, vc: &WgpuKv, first: usize, n: usize, pos: usize, s: AttnShape, out: &mut WgpuAct) {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         // Decode over a long context: the keys in up to MAX_SPLITS chunks of at least
         // MIN_SPLIT, each a workgroup of its own, merged by attention_combine.wgsl. One
@@ -559,11 +559,17 @@ impl Backend for Wgpu {
             scale,
             chunk: chunk as u32,
             splits: splits as u32,
+            first: first as u32,
         };
         let bufs = vec![whole(&q.buf), whole(&kc.buf), whole(&vc.buf), whole(&out.buf), whole(&parts)];
         self.dispatch(Kernel::Attention, &params, bufs, [s.n_heads as u32, n as u32, splits as u32]);
         if splits > 1 {
-            let params = AttentionCombine { n_heads: s.n_heads as u32, head_dim: s.head_dim as u32, splits: splits as u32 };
+            let params = AttentionCombine {
+                n_heads: s.n_heads as u32,
+                head_dim: s.head_dim as u32,
+                splits: splits as u32,
+                out_base: (first * out.cols) as u32,
+            };
             self.dispatch(Kernel::AttentionCombine, &params, vec![whole(&parts), whole(&out.buf)], [s.n_heads as u32, 1, 1]);
         }
     }

@@ -55,6 +55,7 @@ pub struct StoreKv {
     pub pos: u32,
     pub kv_dim: u32,
     pub grid_x: u32,
+    pub first: u32,
 }
 
 /// `attention.wgsl`
@@ -72,6 +73,7 @@ pub struct Attention {
     pub scale: f32,
     pub chunk: u32,
     pub splits: u32,
+    pub first: u32,
 }
 
 /// `attention_combine.wgsl`
@@ -81,6 +83,7 @@ pub struct AttentionCombine {
     pub n_heads: u32,
     pub head_dim: u32,
     pub splits: u32,
+    pub out_base: u32,
 }
 
 /// `silu_mul.wgsl` and `add.wgsl` (two shaders, one layout).
@@ -212,7 +215,7 @@ mod tests {
         let mut cases = vec![
             (Kernel::RmsNorm, fields!(RmsNorm { n, cols, first, eps })),
             (Kernel::Rope, fields!(Rope { n, n_heads, head_dim, stride, interleaved, grid_x })),
-            (Kernel::StoreKv, fields!(StoreKv { n, pos, kv_dim, grid_x })),
+            (Kernel::StoreKv, fields!(StoreKv { n, pos, kv_dim, grid_x, first })),
             (
                 Kernel::Attention,
                 fields!(Attention {
@@ -227,9 +230,10 @@ mod tests {
                     scale,
                     chunk,
                     splits,
+                    first,
                 }),
             ),
-            (Kernel::AttentionCombine, fields!(AttentionCombine { n_heads, head_dim, splits })),
+            (Kernel::AttentionCombine, fields!(AttentionCombine { n_heads, head_dim, splits, out_base })),
             (Kernel::SiluMul, elementwise.clone()),
             (Kernel::Add, elementwise),
             (Kernel::Argmax, fields!(Argmax { cols, row })),

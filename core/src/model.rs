@@ -64,19 +64,23 @@ impl<B: Backend> Model<B> {
     }
 
     /// A fresh session: scratch for up to `max_batch` tokens per forward, a KV cache of
-    /// `ctx_len` positions, and logits for up to `logit_rows` positions per forward.
+    /// `ctx_len` positions (none for a batch's scratch, whose sequences bring their own),
+    /// and logits for up to `logit_rows` positions per forward.
     pub fn new_state(&self, ctx_len: usize, max_batch: usize, logit_rows: usize) -> Result<State<B>> {
         let c = &self.config;
         let b = &self.backend;
         let (nb, lr) = (max_batch.max(1), logit_rows.clamp(1, max_batch.max(1)));
-        let mut kv = Vec::with_capacity(c.n_layers);
+        let mut layers = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
-            kv.push((
+            if ctx_len == 0 {
+                break;
+            }
+            layers.push((
                 b.alloc_kv(&format!("k cache {l}"), ctx_len, c.kv_dim())?,
                 b.alloc_kv(&format!("v cache {l}"), ctx_len, c.kv_dim())?,
             ));
         }
-        Ok(State {
+        let scratch = Scratch {
             x: b.alloc("x", nb, c.dim)?,
             xb: b.alloc("xb", nb, c.dim)?,
             xb2: b.alloc("xb2", nb, c.dim)?,
@@ -88,47 +92,73 @@ impl<B: Backend> Model<B> {
             hb2: b.alloc("hb2", nb, c.hidden_dim)?,
             rope: b.alloc("rope", nb, c.head_dim)?,
             logits: b.alloc("logits", lr, c.vocab_size)?,
-            kv,
-            ctx_len,
             max_batch: nb,
             logit_rows: lr,
-        })
+        };
+        Ok(State { scratch, kv: Kv { layers, ctx_len } })
     }
 
     /// Run `tokens` at positions `pos..`, leaving logits of the last `rows_out` tokens in
     /// `state.logits` (at most `state.logit_rows`). Prompts longer than `max_batch` run in
     /// chunks. The KV cache keeps every position for later calls.
     pub fn forward(&self, s: &mut State<B>, tokens: &[u32], pos: usize, rows_out: usize) -> Result<()> {
-        let c = &self.config;
         if tokens.is_empty() {
             return Err(Error::arg("tokens", "nothing to run"));
         }
-        if pos + tokens.len() > s.ctx_len {
-            return Err(Error::ContextLength { prompt: pos + tokens.len(), requested: 0, context: s.ctx_len });
-        }
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(Error::arg("ids", format!("token id {bad} is out of range for vocab size {}", c.vocab_size)));
-        }
-        let rows_out = rows_out.clamp(1, s.logit_rows.min(tokens.len()));
+        let rows_out = rows_out.clamp(1, s.scratch.logit_rows.min(tokens.len()));
         let mut start = 0;
         while start < tokens.len() {
-            let n = (tokens.len() - start).min(s.max_batch);
+            let n = (tokens.len() - start).min(s.scratch.max_batch);
             let last_chunk = start + n == tokens.len();
-            self.forward_chunk(s, &tokens[start..start + n], pos + start, if last_chunk { rows_out.min(n) } else { 0 });
+            let mut one = [Rows { kv: &mut s.kv, tokens: &tokens[start..start + n], pos: pos + start }];
+            self.forward_batch(&mut s.scratch, &mut one, if last_chunk { rows_out.min(n) } else { 0 })?;
             start += n;
         }
         Ok(())
     }
 
-    fn forward_chunk(&self, s: &mut State<B>, tokens: &[u32], pos: usize, rows_out: usize) {
+    /// One forward of several sequences together: each sequence's tokens are rows of one
+    /// batch (in the order given), so every weight matrix is read once for all of them,
+    /// while each sequence's keys and values go to, and its attention reads, its own cache.
+    /// Logits of the batch's last `rows_out` rows land in `scratch.logits`; a scheduler puts
+    /// the sequences that need logits (one row each when decoding) last.
+    pub fn forward_batch(&self, s: &mut Scratch<B>, seqs: &mut [Rows<'_, B>], rows_out: usize) -> Result<()> {
+        let c = &self.config;
+        let total: usize = seqs.iter().map(|r| r.tokens.len()).sum();
+        if total == 0 {
+            return Err(Error::arg("tokens", "nothing to run"));
+        }
+        if total > s.max_batch {
+            return Err(Error::arg("tokens", format!("{total} rows do not fit a batch of {}", s.max_batch)));
+        }
+        if rows_out > s.logit_rows.min(total) {
+            return Err(Error::arg("rows_out", format!("{rows_out} logit rows; the batch holds {}", s.logit_rows.min(total))));
+        }
+        for r in seqs.iter() {
+            if r.pos + r.tokens.len() > r.kv.ctx_len {
+                return Err(Error::ContextLength { prompt: r.pos + r.tokens.len(), requested: 0, context: r.kv.ctx_len });
+            }
+            if r.kv.layers.len() != c.n_layers {
+                return Err(Error::arg("session", "a batch's scratch holds no KV cache to run"));
+            }
+            if let Some(bad) = r.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(Error::arg("ids", format!("token id {bad} is out of range for vocab size {}", c.vocab_size)));
+            }
+        }
+        self.forward_rows(s, seqs, total, rows_out);
+        Ok(())
+    }
+
+    fn forward_rows(&self, s: &mut Scratch<B>, seqs: &mut [Rows<'_, B>], n: usize, rows_out: usize) {
         let (b, c, w) = (&self.backend, &self.config, &self.weights);
-        let n = tokens.len();
         let eps = c.norm_eps as f32;
         let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
 
-        // token embeddings, and the rotary angles of positions pos..pos+n
-        b.embed(&w.embed, tokens, &mut s.x);
-        b.write(&mut s.rope, &c.rope_table(pos, n));
+        // token embeddings, and the rotary angles of each row's position
+        let ids: Vec<u32> = seqs.iter().flat_map(|r| r.tokens.iter().copied()).collect();
+        let angles: Vec<f32> = seqs.iter().flat_map(|r| c.rope_table(r.pos, r.tokens.len())).collect();
+        b.embed(&w.embed, &ids, &mut s.x);
+        b.write(&mut s.rope, &angles);
 
         for (l, lw) in w.layers.iter().enumerate() {
             // attention rmsnorm
@@ -140,11 +170,16 @@ impl<B: Backend> Model<B> {
             // RoPE: rotate q and k by position
             b.rope(&mut s.q, n, c.n_heads, c.head_dim, &s.rope, self.rope_style);
             b.rope(&mut s.k, n, c.n_kv_heads, c.head_dim, &s.rope, self.rope_style);
-            // save key and value at positions pos..pos+n to the kv cache
-            let (kc, vc) = &mut s.kv[l];
-            b.store_kv(&s.k, &s.v, 0, n, pos, kc, vc);
-            // causal multi-head attention over the cache (GQA: heads share kv heads)
-            b.attention(&s.q, kc, vc, 0, n, pos, shape, &mut s.att);
+            // per sequence: save its keys and values to its kv cache, then causal
+            // multi-head attention over that cache (GQA: heads share kv heads)
+            let mut first = 0;
+            for r in seqs.iter_mut() {
+                let (kc, vc) = &mut r.kv.layers[l];
+                let len = r.tokens.len();
+                b.store_kv(&s.k, &s.v, first, len, r.pos, kc, vc);
+                b.attention(&s.q, kc, vc, first, len, r.pos, shape, &mut s.att);
+                first += len;
+            }
             // output projection, then residual connection
             b.matmul(&s.att, n, &lw.wo, &mut s.xb2);
             b.add(&mut s.x, &s.xb2, n * c.dim);
@@ -160,15 +195,34 @@ impl<B: Backend> Model<B> {
         }
 
         if rows_out > 0 {
-            // final rmsnorm of the last rows_out tokens, then the classifier into logits
+            // final rmsnorm of the last rows_out rows, then the classifier into logits
             b.rms_norm(&s.x, n - rows_out, rows_out, &w.norm, eps, &mut s.xb);
             b.matmul(&s.xb, rows_out, &w.output, &mut s.logits);
         }
     }
 }
 
-/// One session's scratch buffers and KV cache.
+/// One session: scratch buffers and its KV cache.
 pub struct State<B: Backend> {
+    pub scratch: Scratch<B>,
+    pub kv: Kv<B>,
+}
+
+/// One sequence's rows of a batched forward: its tokens at positions `pos..`, and its cache.
+pub struct Rows<'a, B: Backend> {
+    pub kv: &'a mut Kv<B>,
+    pub tokens: &'a [u32],
+    pub pos: usize,
+}
+
+/// A sequence's keys and values, per layer.
+pub struct Kv<B: Backend> {
+    layers: Vec<(B::Kv, B::Kv)>, // per layer: (max_seq, n_kv_heads * head_dim) keys, values
+    pub ctx_len: usize,
+}
+
+/// The activations of one forward of up to `max_batch` rows.
+pub struct Scratch<B: Backend> {
     x: B::Act,      // (max_batch, dim) residual stream
     xb: B::Act,     // (max_batch, dim) normed input of a sublayer
     xb2: B::Act,    // (max_batch, dim) sublayer output
@@ -180,8 +234,6 @@ pub struct State<B: Backend> {
     hb2: B::Act,    // (max_batch, hidden_dim)
     rope: B::Act,   // (max_batch, head_dim) cos, sin pairs
     pub logits: B::Act, // (logit_rows, vocab)
-    kv: Vec<(B::Kv, B::Kv)>, // per layer: (max_seq, n_kv_heads * head_dim) keys, values
-    pub ctx_len: usize,
     pub max_batch: usize,
     pub logit_rows: usize,
 }

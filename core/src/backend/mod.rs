@@ -22,6 +22,11 @@ use crate::Result;
 use crate::weights::{RopeStyle, WeightData};
 use std::future::Future;
 
+/// The most rows a batched decode step runs in one forward. Up to this many tokens, the CPU
+/// products keep each token's sums in an order that does not depend on the other tokens
+/// (batch invariance: a sequence decodes to the same bits alone or in a batch).
+pub const DECODE_ROWS: usize = 32;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttnShape {
     pub n_heads: usize,

@@ -118,6 +118,9 @@ fn matmul_tiled<const ROWS: usize>(
             for g in groups.clone() {
                 let r0 = g * ROWS;
                 let mut t = first;
+                // Every path keeps one accumulator per (row, token) (L = 1), so a token's
+                // dot products are summed in the same order whether it shares a tile with
+                // others or runs alone: a batch never changes a sequence's logits.
                 if r0 + ROWS <= n {
                     let rows = std::array::from_fn(|i| row(r0 + i));
                     while t + TOKENS <= end {
@@ -135,12 +138,20 @@ fn matmul_tiled<const ROWS: usize>(
                         t += TOKENS;
                     }
                 }
-                // what is left (decode is all of it): one row and token at a time
-                for r in r0..(r0 + ROWS).min(n) {
-                    for t in t..end {
-                        let [[v]] =
-                            dot_tile::<1, 1, 4>(simd, format, [row(r)], &x[t * k..(t + 1) * k]);
-                        put(t, r, v);
+                // what is left (decode is all of it): one token at a time, the group's rows
+                // together (their accumulators are the independent chains FMA latency needs)
+                for t in t..end {
+                    let xt = &x[t * k..(t + 1) * k];
+                    if r0 + ROWS <= n {
+                        let dots = dot_tile::<ROWS, 1, 1>(simd, format, std::array::from_fn(|i| row(r0 + i)), xt);
+                        for (i, [v]) in dots.iter().enumerate() {
+                            put(t, r0 + i, *v);
+                        }
+                    } else {
+                        for r in r0..n {
+                            let [[v]] = dot_tile::<1, 1, 1>(simd, format, [row(r)], xt);
+                            put(t, r, v);
+                        }
                     }
                 }
             }

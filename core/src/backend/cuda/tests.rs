@@ -296,18 +296,18 @@ fn forward_matches_cpu_in_every_format() {
         let tol_prefill: f64 = if f == WeightFormat::F32 || !gpu.backend.mma { 2e-4 } else { 1e-2 };
         gpu.forward(&mut sg, &ids, 0, 70).unwrap();
         cpu.forward(&mut sc, &ids, 0, 70).unwrap();
-        let (lg, lc) = (b(gpu.backend.read(&sg.logits, 70)).unwrap(), b(cpu.backend.read(&sc.logits, 70)).unwrap());
+        let (lg, lc) = (b(gpu.backend.read(&sg.scratch.logits, 70)).unwrap(), b(cpu.backend.read(&sc.scratch.logits, 70)).unwrap());
         let e_pre = max_rel(&lg, &lc);
         // decode, both fed the CPU's greedy choice
         let mut e_dec = 0f64;
-        let mut next = b(cpu.backend.argmax(&sc.logits, 69)).unwrap();
+        let mut next = b(cpu.backend.argmax(&sc.scratch.logits, 69)).unwrap();
         let (mut agree, mut clear_misses) = (0, 0);
         for step in 0..24 {
             gpu.forward(&mut sg, &[next], 70 + step, 1).unwrap();
             cpu.forward(&mut sc, &[next], 70 + step, 1).unwrap();
-            let (lg, lc) = (b(gpu.backend.read(&sg.logits, 1)).unwrap(), b(cpu.backend.read(&sc.logits, 1)).unwrap());
+            let (lg, lc) = (b(gpu.backend.read(&sg.scratch.logits, 1)).unwrap(), b(cpu.backend.read(&sc.scratch.logits, 1)).unwrap());
             e_dec = e_dec.max(max_rel(&lg, &lc));
-            let (ag, ac) = (b(gpu.backend.argmax(&sg.logits, 0)).unwrap(), b(cpu.backend.argmax(&sc.logits, 0)).unwrap());
+            let (ag, ac) = (b(gpu.backend.argmax(&sg.scratch.logits, 0)).unwrap(), b(cpu.backend.argmax(&sc.scratch.logits, 0)).unwrap());
             agree += (ag == ac) as usize;
             // a miss where the CPU's best logit leads its second by more than twice the
             // largest |Δ| of this step cannot come from that deviation
@@ -320,7 +320,7 @@ fn forward_matches_cpu_in_every_format() {
         let more: Vec<u32> = ids[..9].to_vec();
         gpu.forward(&mut sg, &more, 94, 9).unwrap();
         cpu.forward(&mut sc, &more, 94, 9).unwrap();
-        let e_more = max_rel(&b(gpu.backend.read(&sg.logits, 9)).unwrap(), &b(cpu.backend.read(&sc.logits, 9)).unwrap());
+        let e_more = max_rel(&b(gpu.backend.read(&sg.scratch.logits, 9)).unwrap(), &b(cpu.backend.read(&sc.scratch.logits, 9)).unwrap());
         // Float formats: decode computes in f32, but attends over keys and values the
         // prefill wrote. Quantized formats: decode's products round their inputs to 8 bits
         // (q8_products_match_reference holds each product to that rounding exactly), and

@@ -42,6 +42,7 @@ use super::parallel::{L2_BUDGET, SharedOut};
 use super::simd::Isa;
 pub use blocks::{QuantizedActs, quantize_acts};
 use candle_core::utils::barrier_pool;
+use crate::backend::DECODE_ROWS;
 use crate::weights::WeightFormat;
 
 /// Whether [`matmul`] can run `format` on this CPU.
@@ -90,8 +91,10 @@ pub unsafe fn matmul_rows(
     for first in (0..m).step_by(block) {
         let end = (first + block).min(m);
         let mut whole = rows.start;
-        // A tile's worth of tokens pays for the transposes; decode takes the path below.
-        if group::supports(format) && end - first >= group::min_tokens(isa) {
+        // A tile's worth of tokens pays for the transposes; decode takes the path below,
+        // and so does a decode batch (up to DECODE_ROWS tokens): the row kernel sums each
+        // token alone, in the same order at any tile, so a batch changes no token's bits.
+        if group::supports(format) && end - first >= group::min_tokens(isa).max(DECODE_ROWS + 1) {
             let size = group::rows(isa);
             while whole + size <= rows.end {
                 // SAFETY: the ISA was checked; the caller's contract covers these rows.

@@ -27,6 +27,11 @@ pub struct Args {
     /// deep into a long chat, where attention reads the whole cache every token.
     #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
     depth: usize,
+    /// Batched text generation at these numbers of sequences (`1,2,4,8,16`): each decode
+    /// step runs one token of every sequence in one forward, as `serve --parallel` does.
+    /// Reports aggregate and per-sequence tok/s (`tgN xP`).
+    #[arg(long, value_delimiter = ',')]
+    parallel: Vec<usize>,
     /// Print JSON lines instead of the table.
     #[arg(long)]
     json: bool,
@@ -122,6 +127,33 @@ pub fn run(mut a: Args) -> Result<()> {
             tps.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
         }
         rows.push((format!("tg{}{at_depth}", a.n_gen), mean_std(&tps)));
+    }
+    for &p in &a.parallel {
+        if p == 0 || p > yangtuo::backend::DECODE_ROWS {
+            return Err(Error::arg("parallel", format!("each must be 1..={}, got {p}", yangtuo::backend::DECODE_ROWS)));
+        }
+        // p sequences with their own caches, each at the same depth, stepping together
+        let mut seqs = (0..p).map(|_| r.new_state(ctx, 16, 1)).collect::<Result<Vec<_>>>()?;
+        for (i, st) in seqs.iter_mut().enumerate() {
+            r.forward(st, &(0..d.max(1)).map(|j| token(j + 11 + i)).collect::<Vec<_>>(), 0, 1)?;
+        }
+        let mut batch = r.new_state(0, p, p)?;
+        let (mut agg, mut per) = (vec![], vec![]);
+        for _ in 0..a.repetitions {
+            let t = Instant::now();
+            for step in 0..a.n_gen.max(1) {
+                let ids: Vec<[u32; 1]> = (0..p).map(|i| [token(step * 31 + i)]).collect();
+                let mut rows: Vec<(&mut yangtuo::SessionState, &[u32], usize)> =
+                    seqs.iter_mut().zip(&ids).map(|(st, t)| (st, &t[..], d.max(1) + step)).collect();
+                r.forward_batch(&mut batch, &mut rows, p)?;
+                pollster::block_on(r.logits(&batch, p))?;
+            }
+            let dt = t.elapsed().as_secs_f64();
+            agg.push((p * a.n_gen.max(1)) as f64 / dt);
+            per.push(a.n_gen.max(1) as f64 / dt);
+        }
+        rows.push((format!("tg{} x{p} aggregate{at_depth}", a.n_gen), mean_std(&agg)));
+        rows.push((format!("tg{} x{p} per sequence{at_depth}", a.n_gen), mean_std(&per)));
     }
     let rss = peak_rss();
     let device = r.device();

@@ -1,10 +1,10 @@
 //! The generation loop: prefill the prompt, then sample, decode and stream one token at a
 //! time until EOS, a stop string, `max_tokens`, or a cancel.
 
-use crate::chat::StopMatcher;
+use crate::decoding::Decoding;
 use crate::runner::{Runner, SessionState};
-use crate::sampler::{Sampler, SamplingParams};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::sampler::SamplingParams;
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -234,112 +234,43 @@ pub fn budget(prompt: usize, max_tokens: Option<usize>, ctx: usize) -> Result<us
 }
 
 impl Generation<'_> {
-    fn mask_eos(&self, logits: &mut [f32]) {
-        if self.opts.ignore_eos {
-            for &id in self.eos_ids {
-                if let Some(l) = logits.get_mut(id as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
-    }
-
     /// Run `prompt` on `cache` and generate at most `max_new` tokens (from
     /// `GenerateOptions::check`); `on_piece` receives each piece of answer text.
     pub async fn run(&self, cache: &mut Cached, prompt: &[u32], max_new: usize, on_piece: &mut dyn FnMut(Piece) -> Flow) -> Result<Completion> {
         let t0 = (self.clock)();
-        let mut sampler = Sampler::new(self.opts.sampling.clone());
-
-        // reuse the longest cached prefix, but always run at least the last prompt token
-        let common = cache.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
-        cache.tokens.truncate(common);
-        self.runner.forward(&mut cache.state, &prompt[common..], common, 1)?;
-        cache.tokens.extend_from_slice(&prompt[common..]);
-
-        let mut history = prompt.to_vec();
-        let mut ids = vec![];
-        let mut decoder = StreamDecoder::new();
-        let mut stops = StopMatcher::new(&self.opts.stop);
-        let mut text = String::new();
-        let mut timings = Timings { prefill_tokens: prompt.len() - common, ..Default::default() };
-        let mut t_first = None;
-        let mut logprobs: Vec<TokenLogprob> = vec![];
-        // logprobs not yet sent with a piece
-        let mut unsent = 0;
-        let mut emit = |piece: &str, text: &mut String, logprobs: &[TokenLogprob], unsent: &mut usize| -> Flow {
-            if piece.is_empty() {
-                return Flow::Continue;
-            }
-            text.push_str(piece);
-            let fresh = &logprobs[logprobs.len() - *unsent..];
-            *unsent = 0;
-            on_piece(Piece { text: piece, logprobs: fresh })
-        };
-
+        let common = cache.prefill(self.runner, prompt)?;
+        let mut seq = Decoding::new(self.tokenizer, self.eos_ids, self.opts.clone(), prompt, prompt.len() - common, max_new, t0);
         let finish = loop {
             if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 break FinishReason::Abort;
             }
             // next token, from the logits of the last position run
-            let next = match self.opts.logprobs {
-                None if sampler.params.is_greedy() && !self.opts.ignore_eos => self.runner.argmax(&cache.state, 0).await?,
-                None => {
-                    let mut logits = self.runner.logits(&cache.state, 1).await?;
-                    self.mask_eos(&mut logits);
-                    sampler.sample(&mut logits, &history)
-                }
-                Some(top) => {
-                    // logprobs are the model's, before the mask
-                    let logits = self.runner.logits(&cache.state, 1).await?;
-                    let mut masked = logits.clone();
-                    self.mask_eos(&mut masked);
-                    let next = sampler.sample(&mut masked, &history);
-                    if !self.eos_ids.contains(&next) {
-                        logprobs.push(TokenLogprob::of(&logits, next, top));
-                        unsent += 1;
-                    }
-                    next
-                }
+            let next = if seq.needs_logits() {
+                seq.pick(&mut self.runner.logits(&cache.state, 1).await?)
+            } else {
+                self.runner.argmax(&cache.state, 0).await?
             };
-            let t = (self.clock)();
-            if t_first.is_none() {
-                t_first = Some(t);
-                timings.prefill_s = t - t0;
-                timings.ttft_s = t - t0;
-            }
-            if self.eos_ids.contains(&next) {
-                break FinishReason::Stop;
-            }
-            ids.push(next);
-            history.push(next);
-            let (piece, stopped) = stops.push(&decoder.push(self.tokenizer, next)?);
-            let flow = emit(&piece, &mut text, &logprobs, &mut unsent);
-            if stopped {
-                break FinishReason::Stop;
-            }
-            if flow == Flow::Stop {
-                break FinishReason::Stop;
-            }
-            if ids.len() >= max_new {
-                break FinishReason::Length;
+            if let Some(finish) = seq.accept(next, (self.clock)(), on_piece)? {
+                break finish;
             }
             // feed the token back: its key and value join the cache
-            let pos = cache.tokens.len();
-            self.runner.forward(&mut cache.state, &[next], pos, 1)?;
+            self.runner.forward(&mut cache.state, &[next], seq.pos(), 1)?;
             cache.tokens.push(next);
         };
-        // flush what the decoder and the stop matcher still hold
-        let (piece, stopped) = stops.push(&decoder.finish(self.tokenizer)?);
-        emit(&piece, &mut text, &logprobs, &mut unsent);
-        if !stopped {
-            let rest = stops.finish();
-            emit(&rest, &mut text, &logprobs, &mut unsent);
-        }
-        let t_end = (self.clock)();
-        timings.decode_tokens = ids.len().saturating_sub(1);
-        timings.decode_s = t_end - t_first.unwrap_or(t_end);
-        let usage = Usage { prompt_tokens: prompt.len(), completion_tokens: ids.len(), total_tokens: prompt.len() + ids.len() };
-        Ok(Completion { text, finish_reason: finish, usage, ids, timings, dropped_turns: 0, logprobs })
+        seq.finish(finish, (self.clock)(), on_piece)
+    }
+}
+
+impl Cached {
+    /// Run `prompt` on this cache, reusing the longest prefix it already holds (but always
+    /// running at least the last prompt token, whose logits come next). Returns how many
+    /// prompt tokens were reused.
+    pub(crate) fn prefill(&mut self, runner: &dyn Runner, prompt: &[u32]) -> Result<usize> {
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.tokens.truncate(common);
+        runner.forward(&mut self.state, &prompt[common..], common, 1)?;
+        self.tokens.extend_from_slice(&prompt[common..]);
+        Ok(common)
     }
 }
 

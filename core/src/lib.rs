@@ -7,8 +7,11 @@
 
 pub mod api;
 pub mod backend;
+#[cfg(not(target_arch = "wasm32"))]
+mod batch;
 pub mod chat;
 pub mod config;
+mod decoding;
 pub mod device;
 pub mod error;
 pub mod generate;

@@ -15,7 +15,7 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFormat;
 use crate::weights::gguf::GgufFile;
 use crate::{Config, Error, Result};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 #[cfg(not(target_arch = "wasm32"))]
 use {crate::weights::builder::LoadProgress, crate::weights::source::ModelFiles, std::path::Path};
@@ -141,6 +141,11 @@ pub struct Llama {
     bos: u32,
     eos_ids: Vec<u32>,
     pool: Mutex<Vec<Cached>>,
+    /// Idle states kept for their prefixes (more when generations run batched).
+    pool_size: AtomicUsize,
+    /// The continuous-batching scheduler, once `enable_batching` started it.
+    #[cfg(not(target_arch = "wasm32"))]
+    batcher: std::sync::OnceLock<crate::batch::Batcher>,
 }
 
 impl Llama {
@@ -181,6 +186,9 @@ impl Llama {
             bos,
             eos_ids,
             pool: Mutex::new(vec![]),
+            pool_size: AtomicUsize::new(POOL_SIZE),
+            #[cfg(not(target_arch = "wasm32"))]
+            batcher: std::sync::OnceLock::new(),
         })
     }
 
@@ -239,7 +247,7 @@ impl Llama {
 
     pub fn put_state(&self, c: Cached) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_SIZE {
+        if pool.len() < self.pool_size.load(Ordering::Relaxed) {
             pool.push(c);
         }
     }
@@ -269,9 +277,31 @@ impl Llama {
         on_piece: &mut dyn FnMut(Piece) -> Flow,
     ) -> Result<Completion> {
         let mut cache = self.take_state(prompt)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(batcher) = self.batcher.get() {
+            let (r, cache) = batcher.generate(cache, prompt, max_new, opts, cancel, on_piece);
+            if let Some(cache) = cache {
+                self.put_state(cache);
+            }
+            return r;
+        }
         let r = self.run_on(&mut cache, prompt, max_new, opts, cancel, on_piece).await;
         self.put_state(cache);
         r
+    }
+
+    /// Continuous batching from now on: generations on pooled states (`chat`, `generate`,
+    /// `run`, every server request) from any number of threads join one scheduler thread,
+    /// whose decode steps run all of them as one batch (batch.rs). Up to `parallel` idle
+    /// states stay pooled for their prefixes. Sessions keep their own states and run alone.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn enable_batching(&self, parallel: usize) -> Result<()> {
+        self.pool_size.store(parallel.max(POOL_SIZE), Ordering::Relaxed);
+        if self.batcher.get().is_none() {
+            let b = crate::batch::Batcher::start(self.runner.clone(), self.tokenizer.clone(), self.eos_ids.clone(), self.max_batch)?;
+            let _ = self.batcher.set(b);
+        }
+        Ok(())
     }
 
     /// Generate after `prompt` on `cache`; `max_new` comes from `GenerateOptions::check`.

@@ -141,3 +141,76 @@ fn batched_decode_is_bit_identical_to_alone_q8_0_and_q4_k() {
     check_invariance(Dtype::F32, Some(WeightFormat::Q8_0));
     check_invariance(Dtype::F32, Some(WeightFormat::Q4K));
 }
+
+/// A `Llama` on the CPU with the real Llama 2 tokenizer, Q4_0.
+fn llama(dir: &std::path::Path) -> yangtuo::Llama {
+    let opts = yangtuo::LoadOptions { backend: yangtuo::BackendChoice::Cpu, quantize: Some(WeightFormat::Q4_0), ..Default::default() };
+    yangtuo::Llama::load(dir, &opts, &mut |_| {}).unwrap()
+}
+
+/// The scheduler end to end: eight threads chat at once on a batching `Llama` (greedy and
+/// seeded sampling, mixed prompt lengths, one cancelled mid-answer, one stopped by its
+/// callback); each answer equals the same request alone on a `Llama` without batching.
+#[test]
+fn concurrent_chats_batch_and_answer_as_alone() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use yangtuo::{Flow, GenerateOptions, Message, SamplingParams};
+    let tokenizer = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tokenizers/llama2/tokenizer.model"));
+    assert!(tokenizer.is_file(), "../shared (the tokenizers the tests need) is not next to the repository");
+    let spec = Spec { vocab: 32000, ..spec(Dtype::F32) };
+    let dir = spec.write_temp("batch-llama");
+    std::fs::copy(&tokenizer, dir.join("tokenizer.model")).unwrap();
+    let questions = ["hi", "咖啡的作用是什么?", "羊驼吃什么？请详细回答。", "Tell me a story about a llama in Peru, in three parts.", "1+1=?", "你好", "写一首关于长城的诗", "why"];
+    let opts = |i: usize| GenerateOptions {
+        max_tokens: Some(12 + 3 * i),
+        sampling: if i % 2 == 0 { SamplingParams::greedy() } else { SamplingParams { temperature: 0.8, seed: Some(i as u64), ..Default::default() } },
+        ignore_eos: i == 3,
+        ..Default::default()
+    };
+    let alone = llama(&dir);
+    let want: Vec<_> = (0..questions.len()).map(|i| alone.chat(&[Message::user(questions[i])], &opts(i)).unwrap()).collect();
+    drop(alone);
+
+    let batched = llama(&dir);
+    batched.enable_batching(8).unwrap();
+    let cancel = AtomicBool::new(false);
+    let got: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..questions.len())
+            .map(|i| {
+                let (b, cancel) = (&batched, &cancel);
+                s.spawn(move || {
+                    let mut pieces = 0;
+                    let mut on_text = |_: &str| {
+                        pieces += 1;
+                        if i == 5 && pieces == 3 {
+                            cancel.store(true, Ordering::Relaxed);
+                        }
+                        if i == 6 && pieces == 4 { Flow::Stop } else { Flow::Continue }
+                    };
+                    let c = if i == 5 { Some(cancel) } else { None };
+                    b.chat_stream(&[Message::user(questions[i])], &opts(i), c, &mut on_text)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        match i {
+            5 => assert!(matches!(g, Err(yangtuo::Error::Cancelled)), "{g:?}"),
+            6 => {
+                let g = g.as_ref().unwrap();
+                assert_eq!(g.finish_reason, yangtuo::FinishReason::Stop);
+                assert!(w.text.starts_with(&g.text) && g.ids.len() <= w.ids.len(), "{:?} vs {:?}", g.text, w.text);
+            }
+            _ => {
+                let g = g.as_ref().unwrap();
+                assert_eq!(g.ids, w.ids, "question {i}: batched answer differs from alone");
+                assert_eq!(g.text, w.text);
+                assert_eq!(g.finish_reason, w.finish_reason);
+            }
+        }
+    }
+    // the scheduler stays usable after the cancel
+    assert_eq!(batched.chat(&[Message::user(questions[0])], &opts(0)).unwrap().ids, want[0].ids);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -90,7 +90,12 @@ impl Jobs {
                             }
                         }
                         let json = serde_json::to_string(c).unwrap_or_default();
-                        if tx.send(Event::Chunk(json)).is_ok() { Flow::Continue } else { Flow::Stop }
+                        // a client gone before the watcher saw it: a cancel (an abort,
+                        // counted as one), not the end of the answer
+                        if tx.send(Event::Chunk(json)).is_err() {
+                            cancel.store(true, Ordering::Relaxed);
+                        }
+                        Flow::Continue
                     };
                     llama.run(prepared, Some(&cancel), &mut on_chunk)
                 })

@@ -26,8 +26,10 @@ pub struct Args {
     host: String,
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Generations at once; more requests wait in a queue. Each running one holds its own KV
-    /// cache (2 GiB for a 7B model at 4096 positions in f16).
+    /// Generations at once; more requests wait in a queue. Above 1 they run continuously
+    /// batched: every decode step of all of them is one forward pass (at most 32 rows; more
+    /// wait for a place). Each running one holds its own KV cache (2 GiB for a 7B model at
+    /// 4096 positions in f16).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
     /// Require `Authorization: Bearer KEY` on every /v1 route (401 otherwise).
@@ -68,6 +70,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     // load before the runtime starts: the loader blocks
     let llama = crate::progress::load_llama(&a.model, a.template.clone())?;
+    if a.parallel > 1 {
+        llama.enable_batching(a.parallel)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,319 @@
+//! Continuous batching: one thread owns the model's forward passes and runs the decode
+//! steps of every active sequence as one batch (`Runner::forward_batch`), so the weights are
+//! read once per step for all of them. A request joins at the next step: its prompt runs
+//! first, alone, in chunks of the session's `max_batch` (as a lone request's does, so its
+//! cache holds the same bits), one chunk between two decode steps, so a long prompt delays
+//! the others by a chunk, not by the whole prompt. A finished or cancelled sequence leaves
+//! at once.
+//!
+//! Callers stay on their own threads: `Batcher::generate` sends a job and relays its
+//! pieces to the caller's callback, which therefore needs no `Send`. Each sequence keeps
+//! its own sampler (its own RNG) and decodes with `Decoding`, as a lone request does; the
+//! CPU's products are batch-invariant (backend::DECODE_ROWS), so a sequence's tokens do not
+//! depend on which others share its steps.
+
+use crate::backend::DECODE_ROWS;
+use crate::decoding::Decoding;
+use crate::generate::{Cached, Completion, FinishReason, Flow, GenerateOptions, Piece, TokenLogprob, now};
+use crate::runner::{Runner, SessionState};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A job's `stop` flag: running, cancelled (`FinishReason::Abort`), or stopped by the
+/// caller's callback (`FinishReason::Stop`).
+const RUN: u8 = 0;
+const ABORT: u8 = 1;
+const STOP: u8 = 2;
+
+/// How often a waiting caller looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+struct Job {
+    prompt: Vec<u32>,
+    max_new: usize,
+    opts: GenerateOptions,
+    cache: Cached,
+    stop: Arc<AtomicU8>,
+    events: Sender<Event>,
+}
+
+enum Event {
+    /// A piece of text, its tokens' logprobs, and how many tokens the answer has so far.
+    Piece { text: String, logprobs: Vec<TokenLogprob>, tokens: usize },
+    /// The answer, and the cache to pool.
+    Done(Result<Completion>, Cached),
+}
+
+/// The scheduler thread's handle; dropping it ends the thread once its sequences finish.
+pub(crate) struct Batcher {
+    jobs: Mutex<Sender<Job>>,
+}
+
+impl Batcher {
+    pub fn start(runner: Arc<dyn Runner>, tokenizer: Arc<Tokenizer>, eos_ids: Vec<u32>, max_batch: usize) -> Result<Batcher> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("yangtuo-batch".into())
+            .spawn(move || Scheduler { runner: &*runner, tokenizer: &tokenizer, eos_ids: &eos_ids, chunk: max_batch.max(1) }.serve(rx))
+            .map_err(|e| Error::Device(format!("cannot start the batch scheduler: {e}")))?;
+        Ok(Batcher { jobs: Mutex::new(tx) })
+    }
+
+    /// Generate at most `max_new` tokens after `prompt` on `cache` in the shared batch,
+    /// streaming pieces to `on_piece` on this thread. Returns the answer and the cache.
+    pub fn generate(
+        &self,
+        cache: Cached,
+        prompt: &[u32],
+        max_new: usize,
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_piece: &mut dyn FnMut(Piece) -> Flow,
+    ) -> (Result<Completion>, Option<Cached>) {
+        let stop = Arc::new(AtomicU8::new(RUN));
+        let (events, rx) = mpsc::channel();
+        let job = Job { prompt: prompt.to_vec(), max_new, opts: opts.clone(), cache, stop: stop.clone(), events };
+        let sent = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).send(job);
+        if let Err(mpsc::SendError(job)) = sent {
+            return (Err(Error::Device("the batch scheduler has stopped".into())), Some(job.cache));
+        }
+        // what the caller has been given, for an answer its callback stopped
+        let (mut text, mut logprobs, mut tokens, mut stopped) = (String::new(), 0, 0, false);
+        loop {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                stop.store(ABORT, Ordering::Relaxed);
+            }
+            match rx.recv_timeout(CANCEL_POLL) {
+                Ok(Event::Piece { text: piece, logprobs: lp, tokens: n }) => {
+                    if stopped {
+                        continue;
+                    }
+                    text.push_str(&piece);
+                    logprobs += lp.len();
+                    tokens = n;
+                    if on_piece(Piece { text: &piece, logprobs: &lp }) == Flow::Stop {
+                        stopped = true;
+                        stop.store(STOP, Ordering::Relaxed);
+                    }
+                }
+                Ok(Event::Done(result, cache)) => {
+                    let result = result.map(|mut c| {
+                        if stopped {
+                            // the steps already running when the callback said stop
+                            c.text = text;
+                            c.finish_reason = FinishReason::Stop;
+                            c.ids.truncate(tokens);
+                            c.logprobs.truncate(logprobs);
+                            c.usage.completion_tokens = c.ids.len();
+                            c.usage.total_tokens = c.usage.prompt_tokens + c.ids.len();
+                        }
+                        c
+                    });
+                    return (result, Some(cache));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return (Err(Error::Device("the batch scheduler stopped during a generation".into())), None);
+                }
+            }
+        }
+    }
+}
+
+struct Scheduler<'a> {
+    runner: &'a dyn Runner,
+    tokenizer: &'a Tokenizer,
+    eos_ids: &'a [u32],
+    /// Prompt tokens per prefill step.
+    chunk: usize,
+}
+
+/// A sequence in the batch.
+struct Running<'a> {
+    job: Job,
+    seq: Decoding<'a>,
+    /// Prompt tokens in the cache so far (prefill is done when it reaches the prompt).
+    prefilled: usize,
+    /// The token the next decode step feeds.
+    next: u32,
+}
+
+/// What a prefill step left a sequence at.
+enum Prefill {
+    More,
+    Decoding,
+    Finished(FinishReason),
+}
+
+impl<'a> Scheduler<'a> {
+    fn serve(&self, jobs: Receiver<Job>) {
+        let mut batch: Option<SessionState> = None;
+        let mut prefilling: VecDeque<Running<'a>> = VecDeque::new();
+        let mut decoding: Vec<Running<'a>> = vec![];
+        loop {
+            // new requests join; with nothing to do, wait for one
+            if prefilling.is_empty() && decoding.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => prefilling.push_back(self.admit(job)),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = jobs.try_recv() {
+                prefilling.push_back(self.admit(job));
+            }
+            // one chunk of the oldest prompt, then a decode step of everyone
+            if decoding.len() < DECODE_ROWS
+                && let Some(mut r) = prefilling.pop_front()
+            {
+                match self.prefill_chunk(&mut r) {
+                    Ok(Prefill::More) => prefilling.push_front(r),
+                    Ok(Prefill::Decoding) => decoding.push(r),
+                    Ok(Prefill::Finished(f)) => self.finish(r, Ok(f)),
+                    Err(e) => self.finish(r, Err(e)),
+                }
+            }
+            self.step(&mut batch, &mut decoding);
+        }
+    }
+
+    fn admit(&self, mut job: Job) -> Running<'a> {
+        // reuse the longest cached prefix, but always run the last prompt token
+        let common = job.cache.tokens.iter().zip(&job.prompt).take_while(|(a, b)| a == b).count().min(job.prompt.len() - 1);
+        job.cache.tokens.truncate(common);
+        let seq = Decoding::new(self.tokenizer, self.eos_ids, job.opts.clone(), &job.prompt, job.prompt.len() - common, job.max_new, now());
+        Running { job, seq, prefilled: common, next: 0 }
+    }
+
+    /// The caller's stop, if it asked for one.
+    fn stopped(r: &Running) -> Option<FinishReason> {
+        match r.job.stop.load(Ordering::Relaxed) {
+            ABORT => Some(FinishReason::Abort),
+            STOP => Some(FinishReason::Stop),
+            _ => None,
+        }
+    }
+
+    /// Run the next chunk of r's prompt, alone; after the last, choose its first token.
+    fn prefill_chunk(&self, r: &mut Running<'a>) -> Result<Prefill> {
+        if let Some(f) = Self::stopped(r) {
+            return Ok(Prefill::Finished(f));
+        }
+        let (start, len) = (r.prefilled, r.job.prompt.len());
+        let end = (start + self.chunk).min(len);
+        let cache = &mut r.job.cache;
+        self.runner.forward(&mut cache.state, &r.job.prompt[start..end], start, 1)?;
+        cache.tokens.extend_from_slice(&r.job.prompt[start..end]);
+        r.prefilled = end;
+        if end < len {
+            return Ok(Prefill::More);
+        }
+        let next = if r.seq.needs_logits() {
+            r.seq.pick(&mut pollster::block_on(self.runner.logits(&cache.state, 1))?)
+        } else {
+            pollster::block_on(self.runner.argmax(&cache.state, 0))?
+        };
+        Ok(match self.accept(r, next)? {
+            Some(f) => Prefill::Finished(f),
+            None => Prefill::Decoding,
+        })
+    }
+
+    /// One decode step of every decoding sequence, as one batch.
+    fn step(&self, batch: &mut Option<SessionState>, decoding: &mut Vec<Running<'a>>) {
+        let mut staying = Vec::with_capacity(decoding.len());
+        for r in decoding.drain(..) {
+            match Self::stopped(&r) {
+                Some(f) => self.finish(r, Ok(f)),
+                None => staying.push(r),
+            }
+        }
+        *decoding = staying;
+        if decoding.is_empty() {
+            return;
+        }
+        let n = decoding.len();
+        let logits = match self.forward(batch, decoding) {
+            Ok(l) => l,
+            Err(e) => {
+                let message = e.to_string();
+                for mut r in decoding.drain(..) {
+                    r.job.cache.tokens.clear(); // its cache no longer matches its tokens
+                    self.finish(r, Err(Error::Device(message.clone())));
+                }
+                return;
+            }
+        };
+        let vocab = logits.len() / n;
+        for (i, mut r) in std::mem::take(decoding).into_iter().enumerate() {
+            r.job.cache.tokens.push(r.next);
+            let row = &mut logits[i * vocab..(i + 1) * vocab].to_vec();
+            let next = if r.seq.needs_logits() { r.seq.pick(row) } else { argmax(row) };
+            match self.accept(&mut r, next) {
+                Ok(None) => decoding.push(r),
+                Ok(Some(f)) => self.finish(r, Ok(f)),
+                Err(e) => self.finish(r, Err(e)),
+            }
+        }
+    }
+
+    /// The batch's forward: each sequence's pending token at its position; all the logits.
+    fn forward(&self, batch: &mut Option<SessionState>, decoding: &mut [Running<'a>]) -> Result<Vec<f32>> {
+        if batch.is_none() {
+            *batch = Some(self.runner.new_state(0, DECODE_ROWS, DECODE_ROWS)?);
+        }
+        let batch = batch.as_mut().expect("made above");
+        let tokens: Vec<[u32; 1]> = decoding.iter().map(|r| [r.next]).collect();
+        let mut rows: Vec<(&mut SessionState, &[u32], usize)> =
+            decoding.iter_mut().zip(&tokens).map(|(r, t)| (&mut r.job.cache.state, &t[..], r.seq.pos())).collect();
+        let n = rows.len();
+        self.runner.forward_batch(batch, &mut rows, n)?;
+        pollster::block_on(self.runner.logits(batch, n))
+    }
+
+    /// Give r its next token; its text goes to the caller.
+    fn accept(&self, r: &mut Running<'a>, next: u32) -> Result<Option<FinishReason>> {
+        let mut pieces = vec![];
+        let finish = r.seq.accept(next, now(), &mut |p| {
+            pieces.push((p.text.to_string(), p.logprobs.to_vec()));
+            Flow::Continue
+        })?;
+        r.next = next;
+        for (text, logprobs) in pieces {
+            let _ = r.job.events.send(Event::Piece { text, logprobs, tokens: r.seq.tokens() });
+        }
+        Ok(finish)
+    }
+
+    /// End r: the rest of its text, then its answer (or error) and its cache, to the caller.
+    fn finish(&self, r: Running<'a>, how: Result<FinishReason>) {
+        let Running { job, seq, .. } = r;
+        let mut pieces = vec![];
+        let result = how.and_then(|f| {
+            seq.finish(f, now(), &mut |p| {
+                pieces.push((p.text.to_string(), p.logprobs.to_vec()));
+                Flow::Continue
+            })
+        });
+        let tokens = result.as_ref().map_or(0, |c| c.ids.len());
+        for (text, logprobs) in pieces {
+            let _ = job.events.send(Event::Piece { text, logprobs, tokens });
+        }
+        let _ = job.events.send(Event::Done(result, job.cache));
+    }
+}
+
+/// The first index of the largest value, as the backends' argmax.
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

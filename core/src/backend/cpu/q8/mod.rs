@@ -107,7 +107,8 @@ pub unsafe fn matmul_rows(
             let mut t = first;
             while t < end {
                 let mut out = [0f32; row::TILE];
-                let tile = if end - t >= row::TILE { row::TILE } else { 1 };
+                // the widest tile that fits (a decode batch of 2-7 shares its unpacking too)
+                let tile = [row::TILE, 4, 2, 1].into_iter().find(|&s| end - t >= s).unwrap_or(1);
                 // SAFETY: the features were checked (`isa.present()`); lengths above.
                 unsafe { row::products(isa, format, wr, x, k, t, tile, &mut out) };
                 for (i, v) in out[..tile].iter().enumerate() {

@@ -9,7 +9,9 @@ use std::arch::x86_64::*;
 /// Tokens per register tile.
 pub const TILE: usize = 8;
 
-/// `out[j] = W_r · x_(t0+j)` for the weight row `wr` and `tokens` (1 or [`TILE`]) tokens from t0.
+/// `out[j] = W_r · x_(t0+j)` for the weight row `wr` and `tokens` (1, 2, 4 or [`TILE`])
+/// tokens from t0. Each token's sum runs in the same order at every tile size, so a token's
+/// product does not depend on how many others share it (batch invariance).
 ///
 /// # Safety
 /// `isa` is present; `format` is one of mod.rs's [`super::supports`]; `wr` is one row of k
@@ -29,12 +31,20 @@ pub unsafe fn products(
     unsafe {
         match (format, tokens) {
             (WeightFormat::Q4_0, TILE) => row::<Q4_0, TILE>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q4_0, 4) => row::<Q4_0, 4>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q4_0, 2) => row::<Q4_0, 2>(isa, wr, x, k, t0, out),
             (WeightFormat::Q4_0, _) => row::<Q4_0, 1>(isa, wr, x, k, t0, out),
             (WeightFormat::Q8_0, TILE) => row::<Q8_0, TILE>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q8_0, 4) => row::<Q8_0, 4>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q8_0, 2) => row::<Q8_0, 2>(isa, wr, x, k, t0, out),
             (WeightFormat::Q8_0, _) => row::<Q8_0, 1>(isa, wr, x, k, t0, out),
             (WeightFormat::Q4K, TILE) => row::<Q4K, TILE>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q4K, 4) => row::<Q4K, 4>(isa, wr, x, k, t0, out),
+            (WeightFormat::Q4K, 2) => row::<Q4K, 2>(isa, wr, x, k, t0, out),
             (WeightFormat::Q4K, _) => row::<Q4K, 1>(isa, wr, x, k, t0, out),
             (_, TILE) => row::<Q6K, TILE>(isa, wr, x, k, t0, out),
+            (_, 4) => row::<Q6K, 4>(isa, wr, x, k, t0, out),
+            (_, 2) => row::<Q6K, 2>(isa, wr, x, k, t0, out),
             (_, _) => row::<Q6K, 1>(isa, wr, x, k, t0, out),
         }
     }

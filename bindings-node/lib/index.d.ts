@@ -25,6 +25,9 @@ export interface LoadOptions {
   nCtx?: number
   /** Tokens per prefill batch (default 512). */
   maxBatch?: number
+  /** Above 1: concurrent `chat()` / `chatStream()` calls (up to this many) share each
+   * decode step, continuous batching as `yangtuo serve --parallel` does. Default 1. */
+  parallel?: number
   /** Called on the main thread after each tensor is loaded. */
   onProgress?: (progress: LoadProgress) => void
 }

@@ -55,6 +55,8 @@ pub struct LoadOptions {
     pub n_ctx: Option<f64>,
     /// Tokens per prefill batch (default 512).
     pub max_batch: Option<f64>,
+    /// Above 1: concurrent generations share each decode step (continuous batching).
+    pub parallel: Option<f64>,
 }
 
 impl LoadOptions {
@@ -68,6 +70,9 @@ impl LoadOptions {
         o.ctx_len = whole("nCtx", self.n_ctx, 1.0)?.map(|n| n as usize);
         if let Some(b) = whole("maxBatch", self.max_batch, 1.0)? {
             o.max_batch = b as usize;
+        }
+        if let Some(p) = whole("parallel", self.parallel, 1.0)? {
+            o.parallel = p as usize;
         }
         Ok(o)
     }

@@ -113,4 +113,29 @@ describe('runtime behaviour', { skip: skip ?? false }, () => {
     assert.equal(dA.join(''), seqA.content)
     assert.equal(dB.join(''), seqB.content)
   })
+
+  it('parallel: concurrent chats share decode steps and answer as one at a time', async () => {
+    const batched = await Llama.load(makeModel('slow'), { backend: 'cpu', parallel: 4 })
+    const asks = ['你好', '羊驼吃什么？', 'hi', 'Write a haiku about llamas.', '1+1=?'].map((q, i) => [
+      ask(q),
+      i % 2 === 0 ? { ...greedy, maxTokens: 8 + 3 * i } : { temperature: 0.8, seed: i, maxTokens: 8 + 3 * i },
+    ])
+    const want = []
+    for (const [m, o] of asks) want.push(await llm.chat(m, o))
+    const got = await Promise.all(asks.map(([m, o]) => batched.chat(m, o)))
+    got.forEach((g, i) => assert.deepEqual(g.ids, want[i].ids, `request ${i}`))
+    // a stream aborted mid-answer leaves the others and the model as they were
+    const ac = new AbortController()
+    let n = 0
+    const aborted = rejection(
+      (async () => {
+        for await (const _ of batched.chatStream(ask('Count to a thousand.'), { ...greedy, maxTokens: 400, signal: ac.signal })) {
+          if (++n === 3) ac.abort()
+        }
+      })(),
+    )
+    const [other] = await Promise.all([batched.chat(asks[0][0], asks[0][1]), aborted.then(isAbortError)])
+    assert.deepEqual(other.ids, want[0].ids)
+    await assert.rejects(Llama.load(makeModel('slow', 3), { backend: 'cpu', parallel: 0 }), /parallel/)
+  })
 })

@@ -108,7 +108,9 @@ pub fn load_options(
     quantize: Option<&str>,
     template: Option<String>,
     n_ctx: Option<i64>,
+    parallel: i64,
 ) -> PyResult<LoadOptions> {
+    let parallel = usize::try_from(parallel).map_err(|_| invalid(py, "parallel", format!("must be at least 1, got {parallel}")))?;
     let ctx_len = n_ctx
         .map(|n| usize::try_from(n).map_err(|_| invalid(py, "n_ctx", format!("must be at least 1, got {n}"))))
         .transpose()?;
@@ -117,6 +119,7 @@ pub fn load_options(
         template,
         quantize: quantize.map(|q| q.parse::<WeightFormat>()).transpose().py_err(py)?,
         ctx_len,
+        parallel,
         ..LoadOptions::default()
     })
 }

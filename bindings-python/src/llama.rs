@@ -27,7 +27,7 @@ pub struct PyLlama {
 #[pymethods]
 impl PyLlama {
     #[new]
-    #[pyo3(signature = (model, backend = "auto", quantize = None, template = None, n_ctx = None, progress = None))]
+    #[pyo3(signature = (model, backend = "auto", quantize = None, template = None, n_ctx = None, progress = None, parallel = 1))]
     fn new(
         py: Python<'_>,
         model: PathBuf,
@@ -36,8 +36,9 @@ impl PyLlama {
         template: Option<String>,
         n_ctx: Option<i64>,
         progress: Option<&Bound<'_, PyAny>>,
+        parallel: i64,
     ) -> PyResult<Self> {
-        let opts = args::load_options(py, backend, quantize, template, n_ctx)?;
+        let opts = args::load_options(py, backend, quantize, template, n_ctx, parallel)?;
         let progress = Progress::new(progress)?;
         let path = model.clone();
         let worker = Worker::spawn(move |tx, _| {

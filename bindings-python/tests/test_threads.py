@@ -128,3 +128,49 @@ def test_ctrl_c_in_a_session_discards_the_turn(long_llm):
     assert [m["role"] for m in s.messages] == ["user", "assistant"]
     fresh = long_llm.chat([*s.messages, {"role": "user", "content": "again"}], max_tokens=6, **GREEDY)
     assert s.chat("again", max_tokens=6, **GREEDY).ids == fresh.ids
+
+
+@pytest.fixture(scope="module")
+def batched_llm(model_dir):
+    return yangtuo.Llama(model_dir, backend="cpu", n_ctx=4096, parallel=4, progress=False)
+
+
+def test_parallel_batches_concurrent_chats_with_the_answers_of_one_at_a_time(llm, batched_llm):
+    # greedy and seeded requests of several lengths, six threads on four batch places:
+    # each answer equals the same request on the unbatched model
+    asks = [
+        ([{"role": "user", "content": q}], dict(max_tokens=8 + 4 * i, **(GREEDY if i % 2 == 0 else {"temperature": 0.8, "seed": i})))
+        for i, q in enumerate(["你好", "羊驼吃什么？", "hi", "写一首关于长城的诗", "1+1=?", "Tell me about Peru."])
+    ]
+    want = [llm.chat(m, **kw) for m, kw in asks]
+    got: dict[int, yangtuo.ChatResult] = {}
+    errors = []
+
+    def run(i):
+        try:
+            got[i] = batched_llm.chat(asks[i][0], **asks[i][1])
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(got) == len(asks)
+    for i, w in enumerate(want):
+        assert got[i].ids == w.ids and got[i].content == w.content, f"request {i}"
+
+
+def test_parallel_checks_its_value(model_dir):
+    with pytest.raises(yangtuo.InvalidArgumentError):
+        yangtuo.Llama(model_dir, backend="cpu", parallel=0, progress=False)
+
+
+def test_ctrl_c_stops_a_batched_chat(batched_llm):
+    expected = batched_llm.chat(USER, max_tokens=12, **GREEDY)
+    timer = _interrupt_after(0.5, "signal")
+    with pytest.raises(KeyboardInterrupt):
+        batched_llm.chat(USER, **LONG)
+    timer.join()
+    assert batched_llm.chat(USER, max_tokens=12, **GREEDY).ids == expected.ids

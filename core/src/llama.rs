@@ -34,11 +34,14 @@ pub struct LoadOptions {
     pub ctx_len: Option<usize>,
     /// Tokens per prefill batch.
     pub max_batch: usize,
+    /// Above 1: continuous batching (`Llama::enable_batching`), so concurrent generations
+    /// from this many threads share each decode step. Needs threads: not in the browser.
+    pub parallel: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { backend: BackendChoice::Auto, template: None, quantize: None, ctx_len: None, max_batch: 512 }
+        LoadOptions { backend: BackendChoice::Auto, template: None, quantize: None, ctx_len: None, max_batch: 512, parallel: 1 }
     }
 }
 
@@ -50,6 +53,12 @@ impl LoadOptions {
         }
         if self.ctx_len == Some(0) {
             return Err(Error::arg("ctx_len", "must be at least 1"));
+        }
+        if self.parallel == 0 {
+            return Err(Error::arg("parallel", "must be at least 1"));
+        }
+        if cfg!(target_arch = "wasm32") && self.parallel > 1 {
+            return Err(Error::arg("parallel", "batching needs threads, which the browser build does not have"));
         }
         Ok(())
     }
@@ -176,7 +185,7 @@ impl Llama {
         eos_ids.extend(tokenizer.eos_id());
         eos_ids.dedup();
         let ctx_len = opts.ctx_len.unwrap_or(c.max_seq_len.min(4096));
-        Ok(Llama {
+        let llama = Llama {
             name: "model".into(),
             runner,
             tokenizer: Arc::new(tokenizer),
@@ -189,7 +198,12 @@ impl Llama {
             pool_size: AtomicUsize::new(POOL_SIZE),
             #[cfg(not(target_arch = "wasm32"))]
             batcher: std::sync::OnceLock::new(),
-        })
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        if opts.parallel > 1 {
+            llama.enable_batching(opts.parallel)?;
+        }
+        Ok(llama)
     }
 
     /// The name answers carry as `model`.
@@ -217,6 +231,13 @@ impl Llama {
     pub fn template(&self) -> &ChatTemplate {
         &self.template
     }
+    /// The device memory of one sequence's KV cache (f32 keys and values of every layer, at
+    /// every position of the context): what each parallel generation holds.
+    pub fn kv_bytes_per_sequence(&self) -> u64 {
+        let c = self.config();
+        (c.n_layers * 2 * c.kv_dim() * 4) as u64 * self.ctx_len as u64
+    }
+
     pub fn context_length(&self) -> usize {
         self.ctx_len
     }

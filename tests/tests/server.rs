@@ -521,6 +521,29 @@ fn serve_request_timeout() {
     assert!(server.log().contains("timed out"), "{}", server.log());
 }
 
+/// `--kv-memory`: `--parallel` is lowered to the KV caches the budget holds (this model's
+/// are 2 layers × K and V × 32 floats × 1024 positions = 512 KiB each); a budget that holds
+/// none is an error naming the flag, before the server listens.
+#[test]
+fn serve_kv_memory() {
+    let Some(shared) = shared_dir() else { panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it") };
+    let model = tiny_model(&shared);
+    let _cleanup = Cleanup(model.clone());
+    let server = Server::start_with(&model, 8, &["--kv-memory", "1MiB"]);
+    assert_eq!(health(server.port)["parallel"], 2, "{}", server.log());
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});
+    assert_eq!(post(server.port, "/v1/chat/completions", &body.to_string()).status, 200);
+    drop(server);
+    let out = Command::new(cli_bin())
+        .args(["serve", "--model", model.to_str().unwrap(), "--backend", "cpu", "--port", "0"])
+        .args(["--ctx", &CTX.to_string(), "--kv-memory", "100KiB"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kv-memory") && err.contains("524288"), "{err}");
+}
+
 struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {

@@ -17,8 +17,10 @@ Progress: TypeAlias = bool | Callable[[int, int, str], object] | None
 
 class Llama:
     """A loaded Llama 2 model. Concurrent calls (from several threads) run in parallel, each
-    with its own KV cache; device work is interleaved token by token. The GIL is released
-    while the model runs; Ctrl-C stops a generation within one token."""
+    with its own KV cache; device work is interleaved token by token, or with ``parallel=N``
+    (N > 1) continuously batched: up to N generations share each decode step, one forward
+    pass for all of them. The GIL is released while the model runs; Ctrl-C stops a
+    generation within one token."""
 
     def __init__(
         self,
@@ -28,6 +30,7 @@ class Llama:
         template: Literal["llama2", "llama2-chinese"] | str | None = None,
         n_ctx: int | None = None,
         progress: Progress = None,
+        parallel: int = 1,
     ) -> None: ...
     @overload
     def chat(

@@ -32,6 +32,11 @@ pub struct Args {
     /// 4096 positions in f16).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// A budget for the KV caches, in bytes (`8GiB`, `512MiB` or a number): `--parallel`
+    /// is lowered to the sequences whose caches fit it (each holds its whole context), and
+    /// more requests wait in the queue. Default: no budget, `--parallel` caches.
+    #[arg(long, value_parser = parse_bytes)]
+    kv_memory: Option<u64>,
     /// Require `Authorization: Bearer KEY` on every /v1 route (401 otherwise).
     #[arg(long, env = "YANGTUO_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -70,8 +75,25 @@ pub fn run(a: Args) -> Result<()> {
     }
     // load before the runtime starts: the loader blocks
     let llama = crate::progress::load_llama(&a.model, a.template.clone())?;
-    if a.parallel > 1 {
-        llama.enable_batching(a.parallel)?;
+    let per_sequence = llama.kv_bytes_per_sequence();
+    let parallel = match a.kv_memory {
+        None => a.parallel,
+        Some(budget) => {
+            let fit = (budget / per_sequence.max(1)) as usize;
+            if fit == 0 {
+                return Err(Error::arg(
+                    "kv-memory",
+                    format!("{budget} bytes hold no sequence: one KV cache of {} positions is {per_sequence} bytes (lower --ctx)", llama.context_length()),
+                ));
+            }
+            if fit < a.parallel {
+                log::info!("--kv-memory {budget} holds {fit} KV caches of {per_sequence} bytes: {fit} parallel");
+            }
+            a.parallel.min(fit)
+        }
+    };
+    if parallel > 1 {
+        llama.enable_batching(parallel)?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,8 +103,8 @@ pub fn run(a: Args) -> Result<()> {
     let app = Arc::new(routes::App {
         jobs: jobs::Jobs {
             llama,
-            slots: Arc::new(tokio::sync::Semaphore::new(a.parallel)),
-            parallel: a.parallel,
+            slots: Arc::new(tokio::sync::Semaphore::new(parallel)),
+            parallel,
             stats: Default::default(),
             timeout: (a.request_timeout > 0.0).then(|| std::time::Duration::from_secs_f64(a.request_timeout)),
         },
@@ -112,7 +134,7 @@ pub fn run(a: Args) -> Result<()> {
             .await
             .map_err(|e| Error::Device(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map_err(|e| Error::Device(e.to_string()))?;
-        log::info!("serving {} on http://{local}/v1 ({} parallel)", a.model.model.display(), a.parallel);
+        log::info!("serving {} on http://{local}/v1 ({parallel} parallel)", a.model.model.display());
         axum::serve(listener, router)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -125,3 +147,40 @@ pub fn run(a: Args) -> Result<()> {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
 }
+
+/// `8GiB`, `512MiB`, `64KiB` or a plain number of bytes.
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len()));
+    let n: f64 = digits.parse().map_err(|_| format!("`{s}` is not a size (like 8GiB, 512MiB or 1000000)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown unit `{other}` (use KiB, MiB, GiB or TiB)")),
+    };
+    let bytes = n * scale as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < 1.8e19) {
+        return Err(format!("`{s}` is not a size in bytes"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        for bad in ["", "GiB", "-1GiB", "8 parsecs", "0", "1e400"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}
+

@@ -59,7 +59,14 @@ impl Batcher {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("yangtuo-batch".into())
-            .spawn(move || Scheduler { runner: &*runner, tokenizer: &tokenizer, eos_ids: &eos_ids, chunk: max_batch.max(1) }.serve(rx))
+            .spawn(move || {
+                let s = Scheduler { runner: &*runner, tokenizer: &tokenizer, eos_ids: &eos_ids, chunk: max_batch.max(1) };
+                // A panic (a bug) fails the generations in flight, whose channels it drops,
+                // and the scheduler starts over for the next requests.
+                while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.serve(&rx))).is_err() {
+                    log::error!("the batch scheduler panicked; its generations in flight failed");
+                }
+            })
             .map_err(|e| Error::Device(format!("cannot start the batch scheduler: {e}")))?;
         Ok(Batcher { jobs: Mutex::new(tx) })
     }
@@ -151,7 +158,7 @@ enum Prefill {
 }
 
 impl<'a> Scheduler<'a> {
-    fn serve(&self, jobs: Receiver<Job>) {
+    fn serve(&self, jobs: &Receiver<Job>) {
         let mut batch: Option<SessionState> = None;
         let mut prefilling: VecDeque<Running<'a>> = VecDeque::new();
         let mut decoding: Vec<Running<'a>> = vec![];

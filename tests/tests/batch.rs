@@ -101,22 +101,48 @@ fn batched(r: &dyn Runner, seqs: &[Seq]) -> Vec<Vec<Vec<f32>>> {
     logits
 }
 
-fn check_invariance(dtype: Dtype, quantize: Option<WeightFormat>) {
-    let spec = spec(dtype);
-    let r = cpu_model(&spec, quantize, &format!("batch-{dtype:?}-{quantize:?}"));
+/// 12 sequences of mixed prompt lengths, joining and leaving.
+fn scenario(vocab: usize) -> Vec<Seq> {
     // up to 11 at once: past the 8-token tiles of the CPU's products
     let lens = [3, 17, 40, 9, 64, 1, 5, 33, 12, 2, 7, 21];
     let join = [0, 0, 2, 5, 0, 7, 1, 1, 0, 3, 0, 4];
     let last = [STEPS, 6, STEPS, 3, STEPS, 4, 8, STEPS, STEPS, 5, 2, STEPS];
-    let seqs: Vec<Seq> = (0..lens.len())
-        .map(|i| Seq { prompt: random_ids(lens[i], spec.vocab, 100 + i as u64), join: join[i], last: last[i] })
-        .collect();
+    (0..lens.len()).map(|i| Seq { prompt: random_ids(lens[i], vocab, 100 + i as u64), join: join[i], last: last[i] }).collect()
+}
+
+fn check_invariance(dtype: Dtype, quantize: Option<WeightFormat>) {
+    let spec = spec(dtype);
+    let r = cpu_model(&spec, quantize, &format!("batch-{dtype:?}-{quantize:?}"));
+    let seqs = scenario(spec.vocab);
     let got = batched(&*r, &seqs);
     for (i, q) in seqs.iter().enumerate() {
         let want = alone(&*r, &q.prompt);
         assert_eq!(got[i].len(), q.last + 1, "sequence {i}");
         for (step, (g, w)) in got[i].iter().zip(&want).enumerate() {
             assert!(g == w, "{dtype:?}/{quantize:?}: sequence {i} (prompt {}), step {step}: batched logits differ from alone", q.prompt.len());
+        }
+    }
+}
+
+/// wgpu (lavapipe here, without shader-f16 as in a browser) batches the same way; its
+/// one-token and many-token products sum in different orders, so the logits agree within
+/// f32 rounding rather than bit for bit.
+#[test]
+fn batched_decode_on_wgpu_matches_alone() {
+    let spec = spec(Dtype::F16);
+    let dir = spec.write_temp("batch-wgpu");
+    let gpu = pollster::block_on(yangtuo::backend::wgpu::Wgpu::with_f16(false)).unwrap();
+    let r = Model::load(&mut ModelFiles::open(&dir).unwrap(), gpu, 0, &mut |_| {}).unwrap().into_runner();
+    let _ = std::fs::remove_dir_all(dir);
+    let seqs = scenario(spec.vocab);
+    let got = batched(&*r, &seqs);
+    for (i, q) in seqs.iter().enumerate() {
+        let want = alone(&*r, &q.prompt);
+        assert_eq!(got[i].len(), q.last + 1, "sequence {i}");
+        for (step, (g, w)) in got[i].iter().zip(&want).enumerate() {
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-4 * scale.max(1.0), "sequence {i}, step {step}: max |Δlogit| {err} (scale {scale})");
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::backend::DECODE_ROWS;
 use crate::decoding::Decoding;
 use crate::generate::{Cached, Completion, FinishReason, Flow, GenerateOptions, Piece, TokenLogprob, now};
 use crate::runner::{Runner, SessionState};
+use crate::sampler::argmax;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use std::collections::VecDeque;
@@ -291,7 +292,10 @@ impl<'a> Scheduler<'a> {
         })?;
         r.next = next;
         for (text, logprobs) in pieces {
-            let _ = r.job.events.send(Event::Piece { text, logprobs, tokens: r.seq.tokens() });
+            if r.job.events.send(Event::Piece { text, logprobs, tokens: r.seq.tokens() }).is_err() {
+                // the caller is gone (its thread unwound): nobody reads the rest
+                r.job.stop.store(ABORT, Ordering::Relaxed);
+            }
         }
         Ok(finish)
     }
@@ -312,15 +316,4 @@ impl<'a> Scheduler<'a> {
         }
         let _ = job.events.send(Event::Done(result, job.cache));
     }
-}
-
-/// The first index of the largest value, as the backends' argmax.
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

@@ -78,13 +78,20 @@ async def one(client: httpx.AsyncClient, url: str, prompt: str, i: int, max_toke
     async with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             return {"error": f"{r.status_code}: {(await r.aread())[:200]!r}"}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            for c in chunk.get("choices", []):
-                if c.get("delta", {}).get("content"):
-                    times.append(time.monotonic())
+        # server-sent events end lines with \n; not str.splitlines (aiter_lines), which
+        # also splits inside a JSON string at U+2028 or U+0085
+        buf = b""
+        async for data in r.aiter_bytes():
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                line = line.rstrip(b"\r")
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                for c in chunk.get("choices", []):
+                    if c.get("delta", {}).get("content"):
+                        times.append(time.monotonic())
     if not times:
         return {"error": "no tokens"}
     gaps = [b - a for a, b in zip(times, times[1:])]

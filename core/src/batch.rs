@@ -22,7 +22,7 @@ use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A job's `stop` flag: running, cancelled (`FinishReason::Abort`), or stopped by the
@@ -52,7 +52,7 @@ enum Event {
 
 /// The scheduler thread's handle; dropping it ends the thread once its sequences finish.
 pub(crate) struct Batcher {
-    jobs: Mutex<Sender<Job>>,
+    jobs: Sender<Job>,
 }
 
 impl Batcher {
@@ -69,7 +69,7 @@ impl Batcher {
                 }
             })
             .map_err(|e| Error::Device(format!("cannot start the batch scheduler: {e}")))?;
-        Ok(Batcher { jobs: Mutex::new(tx) })
+        Ok(Batcher { jobs: tx })
     }
 
     /// Generate at most `max_new` tokens after `prompt` on `cache` in the shared batch,
@@ -86,8 +86,7 @@ impl Batcher {
         let stop = Arc::new(AtomicU8::new(RUN));
         let (events, rx) = mpsc::channel();
         let job = Job { prompt: prompt.to_vec(), max_new, opts: opts.clone(), cache, stop: stop.clone(), events };
-        let sent = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).send(job);
-        if let Err(mpsc::SendError(job)) = sent {
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             return (Err(Error::Device("the batch scheduler has stopped".into())), Some(job.cache));
         }
         // what the caller has been given, for an answer its callback stopped
@@ -190,9 +189,7 @@ impl<'a> Scheduler<'a> {
     }
 
     fn admit(&self, mut job: Job) -> Running<'a> {
-        // reuse the longest cached prefix, but always run the last prompt token
-        let common = job.cache.tokens.iter().zip(&job.prompt).take_while(|(a, b)| a == b).count().min(job.prompt.len() - 1);
-        job.cache.tokens.truncate(common);
+        let common = job.cache.reuse_prefix(&job.prompt);
         let seq = Decoding::new(self.tokenizer, self.eos_ids, job.opts.clone(), &job.prompt, job.prompt.len() - common, job.max_new, now());
         Running { job, seq, prefilled: common, next: 0 }
     }
@@ -220,11 +217,7 @@ impl<'a> Scheduler<'a> {
         if end < len {
             return Ok(Prefill::More);
         }
-        let next = if r.seq.needs_logits() {
-            r.seq.pick(&mut pollster::block_on(self.runner.logits(&cache.state, 1))?)
-        } else {
-            pollster::block_on(self.runner.argmax(&cache.state, 0))?
-        };
+        let next = pollster::block_on(r.seq.next_token(self.runner, &cache.state))?;
         Ok(match self.accept(r, next)? {
             Some(f) => Prefill::Finished(f),
             None => Prefill::Decoding,
@@ -245,7 +238,7 @@ impl<'a> Scheduler<'a> {
             return;
         }
         let n = decoding.len();
-        let logits = match self.forward(batch, decoding) {
+        let mut logits = match self.forward(batch, decoding) {
             Ok(l) => l,
             Err(e) => {
                 let message = e.to_string();
@@ -259,7 +252,7 @@ impl<'a> Scheduler<'a> {
         let vocab = logits.len() / n;
         for (i, mut r) in std::mem::take(decoding).into_iter().enumerate() {
             r.job.cache.tokens.push(r.next);
-            let row = &mut logits[i * vocab..(i + 1) * vocab].to_vec();
+            let row = &mut logits[i * vocab..(i + 1) * vocab];
             let next = if r.seq.needs_logits() { r.seq.pick(row) } else { argmax(row) };
             match self.accept(&mut r, next) {
                 Ok(None) => decoding.push(r),

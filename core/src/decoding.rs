@@ -5,6 +5,7 @@
 
 use crate::chat::StopMatcher;
 use crate::generate::{Completion, FinishReason, Flow, GenerateOptions, Piece, Timings, TokenLogprob, Usage};
+use crate::runner::{Runner, SessionState};
 use crate::sampler::Sampler;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::Result;
@@ -66,6 +67,15 @@ impl<'a> Decoding<'a> {
     /// Whether the next token needs the logits; if not, the device's argmax is the token.
     pub fn needs_logits(&self) -> bool {
         self.opts.logprobs.is_some() || self.opts.ignore_eos || !self.sampler.params.is_greedy()
+    }
+
+    /// The next token after the last position `state` ran (its logits row 0).
+    pub async fn next_token(&mut self, runner: &dyn Runner, state: &SessionState) -> Result<u32> {
+        if self.needs_logits() {
+            Ok(self.pick(&mut runner.logits(state, 1).await?))
+        } else {
+            runner.argmax(state, 0).await
+        }
     }
 
     /// The next token from the last position's logits.

@@ -244,12 +244,7 @@ impl Generation<'_> {
             if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 break FinishReason::Abort;
             }
-            // next token, from the logits of the last position run
-            let next = if seq.needs_logits() {
-                seq.pick(&mut self.runner.logits(&cache.state, 1).await?)
-            } else {
-                self.runner.argmax(&cache.state, 0).await?
-            };
+            let next = seq.next_token(self.runner, &cache.state).await?;
             if let Some(finish) = seq.accept(next, (self.clock)(), on_piece)? {
                 break finish;
             }
@@ -262,12 +257,19 @@ impl Generation<'_> {
 }
 
 impl Cached {
+    /// Keep the longest prefix of `prompt` this cache holds, but never the last prompt
+    /// token (its logits come next); returns its length.
+    pub(crate) fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.tokens.truncate(common);
+        common
+    }
+
     /// Run `prompt` on this cache, reusing the longest prefix it already holds (but always
     /// running at least the last prompt token, whose logits come next). Returns how many
     /// prompt tokens were reused.
     pub(crate) fn prefill(&mut self, runner: &dyn Runner, prompt: &[u32]) -> Result<usize> {
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
-        self.tokens.truncate(common);
+        let common = self.reuse_prefix(prompt);
         runner.forward(&mut self.state, &prompt[common..], common, 1)?;
         self.tokens.extend_from_slice(&prompt[common..]);
         Ok(common)

@@ -23,9 +23,13 @@ use std::time::{Duration, Instant};
 use yangtuo::{BackendChoice, Flow, GenerateOptions, Llama, LoadOptions, Message, SamplingParams, WeightFormat};
 use yangtuo_tests::{Spec, cli_bin};
 
-fn shared_dir() -> Option<PathBuf> {
+fn shared_dir() -> PathBuf {
     let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"));
-    d.join("tokenizers").is_dir().then_some(d)
+    assert!(
+        d.join("tokenizers").is_dir(),
+        "../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it"
+    );
+    d
 }
 
 const CTX: usize = 1024;
@@ -175,7 +179,9 @@ fn assert_400(r: &Resp, param: Option<&str>, words: &[&str]) {
     assert!(e.get("code").is_some(), "{e}");
 }
 
-fn tiny_model(shared: &Path) -> PathBuf {
+/// A random model with the Llama 2 tokenizer, removed when the guard drops.
+fn tiny_model() -> (PathBuf, Cleanup) {
+    let shared = shared_dir();
     let d = yangtuo_tests::temp_dir("serve-model");
     let spec = Spec {
         hidden: 64,
@@ -193,7 +199,7 @@ fn tiny_model(shared: &Path) -> PathBuf {
     for f in ["tokenizer.model", "tokenizer.json"] {
         std::fs::copy(shared.join("tokenizers/llama2").join(f), d.join(f)).unwrap();
     }
-    d
+    (d.clone(), Cleanup(d))
 }
 
 fn python() -> Option<PathBuf> {
@@ -209,9 +215,7 @@ fn python() -> Option<PathBuf> {
 
 #[test]
 fn serve_openai_api() {
-    let Some(shared) = shared_dir() else { panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it") };
-    let model = tiny_model(&shared);
-    let _cleanup = Cleanup(model.clone());
+    let (model, _cleanup) = tiny_model();
 
     // the library's greedy answers, which the server must reproduce
     let opts = LoadOptions {
@@ -454,9 +458,7 @@ fn serve_openai_api() {
 /// origins named, limits on the body and the message count.
 #[test]
 fn serve_auth_cors_and_limits() {
-    let Some(shared) = shared_dir() else { panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it") };
-    let model = tiny_model(&shared);
-    let _cleanup = Cleanup(model.clone());
+    let (model, _cleanup) = tiny_model();
     let server = Server::start_with(
         &model,
         1,
@@ -502,9 +504,7 @@ fn serve_auth_cors_and_limits() {
 /// `finish_reason: "abort"`, counted in the metrics.
 #[test]
 fn serve_request_timeout() {
-    let Some(shared) = shared_dir() else { panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it") };
-    let model = tiny_model(&shared);
-    let _cleanup = Cleanup(model.clone());
+    let (model, _cleanup) = tiny_model();
     let server = Server::start_with(&model, 1, &["--request-timeout", "0.001"]);
     let body = serde_json::json!({"messages": [{"role": "user", "content": "讲一个很长的故事。"}], "max_tokens": CTX - 64, "ignore_eos": true});
     let r = post(server.port, "/v1/chat/completions", &body.to_string());
@@ -526,9 +526,7 @@ fn serve_request_timeout() {
 /// none is an error naming the flag, before the server listens.
 #[test]
 fn serve_kv_memory() {
-    let Some(shared) = shared_dir() else { panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it") };
-    let model = tiny_model(&shared);
-    let _cleanup = Cleanup(model.clone());
+    let (model, _cleanup) = tiny_model();
     let server = Server::start_with(&model, 8, &["--kv-memory", "1MiB"]);
     assert_eq!(health(server.port)["parallel"], 2, "{}", server.log());
     let body = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});

@@ -1,16 +1,17 @@
 //! Continuous batching: one thread owns the model's forward passes and runs the decode
 //! steps of every active sequence as one batch (`Runner::forward_batch`), so the weights are
-//! read once per step for all of them. A request joins at the next step: its prompt runs
-//! first, alone, in chunks of the session's `max_batch` (as a lone request's does, so its
-//! cache holds the same bits), one chunk between two decode steps, so a long prompt delays
-//! the others by a chunk, not by the whole prompt. A finished or cancelled sequence leaves
-//! at once.
+//! read once per step for all of them. A request joins at the next step. Its prompt rides
+//! along in the decode steps, a chunk of `step_prompt` tokens per step (chunked prefill),
+//! so a long prompt delays the others by a chunk per step, never by the whole prompt; with
+//! nobody decoding it runs alone in chunks of the session's `max_batch`. A finished or
+//! cancelled sequence leaves at once.
 //!
 //! Callers stay on their own threads: `Batcher::generate` sends a job and relays its
 //! pieces to the caller's callback, which therefore needs no `Send`. Each sequence keeps
-//! its own sampler (its own RNG) and decodes with `Decoding`, as a lone request does; the
-//! CPU's products are batch-invariant (backend::DECODE_ROWS), so a sequence's tokens do not
-//! depend on which others share its steps.
+//! its own sampler (its own RNG) and decodes with `Decoding`, as a lone request does. The
+//! CPU's kernels are batch-invariant (a token's sums never depend on the other rows of its
+//! product: ARCHITECTURE.md), so on the CPU a sequence's tokens do not depend on which
+//! others share its steps, nor on how its prompt was chunked.
 
 use crate::backend::DECODE_ROWS;
 use crate::decoding::Decoding;
@@ -56,12 +57,16 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(runner: Arc<dyn Runner>, tokenizer: Arc<Tokenizer>, eos_ids: Vec<u32>, max_batch: usize) -> Result<Batcher> {
+    /// `step_prompt`: the prompt tokens that ride along in one decode step (at most
+    /// `max_batch`).
+    pub fn start(runner: Arc<dyn Runner>, tokenizer: Arc<Tokenizer>, eos_ids: Vec<u32>, max_batch: usize, step_prompt: usize) -> Result<Batcher> {
         let (tx, rx) = mpsc::channel();
+        let max_batch = max_batch.max(1);
+        let step_prompt = step_prompt.clamp(1, max_batch);
         std::thread::Builder::new()
             .name("yangtuo-batch".into())
             .spawn(move || {
-                let s = Scheduler { runner: &*runner, tokenizer: &tokenizer, eos_ids: &eos_ids, chunk: max_batch.max(1) };
+                let s = Scheduler { runner: &*runner, tokenizer: &tokenizer, eos_ids: &eos_ids, chunk: max_batch, step_prompt };
                 // A panic (a bug) fails the generations in flight, whose channels it drops,
                 // and the scheduler starts over for the next requests.
                 while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.serve(&rx))).is_err() {
@@ -136,8 +141,10 @@ struct Scheduler<'a> {
     runner: &'a dyn Runner,
     tokenizer: &'a Tokenizer,
     eos_ids: &'a [u32],
-    /// Prompt tokens per prefill step.
+    /// Prompt tokens per forward when a prompt runs alone (nobody is decoding).
     chunk: usize,
+    /// Prompt tokens that ride along in a decode step.
+    step_prompt: usize,
 }
 
 /// A sequence in the batch.
@@ -173,18 +180,19 @@ impl<'a> Scheduler<'a> {
             while let Ok(job) = jobs.try_recv() {
                 prefilling.push_back(self.admit(job));
             }
-            // one chunk of the oldest prompt, then a decode step of everyone
-            if decoding.len() < DECODE_ROWS
-                && let Some(mut r) = prefilling.pop_front()
-            {
-                match self.prefill_chunk(&mut r) {
-                    Ok(Prefill::More) => prefilling.push_front(r),
-                    Ok(Prefill::Decoding) => decoding.push(r),
-                    Ok(Prefill::Finished(f)) => self.finish(r, Ok(f)),
-                    Err(e) => self.finish(r, Err(e)),
+            if decoding.is_empty() {
+                // nobody waits for a token: the oldest prompt runs alone, at full speed
+                if let Some(mut r) = prefilling.pop_front() {
+                    match self.prefill_chunk(&mut r) {
+                        Ok(Prefill::More) => prefilling.push_front(r),
+                        Ok(Prefill::Decoding) => decoding.push(r),
+                        Ok(Prefill::Finished(f)) => self.finish(r, Ok(f)),
+                        Err(e) => self.finish(r, Err(e)),
+                    }
                 }
+                continue;
             }
-            self.step(&mut batch, &mut decoding);
+            self.step(&mut batch, &mut decoding, &mut prefilling);
         }
     }
 
@@ -224,8 +232,10 @@ impl<'a> Scheduler<'a> {
         })
     }
 
-    /// One decode step of every decoding sequence, as one batch.
-    fn step(&self, batch: &mut Option<SessionState>, decoding: &mut Vec<Running<'a>>) {
+    /// One decode step of every decoding sequence, as one batch, with the next chunk of the
+    /// oldest prompt riding along; a prompt whose last chunk ran gets its first token and
+    /// decodes from the next step.
+    fn step(&self, batch: &mut Option<SessionState>, decoding: &mut Vec<Running<'a>>, prefilling: &mut VecDeque<Running<'a>>) {
         let mut staying = Vec::with_capacity(decoding.len());
         for r in decoding.drain(..) {
             match Self::stopped(&r) {
@@ -234,46 +244,86 @@ impl<'a> Scheduler<'a> {
             }
         }
         *decoding = staying;
+        while let Some(f) = prefilling.front().and_then(Self::stopped) {
+            let r = prefilling.pop_front().expect("front() was Some");
+            self.finish(r, Ok(f));
+        }
         if decoding.is_empty() {
             return;
         }
+        let mut riding = if decoding.len() < DECODE_ROWS { prefilling.pop_front() } else { None };
+        let chunk = riding.as_ref().map(|r| r.prefilled..(r.prefilled + self.step_prompt).min(r.job.prompt.len()));
+        let finishing = riding.as_ref().zip(chunk.clone()).is_some_and(|(r, c)| c.end == r.job.prompt.len());
         let n = decoding.len();
-        let mut logits = match self.forward(batch, decoding) {
+        let mut logits = match self.forward(batch, riding.as_mut().zip(chunk.clone()), decoding, finishing) {
             Ok(l) => l,
             Err(e) => {
                 let message = e.to_string();
-                for mut r in decoding.drain(..) {
+                for mut r in decoding.drain(..).chain(riding) {
                     r.job.cache.tokens.clear(); // its cache no longer matches its tokens
                     self.finish(r, Err(Error::Device(message.clone())));
                 }
                 return;
             }
         };
-        let vocab = logits.len() / n;
-        for (i, mut r) in std::mem::take(decoding).into_iter().enumerate() {
+        let vocab = logits.len() / (n + finishing as usize);
+        let mut rows = logits.chunks_exact_mut(vocab);
+        if let (Some(mut r), Some(chunk)) = (riding, chunk) {
+            r.job.cache.tokens.extend_from_slice(&r.job.prompt[chunk.clone()]);
+            r.prefilled = chunk.end;
+            if finishing {
+                let row = rows.next().expect("the prompt's logits row");
+                match self.next_from(&mut r, row) {
+                    Ok(None) => decoding.push(r),
+                    Ok(Some(f)) => self.finish(r, Ok(f)),
+                    Err(e) => self.finish(r, Err(e)),
+                }
+            } else {
+                prefilling.push_front(r);
+            }
+        }
+        let joined = decoding.split_off(n);
+        for (mut r, row) in std::mem::take(decoding).into_iter().zip(rows) {
             r.job.cache.tokens.push(r.next);
-            let row = &mut logits[i * vocab..(i + 1) * vocab];
-            let next = if r.seq.needs_logits() { r.seq.pick(row) } else { argmax(row) };
-            match self.accept(&mut r, next) {
+            match self.next_from(&mut r, row) {
                 Ok(None) => decoding.push(r),
                 Ok(Some(f)) => self.finish(r, Ok(f)),
                 Err(e) => self.finish(r, Err(e)),
             }
         }
+        decoding.extend(joined);
     }
 
-    /// The batch's forward: each sequence's pending token at its position; all the logits.
-    fn forward(&self, batch: &mut Option<SessionState>, decoding: &mut [Running<'a>]) -> Result<Vec<f32>> {
+    /// Give r its next token, chosen from its logits row (host argmax is the sampler's).
+    fn next_from(&self, r: &mut Running<'a>, row: &mut [f32]) -> Result<Option<FinishReason>> {
+        let next = if r.seq.needs_logits() { r.seq.pick(row) } else { argmax(row) };
+        self.accept(r, next)
+    }
+
+    /// The batch's forward: the riding prompt's chunk, then each decoding sequence's pending
+    /// token at its position. The logits: the prompt's last row if `finishing`, then every
+    /// decoding sequence's.
+    fn forward(
+        &self,
+        batch: &mut Option<SessionState>,
+        riding: Option<(&mut Running<'a>, std::ops::Range<usize>)>,
+        decoding: &mut [Running<'a>],
+        finishing: bool,
+    ) -> Result<Vec<f32>> {
         if batch.is_none() {
-            *batch = Some(self.runner.new_state(0, DECODE_ROWS, DECODE_ROWS)?);
+            *batch = Some(self.runner.new_state(0, DECODE_ROWS + self.step_prompt, DECODE_ROWS + 1)?);
         }
         let batch = batch.as_mut().expect("made above");
         let tokens: Vec<[u32; 1]> = decoding.iter().map(|r| [r.next]).collect();
-        let mut rows: Vec<(&mut SessionState, &[u32], usize)> =
-            decoding.iter_mut().zip(&tokens).map(|(r, t)| (&mut r.job.cache.state, &t[..], r.seq.pos())).collect();
-        let n = rows.len();
-        self.runner.forward_batch(batch, &mut rows, n)?;
-        pollster::block_on(self.runner.logits(batch, n))
+        let out = decoding.len() + finishing as usize;
+        let mut rows: Vec<(&mut SessionState, &[u32], usize)> = Vec::with_capacity(decoding.len() + 1);
+        if let Some((r, chunk)) = riding {
+            let Job { prompt, cache, .. } = &mut r.job;
+            rows.push((&mut cache.state, &prompt[chunk.clone()], chunk.start));
+        }
+        rows.extend(decoding.iter_mut().zip(&tokens).map(|(r, t)| (&mut r.job.cache.state, &t[..], r.seq.pos())));
+        self.runner.forward_batch(batch, &mut rows, out)?;
+        pollster::block_on(self.runner.logits(batch, out))
     }
 
     /// Give r its next token; its text goes to the caller.

@@ -319,7 +319,10 @@ impl Llama {
     pub fn enable_batching(&self, parallel: usize) -> Result<()> {
         self.pool_size.store(parallel.max(POOL_SIZE), Ordering::Relaxed);
         if self.batcher.get().is_none() {
-            let b = crate::batch::Batcher::start(self.runner.clone(), self.tokenizer.clone(), self.eos_ids.clone(), self.max_batch)?;
+            // Prompt tokens per decode step: on the CPU a 32-token chunk about doubles a step of
+            // 8 sequences (1B model, 2 cores); a GPU takes a whole batch in a step's time.
+            let step_prompt = if self.runner.on_cpu() { crate::backend::DECODE_ROWS } else { self.max_batch };
+            let b = crate::batch::Batcher::start(self.runner.clone(), self.tokenizer.clone(), self.eos_ids.clone(), self.max_batch, step_prompt)?;
             let _ = self.batcher.set(b);
         }
         Ok(())

@@ -22,6 +22,9 @@ pub struct SessionState {
 pub trait Runner: Send + Sync {
     fn config(&self) -> &Config;
     fn device(&self) -> String;
+    /// Whether the model runs on the CPU backend (the batch scheduler's prompt chunks are
+    /// smaller there: a CPU computes a prompt token about as slowly as a decode step's).
+    fn on_cpu(&self) -> bool;
     fn new_state(&self, ctx_len: usize, max_batch: usize, logit_rows: usize) -> Result<SessionState>;
     fn forward(&self, s: &mut SessionState, tokens: &[u32], pos: usize, rows_out: usize) -> Result<()>;
     /// One forward of several sessions' tokens (`(session, tokens, pos)`) as one batch, in
@@ -60,6 +63,10 @@ impl<B: Backend> Runner for Locked<B> {
 
     fn device(&self) -> String {
         self.model.backend.name()
+    }
+
+    fn on_cpu(&self) -> bool {
+        std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::cpu::Cpu>()
     }
 
     fn new_state(&self, ctx_len: usize, max_batch: usize, logit_rows: usize) -> Result<SessionState> {

@@ -165,8 +165,9 @@ fn llama(dir: &std::path::Path) -> yangtuo::Llama {
 }
 
 /// The scheduler end to end: eight threads chat at once on a batching `Llama` (greedy and
-/// seeded sampling, mixed prompt lengths, one cancelled mid-answer, one stopped by its
-/// callback); each answer equals the same request alone on a `Llama` without batching.
+/// seeded sampling, mixed prompt lengths, prompts chunked into others' decode steps, one
+/// cancelled mid-answer, one stopped by its callback); each answer equals the same request
+/// alone on a `Llama` without batching.
 #[test]
 fn concurrent_chats_batch_and_answer_as_alone() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,7 +177,9 @@ fn concurrent_chats_batch_and_answer_as_alone() {
     let spec = Spec { vocab: 32000, ..spec(Dtype::F32) };
     let dir = spec.write_temp("batch-llama");
     std::fs::copy(&tokenizer, dir.join("tokenizer.model")).unwrap();
-    let questions = ["hi", "咖啡的作用是什么?", "羊驼吃什么？请详细回答。", "Tell me a story about a llama in Peru, in three parts.", "1+1=?", "你好", "写一首关于长城的诗", "why"];
+    // question 3 is over 100 tokens: its prompt rides along in several decode steps
+    let long = "Tell me a story about a llama in Peru, in three parts: the mountains, the market, the way home. ".repeat(4);
+    let questions = ["hi", "咖啡的作用是什么?", "羊驼吃什么？请详细回答。", long.as_str(), "1+1=?", "你好", "写一首关于长城的诗", "why"];
     let opts = |i: usize| GenerateOptions {
         max_tokens: Some(12 + 3 * i),
         sampling: if i % 2 == 0 { SamplingParams::greedy() } else { SamplingParams { temperature: 0.8, seed: Some(i as u64), ..Default::default() } },

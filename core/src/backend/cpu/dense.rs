@@ -261,6 +261,39 @@ mod avx2 {
         }
     }
 
+    /// The most dot products a tile holds (R · T).
+    pub const MAX_DOTS: usize = 32;
+
+    /// Each tile's dot products from their eight-lane sums (`folded[i · T + j]`, row i,
+    /// token j), plus the weights past `body` one by one. Every tile size ends its sums
+    /// in this one way (simd::hsums, hsum's tree), so a token's product has the same
+    /// bits whichever tile it ran in.
+    #[inline(always)]
+    pub unsafe fn ended<const R: usize, const T: usize>(
+        folded: [__m256; MAX_DOTS],
+        format: WeightFormat,
+        ws: [&[u8]; R],
+        xs: &[f32],
+        body: usize,
+        k: usize,
+    ) -> [[f32; T]; R] {
+        const { assert!(R * T <= MAX_DOTS) };
+        let mut sums = [0f32; MAX_DOTS];
+        // SAFETY: AVX2 is the caller's contract.
+        unsafe { crate::backend::cpu::simd::hsums(&folded[..R * T], &mut sums[..R * T]) };
+        let mut out = [[0f32; T]; R];
+        for i in 0..R {
+            for j in 0..T {
+                let mut tail = 0f32;
+                for c in body..k {
+                    tail += weight(format, ws[i], c) * xs[j * k + c];
+                }
+                out[i][j] = sums[i * T + j] + tail;
+            }
+        }
+        out
+    }
+
     /// One FMA per eight weights, row and token; each load of weights or inputs serves
     /// several FMAs.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -277,9 +310,12 @@ mod avx2 {
             for u in 0..L {
                 // SAFETY: c + 8u + 8 ≤ k; each w holds k weights and xs T rows of k.
                 unsafe {
-                    let wv: [__m256; R] = std::array::from_fn(|i| {
-                        W::load8(ws[i].as_ptr().add((c + 8 * u) * W::BYTES))
-                    });
+                    // a loop, not array::from_fn: a closure does not take the target
+                    // features, and LLVM may leave it out of line (F16 prompts ran at half speed)
+                    let mut wv = [_mm256_setzero_ps(); R];
+                    for i in 0..R {
+                        wv[i] = W::load8(ws[i].as_ptr().add((c + 8 * u) * W::BYTES));
+                    }
                     for j in 0..T {
                         let xv = _mm256_loadu_ps(xs.as_ptr().add(j * k + c + 8 * u));
                         for i in 0..R {
@@ -290,23 +326,25 @@ mod avx2 {
             }
             c += 8 * L;
         }
-        std::array::from_fn(|i| {
-            std::array::from_fn(|j| {
+        // loops, not closures, for the reason above
+        let mut folded = [_mm256_setzero_ps(); MAX_DOTS];
+        for i in 0..R {
+            for j in 0..T {
                 let a = &acc[i][j];
-                let v = a[1..].iter().fold(a[0], |s, v| _mm256_add_ps(s, *v));
-                let tail: f32 = (body..k)
-                    .map(|c| weight(W::FORMAT, ws[i], c) * xs[j * k + c])
-                    .sum();
-                crate::backend::cpu::simd::hsum(v) + tail
-            })
-        })
+                folded[i * T + j] = a[0];
+                for u in 1..L {
+                    folded[i * T + j] = _mm256_add_ps(folded[i * T + j], a[u]);
+                }
+            }
+        }
+        // SAFETY: AVX2 is enabled here.
+        unsafe { ended(folded, W::FORMAT, ws, xs, body, k) }
     }
 }
 
 /// The AVX-512 twin of `avx2`: sixteen lanes, and a tile of up to 32 registers.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::weight;
     use crate::weights::WeightFormat;
     use std::arch::x86_64::*;
 
@@ -362,9 +400,12 @@ mod avx512 {
             for u in 0..L {
                 // SAFETY: c + 16u + 16 ≤ k; each w holds k weights and xs T rows of k.
                 unsafe {
-                    let wv: [__m512; R] = std::array::from_fn(|i| {
-                        W::load16(ws[i].as_ptr().add((c + 16 * u) * W::BYTES))
-                    });
+                    // a loop, not array::from_fn: a closure does not take the target
+                    // features, and LLVM may leave it out of line (F16 prompts ran at half speed)
+                    let mut wv = [_mm512_setzero_ps(); R];
+                    for i in 0..R {
+                        wv[i] = W::load16(ws[i].as_ptr().add((c + 16 * u) * W::BYTES));
+                    }
                     for j in 0..T {
                         let xv = _mm512_loadu_ps(xs.as_ptr().add(j * k + c + 16 * u));
                         for i in 0..R {
@@ -375,16 +416,37 @@ mod avx512 {
             }
             c += 16 * L;
         }
-        std::array::from_fn(|i| {
-            std::array::from_fn(|j| {
+        // SAFETY: the features are enabled here.
+        unsafe { ended(acc, W::FORMAT, ws, xs, body, k) }
+    }
+
+    /// The tile's sums: 16 lanes to 8, then as on AVX2. Out of line, so that the tile's
+    /// loop keeps all 32 registers (inlined, its weights spilled: F16 prompts at 60 %).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline(never)]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn ended<const R: usize, const T: usize, const L: usize>(
+        acc: [[[__m512; L]; T]; R],
+        format: WeightFormat,
+        ws: [&[u8]; R],
+        xs: &[f32],
+        body: usize,
+        k: usize,
+    ) -> [[f32; T]; R] {
+        let mut folded = [_mm256_setzero_ps(); super::avx2::MAX_DOTS];
+        for i in 0..R {
+            for j in 0..T {
                 let a = &acc[i][j];
-                let v = a[1..].iter().fold(a[0], |s, v| _mm512_add_ps(s, *v));
-                let tail: f32 = (body..k)
-                    .map(|c| weight(W::FORMAT, ws[i], c) * xs[j * k + c])
-                    .sum();
-                _mm512_reduce_add_ps(v) + tail
-            })
-        })
+                let mut v = a[0];
+                for u in 1..L {
+                    v = _mm512_add_ps(v, a[u]);
+                }
+                let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                folded[i * T + j] = _mm256_add_ps(_mm512_castps512_ps256(v), high);
+            }
+        }
+        // SAFETY: AVX2 is enabled here.
+        unsafe { super::avx2::ended(folded, format, ws, xs, body, k) }
     }
 }
 
@@ -462,6 +524,34 @@ mod tests {
                                 "{simd:?} {format:?} {m}x{k}x{n} [{t},{r}]: {got} vs {want}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Batch invariance: a token's products have the same bits alone (decode) as in a
+    /// tile of tokens, on every instruction set, with a k that leaves a tail.
+    #[test]
+    fn a_token_gets_the_same_bits_alone_and_in_any_batch() {
+        let mut rng = crate::testing::Rng(0x7f4a_7c15);
+        let (k, n) = (200, 13);
+        let wf: Vec<f32> = (0..n * k).map(|_| rng.f32()).collect();
+        let w: Vec<u8> = wf.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        for m in [2, 4, 5, 9] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
+            for simd in [Simd::Avx512, Simd::Avx2, Simd::Scalar] {
+                if simd > Simd::within(Features::present()) {
+                    continue;
+                }
+                let rows = Rows { stride: k, parallel: true };
+                let mut all = vec![0f32; m * n];
+                matmul_on(simd, WeightFormat::F16, (m, k, n), &x, &w, rows, &mut all);
+                for t in 0..m {
+                    let mut one = vec![0f32; n];
+                    matmul_on(simd, WeightFormat::F16, (1, k, n), &x[t * k..(t + 1) * k], &w, rows, &mut one);
+                    for r in 0..n {
+                        assert_eq!(all[t * n + r].to_bits(), one[r].to_bits(), "{simd:?} m={m} token {t} row {r}");
                     }
                 }
             }

@@ -1,53 +1,13 @@
-//! One head's causal attention for one query on AVX2 + FMA: the fast path of
-//! `Cpu::attention`, whose plain loop (`AttnHead::attend` in mod.rs) is the reference.
+//! One query's softmax and weighted sum of the values on AVX2 + FMA, from scores that
+//! mod.rs computed as a product with the cached keys: the fast path of `Cpu::attention`,
+//! whose plain loop (`AttnHead::attend` in mod.rs) is the reference.
 //!
 //! Why: at long contexts attention, not the weights, is most of the CPU's time per token
 //! (2048 cached positions × 32 heads is 65k dot products per layer), and the plain loop,
-//! even vectorized by the compiler, reduces every dot product across lanes and keeps the
-//! output in memory. Here eight keys' dot products are reduced together (one transpose of
-//! eight vectors), and the weighted sum of the values keeps 64 output dims in registers
-//! while it passes over the keys.
+//! even vectorized by the compiler, keeps the output in memory. Here the weighted sum of
+//! the values keeps 64 output dims in registers while it passes over the keys.
 
 use std::arch::x86_64::*;
-
-/// `out = Σ_p softmax_p(scale · q · k_p) · v_p` over the keys p < len, where key p is
-/// `k[p * stride..][..hd]` and value p `v[p * stride..][..hd]`, hd = q.len().
-///
-/// # Safety
-/// AVX2 and FMA are present; hd is a multiple of 8; k and v hold len rows of `stride`
-/// (the last one may end after hd); out holds hd.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, len: usize, scale: f32, out: &mut [f32]) {
-    let hd = q.len();
-    debug_assert!(hd.is_multiple_of(8) && out.len() >= hd && k.len() >= (len - 1) * stride + hd && v.len() >= (len - 1) * stride + hd);
-    let nv = hd / 8;
-    let mut att = vec![0f32; len];
-    // SAFETY (all below): in bounds by the contract above.
-    unsafe {
-        let qp = q.as_ptr();
-        let mut p = 0;
-        while p + 8 <= len {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for i in 0..nv {
-                let qv = _mm256_loadu_ps(qp.add(8 * i));
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add((p + j) * stride + 8 * i)), *a);
-                }
-            }
-            let scores = _mm256_mul_ps(sum_lanes_of_8(acc), _mm256_set1_ps(scale));
-            _mm256_storeu_ps(att.as_mut_ptr().add(p), scores);
-            p += 8;
-        }
-        for (p, a) in att.iter_mut().enumerate().skip(p) {
-            let mut acc = _mm256_setzero_ps();
-            for i in 0..nv {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(8 * i)), _mm256_loadu_ps(k.as_ptr().add(p * stride + 8 * i)), acc);
-            }
-            *a = crate::backend::cpu::simd::hsum(acc) * scale;
-        }
-        attend_scored(&mut att, v, stride, &mut out[..hd]);
-    }
-}
 
 /// `out = Σ_p softmax(att)_p · v_p` over p < att.len(), value p at `v[p * stride..]`, for
 /// scores already scaled; hd = out.len(). `att` is left holding the softmax's numerators.
@@ -144,18 +104,6 @@ unsafe fn exp8(x: __m256) -> __m256 {
     }
 }
 
-/// Lane j of the result is the sum of the eight lanes of `v[j]`.
-#[inline(always)]
-unsafe fn sum_lanes_of_8(v: [__m256; 8]) -> __m256 {
-    // SAFETY: AVX is present in every caller.
-    unsafe {
-        // per 128-bit half: [Σ0, Σ1, Σ2, Σ3] of that half's lanes, then the halves added
-        let lo = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-        let hi = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-        _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     /// exp8 against f64 over softmax's range: within 2 ulp (relative 2.4e-7).
@@ -172,38 +120,6 @@ mod tests {
             for (x, g) in chunk.iter().zip(got) {
                 let want = (*x as f64).exp();
                 assert!(((g as f64 - want) / want).abs() <= 2.4e-7, "exp({x}) = {g}, want {want}");
-            }
-        }
-    }
-
-    /// Against an f64 softmax-attention loop, on head sizes of 1 to 17 vectors (the
-    /// 64-dim blocks and every remainder) and key counts around the 8-key blocks.
-    #[test]
-    fn matches_an_f64_loop() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            eprintln!("skipped: no AVX2 here");
-            return;
-        }
-        let mut rng = crate::testing::Rng(0x51ed_270b);
-        for hd in (8..=136).step_by(8) {
-            for len in [1, 7, 8, 9, 31, 200] {
-                let stride = hd + 24;
-                let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
-                let k: Vec<f32> = (0..len * stride).map(|_| rng.f32()).collect();
-                let v: Vec<f32> = (0..len * stride).map(|_| rng.f32()).collect();
-                let scale = 1.0 / (hd as f32).sqrt();
-                let mut out = vec![0f32; hd];
-                unsafe { super::attend(&q, &k, &v, stride, len, scale, &mut out) };
-                let s: Vec<f64> = (0..len)
-                    .map(|p| (0..hd).map(|i| q[i] as f64 * k[p * stride + i] as f64).sum::<f64>() * scale as f64)
-                    .collect();
-                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for i in 0..hd {
-                    let want: f64 = (0..len).map(|p| e[p] / z * v[p * stride + i] as f64).sum();
-                    assert!((out[i] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "hd {hd} len {len} [{i}]: {} vs {want}", out[i]);
-                }
             }
         }
     }

@@ -61,6 +61,7 @@ trait Lanes {
     /// (|w|, x with w's sign), for `dot` with signed w.
     unsafe fn sign_trick(w: Self::I, x: Self::I) -> (Self::I, Self::I);
     unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn to_f(v: Self::I) -> Self::F;
     unsafe fn set_f(v: f32) -> Self::F;
     unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
@@ -156,6 +157,10 @@ impl Lanes for X16 {
     #[inline(always)]
     unsafe fn add(a: __m512i, b: __m512i) -> __m512i {
         unsafe { _mm512_add_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_add_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn to_f(v: __m512i) -> __m512 {
@@ -266,6 +271,10 @@ impl<const VNNI: bool> Lanes for X8<VNNI> {
     #[inline(always)]
     unsafe fn add(a: __m256i, b: __m256i) -> __m256i {
         unsafe { _mm256_add_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_add_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn to_f(v: __m256i) -> __m256 {
@@ -496,7 +505,11 @@ unsafe fn tile<L: Lanes, F: Format<L>, const T: usize>((rows, row_bytes, x, k, t
     unsafe {
         let mut blk = Block::<L> { chunks: [L::zero(); 8], scale: L::zero_f(), min: L::zero_f() };
         let mut scratch = F::Scratch::default();
-        let mut acc = [L::zero_f(); T];
+        // Batch invariance: each row's sum runs in row.rs's order, so a token gets the same
+        // bits here as from the per-row kernel, at any tile and beside any other tokens.
+        // There a row's block b goes to float lane b % 8 and the lanes meet in `hsum`'s
+        // tree at the end; here each (token, b % 8) has its own accumulator of all the rows.
+        let mut acc = [[L::zero_f(); 8]; T];
         for b in 0..nb {
             F::load(rows, row_bytes, b, &mut blk, &mut scratch);
             for j in 0..T {
@@ -514,14 +527,19 @@ unsafe fn tile<L: Lanes, F: Format<L>, const T: usize>((rows, row_bytes, x, k, t
                     odd = L::dot(odd, w1, x1);
                 }
                 let sums = L::to_f(L::add(even, odd));
-                acc[j] = L::fmadd(sums, L::mul(blk.scale, L::set_f(*x.d.get_unchecked(i))), acc[j]);
+                let a = acc.get_unchecked_mut(j).get_unchecked_mut(b % 8);
+                *a = L::fmadd(sums, L::mul(blk.scale, L::set_f(*x.d.get_unchecked(i))), *a);
                 if !trick {
-                    acc[j] = L::fnmadd(blk.min, L::set_f(*x.sum.get_unchecked(i)), acc[j]);
+                    *a = L::fnmadd(blk.min, L::set_f(*x.sum.get_unchecked(i)), *a);
                 }
             }
         }
         for j in 0..T {
-            L::store_rows(out.add(j * n), acc[j]);
+            // simd::hsum's tree: ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7))
+            let p = &acc[j];
+            let even = L::add_f(L::add_f(p[0], p[4]), L::add_f(p[2], p[6]));
+            let odd = L::add_f(L::add_f(p[1], p[5]), L::add_f(p[3], p[7]));
+            L::store_rows(out.add(j * n), L::add_f(even, odd));
         }
     }
 }

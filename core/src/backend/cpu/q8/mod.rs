@@ -42,7 +42,6 @@ use super::parallel::{L2_BUDGET, SharedOut};
 use super::simd::Isa;
 pub use blocks::{QuantizedActs, quantize_acts};
 use candle_core::utils::barrier_pool;
-use crate::backend::DECODE_ROWS;
 use crate::weights::WeightFormat;
 
 /// Whether [`matmul`] can run `format` on this CPU.
@@ -91,10 +90,10 @@ pub unsafe fn matmul_rows(
     for first in (0..m).step_by(block) {
         let end = (first + block).min(m);
         let mut whole = rows.start;
-        // A tile's worth of tokens pays for the transposes; decode takes the path below,
-        // and so does a decode batch (up to DECODE_ROWS tokens): the row kernel sums each
-        // token alone, in the same order at any tile, so a batch changes no token's bits.
-        if group::supports(format) && end - first >= group::min_tokens(isa).max(DECODE_ROWS + 1) {
+        // Enough tokens pay for the transposes. Either kernel sums each token alone in the
+        // same order (group.rs), so which one runs changes no bits: a decode batch, a
+        // prompt and a prompt's tail after a reused prefix agree token by token.
+        if group::supports(format) && end - first >= group::min_tokens(isa) {
             let size = group::rows(isa);
             while whole + size <= rows.end {
                 // SAFETY: the ISA was checked; the caller's contract covers these rows.
@@ -125,6 +124,46 @@ pub unsafe fn matmul_rows(
 mod tests {
     use super::blocks::QK;
     use super::*;
+
+    /// Batch invariance: a token's product has the same bits whether it runs alone (the
+    /// per-row kernel) or among others in the row-group kernel, at every tile size and
+    /// with the tail blocks of a row whose length is not a multiple of eight blocks.
+    #[test]
+    fn a_token_gets_the_same_bits_alone_and_in_any_batch() {
+        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K] {
+            if !supports(format) {
+                eprintln!("skipped: no AVX2 here");
+                return;
+            }
+            let k = if format.block_elems() == 256 { 768 } else { 352 };
+            let n = 37; // two 16-row groups (four of 8) and leftover rows
+            let mut rng = crate::testing::Rng(0x9e37_79b9);
+            let wf: Vec<f32> = (0..n * k).map(|_| rng.f32()).collect();
+            let w = crate::weights::ggml::quantize(format, &wf);
+            for m in [2, 4, 5, 8, 9, 16, 17, 33, 40] {
+                let x: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
+                let xq = quantize_acts(&x);
+                for isa in Isa::ALL.into_iter().filter(|isa| isa.present()) {
+                    let mut dst = vec![0f32; m * n];
+                    unsafe { matmul_rows(isa, format, (m, k, n), &xq, &w, 0..n, dst.as_mut_ptr()) };
+                    for t in 0..m {
+                        let alone = quantize_acts(&x[t * k..(t + 1) * k]);
+                        let mut one = vec![0f32; n];
+                        unsafe { matmul_rows(isa, format, (1, k, n), &alone, &w, 0..n, one.as_mut_ptr()) };
+                        for r in 0..n {
+                            assert_eq!(
+                                dst[t * n + r].to_bits(),
+                                one[r].to_bits(),
+                                "{format:?} m={m} {isa:?} token {t} row {r}: {} in the batch, {} alone",
+                                dst[t * n + r],
+                                one[r]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Against a plain f64 loop over the same quantized values: the kernel's only error is
     /// f32 accumulation. (The reference against gguf-py's dequantizers, which bounds the

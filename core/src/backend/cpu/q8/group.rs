@@ -459,23 +459,23 @@ pub unsafe fn matmul_group(
                 let rows = w.as_ptr().add(r0 * row_bytes);
                 let mut t = tokens.start;
                 while t < tokens.end {
+                    // The last tile is padded with copies of the last token, whose products
+                    // are dropped: that costs less than a transpose per leftover token, and
+                    // no token's sums depend on the others in its tile.
                     let left = tokens.end - t;
-                    let tile = [$tile, $tile / 2, 1].into_iter().find(|&s| left >= s).unwrap();
+                    let tile = [4, $tile / 2, $tile].into_iter().find(|&s| left <= s).unwrap_or($tile);
                     let out = dst.add(t * n + r0);
-                    let a = (rows, row_bytes, x, k, t, out, n);
+                    let a = (rows, row_bytes, x, k, t, left.min(tile), out, n);
                     match (format, tile) {
                         (W::Q4_0, 16) => $kernel::<Q4_0, 16>(a),
                         (W::Q4_0, 8) => $kernel::<Q4_0, 8>(a),
-                        (W::Q4_0, 4) => $kernel::<Q4_0, 4>(a),
-                        (W::Q4_0, _) => $kernel::<Q4_0, 1>(a),
+                        (W::Q4_0, _) => $kernel::<Q4_0, 4>(a),
                         (W::Q8_0, 16) => $kernel::<Q8_0, 16>(a),
                         (W::Q8_0, 8) => $kernel::<Q8_0, 8>(a),
-                        (W::Q8_0, 4) => $kernel::<Q8_0, 4>(a),
-                        (W::Q8_0, _) => $kernel::<Q8_0, 1>(a),
+                        (W::Q8_0, _) => $kernel::<Q8_0, 4>(a),
                         (_, 16) => $kernel::<Q4K, 16>(a),
                         (_, 8) => $kernel::<Q4K, 8>(a),
-                        (_, 4) => $kernel::<Q4K, 4>(a),
-                        (_, _) => $kernel::<Q4K, 1>(a),
+                        (_, _) => $kernel::<Q4K, 4>(a),
                     }
                     t += tile;
                 }
@@ -490,12 +490,14 @@ pub unsafe fn matmul_group(
 }
 
 /// The arguments of a tile: the group's first row, row_bytes, x, k, the first token t0,
-/// where its outputs go (`dst[t0, r0]`), and n.
-type TileArgs<'a> = (*const u8, usize, &'a QuantizedActs, usize, usize, *mut f32, usize);
+/// the tokens it holds (1..=T, the rest padding), where its outputs go (`dst[t0, r0]`),
+/// and n.
+type TileArgs<'a> = (*const u8, usize, &'a QuantizedActs, usize, usize, usize, *mut f32, usize);
 
-/// `out[j·n + r] = W_r · x_(t0+j)` for a row group and T tokens from t0.
+/// `out[j·n + r] = W_r · x_(t0+j)` for a row group and the `valid` tokens from t0, in a
+/// tile of T (the places past `valid` compute the last token again and are not stored).
 #[inline(always)]
-unsafe fn tile<L: Lanes, F: Format<L>, const T: usize>((rows, row_bytes, x, k, t0, out, n): TileArgs) {
+unsafe fn tile<L: Lanes, F: Format<L>, const T: usize>((rows, row_bytes, x, k, t0, valid, out, n): TileArgs) {
     // the sign trick for signed q, else q goes in unsigned (with a min if it needs one)
     let trick = F::SIGNED && L::SIGN_TRICK;
     let nb = k / QK;
@@ -513,7 +515,7 @@ unsafe fn tile<L: Lanes, F: Format<L>, const T: usize>((rows, row_bytes, x, k, t
         for b in 0..nb {
             F::load(rows, row_bytes, b, &mut blk, &mut scratch);
             for j in 0..T {
-                let i = (t0 + j) * nb + b;
+                let i = (t0 + j.min(valid - 1)) * nb + b;
                 let xq = x.qs.as_ptr().add(i * QK) as *const i32;
                 // two chains, so that latency does not bound a single token
                 let (mut even, mut odd) = (L::zero(), L::zero());
@@ -534,7 +536,7 @@ unsafe fn tile<L: Lanes, F: Format<L>, const T: usize>((rows, row_bytes, x, k, t
                 }
             }
         }
-        for j in 0..T {
+        for j in 0..valid {
             // simd::hsum's tree: ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7))
             let p = &acc[j];
             let even = L::add_f(L::add_f(p[0], p[4]), L::add_f(p[2], p[6]));

@@ -233,3 +233,42 @@ fn concurrent_chats_batch_and_answer_as_alone() {
     assert_eq!(batched.chat(&[Message::user(questions[0])], &opts(0)).unwrap().ids, want[0].ids);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Prefix reuse is exact on the CPU: a chat's second turn, whose prompt starts with the
+/// first turn's cached KV (only its tail runs, in its own chunk), answers with the same
+/// tokens and log-probabilities, bit for bit, as the same prompt run cold; with batching
+/// (the tail rides in another sequence's decode steps) and without.
+#[test]
+fn a_reused_prefix_gives_the_bits_of_a_cold_prompt() {
+    use yangtuo::{GenerateOptions, Message, SamplingParams};
+    let tokenizer = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tokenizers/llama2/tokenizer.model"));
+    assert!(tokenizer.is_file(), "../shared (the tokenizers the tests need) is not next to the repository");
+    let spec = Spec { vocab: 32000, ..spec(Dtype::F32) };
+    let dir = spec.write_temp("batch-prefix");
+    std::fs::copy(&tokenizer, dir.join("tokenizer.model")).unwrap();
+    let opts = GenerateOptions { max_tokens: Some(16), sampling: SamplingParams::greedy(), logprobs: Some(2), ignore_eos: true, ..Default::default() };
+    let question = "羊驼吃什么？请详细回答。";
+    for batching in [false, true] {
+        let warm = llama(&dir);
+        if batching {
+            warm.enable_batching(4).unwrap();
+        }
+        let first = warm.chat(&[Message::user(question)], &opts).unwrap();
+        let second = [Message::user(question), Message::assistant(first.text.clone()), Message::user("Say it again in English.")];
+        let reused = std::thread::scope(|s| {
+            // with batching, another chat decodes while the second turn's tail runs
+            let other = s.spawn(|| warm.chat(&[Message::user("why")], &GenerateOptions { max_tokens: Some(24), ..opts.clone() }));
+            let reused = warm.chat(&second, &opts).unwrap();
+            other.join().unwrap().unwrap();
+            reused
+        });
+        assert!(reused.timings.prefill_tokens < reused.usage.prompt_tokens / 2, "the first turn's KV was not reused: {:?}", reused.timings);
+        let cold = llama(&dir).chat(&second, &opts).unwrap();
+        assert_eq!(cold.timings.prefill_tokens, cold.usage.prompt_tokens);
+        assert_eq!(reused.ids, cold.ids, "batching {batching}");
+        for (r, c) in reused.logprobs.iter().zip(&cold.logprobs) {
+            assert_eq!(r.logprob.to_bits(), c.logprob.to_bits(), "batching {batching}: {r:?} vs {c:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

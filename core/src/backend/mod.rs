@@ -22,9 +22,8 @@ use crate::Result;
 use crate::weights::{RopeStyle, WeightData};
 use std::future::Future;
 
-/// The most rows a batched decode step runs in one forward. Up to this many tokens, the CPU
-/// products keep each token's sums in an order that does not depend on the other tokens
-/// (batch invariance: a sequence decodes to the same bits alone or in a batch).
+/// The most sequences a batched decode step runs in one forward (the batch scheduler's
+/// limit; the CPU's products are batch-invariant at any size, ARCHITECTURE.md).
 pub const DECODE_ROWS: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

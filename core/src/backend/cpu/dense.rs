@@ -261,34 +261,27 @@ mod avx2 {
         }
     }
 
-    /// The most dot products a tile holds (R · T).
-    pub const MAX_DOTS: usize = 32;
-
-    /// Each tile's dot products from their eight-lane sums (`folded[i · T + j]`, row i,
-    /// token j), plus the weights past `body` one by one. Every tile size ends its sums
-    /// in this one way (simd::hsums, hsum's tree), so a token's product has the same
-    /// bits whichever tile it ran in.
+    /// Each tile's dot products from their eight-lane sums (`folded[i][j]`, row i, token
+    /// j), plus the weights past `body` one by one. Every tile size ends its sums in this
+    /// one way (simd::hsums, hsum's tree), so a token's product has the same bits whichever
+    /// tile it ran in.
     #[inline(always)]
     pub unsafe fn ended<const R: usize, const T: usize>(
-        folded: [__m256; MAX_DOTS],
+        folded: [[__m256; T]; R],
         format: WeightFormat,
         ws: [&[u8]; R],
         xs: &[f32],
         body: usize,
         k: usize,
     ) -> [[f32; T]; R] {
-        const { assert!(R * T <= MAX_DOTS) };
-        let mut sums = [0f32; MAX_DOTS];
-        // SAFETY: AVX2 is the caller's contract.
-        unsafe { crate::backend::cpu::simd::hsums(&folded[..R * T], &mut sums[..R * T]) };
         let mut out = [[0f32; T]; R];
+        // SAFETY: AVX2 is the caller's contract.
+        unsafe { crate::backend::cpu::simd::hsums(folded.as_flattened(), out.as_flattened_mut()) };
         for i in 0..R {
             for j in 0..T {
-                let mut tail = 0f32;
                 for c in body..k {
-                    tail += weight(format, ws[i], c) * xs[j * k + c];
+                    out[i][j] += weight(format, ws[i], c) * xs[j * k + c];
                 }
-                out[i][j] = sums[i * T + j] + tail;
             }
         }
         out
@@ -327,13 +320,13 @@ mod avx2 {
             c += 8 * L;
         }
         // loops, not closures, for the reason above
-        let mut folded = [_mm256_setzero_ps(); MAX_DOTS];
+        let mut folded = [[_mm256_setzero_ps(); T]; R];
         for i in 0..R {
             for j in 0..T {
                 let a = &acc[i][j];
-                folded[i * T + j] = a[0];
+                folded[i][j] = a[0];
                 for u in 1..L {
-                    folded[i * T + j] = _mm256_add_ps(folded[i * T + j], a[u]);
+                    folded[i][j] = _mm256_add_ps(folded[i][j], a[u]);
                 }
             }
         }
@@ -433,7 +426,7 @@ mod avx512 {
         body: usize,
         k: usize,
     ) -> [[f32; T]; R] {
-        let mut folded = [_mm256_setzero_ps(); super::avx2::MAX_DOTS];
+        let mut folded = [[_mm256_setzero_ps(); T]; R];
         for i in 0..R {
             for j in 0..T {
                 let a = &acc[i][j];
@@ -442,7 +435,7 @@ mod avx512 {
                     v = _mm512_add_ps(v, a[u]);
                 }
                 let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-                folded[i * T + j] = _mm256_add_ps(_mm512_castps512_ps256(v), high);
+                folded[i][j] = _mm256_add_ps(_mm512_castps512_ps256(v), high);
             }
         }
         // SAFETY: AVX2 is enabled here.

@@ -234,38 +234,47 @@ fn concurrent_chats_batch_and_answer_as_alone() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Prefix reuse is exact on the CPU: a chat's second turn, whose prompt starts with the
-/// first turn's cached KV (only its tail runs, in its own chunk), answers with the same
-/// tokens and log-probabilities, bit for bit, as the same prompt run cold; with batching
-/// (the tail rides in another sequence's decode steps) and without.
+/// Prefix reuse is exact on the CPU: a prompt whose first 40 tokens are another request's
+/// cached KV (only its last 3 run, alone or riding in another sequence's decode steps)
+/// answers with the same tokens and log-probabilities, bit for bit, as the same prompt
+/// run cold in one piece; with batching and without.
 #[test]
 fn a_reused_prefix_gives_the_bits_of_a_cold_prompt() {
-    use yangtuo::{GenerateOptions, Message, SamplingParams};
+    use yangtuo::{Flow, GenerateOptions, SamplingParams};
     let tokenizer = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tokenizers/llama2/tokenizer.model"));
     assert!(tokenizer.is_file(), "../shared (the tokenizers the tests need) is not next to the repository");
     let spec = Spec { vocab: 32000, ..spec(Dtype::F32) };
     let dir = spec.write_temp("batch-prefix");
     std::fs::copy(&tokenizer, dir.join("tokenizer.model")).unwrap();
     let opts = GenerateOptions { max_tokens: Some(16), sampling: SamplingParams::greedy(), logprobs: Some(2), ignore_eos: true, ..Default::default() };
-    let question = "羊驼吃什么？请详细回答。";
+    let (shared, other) = (random_ids(40, 32000, 5), random_ids(9, 32000, 6));
+    let longer: Vec<u32> = shared.iter().chain(&[7, 8, 9]).copied().collect();
     for batching in [false, true] {
         let warm = llama(&dir);
         if batching {
             warm.enable_batching(4).unwrap();
         }
-        let first = warm.chat(&[Message::user(question)], &opts).unwrap();
-        let second = [Message::user(question), Message::assistant(first.text.clone()), Message::user("Say it again in English.")];
+        let run = |ids: &[u32]| warm.complete_ids(ids, &opts, None, &mut |_| Flow::Continue).unwrap();
+        // Two requests at a time, twice: the pool then holds `shared`'s cache and `other`'s,
+        // and each later prompt takes the one sharing its longest prefix, whichever thread
+        // asks first.
+        std::thread::scope(|s| {
+            let o = s.spawn(|| run(&other));
+            run(&shared);
+            o.join().unwrap();
+        });
         let reused = std::thread::scope(|s| {
-            // with batching, another chat decodes while the second turn's tail runs
-            let other = s.spawn(|| warm.chat(&[Message::user("why")], &GenerateOptions { max_tokens: Some(24), ..opts.clone() }));
-            let reused = warm.chat(&second, &opts).unwrap();
-            other.join().unwrap().unwrap();
+            // with batching, `other` decodes while `longer`'s tail runs
+            let o = s.spawn(|| run(&other));
+            let reused = run(&longer);
+            o.join().unwrap();
             reused
         });
-        assert!(reused.timings.prefill_tokens < reused.usage.prompt_tokens / 2, "the first turn's KV was not reused: {:?}", reused.timings);
-        let cold = llama(&dir).chat(&second, &opts).unwrap();
-        assert_eq!(cold.timings.prefill_tokens, cold.usage.prompt_tokens);
+        assert_eq!(reused.timings.prefill_tokens, 3, "the cached prefix was not reused");
+        let cold = llama(&dir).complete_ids(&longer, &opts, None, &mut |_| Flow::Continue).unwrap();
+        assert_eq!(cold.timings.prefill_tokens, longer.len());
         assert_eq!(reused.ids, cold.ids, "batching {batching}");
+        assert_eq!(reused.logprobs.len(), 16);
         for (r, c) in reused.logprobs.iter().zip(&cold.logprobs) {
             assert_eq!(r.logprob.to_bits(), c.logprob.to_bits(), "batching {batching}: {r:?} vs {c:?}");
         }

@@ -66,7 +66,10 @@ impl<B: Backend> Runner for Locked<B> {
     }
 
     fn on_cpu(&self) -> bool {
-        std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::cpu::Cpu>()
+        #[cfg(feature = "cpu")]
+        return std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::cpu::Cpu>();
+        #[cfg(not(feature = "cpu"))]
+        false
     }
 
     fn new_state(&self, ctx_len: usize, max_batch: usize, logit_rows: usize) -> Result<SessionState> {

@@ -158,6 +158,15 @@ fn batched_decode_is_bit_identical_to_alone_q8_0_and_q4_k() {
     check_invariance(Dtype::F32, Some(WeightFormat::Q4K));
 }
 
+/// A model folder with random weights and the real Llama 2 tokenizer, for [`llama`].
+fn llama_dir(name: &str) -> std::path::PathBuf {
+    let tokenizer = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tokenizers/llama2/tokenizer.model"));
+    assert!(tokenizer.is_file(), "../shared (the tokenizers the tests need) is not next to the repository");
+    let dir = Spec { vocab: 32000, ..spec(Dtype::F32) }.write_temp(name);
+    std::fs::copy(&tokenizer, dir.join("tokenizer.model")).unwrap();
+    dir
+}
+
 /// A `Llama` on the CPU with the real Llama 2 tokenizer, Q4_0.
 fn llama(dir: &std::path::Path) -> yangtuo::Llama {
     let opts = yangtuo::LoadOptions { backend: yangtuo::BackendChoice::Cpu, quantize: Some(WeightFormat::Q4_0), ..Default::default() };
@@ -172,11 +181,7 @@ fn llama(dir: &std::path::Path) -> yangtuo::Llama {
 fn concurrent_chats_batch_and_answer_as_alone() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use yangtuo::{Flow, GenerateOptions, Message, SamplingParams};
-    let tokenizer = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tokenizers/llama2/tokenizer.model"));
-    assert!(tokenizer.is_file(), "../shared (the tokenizers the tests need) is not next to the repository");
-    let spec = Spec { vocab: 32000, ..spec(Dtype::F32) };
-    let dir = spec.write_temp("batch-llama");
-    std::fs::copy(&tokenizer, dir.join("tokenizer.model")).unwrap();
+    let dir = llama_dir("batch-llama");
     // question 3 is over 100 tokens: its prompt rides along in several decode steps
     let long = "Tell me a story about a llama in Peru, in three parts: the mountains, the market, the way home. ".repeat(4);
     let questions = ["hi", "咖啡的作用是什么?", "羊驼吃什么？请详细回答。", long.as_str(), "1+1=?", "你好", "写一首关于长城的诗", "why"];
@@ -241,11 +246,7 @@ fn concurrent_chats_batch_and_answer_as_alone() {
 #[test]
 fn a_reused_prefix_gives_the_bits_of_a_cold_prompt() {
     use yangtuo::{Flow, GenerateOptions, SamplingParams};
-    let tokenizer = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tokenizers/llama2/tokenizer.model"));
-    assert!(tokenizer.is_file(), "../shared (the tokenizers the tests need) is not next to the repository");
-    let spec = Spec { vocab: 32000, ..spec(Dtype::F32) };
-    let dir = spec.write_temp("batch-prefix");
-    std::fs::copy(&tokenizer, dir.join("tokenizer.model")).unwrap();
+    let dir = llama_dir("batch-prefix");
     let opts = GenerateOptions { max_tokens: Some(16), sampling: SamplingParams::greedy(), logprobs: Some(2), ignore_eos: true, ..Default::default() };
     let (shared, other) = (random_ids(40, 32000, 5), random_ids(9, 32000, 6));
     let longer: Vec<u32> = shared.iter().chain(&[7, 8, 9]).copied().collect();

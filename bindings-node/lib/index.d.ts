@@ -134,7 +134,14 @@ export interface OpenAIRequestFields {
   /** Chat, with `logprobs: true`: how many alternatives per token (0-20). */
   top_logprobs?: number
   n?: number
-  response_format?: { type: 'text' }
+  /** Structured output: every token is masked by llguidance so the answer parses and
+   * satisfies the schema. */
+  response_format?:
+    | { type: 'text' }
+    | { type: 'json_object' }
+    | { type: 'json_schema'; json_schema: { name?: string; schema: object; strict?: boolean } }
+  /** A grammar in llguidance's Lark dialect the answer must match (not with a JSON response_format). */
+  grammar?: string
   user?: string
   /** yangtuo's: leave out the oldest turns that do not fit the context instead of failing. */
   context_overflow?: 'truncate-oldest' | 'error'

@@ -50,6 +50,30 @@ describe('OpenAI-shaped calls', { skip: skip ?? false }, () => {
     assert.equal(r.choices[0].text, want.content)
   })
 
+  it('response_format keeps the answer inside a JSON Schema', async () => {
+    const schema = {
+      type: 'object',
+      properties: { city: { enum: ['北京', '上海', 'Lima'] }, days: { type: 'integer', minimum: 1, maximum: 9 } },
+      required: ['city', 'days'],
+      additionalProperties: false,
+    }
+    for (const sampling of [{ temperature: 0 }, { temperature: 1, seed: 4 }]) {
+      const r = await llm.chat.completions.create({
+        messages, max_tokens: 200, ...sampling,
+        response_format: { type: 'json_schema', json_schema: { name: 'trip', schema, strict: true } },
+      })
+      assert.equal(r.choices[0].finish_reason, 'stop')
+      const v = JSON.parse(r.choices[0].message.content)
+      assert.deepEqual(Object.keys(v).sort(), ['city', 'days'])
+      assert.ok(['北京', '上海', 'Lima'].includes(v.city) && Number.isInteger(v.days) && v.days >= 1 && v.days <= 9, JSON.stringify(v))
+    }
+    await assert.rejects(llm.chat.completions.create({ messages, response_format: { type: 'xml' } }), (e) => {
+      assert.equal(e.code, 'INVALID_ARG')
+      assert.ok(e.message.includes('response_format'), e.message)
+      return true
+    })
+  })
+
   it('rejects fields it does not implement, naming them', async () => {
     for (const [field, value] of [['frobnicate', 1], ['n', 2], ['top_logprobs', 2], ['seed', -2], ['top_k', 0]]) {
       await assert.rejects(llm.chat.completions.create({ messages, [field]: value }), (e) => {

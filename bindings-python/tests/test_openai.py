@@ -74,7 +74,8 @@ def test_completion_matches_generate(llm):
         ("frobnicate", 1, "not a supported field"),
         ("n", 2, "must be 1"),
         ("top_logprobs", 2, "logprobs: true"),
-        ("response_format", {"type": "json_object"}, "response_format"),
+        ("response_format", {"type": "xml"}, "response_format"),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/missing"}}}, "response_format"),
         ("seed", -2, "random seed"),
         ("temperature", "hot", "temperature"),
         ("max_tokens", 0, "at least 1"),
@@ -104,3 +105,23 @@ def test_seed_minus_one_is_random_not_an_error(llm):
 def test_bad_messages_raise_template_errors(llm):
     with pytest.raises(yangtuo.TemplateError):
         llm.create_chat_completion(messages=[{"role": "wizard", "content": "hi"}])
+
+
+def test_structured_output_satisfies_its_schema(llm):
+    """response_format with a JSON Schema, as llama-cpp-python and OpenAI take it: the random
+    model's answers parse and pass the reference validator, greedy and seeded."""
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"enum": ["北京", "上海", "Lima"]}, "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "trip", "schema": schema, "strict": True}}
+    for kw in (GREEDY, {"temperature": 1.0, "seed": 4}):
+        r = llm.create_chat_completion(messages=USER, max_tokens=200, response_format=fmt, **kw)
+        assert r["choices"][0]["finish_reason"] == "stop", r
+        jsonschema.validate(json.loads(r["choices"][0]["message"]["content"]), schema)

@@ -14,7 +14,7 @@
 //! others share its steps, nor on how its prompt was chunked.
 
 use crate::backend::DECODE_ROWS;
-use crate::decoding::Decoding;
+use crate::decoding::{Constraint, Decoding};
 use crate::generate::{Cached, Completion, FinishReason, Flow, GenerateOptions, Piece, TokenLogprob, now};
 use crate::runner::{Runner, SessionState};
 use crate::sampler::argmax;
@@ -40,6 +40,7 @@ struct Job {
     max_new: usize,
     opts: GenerateOptions,
     cache: Cached,
+    constraint: Option<Constraint>,
     stop: Arc<AtomicU8>,
     events: Sender<Event>,
 }
@@ -85,12 +86,13 @@ impl Batcher {
         prompt: &[u32],
         max_new: usize,
         opts: &GenerateOptions,
+        constraint: Option<Constraint>,
         cancel: Option<&AtomicBool>,
         on_piece: &mut dyn FnMut(Piece) -> Flow,
     ) -> (Result<Completion>, Option<Cached>) {
         let stop = Arc::new(AtomicU8::new(RUN));
         let (events, rx) = mpsc::channel();
-        let job = Job { prompt: prompt.to_vec(), max_new, opts: opts.clone(), cache, stop: stop.clone(), events };
+        let job = Job { prompt: prompt.to_vec(), max_new, opts: opts.clone(), cache, constraint, stop: stop.clone(), events };
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             return (Err(Error::Device("the batch scheduler has stopped".into())), Some(job.cache));
         }
@@ -198,7 +200,8 @@ impl<'a> Scheduler<'a> {
 
     fn admit(&self, mut job: Job) -> Running<'a> {
         let common = job.cache.reuse_prefix(&job.prompt);
-        let seq = Decoding::new(self.tokenizer, self.eos_ids, job.opts.clone(), &job.prompt, job.prompt.len() - common, job.max_new, now());
+        let mut seq = Decoding::new(self.tokenizer, self.eos_ids, job.opts.clone(), &job.prompt, job.prompt.len() - common, job.max_new, now());
+        seq.constrain(job.constraint.take());
         Running { job, seq, prefilled: common, next: 0 }
     }
 
@@ -296,7 +299,7 @@ impl<'a> Scheduler<'a> {
 
     /// Give r its next token, chosen from its logits row (host argmax is the sampler's).
     fn next_from(&self, r: &mut Running<'a>, row: &mut [f32]) -> Result<Option<FinishReason>> {
-        let next = if r.seq.needs_logits() { r.seq.pick(row) } else { argmax(row) };
+        let next = if r.seq.needs_logits() { r.seq.pick(row)? } else { argmax(row) };
         self.accept(r, next)
     }
 

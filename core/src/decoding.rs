@@ -10,6 +10,21 @@ use crate::sampler::Sampler;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::Result;
 
+/// A grammar's matcher (grammar.rs); the wasm build has none yet.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use crate::grammar::Constraint;
+#[cfg(target_arch = "wasm32")]
+pub(crate) enum Constraint {}
+#[cfg(target_arch = "wasm32")]
+impl Constraint {
+    fn mask(&mut self, _: &mut [f32]) -> Result<()> {
+        match *self {}
+    }
+    fn accept(&mut self, _: u32) -> Result<()> {
+        match *self {}
+    }
+}
+
 pub(crate) struct Decoding<'a> {
     tokenizer: &'a Tokenizer,
     eos_ids: &'a [u32],
@@ -29,6 +44,8 @@ pub(crate) struct Decoding<'a> {
     timings: Timings,
     t0: f64,
     t_first: Option<f64>,
+    /// The grammar the answer must stay in, if any.
+    constraint: Option<Constraint>,
 }
 
 impl<'a> Decoding<'a> {
@@ -61,34 +78,40 @@ impl<'a> Decoding<'a> {
             timings: Timings { prefill_tokens: prefilled, ..Default::default() },
             t0,
             t_first: None,
+            constraint: None,
         }
+    }
+
+    /// Keep the answer inside `constraint`'s grammar from the first token.
+    pub fn constrain(&mut self, constraint: Option<Constraint>) {
+        self.constraint = constraint;
     }
 
     /// Whether the next token needs the logits; if not, the device's argmax is the token.
     pub fn needs_logits(&self) -> bool {
-        self.opts.logprobs.is_some() || self.opts.ignore_eos || !self.sampler.params.is_greedy()
+        self.opts.logprobs.is_some() || self.opts.ignore_eos || !self.sampler.params.is_greedy() || self.constraint.is_some()
     }
 
     /// The next token after the last position `state` ran (its logits row 0).
     pub async fn next_token(&mut self, runner: &dyn Runner, state: &SessionState) -> Result<u32> {
         if self.needs_logits() {
-            Ok(self.pick(&mut runner.logits(state, 1).await?))
+            self.pick(&mut runner.logits(state, 1).await?)
         } else {
             runner.argmax(state, 0).await
         }
     }
 
     /// The next token from the last position's logits.
-    pub fn pick(&mut self, logits: &mut [f32]) -> u32 {
-        match self.opts.logprobs {
+    pub fn pick(&mut self, logits: &mut [f32]) -> Result<u32> {
+        Ok(match self.opts.logprobs {
             None => {
-                self.mask_eos(logits);
+                self.mask(logits)?;
                 self.sampler.sample(logits, &self.history)
             }
             Some(top) => {
-                // logprobs are the model's, before the mask
+                // logprobs are the model's, before the masks
                 let mut masked = logits.to_vec();
-                self.mask_eos(&mut masked);
+                self.mask(&mut masked)?;
                 let next = self.sampler.sample(&mut masked, &self.history);
                 if !self.eos_ids.contains(&next) {
                     self.logprobs.push(TokenLogprob::of(logits, next, top));
@@ -96,17 +119,24 @@ impl<'a> Decoding<'a> {
                 }
                 next
             }
-        }
+        })
     }
 
-    fn mask_eos(&self, logits: &mut [f32]) {
-        if self.opts.ignore_eos {
+    /// What the grammar and `ignore_eos` leave out, at −∞, before any sampling.
+    fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
+        if let Some(c) = &mut self.constraint {
+            c.mask(logits)?;
+        }
+        // a complete grammar leaves only EOS, which ends the answer even with ignore_eos
+        let only_eos = self.constraint.is_some() && logits.iter().enumerate().all(|(i, l)| *l == f32::NEG_INFINITY || self.eos_ids.contains(&(i as u32)));
+        if self.opts.ignore_eos && !only_eos {
             for &id in self.eos_ids {
                 if let Some(l) = logits.get_mut(id as usize) {
                     *l = f32::NEG_INFINITY;
                 }
             }
         }
+        Ok(())
     }
 
     /// Take `next` (chosen at time `now`): stream its text; `Some` when the answer ends
@@ -119,6 +149,9 @@ impl<'a> Decoding<'a> {
         }
         if self.eos_ids.contains(&next) {
             return Ok(Some(FinishReason::Stop));
+        }
+        if let Some(c) = &mut self.constraint {
+            c.accept(next)?;
         }
         self.ids.push(next);
         self.history.push(next);

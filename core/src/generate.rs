@@ -1,7 +1,7 @@
 //! The generation loop: prefill the prompt, then sample, decode and stream one token at a
 //! time until EOS, a stop string, `max_tokens`, or a cancel.
 
-use crate::decoding::Decoding;
+use crate::decoding::{Constraint, Decoding};
 use crate::runner::{Runner, SessionState};
 use crate::sampler::SamplingParams;
 use crate::tokenizer::Tokenizer;
@@ -51,6 +51,10 @@ pub struct GenerateOptions {
     /// end of the context (vLLM's and llama.cpp's `ignore_eos`): fixed-length answers for
     /// benchmarks and tests. EOS is masked out before sampling, so it never appears.
     pub ignore_eos: bool,
+    /// Keep the answer inside this grammar (JSON Schema, any JSON object, Lark): see
+    /// grammar.rs. Not in the wasm build yet, where it is an error.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub grammar: Option<crate::grammar::Grammar>,
 }
 
 /// The most alternatives a token's logprobs may list (OpenAI's `top_logprobs` limit).
@@ -236,10 +240,18 @@ pub fn budget(prompt: usize, max_tokens: Option<usize>, ctx: usize) -> Result<us
 impl Generation<'_> {
     /// Run `prompt` on `cache` and generate at most `max_new` tokens (from
     /// `GenerateOptions::check`); `on_piece` receives each piece of answer text.
-    pub async fn run(&self, cache: &mut Cached, prompt: &[u32], max_new: usize, on_piece: &mut dyn FnMut(Piece) -> Flow) -> Result<Completion> {
+    pub async fn run(
+        &self,
+        cache: &mut Cached,
+        prompt: &[u32],
+        max_new: usize,
+        constraint: Option<Constraint>,
+        on_piece: &mut dyn FnMut(Piece) -> Flow,
+    ) -> Result<Completion> {
         let t0 = (self.clock)();
         let common = cache.prefill(self.runner, prompt)?;
         let mut seq = Decoding::new(self.tokenizer, self.eos_ids, self.opts.clone(), prompt, prompt.len() - common, max_new, t0);
+        seq.constrain(constraint);
         let finish = loop {
             if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 break FinishReason::Abort;

@@ -155,6 +155,9 @@ pub struct Llama {
     /// The continuous-batching scheduler, once `enable_batching` started it.
     #[cfg(not(target_arch = "wasm32"))]
     batcher: std::sync::OnceLock<crate::batch::Batcher>,
+    /// The vocabulary as llguidance reads it, made on the first constrained request.
+    #[cfg(not(target_arch = "wasm32"))]
+    vocab: std::sync::OnceLock<crate::grammar::Vocab>,
 }
 
 impl Llama {
@@ -198,6 +201,8 @@ impl Llama {
             pool_size: AtomicUsize::new(POOL_SIZE),
             #[cfg(not(target_arch = "wasm32"))]
             batcher: std::sync::OnceLock::new(),
+            #[cfg(not(target_arch = "wasm32"))]
+            vocab: std::sync::OnceLock::new(),
         };
         #[cfg(not(target_arch = "wasm32"))]
         if opts.parallel > 1 {
@@ -297,16 +302,17 @@ impl Llama {
         cancel: Option<&AtomicBool>,
         on_piece: &mut dyn FnMut(Piece) -> Flow,
     ) -> Result<Completion> {
+        let constraint = self.constraint(opts)?;
         let mut cache = self.take_state(prompt)?;
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(batcher) = self.batcher.get() {
-            let (r, cache) = batcher.generate(cache, prompt, max_new, opts, cancel, on_piece);
+            let (r, cache) = batcher.generate(cache, prompt, max_new, opts, constraint, cancel, on_piece);
             if let Some(cache) = cache {
                 self.put_state(cache);
             }
             return r;
         }
-        let r = self.run_on(&mut cache, prompt, max_new, opts, cancel, on_piece).await;
+        let r = self.run_on(&mut cache, prompt, max_new, opts, constraint, cancel, on_piece).await;
         self.put_state(cache);
         r
     }
@@ -328,13 +334,34 @@ impl Llama {
         Ok(())
     }
 
+    /// The matcher of `opts.grammar`, compiled against this model's vocabulary (made on the
+    /// first constrained request); a grammar llguidance cannot compile is an `InvalidArg`.
+    pub(crate) fn constraint(&self, opts: &GenerateOptions) -> Result<Option<crate::decoding::Constraint>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(g) = &opts.grammar {
+            let vocab = match self.vocab.get() {
+                Some(v) => v,
+                None => {
+                    let v = crate::grammar::Vocab::new(&self.tokenizer, self.eos_ids[0])?;
+                    self.vocab.get_or_init(|| v)
+                }
+            };
+            return vocab.constraint(g).map(Some);
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = opts;
+        Ok(None)
+    }
+
     /// Generate after `prompt` on `cache`; `max_new` comes from `GenerateOptions::check`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_on(
         &self,
         cache: &mut Cached,
         prompt: &[u32],
         max_new: usize,
         opts: &GenerateOptions,
+        constraint: Option<crate::decoding::Constraint>,
         cancel: Option<&AtomicBool>,
         on_piece: &mut dyn FnMut(Piece) -> Flow,
     ) -> Result<Completion> {
@@ -346,7 +373,7 @@ impl Llama {
             cancel,
             clock: crate::generate::now,
         };
-        g.run(cache, prompt, max_new, on_piece).await
+        g.run(cache, prompt, max_new, constraint, on_piece).await
     }
 
     /// Answer `messages`. With `ContextOverflow::TruncateOldest` (not the default here: a

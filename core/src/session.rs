@@ -48,7 +48,8 @@ impl ChatSession {
             Some(c) => c,
             None => Cached { state: self.llama.take_state(&[])?.state, tokens: vec![] },
         };
-        let r = self.llama.run_on(&mut cache, &prompt, max_new, opts, cancel, &mut |p| on_text(p.text)).await;
+        let constraint = self.llama.constraint(opts)?;
+        let r = self.llama.run_on(&mut cache, &prompt, max_new, opts, constraint, cancel, &mut |p| on_text(p.text)).await;
         self.cache = Some(cache);
         let mut c = r?.unless_aborted()?;
         c.dropped_turns = dropped;

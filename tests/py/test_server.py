@@ -7,6 +7,7 @@
 streamed chat (greedy, equal to the library), a completion both ways, then a bounded load
 test: 32 concurrent streamed chats, each with its own seed and prompt, all complete and each
 streamed text equals the non-streamed answer for the same seed and prompt. Prints p50/p99.
+Structured output (`response_format` with a JSON Schema) is validated with `jsonschema`.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import jsonschema
 from openai import OpenAI
 
 CONCURRENT = 32
@@ -89,6 +91,29 @@ def main():
     lp = c.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == c.usage.completion_tokens
     assert all(1 <= len(alts) <= 2 for alts in lp.top_logprobs), lp.top_logprobs
+
+    # structured output: the random model's answers satisfy their schema, as the reference
+    # `jsonschema` validates it, whole and streamed (the server's model is random: bounded schema)
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 8},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "pets": {"type": "array", "items": {"enum": ["羊驼", "猫", "dog"]}, "maxItems": 2},
+        },
+        "required": ["name", "age", "pets"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+    for seed in (1, 2):
+        r = client.chat.completions.create(model=model, messages=chat["messages"], max_tokens=300, temperature=1.0,
+                                           seed=seed, response_format=fmt)
+        assert r.choices[0].finish_reason == "stop", r
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+        text, _, _ = stream_chat(client, model=model, messages=chat["messages"], max_tokens=300, temperature=1.0,
+                                 seed=seed, response_format=fmt)
+        assert text == r.choices[0].message.content, (text, r.choices[0].message.content)
+    print(f"structured output: {r.choices[0].message.content}")
 
     # the load test: 32 concurrent streamed chats, then the same requests whole
     def request(i):

@@ -329,7 +329,8 @@ fn serve_openai_api() {
         ("frobnicate", serde_json::json!(1), "not a supported field"),
         ("n", serde_json::json!(2), "must be 1"),
         ("top_logprobs", serde_json::json!(3), "logprobs: true"),
-        ("response_format", serde_json::json!({"type": "json_object"}), "response_format"),
+        ("response_format", serde_json::json!({"type": "xml"}), "response_format"),
+        ("grammar", serde_json::json!("start: ("), "grammar"),
         ("tools", serde_json::json!([{"type": "function", "function": {"name": "f"}}]), "tool"),
         ("frequency_penalty", serde_json::json!(0.5), "not supported"),
         ("seed", serde_json::json!(-2), "-1 for a random seed"),
@@ -341,6 +342,7 @@ fn serve_openai_api() {
     }
     for (field, value) in [("seed", serde_json::json!(-1)), ("top_k", serde_json::json!(5)), ("min_p", serde_json::json!(0.05)),
                            ("repetition_penalty", serde_json::json!(1.1)), ("response_format", serde_json::json!({"type": "text"})),
+                           ("response_format", serde_json::json!({"type": "json_object"})),
                            ("model", serde_json::json!("anything")), ("user", serde_json::json!("u1")),
                            ("logprobs", serde_json::json!(true))] {
         let mut b = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});

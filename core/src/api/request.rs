@@ -54,6 +54,8 @@ pub struct Params {
     pub context_overflow: Option<String>,
     /// vLLM's and llama.cpp's: generate to `max_tokens` without stopping at EOS.
     pub ignore_eos: Option<bool>,
+    /// llama.cpp's field, here in llguidance's Lark dialect: the answer must match it.
+    pub grammar: Option<String>,
 }
 
 /// The names `Params` reads, for the unknown-field check.
@@ -82,6 +84,7 @@ const PARAMS: &[&str] = &[
     "user",
     "context_overflow",
     "ignore_eos",
+    "grammar",
 ];
 
 /// `logprobs`: a flag in chat requests, a count in legacy completions.
@@ -217,8 +220,41 @@ fn message(i: usize, m: Value) -> Result<Message> {
     Ok(Message { role, content })
 }
 
+/// A grammar the request asks for (the wasm build has no constrained decoding yet).
+#[cfg(not(target_arch = "wasm32"))]
+type Grammar = crate::grammar::Grammar;
+#[cfg(target_arch = "wasm32")]
+type Grammar = std::convert::Infallible;
+
 impl Params {
-    /// The one check of a chat request's fields; `defaults` fill what it leaves out.
+    /// What `response_format` and `grammar` ask the answer to match: OpenAI's
+    /// `{"type": "text" | "json_object"}` and `{"type": "json_schema", "json_schema":
+    /// {"name", "schema", "strict"}}`, or a Lark grammar. Compiled later, against the
+    /// model's vocabulary (grammar.rs).
+    fn grammar(&self) -> Result<Option<Grammar>> {
+        let format = match &self.response_format {
+            None | Some(Value::Null) => None,
+            Some(f) => match f.get("type").and_then(Value::as_str) {
+                Some("text") => None,
+                Some("json_object") => Some(json_grammar(None)?),
+                Some("json_schema") => {
+                    let schema = f.get("json_schema").and_then(|j| j.get("schema")).filter(|s| s.is_object() || s.is_boolean());
+                    match schema {
+                        Some(s) => Some(json_grammar(Some(s.clone()))?),
+                        None => return Err(Error::arg("response_format", "`json_schema.schema` must be a JSON Schema object")),
+                    }
+                }
+                _ => return Err(Error::arg("response_format", "`type` must be one of text, json_object, json_schema")),
+            },
+        };
+        match (format, &self.grammar) {
+            (Some(_), Some(_)) => Err(Error::arg("grammar", "cannot be combined with a JSON response_format")),
+            (f, None) => Ok(f),
+            (None, Some(g)) if g.trim().is_empty() => Err(Error::arg("grammar", "is empty")),
+            (None, Some(g)) => lark_grammar(g),
+        }
+    }
+
     pub fn check(&self, defaults: &SamplingParams) -> Result<Checked> {
         self.check_for(defaults, Endpoint::Chat)
     }
@@ -267,11 +303,9 @@ impl Params {
                 return Err(Error::arg(name, "is not supported; use repetition_penalty (CTRL-style, 1.1-1.3)"));
             }
         }
-        match &self.response_format {
-            None => {}
-            Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => {}
-            Some(_) => return Err(Error::arg("response_format", "only {\"type\": \"text\"} is supported yet")),
-        }
+        let grammar = self.grammar()?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = grammar;
         let empty = |v: &Option<Value>| v.as_ref().is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.is_empty()));
         if !empty(&self.tools) {
             return Err(Error::arg("tools", "tool calls are not supported yet"));
@@ -314,6 +348,8 @@ impl Params {
             context_overflow: self.context_overflow.as_deref().map(str::parse).transpose()?,
             logprobs: self.logprobs(endpoint)?,
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            #[cfg(not(target_arch = "wasm32"))]
+            grammar,
         };
         let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         Ok(Checked { opts, stream: self.stream.unwrap_or(false), include_usage })
@@ -355,4 +391,24 @@ fn field<T: DeserializeOwned>(what: &'static str, v: Value) -> Result<T> {
             Error::arg(name, format!("invalid `{path}`: {inner}"))
         }
     })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn json_grammar(schema: Option<Value>) -> Result<Grammar> {
+    Ok(schema.map_or(Grammar::JsonObject, Grammar::JsonSchema))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn lark_grammar(g: &str) -> Result<Option<Grammar>> {
+    Ok(Some(Grammar::Lark(g.to_string())))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn json_grammar(_: Option<Value>) -> Result<Grammar> {
+    Err(Error::arg("response_format", "structured output is not in the browser build yet"))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn lark_grammar(_: &str) -> Result<Option<Grammar>> {
+    Err(Error::arg("grammar", "structured output is not in the browser build yet"))
 }

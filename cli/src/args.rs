@@ -38,6 +38,12 @@ pub struct SamplingArgs {
     pub repetition_penalty: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Keep the answer inside this JSON Schema (a file), as `response_format: json_schema`.
+    #[arg(long, conflicts_with = "grammar")]
+    pub json_schema: Option<PathBuf>,
+    /// Keep the answer inside this grammar (a file, llguidance's Lark dialect).
+    #[arg(long)]
+    pub grammar: Option<PathBuf>,
 }
 
 impl SamplingArgs {
@@ -54,10 +60,20 @@ impl SamplingArgs {
             repetition_penalty: self.repetition_penalty.map(f64::from),
             seed: seed.transpose()?,
             stop: Some(Stop::Many(stop)),
+            response_format: self.json_schema.as_deref().map(json_schema_format).transpose()?,
+            grammar: self.grammar.as_deref().map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e))).transpose()?,
             ..Params::default()
         };
         Ok(params.check(base)?.opts)
     }
+}
+
+/// `response_format` for the JSON Schema in the file at `path`.
+fn json_schema_format(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let schema: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::arg("json_schema", format!("{} is not JSON: {e}", path.display())))?;
+    Ok(serde_json::json!({"type": "json_schema", "json_schema": {"name": "cli", "schema": schema}}))
 }
 
 /// A `--type` / `--quantize` name (core's `FromStr`), an error naming `arg`.

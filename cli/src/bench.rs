@@ -32,6 +32,11 @@ pub struct Args {
     /// Reports aggregate and per-sequence tok/s (`tgN xP`).
     #[arg(long, value_delimiter = ',')]
     parallel: Vec<usize>,
+    /// Also time constrained decoding: tg through the generation loop with this JSON Schema
+    /// (a file) against the same loop free, both sampled (temperature 1, EOS ignored until
+    /// the schema is complete), to report the grammar mask's cost per token.
+    #[arg(long)]
+    json_schema: Option<std::path::PathBuf>,
     /// Print JSON lines instead of the table.
     #[arg(long)]
     json: bool,
@@ -79,7 +84,15 @@ pub fn run(mut a: Args) -> Result<()> {
     let model_desc = format!("llama {:.2}B {ty}", params as f64 / 1e9);
 
     let t_load = Instant::now();
-    let r = crate::progress::load_runner(&a.model)?;
+    // the constrained test needs the tokenizer: then the whole Llama, else the model alone
+    let llama = match a.json_schema {
+        Some(_) => Some(crate::progress::load_llama(&a.model, None)?),
+        None => None,
+    };
+    let r = match &llama {
+        Some(l) => l.runner().clone(),
+        None => crate::progress::load_runner(&a.model)?,
+    };
     let load_s = t_load.elapsed().as_secs_f64();
     let ctx = (a.depth + a.n_prompt + a.n_gen + 1).max(3);
     let mut s = r.new_state(ctx, a.batch.max(1), 1)?;
@@ -155,6 +168,9 @@ pub fn run(mut a: Args) -> Result<()> {
         rows.push((format!("tg{} x{p} aggregate{at_depth}", a.n_gen), mean_std(&agg)));
         rows.push((format!("tg{} x{p} per sequence{at_depth}", a.n_gen), mean_std(&per)));
     }
+    if let (Some(llama), Some(path)) = (&llama, &a.json_schema) {
+        rows.extend(constrained(llama, path, a.n_gen.max(1), a.repetitions)?);
+    }
     let rss = peak_rss();
     let device = r.device();
     if a.json {
@@ -188,4 +204,28 @@ pub fn run(mut a: Args) -> Result<()> {
         println!("peak RSS: {}", gib(b));
     }
     Ok(())
+}
+
+/// tg through `Llama::complete_ids`, free and under the JSON Schema at `path`: decode tok/s of
+/// each (the same sampling, so the difference is the grammar's mask and its bookkeeping).
+fn constrained(llama: &yangtuo::Llama, path: &std::path::Path, n_gen: usize, reps: usize) -> Result<Vec<(String, (f64, f64))>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let schema = serde_json::from_str(&text).map_err(|e| Error::arg("json_schema", format!("{} is not JSON: {e}", path.display())))?;
+    let mut rows = vec![];
+    for (name, grammar) in [("free", None), ("json-schema", Some(yangtuo::grammar::Grammar::JsonSchema(schema)))] {
+        let opts = yangtuo::GenerateOptions {
+            max_tokens: Some(n_gen),
+            sampling: yangtuo::SamplingParams { temperature: 1.0, seed: Some(1), ..Default::default() },
+            ignore_eos: true,
+            grammar,
+            ..Default::default()
+        };
+        let mut tps = vec![];
+        for _ in 0..reps {
+            let c = llama.generate("A person, as JSON:", &opts, None, &mut |_| yangtuo::Flow::Continue)?;
+            tps.push(c.timings.decode_tok_s());
+        }
+        rows.push((format!("tg{n_gen} sampled, {name}"), mean_std(&tps)));
+    }
+    Ok(rows)
 }

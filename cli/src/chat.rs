@@ -1,5 +1,6 @@
 //! `yangtuo chat`: an interactive REPL. The answer streams as it is generated; `/reset`
-//! starts over, `/exit` (or end of input) quits, Ctrl-C stops the current answer.
+//! starts over, `/json` toggles JSON mode (every answer a JSON object), `/exit` (or end of
+//! input) quits, Ctrl-C stops the current answer.
 
 use crate::args::{ModelArgs, SamplingArgs};
 use std::io::{BufRead, Write};
@@ -43,7 +44,7 @@ pub fn run(a: Args) -> Result<()> {
         s => s.clone(),
     };
     let mut session = llama.session(system);
-    let opts = GenerateOptions {
+    let mut opts = GenerateOptions {
         context_overflow: Some(a.context_overflow.parse()?),
         ..a.sampling.options(&SamplingParams::default(), a.max_tokens, vec![])?
     };
@@ -62,7 +63,8 @@ pub fn run(a: Args) -> Result<()> {
         })
         .map_err(|e| Error::Device(format!("cannot install the Ctrl-C handler: {e}")))?;
     }
-    eprintln!("yangtuo chat on {} ({} template). /reset starts over, /exit quits.", llama.device(), llama.template().name());
+    eprintln!("yangtuo chat on {} ({} template). /reset starts over, /json toggles JSON mode, /exit quits.", llama.device(), llama.template().name());
+    let free = opts.grammar.clone();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -75,6 +77,13 @@ pub fn run(a: Args) -> Result<()> {
             "/reset" => {
                 session.reset();
                 eprintln!("(conversation cleared)");
+                continue;
+            }
+            "/json" => {
+                let json = Some(yangtuo::grammar::Grammar::JsonObject);
+                let on = opts.grammar != json;
+                opts.grammar = if on { json } else { free.clone() };
+                eprintln!("(JSON mode {})", if on { "on: answers are JSON objects" } else { "off" });
                 continue;
             }
             _ => {}

@@ -1173,6 +1173,19 @@ fn cli_generate_json() {
     // a bad id list is an error with a non-zero exit
     let r = cli(&["generate", "--model", dir.to_str().unwrap(), "--ids", "1,x", "--json", "--backend", "cpu"], "");
     assert!(!r.ok && r.stderr.contains("not a token id"), "{}", r.stderr);
+    // --json-schema: the random model's continuation is JSON that holds the schema
+    let schema = dir.join("schema.json");
+    std::fs::write(&schema, r#"{"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 1, "maximum": 9}}, "required": ["ok", "n"], "additionalProperties": false}"#).unwrap();
+    let r = cli(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "JSON:", "--max-tokens", "100", "--json", "--backend", "cpu",
+                  "--json-schema", schema.to_str().unwrap()], "");
+    assert!(r.ok, "{}", r.stderr);
+    let text = json_lines(&r.stdout)[0]["text"].as_str().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert!(v["ok"].is_boolean() && v["n"].as_u64().is_some_and(|n| (1..=9).contains(&n)) && v.as_object().unwrap().len() == 2, "{text}");
+    // a grammar that does not compile is refused by name
+    std::fs::write(&schema, "start: (").unwrap();
+    let r = cli(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "x", "--backend", "cpu", "--grammar", schema.to_str().unwrap()], "");
+    assert!(!r.ok && r.stderr.contains("grammar"), "{}", r.stderr);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1196,6 +1209,12 @@ fn cli_chat_repl() {
     }
     assert!(r.stderr.contains("(conversation cleared)"), "{}", r.stderr);
     assert!(!r.stderr.contains("error:"), "{}", r.stderr);
+    // /json: the next answer is a JSON object; /json again turns it off
+    let r = cli(&["chat", "--model", dir.to_str().unwrap(), "--backend", "cpu", "--max-tokens", "200", "--temperature", "0"], "/json\nhi\n/json\n");
+    assert!(r.ok && r.stderr.contains("(JSON mode on") && r.stderr.contains("(JSON mode off)"), "{}", r.stderr);
+    // (any object may hold an endless string for a random model: the start is what is sure)
+    let answer = r.stdout.lines().next().unwrap_or_default();
+    assert!(answer.trim_start().starts_with('{'), "{answer:?}");
     // /reset made the second answer a fresh conversation: it is what a one-turn chat gives
     // for "hello" (chat's defaults are Meta's temperature 0.6 / top_p 0.9, unseeded, so
     // compare greedy runs instead)

@@ -70,6 +70,9 @@ pub struct GenArgs<'py> {
     pub allow_control_tokens: bool,
     /// `truncate-oldest` or `error` (core's `ContextOverflow`); `None`: the call's default.
     pub context_overflow: Option<String>,
+    /// OpenAI's `response_format` dict, and a Lark `grammar` (structured output).
+    pub response_format: Option<Bound<'py, PyAny>>,
+    pub grammar: Option<String>,
 }
 
 impl GenArgs<'_> {
@@ -83,7 +86,16 @@ impl GenArgs<'_> {
                 s.extract::<Vec<String>>().map_err(|_| PyTypeError::new_err("stop must be a str or a list of str"))?,
             )),
         };
+        let response_format = match self.response_format {
+            None => None,
+            Some(f) => {
+                let text: String = py.import("json")?.call_method1("dumps", (f,))?.extract()?;
+                Some(serde_json::from_str(&text).map_err(|e| PyTypeError::new_err(format!("response_format: {e}")))?)
+            }
+        };
         let params = Params {
+            response_format,
+            grammar: self.grammar,
             max_tokens: self.max_tokens,
             temperature: self.temperature.map(f64::from),
             top_p: self.top_p.map(f64::from),

@@ -66,7 +66,8 @@ impl PyLlama {
     /// assistant alternating, ending with user). Returns a `ChatResult`, or with
     /// `stream=True` a `TextStream` of text deltas.
     #[pyo3(signature = (messages, max_tokens = None, temperature = 0.6, top_p = 0.9, top_k = None, min_p = None,
-        repetition_penalty = None, seed = None, stop = None, stream = false, allow_control_tokens = false, context_overflow = None))]
+        repetition_penalty = None, seed = None, stop = None, stream = false, allow_control_tokens = false, context_overflow = None,
+        response_format = None, grammar = None))]
     #[allow(clippy::too_many_arguments)]
     fn chat<'py>(
         &self,
@@ -83,6 +84,8 @@ impl PyLlama {
         stream: bool,
         allow_control_tokens: bool,
         context_overflow: Option<String>,
+        response_format: Option<Bound<'py, PyAny>>,
+        grammar: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let msgs = args::messages(messages)?;
         let opts = GenArgs {
@@ -96,6 +99,8 @@ impl PyLlama {
             stop,
             allow_control_tokens,
             context_overflow,
+            response_format,
+            grammar,
         }
         .options(py)?;
         let llama = self.inner.clone();
@@ -134,6 +139,8 @@ impl PyLlama {
             stop,
             allow_control_tokens: true,
             context_overflow: None,
+            response_format: None,
+            grammar: None,
         }
         .options(py)?;
         let llama = self.inner.clone();

@@ -38,7 +38,8 @@ impl PySession {
     /// Send a user message; the answer joins the history. Returns a `ChatResult`, or a
     /// `TextStream` with `stream=True`. Same keyword arguments as `Llama.chat`.
     #[pyo3(signature = (user, max_tokens = None, temperature = 0.6, top_p = 0.9, top_k = None, min_p = None,
-        repetition_penalty = None, seed = None, stop = None, stream = false, allow_control_tokens = false, context_overflow = None))]
+        repetition_penalty = None, seed = None, stop = None, stream = false, allow_control_tokens = false, context_overflow = None,
+        response_format = None, grammar = None))]
     #[allow(clippy::too_many_arguments)]
     fn chat<'py>(
         &self,
@@ -55,6 +56,8 @@ impl PySession {
         stream: bool,
         allow_control_tokens: bool,
         context_overflow: Option<String>,
+        response_format: Option<Bound<'py, PyAny>>,
+        grammar: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let opts = GenArgs {
             max_tokens,
@@ -67,6 +70,8 @@ impl PySession {
             stop,
             allow_control_tokens,
             context_overflow,
+            response_format,
+            grammar,
         }
         .options(py)?;
         let inner = self.inner.clone();

@@ -78,3 +78,23 @@ def test_roles_and_stop(chat, llm):
 def test_needs_a_model():
     with pytest.raises(ValueError, match="model"):
         ChatYangtuo()
+
+
+def test_with_structured_output_returns_parsed_objects(llm):
+    """A pydantic model and a JSON Schema dict: the random model's answer comes back parsed
+    and valid only because decoding was constrained."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Trip(BaseModel):
+        city: Literal["北京", "上海", "Lima"]
+        days: int = Field(ge=1, le=9)
+
+    chat = ChatYangtuo(llm=llm, max_tokens=200, temperature=1.0, seed=3)
+    trip = chat.with_structured_output(Trip).invoke("规划一次旅行")
+    assert isinstance(trip, Trip) and 1 <= trip.days <= 9
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+    out = chat.with_structured_output(schema, include_raw=True).invoke([HumanMessage("ok?")])
+    assert out["parsing_error"] is None and isinstance(out["parsed"]["ok"], bool), out
+    assert isinstance(out["raw"], AIMessage)

@@ -47,6 +47,8 @@ class Llama:
         stream: Literal[False] = False,
         allow_control_tokens: bool = False,
         context_overflow: Literal["truncate-oldest", "error"] | None = None,
+        response_format: dict[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> ChatResult: ...
     @overload
     def chat(
@@ -64,6 +66,8 @@ class Llama:
         stream: Literal[True],
         allow_control_tokens: bool = False,
         context_overflow: Literal["truncate-oldest", "error"] | None = None,
+        response_format: dict[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> TextStream: ...
     @overload
     def chat(
@@ -81,6 +85,8 @@ class Llama:
         stream: bool,
         allow_control_tokens: bool = False,
         context_overflow: Literal["truncate-oldest", "error"] | None = None,
+        response_format: dict[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> ChatResult | TextStream: ...
     @overload
     def generate(
@@ -168,6 +174,8 @@ class Session:
         stream: Literal[False] = False,
         allow_control_tokens: bool = False,
         context_overflow: Literal["truncate-oldest", "error"] | None = None,
+        response_format: dict[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> ChatResult: ...
     @overload
     def chat(
@@ -185,6 +193,8 @@ class Session:
         stream: Literal[True],
         allow_control_tokens: bool = False,
         context_overflow: Literal["truncate-oldest", "error"] | None = None,
+        response_format: dict[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> TextStream: ...
     @overload
     def chat(
@@ -202,6 +212,8 @@ class Session:
         stream: bool,
         allow_control_tokens: bool = False,
         context_overflow: Literal["truncate-oldest", "error"] | None = None,
+        response_format: dict[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> ChatResult | TextStream: ...
     @property
     def messages(self) -> list[dict[str, str]]: ...

@@ -4,7 +4,9 @@
   ``llama2_for_langchain.py``: the prompt goes to the model as one user message, through the
   model's chat template.
 - ``ChatYangtuo``: a ``BaseChatModel``: System/Human/AI messages become the
-  system/user/assistant roles of the chat template.
+  system/user/assistant roles of the chat template. ``with_structured_output(PydanticModel |
+  json_schema)`` returns parsed objects, by constrained decoding (every token masked so the
+  answer satisfies the schema).
 
 Both take a loaded ``yangtuo.Llama`` (``llm=``) or a path (``model=``, plus the keyword
 arguments of ``yangtuo.Llama``), stream token by token, and work in LCEL chains::
@@ -14,6 +16,7 @@ arguments of ``yangtuo.Llama``), stream token by token, and work in LCEL chains:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -31,6 +34,7 @@ try:
     )
     from langchain_core.messages.ai import UsageMetadata
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
+    from langchain_core.runnables import Runnable, RunnableLambda
     from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 except ImportError as e:  # pragma: no cover
     raise ImportError("yangtuo.langchain needs langchain-core: pip install 'yangtuo[langchain]'") from e
@@ -157,6 +161,36 @@ class ChatYangtuo(_YangtuoParams, BaseChatModel):
 
     def _metadata(self, r: Any) -> dict[str, Any]:
         return {"finish_reason": r.finish_reason, "model_name": self.model or self.llm.model_path}
+
+    def with_structured_output(  # type: ignore[override]
+        self, schema: dict[str, Any] | type[BaseModel], *, method: str = "json_schema", include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[Any, Any]:
+        """A runnable whose answer is an instance of ``schema`` (a pydantic model class) or a
+        dict satisfying it (a JSON Schema), by constrained decoding through the model's
+        ``response_format``; ``method="json_mode"`` asks for any JSON object. With
+        ``include_raw=True`` the result is ``{"raw", "parsed", "parsing_error"}``."""
+        if kwargs:
+            raise ValueError(f"unsupported arguments: {sorted(kwargs)}")
+        is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
+        if method == "json_mode":
+            fmt: dict[str, Any] = {"type": "json_object"}
+        elif method == "json_schema":
+            js = schema.model_json_schema() if is_model else schema  # type: ignore[union-attr]
+            fmt = {"type": "json_schema", "json_schema": {"name": js.get("title", "output"), "schema": js, "strict": True}}
+        else:
+            raise ValueError(f"method must be json_schema or json_mode, got {method!r}")
+
+        def parse(message: BaseMessage) -> Any:
+            text = _text(message.content)
+            return schema.model_validate_json(text) if is_model else json.loads(text)  # type: ignore[union-attr]
+
+        def parse_with_raw(message: BaseMessage) -> dict[str, Any]:
+            try:
+                return {"raw": message, "parsed": parse(message), "parsing_error": None}
+            except Exception as e:  # noqa: BLE001 - reported, as LangChain's include_raw does
+                return {"raw": message, "parsed": None, "parsing_error": e}
+
+        return self.bind(response_format=fmt) | RunnableLambda(parse_with_raw if include_raw else parse)
 
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}

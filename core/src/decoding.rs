@@ -128,8 +128,11 @@ impl<'a> Decoding<'a> {
             c.mask(logits)?;
         }
         // a complete grammar leaves only EOS, which ends the answer even with ignore_eos
-        let only_eos = self.constraint.is_some() && logits.iter().enumerate().all(|(i, l)| *l == f32::NEG_INFINITY || self.eos_ids.contains(&(i as u32)));
-        if self.opts.ignore_eos && !only_eos {
+        let only_eos = || {
+            self.constraint.is_some()
+                && logits.iter().enumerate().all(|(i, l)| *l == f32::NEG_INFINITY || self.eos_ids.contains(&(i as u32)))
+        };
+        if self.opts.ignore_eos && !only_eos() {
             for &id in self.eos_ids {
                 if let Some(l) = logits.get_mut(id as usize) {
                     *l = f32::NEG_INFINITY;

@@ -53,7 +53,6 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// Keep the answer inside this grammar (JSON Schema, any JSON object, Lark): see
     /// grammar.rs. Not in the wasm build yet, where it is an error.
-    #[cfg(not(target_arch = "wasm32"))]
     pub grammar: Option<crate::grammar::Grammar>,
 }
 

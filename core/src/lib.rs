@@ -15,7 +15,6 @@ mod decoding;
 pub mod device;
 pub mod error;
 pub mod generate;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod grammar;
 #[cfg(all(feature = "hub", not(target_arch = "wasm32")))]
 pub mod hub;

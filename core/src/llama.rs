@@ -349,7 +349,9 @@ impl Llama {
             return vocab.constraint(g).map(Some);
         }
         #[cfg(target_arch = "wasm32")]
-        let _ = opts;
+        if let Some(g) = &opts.grammar {
+            return Err(Error::arg(g.field(), "structured output is not in the browser build yet"));
+        }
         Ok(None)
     }
 

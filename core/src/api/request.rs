@@ -10,6 +10,7 @@
 use crate::chat::Message;
 use super::Endpoint;
 use crate::generate::{GenerateOptions, MAX_TOP_LOGPROBS};
+use crate::grammar::Grammar;
 use crate::sampler::SamplingParams;
 use crate::{Error, Result};
 use serde::Deserialize;
@@ -220,12 +221,6 @@ fn message(i: usize, m: Value) -> Result<Message> {
     Ok(Message { role, content })
 }
 
-/// A grammar the request asks for (the wasm build has no constrained decoding yet).
-#[cfg(not(target_arch = "wasm32"))]
-type Grammar = crate::grammar::Grammar;
-#[cfg(target_arch = "wasm32")]
-type Grammar = std::convert::Infallible;
-
 impl Params {
     /// What `response_format` and `grammar` ask the answer to match: OpenAI's
     /// `{"type": "text" | "json_object"}` and `{"type": "json_schema", "json_schema":
@@ -236,11 +231,11 @@ impl Params {
             None | Some(Value::Null) => None,
             Some(f) => match f.get("type").and_then(Value::as_str) {
                 Some("text") => None,
-                Some("json_object") => Some(json_grammar(None)?),
+                Some("json_object") => Some(Grammar::JsonObject),
                 Some("json_schema") => {
                     let schema = f.get("json_schema").and_then(|j| j.get("schema")).filter(|s| s.is_object() || s.is_boolean());
                     match schema {
-                        Some(s) => Some(json_grammar(Some(s.clone()))?),
+                        Some(s) => Some(Grammar::JsonSchema(s.clone())),
                         None => return Err(Error::arg("response_format", "`json_schema.schema` must be a JSON Schema object")),
                     }
                 }
@@ -251,7 +246,7 @@ impl Params {
             (Some(_), Some(_)) => Err(Error::arg("grammar", "cannot be combined with a JSON response_format")),
             (f, None) => Ok(f),
             (None, Some(g)) if g.trim().is_empty() => Err(Error::arg("grammar", "is empty")),
-            (None, Some(g)) => lark_grammar(g),
+            (None, Some(g)) => Ok(Some(Grammar::Lark(g.clone()))),
         }
     }
 
@@ -304,8 +299,6 @@ impl Params {
             }
         }
         let grammar = self.grammar()?;
-        #[cfg(target_arch = "wasm32")]
-        let _ = grammar;
         let empty = |v: &Option<Value>| v.as_ref().is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.is_empty()));
         if !empty(&self.tools) {
             return Err(Error::arg("tools", "tool calls are not supported yet"));
@@ -348,7 +341,6 @@ impl Params {
             context_overflow: self.context_overflow.as_deref().map(str::parse).transpose()?,
             logprobs: self.logprobs(endpoint)?,
             ignore_eos: self.ignore_eos.unwrap_or(false),
-            #[cfg(not(target_arch = "wasm32"))]
             grammar,
         };
         let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
@@ -391,24 +383,4 @@ fn field<T: DeserializeOwned>(what: &'static str, v: Value) -> Result<T> {
             Error::arg(name, format!("invalid `{path}`: {inner}"))
         }
     })
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-fn json_grammar(schema: Option<Value>) -> Result<Grammar> {
-    Ok(schema.map_or(Grammar::JsonObject, Grammar::JsonSchema))
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-fn lark_grammar(g: &str) -> Result<Option<Grammar>> {
-    Ok(Some(Grammar::Lark(g.to_string())))
-}
-
-#[cfg(target_arch = "wasm32")]
-fn json_grammar(_: Option<Value>) -> Result<Grammar> {
-    Err(Error::arg("response_format", "structured output is not in the browser build yet"))
-}
-
-#[cfg(target_arch = "wasm32")]
-fn lark_grammar(_: &str) -> Result<Option<Grammar>> {
-    Err(Error::arg("grammar", "structured output is not in the browser build yet"))
 }

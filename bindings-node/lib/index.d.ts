@@ -28,6 +28,9 @@ export interface LoadOptions {
   /** Above 1: concurrent `chat()` / `chatStream()` calls (up to this many) share each
    * decode step, continuous batching as `yangtuo serve --parallel` does. Default 1. */
   parallel?: number
+  /** A jinja template that describes a request's `tools` in the system prompt (it gets
+   * `system`, `tools` and `tool_choice`); default: yangtuo's (README, "Tool calls"). */
+  toolTemplate?: string
   /** Called on the main thread after each tensor is loaded. */
   onProgress?: (progress: LoadProgress) => void
 }
@@ -142,6 +145,15 @@ export interface OpenAIRequestFields {
     | { type: 'json_schema'; json_schema: { name?: string; schema: object; strict?: boolean } }
   /** A grammar in llguidance's Lark dialect the answer must match (not with a JSON response_format). */
   grammar?: string
+  /** Functions the model may call (chat only). Llama 2 has no tool format: the tools are
+   * described in the system prompt and a call is constrained to `{"name", "arguments"}` with
+   * the arguments satisfying `parameters` (README, "Tool calls"). */
+  tools?: ToolDefinition[]
+  /** `auto` (the default with tools): text or one call; `required`: one call; a named
+   * function: a call to it; `none`: no call. */
+  tool_choice?: 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } }
+  /** Accepted; an answer makes at most one call. */
+  parallel_tool_calls?: boolean
   user?: string
   /** yangtuo's: leave out the oldest turns that do not fit the context instead of failing. */
   context_overflow?: 'truncate-oldest' | 'error'
@@ -152,8 +164,27 @@ export interface OpenAIRequestFields {
   signal?: AbortSignal
 }
 
+export interface ToolDefinition {
+  type: 'function'
+  function: { name: string; description?: string; parameters?: object }
+}
+
+/** A call the model makes; `arguments` is JSON text. */
+export interface ToolCall {
+  id: string
+  type: 'function'
+  function: { name: string; arguments: string }
+}
+
+/** A message of an OpenAI-shaped chat: besides `{role, content}`, an assistant's earlier
+ * `tool_calls` and the `tool` results that answer them. */
+export type OpenAIMessage =
+  | ChatMessage
+  | { role: 'assistant'; content?: string | null; tool_calls: ToolCall[] }
+  | { role: 'tool'; tool_call_id: string; content: string }
+
 export interface ChatCompletionRequest extends OpenAIRequestFields {
-  messages: ChatMessage[]
+  messages: OpenAIMessage[]
 }
 
 export interface CompletionRequest extends OpenAIRequestFields {
@@ -197,15 +228,16 @@ export interface TextLogprobs {
   text_offset: number[]
 }
 
-/** `abort`: stopped by an AbortSignal (or a server's timeout); the text so far. */
-export type FinishReason = 'stop' | 'length' | 'abort'
+/** `abort`: stopped by an AbortSignal (or a server's timeout); the text so far.
+ * `tool_calls`: the answer is a call (`message.tool_calls`, `content: null`). */
+export type FinishReason = 'stop' | 'length' | 'abort' | 'tool_calls'
 
 export interface ChatCompletion {
   id: string
   object: 'chat.completion'
   created: number
   model: string
-  choices: { index: number; message: { role: 'assistant'; content: string }; logprobs: ChatLogprobs | null; finish_reason: FinishReason }[]
+  choices: { index: number; message: { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] }; logprobs: ChatLogprobs | null; finish_reason: FinishReason }[]
   usage: OpenAIUsage
   system_fingerprint: null
   timings: OpenAITimings
@@ -216,7 +248,7 @@ export interface ChatCompletionChunk {
   object: 'chat.completion.chunk'
   created: number
   model: string
-  choices: { index: number; delta: { role?: 'assistant'; content?: string }; logprobs: ChatLogprobs | null; finish_reason: FinishReason | null }[]
+  choices: { index: number; delta: { role?: 'assistant'; content?: string; tool_calls?: (ToolCall & { index: number })[] }; logprobs: ChatLogprobs | null; finish_reason: FinishReason | null }[]
   /** Present with `stream_options.include_usage`: null except on the last chunk. */
   usage?: OpenAIUsage | null
   system_fingerprint: null

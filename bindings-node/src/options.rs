@@ -57,6 +57,8 @@ pub struct LoadOptions {
     pub max_batch: Option<f64>,
     /// Above 1: concurrent generations share each decode step (continuous batching).
     pub parallel: Option<f64>,
+    /// A jinja template that describes a request's `tools` in the system prompt.
+    pub tool_template: Option<String>,
 }
 
 impl LoadOptions {
@@ -67,6 +69,7 @@ impl LoadOptions {
         }
         o.quantize = self.quantize.as_deref().map(str::parse::<WeightFormat>).transpose()?;
         o.template = self.template;
+        o.tool_template = self.tool_template;
         o.ctx_len = whole("nCtx", self.n_ctx, 1.0)?.map(|n| n as usize);
         if let Some(b) = whole("maxBatch", self.max_batch, 1.0)? {
             o.max_batch = b as usize;

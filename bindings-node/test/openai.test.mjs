@@ -74,6 +74,37 @@ describe('OpenAI-shaped calls', { skip: skip ?? false }, () => {
     })
   })
 
+  it('tools: a call whose arguments satisfy the schema, whole and streamed, and back in the history', async () => {
+    const parameters = {
+      type: 'object',
+      properties: { city: { enum: ['北京', '上海'] }, days: { type: 'integer', minimum: 1, maximum: 7 } },
+      required: ['city', 'days'],
+    }
+    const tools = [{ type: 'function', function: { name: 'get_weather', description: '天气', parameters } }]
+    const request = { messages, tools, tool_choice: 'required', max_tokens: 200, temperature: 1, seed: 3 }
+    const r = await llm.chat.completions.create(request)
+    assert.equal(r.choices[0].finish_reason, 'tool_calls')
+    assert.equal(r.choices[0].message.content, null)
+    const call = r.choices[0].message.tool_calls[0]
+    assert.equal(call.function.name, 'get_weather')
+    const args = JSON.parse(call.function.arguments)
+    assert.deepEqual(Object.keys(args).sort(), ['city', 'days'])
+    assert.ok(['北京', '上海'].includes(args.city) && Number.isInteger(args.days) && args.days >= 1 && args.days <= 7, call.function.arguments)
+    const chunks = []
+    for await (const c of await llm.chat.completions.create({ ...request, stream: true })) chunks.push(c)
+    const streamed = chunks.flatMap((c) => c.choices[0]?.delta.tool_calls ?? [])
+    assert.deepEqual(streamed.map((t) => t.function), [call.function])
+    assert.equal(chunks.at(-1).choices[0].finish_reason, 'tool_calls')
+    const history = [...messages, { role: 'assistant', content: null, tool_calls: [call] }, { role: 'tool', tool_call_id: call.id, content: '晴' }]
+    const after = await llm.chat.completions.create({ messages: history, tools, max_tokens: 4, seed: 1 })
+    assert.ok(['stop', 'length', 'tool_calls'].includes(after.choices[0].finish_reason))
+    await assert.rejects(llm.chat.completions.create({ messages, tools, tool_choice: { type: 'function', function: { name: 'nope' } } }), (e) => {
+      assert.equal(e.code, 'INVALID_ARG')
+      assert.ok(e.message.includes('tool_choice'), e.message)
+      return true
+    })
+  })
+
   it('rejects fields it does not implement, naming them', async () => {
     for (const [field, value] of [['frobnicate', 1], ['n', 2], ['top_logprobs', 2], ['seed', -2], ['top_k', 0]]) {
       await assert.rejects(llm.chat.completions.create({ messages, [field]: value }), (e) => {

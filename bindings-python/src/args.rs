@@ -121,6 +121,7 @@ pub fn load_options(
     template: Option<String>,
     n_ctx: Option<i64>,
     parallel: i64,
+    tool_template: Option<String>,
 ) -> PyResult<LoadOptions> {
     let parallel = usize::try_from(parallel).map_err(|_| invalid(py, "parallel", format!("must be at least 1, got {parallel}")))?;
     let ctx_len = n_ctx
@@ -132,6 +133,7 @@ pub fn load_options(
         quantize: quantize.map(|q| q.parse::<WeightFormat>()).transpose().py_err(py)?,
         ctx_len,
         parallel,
+        tool_template,
         ..LoadOptions::default()
     })
 }

@@ -27,7 +27,7 @@ pub struct PyLlama {
 #[pymethods]
 impl PyLlama {
     #[new]
-    #[pyo3(signature = (model, backend = "auto", quantize = None, template = None, n_ctx = None, progress = None, parallel = 1))]
+    #[pyo3(signature = (model, backend = "auto", quantize = None, template = None, n_ctx = None, progress = None, parallel = 1, tool_template = None))]
     fn new(
         py: Python<'_>,
         model: PathBuf,
@@ -37,8 +37,9 @@ impl PyLlama {
         n_ctx: Option<i64>,
         progress: Option<&Bound<'_, PyAny>>,
         parallel: i64,
+        tool_template: Option<String>,
     ) -> PyResult<Self> {
-        let opts = args::load_options(py, backend, quantize, template, n_ctx, parallel)?;
+        let opts = args::load_options(py, backend, quantize, template, n_ctx, parallel, tool_template)?;
         let progress = Progress::new(progress)?;
         let path = model.clone();
         let worker = Worker::spawn(move |tx, _| {

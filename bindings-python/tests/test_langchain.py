@@ -71,8 +71,15 @@ def test_roles_and_stop(chat, llm):
     full = chat.invoke(msgs).content
     stop = full[len(full) // 2 :][:3]
     assert chat.invoke(msgs, stop=[stop]).content == full[: full.index(stop)]
-    with pytest.raises(TypeError, match="ToolMessage"):
-        to_yangtuo_messages([ToolMessage("x", tool_call_id="1")])
+    call = AIMessage("", tool_calls=[{"name": "f", "args": {"城市": "北京"}, "id": "call_1"}])
+    assert to_yangtuo_messages([call, ToolMessage("x", tool_call_id="call_1")]) == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"城市": "北京"}'}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "x"},
+    ]
 
 
 def test_needs_a_model():

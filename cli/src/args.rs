@@ -21,6 +21,10 @@ pub struct ModelArgs {
     /// Context length (KV cache positions); default min(trained context, 4096).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// A jinja template that describes a request's `tools` in the system prompt (README,
+    /// "Tool calls"; it gets `system`, `tools` and `tool_choice`).
+    #[arg(long)]
+    pub tool_template: Option<PathBuf>,
 }
 
 #[derive(ClapArgs, Debug, Clone)]
@@ -91,6 +95,7 @@ impl ModelArgs {
             template,
             quantize: self.quantize.as_deref().map(|q| parse_format(q, "quantize")).transpose()?,
             ctx_len: self.ctx,
+            tool_template: self.tool_template.as_deref().map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e))).transpose()?,
             ..LoadOptions::default()
         })
     }

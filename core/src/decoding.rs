@@ -170,6 +170,7 @@ impl<'a> Decoding<'a> {
     }
 
     /// Tokens in the answer so far.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn tokens(&self) -> usize {
         self.ids.len()
     }

@@ -106,6 +106,9 @@ pub enum FinishReason {
     /// Cancelled (an abort signal, a timeout, a client gone): the answer so far. The
     /// OpenAI-shaped calls return it; the others turn it into `Error::Cancelled`.
     Abort,
+    /// The answer is a tool call (OpenAI-shaped chat requests with `tools`).
+    #[serde(rename = "tool_calls")]
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -114,6 +117,7 @@ impl FinishReason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Abort => "abort",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum Grammar {
     JsonSchema(serde_json::Value),
     /// A grammar in llguidance's Lark dialect (the request's `grammar` field).
     Lark(String),
+    /// A tool call's grammar, in Lark (`ToolUse::grammar`, from the request's `tools`).
+    ToolCall(String),
 }
 
 impl Grammar {
@@ -29,6 +31,7 @@ impl Grammar {
     pub fn field(&self) -> &'static str {
         match self {
             Grammar::Lark(_) => "grammar",
+            Grammar::ToolCall(_) => "tools",
             _ => "response_format",
         }
     }
@@ -48,7 +51,7 @@ mod compiled {
         match grammar {
             Grammar::JsonObject => TopLevelGrammar::from_json_schema(serde_json::json!({ "type": "object" })),
             Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
-            Grammar::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+            Grammar::Lark(lark) | Grammar::ToolCall(lark) => TopLevelGrammar::from_lark(lark.clone()),
         }
     }
 

@@ -37,11 +37,22 @@ pub struct LoadOptions {
     /// Above 1: continuous batching (`Llama::enable_batching`), so concurrent generations
     /// from this many threads share each decode step. Needs threads: not in the browser.
     pub parallel: usize,
+    /// The jinja template that describes `tools` in the system prompt (chat/tools.rs);
+    /// `None` is `chat::tools::DEFAULT_TEMPLATE`.
+    pub tool_template: Option<String>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { backend: BackendChoice::Auto, template: None, quantize: None, ctx_len: None, max_batch: 512, parallel: 1 }
+        LoadOptions {
+            backend: BackendChoice::Auto,
+            template: None,
+            quantize: None,
+            ctx_len: None,
+            max_batch: 512,
+            parallel: 1,
+            tool_template: None,
+        }
     }
 }
 
@@ -56,6 +67,9 @@ impl LoadOptions {
         }
         if self.parallel == 0 {
             return Err(Error::arg("parallel", "must be at least 1"));
+        }
+        if let Some(t) = &self.tool_template {
+            minijinja::Environment::new().template_from_str(t).map_err(|e| Error::arg("tool_template", e.to_string()))?;
         }
         if cfg!(target_arch = "wasm32") && self.parallel > 1 {
             return Err(Error::arg("parallel", "batching needs threads, which the browser build does not have"));
@@ -89,6 +103,7 @@ pub struct ChatFormat {
 impl ChatFormat {
     /// The rules of [`Llama::from_parts`]. Read before any weight loads, so a bad
     /// tokenizer fails fast.
+    #[cfg_attr(target_arch = "wasm32", allow(unused_variables))]
     pub fn read(gguf: Option<&GgufFile>, files: TokenizerFiles, vocab_size: usize) -> Result<ChatFormat> {
         let (tokenizer, own_template) = match files {
             #[cfg(not(target_arch = "wasm32"))]
@@ -145,6 +160,7 @@ pub struct Llama {
     runner: Arc<dyn Runner>,
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
+    tool_template: Option<String>,
     ctx_len: usize,
     max_batch: usize,
     bos: u32,
@@ -193,6 +209,7 @@ impl Llama {
             runner,
             tokenizer: Arc::new(tokenizer),
             template,
+            tool_template: opts.tool_template.clone(),
             ctx_len,
             max_batch: opts.max_batch,
             bos,
@@ -235,6 +252,10 @@ impl Llama {
     }
     pub fn template(&self) -> &ChatTemplate {
         &self.template
+    }
+    /// The jinja template that describes tools in the system prompt, if not the default.
+    pub fn tool_template(&self) -> Option<&str> {
+        self.tool_template.as_deref()
     }
     /// The device memory of one sequence's KV cache (f32 keys and values of every layer, at
     /// every position of the context): what each parallel generation holds.

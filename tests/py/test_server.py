@@ -7,7 +7,8 @@
 streamed chat (greedy, equal to the library), a completion both ways, then a bounded load
 test: 32 concurrent streamed chats, each with its own seed and prompt, all complete and each
 streamed text equals the non-streamed answer for the same seed and prompt. Prints p50/p99.
-Structured output (`response_format` with a JSON Schema) is validated with `jsonschema`.
+Structured output (`response_format` with a JSON Schema) and tool-call arguments are validated
+with `jsonschema`.
 """
 
 import argparse
@@ -114,6 +115,29 @@ def main():
                                  seed=seed, response_format=fmt)
         assert text == r.choices[0].message.content, (text, r.choices[0].message.content)
     print(f"structured output: {r.choices[0].message.content}")
+
+    # tool calls: the official client reads `tool_calls`, whole and streamed; the arguments
+    # satisfy the tool's schema under `jsonschema`
+    params = {"type": "object", "properties": {"city": {"enum": ["北京", "上海"]}, "days": {"type": "integer", "minimum": 1,
+              "maximum": 7}}, "required": ["city", "days"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "天气预报", "parameters": params}}]
+    for seed in (1, 2):
+        kw = dict(model=model, messages=[{"role": "user", "content": "北京天气？"}], max_tokens=200, temperature=1.0,
+                  seed=seed, tools=tools, tool_choice="required")
+        r = client.chat.completions.create(**kw)
+        assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None, r
+        call = r.choices[0].message.tool_calls[0]
+        assert call.type == "function" and call.function.name == "get_weather", call
+        jsonschema.validate(json.loads(call.function.arguments), params)
+        _, chunks, _ = stream_chat(client, **kw)
+        streamed = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+        assert [(t.function.name, t.function.arguments) for t in streamed] == [(call.function.name, call.function.arguments)]
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    history = [{"role": "user", "content": "北京天气？"}, {"role": "assistant", "tool_calls": [call.model_dump()]},
+               {"role": "tool", "tool_call_id": call.id, "content": "晴"}]
+    r = client.chat.completions.create(model=model, messages=history, tools=tools, max_tokens=8, seed=3)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls"), r
+    print(f"tool call: {call.function.name}({call.function.arguments})")
 
     # the load test: 32 concurrent streamed chats, then the same requests whole
     def request(i):

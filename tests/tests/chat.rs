@@ -863,6 +863,17 @@ fn same_seed_same_tokens_on_cpu_and_wgpu() {
         assert_eq!(da, db);
         assert_eq!(a.text, b.text);
     }
+    // constrained greedy answers (a JSON Schema, a tool call's grammar) too
+    let schema = serde_json::json!({"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer",
+        "minimum": 0, "maximum": 99}}, "required": ["ok", "n"], "additionalProperties": false});
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": schema}}]);
+    let call = yangtuo::chat::tools::ToolUse::from_request(Some(&tools), Some(&serde_json::json!("required"))).unwrap().unwrap();
+    for grammar in [yangtuo::grammar::Grammar::JsonSchema(schema.clone()), call.grammar()] {
+        let o = GenerateOptions { grammar: Some(grammar), ..greedy(40) };
+        let (a, b) = (cpu.chat(&msgs, &o).unwrap(), gpu.chat(&msgs, &o).unwrap());
+        assert_eq!((&a.ids, a.finish_reason), (&b.ids, b.finish_reason), "constrained: cpu {:?}, wgpu {:?}", a.text, b.text);
+        assert!(a.text.trim_start().starts_with('{'), "{:?}", a.text);
+    }
     // and a session across backends
     let (cpu, gpu) = (Arc::new(cpu), Arc::new(gpu));
     let (mut sc, mut sg) = (cpu.session(Some("Be brief.".into())), gpu.session(Some("Be brief.".into())));

@@ -13,6 +13,9 @@ __version__: str
 
 Message: TypeAlias = Mapping[str, str]
 Messages: TypeAlias = Sequence[Message]
+# OpenAI's messages: besides {role, content}, an assistant's `tool_calls` (content None) and
+# `tool` results with their `tool_call_id`
+OpenAIMessages: TypeAlias = Sequence[Mapping[str, Any]]
 Progress: TypeAlias = bool | Callable[[int, int, str], object] | None
 
 class Llama:
@@ -31,6 +34,7 @@ class Llama:
         n_ctx: int | None = None,
         progress: Progress = None,
         parallel: int = 1,
+        tool_template: str | None = None,
     ) -> None: ...
     @overload
     def chat(
@@ -133,9 +137,11 @@ class Llama:
         stream: bool,
     ) -> CompletionResult | TextStream: ...
     @overload
-    def create_chat_completion(self, messages: Messages, *, stream: Literal[True], **kwargs: Any) -> ChunkStream: ...
+    def create_chat_completion(self, messages: OpenAIMessages, *, stream: Literal[True], **kwargs: Any) -> ChunkStream: ...
     @overload
-    def create_chat_completion(self, messages: Messages, *, stream: Literal[False] = False, **kwargs: Any) -> dict[str, Any]: ...
+    def create_chat_completion(
+        self, messages: OpenAIMessages, *, stream: Literal[False] = False, **kwargs: Any
+    ) -> dict[str, Any]: ...
     @overload
     def create_completion(self, prompt: str, *, stream: Literal[True], **kwargs: Any) -> ChunkStream: ...
     @overload

@@ -3,10 +3,11 @@
 - ``Llama2``: a LangChain ``LLM``, the counterpart of the Llama2-Chinese community's
   ``llama2_for_langchain.py``: the prompt goes to the model as one user message, through the
   model's chat template.
-- ``ChatYangtuo``: a ``BaseChatModel``: System/Human/AI messages become the
-  system/user/assistant roles of the chat template. ``with_structured_output(PydanticModel |
-  json_schema)`` returns parsed objects, by constrained decoding (every token masked so the
-  answer satisfies the schema).
+- ``ChatYangtuo``: a ``BaseChatModel``: System/Human/AI/Tool messages become the
+  system/user/assistant/tool roles of an OpenAI-shaped request. ``with_structured_output(
+  PydanticModel | json_schema)`` returns parsed objects, and ``bind_tools(...)`` answers with
+  ``tool_calls``, both by constrained decoding (every token masked so the answer satisfies
+  the schema).
 
 Both take a loaded ``yangtuo.Llama`` (``llm=``) or a path (``model=``, plus the keyword
 arguments of ``yangtuo.Llama``), stream token by token, and work in LCEL chains::
@@ -17,11 +18,12 @@ arguments of ``yangtuo.Llama``), stream token by token, and work in LCEL chains:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
+    from langchain_core.language_models import LanguageModelInput
     from langchain_core.language_models.chat_models import BaseChatModel
     from langchain_core.language_models.llms import LLM
     from langchain_core.messages import (
@@ -31,10 +33,14 @@ try:
         ChatMessage,
         HumanMessage,
         SystemMessage,
+        ToolCall,
+        ToolMessage,
     )
     from langchain_core.messages.ai import UsageMetadata
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
     from langchain_core.runnables import Runnable, RunnableLambda
+    from langchain_core.tools import BaseTool
+    from langchain_core.utils.function_calling import convert_to_openai_tool
     from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 except ImportError as e:  # pragma: no cover
     raise ImportError("yangtuo.langchain needs langchain-core: pip install 'yangtuo[langchain]'") from e
@@ -124,11 +130,16 @@ class Llama2(_YangtuoParams, LLM):
 
 
 class ChatYangtuo(_YangtuoParams, BaseChatModel):
-    """A LangChain chat model over the model's chat template."""
+    """A LangChain chat model over the model's chat template, through the OpenAI-shaped
+    ``create_chat_completion`` (so tools, ``response_format`` and the rest are core's)."""
 
     @property
     def _llm_type(self) -> str:
         return "yangtuo-chat"
+
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kw = {k: v for k, v in self._chat_kwargs(stop, kwargs).items() if v is not None}
+        return {"messages": to_yangtuo_messages(messages), **kw}
 
     def _generate(
         self,
@@ -137,9 +148,14 @@ class ChatYangtuo(_YangtuoParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        r = self.llm.chat(to_yangtuo_messages(messages), **self._chat_kwargs(stop, kwargs))
-        msg = AIMessage(content=r.content, usage_metadata=_usage(r), response_metadata=self._metadata(r))
-        return ChatResult(generations=[ChatGeneration(message=msg, generation_info={"finish_reason": r.finish_reason})])
+        r = self.llm.create_chat_completion(**self._request(messages, stop, kwargs))
+        choice = r["choices"][0]
+        m = choice["message"]
+        calls = [_tool_call(c) for c in m.get("tool_calls") or []]
+        msg = AIMessage(
+            content=m["content"] or "", tool_calls=calls, usage_metadata=_usage(r["usage"]), response_metadata=self._metadata(choice)
+        )
+        return ChatResult(generations=[ChatGeneration(message=msg, generation_info={"finish_reason": choice["finish_reason"]})])
 
     def _stream(
         self,
@@ -148,19 +164,45 @@ class ChatYangtuo(_YangtuoParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        with self.llm.chat(to_yangtuo_messages(messages), stream=True, **self._chat_kwargs(stop, kwargs)) as deltas:
-            for delta in deltas:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
+        req = self._request(messages, stop, kwargs)
+        for c in self.llm.create_chat_completion(**req, stream=True, stream_options={"include_usage": True}):
+            if not c["choices"]:
+                yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=_usage(c["usage"])))
+                continue
+            choice = c["choices"][0]
+            delta = choice["delta"]
+            text = delta.get("content") or ""
+            calls = [
+                {"name": t["function"]["name"], "args": t["function"]["arguments"], "id": t["id"], "index": t["index"]}
+                for t in delta.get("tool_calls") or []
+            ]
+            if choice["finish_reason"] is not None:
+                last = AIMessageChunk(content=text, response_metadata=self._metadata(choice))
+                yield ChatGenerationChunk(message=last, generation_info={"finish_reason": choice["finish_reason"]})
+            elif text or calls:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text, tool_call_chunks=calls))
                 if run_manager:
-                    run_manager.on_llm_new_token(delta, chunk=chunk)
+                    run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
-            r = deltas.result
-            if r is not None:
-                last = AIMessageChunk(content="", usage_metadata=_usage(r), response_metadata=self._metadata(r))
-                yield ChatGenerationChunk(message=last, generation_info={"finish_reason": r.finish_reason})
 
-    def _metadata(self, r: Any) -> dict[str, Any]:
-        return {"finish_reason": r.finish_reason, "model_name": self.model or self.llm.model_path}
+    def _metadata(self, choice: dict[str, Any]) -> dict[str, Any]:
+        return {"finish_reason": choice["finish_reason"], "model_name": self.model or self.llm.model_path}
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, BaseMessage]:
+        """The model with ``tools`` (functions, pydantic models, LangChain tools or OpenAI
+        tool dicts) offered on every call. ``tool_choice``: ``"auto"`` (the default),
+        ``"none"``, ``"any"``/``"required"``/``True`` (some tool must be called), or a tool's
+        name. A call is constrained so that its arguments satisfy the tool's schema."""
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        if tool_choice is not None:
+            kwargs["tool_choice"] = _tool_choice(tool_choice)
+        return self.bind(tools=formatted, **kwargs)
 
     def with_structured_output(  # type: ignore[override]
         self, schema: dict[str, Any] | type[BaseModel], *, method: str = "json_schema", include_raw: bool = False, **kwargs: Any
@@ -196,22 +238,50 @@ class ChatYangtuo(_YangtuoParams, BaseChatModel):
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
 
-def to_yangtuo_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages → ``[{"role", "content"}]``: system, human → user, ai → assistant
-    (a ``ChatMessage`` keeps its role). Other kinds (tools, functions) have no role in a
-    Llama 2 template."""
-    out = []
+def to_yangtuo_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages → OpenAI message dicts: system, human → user, ai → assistant (with
+    its ``tool_calls``), a ``ToolMessage`` → a ``tool`` result; a ``ChatMessage`` keeps its
+    role."""
+    out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
+        if isinstance(m, ToolMessage):
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": _text(m.content)})
+            continue
         if isinstance(m, ChatMessage):
             role = m.role
         elif isinstance(m, (SystemMessage, HumanMessage, AIMessage)):
             role = _ROLES[m.type]
         else:
             raise TypeError(
-                f"messages[{i}]: {type(m).__name__} has no role in a Llama 2 chat (use system, human or ai messages)"
+                f"messages[{i}]: {type(m).__name__} has no role in a Llama 2 chat (use system, human, ai or tool messages)"
             )
-        out.append({"role": role, "content": _text(m.content)})
+        d: dict[str, Any] = {"role": role, "content": _text(m.content)}
+        if isinstance(m, AIMessage) and m.tool_calls:
+            d["tool_calls"] = [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": json.dumps(c["args"], ensure_ascii=False)},
+                }
+                for c in m.tool_calls
+            ]
+            d["content"] = d["content"] or None
+        out.append(d)
     return out
+
+
+def _tool_call(c: dict[str, Any]) -> ToolCall:
+    return ToolCall(name=c["function"]["name"], args=json.loads(c["function"]["arguments"]), id=c["id"])
+
+
+def _tool_choice(choice: dict[str, Any] | str | bool) -> dict[str, Any] | str:
+    if choice is True or choice == "any":
+        return "required"
+    if choice is False:
+        return "none"
+    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+        return {"type": "function", "function": {"name": choice}}
+    return choice  # type: ignore[return-value]
 
 
 def _text(content: str | list[Any]) -> str:
@@ -227,12 +297,9 @@ def _user(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
-def _usage(r: Any) -> UsageMetadata:
-    return {
-        "input_tokens": r.usage.prompt_tokens,
-        "output_tokens": r.usage.completion_tokens,
-        "total_tokens": r.usage.total_tokens,
-    }
+def _usage(u: dict[str, Any]) -> UsageMetadata:
+    """An OpenAI usage dict as LangChain counts it."""
+    return {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"], "total_tokens": u["total_tokens"]}
 
 
 __all__ = ["ChatYangtuo", "Llama2", "to_yangtuo_messages"]

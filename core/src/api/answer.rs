@@ -4,6 +4,7 @@
 //! does. Front ends pass these through and add nothing.
 
 use super::logprobs::{ChatLogprobs, TextLogprobs};
+use crate::chat::tools::ToolCall;
 use crate::generate::{Completion, FinishReason, Timings};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,10 +65,13 @@ impl From<&Completion> for Usage {
     }
 }
 
+/// The answer's message: its text, or (`content: null`) the tool call it makes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,16 +95,16 @@ pub struct ChatCompletion {
 }
 
 impl ChatCompletion {
-    pub fn new(meta: Meta, c: &Completion, logprobs: Option<ChatLogprobs>) -> ChatCompletion {
+    /// The answer `c`; with `call`, a tool call (`c.finish_reason` is then `ToolCalls`).
+    pub fn new(meta: Meta, c: &Completion, call: Option<ToolCall>, logprobs: Option<ChatLogprobs>) -> ChatCompletion {
+        let message = match call {
+            Some(call) => AssistantMessage { role: "assistant", content: None, tool_calls: Some(vec![call]) },
+            None => AssistantMessage { role: "assistant", content: Some(c.text.clone()), tool_calls: None },
+        };
         ChatCompletion {
             meta,
             object: "chat.completion",
-            choices: vec![ChatChoice {
-                index: 0,
-                message: AssistantMessage { role: "assistant", content: c.text.clone() },
-                logprobs,
-                finish_reason: c.finish_reason,
-            }],
+            choices: vec![ChatChoice { index: 0, message, logprobs, finish_reason: c.finish_reason }],
             usage: Usage::from(c),
             system_fingerprint: None,
             timings: c.timings,
@@ -114,6 +118,16 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A streamed tool call: the whole call in one delta, at `index` 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(flatten)]
+    pub call: ToolCall,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,13 +174,19 @@ impl ChatCompletionChunk {
 
     /// The first chunk: the assistant's role and empty content.
     pub fn role(meta: &Meta, include_usage: bool) -> ChatCompletionChunk {
-        let delta = Delta { role: Some("assistant"), content: Some(String::new()) };
+        let delta = Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None };
         ChatCompletionChunk::with(meta, delta, None, None, include_usage)
     }
 
     /// A piece of the answer's text, with its tokens' logprobs if asked.
     pub fn text(meta: &Meta, text: &str, logprobs: Option<ChatLogprobs>, include_usage: bool) -> ChatCompletionChunk {
-        let delta = Delta { role: None, content: Some(text.to_string()) };
+        let delta = Delta { role: None, content: Some(text.to_string()), tool_calls: None };
+        ChatCompletionChunk::with(meta, delta, logprobs, None, include_usage)
+    }
+
+    /// The tool call the answer makes, whole, with its tokens' logprobs if asked.
+    pub fn tool_call(meta: &Meta, call: ToolCall, logprobs: Option<ChatLogprobs>, include_usage: bool) -> ChatCompletionChunk {
+        let delta = Delta { role: None, content: None, tool_calls: Some(vec![ToolCallDelta { index: 0, call }]) };
         ChatCompletionChunk::with(meta, delta, logprobs, None, include_usage)
     }
 

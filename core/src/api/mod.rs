@@ -10,7 +10,7 @@ mod run;
 
 pub use answer::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Meta, PromptTokensDetails,
-    TextChoice, TextCompletion, Usage,
+    TextChoice, TextCompletion, ToolCallDelta, Usage,
 };
 pub use logprobs::{Alternatives, ChatLogprobs, ContentLogprob, TextLogprobs, TopLogprob};
 pub use request::{ChatRequest, Checked, CompletionRequest, Logprobs, Params, Stop, StreamOptions};

@@ -8,6 +8,7 @@
 //! with a 200.
 
 use crate::chat::Message;
+use crate::chat::tools::{self, ToolUse};
 use super::Endpoint;
 use crate::generate::{GenerateOptions, MAX_TOP_LOGPROBS};
 use crate::grammar::Grammar;
@@ -46,8 +47,11 @@ pub struct Params {
     pub top_logprobs: Option<i64>,
     pub n: Option<i64>,
     pub response_format: Option<Value>,
+    /// OpenAI's function tools; a call is constrained to one of them (chat/tools.rs).
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    /// Accepted; an answer makes at most one call.
+    pub parallel_tool_calls: Option<bool>,
     /// Accepted for OpenAI clients; not used.
     pub user: Option<String>,
     /// yangtuo's: `truncate-oldest` leaves out the oldest turns that do not fit the
@@ -82,6 +86,7 @@ const PARAMS: &[&str] = &[
     "response_format",
     "tools",
     "tool_choice",
+    "parallel_tool_calls",
     "user",
     "context_overflow",
     "ignore_eos",
@@ -130,6 +135,8 @@ pub struct Checked {
     pub stream: bool,
     /// Stream a last chunk with the usage (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// The tools the model may call, and how (chat requests only).
+    pub tools: Option<ToolUse>,
 }
 
 #[derive(Deserialize)]
@@ -156,8 +163,9 @@ impl ChatRequest {
         if list.is_empty() {
             return Err(Error::arg("messages", "must not be empty"));
         }
-        let messages = list.into_iter().enumerate().map(|(i, m)| message(i, m)).collect::<Result<_>>()?;
-        Ok(ChatRequest { messages, params: field("request", Value::Object(obj))? })
+        let mut calls = vec![];
+        let messages = list.into_iter().enumerate().map(|(i, m)| message(i, m, &mut calls)).collect::<Result<_>>()?;
+        Ok(ChatRequest { messages: tools::fold_results(messages), params: field("request", Value::Object(obj))? })
     }
 }
 
@@ -187,19 +195,23 @@ impl CompletionRequest {
     }
 }
 
-/// One message: `role`, and `content` as a string or text parts (`name` is accepted).
-fn message(i: usize, m: Value) -> Result<Message> {
+/// One message: `role`, and `content` as a string or text parts (`name` is accepted). An
+/// assistant's `tool_calls` and a `tool` result (or a legacy `function` one) become text in
+/// the convention of chat/tools.rs; `calls` collects (id, name) of the calls so far, which
+/// a result's `tool_call_id` names.
+fn message(i: usize, m: Value, calls: &mut Vec<(String, String)>) -> Result<Message> {
     let bad = |msg: String| Error::Template { index: i, msg };
     let Value::Object(mut m) = m else { return Err(bad("must be an object {role, content}".into())) };
-    if let Some(k) = m.keys().find(|k| !["role", "content", "name"].contains(&k.as_str())) {
-        return Err(bad(format!("`{k}` is not a supported message field (role, content, name)")));
+    const FIELDS: &[&str] = &["role", "content", "name", "tool_calls", "tool_call_id"];
+    if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(bad(format!("`{k}` is not a supported message field ({})", FIELDS.join(", "))));
     }
     let role = match m.remove("role") {
         Some(Value::String(r)) => r,
         _ => return Err(bad("`role` must be a string".into())),
     };
     let content = match m.remove("content").filter(|c| !c.is_null()).map(serde_json::from_value::<Content>) {
-        Some(Ok(Content::Text(t))) => t,
+        Some(Ok(Content::Text(t))) => Some(t),
         Some(Ok(Content::Parts(parts))) => {
             let mut t = String::new();
             for p in parts {
@@ -213,12 +225,54 @@ fn message(i: usize, m: Value) -> Result<Message> {
                     }
                 }
             }
-            t
+            Some(t)
         }
-        None => return Err(bad("`content` is missing".into())),
+        None => None,
         Some(Err(_)) => return Err(bad("`content` must be a string or a list of text parts".into())),
     };
-    Ok(Message { role, content })
+    let call_list = m.remove("tool_calls").filter(|c| !c.is_null());
+    match (role.as_str(), call_list) {
+        ("assistant", Some(list)) => {
+            let Value::Array(list) = list else { return Err(bad("`tool_calls` must be a list".into())) };
+            let mut lines: Vec<String> = content.into_iter().filter(|c| !c.trim().is_empty()).collect();
+            for (k, call) in list.iter().enumerate() {
+                let f = call.get("function");
+                let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+                let args = f.and_then(|f| f.get("arguments"));
+                // OpenAI sends the arguments as JSON text; an object is taken as well
+                let args = match args {
+                    Some(Value::String(s)) => serde_json::from_str::<Value>(s).ok(),
+                    Some(v @ Value::Object(_)) => Some(v.clone()),
+                    _ => None,
+                };
+                let (Some(name), Some(args)) = (name, args.filter(Value::is_object)) else {
+                    return Err(bad(format!("tool_calls[{k}] must be {{id, type, function: {{name, arguments: a JSON object's text}}}}")));
+                };
+                if let Some(id) = call.get("id").and_then(Value::as_str) {
+                    calls.push((id.to_string(), name.to_string()));
+                }
+                lines.push(tools::call_text(name, &args));
+            }
+            Ok(Message { role, content: lines.join("\n") })
+        }
+        (_, Some(_)) => Err(bad("only an assistant message has `tool_calls`".into())),
+        ("tool" | "function", None) => {
+            let content = content.ok_or_else(|| bad("`content` is missing".into()))?;
+            let by_id = m.get("tool_call_id").and_then(Value::as_str).and_then(|id| calls.iter().rev().find(|(c, _)| c == id));
+            let name = match (by_id, m.get("name").and_then(Value::as_str)) {
+                (Some((_, name)), _) => name.clone(),
+                (None, Some(name)) => name.to_string(),
+                (None, None) => {
+                    return Err(bad("a tool result needs the `tool_call_id` of an earlier call (or a `name`)".into()));
+                }
+            };
+            Ok(Message { role: "tool".into(), content: tools::result_text(&name, &content) })
+        }
+        (_, None) => match content {
+            Some(content) => Ok(Message { role, content }),
+            None => Err(bad("`content` is missing".into())),
+        },
+    }
 }
 
 impl Params {
@@ -298,13 +352,16 @@ impl Params {
                 return Err(Error::arg(name, "is not supported; use repetition_penalty (CTRL-style, 1.1-1.3)"));
             }
         }
-        let grammar = self.grammar()?;
-        let empty = |v: &Option<Value>| v.as_ref().is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.is_empty()));
-        if !empty(&self.tools) {
-            return Err(Error::arg("tools", "tool calls are not supported yet"));
-        }
-        if self.tool_choice.as_ref().is_some_and(|c| !c.is_null() && c.as_str() != Some("none")) {
-            return Err(Error::arg("tool_choice", "tool calls are not supported yet"));
+        let mut grammar = self.grammar()?;
+        let tools = ToolUse::from_request(self.tools.as_ref(), self.tool_choice.as_ref())?;
+        if let Some(t) = &tools {
+            if endpoint == Endpoint::Text {
+                return Err(Error::arg("tools", "is a chat field"));
+            }
+            if let Some(g) = &grammar {
+                return Err(Error::arg(g.field(), "cannot be combined with tools (unless tool_choice is none)"));
+            }
+            grammar = Some(t.grammar());
         }
         let stop = match &self.stop {
             None => vec![],
@@ -344,7 +401,7 @@ impl Params {
             grammar,
         };
         let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-        Ok(Checked { opts, stream: self.stream.unwrap_or(false), include_usage })
+        Ok(Checked { opts, stream: self.stream.unwrap_or(false), include_usage, tools })
     }
 }
 

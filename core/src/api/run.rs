@@ -110,7 +110,15 @@ impl Llama {
         let checked = params.check_for(defaults, endpoint)?;
         let (prompt, dropped_turns) = match req {
             Request::Chat(r) => {
-                let (ids, _, dropped) = self.fit(&r.messages, &checked.opts, ContextOverflow::Error)?;
+                let described;
+                let messages = match &checked.tools {
+                    Some(t) => {
+                        described = t.with_system_prompt(&r.messages, self.tool_template())?;
+                        &described
+                    }
+                    None => &r.messages,
+                };
+                let (ids, _, dropped) = self.fit(messages, &checked.opts, ContextOverflow::Error)?;
                 (ids, dropped)
             }
             Request::Text(r) => (self.raw_prompt(&r.prompt)?, 0),
@@ -132,16 +140,34 @@ impl Llama {
     ) -> Result<Answer> {
         let Prepared { endpoint, prompt, dropped_turns, max_new, checked, meta } = p;
         let (stream, usage) = (checked.stream, checked.include_usage);
+        let tools = checked.tools.as_ref();
         let tok = self.tokenizer();
         let want_logprobs = checked.opts.logprobs.is_some();
         let chat_logprobs = |entries: &[TokenLogprob]| want_logprobs.then(|| ChatLogprobs::new(tok, entries));
         // what has streamed: logprob entries, and characters (the legacy offsets count them)
         let (mut sent, mut chars, mut started) = (0, 0, false);
+        // A tool call streams whole at the end, so its text is held back; with `auto` the
+        // answer's first non-blank character says whether it is one.
+        let mut is_call = tools.map_or(Some(false), |t| t.is_call(""));
+        let (mut held, mut held_logprobs) = (String::new(), Vec::<TokenLogprob>::new());
         let mut on_piece = |p: Piece| -> Flow {
             if !stream {
                 return Flow::Continue;
             }
-            sent += p.logprobs.len();
+            let (text, logprobs) = if is_call == Some(false) {
+                (p.text, p.logprobs)
+            } else {
+                held.push_str(p.text);
+                held_logprobs.extend_from_slice(p.logprobs);
+                if is_call.is_none() {
+                    is_call = tools.and_then(|t| t.is_call(&held));
+                }
+                if is_call != Some(false) {
+                    return Flow::Continue;
+                }
+                (held.as_str(), held_logprobs.as_slice())
+            };
+            sent += logprobs.len();
             let chunk = match endpoint {
                 Endpoint::Chat => {
                     if !std::mem::replace(&mut started, true)
@@ -149,30 +175,50 @@ impl Llama {
                     {
                         return Flow::Stop;
                     }
-                    Chunk::Chat(ChatCompletionChunk::text(&meta, p.text, chat_logprobs(p.logprobs), usage))
+                    Chunk::Chat(ChatCompletionChunk::text(&meta, text, chat_logprobs(logprobs), usage))
                 }
                 Endpoint::Text => {
-                    let lp = want_logprobs.then(|| TextLogprobs::new(tok, p.logprobs, chars));
-                    chars += p.text.chars().count();
-                    Chunk::Text(TextCompletion::text(&meta, p.text, lp, usage))
+                    let lp = want_logprobs.then(|| TextLogprobs::new(tok, logprobs, chars));
+                    chars += text.chars().count();
+                    Chunk::Text(TextCompletion::text(&meta, text, lp, usage))
                 }
             };
-            on_chunk(&chunk)
+            let flow = on_chunk(&chunk);
+            held.clear();
+            held_logprobs.clear();
+            flow
         };
         let mut c = self.complete_pieces(&prompt, max_new, &checked.opts, cancel, &mut on_piece).await?;
         c.dropped_turns = dropped_turns;
-        let rest = &c.logprobs[sent.min(c.logprobs.len())..];
+        let call = match tools {
+            Some(t) if c.finish_reason == FinishReason::Stop => t.call_in(&c.text, meta.id.replacen("chatcmpl-", "call_", 1)),
+            _ => None,
+        };
+        if call.is_some() {
+            c.finish_reason = FinishReason::ToolCalls;
+        }
+        let mut rest = &c.logprobs[sent.min(c.logprobs.len())..];
         Ok(match endpoint {
             Endpoint::Chat => {
                 if stream {
                     if !started {
                         on_chunk(&Chunk::Chat(ChatCompletionChunk::role(&meta, usage)));
                     }
+                    // what was held back: the call, or text after all (a call cut short)
+                    let last = match call.clone() {
+                        Some(call) => Some(ChatCompletionChunk::tool_call(&meta, call, chat_logprobs(rest), usage)),
+                        None if !held.is_empty() => Some(ChatCompletionChunk::text(&meta, &held, chat_logprobs(rest), usage)),
+                        None => None,
+                    };
+                    if let Some(chunk) = last {
+                        on_chunk(&Chunk::Chat(chunk));
+                        rest = &[];
+                    }
                     for chunk in ChatCompletionChunk::last(&meta, &c, chat_logprobs(rest), usage) {
                         on_chunk(&Chunk::Chat(chunk));
                     }
                 }
-                Answer::Chat(ChatCompletion::new(meta, &c, chat_logprobs(&c.logprobs)))
+                Answer::Chat(ChatCompletion::new(meta, &c, call, chat_logprobs(&c.logprobs)))
             }
             Endpoint::Text => {
                 if stream {

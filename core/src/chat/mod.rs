@@ -4,6 +4,7 @@ pub mod fit;
 pub mod own_template;
 mod stop;
 mod template;
+pub mod tools;
 
 pub use stop::StopMatcher;
 

@@ -73,7 +73,18 @@ export interface OpenAIRequestFields {
   /** Chat, with `logprobs: true`: how many alternatives per token (0-20). */
   top_logprobs?: number
   n?: number
-  response_format?: { type: 'text' }
+  /** Structured output: every token is masked by llguidance so the answer parses and
+   * satisfies the schema. */
+  response_format?:
+    | { type: 'text' }
+    | { type: 'json_object' }
+    | { type: 'json_schema'; json_schema: { name?: string; schema: object; strict?: boolean } }
+  /** A grammar in llguidance's Lark dialect the answer must match (not with a JSON response_format). */
+  grammar?: string
+  /** Functions the model may call (README, "Tool calls"). */
+  tools?: ToolDefinition[]
+  tool_choice?: 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } }
+  parallel_tool_calls?: boolean
   user?: string
   context_overflow?: 'truncate-oldest' | 'error'
   ignore_eos?: boolean
@@ -109,15 +120,35 @@ export interface TextLogprobs {
   text_offset: number[]
 }
 
-/** `abort`: stopped by an AbortSignal (or a server's timeout); the text so far. */
-export type FinishReason = 'stop' | 'length' | 'abort'
+export interface ToolDefinition {
+  type: 'function'
+  function: { name: string; description?: string; parameters?: object }
+}
+
+/** A call the model makes; `arguments` is JSON text. */
+export interface ToolCall {
+  id: string
+  type: 'function'
+  function: { name: string; arguments: string }
+}
+
+/** A message of an OpenAI-shaped chat: besides `{role, content}`, an assistant's earlier
+ * `tool_calls` and the `tool` results that answer them. */
+export type OpenAIMessage =
+  | ChatMessage
+  | { role: 'assistant'; content?: string | null; tool_calls: ToolCall[] }
+  | { role: 'tool'; tool_call_id: string; content: string }
+
+/** `abort`: stopped by an AbortSignal (or a server's timeout); the text so far.
+ * `tool_calls`: the answer is a call (`message.tool_calls`, `content: null`). */
+export type FinishReason = 'stop' | 'length' | 'abort' | 'tool_calls'
 
 export interface ChatCompletion {
   id: string
   object: 'chat.completion'
   created: number
   model: string
-  choices: { index: number; message: { role: 'assistant'; content: string }; logprobs: ChatLogprobs | null; finish_reason: FinishReason }[]
+  choices: { index: number; message: { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] }; logprobs: ChatLogprobs | null; finish_reason: FinishReason }[]
   usage: OpenAIUsage
   system_fingerprint: null
   timings: { prefill_tokens: number; prefill_s: number; ttft_s: number; decode_tokens: number; decode_s: number }
@@ -128,7 +159,7 @@ export interface ChatCompletionChunk {
   object: 'chat.completion.chunk'
   created: number
   model: string
-  choices: { index: number; delta: { role?: 'assistant'; content?: string }; logprobs: ChatLogprobs | null; finish_reason: FinishReason | null }[]
+  choices: { index: number; delta: { role?: 'assistant'; content?: string; tool_calls?: (ToolCall & { index: number })[] }; logprobs: ChatLogprobs | null; finish_reason: FinishReason | null }[]
   usage?: OpenAIUsage | null
   system_fingerprint: null
 }
@@ -146,8 +177,8 @@ export interface TextCompletion {
 export interface ChatFunction {
   (messages: ChatMessage[], opts?: ChatOptions): Promise<ChatResult>
   completions: {
-    create(request: OpenAIRequestFields & { messages: ChatMessage[]; stream: true }): AsyncIterableIterator<ChatCompletionChunk>
-    create(request: OpenAIRequestFields & { messages: ChatMessage[]; stream?: false }): Promise<ChatCompletion>
+    create(request: OpenAIRequestFields & { messages: OpenAIMessage[]; stream: true }): AsyncIterableIterator<ChatCompletionChunk>
+    create(request: OpenAIRequestFields & { messages: OpenAIMessage[]; stream?: false }): Promise<ChatCompletion>
   }
 }
 

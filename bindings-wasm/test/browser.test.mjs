@@ -150,6 +150,24 @@ test('chat.completions.create returns OpenAI objects, as WebLLM does', async () 
   assert.equal(r.lp.choices[0].logprobs.content.length, r.lp.usage.completion_tokens);
 });
 
+test('structured output and tool calls run in the browser (llguidance in wasm)', async () => {
+  // short answers: SwiftShader decodes a few tokens a second
+  const tools = [{ type: 'function', function: { name: 'ping', parameters: { type: 'object', properties: {} } } }];
+  const r = await inPage(async (y, a) => {
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
+    const messages = [{ role: 'user', content: a.q }];
+    const sampling = { max_tokens: 40, temperature: 1, seed: 2 };
+    const json = await llm.chat.completions.create({ messages, ...sampling, response_format: { type: 'json_schema', json_schema: { name: 'w', schema: { enum: ['是', '否'] } } } });
+    const lark = await llm.chat.completions.create({ messages, ...sampling, grammar: 'start: ("是" | "否") "，" NUM\nNUM: /[0-9]{1,2}/' });
+    const call = await llm.chat.completions.create({ messages, ...sampling, tools: a.tools, tool_choice: 'required' });
+    return { json, lark, call };
+  }, { q: QUESTION, tools });
+  assert.ok(['是', '否'].includes(JSON.parse(r.json.choices[0].message.content)), r.json.choices[0].message.content);
+  assert.match(r.lark.choices[0].message.content, /^(是|否)，[0-9]{1,2}$/);
+  assert.equal(r.call.choices[0].finish_reason, 'tool_calls');
+  assert.deepEqual(r.call.choices[0].message.tool_calls[0].function, { name: 'ping', arguments: '{}' });
+});
+
 test('chatStream deltas concatenate to the chat answer (same seed)', async () => {
   const r = await inPage(async (y, a) => {
     const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });

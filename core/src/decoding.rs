@@ -10,20 +10,7 @@ use crate::sampler::Sampler;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::Result;
 
-/// A grammar's matcher (grammar.rs); the wasm build has none yet.
-#[cfg(not(target_arch = "wasm32"))]
 pub(crate) use crate::grammar::Constraint;
-#[cfg(target_arch = "wasm32")]
-pub(crate) enum Constraint {}
-#[cfg(target_arch = "wasm32")]
-impl Constraint {
-    fn mask(&mut self, _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn accept(&mut self, _: u32) -> Result<()> {
-        match *self {}
-    }
-}
 
 pub(crate) struct Decoding<'a> {
     tokenizer: &'a Tokenizer,

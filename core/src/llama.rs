@@ -172,7 +172,6 @@ pub struct Llama {
     #[cfg(not(target_arch = "wasm32"))]
     batcher: std::sync::OnceLock<crate::batch::Batcher>,
     /// The vocabulary as llguidance reads it, made on the first constrained request.
-    #[cfg(not(target_arch = "wasm32"))]
     vocab: std::sync::OnceLock<crate::grammar::Vocab>,
 }
 
@@ -218,7 +217,6 @@ impl Llama {
             pool_size: AtomicUsize::new(POOL_SIZE),
             #[cfg(not(target_arch = "wasm32"))]
             batcher: std::sync::OnceLock::new(),
-            #[cfg(not(target_arch = "wasm32"))]
             vocab: std::sync::OnceLock::new(),
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -358,7 +356,6 @@ impl Llama {
     /// The matcher of `opts.grammar`, compiled against this model's vocabulary (made on the
     /// first constrained request); a grammar llguidance cannot compile is an `InvalidArg`.
     pub(crate) fn constraint(&self, opts: &GenerateOptions) -> Result<Option<crate::decoding::Constraint>> {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(g) = &opts.grammar {
             let vocab = match self.vocab.get() {
                 Some(v) => v,
@@ -368,10 +365,6 @@ impl Llama {
                 }
             };
             return vocab.constraint(g).map(Some);
-        }
-        #[cfg(target_arch = "wasm32")]
-        if let Some(g) = &opts.grammar {
-            return Err(Error::arg(g.field(), "structured output is not in the browser build yet"));
         }
         Ok(None)
     }

@@ -118,6 +118,8 @@ NUM: /[0-9]{1,3}/"#.into());
         (json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}), "response_format"),
         (json!({"response_format": {"type": "xml"}}), "response_format"),
         (json!({"grammar": "start: ("}), "grammar"),
+        // llama.cpp's GBNF is named as such
+        (json!({"grammar": "root ::= \"yes\" | \"no\""}), "grammar"),
     ] {
         let mut req = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
         req.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
@@ -126,6 +128,9 @@ NUM: /[0-9]{1,3}/"#.into());
             .and_then(|_| llama.openai_json(Endpoint::Chat, &req.to_string(), None, &mut |_| Flow::Continue).map(|_| ()))
             .unwrap_err();
         assert!(matches!(&err, yangtuo::Error::InvalidArg { name, .. } if name == field), "{bad}: {err}");
+        if bad.to_string().contains("::=") {
+            assert!(err.to_string().contains("GBNF") && err.to_string().contains("gbnf_to_lark"), "{err}");
+        }
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -300,6 +300,12 @@ impl Params {
             (Some(_), Some(_)) => Err(Error::arg("grammar", "cannot be combined with a JSON response_format")),
             (f, None) => Ok(f),
             (None, Some(g)) if g.trim().is_empty() => Err(Error::arg("grammar", "is empty")),
+            // llama.cpp's `grammar` takes GBNF; its rules read `name ::= …`, never Lark's
+            (None, Some(g)) if g.lines().any(|l| l.split('#').next().unwrap_or("").contains("::=")) => Err(Error::arg(
+                "grammar",
+                "looks like GBNF (llama.cpp's `name ::= ...` rules); this field takes llguidance's Lark dialect \
+                 (`name: ...`); llguidance's gbnf_to_lark.py converts GBNF",
+            )),
             (None, Some(g)) => Ok(Some(Grammar::Lark(g.clone()))),
         }
     }

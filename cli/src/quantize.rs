@@ -73,12 +73,22 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|id| GgufTensorSpec::weight(*id, target(*id, id.expected_shape(&c)[1], want), &c))
         .collect::<Result<Vec<_>>>()?;
+    if files.weight(ids[0]).is_ok_and(|w| w.format.is_quantized()) {
+        log::warn!("the input is quantized already: its weights are dequantized and quantized again, which adds to their error");
+    }
     let pb = crate::progress::bar(ids.len() as u64, "quantizing");
     let written = writer.write_file(&a.output, &specs, |i, spec| {
         let id = ids[i];
         let w = files.weight(id)?;
         let f = target(id, w.cols, want);
-        let w = if f == WeightFormat::F32 || f == WeightFormat::F16 { w.converted(f) } else { quantize_weight(w, f, &spec.name)? };
+        // a quantized source (a GGUF) is dequantized and quantized again: the file must hold
+        // the type its header says, whatever the source held
+        let requantize = w.format.is_quantized() && w.format != WeightFormat::Gptq4;
+        let w = if f == WeightFormat::F32 || f == WeightFormat::F16 || (requantize && w.format != f) {
+            w.converted(f)
+        } else {
+            quantize_weight(w, f, &spec.name)?
+        };
         let row = w.format.row_bytes(w.cols, &spec.name)?;
         // llama.cpp stores Q and K rows permuted for its rotary layout
         let bytes = match (files.rope_style, id) {

@@ -734,6 +734,33 @@ fn quantize_cli_q4_k() {
     quantize_cli("q4_k", WeightFormat::Q4K, 33);
 }
 
+/// A quantized GGUF quantized again to another type holds that type (gguf-py reads it), and
+/// is the original model within the first type's error.
+#[test]
+fn quantize_cli_requantizes_a_gguf() {
+    let Some(py) = python() else { return };
+    let Some(bin) = yangtuo_bin() else { return };
+    let hf = Spec { vocab: 32000, ..small_spec(34) }.write_temp("cli-requant");
+    // a GGUF carries its vocabulary, so the folder has a tokenizer
+    let shared = PathBuf::from(format!("{}/../../shared/tokenizers/llama2/tokenizer.model", env!("CARGO_MANIFEST_DIR")));
+    std::fs::copy(&shared, hf.join("tokenizer.model")).unwrap();
+    let out = temp_dir("cli-requant-out");
+    let (q4, q8) = (out.join("m.q4_0.gguf"), out.join("m.q8_0.gguf"));
+    for (input, output, ty) in [(&hf, &q4, "q4_0"), (&q4, &q8, "q8_0")] {
+        let run = Command::new(&bin).arg("quantize").arg(input).arg(output).args(["--type", ty]).output().unwrap();
+        assert!(run.status.success(), "quantize to {ty} failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    }
+    let report: Value =
+        serde_json::from_str(&run_py(&py, "check_gguf.py", &[os(&q8), os(&hf), os("--dequant-dir"), os(&out.join("deq"))])).unwrap();
+    for t in report["tensors"].as_array().unwrap() {
+        let (name, ty) = (t["name"].as_str().unwrap(), t["type"].as_str().unwrap());
+        assert!(ty == "Q8_0" || (ty == "F32" && name.contains("norm")), "{name}: {ty}");
+        assert!(t["rel_err"].as_f64().unwrap() <= weight_rel_bound(WeightFormat::Q4_0), "{name}: {t}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&hf);
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. Bad GGUF input
 // ---------------------------------------------------------------------------------------

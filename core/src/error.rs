@@ -47,6 +47,25 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// Untrusted text (a key or name from a model file, a template's error) made safe to print:
+/// control characters escaped, so a file cannot drive the terminal, and cut to `max`
+/// characters.
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push_str(&format!("… ({} bytes in all)", s.len()));
+            break;
+        }
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Error {
     pub fn load(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::ModelLoad { path: path.into(), msg: msg.into() }
@@ -67,5 +86,17 @@ impl Error {
             Error::Device(_) | Error::OutOfMemory { .. } => "DEVICE",
             Error::Cancelled => "ABORTED",
         }
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::printable;
+
+    #[test]
+    fn escapes_control_characters_and_cuts() {
+        assert_eq!(printable("ok \u{1b}]0;pwned\u{7}\r", 100), "ok \\u{1b}]0;pwned\\u{7}\\r");
+        assert_eq!(printable("羊驼羊驼", 2), "羊驼… (12 bytes in all)");
+        assert_eq!(printable("a\nb", 9), "a\nb");
     }
 }

@@ -161,6 +161,8 @@ pub struct Llama {
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
     tool_template: Option<String>,
+    /// The most bytes of text one token stands for (`check_bytes`).
+    max_piece_bytes: usize,
     ctx_len: usize,
     max_batch: usize,
     bos: u32,
@@ -190,6 +192,7 @@ impl Llama {
     /// The last step of `from_parts` and `load`: the tokenizer checked against the model,
     /// BOS/EOS ids, the context.
     fn assemble(runner: Arc<dyn Runner>, tokenizer: Tokenizer, template: ChatTemplate, opts: &LoadOptions) -> Result<Llama> {
+        template.check_limits()?;
         let c = runner.config();
         if tokenizer.vocab_size() > c.vocab_size {
             return Err(Error::Tokenizer(format!(
@@ -203,12 +206,14 @@ impl Llama {
         eos_ids.extend(tokenizer.eos_id());
         eos_ids.dedup();
         let ctx_len = opts.ctx_len.unwrap_or(c.max_seq_len.min(4096));
+        let max_piece_bytes = (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id).len()).max().unwrap_or(0).max(1);
         let llama = Llama {
             name: "model".into(),
             runner,
             tokenizer: Arc::new(tokenizer),
             template,
             tool_template: opts.tool_template.clone(),
+            max_piece_bytes,
             ctx_len,
             max_batch: opts.max_batch,
             bos,
@@ -420,6 +425,9 @@ impl Llama {
     ) -> Result<(Vec<u32>, Vec<Message>, usize)> {
         let ctx = self.ctx_len;
         let render = |m: &[Message]| self.render(m, opts.allow_control_tokens);
+        if opts.context_overflow.unwrap_or(default) == ContextOverflow::Error {
+            self.check_bytes(messages.iter().map(|m| m.content.len()).sum(), opts)?;
+        }
         let full = render(messages)?;
         let reserve = opts.max_tokens.unwrap_or(ctx / 4).clamp(1, (ctx / 2).max(1));
         if opts.context_overflow.unwrap_or(default) == ContextOverflow::Error || full.len() + reserve <= ctx {
@@ -432,6 +440,18 @@ impl Llama {
             prompt.len()
         );
         Ok((prompt, kept, dropped))
+    }
+
+    /// Refuse text that cannot fit the context whatever it tokenizes to, before tokenizing
+    /// it: no token covers more than `max_piece_bytes` of the text, so `bytes` of it are at
+    /// least bytes / max_piece_bytes tokens. (A megabyte of prompt would otherwise be
+    /// tokenized, seconds of a worker, only to be refused.)
+    fn check_bytes(&self, bytes: usize, opts: &GenerateOptions) -> Result<()> {
+        let at_least = bytes / self.max_piece_bytes;
+        if at_least > self.ctx_len {
+            return Err(Error::ContextLength { prompt: at_least, requested: opts.max_tokens.unwrap_or(1), context: self.ctx_len });
+        }
+        Ok(())
     }
 
     /// Raw completion of `prompt` text (BOS, then the text; no template).
@@ -447,6 +467,7 @@ impl Llama {
 
     /// The ids of a raw completion's prompt: BOS, then the text.
     pub(crate) fn raw_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.check_bytes(prompt.len(), &GenerateOptions::default())?;
         let mut ids = vec![self.bos];
         ids.extend(self.tokenizer.encode(prompt)?);
         Ok(ids)

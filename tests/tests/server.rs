@@ -503,6 +503,56 @@ fn serve_auth_cors_and_limits() {
     assert_eq!(http_with(port, "POST", "/v1/chat/completions", &chat, key).status, 200, "still serving");
 }
 
+/// Hostile connections cannot outlast the server: idle and half-sent ones are closed after
+/// the header timeout (10 s), a huge Content-Length with no body is answered, `/health`
+/// answers within a second throughout, and `--max-connections` caps what is open.
+#[test]
+fn serve_closes_idle_and_half_sent_connections() {
+    let (model, _cleanup) = tiny_model();
+    let server = Server::start_with(&model, 1, &["--max-connections", "64", "--max-body", "4096"]);
+    let port = server.port;
+    let connect = || TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut idle: Vec<TcpStream> = (0..40).map(|_| connect()).collect();
+    for (i, s) in idle.iter_mut().enumerate() {
+        // half of them start a request and never finish its headers
+        if i % 2 == 0 {
+            s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+        }
+    }
+    // a body promised and never sent: over --max-body, refused at once
+    let mut huge = connect();
+    huge.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    assert_eq!(http(port, "GET", "/health", "").status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(1), "/health took {:?} beside 40 idle connections", t0.elapsed());
+    huge.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = [0u8; 64];
+    let n = huge.read(&mut head).unwrap_or(0);
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"), "{:?}", String::from_utf8_lossy(&head[..n]));
+    // the idle and half-sent connections are closed by the server within the timeout
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 256];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue, // a 408 before the close
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "a connection stayed open");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(25), "{:?}", t0.elapsed());
+    // past the cap, a new connection waits for a free slot instead of failing the server
+    let held: Vec<TcpStream> = (0..64).map(|_| connect()).collect();
+    let waiting = std::thread::spawn(move || http(port, "GET", "/health", "").status);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(held);
+    assert_eq!(waiting.join().unwrap(), 200);
+}
+
 /// `--request-timeout`: a generation past it ends with the text so far and
 /// `finish_reason: "abort"`, counted in the metrics.
 #[test]

@@ -3,6 +3,7 @@
 //! `routes` the endpoints.
 
 mod api;
+mod conn;
 mod jobs;
 mod metrics;
 mod routes;
@@ -49,6 +50,10 @@ pub struct Args {
     /// The most messages one chat request may carry (400 above).
     #[arg(long, default_value_t = 4096)]
     max_messages: usize,
+    /// The most connections open at once; more wait to be accepted. Each has 10 s to send
+    /// its headers (also between requests on a kept-alive connection) and 30 s its body.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
     /// Seconds from a request's arrival to the end of its answer (0: no limit). Queued
     /// past it: 503; running past it: the text so far, `finish_reason: "abort"`.
     #[arg(long, default_value_t = 600.0)]
@@ -56,6 +61,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.max_connections == 0 {
+        return Err(Error::arg("max_connections", "must be at least 1"));
+    }
     if a.parallel == 0 {
         return Err(Error::arg("parallel", "must be at least 1"));
     }
@@ -124,6 +132,9 @@ pub fn run(a: Args) -> Result<()> {
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(a.max_body))
+        // a Content-Length over the limit is refused before any of the body is read
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(a.max_body))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(conn::BODY_TIMEOUT))
         .with_state(app);
     if let Some(cors) = cors {
         router = router.layer(cors);
@@ -135,13 +146,12 @@ pub fn run(a: Args) -> Result<()> {
             .map_err(|e| Error::Device(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map_err(|e| Error::Device(e.to_string()))?;
         log::info!("serving {} on http://{local}/v1 ({parallel} parallel)", a.model.model.display());
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-                log::info!("shutting down");
-            })
-            .await
-            .map_err(|e| Error::Device(format!("server error: {e}")))
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            log::info!("shutting down");
+        };
+        conn::serve(listener, router, a.max_connections, shutdown).await;
+        Ok::<_, Error>(())
     })?;
     // generations still running on blocking threads are abandoned
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -28,11 +28,11 @@ pub struct App {
 }
 
 pub async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    answer(&app, Endpoint::Chat, &body).await
+    answer(app, Endpoint::Chat, body).await
 }
 
 pub async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    answer(&app, Endpoint::Text, &body).await
+    answer(app, Endpoint::Text, body).await
 }
 
 /// A request checked and rendered by core before it queues: every error the caller can
@@ -57,8 +57,14 @@ fn prepare(app: &App, endpoint: Endpoint, body: &[u8]) -> Result<Prepared, ApiEr
     Ok(prepared)
 }
 
-async fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Response {
-    let prepared = match prepare(app, endpoint, body) {
+async fn answer(app: Arc<App>, endpoint: Endpoint, body: Bytes) -> Response {
+    // parsing, the chat template and tokenizing run on a blocking thread: a huge prompt or
+    // a slow template must not hold up the threads that answer everyone else
+    let checked = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || prepare(&app, endpoint, &body)).await
+    };
+    let prepared = match checked.unwrap_or_else(|e| Err(ApiError::server(format!("the request check failed: {e}")))) {
         Ok(p) => p,
         Err(e) => {
             app.jobs.stats.requests.inc();

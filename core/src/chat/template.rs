@@ -4,6 +4,7 @@
 //! does, so SentencePiece's dummy-prefix space applies to each.
 
 use super::{Message, validate};
+use crate::error::printable;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -101,26 +102,102 @@ fn llama2_chinese(messages: &[Message]) -> Vec<Seg> {
     segs
 }
 
-fn jinja(source: &str, bos: &str, eos: &str, messages: &[Message]) -> Result<Vec<Seg>> {
-    let tmpl_err = |e: minijinja::Error| Error::Template { index: 0, msg: format!("chat_template: {e}") };
+/// Limits on a model's own jinja template, which comes from a file nobody reviewed: an
+/// instruction budget (minijinja's fuel) that grows with the conversation, `range` capped,
+/// and output capped at what rendering each message a few times could need. A template
+/// past them is refused at load (`check_limits`), a conversation that trips them gets a
+/// template error; neither can stall or exhaust the process.
+const FUEL_BASE: u64 = 100_000;
+const FUEL_PER_MESSAGE: u64 = 5_000;
+const RANGE_MAX: i64 = 10_000;
+
+fn output_cap(messages: &[Message]) -> usize {
+    let content: usize = messages.iter().map(|m| m.content.len()).sum();
+    64 * 1024 + 1024 * messages.len() + 2 * content
+}
+
+/// A `Write` that fails once `cap` bytes are passed.
+struct Capped {
+    out: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + b.len() > self.cap {
+            return Err(std::io::Error::other("over the output cap"));
+        }
+        self.out.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The template's text for `messages`, within the limits.
+fn jinja_text(source: &str, bos: &str, eos: &str, messages: &[Message]) -> std::result::Result<String, minijinja::Error> {
     let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(FUEL_BASE + FUEL_PER_MESSAGE * messages.len() as u64));
     // Hugging Face templates call Python string methods (`content.strip()`).
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
     });
-    env.add_template("chat", source).map_err(tmpl_err)?;
-    let text = env
-        .get_template("chat")
-        .and_then(|t| {
-            t.render(minijinja::context! {
-                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
-                bos_token => bos,
-                eos_token => eos,
-                add_generation_prompt => true,
-            })
-        })
-        .map_err(tmpl_err)?;
+    env.add_function("range", |lower: i64, upper: Option<i64>, step: Option<i64>| {
+        let (lo, hi) = upper.map_or((0, lower), |u| (lower, u));
+        let step = step.unwrap_or(1);
+        let len = if step == 0 { 0 } else { (hi.saturating_sub(lo) / step).max(0) };
+        if len > RANGE_MAX {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("range of {len} items; chat templates get at most {RANGE_MAX}"),
+            ));
+        }
+        minijinja::functions::range(lower as isize, upper.map(|u| u as isize), Some(step as isize))
+    });
+    env.add_template("chat", source)?;
+    let ctx = minijinja::context! {
+        messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+        bos_token => bos,
+        eos_token => eos,
+        add_generation_prompt => true,
+    };
+    let mut out = Capped { out: vec![], cap: output_cap(messages) };
+    let cap = out.cap;
+    env.get_template("chat")?.render_captured_to(ctx, &mut out).map_err(|e| match e.kind() {
+        minijinja::ErrorKind::WriteFailure => {
+            minijinja::Error::new(minijinja::ErrorKind::WriteFailure, format!("the output passed {cap} bytes"))
+        }
+        _ => e,
+    })?;
+    String::from_utf8(out.out).map_err(|_| minijinja::Error::new(minijinja::ErrorKind::BadSerialization, "output is not UTF-8"))
+}
+
+/// Whether a failure is the limits' (the template, not the conversation, is at fault).
+fn over_limits(e: &minijinja::Error) -> bool {
+    matches!(e.kind(), minijinja::ErrorKind::OutOfFuel | minijinja::ErrorKind::WriteFailure)
+        || e.to_string().contains("chat templates get at most")
+}
+
+impl ChatTemplate {
+    /// Refuse, at load, a template that a plain four-message chat drives past the limits.
+    pub fn check_limits(&self) -> Result<()> {
+        let ChatTemplate::Jinja { source, bos, eos } = self else { return Ok(()) };
+        let probe = [Message::system("s"), Message::user("u"), Message::assistant("a"), Message::user("u")];
+        match jinja_text(source, bos, eos, &probe) {
+            Err(e) if over_limits(&e) => Err(Error::load(
+                "chat_template",
+                format!("the model's chat template is refused: {}", printable(&e.to_string(), 300)),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn jinja(source: &str, bos: &str, eos: &str, messages: &[Message]) -> Result<Vec<Seg>> {
+    let text = jinja_text(source, bos, eos, messages)
+        .map_err(|e| Error::Template { index: 0, msg: format!("chat_template: {}", printable(&e.to_string(), 300)) })?;
     // BOS/EOS strings in the output are the special tokens, never literal text
     let mut segs = vec![];
     let mut rest = text.as_str();
@@ -148,6 +225,9 @@ fn jinja(source: &str, bos: &str, eos: &str, messages: &[Message]) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Llama 2 `chat_template` of Hugging Face's tokenizer_config.json.
+    const HF_LLAMA2: &str = "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
 
     fn texts(segs: &[Seg]) -> String {
         segs.iter()
@@ -177,10 +257,34 @@ mod tests {
         );
     }
 
+    /// Hostile templates end in an error within the limits, quickly and in bounded memory;
+    /// a real template renders a long chat well inside them.
+    #[test]
+    fn hostile_templates_hit_the_limits() {
+        let chat = [Message::user("hi")];
+        let t0 = std::time::Instant::now();
+        for source in [
+            "{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}",
+            "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}{% endfor %}{% endfor %}{% endfor %}",
+            "{% for a in range(100000) %}{{ bos_token }}{% endfor %}",
+            "{{ 'x' * 10000000 }}",
+            "{% for a in range(99999999) %}{% endfor %}",
+        ] {
+            let t = ChatTemplate::Jinja { source: source.into(), bos: "<s>".into(), eos: "</s>".into() };
+            assert!(matches!(jinja(source, "<s>", "</s>", &chat), Err(Error::Template { .. })), "{source}");
+            assert!(matches!(t.check_limits(), Err(Error::ModelLoad { .. })), "{source}");
+        }
+        assert!(t0.elapsed().as_secs() < 5, "{:?}", t0.elapsed());
+        let source = HF_LLAMA2;
+        let long: Vec<Message> =
+            (0..401).map(|i| if i % 2 == 0 { Message::user(format!("q{i}")) } else { Message::assistant(format!("a{i}")) }).collect();
+        assert!(jinja(source, "<s>", "</s>", &long).is_ok());
+    }
+
     /// The Llama 2 template from Hugging Face's tokenizer_config.json renders like Meta's.
     #[test]
     fn hf_llama2_jinja_matches_builtin() {
-        let source = "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+        let source = HF_LLAMA2;
         let m = [Message::system("sys"), Message::user(" q1"), Message::assistant("a1 "), Message::user("q2")];
         let j = jinja(source, "<s>", "</s>", &m).unwrap();
         assert_eq!(texts(&j), texts(&llama2(&m)));

@@ -45,6 +45,10 @@ fn main() {
         .format_target(false)
         .format_timestamp(None)
         .init();
+    if let Some(n) = yangtuo::backend::cpu::clamped_thread_env() {
+        // SAFETY: no other thread exists yet; candle's pool reads the variable when it starts
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n) };
+    }
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Chat(a) => chat::run(a),

@@ -96,8 +96,35 @@ impl Config {
         if self.head_dim % 2 != 0 || self.head_dim > 256 {
             return bad(format!("head_dim {} must be even and at most 256", self.head_dim));
         }
-        if !(self.norm_eps > 0.0) || !(self.rope_theta > 0.0) {
-            return bad("rms_norm_eps and rope_theta must be positive".into());
+        // what any real Llama is within, so that a hostile file cannot ask for terabytes
+        for (name, v, max) in [
+            ("hidden_size", self.dim, 1 << 16),
+            ("intermediate_size", self.hidden_dim, 1 << 18),
+            ("num_hidden_layers", self.n_layers, 1024),
+            ("num_attention_heads", self.n_heads, 1024),
+            ("num_key_value_heads", self.n_kv_heads, 1024),
+            ("vocab_size", self.vocab_size, 1 << 20),
+            ("max_position_embeddings", self.max_seq_len, 1 << 24),
+        ] {
+            if v > max {
+                return bad(format!("{name} is {v}; no Llama has more than {max}"));
+            }
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return bad(format!("rms_norm_eps must be in (0, 1), got {}", self.norm_eps));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta <= 1e12) {
+            return bad(format!("rope_theta must be in (0, 1e12], got {}", self.rope_theta));
+        }
+        match self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor, .. } if !(factor >= 1.0 && factor <= 1024.0) => {
+                return bad(format!("rope_scaling.factor must be in [1, 1024], got {factor}"));
+            }
+            RopeScaling::Dynamic { original_max: 0, .. } => {
+                return bad("rope_scaling.original_max_position_embeddings must be positive".into());
+            }
+            _ => {}
         }
         Ok(())
     }

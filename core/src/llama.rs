@@ -154,6 +154,36 @@ impl ChatFormat {
     }
 }
 
+/// The most KV cache one sequence may ask for: past any machine yangtuo runs on, so a
+/// context this large is a typo or an attack, refused before anything is allocated.
+const MAX_KV_BYTES: u64 = 1 << 40;
+
+/// The KV cache of one sequence of `ctx_len` tokens (f32 keys and values of every layer), in
+/// checked arithmetic; an error names the bytes a context needs when it is past reason.
+fn kv_bytes(c: &Config, ctx_len: usize) -> Result<u64> {
+    let bytes = (c.n_layers as u64)
+        .checked_mul(2 * 4)
+        .and_then(|b| b.checked_mul(c.kv_dim() as u64))
+        .and_then(|b| b.checked_mul(ctx_len as u64))
+        .filter(|b| *b <= MAX_KV_BYTES);
+    bytes.ok_or_else(|| {
+        let need = (c.n_layers * 2 * 4 * c.kv_dim()) as f64 * ctx_len as f64;
+        Error::arg("ctx_len", format!("a context of {ctx_len} tokens needs {need:.3e} bytes of KV cache per sequence; at most 1 TiB"))
+    })
+}
+
+/// The machine's memory (Linux: /proc/meminfo's MemTotal), if known.
+fn memory_total() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: u64 = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
 pub struct Llama {
     /// What answers name as their `model` (the path or repo id it was loaded from).
     name: String,
@@ -206,6 +236,25 @@ impl Llama {
         eos_ids.extend(tokenizer.eos_id());
         eos_ids.dedup();
         let ctx_len = opts.ctx_len.unwrap_or(c.max_seq_len.min(4096));
+        let kv = kv_bytes(c, ctx_len)?;
+        if let Some(total) = memory_total()
+            && kv > total
+        {
+            return Err(Error::arg(
+                "ctx_len",
+                format!(
+                    "a context of {ctx_len} tokens needs {:.1} GiB of KV cache per sequence; this machine has {:.1} GiB of memory",
+                    kv as f64 / (1u64 << 30) as f64,
+                    total as f64 / (1u64 << 30) as f64
+                ),
+            ));
+        }
+        if ctx_len > c.max_seq_len {
+            log::warn!(
+                "a context of {ctx_len} tokens is past the {} the model was trained on: answers past it degrade",
+                c.max_seq_len
+            );
+        }
         let max_piece_bytes = (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id).len()).max().unwrap_or(0).max(1);
         let llama = Llama {
             name: "model".into(),
@@ -263,8 +312,7 @@ impl Llama {
     /// The device memory of one sequence's KV cache (f32 keys and values of every layer, at
     /// every position of the context): what each parallel generation holds.
     pub fn kv_bytes_per_sequence(&self) -> u64 {
-        let c = self.config();
-        (c.n_layers * 2 * c.kv_dim() * 4) as u64 * self.ctx_len as u64
+        kv_bytes(self.config(), self.ctx_len).unwrap_or(u64::MAX)
     }
 
     pub fn context_length(&self) -> usize {

@@ -110,3 +110,53 @@ fn over_long_prompts_fail_before_any_work() {
         "context length exceeded",
     );
 }
+
+/// Config numbers past any real Llama, and contexts past any machine, are refused at load
+/// within a second, before anything is allocated (issue 18: 10^7 layers took 1.4 GiB and
+/// 36 s; `--ctx 288230376151711744` panicked; `--ctx 1000000000` aborted on 256 GB).
+#[test]
+fn absurd_configs_and_contexts_are_refused_at_once() {
+    let t0 = std::time::Instant::now();
+    for (key, value, want) in [
+        ("num_hidden_layers", serde_json::json!(10_000_000u64), "num_hidden_layers"),
+        ("num_hidden_layers", serde_json::json!(100_000_000u64), "num_hidden_layers"),
+        ("vocab_size", serde_json::json!(1u64 << 40), "vocab_size"),
+        ("rms_norm_eps", serde_json::json!(1e308), "rms_norm_eps"),
+        ("rope_theta", serde_json::json!(1e300), "rope_theta"),
+    ] {
+        let dir = model(&format!("absurd-{key}"));
+        let mut c = Spec::default().config_json();
+        c[key] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        let e = load_err(&dir).to_string();
+        assert!(e.contains(want), "{key}: {e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let dir = model("absurd-ctx");
+    for ctx in [288230376151711744usize, usize::MAX, 1_000_000_000] {
+        let opts = LoadOptions { backend: yangtuo::BackendChoice::Cpu, ctx_len: Some(ctx), ..Default::default() };
+        match Llama::load(&dir, &opts, &mut |_| {}) {
+            Err(Error::InvalidArg { name, msg }) => assert!(name == "ctx_len" && msg.contains("KV cache"), "{ctx}: {msg}"),
+            other => panic!("ctx {ctx}: {:?}", other.map(|_| ())),
+        }
+    }
+    let ctx = usize::MAX.to_string();
+    cli_fails(&["generate", "--model", dir.to_str().unwrap(), "--ids", "1", "--backend", "cpu", "--ctx", &ctx], &[], "ctx");
+    assert!(t0.elapsed().as_secs() < 10, "{:?}", t0.elapsed());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `RAYON_NUM_THREADS=100000` crashed candle's pool; it is clamped, with a warning.
+#[test]
+fn an_absurd_thread_count_is_clamped() {
+    let dir = model("threads");
+    let out = Command::new(cli_bin())
+        .args(["generate", "--model", dir.to_str().unwrap(), "--ids", "1", "--max-tokens", "2", "--backend", "cpu"])
+        .env("RAYON_NUM_THREADS", "100000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("RAYON_NUM_THREADS=100000"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

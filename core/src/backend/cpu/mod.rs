@@ -16,6 +16,7 @@ mod dense;
 mod ggml;
 mod gptq;
 mod parallel;
+pub use parallel::clamped_thread_env;
 #[cfg(target_arch = "x86_64")]
 mod q8;
 mod simd;

@@ -8,6 +8,26 @@ use candle_core::utils::barrier_pool;
 /// pass over it (the tiled products of dense.rs and q8/).
 pub const L2_BUDGET: usize = 256 * 1024;
 
+/// The most worker threads `RAYON_NUM_THREADS` (which candle's pool reads) may ask for:
+/// past the cores many times over it only costs memory, and 100000 crashed the pool.
+fn max_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `RAYON_NUM_THREADS` if it asks for more than `max_threads` (or is not a number): the
+/// value to use instead, with a warning. `None` when it is fine or unset.
+pub fn clamped_thread_env() -> Option<String> {
+    let v = std::env::var("RAYON_NUM_THREADS").ok()?;
+    let max = max_threads();
+    match v.trim().parse::<usize>() {
+        Ok(n) if n <= max => None,
+        _ => {
+            log::warn!("RAYON_NUM_THREADS={v} is not a thread count this machine can use; using {max}");
+            Some(max.to_string())
+        }
+    }
+}
+
 /// Run `f` over `0..n` split across candle's worker pool (the one its matmuls use, so the
 /// two never compete for the same cores).
 pub fn par_for(n: usize, f: impl Fn(usize) + Sync) {

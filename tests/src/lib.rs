@@ -251,3 +251,15 @@ pub fn cli_bin() -> PathBuf {
     );
     bin
 }
+
+/// The error a chat request with `extra` fields (over one user message, 4 tokens) ends in:
+/// refused when checked, else when generated. Panics if it succeeds.
+pub fn chat_request_error(llama: &yangtuo::Llama, extra: &serde_json::Value) -> yangtuo::Error {
+    use yangtuo::api::{Endpoint, Request};
+    let mut req = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    Request::from_json(Endpoint::Chat, req.to_string().as_bytes())
+        .and_then(|r| llama.prepare(&r, &yangtuo::SamplingParams::default()).map(|_| ()))
+        .and_then(|_| llama.openai_json(Endpoint::Chat, &req.to_string(), None, &mut |_| yangtuo::Flow::Continue).map(|_| ()))
+        .expect_err("the request was answered")
+}

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use yangtuo::api::{Endpoint, Request};
+use yangtuo::api::Endpoint;
 use yangtuo::grammar::Grammar;
 use yangtuo::{BackendChoice, Flow, GenerateOptions, Llama, LoadOptions, Message, SamplingParams};
 use yangtuo_tests::Spec;
@@ -121,12 +121,7 @@ NUM: /[0-9]{1,3}/"#.into());
         // llama.cpp's GBNF is named as such
         (json!({"grammar": "root ::= \"yes\" | \"no\""}), "grammar"),
     ] {
-        let mut req = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
-        req.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
-        let err = Request::from_json(Endpoint::Chat, req.to_string().as_bytes())
-            .and_then(|r| llama.prepare(&r, &SamplingParams::default()).map(|_| ()))
-            .and_then(|_| llama.openai_json(Endpoint::Chat, &req.to_string(), None, &mut |_| Flow::Continue).map(|_| ()))
-            .unwrap_err();
+        let err = yangtuo_tests::chat_request_error(&llama, &bad);
         assert!(matches!(&err, yangtuo::Error::InvalidArg { name, .. } if name == field), "{bad}: {err}");
         if bad.to_string().contains("::=") {
             assert!(err.to_string().contains("GBNF") && err.to_string().contains("gbnf_to_lark"), "{err}");

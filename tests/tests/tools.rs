@@ -207,12 +207,7 @@ fn history_with_calls_and_results_renders_and_bad_tools_are_refused() {
         (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/nowhere"}}}],
                 "tool_choice": "required"}), "tools"),
     ] {
-        let mut req = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
-        req.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
-        let err = Request::from_json(Endpoint::Chat, req.to_string().as_bytes())
-            .and_then(|r| llama.prepare(&r, &SamplingParams::default()).map(|_| ()))
-            .and_then(|_| llama.openai_json(Endpoint::Chat, &req.to_string(), None, &mut |_| Flow::Continue).map(|_| ()))
-            .unwrap_err();
+        let err = yangtuo_tests::chat_request_error(&llama, &bad);
         assert!(matches!(&err, yangtuo::Error::InvalidArg { name, .. } if name == field), "{bad}: {err}");
     }
     let orphan = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "nope", "content": "x"}]});

@@ -3,7 +3,7 @@
 //! input) quits, Ctrl-C stops the current answer.
 
 use crate::args::{ModelArgs, SamplingArgs};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use yangtuo::{Error, Flow, GenerateOptions, Result, SamplingParams};
@@ -65,12 +65,17 @@ pub fn run(a: Args) -> Result<()> {
     }
     eprintln!("yangtuo chat on {} ({} template). /reset starts over, /json toggles JSON mode, /exit quits.", llama.device(), llama.template().name());
     let free = opts.grammar.clone();
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut stdin = std::io::stdin().lock();
     loop {
         eprint!("\n> ");
-        let Some(line) = lines.next() else { break };
-        let line = line.map_err(|e| Error::io("stdin", e))?;
+        let Some(line) = crate::lines::next_line(&mut stdin) else { break };
+        let line = match line? {
+            Ok(line) => line,
+            Err(why) => {
+                eprintln!("error: {why}");
+                continue;
+            }
+        };
         match line.trim() {
             "" => continue,
             "/exit" | "/quit" => break,

@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod eval;
 mod generate;
+mod lines;
 mod logits;
 mod progress;
 mod quantize;

@@ -2,7 +2,7 @@
 //! Text lines give `encode(text)` (no BOS/EOS, like `sentencepiece.encode`); chat lines give
 //! the full prompt. A bad line gives `{"error": ...}` and the run goes on.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use yangtuo::chat::{ChatTemplate, Message};
 use yangtuo::tokenizer::Tokenizer;
@@ -44,14 +44,15 @@ pub fn run(a: Args) -> Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for line in std::io::stdin().lock().lines() {
-        let line = line.map_err(|e| Error::io("stdin", e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let j = match line_ids(&line, &a, &tok, &template) {
-            Ok(ids) => serde_json::json!({ "ids": ids }),
-            Err(e) => serde_json::json!({ "error": e.to_string() }),
+    let mut stdin = std::io::stdin().lock();
+    while let Some(line) = crate::lines::next_line(&mut stdin) {
+        let j = match line? {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => match line_ids(&line, &a, &tok, &template) {
+                Ok(ids) => serde_json::json!({ "ids": ids }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            },
+            Err(why) => serde_json::json!({ "error": why }),
         };
         writeln!(out, "{j}").map_err(|e| Error::io("stdout", e))?;
     }

@@ -240,7 +240,8 @@ fn serve_openai_api() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["context_length"], CTX);
     let m = http(port, "GET", "/v1/models", "").json();
-    assert_eq!(m["data"][0]["id"], model.to_str().unwrap());
+    // the model's name, never the server's paths
+    assert_eq!(m["data"][0]["id"], model.file_name().unwrap().to_str().unwrap());
 
     // a whole answer in OpenAI's shape, equal to the library's
     let body = serde_json::json!({"model": "x", "messages": [
@@ -499,7 +500,12 @@ fn serve_auth_cors_and_limits() {
     let r = http_with(port, "POST", "/v1/chat/completions", &serde_json::json!({"messages": many}).to_string(), key);
     assert_400(&r, Some("messages"), &["messages"]);
     let big = serde_json::json!({"messages": [{"role": "user", "content": "x".repeat(8192)}]}).to_string();
-    assert_eq!(http_with(port, "POST", "/v1/chat/completions", &big, key).status, 413);
+    let r = http_with(port, "POST", "/v1/chat/completions", &big, key);
+    assert_eq!(r.status, 413);
+    // the HTTP layers' own errors carry OpenAI's body too
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error", "{}", r.body);
+    let r = http_with(port, "GET", "/v1/chat/completions", "", key);
+    assert_eq!((r.status, &r.json()["error"]["type"]), (405, &serde_json::json!("invalid_request_error")), "{}", r.body);
     assert_eq!(http_with(port, "POST", "/v1/chat/completions", &chat, key).status, 200, "still serving");
 }
 

@@ -76,3 +76,30 @@ impl IntoResponse for ApiError {
         (self.status, axum::Json(self.body())).into_response()
     }
 }
+
+/// Middleware: an error the HTTP layers answer themselves (413 from the body limit, 408
+/// from the body timeout, 405, a body axum cannot read) gets OpenAI's body as well, so a
+/// client's error handling sees one shape from every failure.
+pub async fn openai_errors(res: Response) -> Response {
+    let status = res.status();
+    let json = res.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let detail = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("error");
+    let message = match String::from_utf8_lossy(&detail).trim() {
+        "" => reason.to_string(),
+        d => format!("{reason}: {d}"),
+    };
+    let kind = if status.is_client_error() { "invalid_request_error" } else { "server_error" };
+    let mut out = ApiError { status, message, kind, param: None, code: None }.into_response();
+    // keep what the layer said besides the body (`allow` on a 405, `retry-after`)
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}

@@ -54,6 +54,10 @@ pub struct Args {
     /// its headers (also between requests on a kept-alive connection) and 30 s its body.
     #[arg(long, default_value_t = 512)]
     max_connections: usize,
+    /// The name clients see in `model` (vLLM's flag); default: the model file's or folder's
+    /// name (never its full path), or the Hugging Face repo id as given.
+    #[arg(long)]
+    served_model_name: Option<String>,
     /// Seconds from a request's arrival to the end of its answer (0: no limit). Queued
     /// past it: 503; running past it: the text so far, `finish_reason: "abort"`.
     #[arg(long, default_value_t = 600.0)]
@@ -116,7 +120,7 @@ pub fn run(a: Args) -> Result<()> {
             stats: Default::default(),
             timeout: (a.request_timeout > 0.0).then(|| std::time::Duration::from_secs_f64(a.request_timeout)),
         },
-        model: a.model.model.to_string_lossy().into_owned(),
+        model: served_name(&a),
         started,
         sampling: SamplingParams::default(),
         max_messages: a.max_messages,
@@ -135,6 +139,7 @@ pub fn run(a: Args) -> Result<()> {
         // a Content-Length over the limit is refused before any of the body is read
         .layer(tower_http::limit::RequestBodyLimitLayer::new(a.max_body))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(conn::BODY_TIMEOUT))
+        .layer(axum::middleware::map_response(api::openai_errors))
         .with_state(app);
     if let Some(cors) = cors {
         router = router.layer(cors);
@@ -156,6 +161,16 @@ pub fn run(a: Args) -> Result<()> {
     // generations still running on blocking threads are abandoned
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+/// What `/v1/models`, `/health` and answers call the model: no local path beyond its name.
+fn served_name(a: &Args) -> String {
+    let m = &a.model.model;
+    match &a.served_model_name {
+        Some(name) => name.clone(),
+        None if m.exists() => m.file_name().unwrap_or(m.as_os_str()).to_string_lossy().into_owned(),
+        None => m.to_string_lossy().into_owned(),
+    }
 }
 
 /// `8GiB`, `512MiB`, `64KiB` or a plain number of bytes.

@@ -142,6 +142,18 @@ impl Tokenizer {
         }
     }
 
+    /// The texts that `encode` turns into special tokens (a tokenizer.json's special added
+    /// tokens: `<s>`, `<|end|>`, ...). SentencePiece never does, so it has none.
+    pub fn special_texts(&self) -> Vec<String> {
+        match self {
+            Tokenizer::SentencePiece(_) | Tokenizer::Absent { .. } => vec![],
+            #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
+            Tokenizer::Hf(t) => {
+                t.get_added_vocabulary().get_added_tokens_decoder().values().filter(|a| a.special).map(|a| a.content.clone()).collect()
+            }
+        }
+    }
+
     /// The vocabulary entry for `id`, as stored (`▁` for spaces, `<0xNN>` for bytes).
     pub fn id_to_piece(&self, id: u32) -> Option<String> {
         match self {

@@ -167,7 +167,7 @@ fn default_theta() -> f64 {
 
 impl HfConfig {
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path, crate::files::JSON_CAP)?;
         Self::from_json(&text, path)
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 mod decoding;
 pub mod device;
 pub mod error;
+mod files;
 pub mod generate;
 pub mod grammar;
 #[cfg(all(feature = "hub", not(target_arch = "wasm32")))]

@@ -56,7 +56,7 @@ pub fn from_tokenizer_config(tokenizer_config: &str, tok: &Tokenizer) -> Option<
 #[cfg(not(target_arch = "wasm32"))]
 pub fn from_dir(dir: &Path, tok: &Tokenizer) -> Option<ChatTemplate> {
     let path = if dir.is_dir() { dir.join("tokenizer_config.json") } else { dir.parent()?.join("tokenizer_config.json") };
-    from_tokenizer_config(&std::fs::read_to_string(&path).ok()?, tok)
+    from_tokenizer_config(&crate::files::read_text(&path, crate::files::JSON_CAP).ok()?, tok)
 }
 
 /// The text of token `id`, else `default`.

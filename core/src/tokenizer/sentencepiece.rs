@@ -130,7 +130,7 @@ struct Spec {
 impl SentencePiece {
     /// Loads a `tokenizer.model` file.
     pub fn from_file(path: &Path) -> Result<SentencePiece> {
-        let bytes = std::fs::read(path).map_err(|e| Error::load(path, e.to_string()))?;
+        let bytes = crate::files::read_capped(path, crate::files::TOKENIZER_CAP)?;
         SentencePiece::from_bytes(&bytes).map_err(|e| Error::Tokenizer(format!("{}: {}", path.display(), message(&e))))
     }
 

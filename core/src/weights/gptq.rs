@@ -49,13 +49,13 @@ impl GptqConfig {
     pub fn find(dir: &Path, files: &SafetensorsFiles) -> Result<Option<GptqConfig>> {
         let qc = dir.join("quantize_config.json");
         if qc.exists() {
-            let text = std::fs::read_to_string(&qc).map_err(|e| Error::io(&qc, e))?;
+            let text = crate::files::read_text(&qc, crate::files::JSON_CAP)?;
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::load(&qc, format!("invalid JSON: {e}")))?;
             return Self::from_json(&v, &qc).map(Some);
         }
         let cfg = dir.join("config.json");
-        if let Ok(text) = std::fs::read_to_string(&cfg) {
+        if let Ok(text) = crate::files::read_text(&cfg, crate::files::JSON_CAP) {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             if let Some(q) = v.get("quantization_config").filter(|q| q.is_object()) {
                 match q.get("quant_method").and_then(|m| m.as_str()) {

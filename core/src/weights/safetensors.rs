@@ -79,7 +79,7 @@ pub struct SafetensorsFiles {
 /// Map a whole file read-only. The map lives as long as any `Blob` cut from it.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn map_file(path: &Path) -> Result<Blob> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::files::open_regular(path)?;
     // SAFETY: the map is read-only; a file changed underneath a running model is outside
     // what any mmap-based loader (llama.cpp, candle, safetensors) can defend against.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
@@ -93,7 +93,7 @@ impl SafetensorsFiles {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let text = crate::files::read_text(&index, crate::files::JSON_CAP)?;
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::load(&index, format!("invalid JSON: {e}")))?;
             let map = v

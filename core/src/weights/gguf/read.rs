@@ -7,6 +7,7 @@
 use super::{
     DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufArray, GgufType, GgufValue, MAX_DIMS, align_up, ggml_block_size, tensor_n_bytes,
 };
+use crate::error::printable;
 use crate::weights::{Blob, WeightFormat};
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -266,11 +267,13 @@ impl GgufFile {
         let mut meta_index = HashMap::with_capacity(n_kv);
         for i in 0..n_kv {
             let key = r.string(&format!("the key of metadata entry {i}"))?;
-            let what = format!("metadata `{key}`");
+            // keys and names are the file's: escaped and cut before any message shows them
+            let shown = printable(&key, 120);
+            let what = format!("metadata `{shown}`");
             let ty = r.value_type(&what)?;
             let value = r.value(ty, &what)?;
             if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(r.err(format!("corrupt GGUF file: metadata key `{key}` appears twice")));
+                return Err(r.err(format!("corrupt GGUF file: metadata key `{shown}` appears twice")));
             }
             metadata.push((key, value));
         }
@@ -289,11 +292,12 @@ impl GgufFile {
         let mut tensor_index = HashMap::with_capacity(n_tensors);
         for i in 0..n_tensors {
             let name = r.string(&format!("the name of tensor info {i}"))?;
-            let what = format!("the info of tensor `{name}`");
+            let shown = printable(&name, 120);
+            let what = format!("the info of tensor `{shown}`");
             let n_dims = r.u32(&what)? as usize;
             if n_dims > MAX_DIMS {
                 return Err(r.err(format!(
-                    "corrupt GGUF file: tensor `{name}` has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"
+                    "corrupt GGUF file: tensor `{shown}` has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"
                 )));
             }
             let mut dims = Vec::with_capacity(n_dims);
@@ -305,10 +309,10 @@ impl GgufFile {
             let n_bytes = match tensor_n_bytes(&dims, ggml_type) {
                 Ok(n) => Some(n),
                 Err(_) if ggml_block_size(ggml_type).is_none() => None,
-                Err(m) => return Err(r.err(format!("corrupt GGUF file: tensor `{name}` {m}"))),
+                Err(m) => return Err(r.err(format!("corrupt GGUF file: tensor `{shown}` {m}"))),
             };
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(r.err(format!("corrupt GGUF file: tensor `{name}` appears twice")));
+                return Err(r.err(format!("corrupt GGUF file: tensor `{shown}` appears twice")));
             }
             tensors.push(GgufTensorInfo { name, dims, ggml_type, offset, n_bytes });
         }

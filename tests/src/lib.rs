@@ -2,6 +2,7 @@
 //! candle-transformers' Llama (in f32) as the reference the project did not write.
 
 pub mod fake_hub;
+pub mod fuzz;
 pub mod reference;
 
 use half::{bf16, f16};

@@ -815,6 +815,35 @@ fn bad_gguf_input() {
         let _ = std::fs::remove_file(&path);
     }
 
+    // self-consistent but corrupt: a tensor count one short, a misaligned or shared tensor
+    // offset, a norm relabelled as Q8_0 (issue 18: these loaded and ran, some to NaN logits)
+    let offset_field = |b: &[u8], name: &str| {
+        let at = b.windows(name.len()).position(|w| w == name.as_bytes()).unwrap() + name.len();
+        let n_dims = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        at + 4 + 8 * n_dims + 4
+    };
+    let mut short = bytes.clone();
+    let n = u64::from_le_bytes(short[8..16].try_into().unwrap());
+    short[8..16].copy_from_slice(&(n - 1).to_le_bytes());
+    let at = offset_field(&bytes, "blk.1.attn_q.weight");
+    let mut misaligned = bytes.clone();
+    let off = u64::from_le_bytes(misaligned[at..at + 8].try_into().unwrap());
+    misaligned[at..at + 8].copy_from_slice(&(off + 1).to_le_bytes());
+    let mut shared = bytes.clone();
+    let other = offset_field(&bytes, "blk.1.attn_k.weight");
+    let theirs: [u8; 8] = shared[other..other + 8].try_into().unwrap();
+    shared[at..at + 8].copy_from_slice(&theirs);
+    for (name, b, want) in [("short", &short, "tensor count"), ("misaligned", &misaligned, "alignment"), ("shared", &shared, "share bytes")] {
+        let path = out.join(format!("{name}.gguf"));
+        std::fs::write(&path, b).unwrap();
+        let msg = load_err(&path, name);
+        assert!(msg.contains(want), "{name}: {msg}");
+    }
+    let q8_norm = out.join("q8norm.gguf");
+    run_py(&py, "hf_to_gguf.py", &[os(&hf), os(&q8_norm), os("--type"), os("q4_0"), os("--override"), os("blk.0.attn_norm.weight=q8_0")]);
+    let msg = load_err(&q8_norm, "a Q8_0 norm");
+    assert!(msg.contains("blk.0.attn_norm.weight") && msg.contains("norm"), "{msg}");
+
     // an unsupported tensor type names the tensor and the type, on every backend
     let q5k = out.join("q5k.gguf");
     run_py(&py, "hf_to_gguf.py", &[os(&hf), os(&q5k), os("--type"), os("q4_0"), os("--override"), os("blk.1.ffn_up.weight=q5_k")]);

@@ -224,6 +224,10 @@ impl GgufFile {
                 t.type_name()
             ))
         })?;
+        // llama.cpp writes norms as F32 (F16 at most); a quantized norm is a relabelled tensor
+        if id.is_vector() && !matches!(format, WeightFormat::F32 | WeightFormat::F16) {
+            return Err(self.err(format!("tensor `{name}` is a norm stored as {format:?}; norms are F32 or F16")));
+        }
         let [rows, cols] = id.expected_shape(config);
         let want: Vec<u64> = if id.is_vector() { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
         // As llama.cpp does, missing trailing dims count as 1.

@@ -325,9 +325,44 @@ impl GgufFile {
                 return Err(r.err(format!(
                     "truncated or corrupt GGUF file: tensor `{}` ({size} at offset {} of the data section, \
                      which starts at byte {data_offset}) runs past the end of the file ({file_len} bytes)",
-                    t.name, t.offset
+                    printable(&t.name, 120),
+                    t.offset
                 )));
             }
+        }
+        // Every GGUF writer aligns each tensor and gives it bytes of its own: a file whose
+        // tensors are misaligned or share bytes is corrupt, however consistent it looks.
+        let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(tensors.len());
+        for t in &tensors {
+            if t.offset % alignment as u64 != 0 {
+                return Err(r.err(format!(
+                    "corrupt GGUF file: tensor `{}` starts at offset {}, not a multiple of the alignment {alignment}",
+                    printable(&t.name, 120),
+                    t.offset
+                )));
+            }
+            // within the file (checked above), so the sum cannot overflow
+            spans.push((t.offset, t.offset + t.n_bytes.unwrap_or(0), &t.name));
+        }
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[1].0 < w[0].1) {
+            return Err(r.err(format!(
+                "corrupt GGUF file: tensors `{}` and `{}` share bytes of the data section",
+                printable(w[0].2, 120),
+                printable(w[1].2, 120)
+            )));
+        }
+        // The gap before the data is zero padding; anything else is tensor infos the header's
+        // count left out (one short read the last info as data and gave NaN logits).
+        let infos_end = r.pos;
+        if let Some(gap) = usize::try_from(data_offset).ok().and_then(|d| buf.get(infos_end..d))
+            && gap.iter().any(|b| *b != 0)
+        {
+            return Err(r.err(format!(
+                "corrupt GGUF file: the {} bytes between the tensor infos and the data are not padding \
+                 (does the header's tensor count, {n_tensors}, match the file?)",
+                gap.len()
+            )));
         }
         // Every tensor ends within the file, so with any tensor present data_offset fits too.
         let data_offset = data_offset.min(file_len) as usize;

@@ -239,10 +239,14 @@ pub fn rel_max_err(a: &[f32], b: &[f64]) -> f64 {
     err / scale
 }
 
-/// The `yangtuo` CLI of the same build as the running test (`<target>/<profile>/yangtuo`).
+/// The `yangtuo` CLI of the same build as the running test or tool
+/// (`<target>/<profile>/yangtuo`; tests run from `<profile>/deps`, tools from `<profile>`).
 pub fn cli_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).expect("test binary in <target>/<profile>/deps");
+    let mut dir = exe.parent().expect("a binary in a folder");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("<target>/<profile>/deps");
+    }
     let bin = dir.join(format!("yangtuo{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),

@@ -56,7 +56,8 @@ impl SamplingArgs {
     pub fn options(&self, base: &SamplingParams, max_tokens: usize, stop: Vec<String>) -> Result<GenerateOptions> {
         let seed = self.seed.map(|s| i64::try_from(s).map_err(|_| Error::arg("seed", format!("must be below 2^63, got {s}"))));
         let params = Params {
-            max_tokens: Some(max_tokens as i64),
+            // a cap: anything past i64 is "no cap" (the context bounds it)
+            max_tokens: Some(i64::try_from(max_tokens).unwrap_or(i64::MAX)),
             temperature: self.temperature.map(f64::from),
             top_p: self.top_p.map(f64::from),
             top_k: self.top_k.map(|k| k as i64),

@@ -68,6 +68,15 @@ pub fn run(mut a: Args) -> Result<()> {
     // describe the model: size, parameters, dominant weight type
     let files = ModelFiles::open(&a.model.model)?;
     let c = files.config.clone();
+    // the cache the tests need, checked before anything loads
+    let ctx = a
+        .depth
+        .checked_add(a.n_prompt)
+        .and_then(|n| n.checked_add(a.n_gen))
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| Error::arg("n-depth", "depth + prompt + generated tokens overflow"))?
+        .max(3);
+    yangtuo::llama::check_context(&c, ctx)?;
     let mut size = 0u64;
     let mut params = 0u64;
     let mut by_format = std::collections::BTreeMap::<String, u64>::new();
@@ -94,7 +103,6 @@ pub fn run(mut a: Args) -> Result<()> {
         None => crate::progress::load_runner(&a.model)?,
     };
     let load_s = t_load.elapsed().as_secs_f64();
-    let ctx = (a.depth + a.n_prompt + a.n_gen + 1).max(3);
     let mut s = r.new_state(ctx, a.batch.max(1), 1)?;
     let vocab = c.vocab_size as u32;
     let token = |i: usize| 3 + (i as u32 * 7919) % (vocab - 3);

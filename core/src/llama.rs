@@ -172,6 +172,23 @@ fn kv_bytes(c: &Config, ctx_len: usize) -> Result<u64> {
     })
 }
 
+/// Refuse a context whose KV cache (one sequence) overflows, passes 1 TiB or passes the
+/// machine's memory, before anything is allocated; the error names the bytes needed.
+pub fn check_context(c: &Config, ctx_len: usize) -> Result<()> {
+    let kv = kv_bytes(c, ctx_len)?;
+    match memory_total() {
+        Some(total) if kv > total => Err(Error::arg(
+            "ctx_len",
+            format!(
+                "a context of {ctx_len} tokens needs {:.1} GiB of KV cache per sequence; this machine has {:.1} GiB of memory",
+                kv as f64 / (1u64 << 30) as f64,
+                total as f64 / (1u64 << 30) as f64
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The machine's memory (Linux: /proc/meminfo's MemTotal), if known.
 fn memory_total() -> Option<u64> {
     #[cfg(target_os = "linux")]
@@ -236,19 +253,7 @@ impl Llama {
         eos_ids.extend(tokenizer.eos_id());
         eos_ids.dedup();
         let ctx_len = opts.ctx_len.unwrap_or(c.max_seq_len.min(4096));
-        let kv = kv_bytes(c, ctx_len)?;
-        if let Some(total) = memory_total()
-            && kv > total
-        {
-            return Err(Error::arg(
-                "ctx_len",
-                format!(
-                    "a context of {ctx_len} tokens needs {:.1} GiB of KV cache per sequence; this machine has {:.1} GiB of memory",
-                    kv as f64 / (1u64 << 30) as f64,
-                    total as f64 / (1u64 << 30) as f64
-                ),
-            ));
-        }
+        check_context(c, ctx_len)?;
         if ctx_len > c.max_seq_len {
             log::warn!(
                 "a context of {ctx_len} tokens is past the {} the model was trained on: answers past it degrade",

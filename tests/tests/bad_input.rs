@@ -140,8 +140,17 @@ fn absurd_configs_and_contexts_are_refused_at_once() {
             other => panic!("ctx {ctx}: {:?}", other.map(|_| ())),
         }
     }
-    let ctx = usize::MAX.to_string();
-    cli_fails(&["generate", "--model", dir.to_str().unwrap(), "--ids", "1", "--backend", "cpu", "--ctx", &ctx], &[], "ctx");
+    let huge = usize::MAX.to_string();
+    let m = dir.to_str().unwrap();
+    cli_fails(&["generate", "--model", m, "--ids", "1", "--backend", "cpu", "--ctx", &huge], &[], "ctx");
+    cli_fails(&["bench", "--model", m, "--backend", "cpu", "-d", "9223372036854775808"], &[], "ctx");
+    cli_fails(&["bench", "--model", m, "--backend", "cpu", "-d", &huge, "-p", "8"], &[], "n-depth");
+    // a max_tokens past any context is a cap the context bounds, not an overflow
+    let out = Command::new(cli_bin())
+        .args(["generate", "--model", m, "--ids", "1", "--backend", "cpu", "--max-tokens", &huge, "--ctx", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(t0.elapsed().as_secs() < 10, "{:?}", t0.elapsed());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -169,3 +169,25 @@ fn an_absurd_thread_count_is_clamped() {
     assert!(err.contains("RAYON_NUM_THREADS=100000"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A NaN in a norm turned every answer into NaN logits and `⁇`; it is refused at load.
+#[test]
+fn a_nan_norm_is_refused_at_load() {
+    let dir = model("nan-norm");
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let table = yangtuo::weights::safetensors::parse_header(&bytes[8..8 + n], &path).unwrap();
+    let (_, dtype, _, start, _) = table.iter().find(|t| t.0 == "model.norm.weight").unwrap().clone();
+    let nan: &[u8] = match dtype {
+        safetensors::Dtype::F32 => &[0x00, 0x00, 0xc0, 0x7f],
+        safetensors::Dtype::F16 => &[0x00, 0x7e],
+        _ => &[0xc0, 0x7f],
+    };
+    let at = 8 + n + start;
+    bytes[at..at + nan.len()].copy_from_slice(nan);
+    std::fs::write(&path, bytes).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("norm") && e.contains("NaN"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}

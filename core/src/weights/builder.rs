@@ -2,7 +2,7 @@
 //! mapped file, a GPTQ repacker, in-load quantization) or a browser's stream, in any
 //! order, then assembling the `Model` once every tensor is there.
 
-use super::{LayerTensor, RopeStyle, TensorId, WeightData, WeightFormat};
+use super::{LayerTensor, RopeStyle, TensorId, WeightData};
 use crate::backend::Backend;
 use crate::model::{LayerWeights, Model, Weights};
 use crate::{Config, Error, Result};
@@ -49,8 +49,14 @@ impl<B: Backend> ModelBuilder<B> {
             return Err(Error::load(id.gguf_name(), format!("shape [{}, {}], expected [{rows}, {cols}]", w.rows, w.cols)));
         }
         if id.is_vector() {
+            let values = w.to_f32();
+            // a norm is a few thousand numbers, so checking them is free; a NaN or inf there
+            // turns every answer into NaN logits
+            if let Some(bad) = values.iter().find(|x| !x.is_finite()) {
+                return Err(Error::load(id.gguf_name(), format!("holds {bad}: a norm's weights must be finite numbers")));
+            }
             let mut v = self.backend.alloc(&id.gguf_name(), 1, w.cols)?;
-            self.backend.write(&mut v, &w.converted(WeightFormat::F32).to_f32());
+            self.backend.write(&mut v, &values);
             self.vectors.insert(id, v);
         } else {
             self.matrices.insert(id, self.backend.upload_matrix(&id.gguf_name(), w)?);

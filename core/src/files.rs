@@ -30,6 +30,14 @@ pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A read failure as `ModelLoad` (what a tokenizer file's callers expect), not `Io`.
+pub fn as_load_error(e: Error) -> Error {
+    match e {
+        Error::Io { path, source } => Error::load(path, source.to_string()),
+        e => e,
+    }
+}
+
 /// `read_capped` as text.
 pub fn read_text(path: &Path, cap: u64) -> Result<String> {
     String::from_utf8(read_capped(path, cap)?).map_err(|_| Error::load(path, "is not UTF-8 text"))

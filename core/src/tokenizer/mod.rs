@@ -52,7 +52,7 @@ impl Tokenizer {
                 (false, false) => Err(Error::load(path, "no tokenizer.model or tokenizer.json in this folder")),
             };
         }
-        let bytes = crate::files::read_capped(path, crate::files::TOKENIZER_CAP)?;
+        let bytes = crate::files::read_capped(path, crate::files::TOKENIZER_CAP).map_err(crate::files::as_load_error)?;
         let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || looks_like_json(&bytes);
         if is_json {
             Tokenizer::from_json(&bytes).map_err(|e| with_path(path, e))

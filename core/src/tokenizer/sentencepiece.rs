@@ -130,7 +130,7 @@ struct Spec {
 impl SentencePiece {
     /// Loads a `tokenizer.model` file.
     pub fn from_file(path: &Path) -> Result<SentencePiece> {
-        let bytes = crate::files::read_capped(path, crate::files::TOKENIZER_CAP)?;
+        let bytes = crate::files::read_capped(path, crate::files::TOKENIZER_CAP).map_err(crate::files::as_load_error)?;
         SentencePiece::from_bytes(&bytes).map_err(|e| Error::Tokenizer(format!("{}: {}", path.display(), message(&e))))
     }
 

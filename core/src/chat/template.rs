@@ -142,6 +142,27 @@ const FUEL_BASE: u64 = 100_000;
 const FUEL_PER_MESSAGE: u64 = 5_000;
 const RANGE_MAX: i64 = 10_000;
 
+/// How deep a printed value may nest (chat messages nest two or three levels).
+const MAX_NESTING: usize = 32;
+
+/// Whether `v` holds lists or maps more than `depth` levels down; stops at `depth`, so a
+/// value that contains itself is answered too.
+fn nests_deeper_than(v: &minijinja::Value, depth: usize) -> bool {
+    use minijinja::value::ValueKind;
+    if !matches!(v.kind(), ValueKind::Seq | ValueKind::Map | ValueKind::Iterable) {
+        return false;
+    }
+    if depth == 0 {
+        return true;
+    }
+    let Ok(items) = v.try_iter() else { return false };
+    let is_map = v.kind() == ValueKind::Map;
+    items.take(10_000).any(|item| {
+        let child = if is_map { v.get_item(&item).unwrap_or_default() } else { item };
+        nests_deeper_than(&child, depth - 1)
+    })
+}
+
 fn output_cap(messages: &[Message]) -> usize {
     let content: usize = messages.iter().map(|m| m.content.len()).sum();
     64 * 1024 + 1024 * messages.len() + 2 * content
@@ -187,6 +208,18 @@ fn jinja_text(source: &str, bos: &str, eos: &str, messages: &[Message]) -> std::
         }
         minijinja::functions::range(lower as isize, upper.map(|u| u as isize), Some(step as isize))
     });
+    // A namespace can be put inside itself (`{% set x.n = x %}`), and printing it then
+    // recurses until the stack overflows, which aborts the process (found by the fuzzer).
+    // Printing checks how deep a value nests first.
+    env.set_formatter(|out, state, value| {
+        if nests_deeper_than(value, MAX_NESTING) {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("a value nests deeper than {MAX_NESTING} levels (a namespace inside itself?)"),
+            ));
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     env.add_template("chat", source)?;
     let ctx = minijinja::context! {
         messages => minijinja::Value::from(minijinja::value::Serde(messages)),
@@ -209,6 +242,7 @@ fn jinja_text(source: &str, bos: &str, eos: &str, messages: &[Message]) -> std::
 fn over_limits(e: &minijinja::Error) -> bool {
     matches!(e.kind(), minijinja::ErrorKind::OutOfFuel | minijinja::ErrorKind::WriteFailure)
         || e.to_string().contains("chat templates get at most")
+        || e.to_string().contains("nests deeper than")
 }
 
 impl ChatTemplate {
@@ -315,6 +349,8 @@ mod tests {
             "{% for a in range(100000) %}{{ bos_token }}{% endfor %}",
             "{{ 'x' * 10000000 }}",
             "{% for a in range(99999999) %}{% endfor %}",
+            // a namespace inside itself: printing it overflowed the stack (found by fuzzing)
+            "{% set x = namespace(n=0) %}{% set x.n = x %}{{ x.n }}",
         ] {
             let t = ChatTemplate::Jinja { source: source.into(), bos: "<s>".into(), eos: "</s>".into() };
             assert!(matches!(jinja(source, "<s>", "</s>", &chat), Err(Error::Template { .. })), "{source}");

@@ -220,6 +220,31 @@ fn jinja_text(source: &str, bos: &str, eos: &str, messages: &[Message]) -> std::
         }
         minijinja::escape_formatter(out, state, value)
     });
+    // the filters that print a whole value get the same check
+    let too_deep = || {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("a value nests deeper than {MAX_NESTING} levels (a namespace inside itself?)"),
+        )
+    };
+    env.add_filter("tojson", move |v: &minijinja::Value, indent: Option<minijinja::Value>, args: minijinja::value::Kwargs| {
+        if nests_deeper_than(v, MAX_NESTING) {
+            return Err(too_deep());
+        }
+        minijinja::filters::tojson(v, indent, args)
+    });
+    env.add_filter("string", move |state: &minijinja::State, v: &minijinja::Value| {
+        if nests_deeper_than(v, MAX_NESTING) {
+            return Err(too_deep());
+        }
+        minijinja::filters::string(state, v)
+    });
+    env.add_filter("pprint", move |v: &minijinja::Value| {
+        if nests_deeper_than(v, MAX_NESTING) {
+            return Err(too_deep());
+        }
+        Ok(minijinja::filters::pprint(v))
+    });
     env.add_template("chat", source)?;
     let ctx = minijinja::context! {
         messages => minijinja::Value::from(minijinja::value::Serde(messages)),
@@ -351,6 +376,9 @@ mod tests {
             "{% for a in range(99999999) %}{% endfor %}",
             // a namespace inside itself: printing it overflowed the stack (found by fuzzing)
             "{% set x = namespace(n=0) %}{% set x.n = x %}{{ x.n }}",
+            "{% set x = namespace(n=0) %}{% set x.n = [x] %}{{ x.n | tojson }}",
+            "{% set x = namespace(n=0) %}{% set x.n = [x] %}{{ (x.n | string) | length }}",
+            "{% set x = namespace(n=0) %}{% set x.n = x %}{{ x | pprint | length }}",
         ] {
             let t = ChatTemplate::Jinja { source: source.into(), bos: "<s>".into(), eos: "</s>".into() };
             assert!(matches!(jinja(source, "<s>", "</s>", &chat), Err(Error::Template { .. })), "{source}");

@@ -839,8 +839,13 @@ fn bad_gguf_input() {
         let msg = load_err(&path, name);
         assert!(msg.contains(want), "{name}: {msg}");
     }
+    // a norm's type field relabelled from F32 (0) to Q8_0 (8): its bytes still fit
     let q8_norm = out.join("q8norm.gguf");
-    run_py(&py, "hf_to_gguf.py", &[os(&hf), os(&q8_norm), os("--type"), os("q4_0"), os("--override"), os("blk.0.attn_norm.weight=q8_0")]);
+    let mut relabelled = bytes.clone();
+    let ty = offset_field(&bytes, "blk.0.attn_norm.weight") - 4;
+    assert_eq!(u32::from_le_bytes(relabelled[ty..ty + 4].try_into().unwrap()), 0, "the norm is F32");
+    relabelled[ty..ty + 4].copy_from_slice(&8u32.to_le_bytes());
+    std::fs::write(&q8_norm, &relabelled).unwrap();
     let msg = load_err(&q8_norm, "a Q8_0 norm");
     assert!(msg.contains("blk.0.attn_norm.weight") && msg.contains("norm"), "{msg}");
 

@@ -167,7 +167,10 @@ pub fn targets(shared: &Path) -> Vec<Target> {
     use yangtuo::weights::gguf::GgufFile;
 
     let tokenizer_model = std::fs::read(shared.join("tokenizers/llama2/tokenizer.model")).unwrap_or_default();
-    let sp = yangtuo::tokenizer::Tokenizer::from_bytes(&tokenizer_model).ok().map(Arc::new);
+    // the tokenizer-text target's tokenizer is the repository's own small model, so it never
+    // depends on ../shared
+    let repo_model = include_bytes!("../fuzz/corpus/tokenizer-model/tiny-bpe.model");
+    let sp = Arc::new(yangtuo::tokenizer::Tokenizer::from_bytes(repo_model).expect("tests/fuzz's tiny-bpe.model loads"));
     let gguf_seed = tiny_gguf(shared);
     let safetensors_seed = tiny_safetensors();
     let config_seed = crate::Spec::default().config_json().to_string().into_bytes();
@@ -213,7 +216,6 @@ pub fn targets(shared: &Path) -> Vec<Target> {
             name: "tokenizer-text",
             seeds: vec!["羊驼吃什么？ Hello <s>[INST]".as_bytes().to_vec()],
             run: Box::new(move |b| {
-                let Some(sp) = &sp else { return };
                 let text = String::from_utf8_lossy(b);
                 if let Ok(ids) = sp.encode(&text) {
                     let _ = sp.decode(&ids);

@@ -163,6 +163,17 @@ fn nests_deeper_than(v: &minijinja::Value, depth: usize) -> bool {
     })
 }
 
+/// An error if `v` nests deeper than `MAX_NESTING`.
+fn shallow(v: &minijinja::Value) -> std::result::Result<(), minijinja::Error> {
+    if nests_deeper_than(v, MAX_NESTING) {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("a value nests deeper than {MAX_NESTING} levels (a namespace inside itself?)"),
+        ));
+    }
+    Ok(())
+}
+
 fn output_cap(messages: &[Message]) -> usize {
     let content: usize = messages.iter().map(|m| m.content.len()).sum();
     64 * 1024 + 1024 * messages.len() + 2 * content
@@ -210,41 +221,20 @@ fn jinja_text(source: &str, bos: &str, eos: &str, messages: &[Message]) -> std::
     });
     // A namespace can be put inside itself (`{% set x.n = x %}`), and printing it then
     // recurses until the stack overflows, which aborts the process (found by the fuzzer).
-    // Printing checks how deep a value nests first.
+    // Printing, and the filters that print a whole value, check how deep it nests first.
     env.set_formatter(|out, state, value| {
-        if nests_deeper_than(value, MAX_NESTING) {
-            return Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                format!("a value nests deeper than {MAX_NESTING} levels (a namespace inside itself?)"),
-            ));
-        }
+        shallow(value)?;
         minijinja::escape_formatter(out, state, value)
     });
-    // the filters that print a whole value get the same check
-    let too_deep = || {
-        minijinja::Error::new(
-            minijinja::ErrorKind::InvalidOperation,
-            format!("a value nests deeper than {MAX_NESTING} levels (a namespace inside itself?)"),
-        )
-    };
-    env.add_filter("tojson", move |v: &minijinja::Value, indent: Option<minijinja::Value>, args: minijinja::value::Kwargs| {
-        if nests_deeper_than(v, MAX_NESTING) {
-            return Err(too_deep());
-        }
+    env.add_filter("tojson", |v: &minijinja::Value, indent: Option<minijinja::Value>, args: minijinja::value::Kwargs| {
+        shallow(v)?;
         minijinja::filters::tojson(v, indent, args)
     });
-    env.add_filter("string", move |state: &minijinja::State, v: &minijinja::Value| {
-        if nests_deeper_than(v, MAX_NESTING) {
-            return Err(too_deep());
-        }
+    env.add_filter("string", |state: &minijinja::State, v: &minijinja::Value| {
+        shallow(v)?;
         minijinja::filters::string(state, v)
     });
-    env.add_filter("pprint", move |v: &minijinja::Value| {
-        if nests_deeper_than(v, MAX_NESTING) {
-            return Err(too_deep());
-        }
-        Ok(minijinja::filters::pprint(v))
-    });
+    env.add_filter("pprint", |v: &minijinja::Value| shallow(v).map(|()| minijinja::filters::pprint(v)));
     env.add_template("chat", source)?;
     let ctx = minijinja::context! {
         messages => minijinja::Value::from(minijinja::value::Serde(messages)),

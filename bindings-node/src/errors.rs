@@ -24,7 +24,11 @@ impl From<yangtuo::Error> for Failure {
             yangtuo::Error::Cancelled => "the operation was aborted".to_string(),
             other => other.to_string(),
         };
-        Failure { code: e.code(), message, index }
+        Failure {
+            code: e.code(),
+            message,
+            index,
+        }
     }
 }
 
@@ -40,7 +44,11 @@ impl Failure {
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
-        Failure { code: "INTERNAL", message: format!("internal error (a Rust panic in yangtuo): {what}"), index: None }
+        Failure {
+            code: "INTERNAL",
+            message: format!("internal error (a Rust panic in yangtuo): {what}"),
+            index: None,
+        }
     }
 
     /// The JavaScript `Error` object.

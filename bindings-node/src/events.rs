@@ -6,7 +6,9 @@
 use crate::errors::Failure;
 use napi::bindgen_prelude::*;
 use napi::sys;
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue};
+use napi::threadsafe_function::{
+    ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue,
+};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub enum Event<I, R> {
@@ -39,17 +41,21 @@ pub struct Sink<I: ToNapiValue + 'static, R: ToNapiValue + 'static>(Tsfn<I, R>);
 
 impl<I: ToNapiValue + Send + 'static, R: ToNapiValue + Send + 'static> Sink<I, R> {
     pub fn new(callback: &Callback<'_>) -> Result<Sink<I, R>> {
-        let tsfn = callback.build_threadsafe_function::<Event<I, R>>().build_callback(|ctx| Ok(Args(ctx.value)))?;
+        let tsfn = callback
+            .build_threadsafe_function::<Event<I, R>>()
+            .build_callback(|ctx| Ok(Args(ctx.value)))?;
         Ok(Sink(tsfn))
     }
 
     pub fn item(&self, item: I) {
         // the queue is unbounded, so this never blocks; it fails only while Node shuts down
-        self.0.call(Event::Item(item), ThreadsafeFunctionCallMode::NonBlocking);
+        self.0
+            .call(Event::Item(item), ThreadsafeFunctionCallMode::NonBlocking);
     }
 
     fn done(self, outcome: std::result::Result<R, Failure>) {
-        self.0.call(Event::Done(outcome), ThreadsafeFunctionCallMode::Blocking);
+        self.0
+            .call(Event::Done(outcome), ThreadsafeFunctionCallMode::Blocking);
     }
 
     /// Run `work` on a new thread; its result, error or panic is the last event.

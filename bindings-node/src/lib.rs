@@ -16,3 +16,11 @@ mod testing;
 pub use cancel::CancelToken;
 pub use llama::NativeLlama;
 pub use session::NativeSession;
+
+/// Runs when Node loads the addon, before any engine thread exists.
+#[napi_derive::module_init]
+fn clamp_threads() {
+    if let Some(warning) = yangtuo::backend::cpu::clamp_thread_env() {
+        eprintln!("(yangtuo) Warning: {warning}");
+    }
+}

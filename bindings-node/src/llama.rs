@@ -5,7 +5,9 @@
 use crate::cancel::CancelToken;
 use crate::errors::{Failure, guard};
 use crate::events::{Callback, Sink};
-use crate::options::{ChatMessage, Completion, GenerateOptions, LoadOptions, LoadProgress, from_js};
+use crate::options::{
+    ChatMessage, Completion, GenerateOptions, LoadOptions, LoadProgress, from_js,
+};
 use crate::session::NativeSession;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -36,9 +38,12 @@ pub fn spawn_generation(
     + 'static,
 ) -> Result<()> {
     guard(env, || {
-        let opts = from_js::<Option<GenerateOptions>>("options", options)?.unwrap_or_default().into_core()?;
+        let opts = from_js::<Option<GenerateOptions>>("options", options)?
+            .unwrap_or_default()
+            .into_core()?;
         let cancel = token.flag();
-        let sink = Sink::<String, Completion>::new(&on_event).map_err(|e| Failure::arg("onEvent", e.reason))?;
+        let sink = Sink::<String, Completion>::new(&on_event)
+            .map_err(|e| Failure::arg("onEvent", e.reason))?;
         sink.spawn(name, move |sink| {
             // an AbortSignal that fired before the worker started: no device work at all
             if cancel.load(Ordering::Relaxed) {
@@ -61,15 +66,24 @@ impl NativeLlama {
     #[napi(
         ts_args_type = "path: string, options: LoadOptions | undefined | null, onEvent: (err: Error | null, progress: LoadProgress | null, llama: NativeLlama | null) => void"
     )]
-    pub fn load(env: Env, path: Unknown<'_>, options: Unknown<'_>, on_event: Callback<'_>) -> Result<()> {
+    pub fn load(
+        env: Env,
+        path: Unknown<'_>,
+        options: Unknown<'_>,
+        on_event: Callback<'_>,
+    ) -> Result<()> {
         guard(&env, || {
             let path: String = from_js("path", path)?;
-            let opts = from_js::<Option<LoadOptions>>("options", options)?.unwrap_or_default().into_core()?;
-            let sink =
-                Sink::<LoadProgress, NativeLlama>::new(&on_event).map_err(|e| Failure::arg("onEvent", e.reason))?;
+            let opts = from_js::<Option<LoadOptions>>("options", options)?
+                .unwrap_or_default()
+                .into_core()?;
+            let sink = Sink::<LoadProgress, NativeLlama>::new(&on_event)
+                .map_err(|e| Failure::arg("onEvent", e.reason))?;
             sink.spawn("yangtuo-load", move |sink| {
                 let llama = Llama::load(&path, &opts, &mut |p| sink.item(p.into()))?;
-                Ok(NativeLlama { inner: Arc::new(llama) })
+                Ok(NativeLlama {
+                    inner: Arc::new(llama),
+                })
             })
         })
     }
@@ -88,11 +102,20 @@ impl NativeLlama {
         on_event: Callback<'_>,
     ) -> Result<()> {
         let messages: Vec<Message> =
-            guard(&env, || from_js::<Vec<ChatMessage>>("messages", messages))?.into_iter().map(Message::from).collect();
+            guard(&env, || from_js::<Vec<ChatMessage>>("messages", messages))?
+                .into_iter()
+                .map(Message::from)
+                .collect();
         let llama = self.inner.clone();
-        spawn_generation(&env, "yangtuo-chat", options, token, stream, on_event, move |opts, cancel, on_text| {
-            llama.chat_stream(&messages, opts, Some(cancel), on_text)
-        })
+        spawn_generation(
+            &env,
+            "yangtuo-chat",
+            options,
+            token,
+            stream,
+            on_event,
+            move |opts, cancel, on_text| llama.chat_stream(&messages, opts, Some(cancel), on_text),
+        )
     }
 
     /// Raw completion of `prompt`: BOS, then the text; no chat template.
@@ -110,9 +133,15 @@ impl NativeLlama {
     ) -> Result<()> {
         let prompt: String = guard(&env, || from_js("prompt", prompt))?;
         let llama = self.inner.clone();
-        spawn_generation(&env, "yangtuo-generate", options, token, stream, on_event, move |opts, cancel, on_text| {
-            llama.generate(&prompt, opts, Some(cancel), on_text)
-        })
+        spawn_generation(
+            &env,
+            "yangtuo-generate",
+            options,
+            token,
+            stream,
+            on_event,
+            move |opts, cancel, on_text| llama.generate(&prompt, opts, Some(cancel), on_text),
+        )
     }
 
     /// Continue exactly these prompt ids (no BOS added, no template), as `yangtuo generate --ids`.
@@ -130,9 +159,15 @@ impl NativeLlama {
     ) -> Result<()> {
         let ids: Vec<u32> = guard(&env, || from_js("ids", ids))?;
         let llama = self.inner.clone();
-        spawn_generation(&env, "yangtuo-complete", options, token, stream, on_event, move |opts, cancel, on_text| {
-            llama.complete_ids(&ids, opts, Some(cancel), on_text)
-        })
+        spawn_generation(
+            &env,
+            "yangtuo-complete",
+            options,
+            token,
+            stream,
+            on_event,
+            move |opts, cancel, on_text| llama.complete_ids(&ids, opts, Some(cancel), on_text),
+        )
     }
 
     /// An OpenAI-shaped request (`chat.completions.create`'s, as JSON text; `kind` is
@@ -141,11 +176,19 @@ impl NativeLlama {
     #[napi(
         ts_args_type = "kind: 'chat' | 'text', request: string, token: CancelToken, onEvent: (err: Error | null, chunk: string | null, answer: string | null) => void"
     )]
-    pub fn openai(&self, env: Env, kind: String, request: String, token: &CancelToken, on_event: Callback<'_>) -> Result<()> {
+    pub fn openai(
+        &self,
+        env: Env,
+        kind: String,
+        request: String,
+        token: &CancelToken,
+        on_event: Callback<'_>,
+    ) -> Result<()> {
         let llama = self.inner.clone();
         let cancel = token.flag();
         guard(&env, || {
-            let sink = Sink::<String, String>::new(&on_event).map_err(|e| Failure::arg("onEvent", e.reason))?;
+            let sink = Sink::<String, String>::new(&on_event)
+                .map_err(|e| Failure::arg("onEvent", e.reason))?;
             let endpoint = kind.parse::<Endpoint>()?;
             sink.spawn("yangtuo-openai", move |sink| {
                 if cancel.load(Ordering::Relaxed) {
@@ -169,12 +212,16 @@ impl NativeLlama {
     /// Token ids of `text` (no BOS).
     #[napi(ts_args_type = "text: string")]
     pub fn tokenize(&self, env: Env, text: Unknown<'_>) -> Result<Vec<u32>> {
-        guard(&env, || Ok(self.inner.tokenize(&from_js::<String>("text", text)?)?))
+        guard(&env, || {
+            Ok(self.inner.tokenize(&from_js::<String>("text", text)?)?)
+        })
     }
 
     #[napi(ts_args_type = "ids: number[]")]
     pub fn detokenize(&self, env: Env, ids: Unknown<'_>) -> Result<String> {
-        guard(&env, || Ok(self.inner.detokenize(&from_js::<Vec<u32>>("ids", ids)?)?))
+        guard(&env, || {
+            Ok(self.inner.detokenize(&from_js::<Vec<u32>>("ids", ids)?)?)
+        })
     }
 
     /// The KV cache length in tokens: prompt plus answer must fit.

@@ -17,8 +17,15 @@ pub fn from_js<T: FromNapiValue>(name: &'static str, v: Unknown<'_>) -> Checked<
 fn whole(name: &'static str, v: Option<f64>, min: f64) -> Checked<Option<u64>> {
     match v {
         None => Ok(None),
-        Some(x) if x.is_finite() && x.fract() == 0.0 && x >= min && x <= 9_007_199_254_740_992.0 => Ok(Some(x as u64)),
-        Some(x) => Err(Failure::arg(name, format!("must be a whole number >= {min}, got {x}"))),
+        Some(x)
+            if x.is_finite() && x.fract() == 0.0 && x >= min && x <= 9_007_199_254_740_992.0 =>
+        {
+            Ok(Some(x as u64))
+        }
+        Some(x) => Err(Failure::arg(
+            name,
+            format!("must be a whole number >= {min}, got {x}"),
+        )),
     }
 }
 
@@ -37,7 +44,10 @@ impl From<ChatMessage> for yangtuo::Message {
 
 impl From<&yangtuo::Message> for ChatMessage {
     fn from(m: &yangtuo::Message) -> Self {
-        ChatMessage { role: m.role.clone(), content: m.content.clone() }
+        ChatMessage {
+            role: m.role.clone(),
+            content: m.content.clone(),
+        }
     }
 }
 
@@ -67,7 +77,11 @@ impl LoadOptions {
         if let Some(b) = self.backend {
             o.backend = b.parse::<BackendChoice>()?;
         }
-        o.quantize = self.quantize.as_deref().map(str::parse::<WeightFormat>).transpose()?;
+        o.quantize = self
+            .quantize
+            .as_deref()
+            .map(str::parse::<WeightFormat>)
+            .transpose()?;
         o.template = self.template;
         o.tool_template = self.tool_template;
         o.ctx_len = whole("nCtx", self.n_ctx, 1.0)?.map(|n| n as usize);
@@ -111,8 +125,15 @@ impl GenerateOptions {
         let int = |name: &'static str, v: Option<f64>| -> Checked<Option<i64>> {
             match v {
                 None => Ok(None),
-                Some(x) if x.is_finite() && x.fract() == 0.0 && x.abs() <= 9_007_199_254_740_992.0 => Ok(Some(x as i64)),
-                Some(x) => Err(Failure::arg(name, format!("must be a whole number, got {x}"))),
+                Some(x)
+                    if x.is_finite() && x.fract() == 0.0 && x.abs() <= 9_007_199_254_740_992.0 =>
+                {
+                    Ok(Some(x as i64))
+                }
+                Some(x) => Err(Failure::arg(
+                    name,
+                    format!("must be a whole number, got {x}"),
+                )),
             }
         };
         let params = yangtuo::api::Params {
@@ -201,6 +222,10 @@ pub struct LoadProgress {
 
 impl From<yangtuo::LoadProgress<'_>> for LoadProgress {
     fn from(p: yangtuo::LoadProgress<'_>) -> Self {
-        LoadProgress { tensor: p.tensor.into(), done_bytes: p.done_bytes as f64, total_bytes: p.total_bytes as f64 }
+        LoadProgress {
+            tensor: p.tensor.into(),
+            done_bytes: p.done_bytes as f64,
+            total_bytes: p.total_bytes as f64,
+        }
     }
 }

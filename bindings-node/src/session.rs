@@ -40,7 +40,10 @@ struct Turn(Arc<Shared>);
 impl Turn {
     fn claim(shared: &Arc<Shared>) -> std::result::Result<Turn, Failure> {
         if shared.busy.swap(true, Ordering::AcqRel) {
-            return Err(Failure::arg("session", "a turn is still running on this session: await it before the next"));
+            return Err(Failure::arg(
+                "session",
+                "a turn is still running on this session: await it before the next",
+            ));
         }
         Ok(Turn(shared.clone()))
     }
@@ -55,7 +58,13 @@ impl Drop for Turn {
 impl NativeSession {
     pub fn new(chat: ChatSession) -> NativeSession {
         let messages = Mutex::new(chat.messages().to_vec());
-        NativeSession { inner: Arc::new(Shared { chat: Mutex::new(chat), busy: AtomicBool::new(false), messages }) }
+        NativeSession {
+            inner: Arc::new(Shared {
+                chat: Mutex::new(chat),
+                busy: AtomicBool::new(false),
+                messages,
+            }),
+        }
     }
 }
 
@@ -76,19 +85,33 @@ impl NativeSession {
     ) -> Result<()> {
         let text: String = guard(&env, || from_js("text", text))?;
         let turn = guard(&env, || Turn::claim(&self.inner))?;
-        spawn_generation(&env, "yangtuo-session", options, token, stream, on_event, move |opts, cancel, on_text| {
-            let shared = &turn.0;
-            let mut chat = shared.chat();
-            let r = chat.send(&text, opts, Some(cancel), on_text);
-            shared.publish(&chat);
-            r
-        })
+        spawn_generation(
+            &env,
+            "yangtuo-session",
+            options,
+            token,
+            stream,
+            on_event,
+            move |opts, cancel, on_text| {
+                let shared = &turn.0;
+                let mut chat = shared.chat();
+                let r = chat.send(&text, opts, Some(cancel), on_text);
+                shared.publish(&chat);
+                r
+            },
+        )
     }
 
     /// The conversation so far: the system prompt, then user and assistant turns.
     #[napi(getter)]
     pub fn messages(&self) -> Vec<ChatMessage> {
-        self.inner.messages.lock().unwrap_or_else(|p| p.into_inner()).iter().map(ChatMessage::from).collect()
+        self.inner
+            .messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(ChatMessage::from)
+            .collect()
     }
 
     /// Forget the conversation; the system prompt stays.

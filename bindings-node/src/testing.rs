@@ -15,7 +15,10 @@ pub fn test_panic(env: Env, on_worker: bool, on_event: Callback<'_>) -> Result<(
         if !on_worker {
             panic!("test panic on the JavaScript thread");
         }
-        let sink = Sink::<Null, Null>::new(&on_event).map_err(|e| Failure::arg("onEvent", e.reason))?;
-        sink.spawn("yangtuo-test-panic", |_| panic!("test panic on a worker thread"))
+        let sink =
+            Sink::<Null, Null>::new(&on_event).map_err(|e| Failure::arg("onEvent", e.reason))?;
+        sink.spawn("yangtuo-test-panic", |_| {
+            panic!("test panic on a worker thread")
+        })
     })
 }

@@ -139,3 +139,22 @@ describe('runtime behaviour', { skip: skip ?? false }, () => {
     await assert.rejects(Llama.load(makeModel('slow', 3), { backend: 'cpu', parallel: 0 }), /parallel/)
   })
 })
+
+describe('thread count from the environment', { skip: skip ?? false }, () => {
+  it('an absurd RAYON_NUM_THREADS is clamped with a warning, not a crash', async () => {
+    // 100000 crashed candle's pool (issue 18); the addon clamps it when it loads
+    const { spawnSync } = await import('node:child_process')
+    const code = `import { Llama } from ${JSON.stringify(new URL('../lib/index.mjs', import.meta.url).href)}
+const llm = await Llama.load(${JSON.stringify(makeModel())}, { backend: 'cpu' })
+const r = await llm.completeIds([1, 2], { maxTokens: 2, temperature: 0 })
+console.log(r.usage.completionTokens)`
+    const out = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
+      env: { ...process.env, RAYON_NUM_THREADS: '100000' },
+      encoding: 'utf8',
+      timeout: 120_000,
+    })
+    assert.equal(out.status, 0, out.stderr)
+    assert.equal(out.stdout.trim(), '2')
+    assert.match(out.stderr, /RAYON_NUM_THREADS=100000/)
+  })
+})

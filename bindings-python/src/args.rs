@@ -17,7 +17,10 @@ pub fn messages(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Message>> {
         } else {
             ""
         };
-        return Err(PyTypeError::new_err(format!("messages must be {SHAPE}, got {}{hint}", type_name(obj))));
+        return Err(PyTypeError::new_err(format!(
+            "messages must be {SHAPE}, got {}{hint}",
+            type_name(obj)
+        )));
     }
     let mut out = vec![];
     for (i, item) in obj.try_iter()?.enumerate() {
@@ -31,13 +34,25 @@ pub fn messages(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Message>> {
         let field = |key: &str| -> PyResult<String> {
             let v = match m.get_item(key) {
                 Ok(v) => v,
-                Err(_) => return Err(invalid(obj.py(), "messages", format!("messages[{i}] has no \"{key}\""))),
+                Err(_) => {
+                    return Err(invalid(
+                        obj.py(),
+                        "messages",
+                        format!("messages[{i}] has no \"{key}\""),
+                    ));
+                }
             };
             v.extract::<String>().map_err(|_| {
-                PyTypeError::new_err(format!("messages[{i}][\"{key}\"] must be a str, got {}", type_name(&v)))
+                PyTypeError::new_err(format!(
+                    "messages[{i}][\"{key}\"] must be a str, got {}",
+                    type_name(&v)
+                ))
             })
         };
-        out.push(Message { role: field("role")?, content: field("content")? });
+        out.push(Message {
+            role: field("role")?,
+            content: field("content")?,
+        });
     }
     Ok(out)
 }
@@ -54,7 +69,10 @@ pub fn messages_to_py<'py>(py: Python<'py>, msgs: &[Message]) -> PyResult<Bound<
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// The keyword arguments of `chat` and `generate`, as Python passed them.
@@ -82,15 +100,18 @@ impl GenArgs<'_> {
         let stop = match self.stop {
             None => None,
             Some(s) if s.is_instance_of::<PyString>() => Some(Stop::One(s.extract::<String>()?)),
-            Some(s) => Some(Stop::Many(
-                s.extract::<Vec<String>>().map_err(|_| PyTypeError::new_err("stop must be a str or a list of str"))?,
-            )),
+            Some(s) => Some(Stop::Many(s.extract::<Vec<String>>().map_err(|_| {
+                PyTypeError::new_err("stop must be a str or a list of str")
+            })?)),
         };
         let response_format = match self.response_format {
             None => None,
             Some(f) => {
                 let text: String = py.import("json")?.call_method1("dumps", (f,))?.extract()?;
-                Some(serde_json::from_str(&text).map_err(|e| PyTypeError::new_err(format!("response_format: {e}")))?)
+                Some(
+                    serde_json::from_str(&text)
+                        .map_err(|e| PyTypeError::new_err(format!("response_format: {e}")))?,
+                )
             }
         };
         let params = Params {
@@ -123,14 +144,26 @@ pub fn load_options(
     parallel: i64,
     tool_template: Option<String>,
 ) -> PyResult<LoadOptions> {
-    let parallel = usize::try_from(parallel).map_err(|_| invalid(py, "parallel", format!("must be at least 1, got {parallel}")))?;
+    let parallel = usize::try_from(parallel).map_err(|_| {
+        invalid(
+            py,
+            "parallel",
+            format!("must be at least 1, got {parallel}"),
+        )
+    })?;
     let ctx_len = n_ctx
-        .map(|n| usize::try_from(n).map_err(|_| invalid(py, "n_ctx", format!("must be at least 1, got {n}"))))
+        .map(|n| {
+            usize::try_from(n)
+                .map_err(|_| invalid(py, "n_ctx", format!("must be at least 1, got {n}")))
+        })
         .transpose()?;
     Ok(LoadOptions {
         backend: backend.parse::<BackendChoice>().py_err(py)?,
         template,
-        quantize: quantize.map(|q| q.parse::<WeightFormat>()).transpose().py_err(py)?,
+        quantize: quantize
+            .map(|q| q.parse::<WeightFormat>())
+            .transpose()
+            .py_err(py)?,
         ctx_len,
         parallel,
         tool_template,

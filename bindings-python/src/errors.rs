@@ -24,7 +24,11 @@ fn build(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
             kw.set_item("index", index)?;
             "TemplateError"
         }
-        Error::ContextLength { prompt, requested, context } => {
+        Error::ContextLength {
+            prompt,
+            requested,
+            context,
+        } => {
             kw.set_item("prompt_tokens", prompt)?;
             kw.set_item("requested", requested)?;
             kw.set_item("context", context)?;
@@ -37,7 +41,10 @@ fn build(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
         Error::Device(_) | Error::OutOfMemory { .. } => "DeviceError",
         Error::Cancelled => unreachable!("handled by to_py"),
     };
-    let value = py.import("yangtuo._errors")?.getattr(class)?.call((e.to_string(),), Some(&kw))?;
+    let value = py
+        .import("yangtuo._errors")?
+        .getattr(class)?
+        .call((e.to_string(),), Some(&kw))?;
     Ok(PyErr::from_value(value))
 }
 
@@ -50,7 +57,11 @@ pub fn invalid(py: Python<'_>, name: &'static str, msg: impl Into<String>) -> Py
 pub fn panicked(py: Python<'_>, msg: &str) -> PyErr {
     let made = || -> PyResult<PyErr> {
         let text = format!("internal error (a Rust panic; please report it): {msg}");
-        Ok(PyErr::from_value(py.import("yangtuo._errors")?.getattr("YangtuoError")?.call1((text,))?))
+        Ok(PyErr::from_value(
+            py.import("yangtuo._errors")?
+                .getattr("YangtuoError")?
+                .call1((text,))?,
+        ))
     };
     made().unwrap_or_else(|_| PyRuntimeError::new_err(format!("yangtuo panicked: {msg}")))
 }
@@ -58,7 +69,10 @@ pub fn panicked(py: Python<'_>, msg: &str) -> PyErr {
 pub fn panic_message(p: Box<dyn Any + Send>) -> String {
     match p.downcast::<String>() {
         Ok(s) => *s,
-        Err(p) => p.downcast_ref::<&str>().map(|s| s.to_string()).unwrap_or_else(|| "unknown panic".into()),
+        Err(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown panic".into()),
     }
 }
 

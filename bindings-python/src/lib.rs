@@ -18,6 +18,15 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _yangtuo(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    if let Some(warning) = yangtuo::backend::cpu::clamp_thread_env() {
+        let category = m.py().get_type::<pyo3::exceptions::PyRuntimeWarning>();
+        PyErr::warn(
+            m.py(),
+            &category,
+            &std::ffi::CString::new(warning).unwrap_or_default(),
+            1,
+        )?;
+    }
     m.add_class::<llama::PyLlama>()?;
     m.add_class::<session::PySession>()?;
     m.add_class::<stream::TextStream>()?;

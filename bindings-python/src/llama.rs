@@ -39,12 +39,24 @@ impl PyLlama {
         parallel: i64,
         tool_template: Option<String>,
     ) -> PyResult<Self> {
-        let opts = args::load_options(py, backend, quantize, template, n_ctx, parallel, tool_template)?;
+        let opts = args::load_options(
+            py,
+            backend,
+            quantize,
+            template,
+            n_ctx,
+            parallel,
+            tool_template,
+        )?;
         let progress = Progress::new(progress)?;
         let path = model.clone();
         let worker = Worker::spawn(move |tx, _| {
             let mut on_progress = |p: yangtuo::LoadProgress| {
-                let _ = tx.send(Msg::Progress(p.done_bytes, p.total_bytes, p.tensor.to_string()));
+                let _ = tx.send(Msg::Progress(
+                    p.done_bytes,
+                    p.total_bytes,
+                    p.tensor.to_string(),
+                ));
             };
             Llama::load(&path, &opts, &mut on_progress)
         })?;
@@ -52,7 +64,9 @@ impl PyLlama {
         // abandoned and finishes, unused, on its thread
         let r = (|| loop {
             match worker.next(py)? {
-                Some(Msg::Progress(done, total, tensor)) => progress.update(py, done, total, &tensor)?,
+                Some(Msg::Progress(done, total, tensor)) => {
+                    progress.update(py, done, total, &tensor)?
+                }
                 Some(Msg::Done(r)) => return r.py_err(py),
                 Some(Msg::Panicked(m)) => return Err(panicked(py, &m)),
                 Some(Msg::Text(_)) => {}
@@ -60,7 +74,10 @@ impl PyLlama {
             }
         })();
         progress.finish();
-        Ok(PyLlama { inner: Arc::new(r?), model: model.to_string_lossy().into_owned() })
+        Ok(PyLlama {
+            inner: Arc::new(r?),
+            model: model.to_string_lossy().into_owned(),
+        })
     }
 
     /// Chat: `messages` is a list of `{"role", "content"}` dicts (system?, then user and
@@ -105,8 +122,9 @@ impl PyLlama {
         }
         .options(py)?;
         let llama = self.inner.clone();
-        let worker =
-            Worker::spawn(move |tx, cancel| llama.chat_stream(&msgs, &opts, Some(cancel), &mut text_sink(tx, stream)))?;
+        let worker = Worker::spawn(move |tx, cancel| {
+            llama.chat_stream(&msgs, &opts, Some(cancel), &mut text_sink(tx, stream))
+        })?;
         stream::finish(py, worker, stream, Kind::Chat, self.model.clone())
     }
 
@@ -147,10 +165,14 @@ impl PyLlama {
         let llama = self.inner.clone();
         let worker = if prompt.is_instance_of::<PyString>() {
             let text: String = prompt.extract()?;
-            Worker::spawn(move |tx, cancel| llama.generate(&text, &opts, Some(cancel), &mut text_sink(tx, stream)))?
+            Worker::spawn(move |tx, cancel| {
+                llama.generate(&text, &opts, Some(cancel), &mut text_sink(tx, stream))
+            })?
         } else {
             let ids = token_ids(prompt)?;
-            Worker::spawn(move |tx, cancel| llama.complete_ids(&ids, &opts, Some(cancel), &mut text_sink(tx, stream)))?
+            Worker::spawn(move |tx, cancel| {
+                llama.complete_ids(&ids, &opts, Some(cancel), &mut text_sink(tx, stream))
+            })?
         };
         stream::finish(py, worker, stream, Kind::Text, self.model.clone())
     }
@@ -169,7 +191,11 @@ impl PyLlama {
     ) -> PyResult<Py<PyAny>> {
         let stream = is_stream(kwargs)?;
         let body = openai::request_json(py, "messages", messages, kwargs)?;
-        openai::finish(py, openai::run(self.inner.clone(), Endpoint::Chat, body)?, stream)
+        openai::finish(
+            py,
+            openai::run(self.inner.clone(), Endpoint::Chat, body)?,
+            stream,
+        )
     }
 
     /// OpenAI's text completion, as llama-cpp-python's `create_completion` (BOS, then the
@@ -183,7 +209,11 @@ impl PyLlama {
     ) -> PyResult<Py<PyAny>> {
         let stream = is_stream(kwargs)?;
         let body = openai::request_json(py, "prompt", prompt, kwargs)?;
-        openai::finish(py, openai::run(self.inner.clone(), Endpoint::Text, body)?, stream)
+        openai::finish(
+            py,
+            openai::run(self.inner.clone(), Endpoint::Text, body)?,
+            stream,
+        )
     }
 
     /// `llm(prompt, **kwargs)` is `create_completion`, as in llama-cpp-python.
@@ -277,10 +307,16 @@ fn is_stream(kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> PyResult<bool> 
 fn token_ids(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     let py = obj.py();
     if obj.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err("expected a list of int token ids, got a str"));
+        return Err(PyTypeError::new_err(
+            "expected a list of int token ids, got a str",
+        ));
     }
-    let ids: Vec<i64> = obj.extract().map_err(|_| PyTypeError::new_err("expected a list of int token ids"))?;
+    let ids: Vec<i64> = obj
+        .extract()
+        .map_err(|_| PyTypeError::new_err("expected a list of int token ids"))?;
     ids.into_iter()
-        .map(|i| u32::try_from(i).map_err(|_| invalid(py, "ids", format!("`{i}` is not a token id"))))
+        .map(|i| {
+            u32::try_from(i).map_err(|_| invalid(py, "ids", format!("`{i}` is not a token id")))
+        })
         .collect()
 }

@@ -12,7 +12,12 @@ use yangtuo::api::Endpoint;
 
 /// `{first_key: first, **kwargs}` as JSON text, `None` values left out (llama-cpp-python's
 /// "not given").
-pub fn request_json(py: Python<'_>, first_key: &str, first: &Bound<'_, PyAny>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+pub fn request_json(
+    py: Python<'_>,
+    first_key: &str,
+    first: &Bound<'_, PyAny>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<String> {
     let d = PyDict::new(py);
     d.set_item(first_key, first)?;
     if let Some(kw) = kwargs {
@@ -26,13 +31,22 @@ pub fn request_json(py: Python<'_>, first_key: &str, first: &Bound<'_, PyAny>, k
 }
 
 fn loads(py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
-    Ok(py.import("json")?.call_method1("loads", (PyString::new(py, text),))?.unbind())
+    Ok(py
+        .import("json")?
+        .call_method1("loads", (PyString::new(py, text),))?
+        .unbind())
 }
 
 /// A request run on a worker: chunks (JSON) as `Msg::Text`, the answer (JSON) as the result.
-pub fn run(llama: std::sync::Arc<yangtuo::Llama>, endpoint: Endpoint, body: String) -> PyResult<Worker<String>> {
+pub fn run(
+    llama: std::sync::Arc<yangtuo::Llama>,
+    endpoint: Endpoint,
+    body: String,
+) -> PyResult<Worker<String>> {
     Worker::spawn(move |tx, cancel| {
-        llama.openai_json(endpoint, &body, Some(cancel), &mut |chunk| match tx.send(Msg::Text(chunk)) {
+        llama.openai_json(endpoint, &body, Some(cancel), &mut |chunk| match tx
+            .send(Msg::Text(chunk))
+        {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Stop,
         })
@@ -44,7 +58,13 @@ pub fn finish(py: Python<'_>, worker: Worker<String>, stream: bool) -> PyResult<
     if !stream {
         return loads(py, &worker.wait(py)?);
     }
-    Ok(Py::new(py, ChunkStream { started: Started::start(py, worker)? })?.into_any())
+    Ok(Py::new(
+        py,
+        ChunkStream {
+            started: Started::start(py, worker)?,
+        },
+    )?
+    .into_any())
 }
 
 /// The iterator of OpenAI chunk dicts that `create_chat_completion(..., stream=True)`

@@ -17,23 +17,27 @@ impl Progress {
     /// `None` or `True`: the bar; `False`: nothing; a callable: called once per tensor.
     pub fn new(arg: Option<&Bound<'_, PyAny>>) -> PyResult<Progress> {
         match arg {
-            Some(a) if a.is_instance_of::<PyBool>() => {
-                Ok(if a.extract::<bool>()? { Progress::bar() } else { Progress::Off })
-            }
+            Some(a) if a.is_instance_of::<PyBool>() => Ok(if a.extract::<bool>()? {
+                Progress::bar()
+            } else {
+                Progress::Off
+            }),
             None => Ok(Progress::bar()),
             Some(a) if a.is_callable() => Ok(Progress::Callback(a.clone().unbind())),
-            Some(_) => {
-                Err(PyTypeError::new_err("progress must be a bool or a callable(done_bytes, total_bytes, tensor)"))
-            }
+            Some(_) => Err(PyTypeError::new_err(
+                "progress must be a bool or a callable(done_bytes, total_bytes, tensor)",
+            )),
         }
     }
 
     fn bar() -> Progress {
         let pb = ProgressBar::new(0);
         pb.set_style(
-            ProgressStyle::with_template("{msg:>12} [{bar:40}] {bytes}/{total_bytes} ({eta}) {prefix}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>12} [{bar:40}] {bytes}/{total_bytes} ({eta}) {prefix}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         pb.set_message("loading");
         Progress::Bar(pb)

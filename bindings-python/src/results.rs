@@ -38,5 +38,9 @@ pub fn to_py(py: Python<'_>, kind: Kind, model: &str, c: Completion) -> PyResult
         Kind::Chat => "ChatResult",
         Kind::Text => "CompletionResult",
     };
-    Ok(py.import("yangtuo._results")?.getattr(class)?.call_method1("_from_core", (d, model))?.unbind())
+    Ok(py
+        .import("yangtuo._results")?
+        .getattr(class)?
+        .call_method1("_from_core", (d, model))?
+        .unbind())
 }

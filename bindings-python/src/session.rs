@@ -20,11 +20,18 @@ pub struct PySession {
 
 impl PySession {
     pub fn new(s: ChatSession, model: String) -> Self {
-        PySession { inner: Arc::new(Mutex::new(s)), model }
+        PySession {
+            inner: Arc::new(Mutex::new(s)),
+            model,
+        }
     }
 
     /// The session, locked with the GIL released (a running turn holds it).
-    fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut ChatSession) -> T + Send) -> PyResult<T> {
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut ChatSession) -> T + Send,
+    ) -> PyResult<T> {
         call(py, || Ok(f(&mut lock(&self.inner))))
     }
 }
@@ -75,8 +82,9 @@ impl PySession {
         }
         .options(py)?;
         let inner = self.inner.clone();
-        let worker =
-            Worker::spawn(move |tx, cancel| lock(&inner).send(&user, &opts, Some(cancel), &mut text_sink(tx, stream)))?;
+        let worker = Worker::spawn(move |tx, cancel| {
+            lock(&inner).send(&user, &opts, Some(cancel), &mut text_sink(tx, stream))
+        })?;
         stream::finish(py, worker, stream, Kind::Chat, self.model.clone())
     }
 

@@ -20,8 +20,18 @@ pub struct TextStream {
 
 impl TextStream {
     /// Wait for the worker's first message (the first delta, or an error) and wrap it.
-    pub fn start(py: Python<'_>, worker: Worker<Completion>, kind: Kind, model: String) -> PyResult<TextStream> {
-        Ok(TextStream { started: Started::start(py, worker)?, kind, model, result: Mutex::new(None) })
+    pub fn start(
+        py: Python<'_>,
+        worker: Worker<Completion>,
+        kind: Kind,
+        model: String,
+    ) -> PyResult<TextStream> {
+        Ok(TextStream {
+            started: Started::start(py, worker)?,
+            kind,
+            model,
+            result: Mutex::new(None),
+        })
     }
 }
 
@@ -56,7 +66,11 @@ impl TextStream {
     /// The full `ChatResult` / `CompletionResult` once the stream is exhausted, else `None`.
     #[getter]
     fn result(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.result.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|r| r.clone_ref(py))
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|r| r.clone_ref(py))
     }
 
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {

@@ -56,7 +56,11 @@ impl<T: Send + 'static> Worker<T> {
                 let _ = tx.send(last);
             })
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start a worker thread: {e}")))?;
-        Ok(Worker { rx: Mutex::new(Some(rx)), cancel, handle: Mutex::new(Some(handle)) })
+        Ok(Worker {
+            rx: Mutex::new(Some(rx)),
+            cancel,
+            handle: Mutex::new(Some(handle)),
+        })
     }
 
     fn recv(&self, py: Python<'_>) -> Result<Msg<T>, RecvTimeoutError> {
@@ -139,7 +143,11 @@ impl<T: Send + 'static> Worker<T> {
 /// gone (the stream was closed or dropped) it asks core to stop.
 pub fn text_sink<T>(tx: &Sender<Msg<T>>, stream: bool) -> impl FnMut(&str) -> Flow + '_ {
     move |t: &str| {
-        if !stream || tx.send(Msg::Text(t.to_string())).is_ok() { Flow::Continue } else { Flow::Stop }
+        if !stream || tx.send(Msg::Text(t.to_string())).is_ok() {
+            Flow::Continue
+        } else {
+            Flow::Stop
+        }
     }
 }
 
@@ -158,7 +166,10 @@ impl<T: Send + 'static> Started<T> {
             Some(Msg::Panicked(m)) => return Err(panicked(py, &m)),
             other => other,
         };
-        Ok(Started { worker, pending: Mutex::new(first) })
+        Ok(Started {
+            worker,
+            pending: Mutex::new(first),
+        })
     }
 
     /// The message read at the start, then the worker's next ones (cancelled on a signal).

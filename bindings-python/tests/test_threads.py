@@ -174,3 +174,19 @@ def test_ctrl_c_stops_a_batched_chat(batched_llm):
         batched_llm.chat(USER, **LONG)
     timer.join()
     assert batched_llm.chat(USER, max_tokens=12, **GREEDY).ids == expected.ids
+
+
+def test_an_absurd_thread_count_is_clamped_with_a_warning(model_dir):
+    # RAYON_NUM_THREADS=100000 crashed candle's pool (issue 18); the module clamps it at import
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, yangtuo\n"
+        f"llm = yangtuo.Llama({str(model_dir)!r}, backend='cpu')\n"
+        "print(llm.generate([1, 2], max_tokens=2, temperature=0).usage.completion_tokens)\n"
+    )
+    env = {**__import__("os").environ, "RAYON_NUM_THREADS": "100000"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr
+    assert "RuntimeWarning" in out.stderr and "RAYON_NUM_THREADS=100000" in out.stderr, out.stderr

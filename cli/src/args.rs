@@ -3,7 +3,9 @@
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
 use yangtuo::api::{Params, Stop};
-use yangtuo::{BackendChoice, Error, GenerateOptions, LoadOptions, Result, SamplingParams, WeightFormat};
+use yangtuo::{
+    BackendChoice, Error, GenerateOptions, LoadOptions, Result, SamplingParams, WeightFormat,
+};
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct ModelArgs {
@@ -53,8 +55,15 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// Generation options through core's one check of a request (`Params::check`), over
     /// `base` for the flags left out (chat uses Meta's 0.6/0.9, generate greedy).
-    pub fn options(&self, base: &SamplingParams, max_tokens: usize, stop: Vec<String>) -> Result<GenerateOptions> {
-        let seed = self.seed.map(|s| i64::try_from(s).map_err(|_| Error::arg("seed", format!("must be below 2^63, got {s}"))));
+    pub fn options(
+        &self,
+        base: &SamplingParams,
+        max_tokens: usize,
+        stop: Vec<String>,
+    ) -> Result<GenerateOptions> {
+        let seed = self.seed.map(|s| {
+            i64::try_from(s).map_err(|_| Error::arg("seed", format!("must be below 2^63, got {s}")))
+        });
         let params = Params {
             // a cap: anything past i64 is "no cap" (the context bounds it)
             max_tokens: Some(i64::try_from(max_tokens).unwrap_or(i64::MAX)),
@@ -65,8 +74,16 @@ impl SamplingArgs {
             repetition_penalty: self.repetition_penalty.map(f64::from),
             seed: seed.transpose()?,
             stop: Some(Stop::Many(stop)),
-            response_format: self.json_schema.as_deref().map(json_schema_format).transpose()?,
-            grammar: self.grammar.as_deref().map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e))).transpose()?,
+            response_format: self
+                .json_schema
+                .as_deref()
+                .map(json_schema_format)
+                .transpose()?,
+            grammar: self
+                .grammar
+                .as_deref()
+                .map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e)))
+                .transpose()?,
             ..Params::default()
         };
         Ok(params.check(base)?.opts)
@@ -76,8 +93,12 @@ impl SamplingArgs {
 /// `response_format` for the JSON Schema in the file at `path`.
 fn json_schema_format(path: &std::path::Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let schema: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::arg("json_schema", format!("{} is not JSON: {e}", path.display())))?;
+    let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::arg(
+            "json_schema",
+            format!("{} is not JSON: {e}", path.display()),
+        )
+    })?;
     Ok(serde_json::json!({"type": "json_schema", "json_schema": {"name": "cli", "schema": schema}}))
 }
 
@@ -94,9 +115,17 @@ impl ModelArgs {
         Ok(LoadOptions {
             backend: self.backend.parse::<BackendChoice>()?,
             template,
-            quantize: self.quantize.as_deref().map(|q| parse_format(q, "quantize")).transpose()?,
+            quantize: self
+                .quantize
+                .as_deref()
+                .map(|q| parse_format(q, "quantize"))
+                .transpose()?,
             ctx_len: self.ctx,
-            tool_template: self.tool_template.as_deref().map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e))).transpose()?,
+            tool_template: self
+                .tool_template
+                .as_deref()
+                .map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e)))
+                .transpose()?,
             ..LoadOptions::default()
         })
     }
@@ -107,7 +136,16 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
     s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<u32>().map_err(|_| Error::arg("ids", format!("`{t}` is not a token id"))))
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| Error::arg("ids", format!("`{t}` is not a token id")))
+        })
         .collect::<Result<Vec<_>>>()
-        .and_then(|v| if v.is_empty() { Err(Error::arg("ids", "no ids given")) } else { Ok(v) })
+        .and_then(|v| {
+            if v.is_empty() {
+                Err(Error::arg("ids", "no ids given"))
+            } else {
+                Ok(v)
+            }
+        })
 }

@@ -87,9 +87,18 @@ pub fn run(mut a: Args) -> Result<()> {
         *by_format.entry(format!("{:?}", w.format)).or_default() += w.bytes.len() as u64;
     }
     drop(files);
-    let ty = a.model.quantize.clone().map(|q| q.to_uppercase()).unwrap_or_else(|| {
-        by_format.iter().max_by_key(|(_, b)| **b).map(|(f, _)| f.to_uppercase()).unwrap_or_default()
-    });
+    let ty = a
+        .model
+        .quantize
+        .clone()
+        .map(|q| q.to_uppercase())
+        .unwrap_or_else(|| {
+            by_format
+                .iter()
+                .max_by_key(|(_, b)| **b)
+                .map(|(f, _)| f.to_uppercase())
+                .unwrap_or_default()
+        });
     let model_desc = format!("llama {:.2}B {ty}", params as f64 / 1e9);
 
     let t_load = Instant::now();
@@ -119,7 +128,11 @@ pub fn run(mut a: Args) -> Result<()> {
         let context: Vec<u32> = (0..d).map(|i| token(i + 11)).collect();
         r.forward(&mut s, &context, 0, 1)?;
     }
-    let at_depth = if d > 0 { format!(" @ d{d}") } else { String::new() };
+    let at_depth = if d > 0 {
+        format!(" @ d{d}")
+    } else {
+        String::new()
+    };
 
     let mut rows = vec![];
     let mut ttft = vec![];
@@ -151,12 +164,25 @@ pub fn run(mut a: Args) -> Result<()> {
     }
     for &p in &a.parallel {
         if p == 0 || p > yangtuo::backend::DECODE_ROWS {
-            return Err(Error::arg("parallel", format!("each must be 1..={}, got {p}", yangtuo::backend::DECODE_ROWS)));
+            return Err(Error::arg(
+                "parallel",
+                format!(
+                    "each must be 1..={}, got {p}",
+                    yangtuo::backend::DECODE_ROWS
+                ),
+            ));
         }
         // p sequences with their own caches, each at the same depth, stepping together
-        let mut seqs = (0..p).map(|_| r.new_state(ctx, 16, 1)).collect::<Result<Vec<_>>>()?;
+        let mut seqs = (0..p)
+            .map(|_| r.new_state(ctx, 16, 1))
+            .collect::<Result<Vec<_>>>()?;
         for (i, st) in seqs.iter_mut().enumerate() {
-            r.forward(st, &(0..d.max(1)).map(|j| token(j + 11 + i)).collect::<Vec<_>>(), 0, 1)?;
+            r.forward(
+                st,
+                &(0..d.max(1)).map(|j| token(j + 11 + i)).collect::<Vec<_>>(),
+                0,
+                1,
+            )?;
         }
         let mut batch = r.new_state(0, p, p)?;
         let (mut agg, mut per) = (vec![], vec![]);
@@ -164,8 +190,11 @@ pub fn run(mut a: Args) -> Result<()> {
             let t = Instant::now();
             for step in 0..a.n_gen.max(1) {
                 let ids: Vec<[u32; 1]> = (0..p).map(|i| [token(step * 31 + i)]).collect();
-                let mut rows: Vec<(&mut yangtuo::SessionState, &[u32], usize)> =
-                    seqs.iter_mut().zip(&ids).map(|(st, t)| (st, &t[..], d.max(1) + step)).collect();
+                let mut rows: Vec<(&mut yangtuo::SessionState, &[u32], usize)> = seqs
+                    .iter_mut()
+                    .zip(&ids)
+                    .map(|(st, t)| (st, &t[..], d.max(1) + step))
+                    .collect();
                 r.forward_batch(&mut batch, &mut rows, p)?;
                 pollster::block_on(r.logits(&batch, p))?;
             }
@@ -173,8 +202,14 @@ pub fn run(mut a: Args) -> Result<()> {
             agg.push((p * a.n_gen.max(1)) as f64 / dt);
             per.push(a.n_gen.max(1) as f64 / dt);
         }
-        rows.push((format!("tg{} x{p} aggregate{at_depth}", a.n_gen), mean_std(&agg)));
-        rows.push((format!("tg{} x{p} per sequence{at_depth}", a.n_gen), mean_std(&per)));
+        rows.push((
+            format!("tg{} x{p} aggregate{at_depth}", a.n_gen),
+            mean_std(&agg),
+        ));
+        rows.push((
+            format!("tg{} x{p} per sequence{at_depth}", a.n_gen),
+            mean_std(&per),
+        ));
     }
     if let (Some(llama), Some(path)) = (&llama, &a.json_schema) {
         rows.extend(constrained(llama, path, a.n_gen.max(1), a.repetitions)?);
@@ -205,7 +240,10 @@ pub fn run(mut a: Args) -> Result<()> {
     println!();
     if !ttft.is_empty() {
         let (m, sd) = mean_std(&ttft);
-        println!("time to first token (pp{}{at_depth}): {:.3} ± {:.3} s", a.n_prompt, m, sd);
+        println!(
+            "time to first token (pp{}{at_depth}): {:.3} ± {:.3} s",
+            a.n_prompt, m, sd
+        );
     }
     println!("load: {load_s:.2} s");
     if let Some(b) = rss {
@@ -216,21 +254,43 @@ pub fn run(mut a: Args) -> Result<()> {
 
 /// tg through `Llama::complete_ids`, free and under the JSON Schema at `path`: decode tok/s of
 /// each (the same sampling, so the difference is the grammar's mask and its bookkeeping).
-fn constrained(llama: &yangtuo::Llama, path: &std::path::Path, n_gen: usize, reps: usize) -> Result<Vec<(String, (f64, f64))>> {
+fn constrained(
+    llama: &yangtuo::Llama,
+    path: &std::path::Path,
+    n_gen: usize,
+    reps: usize,
+) -> Result<Vec<(String, (f64, f64))>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let schema = serde_json::from_str(&text).map_err(|e| Error::arg("json_schema", format!("{} is not JSON: {e}", path.display())))?;
+    let schema = serde_json::from_str(&text).map_err(|e| {
+        Error::arg(
+            "json_schema",
+            format!("{} is not JSON: {e}", path.display()),
+        )
+    })?;
     let mut rows = vec![];
-    for (name, grammar) in [("free", None), ("json-schema", Some(yangtuo::grammar::Grammar::JsonSchema(schema)))] {
+    for (name, grammar) in [
+        ("free", None),
+        (
+            "json-schema",
+            Some(yangtuo::grammar::Grammar::JsonSchema(schema)),
+        ),
+    ] {
         let opts = yangtuo::GenerateOptions {
             max_tokens: Some(n_gen),
-            sampling: yangtuo::SamplingParams { temperature: 1.0, seed: Some(1), ..Default::default() },
+            sampling: yangtuo::SamplingParams {
+                temperature: 1.0,
+                seed: Some(1),
+                ..Default::default()
+            },
             ignore_eos: true,
             grammar,
             ..Default::default()
         };
         let mut tps = vec![];
         for _ in 0..reps {
-            let c = llama.generate("A person, as JSON:", &opts, None, &mut |_| yangtuo::Flow::Continue)?;
+            let c = llama.generate("A person, as JSON:", &opts, None, &mut |_| {
+                yangtuo::Flow::Continue
+            })?;
             tps.push(c.timings.decode_tok_s());
         }
         rows.push((format!("tg{n_gen} sampled, {name}"), mean_std(&tps)));

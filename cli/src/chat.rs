@@ -46,7 +46,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut session = llama.session(system);
     let mut opts = GenerateOptions {
         context_overflow: Some(a.context_overflow.parse()?),
-        ..a.sampling.options(&SamplingParams::default(), a.max_tokens, vec![])?
+        ..a.sampling
+            .options(&SamplingParams::default(), a.max_tokens, vec![])?
     };
     // Ctrl-C while answering cancels the answer; at the prompt it quits.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -63,12 +64,18 @@ pub fn run(a: Args) -> Result<()> {
         })
         .map_err(|e| Error::Device(format!("cannot install the Ctrl-C handler: {e}")))?;
     }
-    eprintln!("yangtuo chat on {} ({} template). /reset starts over, /json toggles JSON mode, /exit quits.", llama.device(), llama.template().name());
+    eprintln!(
+        "yangtuo chat on {} ({} template). /reset starts over, /json toggles JSON mode, /exit quits.",
+        llama.device(),
+        llama.template().name()
+    );
     let free = opts.grammar.clone();
     let mut stdin = std::io::stdin().lock();
     loop {
         eprint!("\n> ");
-        let Some(line) = crate::lines::next_line(&mut stdin) else { break };
+        let Some(line) = crate::lines::next_line(&mut stdin) else {
+            break;
+        };
         let line = match line? {
             Ok(line) => line,
             Err(why) => {
@@ -88,7 +95,14 @@ pub fn run(a: Args) -> Result<()> {
                 let json = Some(yangtuo::grammar::Grammar::JsonObject);
                 let on = opts.grammar != json;
                 opts.grammar = if on { json } else { free.clone() };
-                eprintln!("(JSON mode {})", if on { "on: answers are JSON objects" } else { "off" });
+                eprintln!(
+                    "(JSON mode {})",
+                    if on {
+                        "on: answers are JSON objects"
+                    } else {
+                        "off"
+                    }
+                );
                 continue;
             }
             _ => {}
@@ -105,7 +119,10 @@ pub fn run(a: Args) -> Result<()> {
         match r {
             Ok(c) => {
                 if c.dropped_turns > 0 {
-                    eprintln!("[the chat outgrew the context: its {} oldest turn(s) were left out]", c.dropped_turns);
+                    eprintln!(
+                        "[the chat outgrew the context: its {} oldest turn(s) were left out]",
+                        c.dropped_turns
+                    );
                 }
                 eprintln!(
                     "[{} tokens, {:.1} tok/s, first token {:.2} s]",

@@ -43,21 +43,39 @@ struct Question {
 fn read_questions(path: &PathBuf) -> Result<Vec<Question>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut qs = vec![];
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::arg("questions", format!("{}:{}: invalid JSON: {e}", path.display(), i + 1)))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            Error::arg(
+                "questions",
+                format!("{}:{}: invalid JSON: {e}", path.display(), i + 1),
+            )
+        })?;
         let field = |k: &str| v.get(k).and_then(|s| s.as_str()).unwrap_or("").to_string();
         if field("question").is_empty() {
-            return Err(Error::arg("questions", format!("{}:{}: no `question`", path.display(), i + 1)));
+            return Err(Error::arg(
+                "questions",
+                format!("{}:{}: no `question`", path.display(), i + 1),
+            ));
         }
-        qs.push(Question { category: field("category"), subcategory: field("subcategory"), question: field("question") });
+        qs.push(Question {
+            category: field("category"),
+            subcategory: field("subcategory"),
+            question: field("question"),
+        });
     }
     Ok(qs)
 }
 
 /// A table cell: pipes escaped, line breaks as <br>.
 fn cell(s: &str) -> String {
-    s.trim().replace('|', "\\|").replace("\r\n", "<br>").replace('\n', "<br>")
+    s.trim()
+        .replace('|', "\\|")
+        .replace("\r\n", "<br>")
+        .replace('\n', "<br>")
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -66,18 +84,41 @@ pub fn run(a: Args) -> Result<()> {
         qs.truncate(n);
     }
     let llama = crate::progress::load_llama(&a.model, a.template.clone())?;
-    let system = a.system.clone().unwrap_or_else(|| COMMUNITY_SYSTEM.to_string());
+    let system = a
+        .system
+        .clone()
+        .unwrap_or_else(|| COMMUNITY_SYSTEM.to_string());
     // a fixed seed by default, so a report can be reproduced
-    let opts = a.sampling.options(&SamplingParams { seed: Some(42), ..SamplingParams::default() }, a.max_tokens, vec![])?;
+    let opts = a.sampling.options(
+        &SamplingParams {
+            seed: Some(42),
+            ..SamplingParams::default()
+        },
+        a.max_tokens,
+        vec![],
+    )?;
     let pb = indicatif::ProgressBar::new(qs.len() as u64);
-    pb.set_style(indicatif::ProgressStyle::with_template("eval [{bar:40}] {pos}/{len} ({eta})").expect("valid template"));
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("eval [{bar:40}] {pos}/{len} ({eta})")
+            .expect("valid template"),
+    );
     let mut md = String::new();
     let _ = writeln!(md, "# yangtuo eval: {}\n", a.model.model.display());
-    let _ = writeln!(md, "device: {} · template: {} · system prompt: community eval\n", llama.device(), llama.template().name());
-    md.push_str("| 一级分类 | 二级分类 | 问题 | 答案 | tokens | 秒 |\n|---|---|---|---|---:|---:|\n");
+    let _ = writeln!(
+        md,
+        "device: {} · template: {} · system prompt: community eval\n",
+        llama.device(),
+        llama.template().name()
+    );
+    md.push_str(
+        "| 一级分类 | 二级分类 | 问题 | 答案 | tokens | 秒 |\n|---|---|---|---|---:|---:|\n",
+    );
     let (mut tokens, mut seconds, mut truncated) = (0usize, 0f64, 0usize);
     for q in &qs {
-        let msgs = [Message::system(system.clone()), Message::user(q.question.clone())];
+        let msgs = [
+            Message::system(system.clone()),
+            Message::user(q.question.clone()),
+        ];
         let t = std::time::Instant::now();
         let c = llama.chat_stream(&msgs, &opts, None, &mut |_| Flow::Continue);
         let dt = t.elapsed().as_secs_f64();
@@ -90,7 +131,14 @@ pub fn run(a: Args) -> Result<()> {
         };
         tokens += n;
         seconds += dt;
-        let _ = writeln!(md, "| {} | {} | {} | {} | {n} | {dt:.1} |", cell(&q.category), cell(&q.subcategory), cell(&q.question), cell(&answer));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {n} | {dt:.1} |",
+            cell(&q.category),
+            cell(&q.subcategory),
+            cell(&q.question),
+            cell(&answer)
+        );
         pb.inc(1);
     }
     pb.finish_and_clear();

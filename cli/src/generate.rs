@@ -35,7 +35,8 @@ pub fn run(a: Args) -> Result<()> {
     let llama = crate::progress::load_llama(&a.model, None)?;
     let opts = GenerateOptions {
         allow_control_tokens: true,
-        ..a.sampling.options(&SamplingParams::greedy(), a.max_tokens, a.stop.clone())?
+        ..a.sampling
+            .options(&SamplingParams::greedy(), a.max_tokens, a.stop.clone())?
     };
     let stream = !a.json;
     let mut on_text = |t: &str| {

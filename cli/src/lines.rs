@@ -10,7 +10,9 @@ const MAX_LINE: usize = 16 << 20;
 /// when the input cannot be read; `Some(Ok(Err(why)))` for a line that is not text.
 pub fn next_line(r: &mut impl BufRead) -> Option<Result<std::result::Result<String, String>>> {
     let mut buf = vec![];
-    let read = (&mut *r).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf);
+    let read = (&mut *r)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf);
     match read {
         Err(e) => return Some(Err(Error::io("stdin", e))),
         Ok(0) => return None,
@@ -40,7 +42,12 @@ pub fn next_line(r: &mut impl BufRead) -> Option<Result<std::result::Result<Stri
             buf.pop();
         }
     }
-    Some(Ok(String::from_utf8(buf).map_err(|e| format!("the line is not UTF-8 (at byte {})", e.utf8_error().valid_up_to()))))
+    Some(Ok(String::from_utf8(buf).map_err(|e| {
+        format!(
+            "the line is not UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })))
 }
 
 #[cfg(test)]
@@ -50,7 +57,16 @@ mod tests {
     #[test]
     fn a_bad_line_does_not_end_the_input() {
         let mut input: &[u8] = b"a\r\n\xff\xfe\nb";
-        let lines: Vec<_> = std::iter::from_fn(|| next_line(&mut input)).map(|l| l.unwrap()).collect();
-        assert_eq!(lines, [Ok("a".to_string()), Err("the line is not UTF-8 (at byte 0)".to_string()), Ok("b".to_string())]);
+        let lines: Vec<_> = std::iter::from_fn(|| next_line(&mut input))
+            .map(|l| l.unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                Ok("a".to_string()),
+                Err("the line is not UTF-8 (at byte 0)".to_string()),
+                Ok("b".to_string())
+            ]
+        );
     }
 }

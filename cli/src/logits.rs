@@ -23,7 +23,10 @@ pub fn run(a: Args) -> Result<()> {
     let r = crate::progress::load_runner(&a.model)?;
     let vocab = r.config().vocab_size;
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::arg("ids", format!("token id {bad} is out of range for vocab size {vocab}")));
+        return Err(Error::arg(
+            "ids",
+            format!("token id {bad} is out of range for vocab size {vocab}"),
+        ));
     }
     // logits of at most 64 MiB per read, so any vocabulary fits the device's bindings
     let rows = (64usize << 20) / (vocab * 4);
@@ -39,7 +42,8 @@ pub fn run(a: Args) -> Result<()> {
 
 /// NumPy .npy v1.0, little-endian float32, C order.
 fn write_npy(path: &PathBuf, data: &[f32], rows: usize, cols: usize) -> Result<()> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // magic (6) + version (2) + length (2) + header + '\n', padded to a multiple of 64
     let total = (10 + header.len() + 1).next_multiple_of(64);
     header.push_str(&" ".repeat(total - 10 - header.len() - 1));

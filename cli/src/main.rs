@@ -15,7 +15,11 @@ mod tokenize;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "yangtuo", version, about = "Llama 2 chat models on wgpu, CUDA and CPU")]
+#[command(
+    name = "yangtuo",
+    version,
+    about = "Llama 2 chat models on wgpu, CUDA and CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,9 +50,8 @@ fn main() {
         .format_target(false)
         .format_timestamp(None)
         .init();
-    if let Some(n) = yangtuo::backend::cpu::clamped_thread_env() {
-        // SAFETY: no other thread exists yet; candle's pool reads the variable when it starts
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n) };
+    if let Some(warning) = yangtuo::backend::cpu::clamp_thread_env() {
+        log::warn!("{warning}");
     }
     let cli = Cli::parse();
     let r = match cli.command {

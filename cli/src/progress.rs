@@ -39,8 +39,16 @@ pub fn resolve(m: &ModelArgs) -> Result<PathBuf> {
         if p.file != current {
             current = p.file.clone();
             if p.done_bytes < p.total_bytes {
-                let line = format!("downloading {} ({:.1} MiB)", p.file, p.total_bytes as f64 / (1 << 20) as f64);
-                if pb.is_hidden() { log::info!("{line}") } else { pb.println(line) }
+                let line = format!(
+                    "downloading {} ({:.1} MiB)",
+                    p.file,
+                    p.total_bytes as f64 / (1 << 20) as f64
+                );
+                if pb.is_hidden() {
+                    log::info!("{line}")
+                } else {
+                    pb.println(line)
+                }
             }
             pb.reset();
             pb.set_prefix(p.file.clone());
@@ -75,10 +83,20 @@ pub fn load_runner(m: &ModelArgs) -> Result<Arc<dyn yangtuo::Runner>> {
     let pb = bar(total, "loading");
     let mut cb = on_progress(&pb);
     let r = match opts.quantize {
-        None => pollster::block_on(yangtuo::device::load_runner(&mut files, opts.backend, total, &mut cb)),
+        None => pollster::block_on(yangtuo::device::load_runner(
+            &mut files,
+            opts.backend,
+            total,
+            &mut cb,
+        )),
         Some(f) => {
             let mut q = yangtuo::weights::quantize::Quantizing::new(&mut files, f)?;
-            pollster::block_on(yangtuo::device::load_runner(&mut q, opts.backend, total, &mut cb))
+            pollster::block_on(yangtuo::device::load_runner(
+                &mut q,
+                opts.backend,
+                total,
+                &mut cb,
+            ))
         }
     };
     drop(cb);

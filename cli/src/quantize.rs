@@ -4,7 +4,9 @@
 use crate::args::parse_format;
 use std::path::PathBuf;
 use yangtuo::tokenizer::{PieceType, Tokenizer};
-use yangtuo::weights::gguf::{GgufTensorSpec, GgufTokenizer, GgufWriter, llama_file_type, permute_rows_for_gguf};
+use yangtuo::weights::gguf::{
+    GgufTensorSpec, GgufTokenizer, GgufWriter, llama_file_type, permute_rows_for_gguf,
+};
 use yangtuo::weights::quantize::quantize_weight;
 use yangtuo::weights::source::ModelFiles;
 use yangtuo::weights::{LayerTensor, RopeStyle, TensorId, WeightFormat};
@@ -34,13 +36,21 @@ fn target(id: TensorId, cols: usize, want: WeightFormat) -> WeightFormat {
 }
 
 fn vocab(tok: &Tokenizer) -> Option<GgufTokenizer> {
-    let Tokenizer::SentencePiece(sp) = tok else { return None };
+    let Tokenizer::SentencePiece(sp) = tok else {
+        return None;
+    };
     let n = sp.vocab_size() as u32;
     Some(GgufTokenizer {
         model: "llama".into(),
-        tokens: (0..n).map(|i| sp.id_to_piece(i).unwrap_or_default().to_string()).collect(),
+        tokens: (0..n)
+            .map(|i| sp.id_to_piece(i).unwrap_or_default().to_string())
+            .collect(),
         scores: Some((0..n).map(|i| sp.score(i).unwrap_or(0.0)).collect()),
-        token_types: Some((0..n).map(|i| sp.piece_type(i).unwrap_or(PieceType::Normal) as i32).collect()),
+        token_types: Some(
+            (0..n)
+                .map(|i| sp.piece_type(i).unwrap_or(PieceType::Normal) as i32)
+                .collect(),
+        ),
         bos_id: sp.bos_id(),
         eos_id: sp.eos_id(),
         unk_id: Some(sp.unk_id()),
@@ -53,7 +63,10 @@ fn vocab(tok: &Tokenizer) -> Option<GgufTokenizer> {
 pub fn run(a: Args) -> Result<()> {
     let want = parse_format(&a.ty, "type")?;
     if !want.is_ggml() {
-        return Err(Error::arg("type", "choose a GGUF type: q4_0, q8_0, q4_k, q6_k or f16"));
+        return Err(Error::arg(
+            "type",
+            "choose a GGUF type: q4_0, q8_0, q4_k, q6_k or f16",
+        ));
     }
     let files = ModelFiles::open(&a.input)?;
     let c = files.config.clone();
@@ -66,15 +79,27 @@ pub fn run(a: Args) -> Result<()> {
         Some(yangtuo::ChatTemplate::Jinja { source, .. }) => Some(source),
         _ => None,
     };
-    let name = a.input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let writer = GgufWriter::llama(&c, &name, llama_file_type(want), gguf_vocab, template.as_deref())?;
+    let name = a
+        .input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let writer = GgufWriter::llama(
+        &c,
+        &name,
+        llama_file_type(want),
+        gguf_vocab,
+        template.as_deref(),
+    )?;
     let ids = TensorId::all(&c);
     let specs = ids
         .iter()
         .map(|id| GgufTensorSpec::weight(*id, target(*id, id.expected_shape(&c)[1], want), &c))
         .collect::<Result<Vec<_>>>()?;
     if files.weight(ids[0]).is_ok_and(|w| w.format.is_quantized()) {
-        log::warn!("the input is quantized already: its weights are dequantized and quantized again, which adds to their error");
+        log::warn!(
+            "the input is quantized already: its weights are dequantized and quantized again, which adds to their error"
+        );
     }
     let pb = crate::progress::bar(ids.len() as u64, "quantizing");
     let written = writer.write_file(&a.output, &specs, |i, spec| {
@@ -84,7 +109,8 @@ pub fn run(a: Args) -> Result<()> {
         // a quantized source (a GGUF) is dequantized and quantized again: the file must hold
         // the type its header says, whatever the source held
         let requantize = w.format.is_quantized() && w.format != WeightFormat::Gptq4;
-        let w = if f == WeightFormat::F32 || f == WeightFormat::F16 || (requantize && w.format != f) {
+        let w = if f == WeightFormat::F32 || f == WeightFormat::F16 || (requantize && w.format != f)
+        {
             w.converted(f)
         } else {
             quantize_weight(w, f, &spec.name)?
@@ -92,14 +118,23 @@ pub fn run(a: Args) -> Result<()> {
         let row = w.format.row_bytes(w.cols, &spec.name)?;
         // llama.cpp stores Q and K rows permuted for its rotary layout
         let bytes = match (files.rope_style, id) {
-            (RopeStyle::Half, TensorId::Layer(_, LayerTensor::Wq)) => permute_rows_for_gguf(&w.bytes, row, c.n_heads, c.head_dim),
-            (RopeStyle::Half, TensorId::Layer(_, LayerTensor::Wk)) => permute_rows_for_gguf(&w.bytes, row, c.n_kv_heads, c.head_dim),
+            (RopeStyle::Half, TensorId::Layer(_, LayerTensor::Wq)) => {
+                permute_rows_for_gguf(&w.bytes, row, c.n_heads, c.head_dim)
+            }
+            (RopeStyle::Half, TensorId::Layer(_, LayerTensor::Wk)) => {
+                permute_rows_for_gguf(&w.bytes, row, c.n_kv_heads, c.head_dim)
+            }
             _ => w.bytes.to_vec(),
         };
         pb.inc(1);
         Ok(bytes)
     })?;
     pb.finish_and_clear();
-    eprintln!("wrote {} ({} bytes, {} tensors)", a.output.display(), written, ids.len());
+    eprintln!(
+        "wrote {} ({} bytes, {} tensors)",
+        a.output.display(),
+        written,
+        ids.len()
+    );
     Ok(())
 }

@@ -25,13 +25,30 @@ pub struct Args {
 }
 
 fn line_ids(line: &str, a: &Args, tok: &Tokenizer, template: &ChatTemplate) -> Result<Vec<u32>> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::arg("line", format!("invalid JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| Error::arg("line", format!("invalid JSON: {e}")))?;
     if a.chat {
-        let msgs: Vec<Message> = serde_json::from_value(v.get("messages").cloned().unwrap_or_default())
-            .map_err(|e| Error::arg("messages", format!("expected a list of {{role, content}}: {e}")))?;
-        template.render(tok, tok.bos_id().unwrap_or(1), tok.eos_id().unwrap_or(2), &msgs, a.allow_control_tokens)
+        let msgs: Vec<Message> = serde_json::from_value(
+            v.get("messages").cloned().unwrap_or_default(),
+        )
+        .map_err(|e| {
+            Error::arg(
+                "messages",
+                format!("expected a list of {{role, content}}: {e}"),
+            )
+        })?;
+        template.render(
+            tok,
+            tok.bos_id().unwrap_or(1),
+            tok.eos_id().unwrap_or(2),
+            &msgs,
+            a.allow_control_tokens,
+        )
     } else {
-        let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| Error::arg("text", "missing string field `text`"))?;
+        let text = v
+            .get("text")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| Error::arg("text", "missing string field `text`"))?;
         tok.encode(text)
     }
 }
@@ -40,7 +57,8 @@ pub fn run(a: Args) -> Result<()> {
     let tok = Tokenizer::from_file(&a.tokenizer)?;
     let template = match &a.template {
         Some(n) => ChatTemplate::by_name(n)?,
-        None => yangtuo::chat::own_template::from_dir(&a.tokenizer, &tok).unwrap_or(ChatTemplate::Llama2),
+        None => yangtuo::chat::own_template::from_dir(&a.tokenizer, &tok)
+            .unwrap_or(ChatTemplate::Llama2),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -15,15 +15,17 @@
 
 use crate::backend::DECODE_ROWS;
 use crate::decoding::{Constraint, Decoding};
-use crate::generate::{Cached, Completion, FinishReason, Flow, GenerateOptions, Piece, TokenLogprob, now};
+use crate::generate::{
+    Cached, Completion, FinishReason, Flow, GenerateOptions, Piece, TokenLogprob, now,
+};
 use crate::runner::{Runner, SessionState};
 use crate::sampler::argmax;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A job's `stop` flag: running, cancelled (`FinishReason::Abort`), or stopped by the
@@ -47,7 +49,11 @@ struct Job {
 
 enum Event {
     /// A piece of text, its tokens' logprobs, and how many tokens the answer has so far.
-    Piece { text: String, logprobs: Vec<TokenLogprob>, tokens: usize },
+    Piece {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+        tokens: usize,
+    },
     /// The answer, and the cache to pool.
     Done(Result<Completion>, Cached),
 }
@@ -60,17 +66,31 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// `step_prompt`: the prompt tokens that ride along in one decode step (at most
     /// `max_batch`).
-    pub fn start(runner: Arc<dyn Runner>, tokenizer: Arc<Tokenizer>, eos_ids: Vec<u32>, max_batch: usize, step_prompt: usize) -> Result<Batcher> {
+    pub fn start(
+        runner: Arc<dyn Runner>,
+        tokenizer: Arc<Tokenizer>,
+        eos_ids: Vec<u32>,
+        max_batch: usize,
+        step_prompt: usize,
+    ) -> Result<Batcher> {
         let (tx, rx) = mpsc::channel();
         let max_batch = max_batch.max(1);
         let step_prompt = step_prompt.clamp(1, max_batch);
         std::thread::Builder::new()
             .name("yangtuo-batch".into())
             .spawn(move || {
-                let s = Scheduler { runner: &*runner, tokenizer: &tokenizer, eos_ids: &eos_ids, chunk: max_batch, step_prompt };
+                let s = Scheduler {
+                    runner: &*runner,
+                    tokenizer: &tokenizer,
+                    eos_ids: &eos_ids,
+                    chunk: max_batch,
+                    step_prompt,
+                };
                 // A panic (a bug) fails the generations in flight, whose channels it drops,
                 // and the scheduler starts over for the next requests.
-                while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.serve(&rx))).is_err() {
+                while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.serve(&rx)))
+                    .is_err()
+                {
                     log::error!("the batch scheduler panicked; its generations in flight failed");
                 }
             })
@@ -92,9 +112,20 @@ impl Batcher {
     ) -> (Result<Completion>, Option<Cached>) {
         let stop = Arc::new(AtomicU8::new(RUN));
         let (events, rx) = mpsc::channel();
-        let job = Job { prompt: prompt.to_vec(), max_new, opts: opts.clone(), cache, constraint, stop: stop.clone(), events };
+        let job = Job {
+            prompt: prompt.to_vec(),
+            max_new,
+            opts: opts.clone(),
+            cache,
+            constraint,
+            stop: stop.clone(),
+            events,
+        };
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
-            return (Err(Error::Device("the batch scheduler has stopped".into())), Some(job.cache));
+            return (
+                Err(Error::Device("the batch scheduler has stopped".into())),
+                Some(job.cache),
+            );
         }
         // what the caller has been given, for an answer its callback stopped
         let (mut text, mut logprobs, mut tokens, mut stopped) = (String::new(), 0, 0, false);
@@ -103,14 +134,22 @@ impl Batcher {
                 stop.store(ABORT, Ordering::Relaxed);
             }
             match rx.recv_timeout(CANCEL_POLL) {
-                Ok(Event::Piece { text: piece, logprobs: lp, tokens: n }) => {
+                Ok(Event::Piece {
+                    text: piece,
+                    logprobs: lp,
+                    tokens: n,
+                }) => {
                     if stopped {
                         continue;
                     }
                     text.push_str(&piece);
                     logprobs += lp.len();
                     tokens = n;
-                    if on_piece(Piece { text: &piece, logprobs: &lp }) == Flow::Stop {
+                    if on_piece(Piece {
+                        text: &piece,
+                        logprobs: &lp,
+                    }) == Flow::Stop
+                    {
                         stopped = true;
                         stop.store(STOP, Ordering::Relaxed);
                     }
@@ -132,7 +171,12 @@ impl Batcher {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return (Err(Error::Device("the batch scheduler stopped during a generation".into())), None);
+                    return (
+                        Err(Error::Device(
+                            "the batch scheduler stopped during a generation".into(),
+                        )),
+                        None,
+                    );
                 }
             }
         }
@@ -200,9 +244,22 @@ impl<'a> Scheduler<'a> {
 
     fn admit(&self, mut job: Job) -> Running<'a> {
         let common = job.cache.reuse_prefix(&job.prompt);
-        let mut seq = Decoding::new(self.tokenizer, self.eos_ids, job.opts.clone(), &job.prompt, job.prompt.len() - common, job.max_new, now());
+        let mut seq = Decoding::new(
+            self.tokenizer,
+            self.eos_ids,
+            job.opts.clone(),
+            &job.prompt,
+            job.prompt.len() - common,
+            job.max_new,
+            now(),
+        );
         seq.constrain(job.constraint.take());
-        Running { job, seq, prefilled: common, next: 0 }
+        Running {
+            job,
+            seq,
+            prefilled: common,
+            next: 0,
+        }
     }
 
     /// The caller's stop, if it asked for one.
@@ -222,7 +279,8 @@ impl<'a> Scheduler<'a> {
         let (start, len) = (r.prefilled, r.job.prompt.len());
         let end = (start + self.chunk).min(len);
         let cache = &mut r.job.cache;
-        self.runner.forward(&mut cache.state, &r.job.prompt[start..end], start, 1)?;
+        self.runner
+            .forward(&mut cache.state, &r.job.prompt[start..end], start, 1)?;
         cache.tokens.extend_from_slice(&r.job.prompt[start..end]);
         r.prefilled = end;
         if end < len {
@@ -238,7 +296,12 @@ impl<'a> Scheduler<'a> {
     /// One decode step of every decoding sequence, as one batch, with the next chunk of the
     /// oldest prompt riding along; a prompt whose last chunk ran gets its first token and
     /// decodes from the next step.
-    fn step(&self, batch: &mut Option<SessionState>, decoding: &mut Vec<Running<'a>>, prefilling: &mut VecDeque<Running<'a>>) {
+    fn step(
+        &self,
+        batch: &mut Option<SessionState>,
+        decoding: &mut Vec<Running<'a>>,
+        prefilling: &mut VecDeque<Running<'a>>,
+    ) {
         let mut staying = Vec::with_capacity(decoding.len());
         for r in decoding.drain(..) {
             match Self::stopped(&r) {
@@ -254,11 +317,25 @@ impl<'a> Scheduler<'a> {
         if decoding.is_empty() {
             return;
         }
-        let mut riding = if decoding.len() < DECODE_ROWS { prefilling.pop_front() } else { None };
-        let chunk = riding.as_ref().map(|r| r.prefilled..(r.prefilled + self.step_prompt).min(r.job.prompt.len()));
-        let finishing = riding.as_ref().zip(chunk.clone()).is_some_and(|(r, c)| c.end == r.job.prompt.len());
+        let mut riding = if decoding.len() < DECODE_ROWS {
+            prefilling.pop_front()
+        } else {
+            None
+        };
+        let chunk = riding
+            .as_ref()
+            .map(|r| r.prefilled..(r.prefilled + self.step_prompt).min(r.job.prompt.len()));
+        let finishing = riding
+            .as_ref()
+            .zip(chunk.clone())
+            .is_some_and(|(r, c)| c.end == r.job.prompt.len());
         let n = decoding.len();
-        let mut logits = match self.forward(batch, riding.as_mut().zip(chunk.clone()), decoding, finishing) {
+        let mut logits = match self.forward(
+            batch,
+            riding.as_mut().zip(chunk.clone()),
+            decoding,
+            finishing,
+        ) {
             Ok(l) => l,
             Err(e) => {
                 let message = e.to_string();
@@ -272,7 +349,10 @@ impl<'a> Scheduler<'a> {
         let vocab = logits.len() / (n + finishing as usize);
         let mut rows = logits.chunks_exact_mut(vocab);
         if let (Some(mut r), Some(chunk)) = (riding, chunk) {
-            r.job.cache.tokens.extend_from_slice(&r.job.prompt[chunk.clone()]);
+            r.job
+                .cache
+                .tokens
+                .extend_from_slice(&r.job.prompt[chunk.clone()]);
             r.prefilled = chunk.end;
             if finishing {
                 let row = rows.next().expect("the prompt's logits row");
@@ -299,7 +379,11 @@ impl<'a> Scheduler<'a> {
 
     /// Give r its next token, chosen from its logits row (host argmax is the sampler's).
     fn next_from(&self, r: &mut Running<'a>, row: &mut [f32]) -> Result<Option<FinishReason>> {
-        let next = if r.seq.needs_logits() { r.seq.pick(row)? } else { argmax(row) };
+        let next = if r.seq.needs_logits() {
+            r.seq.pick(row)?
+        } else {
+            argmax(row)
+        };
         self.accept(r, next)
     }
 
@@ -314,17 +398,27 @@ impl<'a> Scheduler<'a> {
         finishing: bool,
     ) -> Result<Vec<f32>> {
         if batch.is_none() {
-            *batch = Some(self.runner.new_state(0, DECODE_ROWS + self.step_prompt, DECODE_ROWS + 1)?);
+            *batch = Some(self.runner.new_state(
+                0,
+                DECODE_ROWS + self.step_prompt,
+                DECODE_ROWS + 1,
+            )?);
         }
         let batch = batch.as_mut().expect("made above");
         let tokens: Vec<[u32; 1]> = decoding.iter().map(|r| [r.next]).collect();
         let out = decoding.len() + finishing as usize;
-        let mut rows: Vec<(&mut SessionState, &[u32], usize)> = Vec::with_capacity(decoding.len() + 1);
+        let mut rows: Vec<(&mut SessionState, &[u32], usize)> =
+            Vec::with_capacity(decoding.len() + 1);
         if let Some((r, chunk)) = riding {
             let Job { prompt, cache, .. } = &mut r.job;
             rows.push((&mut cache.state, &prompt[chunk.clone()], chunk.start));
         }
-        rows.extend(decoding.iter_mut().zip(&tokens).map(|(r, t)| (&mut r.job.cache.state, &t[..], r.seq.pos())));
+        rows.extend(
+            decoding
+                .iter_mut()
+                .zip(&tokens)
+                .map(|(r, t)| (&mut r.job.cache.state, &t[..], r.seq.pos())),
+        );
         self.runner.forward_batch(batch, &mut rows, out)?;
         pollster::block_on(self.runner.logits(batch, out))
     }
@@ -338,7 +432,15 @@ impl<'a> Scheduler<'a> {
         })?;
         r.next = next;
         for (text, logprobs) in pieces {
-            if r.job.events.send(Event::Piece { text, logprobs, tokens: r.seq.tokens() }).is_err() {
+            if r.job
+                .events
+                .send(Event::Piece {
+                    text,
+                    logprobs,
+                    tokens: r.seq.tokens(),
+                })
+                .is_err()
+            {
                 // the caller is gone (its thread unwound): nobody reads the rest
                 r.job.stop.store(ABORT, Ordering::Relaxed);
             }
@@ -358,7 +460,11 @@ impl<'a> Scheduler<'a> {
         });
         let tokens = result.as_ref().map_or(0, |c| c.ids.len());
         for (text, logprobs) in pieces {
-            let _ = job.events.send(Event::Piece { text, logprobs, tokens });
+            let _ = job.events.send(Event::Piece {
+                text,
+                logprobs,
+                tokens,
+            });
         }
         let _ = job.events.send(Event::Done(result, job.cache));
     }

@@ -10,10 +10,15 @@ use std::path::Path;
 pub enum RopeScaling {
     None,
     /// Positions are divided by `factor` (Position Interpolation).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// NTK-aware: once the sequence exceeds `original_max`, the base grows with it
     /// (transformers' `dynamic` rope type, used to stretch Llama 2 from 4K to 32K).
-    Dynamic { factor: f64, original_max: usize },
+    Dynamic {
+        factor: f64,
+        original_max: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,13 +54,18 @@ impl Config {
         let (base, div) = match self.rope_scaling {
             RopeScaling::None => (self.rope_theta, 1.0),
             RopeScaling::Linear { factor } => (self.rope_theta, factor),
-            RopeScaling::Dynamic { factor, original_max } => {
+            RopeScaling::Dynamic {
+                factor,
+                original_max,
+            } => {
                 let s = seq_len.max(original_max) as f64;
                 let grow = factor * s / original_max as f64 - (factor - 1.0);
                 (self.rope_theta * grow.powf(d / (d - 2.0)), 1.0)
             }
         };
-        (0..self.head_dim / 2).map(|i| 1.0 / base.powf(2.0 * i as f64 / d) / div).collect()
+        (0..self.head_dim / 2)
+            .map(|i| 1.0 / base.powf(2.0 * i as f64 / d) / div)
+            .collect()
     }
 
     /// `[n, head_dim/2, 2]` table of (cos, sin) for positions `pos..pos+n`, computed in f64.
@@ -94,7 +104,10 @@ impl Config {
             ));
         }
         if self.head_dim % 2 != 0 || self.head_dim > 256 {
-            return bad(format!("head_dim {} must be even and at most 256", self.head_dim));
+            return bad(format!(
+                "head_dim {} must be even and at most 256",
+                self.head_dim
+            ));
         }
         // what any real Llama is within, so that a hostile file cannot ask for terabytes
         for (name, v, max) in [
@@ -111,18 +124,32 @@ impl Config {
             }
         }
         if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
-            return bad(format!("rms_norm_eps must be in (0, 1), got {}", self.norm_eps));
+            return bad(format!(
+                "rms_norm_eps must be in (0, 1), got {}",
+                self.norm_eps
+            ));
         }
         if !(self.rope_theta > 0.0 && self.rope_theta <= 1e12) {
-            return bad(format!("rope_theta must be in (0, 1e12], got {}", self.rope_theta));
+            return bad(format!(
+                "rope_theta must be in (0, 1e12], got {}",
+                self.rope_theta
+            ));
         }
         match self.rope_scaling {
             RopeScaling::None => {}
-            RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor, .. } if !(factor >= 1.0 && factor <= 1024.0) => {
-                return bad(format!("rope_scaling.factor must be in [1, 1024], got {factor}"));
+            RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor, .. }
+                if !(factor >= 1.0 && factor <= 1024.0) =>
+            {
+                return bad(format!(
+                    "rope_scaling.factor must be in [1, 1024], got {factor}"
+                ));
             }
-            RopeScaling::Dynamic { original_max: 0, .. } => {
-                return bad("rope_scaling.original_max_position_embeddings must be positive".into());
+            RopeScaling::Dynamic {
+                original_max: 0, ..
+            } => {
+                return bad(
+                    "rope_scaling.original_max_position_embeddings must be positive".into(),
+                );
             }
             _ => {}
         }
@@ -190,15 +217,23 @@ impl HfConfig {
         }
         if let Some(act) = &self.hidden_act {
             if act != "silu" {
-                return Err(Error::load(path, format!("unsupported hidden_act `{act}` (expected silu)")));
+                return Err(Error::load(
+                    path,
+                    format!("unsupported hidden_act `{act}` (expected silu)"),
+                ));
             }
         }
-        let rope_scaling = parse_rope_scaling(self.rope_scaling.as_ref(), self.max_position_embeddings)
-            .map_err(|m| Error::load(path, m))?;
+        let rope_scaling =
+            parse_rope_scaling(self.rope_scaling.as_ref(), self.max_position_embeddings)
+                .map_err(|m| Error::load(path, m))?;
         let eos_ids = match &self.eos_token_id {
             None => vec![2],
             Some(serde_json::Value::Number(n)) => vec![n.as_u64().unwrap_or(2) as u32],
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as u32)
+                .collect(),
             Some(_) => return Err(Error::load(path, "eos_token_id must be a number or a list")),
         };
         if self.num_attention_heads == 0 {
@@ -210,7 +245,9 @@ impl HfConfig {
             n_layers: self.num_hidden_layers,
             n_heads: self.num_attention_heads,
             n_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            head_dim: self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size / self.num_attention_heads),
             vocab_size: self.vocab_size,
             max_seq_len: self.max_position_embeddings,
             norm_eps: self.rms_norm_eps,
@@ -226,26 +263,44 @@ impl HfConfig {
 }
 
 /// `rope_scaling` as transformers writes it: `{"type"|"rope_type": "linear"|"dynamic", "factor": f}`.
-pub fn parse_rope_scaling(v: Option<&serde_json::Value>, max_pos: usize) -> Result<RopeScaling, String> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
-    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|k| k.as_str()).unwrap_or("default");
+pub fn parse_rope_scaling(
+    v: Option<&serde_json::Value>,
+    max_pos: usize,
+) -> Result<RopeScaling, String> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|k| k.as_str())
+        .unwrap_or("default");
     let factor = v.get("factor").and_then(|f| f.as_f64());
     let need_factor = || match factor {
         Some(f) if f >= 1.0 => Ok(f),
-        _ => Err(format!("rope_scaling `{kind}` needs a factor >= 1, got {v}")),
+        _ => Err(format!(
+            "rope_scaling `{kind}` needs a factor >= 1, got {v}"
+        )),
     };
     match kind {
         "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear { factor: need_factor()? }),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: need_factor()?,
+        }),
         "dynamic" => {
             let original_max = v
                 .get("original_max_position_embeddings")
                 .and_then(|m| m.as_u64())
                 .map(|m| m as usize)
                 .unwrap_or(max_pos);
-            Ok(RopeScaling::Dynamic { factor: need_factor()?, original_max })
+            Ok(RopeScaling::Dynamic {
+                factor: need_factor()?,
+                original_max,
+            })
         }
-        other => Err(format!("unsupported rope_scaling type `{other}` (supported: linear, dynamic)")),
+        other => Err(format!(
+            "unsupported rope_scaling type `{other}` (supported: linear, dynamic)"
+        )),
     }
 }
 
@@ -275,7 +330,10 @@ mod tests {
     #[test]
     fn dynamic_ntk_only_grows_past_the_trained_context() {
         let plain = cfg(RopeScaling::None).rope_inv_freq(64);
-        let dynamic = cfg(RopeScaling::Dynamic { factor: 4.0, original_max: 32 });
+        let dynamic = cfg(RopeScaling::Dynamic {
+            factor: 4.0,
+            original_max: 32,
+        });
         assert_eq!(dynamic.rope_inv_freq(32), plain);
         // Past 32 tokens the base grows, so the lowest frequencies shrink.
         assert!(dynamic.rope_inv_freq(64)[7] < plain[7]);
@@ -285,11 +343,17 @@ mod tests {
     #[test]
     fn rope_scaling_parses_both_key_spellings() {
         let v: serde_json::Value = serde_json::json!({"type": "linear", "factor": 2.0});
-        assert_eq!(parse_rope_scaling(Some(&v), 4096), Ok(RopeScaling::Linear { factor: 2.0 }));
+        assert_eq!(
+            parse_rope_scaling(Some(&v), 4096),
+            Ok(RopeScaling::Linear { factor: 2.0 })
+        );
         let v: serde_json::Value = serde_json::json!({"rope_type": "dynamic", "factor": 8.0});
         assert_eq!(
             parse_rope_scaling(Some(&v), 4096),
-            Ok(RopeScaling::Dynamic { factor: 8.0, original_max: 4096 })
+            Ok(RopeScaling::Dynamic {
+                factor: 8.0,
+                original_max: 4096
+            })
         );
         let v: serde_json::Value = serde_json::json!({"type": "yarn", "factor": 8.0});
         assert!(parse_rope_scaling(Some(&v), 4096).is_err());

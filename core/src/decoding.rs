@@ -3,12 +3,14 @@
 //! then decode, match stop strings and stream. Both the one-sequence loop (generate.rs)
 //! and the batch scheduler (batch.rs) drive it, so a sequence behaves the same in either.
 
+use crate::Result;
 use crate::chat::StopMatcher;
-use crate::generate::{Completion, FinishReason, Flow, GenerateOptions, Piece, Timings, TokenLogprob, Usage};
+use crate::generate::{
+    Completion, FinishReason, Flow, GenerateOptions, Piece, Timings, TokenLogprob, Usage,
+};
 use crate::runner::{Runner, SessionState};
 use crate::sampler::Sampler;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
-use crate::Result;
 
 pub(crate) use crate::grammar::Constraint;
 
@@ -62,7 +64,10 @@ impl<'a> Decoding<'a> {
             text: String::new(),
             logprobs: vec![],
             unsent: 0,
-            timings: Timings { prefill_tokens: prefilled, ..Default::default() },
+            timings: Timings {
+                prefill_tokens: prefilled,
+                ..Default::default()
+            },
             t0,
             t_first: None,
             constraint: None,
@@ -76,7 +81,10 @@ impl<'a> Decoding<'a> {
 
     /// Whether the next token needs the logits; if not, the device's argmax is the token.
     pub fn needs_logits(&self) -> bool {
-        self.opts.logprobs.is_some() || self.opts.ignore_eos || !self.sampler.params.is_greedy() || self.constraint.is_some()
+        self.opts.logprobs.is_some()
+            || self.opts.ignore_eos
+            || !self.sampler.params.is_greedy()
+            || self.constraint.is_some()
     }
 
     /// The next token after the last position `state` ran (its logits row 0).
@@ -117,7 +125,10 @@ impl<'a> Decoding<'a> {
         // a complete grammar leaves only EOS, which ends the answer even with ignore_eos
         let only_eos = || {
             self.constraint.is_some()
-                && logits.iter().enumerate().all(|(i, l)| *l == f32::NEG_INFINITY || self.eos_ids.contains(&(i as u32)))
+                && logits
+                    .iter()
+                    .enumerate()
+                    .all(|(i, l)| *l == f32::NEG_INFINITY || self.eos_ids.contains(&(i as u32)))
         };
         if self.opts.ignore_eos && !only_eos() {
             for &id in self.eos_ids {
@@ -131,7 +142,12 @@ impl<'a> Decoding<'a> {
 
     /// Take `next` (chosen at time `now`): stream its text; `Some` when the answer ends
     /// with it. Otherwise the caller feeds `next` back at position `pos()`.
-    pub fn accept(&mut self, next: u32, now: f64, on_piece: &mut dyn FnMut(Piece) -> Flow) -> Result<Option<FinishReason>> {
+    pub fn accept(
+        &mut self,
+        next: u32,
+        now: f64,
+        on_piece: &mut dyn FnMut(Piece) -> Flow,
+    ) -> Result<Option<FinishReason>> {
         if self.t_first.is_none() {
             self.t_first = Some(now);
             self.timings.prefill_s = now - self.t0;
@@ -174,12 +190,20 @@ impl<'a> Decoding<'a> {
         self.text.push_str(piece);
         let fresh = &self.logprobs[self.logprobs.len() - self.unsent..];
         self.unsent = 0;
-        on_piece(Piece { text: piece, logprobs: fresh })
+        on_piece(Piece {
+            text: piece,
+            logprobs: fresh,
+        })
     }
 
     /// The answer, ended for `finish` at time `now`: what the decoder and the stop matcher
     /// still hold is streamed first.
-    pub fn finish(mut self, finish: FinishReason, now: f64, on_piece: &mut dyn FnMut(Piece) -> Flow) -> Result<Completion> {
+    pub fn finish(
+        mut self,
+        finish: FinishReason,
+        now: f64,
+        on_piece: &mut dyn FnMut(Piece) -> Flow,
+    ) -> Result<Completion> {
         let (piece, stopped) = self.stops.push(&self.decoder.finish(self.tokenizer)?);
         self.emit(&piece, on_piece);
         if !stopped {
@@ -190,7 +214,19 @@ impl<'a> Decoding<'a> {
         timings.decode_tokens = self.ids.len().saturating_sub(1);
         timings.decode_s = now - self.t_first.unwrap_or(now);
         let (prompt_tokens, completion_tokens) = (self.prompt_len, self.ids.len());
-        let usage = Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens };
-        Ok(Completion { text: self.text, finish_reason: finish, usage, ids: self.ids, timings, dropped_turns: 0, logprobs: self.logprobs })
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        };
+        Ok(Completion {
+            text: self.text,
+            finish_reason: finish,
+            usage,
+            ids: self.ids,
+            timings,
+            dropped_turns: 0,
+            logprobs: self.logprobs,
+        })
     }
 }

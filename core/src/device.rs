@@ -27,7 +27,10 @@ impl FromStr for BackendChoice {
             "wgpu" | "gpu" => Ok(BackendChoice::Wgpu),
             "cpu" => Ok(BackendChoice::Cpu),
             "cuda" => Ok(BackendChoice::Cuda),
-            other => Err(Error::arg("backend", format!("`{other}` is not one of auto, wgpu, cuda, cpu"))),
+            other => Err(Error::arg(
+                "backend",
+                format!("`{other}` is not one of auto, wgpu, cuda, cpu"),
+            )),
         }
     }
 }
@@ -52,7 +55,10 @@ fn boxed<B: crate::backend::Backend>(
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<Arc<dyn Runner>> {
     let model = Model::load(source, backend, total, progress)?;
-    log::info!("loaded on {}", crate::backend::Backend::name(&model.backend));
+    log::info!(
+        "loaded on {}",
+        crate::backend::Backend::name(&model.backend)
+    );
     Ok(model.into_runner())
 }
 
@@ -66,7 +72,12 @@ pub async fn load_runner(
     let choice = choice.resolve()?;
     match choice {
         #[cfg(feature = "wgpu")]
-        BackendChoice::Wgpu => boxed(source, crate::backend::wgpu::Wgpu::new().await?, total, progress),
+        BackendChoice::Wgpu => boxed(
+            source,
+            crate::backend::wgpu::Wgpu::new().await?,
+            total,
+            progress,
+        ),
         #[cfg(feature = "cpu")]
         BackendChoice::Cpu => boxed(source, crate::backend::cpu::Cpu, total, progress),
         #[cfg(feature = "cuda")]
@@ -111,7 +122,11 @@ pub async fn load_runner(
         #[allow(unreachable_patterns)]
         other => Err(Error::Device(format!(
             "backend {other:?} is not available in this build{}",
-            if other == BackendChoice::Cuda { " (build with `--features cuda`)" } else { "" }
+            if other == BackendChoice::Cuda {
+                " (build with `--features cuda`)"
+            } else {
+                ""
+            }
         ))),
     }
 }

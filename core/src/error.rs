@@ -21,11 +21,18 @@ pub enum Error {
         "context length exceeded: the prompt has {prompt} tokens and {requested} more were requested, \
          but the context holds {context} tokens"
     )]
-    ContextLength { prompt: usize, requested: usize, context: usize },
+    ContextLength {
+        prompt: usize,
+        requested: usize,
+        context: usize,
+    },
 
     /// A parameter outside its valid range (temperature, top_p, ids, ...).
     #[error("invalid argument `{name}`: {msg}")]
-    InvalidArg { name: Cow<'static, str>, msg: String },
+    InvalidArg {
+        name: Cow<'static, str>,
+        msg: String,
+    },
 
     /// A tokenizer file that cannot be parsed, or text it cannot encode.
     #[error("tokenizer: {0}")]
@@ -37,14 +44,21 @@ pub enum Error {
 
     /// The device ran out of memory for a named allocation.
     #[error("out of device memory allocating {what} ({bytes} bytes): {msg}")]
-    OutOfMemory { what: String, bytes: u64, msg: String },
+    OutOfMemory {
+        what: String,
+        bytes: u64,
+        msg: String,
+    },
 
     /// The caller asked to stop (Ctrl-C, AbortSignal).
     #[error("cancelled")]
     Cancelled,
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Untrusted text (a key or name from a model file, a template's error) made safe to print:
@@ -68,13 +82,22 @@ pub fn printable(s: &str, max: usize) -> String {
 
 impl Error {
     pub fn load(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::ModelLoad { path: path.into(), msg: msg.into() }
+        Error::ModelLoad {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     pub fn arg(name: impl Into<Cow<'static, str>>, msg: impl Into<String>) -> Self {
-        Error::InvalidArg { name: name.into(), msg: msg.into() }
+        Error::InvalidArg {
+            name: name.into(),
+            msg: msg.into(),
+        }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     /// A short stable code for bindings (`MODEL_LOAD`, `TEMPLATE`, ...).
     pub fn code(&self) -> &'static str {
@@ -95,7 +118,10 @@ mod printable_tests {
 
     #[test]
     fn escapes_control_characters_and_cuts() {
-        assert_eq!(printable("ok \u{1b}]0;pwned\u{7}\r", 100), "ok \\u{1b}]0;pwned\\u{7}\\r");
+        assert_eq!(
+            printable("ok \u{1b}]0;pwned\u{7}\r", 100),
+            "ok \\u{1b}]0;pwned\\u{7}\\r"
+        );
         assert_eq!(printable("羊驼羊驼", 2), "羊驼… (12 bytes in all)");
         assert_eq!(printable("a\nb", 9), "a\nb");
     }

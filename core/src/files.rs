@@ -15,7 +15,10 @@ pub const TOKENIZER_CAP: u64 = 256 << 20;
 pub fn open_regular(path: &Path) -> Result<std::fs::File> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::load(path, "is not a regular file (a FIFO, a device or a folder); give a model file"));
+        return Err(Error::load(
+            path,
+            "is not a regular file (a FIFO, a device or a folder); give a model file",
+        ));
     }
     std::fs::File::open(path).map_err(|e| Error::io(path, e))
 }
@@ -23,9 +26,15 @@ pub fn open_regular(path: &Path) -> Result<std::fs::File> {
 /// The bytes of the regular file `path`, at most `cap` of them (more is an error).
 pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
     let mut bytes = vec![];
-    open_regular(path)?.take(cap + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    open_regular(path)?
+        .take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > cap {
-        return Err(Error::load(path, format!("is larger than {cap} bytes; this is not a file of that kind")));
+        return Err(Error::load(
+            path,
+            format!("is larger than {cap} bytes; this is not a file of that kind"),
+        ));
     }
     Ok(bytes)
 }
@@ -53,12 +62,33 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join("config.json");
         let _ = std::fs::remove_file(&fifo);
-        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-        assert!(read_capped(&fifo, 10).unwrap_err().to_string().contains("not a regular file"));
-        assert!(read_capped(Path::new("/dev/zero"), 10).unwrap_err().to_string().contains("not a regular file"));
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(
+            read_capped(&fifo, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("not a regular file")
+        );
+        assert!(
+            read_capped(Path::new("/dev/zero"), 10)
+                .unwrap_err()
+                .to_string()
+                .contains("not a regular file")
+        );
         let big = dir.join("big");
         std::fs::write(&big, [b'x'; 11]).unwrap();
-        assert!(read_capped(&big, 10).unwrap_err().to_string().contains("larger than 10"));
+        assert!(
+            read_capped(&big, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("larger than 10")
+        );
         assert_eq!(read_capped(&big, 11).unwrap().len(), 11);
         let _ = std::fs::remove_dir_all(&dir);
     }

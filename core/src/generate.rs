@@ -25,7 +25,10 @@ impl std::str::FromStr for ContextOverflow {
         match s.to_ascii_lowercase().replace('_', "-").as_str() {
             "error" => Ok(ContextOverflow::Error),
             "truncate-oldest" | "truncate" => Ok(ContextOverflow::TruncateOldest),
-            other => Err(Error::arg("context_overflow", format!("`{other}` is not one of truncate-oldest, error"))),
+            other => Err(Error::arg(
+                "context_overflow",
+                format!("`{other}` is not one of truncate-oldest, error"),
+            )),
         }
     }
 }
@@ -73,17 +76,30 @@ impl TokenLogprob {
     /// `chosen`'s log-probability in `logits`, and the `top` most likely tokens (ties by id).
     pub fn of(logits: &[f32], chosen: u32, top: usize) -> TokenLogprob {
         let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+        let log_sum = logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
         let lp = |id: u32| (logits[id as usize] as f64 - log_sum) as f32;
         let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-        let order = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        let order = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
         let top = top.min(ids.len());
         if top > 0 && top < ids.len() {
             ids.select_nth_unstable_by(top - 1, order);
         }
         ids.truncate(top);
         ids.sort_by(order);
-        TokenLogprob { id: chosen, logprob: lp(chosen), top: ids.into_iter().map(|i| (i, lp(i))).collect() }
+        TokenLogprob {
+            id: chosen,
+            logprob: lp(chosen),
+            top: ids.into_iter().map(|i| (i, lp(i))).collect(),
+        }
     }
 }
 
@@ -167,7 +183,11 @@ impl Completion {
     /// The completion, or `Error::Cancelled` if it was aborted: for calls whose callers
     /// expect a cancel to be an error.
     pub fn unless_aborted(self) -> Result<Completion> {
-        if self.finish_reason == FinishReason::Abort { Err(Error::Cancelled) } else { Ok(self) }
+        if self.finish_reason == FinishReason::Abort {
+            Err(Error::Cancelled)
+        } else {
+            Ok(self)
+        }
     }
 }
 
@@ -191,7 +211,9 @@ pub fn now() -> f64 {
     {
         use std::sync::OnceLock;
         static T0: OnceLock<std::time::Instant> = OnceLock::new();
-        T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+        T0.get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs_f64()
     }
     #[cfg(target_arch = "wasm32")]
     {
@@ -218,7 +240,10 @@ impl GenerateOptions {
         if let Some(n) = self.logprobs
             && n > MAX_TOP_LOGPROBS
         {
-            return Err(Error::arg("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}, got {n}")));
+            return Err(Error::arg(
+                "top_logprobs",
+                format!("must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+            ));
         }
         budget(prompt, self.max_tokens, ctx)
     }
@@ -235,7 +260,11 @@ pub fn budget(prompt: usize, max_tokens: Option<usize>, ctx: usize) -> Result<us
         return Err(Error::arg("prompt", "the prompt is empty"));
     }
     if prompt + 1 > ctx {
-        return Err(Error::ContextLength { prompt, requested: 1, context: ctx });
+        return Err(Error::ContextLength {
+            prompt,
+            requested: 1,
+            context: ctx,
+        });
     }
     Ok(max_tokens.unwrap_or(usize::MAX).min(ctx - prompt))
 }
@@ -253,7 +282,15 @@ impl Generation<'_> {
     ) -> Result<Completion> {
         let t0 = (self.clock)();
         let common = cache.prefill(self.runner, prompt)?;
-        let mut seq = Decoding::new(self.tokenizer, self.eos_ids, self.opts.clone(), prompt, prompt.len() - common, max_new, t0);
+        let mut seq = Decoding::new(
+            self.tokenizer,
+            self.eos_ids,
+            self.opts.clone(),
+            prompt,
+            prompt.len() - common,
+            max_new,
+            t0,
+        );
         seq.constrain(constraint);
         let finish = loop {
             if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -264,7 +301,8 @@ impl Generation<'_> {
                 break finish;
             }
             // feed the token back: its key and value join the cache
-            self.runner.forward(&mut cache.state, &[next], seq.pos(), 1)?;
+            self.runner
+                .forward(&mut cache.state, &[next], seq.pos(), 1)?;
             cache.tokens.push(next);
         };
         seq.finish(finish, (self.clock)(), on_piece)
@@ -275,7 +313,13 @@ impl Cached {
     /// Keep the longest prefix of `prompt` this cache holds, but never the last prompt
     /// token (its logits come next); returns its length.
     pub(crate) fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
         self.tokens.truncate(common);
         common
     }

@@ -39,7 +39,9 @@ impl Grammar {
 
 fn top_level(grammar: &Grammar) -> TopLevelGrammar {
     match grammar {
-        Grammar::JsonObject => TopLevelGrammar::from_json_schema(serde_json::json!({ "type": "object" })),
+        Grammar::JsonObject => {
+            TopLevelGrammar::from_json_schema(serde_json::json!({ "type": "object" }))
+        }
         Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
         Grammar::Lark(lark) | Grammar::ToolCall(lark) => TopLevelGrammar::from_lark(lark.clone()),
     }
@@ -70,8 +72,8 @@ impl Vocab {
         let mut info = TokRxInfo::new(size as u32, eos);
         info.tok_bos = tokenizer.bos_id();
         let env: TokEnv = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
-        let mut factory =
-            ParserFactory::new_simple(&env).map_err(|e| Error::Tokenizer(format!("llguidance cannot read the vocabulary: {e}")))?;
+        let mut factory = ParserFactory::new_simple(&env)
+            .map_err(|e| Error::Tokenizer(format!("llguidance cannot read the vocabulary: {e}")))?;
         factory.quiet();
         Ok(Vocab { factory, size })
     }
@@ -81,12 +83,18 @@ impl Vocab {
     /// llguidance's message.
     pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint> {
         let invalid = |e: String| Error::arg(grammar.field(), e);
-        let parser = self.factory.create_parser(top_level(grammar)).map_err(|e| invalid(e.to_string()))?;
+        let parser = self
+            .factory
+            .create_parser(top_level(grammar))
+            .map_err(|e| invalid(e.to_string()))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(invalid(e));
         }
-        Ok(Constraint { matcher, size: self.size })
+        Ok(Constraint {
+            matcher,
+            size: self.size,
+        })
     }
 }
 
@@ -113,7 +121,10 @@ impl Constraint {
             }
         }
         if !any {
-            return Err(Error::arg("grammar", "no token of the vocabulary can continue the answer"));
+            return Err(Error::arg(
+                "grammar",
+                "no token of the vocabulary can continue the answer",
+            ));
         }
         Ok(())
     }

@@ -52,18 +52,25 @@ impl RepoSpec {
                 && s != "."
                 && s != ".."
                 && !s.starts_with(['-', '.'])
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
         let (owner, name) = repo.split_once('/')?;
         if !part(owner) || !part(name) {
             return None;
         }
         if let Some(q) = quant
-            && (q.is_empty() || !q.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+            && (q.is_empty()
+                || !q
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
         {
             return None;
         }
-        Some(RepoSpec { repo: repo.to_string(), quant: quant.map(str::to_string) })
+        Some(RepoSpec {
+            repo: repo.to_string(),
+            quant: quant.map(str::to_string),
+        })
     }
 
     /// The repo's folder in the cache: `models--owner--name`.
@@ -76,28 +83,51 @@ impl RepoSpec {
 /// (or the older `HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`, else
 /// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
 pub fn cache_dir() -> PathBuf {
-    let var = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")).unwrap_or_else(|| hf_home().join("hub"))
+    let var = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("HF_HUB_CACHE")
+        .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
+        .unwrap_or_else(|| hf_home().join("hub"))
 }
 
 /// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
 fn hf_home() -> PathBuf {
-    let var = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("HF_HOME").or_else(|| var("XDG_CACHE_HOME").map(|x| x.join("huggingface"))).unwrap_or_else(|| {
-        var("HOME").or_else(|| var("USERPROFILE")).unwrap_or_else(std::env::temp_dir).join(".cache").join("huggingface")
-    })
+    let var = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("HF_HOME")
+        .or_else(|| var("XDG_CACHE_HOME").map(|x| x.join("huggingface")))
+        .unwrap_or_else(|| {
+            var("HOME")
+                .or_else(|| var("USERPROFILE"))
+                .unwrap_or_else(std::env::temp_dir)
+                .join(".cache")
+                .join("huggingface")
+        })
 }
 
 /// A token hf-hub will send: `HF_TOKEN`, or the file `huggingface-cli login` writes.
 fn has_token() -> bool {
     std::env::var("HF_TOKEN").is_ok_and(|t| !t.trim().is_empty())
-        || std::env::var_os("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| hf_home().join("token")).is_file()
+        || std::env::var_os("HF_TOKEN_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| hf_home().join("token"))
+            .is_file()
 }
 
 /// `HF_HUB_OFFLINE` set to 1/true/yes/on.
 pub fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }
 
 /// A model spec to a local path: an existing path as is; a repo id through the cache,
@@ -158,7 +188,10 @@ pub fn resolve_model(spec: &str, progress: &mut dyn FnMut(HubProgress)) -> Resul
 
 /// The Hub endpoint in use (`HF_ENDPOINT`, else huggingface.co).
 pub fn endpoint() -> String {
-    std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into()).trim_end_matches('/').to_string()
+    std::env::var("HF_ENDPOINT")
+        .unwrap_or_else(|_| "https://huggingface.co".into())
+        .trim_end_matches('/')
+        .to_string()
 }
 
 enum Fail {
@@ -167,12 +200,22 @@ enum Fail {
     Error(Error),
 }
 
-fn fetch_blocking(spec: &str, repo: &RepoSpec, cache: &Path, tx: Sender<HubProgress>) -> Result<PathBuf, Fail> {
+fn fetch_blocking(
+    spec: &str,
+    repo: &RepoSpec,
+    cache: &Path,
+    tx: Sender<HubProgress>,
+) -> Result<PathBuf, Fail> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Fail::Error(Error::load(spec, format!("cannot start the download runtime: {e}"))))?;
+        .map_err(|e| {
+            Fail::Error(Error::load(
+                spec,
+                format!("cannot start the download runtime: {e}"),
+            ))
+        })?;
     rt.block_on(fetch(spec, repo, cache, &tx))
 }
 
@@ -184,23 +227,54 @@ struct Remote {
     etag: String,
 }
 
-async fn fetch(spec: &str, repo: &RepoSpec, cache: &Path, tx: &Sender<HubProgress>) -> Result<PathBuf, Fail> {
+async fn fetch(
+    spec: &str,
+    repo: &RepoSpec,
+    cache: &Path,
+    tx: &Sender<HubProgress>,
+) -> Result<PathBuf, Fail> {
     let fail = |e: HFError, file: Option<&str>| classify(spec, repo, file, e);
-    let client = HFClient::builder().cache_dir(cache).build().map_err(|e| fail(e, None))?;
+    let client = HFClient::builder()
+        .cache_dir(cache)
+        .build()
+        .map_err(|e| fail(e, None))?;
     let (owner, name) = hf_hub::split_id(&repo.repo);
     let handle = client.model(owner, name);
     let limit = stall_limit();
-    let silent = || Fail::Unreachable(format!("{} sent nothing for {} s", endpoint(), limit.as_secs()));
+    let silent = || {
+        Fail::Unreachable(format!(
+            "{} sent nothing for {} s",
+            endpoint(),
+            limit.as_secs()
+        ))
+    };
     let info = tokio::time::timeout(limit, handle.info().revision("main").send())
         .await
         .map_err(|_| silent())?
         .map_err(|e| fail(e, None))?;
-    let commit = info.sha.ok_or_else(|| Fail::Error(Error::load(spec, "the Hub sent no commit for `main`")))?;
-    let tree = handle.list_tree().revision(commit.clone()).recursive(true).send().map_err(|e| fail(e, None))?;
+    let commit = info
+        .sha
+        .ok_or_else(|| Fail::Error(Error::load(spec, "the Hub sent no commit for `main`")))?;
+    let tree = handle
+        .list_tree()
+        .revision(commit.clone())
+        .recursive(true)
+        .send()
+        .map_err(|e| fail(e, None))?;
     let mut files = vec![];
     futures_util::pin_mut!(tree);
-    while let Some(entry) = tokio::time::timeout(limit, tree.next()).await.map_err(|_| silent())? {
-        if let RepoTreeEntry::File { path, size, oid, lfs, .. } = entry.map_err(|e| fail(e, None))? {
+    while let Some(entry) = tokio::time::timeout(limit, tree.next())
+        .await
+        .map_err(|_| silent())?
+    {
+        if let RepoTreeEntry::File {
+            path,
+            size,
+            oid,
+            lfs,
+            ..
+        } = entry.map_err(|e| fail(e, None))?
+        {
             let etag = lfs.and_then(|l| l.sha256).unwrap_or(oid);
             files.push(Remote { path, size, etag });
         }
@@ -209,12 +283,21 @@ async fn fetch(spec: &str, repo: &RepoSpec, cache: &Path, tx: &Sender<HubProgres
     let snapshot = repo_dir.join("snapshots").join(&commit);
     let get = |f: Remote| {
         let (handle, repo_dir, commit) = (&handle, &repo_dir, &commit);
-        async move { download(handle, repo_dir, commit, &f, tx).await.map_err(|e| e.into_fail(spec, repo, &f.path)) }
+        async move {
+            download(handle, repo_dir, commit, &f, tx)
+                .await
+                .map_err(|e| e.into_fail(spec, repo, &f.path))
+        }
     };
     let target = match &repo.quant {
         Some(q) => {
-            let file = pick_gguf(spec, q, files.iter().map(|f| f.path.as_str())).map_err(Fail::Error)?;
-            let f = files.iter().find(|f| f.path == file).cloned().expect("picked from the list");
+            let file =
+                pick_gguf(spec, q, files.iter().map(|f| f.path.as_str())).map_err(Fail::Error)?;
+            let f = files
+                .iter()
+                .find(|f| f.path == file)
+                .cloned()
+                .expect("picked from the list");
             get(f).await?;
             snapshot.join(file)
         }
@@ -222,13 +305,21 @@ async fn fetch(spec: &str, repo: &RepoSpec, cache: &Path, tx: &Sender<HubProgres
             let wanted = safetensors_files(spec, &files).map_err(Fail::Error)?;
             match wanted {
                 Wanted::Gguf(file) => {
-                    let f = files.iter().find(|f| f.path == file).cloned().expect("picked from the list");
+                    let f = files
+                        .iter()
+                        .find(|f| f.path == file)
+                        .cloned()
+                        .expect("picked from the list");
                     get(f).await?;
                     snapshot.join(file)
                 }
                 Wanted::Folder(names) => {
                     for n in names {
-                        let f = files.iter().find(|f| f.path == n).cloned().expect("picked from the list");
+                        let f = files
+                            .iter()
+                            .find(|f| f.path == n)
+                            .cloned()
+                            .expect("picked from the list");
                         get(f).await?;
                     }
                     // a sharded checkpoint: the index names the shards
@@ -267,10 +358,22 @@ enum Wanted {
 /// Config, tokenizer and safetensors weights of a repo; a clear error for `.bin`-only or
 /// GGUF-only repos.
 fn safetensors_files(spec: &str, files: &[Remote]) -> Result<Wanted> {
-    let top: Vec<&str> = files.iter().map(|f| f.path.as_str()).filter(|p| !p.contains('/')).collect();
+    let top: Vec<&str> = files
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| !p.contains('/'))
+        .collect();
     let has = |n: &str| top.contains(&n);
-    let st: Vec<&str> = top.iter().copied().filter(|p| p.ends_with(".safetensors")).collect();
-    let ggufs: Vec<&str> = files.iter().map(|f| f.path.as_str()).filter(|p| is_gguf(p)).collect();
+    let st: Vec<&str> = top
+        .iter()
+        .copied()
+        .filter(|p| p.ends_with(".safetensors"))
+        .collect();
+    let ggufs: Vec<&str> = files
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| is_gguf(p))
+        .collect();
     if st.is_empty() && !has("model.safetensors.index.json") {
         if ggufs.len() == 1 {
             return Ok(Wanted::Gguf(ggufs[0].to_string()));
@@ -284,7 +387,9 @@ fn safetensors_files(spec: &str, files: &[Remote]) -> Result<Wanted> {
                 ),
             ));
         }
-        let bins = top.iter().any(|p| p.ends_with(".bin") || p.ends_with(".pth") || p.ends_with(".pt"));
+        let bins = top
+            .iter()
+            .any(|p| p.ends_with(".bin") || p.ends_with(".pth") || p.ends_with(".pt"));
         return Err(Error::load(
             spec,
             if bins {
@@ -297,7 +402,10 @@ fn safetensors_files(spec: &str, files: &[Remote]) -> Result<Wanted> {
         ));
     }
     if !has("config.json") {
-        return Err(Error::load(spec, "this repo has no config.json at its top level"));
+        return Err(Error::load(
+            spec,
+            "this repo has no config.json at its top level",
+        ));
     }
     let mut wanted: Vec<String> = [
         "config.json",
@@ -324,11 +432,16 @@ fn safetensors_files(spec: &str, files: &[Remote]) -> Result<Wanted> {
 
 fn index_shards(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::load(index, format!("invalid JSON: {e}")))?;
-    let map =
-        v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::load(index, "missing `weight_map`"))?;
-    let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::load(index, format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::load(index, "missing `weight_map`"))?;
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect();
     names.sort();
     names.dedup();
     Ok(names)
@@ -371,12 +484,18 @@ fn quant_list(ggufs: &[&str]) -> String {
 /// The GGUF file whose name has `quant` among its parts (case-insensitive; `Q4_K_M` in
 /// `llama-2-7b-chat.Q4_K_M.gguf`, `q4_k-im` in `ggml-model-q4_k-im.gguf`). Where several
 /// match, the one with the fewest parts (`ggml-model-q4_k.gguf` over `ggml-model-q4_k-im.gguf`).
-pub fn pick_gguf<'a>(spec: &str, quant: &str, files: impl Iterator<Item = &'a str>) -> Result<&'a str> {
+pub fn pick_gguf<'a>(
+    spec: &str,
+    quant: &str,
+    files: impl Iterator<Item = &'a str>,
+) -> Result<&'a str> {
     let ggufs: Vec<&str> = files.filter(|p| is_gguf(p)).collect();
     let want: Vec<&str> = quant.split(['.', '-']).collect();
     let has = |g: &str| {
         let parts: Vec<&str> = name_parts(g).collect();
-        parts.windows(want.len()).any(|w| w.iter().zip(&want).all(|(a, b)| a.eq_ignore_ascii_case(b)))
+        parts
+            .windows(want.len())
+            .any(|w| w.iter().zip(&want).all(|(a, b)| a.eq_ignore_ascii_case(b)))
     };
     let mut hits: Vec<&str> = ggufs.iter().copied().filter(|g| has(g)).collect();
     if let Some(fewest) = hits.iter().map(|g| name_parts(g).count()).min() {
@@ -384,13 +503,23 @@ pub fn pick_gguf<'a>(spec: &str, quant: &str, files: impl Iterator<Item = &'a st
     }
     match hits.as_slice() {
         [one] => Ok(one),
-        [] if ggufs.is_empty() => {
-            Err(Error::load(spec, "this repo has no GGUF files; drop the `:QUANT` to load its safetensors"))
-        }
-        [] => Err(Error::load(spec, format!("no GGUF file for quant `{quant}`; the repo has: {}", quant_list(&ggufs)))),
+        [] if ggufs.is_empty() => Err(Error::load(
+            spec,
+            "this repo has no GGUF files; drop the `:QUANT` to load its safetensors",
+        )),
+        [] => Err(Error::load(
+            spec,
+            format!(
+                "no GGUF file for quant `{quant}`; the repo has: {}",
+                quant_list(&ggufs)
+            ),
+        )),
         many => Err(Error::load(
             spec,
-            format!("several GGUF files match `{quant}` ({}); split GGUF files are not supported", many.join(", ")),
+            format!(
+                "several GGUF files match `{quant}` ({}); split GGUF files are not supported",
+                many.join(", ")
+            ),
         )),
     }
 }
@@ -403,7 +532,9 @@ fn cached(cache: &Path, repo: &RepoSpec) -> Option<PathBuf> {
     let mut names = vec![];
     walk(&snap, &snap, &mut names);
     if let Some(q) = &repo.quant {
-        return pick_gguf("", q, names.iter().map(String::as_str)).ok().map(|f| snap.join(f));
+        return pick_gguf("", q, names.iter().map(String::as_str))
+            .ok()
+            .map(|f| snap.join(f));
     }
     let has = |n: &str| snap.join(n).exists();
     if has("config.json") {
@@ -415,7 +546,12 @@ fn cached(cache: &Path, repo: &RepoSpec) -> Option<PathBuf> {
         };
         return complete.then_some(snap);
     }
-    match names.iter().filter(|n| is_gguf(n)).collect::<Vec<_>>().as_slice() {
+    match names
+        .iter()
+        .filter(|n| is_gguf(n))
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [one] => Some(snap.join(one)),
         _ => None,
     }
@@ -423,7 +559,9 @@ fn cached(cache: &Path, repo: &RepoSpec) -> Option<PathBuf> {
 
 /// Relative paths of the files under `dir` that exist (a dangling link does not count).
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -460,7 +598,10 @@ const RESUMES: usize = 5;
 /// resumes where it stopped; metadata falls back to the cache): `YANGTUO_HUB_TIMEOUT`
 /// seconds, default 60. Mirrors do stall, and a stalled connection otherwise waits forever.
 fn stall_limit() -> std::time::Duration {
-    let secs = std::env::var("YANGTUO_HUB_TIMEOUT").ok().and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0);
+    let secs = std::env::var("YANGTUO_HUB_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| *s > 0.0);
     std::time::Duration::from_secs_f64(secs.unwrap_or(60.0))
 }
 
@@ -480,9 +621,16 @@ async fn download(
     // at most one report per MiB, and the first and last
     let last = std::cell::Cell::new(None::<u64>);
     let report = |done: u64| {
-        if last.get().is_none_or(|l| done < l || done - l >= 1 << 20 || done == f.size) {
+        if last
+            .get()
+            .is_none_or(|l| done < l || done - l >= 1 << 20 || done == f.size)
+        {
             last.set(Some(done));
-            let _ = tx.send(HubProgress { file: f.path.clone(), done_bytes: done, total_bytes: f.size });
+            let _ = tx.send(HubProgress {
+                file: f.path.clone(),
+                done_bytes: done,
+                total_bytes: f.size,
+            });
         }
     };
     let limit = stall_limit();
@@ -501,7 +649,11 @@ async fn download(
             if have > f.size {
                 have = 0;
             }
-            let mut out = std::fs::OpenOptions::new().create(true).append(true).open(&part).map_err(io(&part))?;
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&part)
+                .map_err(io(&part))?;
             out.set_len(have).map_err(io(&part))?;
             report(have);
             if have == f.size {
@@ -510,7 +662,10 @@ async fn download(
             if have > 0 {
                 log::info!("{}: resuming at {have} of {} bytes", f.path, f.size);
             }
-            let req = handle.download_file_stream().filename(f.path.clone()).revision(commit.to_string());
+            let req = handle
+                .download_file_stream()
+                .filename(f.path.clone())
+                .revision(commit.to_string());
             let sent = if have > 0 {
                 tokio::time::timeout(limit, req.range(have..f.size).send()).await
             } else {
@@ -520,7 +675,11 @@ async fn download(
                 Ok(Ok((_, s))) => s,
                 Err(_) if drops < RESUMES => {
                     drops += 1;
-                    log::warn!("{}: the Hub sent nothing for {} s; asking again", f.path, limit.as_secs());
+                    log::warn!(
+                        "{}: the Hub sent nothing for {} s; asking again",
+                        f.path,
+                        limit.as_secs()
+                    );
                     continue;
                 }
                 Err(_) => {
@@ -554,7 +713,10 @@ async fn download(
                         // listing is off); start again from the first byte
                         out.set_len(0).map_err(io(&part))?;
                         done = 0;
-                        dropped = Some(format!("the server sent more than the {} bytes listed", f.size));
+                        dropped = Some(format!(
+                            "the server sent more than the {} bytes listed",
+                            f.size
+                        ));
                         break;
                     }
                     Ok(bytes) => {
@@ -581,7 +743,11 @@ async fn download(
                     f.size
                 )));
             }
-            log::warn!("{}: download interrupted at {done} of {} bytes ({why}); resuming", f.path, f.size);
+            log::warn!(
+                "{}: download interrupted at {done} of {} bytes ({why}); resuming",
+                f.path,
+                f.size
+            );
         }
         std::fs::rename(&part, &blob).map_err(io(&blob))?;
     }
@@ -601,7 +767,9 @@ fn link(blob: &Path, snap: &Path, path: &str) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         let up = "../".repeat(2 + path.matches('/').count());
-        let target = PathBuf::from(up).join("blobs").join(blob.file_name().expect("a blob name"));
+        let target = PathBuf::from(up)
+            .join("blobs")
+            .join(blob.file_name().expect("a blob name"));
         if std::os::unix::fs::symlink(&target, snap).is_ok() {
             return Ok(());
         }
@@ -625,7 +793,9 @@ fn transient(e: &HFError) -> bool {
 /// hf-hub's error as a `ModelLoad` error that says what to do.
 fn classify(spec: &str, repo: &RepoSpec, file: Option<&str>, e: HFError) -> Fail {
     let r = &repo.repo;
-    let what = file.map(|f| format!("`{f}` of `{r}`")).unwrap_or_else(|| format!("`{r}`"));
+    let what = file
+        .map(|f| format!("`{f}` of `{r}`"))
+        .unwrap_or_else(|| format!("`{r}`"));
     let not_found = || {
         Error::load(
             spec,
@@ -651,12 +821,21 @@ fn classify(spec: &str, repo: &RepoSpec, file: Option<&str>, e: HFError) -> Fail
                  https://huggingface.co/settings/tokens and set HF_TOKEN=hf_..."
             )
         };
-        Error::load(spec, format!("`{r}` needs access (HTTP {status}{msg}): {help}"))
+        Error::load(
+            spec,
+            format!("`{r}` needs access (HTTP {status}{msg}): {help}"),
+        )
     };
-    let detail =
-        |m: &Option<String>| m.as_deref().filter(|m| !m.is_empty()).map(|m| format!(", {m}")).unwrap_or_default();
+    let detail = |m: &Option<String>| {
+        m.as_deref()
+            .filter(|m| !m.is_empty())
+            .map(|m| format!(", {m}"))
+            .unwrap_or_default()
+    };
     Fail::Error(match e {
-        HFError::RepoNotFound { .. } | HFError::EntryNotFound { .. } | HFError::RevisionNotFound { .. } => not_found(),
+        HFError::RepoNotFound { .. }
+        | HFError::EntryNotFound { .. }
+        | HFError::RevisionNotFound { .. } => not_found(),
         HFError::AuthRequired { context } | HFError::Forbidden { context } => {
             // the Hub answers 401 for a repo that does not exist, too, unless one is logged in
             if context.error_code.as_deref() == Some("RepoNotFound") {
@@ -675,9 +854,10 @@ fn classify(spec: &str, repo: &RepoSpec, file: Option<&str>, e: HFError) -> Fail
             }
             return Fail::Unreachable(why);
         }
-        HFError::RateLimited { .. } => {
-            Error::load(spec, format!("the Hub rate-limits this client ({e}); wait a minute, or set HF_TOKEN"))
-        }
+        HFError::RateLimited { .. } => Error::load(
+            spec,
+            format!("the Hub rate-limits this client ({e}); wait a minute, or set HF_TOKEN"),
+        ),
         other => Error::load(spec, format!("{what}: {other}")),
     })
 }
@@ -691,13 +871,22 @@ mod tests {
         let p = |s| RepoSpec::parse(s);
         assert_eq!(
             p("meta-llama/Llama-2-7b-chat-hf"),
-            Some(RepoSpec { repo: "meta-llama/Llama-2-7b-chat-hf".into(), quant: None })
+            Some(RepoSpec {
+                repo: "meta-llama/Llama-2-7b-chat-hf".into(),
+                quant: None
+            })
         );
         assert_eq!(
             p("TheBloke/Llama-2-7B-Chat-GGUF:Q4_K_M"),
-            Some(RepoSpec { repo: "TheBloke/Llama-2-7B-Chat-GGUF".into(), quant: Some("Q4_K_M".into()) })
+            Some(RepoSpec {
+                repo: "TheBloke/Llama-2-7B-Chat-GGUF".into(),
+                quant: Some("Q4_K_M".into())
+            })
         );
-        assert_eq!(p("hfl/x-gguf:q4_k-im").unwrap().quant.as_deref(), Some("q4_k-im"));
+        assert_eq!(
+            p("hfl/x-gguf:q4_k-im").unwrap().quant.as_deref(),
+            Some("q4_k-im")
+        );
         for not in [
             "model",
             "./a/b",
@@ -730,17 +919,29 @@ mod tests {
         assert_eq!(pick("Q8_0").unwrap(), "llama-2-7b-chat.Q8_0.gguf");
         assert_eq!(pick("Q4_0").unwrap(), "ggml-model-q4_0.gguf");
         let e = pick("Q5_K_M").unwrap_err().to_string();
-        assert!(e.contains("Q4_K_M (llama-2-7b-chat.Q4_K_M.gguf)") && e.contains("Q8_0"), "{e}");
+        assert!(
+            e.contains("Q4_K_M (llama-2-7b-chat.Q4_K_M.gguf)") && e.contains("Q8_0"),
+            "{e}"
+        );
         // Q4_K is not a part of Q4_K_M's name
         assert!(pick("Q4_K").is_err());
         // HFL's naming, with imatrix variants; the plain one unless asked
-        let hfl = ["ggml-model-q4_k.gguf", "ggml-model-q4_k-im.gguf", "ggml-model-q8_0.gguf"];
+        let hfl = [
+            "ggml-model-q4_k.gguf",
+            "ggml-model-q4_k-im.gguf",
+            "ggml-model-q8_0.gguf",
+        ];
         let pick = |q| pick_gguf("x/y", q, hfl.iter().copied());
         assert_eq!(pick("Q4_K").unwrap(), "ggml-model-q4_k.gguf");
         assert_eq!(pick("q4_k-im").unwrap(), "ggml-model-q4_k-im.gguf");
         // split files stay ambiguous
         let split = ["m.Q8_0-00001-of-00002.gguf", "m.Q8_0-00002-of-00002.gguf"];
-        assert!(pick_gguf("x/y", "Q8_0", split.iter().copied()).unwrap_err().to_string().contains("split"));
+        assert!(
+            pick_gguf("x/y", "Q8_0", split.iter().copied())
+                .unwrap_err()
+                .to_string()
+                .contains("split")
+        );
     }
 
     #[test]

@@ -24,17 +24,19 @@ pub mod model;
 pub mod runner;
 pub mod sampler;
 pub mod session;
-pub mod tokenizer;
-pub mod weights;
 #[cfg(test)]
 mod testing;
+pub mod tokenizer;
+pub mod weights;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{Config, RopeScaling};
-pub use llama::{ChatFormat, Llama, LoadOptions, TokenizerFiles};
-pub use error::{Error, Result};
-pub use generate::{Completion, ContextOverflow, FinishReason, Flow, GenerateOptions, Piece, TokenLogprob, Usage};
 pub use device::BackendChoice;
+pub use error::{Error, Result};
+pub use generate::{
+    Completion, ContextOverflow, FinishReason, Flow, GenerateOptions, Piece, TokenLogprob, Usage,
+};
+pub use llama::{ChatFormat, Llama, LoadOptions, TokenizerFiles};
 pub use runner::{Runner, SessionState};
 pub use sampler::SamplingParams;
 pub use session::ChatSession;

@@ -9,7 +9,9 @@
 use crate::chat::fit::drop_oldest_turns;
 use crate::chat::{ChatTemplate, Message, own_template};
 use crate::device::BackendChoice;
-use crate::generate::{Cached, Completion, ContextOverflow, Flow, GenerateOptions, Generation, Piece};
+use crate::generate::{
+    Cached, Completion, ContextOverflow, Flow, GenerateOptions, Generation, Piece,
+};
 use crate::runner::Runner;
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFormat;
@@ -69,10 +71,15 @@ impl LoadOptions {
             return Err(Error::arg("parallel", "must be at least 1"));
         }
         if let Some(t) = &self.tool_template {
-            minijinja::Environment::new().template_from_str(t).map_err(|e| Error::arg("tool_template", e.to_string()))?;
+            minijinja::Environment::new()
+                .template_from_str(t)
+                .map_err(|e| Error::arg("tool_template", e.to_string()))?;
         }
         if cfg!(target_arch = "wasm32") && self.parallel > 1 {
-            return Err(Error::arg("parallel", "batching needs threads, which the browser build does not have"));
+            return Err(Error::arg(
+                "parallel",
+                "batching needs threads, which the browser build does not have",
+            ));
         }
         Ok(())
     }
@@ -87,7 +94,10 @@ pub enum TokenizerFiles<'a> {
     Dir(&'a Path),
     /// The same files as bytes (a browser's download). Without a tokenizer, the GGUF's
     /// vocabulary is required.
-    Bytes { tokenizer: Option<&'a [u8]>, tokenizer_config: Option<&'a str> },
+    Bytes {
+        tokenizer: Option<&'a [u8]>,
+        tokenizer_config: Option<&'a str>,
+    },
     /// Nothing beside the weights: a GGUF file, which carries both.
     None,
 }
@@ -104,12 +114,19 @@ impl ChatFormat {
     /// The rules of [`Llama::from_parts`]. Read before any weight loads, so a bad
     /// tokenizer fails fast.
     #[cfg_attr(target_arch = "wasm32", allow(unused_variables))]
-    pub fn read(gguf: Option<&GgufFile>, files: TokenizerFiles, vocab_size: usize) -> Result<ChatFormat> {
+    pub fn read(
+        gguf: Option<&GgufFile>,
+        files: TokenizerFiles,
+        vocab_size: usize,
+    ) -> Result<ChatFormat> {
         let (tokenizer, own_template) = match files {
             #[cfg(not(target_arch = "wasm32"))]
             TokenizerFiles::Dir(dir) => {
                 if !dir.join("tokenizer.model").exists() && !dir.join("tokenizer.json").exists() {
-                    log::warn!("{}: no tokenizer.model or tokenizer.json; the model runs on token ids only", dir.display());
+                    log::warn!(
+                        "{}: no tokenizer.model or tokenizer.json; the model runs on token ids only",
+                        dir.display()
+                    );
                     (Tokenizer::Absent { vocab_size }, None)
                 } else {
                     let tok = Tokenizer::from_file(dir)?;
@@ -117,12 +134,18 @@ impl ChatFormat {
                     (tok, own)
                 }
             }
-            TokenizerFiles::Bytes { tokenizer, tokenizer_config } => {
+            TokenizerFiles::Bytes {
+                tokenizer,
+                tokenizer_config,
+            } => {
                 let tok = match (tokenizer, gguf) {
                     (Some(bytes), _) => Tokenizer::from_bytes(bytes)?,
                     (None, Some(g)) => crate::weights::gguf::tokenizer(g)?,
                     (None, None) => {
-                        return Err(Error::arg("tokenizer", "this model has no tokenizer: pass tokenizer.model or tokenizer.json"));
+                        return Err(Error::arg(
+                            "tokenizer",
+                            "this model has no tokenizer: pass tokenizer.model or tokenizer.json",
+                        ));
                     }
                 };
                 let own = match (tokenizer_config, gguf) {
@@ -133,13 +156,21 @@ impl ChatFormat {
                 (tok, own)
             }
             TokenizerFiles::None => {
-                let g = gguf.ok_or_else(|| Error::arg("tokenizer", "no tokenizer found: neither tokenizer files nor a GGUF vocabulary"))?;
+                let g = gguf.ok_or_else(|| {
+                    Error::arg(
+                        "tokenizer",
+                        "no tokenizer found: neither tokenizer files nor a GGUF vocabulary",
+                    )
+                })?;
                 let tok = crate::weights::gguf::tokenizer(g)?;
                 let own = own_template::from_gguf(g, &tok);
                 (tok, own)
             }
         };
-        Ok(ChatFormat { tokenizer, own_template })
+        Ok(ChatFormat {
+            tokenizer,
+            own_template,
+        })
     }
 
     /// The tokenizer and template of a model on disk: a GGUF's header, or the files of a
@@ -194,7 +225,13 @@ fn memory_total() -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
         let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kib: u64 = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        let kib: u64 = info
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
         Some(kib * 1024)
     }
     #[cfg(not(target_os = "linux"))]
@@ -229,7 +266,12 @@ impl Llama {
     /// the tokenizer is `files`' (else the GGUF's vocabulary); the template is
     /// `opts.template`, else the model's own (tokenizer_config.json, else the GGUF's), else
     /// `llama2`; the context is `opts.ctx_len`, else min(trained context, 4096).
-    pub fn from_parts(runner: Arc<dyn Runner>, gguf: Option<&GgufFile>, files: TokenizerFiles, opts: &LoadOptions) -> Result<Llama> {
+    pub fn from_parts(
+        runner: Arc<dyn Runner>,
+        gguf: Option<&GgufFile>,
+        files: TokenizerFiles,
+        opts: &LoadOptions,
+    ) -> Result<Llama> {
         opts.validate()?;
         let chat = ChatFormat::read(gguf, files, runner.config().vocab_size)?;
         let template = own_template::choose(opts.template.as_deref(), chat.own_template)?;
@@ -238,7 +280,12 @@ impl Llama {
 
     /// The last step of `from_parts` and `load`: the tokenizer checked against the model,
     /// BOS/EOS ids, the context.
-    fn assemble(runner: Arc<dyn Runner>, tokenizer: Tokenizer, template: ChatTemplate, opts: &LoadOptions) -> Result<Llama> {
+    fn assemble(
+        runner: Arc<dyn Runner>,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        opts: &LoadOptions,
+    ) -> Result<Llama> {
         template.check_limits()?;
         let c = runner.config();
         if tokenizer.vocab_size() > c.vocab_size {
@@ -260,7 +307,11 @@ impl Llama {
                 c.max_seq_len
             );
         }
-        let max_piece_bytes = (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id).len()).max().unwrap_or(0).max(1);
+        let max_piece_bytes = (0..tokenizer.vocab_size() as u32)
+            .map(|id| tokenizer.token_bytes(id).len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let llama = Llama {
             name: "model".into(),
             runner,
@@ -334,18 +385,34 @@ impl Llama {
 
     /// The prompt ids `chat` would run for `messages`.
     pub fn render(&self, messages: &[Message], allow_control: bool) -> Result<Vec<u32>> {
-        self.template.render(&self.tokenizer, self.bos, self.eos_ids[0], messages, allow_control)
+        self.template.render(
+            &self.tokenizer,
+            self.bos,
+            self.eos_ids[0],
+            messages,
+            allow_control,
+        )
     }
 
     /// A fresh or pooled session state; prefers the one sharing the longest prefix.
     pub fn take_state(&self, prompt: &[u32]) -> Result<Cached> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let best = (0..pool.len()).max_by_key(|&i| pool[i].tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count());
+        let best = (0..pool.len()).max_by_key(|&i| {
+            pool[i]
+                .tokens
+                .iter()
+                .zip(prompt)
+                .take_while(|(a, b)| a == b)
+                .count()
+        });
         if let Some(i) = best {
             return Ok(pool.swap_remove(i));
         }
         drop(pool);
-        Ok(Cached { state: self.runner.new_state(self.ctx_len, self.max_batch, 1)?, tokens: vec![] })
+        Ok(Cached {
+            state: self.runner.new_state(self.ctx_len, self.max_batch, 1)?,
+            tokens: vec![],
+        })
     }
 
     pub fn put_state(&self, c: Cached) {
@@ -365,7 +432,9 @@ impl Llama {
     ) -> Result<Completion> {
         // parameters and length are checked once, before any device work
         let max_new = opts.check(prompt.len(), self.ctx_len)?;
-        self.complete_pieces(prompt, max_new, opts, cancel, &mut |p| on_text(p.text)).await?.unless_aborted()
+        self.complete_pieces(prompt, max_new, opts, cancel, &mut |p| on_text(p.text))
+            .await?
+            .unless_aborted()
     }
 
     /// Generate at most `max_new` tokens (from `GenerateOptions::check`) after `prompt` on a
@@ -383,13 +452,18 @@ impl Llama {
         let mut cache = self.take_state(prompt)?;
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(batcher) = self.batcher.get() {
-            let (r, cache) = batcher.generate(cache, prompt, max_new, opts, constraint, cancel, on_piece);
+            let (r, cache) =
+                batcher.generate(cache, prompt, max_new, opts, constraint, cancel, on_piece);
             if let Some(cache) = cache {
                 self.put_state(cache);
             }
             return r;
         }
-        let r = self.run_on(&mut cache, prompt, max_new, opts, constraint, cancel, on_piece).await;
+        let r = self
+            .run_on(
+                &mut cache, prompt, max_new, opts, constraint, cancel, on_piece,
+            )
+            .await;
         self.put_state(cache);
         r
     }
@@ -400,12 +474,23 @@ impl Llama {
     /// states stay pooled for their prefixes. Sessions keep their own states and run alone.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn enable_batching(&self, parallel: usize) -> Result<()> {
-        self.pool_size.store(parallel.max(POOL_SIZE), Ordering::Relaxed);
+        self.pool_size
+            .store(parallel.max(POOL_SIZE), Ordering::Relaxed);
         if self.batcher.get().is_none() {
             // Prompt tokens per decode step: on the CPU a 32-token chunk about doubles a step of
             // 8 sequences (1B model, 2 cores); a GPU takes a whole batch in a step's time.
-            let step_prompt = if self.runner.on_cpu() { crate::backend::DECODE_ROWS } else { self.max_batch };
-            let b = crate::batch::Batcher::start(self.runner.clone(), self.tokenizer.clone(), self.eos_ids.clone(), self.max_batch, step_prompt)?;
+            let step_prompt = if self.runner.on_cpu() {
+                crate::backend::DECODE_ROWS
+            } else {
+                self.max_batch
+            };
+            let b = crate::batch::Batcher::start(
+                self.runner.clone(),
+                self.tokenizer.clone(),
+                self.eos_ids.clone(),
+                self.max_batch,
+                step_prompt,
+            )?;
             let _ = self.batcher.set(b);
         }
         Ok(())
@@ -413,7 +498,10 @@ impl Llama {
 
     /// The matcher of `opts.grammar`, compiled against this model's vocabulary (made on the
     /// first constrained request); a grammar llguidance cannot compile is an `InvalidArg`.
-    pub(crate) fn constraint(&self, opts: &GenerateOptions) -> Result<Option<crate::decoding::Constraint>> {
+    pub(crate) fn constraint(
+        &self,
+        opts: &GenerateOptions,
+    ) -> Result<Option<crate::decoding::Constraint>> {
         if let Some(g) = &opts.grammar {
             let vocab = match self.vocab.get() {
                 Some(v) => v,
@@ -461,7 +549,9 @@ impl Llama {
         on_text: &mut dyn FnMut(&str) -> Flow,
     ) -> Result<Completion> {
         let (prompt, _, dropped) = self.fit(messages, opts, ContextOverflow::Error)?;
-        let mut c = self.complete_ids_async(&prompt, opts, cancel, on_text).await?;
+        let mut c = self
+            .complete_ids_async(&prompt, opts, cancel, on_text)
+            .await?;
         c.dropped_turns = dropped;
         Ok(c)
     }
@@ -482,11 +572,17 @@ impl Llama {
             self.check_bytes(messages.iter().map(|m| m.content.len()).sum(), opts)?;
         }
         let full = render(messages)?;
-        let reserve = opts.max_tokens.unwrap_or(ctx / 4).clamp(1, (ctx / 2).max(1));
-        if opts.context_overflow.unwrap_or(default) == ContextOverflow::Error || full.len() + reserve <= ctx {
+        let reserve = opts
+            .max_tokens
+            .unwrap_or(ctx / 4)
+            .clamp(1, (ctx / 2).max(1));
+        if opts.context_overflow.unwrap_or(default) == ContextOverflow::Error
+            || full.len() + reserve <= ctx
+        {
             return Ok((full, messages.to_vec(), 0));
         }
-        let (kept, dropped) = drop_oldest_turns(messages, |m| Ok(render(m)?.len() + reserve <= ctx))?;
+        let (kept, dropped) =
+            drop_oldest_turns(messages, |m| Ok(render(m)?.len() + reserve <= ctx))?;
         let prompt = render(&kept)?;
         log::info!(
             "the chat outgrew the context ({ctx} tokens): left out its {dropped} oldest turn(s); the prompt is {} tokens",
@@ -502,7 +598,11 @@ impl Llama {
     fn check_bytes(&self, bytes: usize, opts: &GenerateOptions) -> Result<()> {
         let at_least = bytes / self.max_piece_bytes;
         if at_least > self.ctx_len {
-            return Err(Error::ContextLength { prompt: at_least, requested: opts.max_tokens.unwrap_or(1), context: self.ctx_len });
+            return Err(Error::ContextLength {
+                prompt: at_least,
+                requested: opts.max_tokens.unwrap_or(1),
+                context: self.ctx_len,
+            });
         }
         Ok(())
     }
@@ -515,7 +615,8 @@ impl Llama {
         cancel: Option<&AtomicBool>,
         on_text: &mut dyn FnMut(&str) -> Flow,
     ) -> Result<Completion> {
-        self.complete_ids_async(&self.raw_prompt(prompt)?, opts, cancel, on_text).await
+        self.complete_ids_async(&self.raw_prompt(prompt)?, opts, cancel, on_text)
+            .await
     }
 
     /// The ids of a raw completion's prompt: BOS, then the text.
@@ -551,11 +652,23 @@ impl Llama {
         pollster::block_on(self.chat_async(messages, opts, cancel, on_text))
     }
 
-    pub fn generate(&self, prompt: &str, opts: &GenerateOptions, cancel: Option<&AtomicBool>, on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
+    pub fn generate(
+        &self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Completion> {
         pollster::block_on(self.generate_async(prompt, opts, cancel, on_text))
     }
 
-    pub fn complete_ids(&self, prompt: &[u32], opts: &GenerateOptions, cancel: Option<&AtomicBool>, on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
+    pub fn complete_ids(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Completion> {
         pollster::block_on(self.complete_ids_async(prompt, opts, cancel, on_text))
     }
 }
@@ -565,12 +678,20 @@ impl Llama {
     /// Load a model folder (config.json + safetensors + tokenizer) or a `.gguf` file; with the
     /// `hub` feature also a Hugging Face repo id (`owner/name`, `owner/name:Q4_K_M`), downloaded
     /// into the Hugging Face cache first (progress reports `download <file>`).
-    pub async fn load_async(path: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {
+    pub async fn load_async(
+        path: &Path,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Llama> {
         #[cfg(feature = "hub")]
         let resolved = match path.to_str() {
             Some(spec) => crate::hub::resolve_model(spec, &mut |p| {
                 let tensor = format!("download {}", p.file);
-                progress(LoadProgress { tensor: &tensor, done_bytes: p.done_bytes, total_bytes: p.total_bytes })
+                progress(LoadProgress {
+                    tensor: &tensor,
+                    done_bytes: p.done_bytes,
+                    total_bytes: p.total_bytes,
+                })
             })?,
             None => path.to_path_buf(),
         };
@@ -588,10 +709,15 @@ impl Llama {
                 crate::device::load_runner(&mut q, opts.backend, total, progress).await?
             }
         };
-        Ok(Llama::assemble(runner, chat.tokenizer, template, opts)?.with_name(path.to_string_lossy()))
+        Ok(Llama::assemble(runner, chat.tokenizer, template, opts)?
+            .with_name(path.to_string_lossy()))
     }
 
-    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Llama> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Llama> {
         pollster::block_on(Self::load_async(path.as_ref(), opts, progress))
     }
 }

@@ -52,7 +52,11 @@ impl<B: Backend> Model<B> {
             let w = source.weight(id)?;
             b.add(id, &w)?;
             done += w.bytes.len() as u64;
-            progress(LoadProgress { tensor: &id.gguf_name(), done_bytes: done, total_bytes });
+            progress(LoadProgress {
+                tensor: &id.gguf_name(),
+                done_bytes: done,
+                total_bytes,
+            });
         }
         b.finish()
     }
@@ -66,7 +70,12 @@ impl<B: Backend> Model<B> {
     /// A fresh session: scratch for up to `max_batch` tokens per forward, a KV cache of
     /// `ctx_len` positions (none for a batch's scratch, whose sequences bring their own),
     /// and logits for up to `logit_rows` positions per forward.
-    pub fn new_state(&self, ctx_len: usize, max_batch: usize, logit_rows: usize) -> Result<State<B>> {
+    pub fn new_state(
+        &self,
+        ctx_len: usize,
+        max_batch: usize,
+        logit_rows: usize,
+    ) -> Result<State<B>> {
         let c = &self.config;
         let b = &self.backend;
         let (nb, lr) = (max_batch.max(1), logit_rows.clamp(1, max_batch.max(1)));
@@ -95,13 +104,22 @@ impl<B: Backend> Model<B> {
             max_batch: nb,
             logit_rows: lr,
         };
-        Ok(State { scratch, kv: Kv { layers, ctx_len } })
+        Ok(State {
+            scratch,
+            kv: Kv { layers, ctx_len },
+        })
     }
 
     /// Run `tokens` at positions `pos..`, leaving logits of the last `rows_out` tokens in
     /// `state.logits` (at most `state.logit_rows`). Prompts longer than `max_batch` run in
     /// chunks. The KV cache keeps every position for later calls.
-    pub fn forward(&self, s: &mut State<B>, tokens: &[u32], pos: usize, rows_out: usize) -> Result<()> {
+    pub fn forward(
+        &self,
+        s: &mut State<B>,
+        tokens: &[u32],
+        pos: usize,
+        rows_out: usize,
+    ) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::arg("tokens", "nothing to run"));
         }
@@ -110,8 +128,16 @@ impl<B: Backend> Model<B> {
         while start < tokens.len() {
             let n = (tokens.len() - start).min(s.scratch.max_batch);
             let last_chunk = start + n == tokens.len();
-            let mut one = [Rows { kv: &mut s.kv, tokens: &tokens[start..start + n], pos: pos + start }];
-            self.forward_batch(&mut s.scratch, &mut one, if last_chunk { rows_out.min(n) } else { 0 })?;
+            let mut one = [Rows {
+                kv: &mut s.kv,
+                tokens: &tokens[start..start + n],
+                pos: pos + start,
+            }];
+            self.forward_batch(
+                &mut s.scratch,
+                &mut one,
+                if last_chunk { rows_out.min(n) } else { 0 },
+            )?;
             start += n;
         }
         Ok(())
@@ -122,41 +148,81 @@ impl<B: Backend> Model<B> {
     /// while each sequence's keys and values go to, and its attention reads, its own cache.
     /// Logits of the batch's last `rows_out` rows land in `scratch.logits`; a scheduler puts
     /// the sequences that need logits (one row each when decoding) last.
-    pub fn forward_batch(&self, s: &mut Scratch<B>, seqs: &mut [Rows<'_, B>], rows_out: usize) -> Result<()> {
+    pub fn forward_batch(
+        &self,
+        s: &mut Scratch<B>,
+        seqs: &mut [Rows<'_, B>],
+        rows_out: usize,
+    ) -> Result<()> {
         let c = &self.config;
         let total: usize = seqs.iter().map(|r| r.tokens.len()).sum();
         if total == 0 {
             return Err(Error::arg("tokens", "nothing to run"));
         }
         if total > s.max_batch {
-            return Err(Error::arg("tokens", format!("{total} rows do not fit a batch of {}", s.max_batch)));
+            return Err(Error::arg(
+                "tokens",
+                format!("{total} rows do not fit a batch of {}", s.max_batch),
+            ));
         }
         if rows_out > s.logit_rows.min(total) {
-            return Err(Error::arg("rows_out", format!("{rows_out} logit rows; the batch holds {}", s.logit_rows.min(total))));
+            return Err(Error::arg(
+                "rows_out",
+                format!(
+                    "{rows_out} logit rows; the batch holds {}",
+                    s.logit_rows.min(total)
+                ),
+            ));
         }
         for r in seqs.iter() {
             if r.pos + r.tokens.len() > r.kv.ctx_len {
-                return Err(Error::ContextLength { prompt: r.pos + r.tokens.len(), requested: 0, context: r.kv.ctx_len });
+                return Err(Error::ContextLength {
+                    prompt: r.pos + r.tokens.len(),
+                    requested: 0,
+                    context: r.kv.ctx_len,
+                });
             }
             if r.kv.layers.len() != c.n_layers {
-                return Err(Error::arg("session", "a batch's scratch holds no KV cache to run"));
+                return Err(Error::arg(
+                    "session",
+                    "a batch's scratch holds no KV cache to run",
+                ));
             }
             if let Some(bad) = r.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(Error::arg("ids", format!("token id {bad} is out of range for vocab size {}", c.vocab_size)));
+                return Err(Error::arg(
+                    "ids",
+                    format!(
+                        "token id {bad} is out of range for vocab size {}",
+                        c.vocab_size
+                    ),
+                ));
             }
         }
         self.forward_rows(s, seqs, total, rows_out);
         Ok(())
     }
 
-    fn forward_rows(&self, s: &mut Scratch<B>, seqs: &mut [Rows<'_, B>], n: usize, rows_out: usize) {
+    fn forward_rows(
+        &self,
+        s: &mut Scratch<B>,
+        seqs: &mut [Rows<'_, B>],
+        n: usize,
+        rows_out: usize,
+    ) {
         let (b, c, w) = (&self.backend, &self.config, &self.weights);
         let eps = c.norm_eps as f32;
-        let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
 
         // token embeddings, and the rotary angles of each row's position
         let ids: Vec<u32> = seqs.iter().flat_map(|r| r.tokens.iter().copied()).collect();
-        let angles: Vec<f32> = seqs.iter().flat_map(|r| c.rope_table(r.pos, r.tokens.len())).collect();
+        let angles: Vec<f32> = seqs
+            .iter()
+            .flat_map(|r| c.rope_table(r.pos, r.tokens.len()))
+            .collect();
         b.embed(&w.embed, &ids, &mut s.x);
         b.write(&mut s.rope, &angles);
 
@@ -169,7 +235,14 @@ impl<B: Backend> Model<B> {
             b.matmul(&s.xb, n, &lw.wv, &mut s.v);
             // RoPE: rotate q and k by position
             b.rope(&mut s.q, n, c.n_heads, c.head_dim, &s.rope, self.rope_style);
-            b.rope(&mut s.k, n, c.n_kv_heads, c.head_dim, &s.rope, self.rope_style);
+            b.rope(
+                &mut s.k,
+                n,
+                c.n_kv_heads,
+                c.head_dim,
+                &s.rope,
+                self.rope_style,
+            );
             // per sequence: save its keys and values to its kv cache, then causal
             // multi-head attention over that cache (GQA: heads share kv heads)
             let mut first = 0;
@@ -223,16 +296,16 @@ pub struct Kv<B: Backend> {
 
 /// The activations of one forward of up to `max_batch` rows.
 pub struct Scratch<B: Backend> {
-    x: B::Act,      // (max_batch, dim) residual stream
-    xb: B::Act,     // (max_batch, dim) normed input of a sublayer
-    xb2: B::Act,    // (max_batch, dim) sublayer output
-    q: B::Act,      // (max_batch, n_heads * head_dim)
-    k: B::Act,      // (max_batch, n_kv_heads * head_dim)
-    v: B::Act,      // (max_batch, n_kv_heads * head_dim)
-    att: B::Act,    // (max_batch, n_heads * head_dim) attention output
-    hb: B::Act,     // (max_batch, hidden_dim)
-    hb2: B::Act,    // (max_batch, hidden_dim)
-    rope: B::Act,   // (max_batch, head_dim) cos, sin pairs
+    x: B::Act,          // (max_batch, dim) residual stream
+    xb: B::Act,         // (max_batch, dim) normed input of a sublayer
+    xb2: B::Act,        // (max_batch, dim) sublayer output
+    q: B::Act,          // (max_batch, n_heads * head_dim)
+    k: B::Act,          // (max_batch, n_kv_heads * head_dim)
+    v: B::Act,          // (max_batch, n_kv_heads * head_dim)
+    att: B::Act,        // (max_batch, n_heads * head_dim) attention output
+    hb: B::Act,         // (max_batch, hidden_dim)
+    hb2: B::Act,        // (max_batch, hidden_dim)
+    rope: B::Act,       // (max_batch, head_dim) cos, sin pairs
     pub logits: B::Act, // (logit_rows, vocab)
     pub max_batch: usize,
     pub logit_rows: usize,

@@ -25,12 +25,28 @@ pub trait Runner: Send + Sync {
     /// Whether the model runs on the CPU backend (the batch scheduler's prompt chunks are
     /// smaller there: a CPU computes a prompt token about as slowly as a decode step's).
     fn on_cpu(&self) -> bool;
-    fn new_state(&self, ctx_len: usize, max_batch: usize, logit_rows: usize) -> Result<SessionState>;
-    fn forward(&self, s: &mut SessionState, tokens: &[u32], pos: usize, rows_out: usize) -> Result<()>;
+    fn new_state(
+        &self,
+        ctx_len: usize,
+        max_batch: usize,
+        logit_rows: usize,
+    ) -> Result<SessionState>;
+    fn forward(
+        &self,
+        s: &mut SessionState,
+        tokens: &[u32],
+        pos: usize,
+        rows_out: usize,
+    ) -> Result<()>;
     /// One forward of several sessions' tokens (`(session, tokens, pos)`) as one batch, in
     /// the activations of `batch` (a state made with `ctx_len` 0), where the logits of the
     /// batch's last `rows_out` rows land (`Model::forward_batch`).
-    fn forward_batch(&self, batch: &mut SessionState, seqs: &mut [(&mut SessionState, &[u32], usize)], rows_out: usize) -> Result<()>;
+    fn forward_batch(
+        &self,
+        batch: &mut SessionState,
+        seqs: &mut [(&mut SessionState, &[u32], usize)],
+        rows_out: usize,
+    ) -> Result<()>;
     fn argmax<'a>(&'a self, s: &'a SessionState, row: usize) -> LocalFuture<'a, Result<u32>>;
     fn logits<'a>(&'a self, s: &'a SessionState, rows: usize) -> LocalFuture<'a, Result<Vec<f32>>>;
 }
@@ -44,16 +60,23 @@ pub(crate) struct Locked<B: Backend> {
 
 impl<B: Backend> Locked<B> {
     pub(crate) fn new(model: Model<B>) -> Self {
-        Locked { model, exec: Mutex::new(()) }
+        Locked {
+            model,
+            exec: Mutex::new(()),
+        }
     }
 }
 
 fn state<B: Backend>(s: &SessionState) -> Result<&State<B>> {
-    s.inner.downcast_ref().ok_or_else(|| Error::arg("session", "this session belongs to another model"))
+    s.inner
+        .downcast_ref()
+        .ok_or_else(|| Error::arg("session", "this session belongs to another model"))
 }
 
 fn state_mut<B: Backend>(s: &mut SessionState) -> Result<&mut State<B>> {
-    s.inner.downcast_mut().ok_or_else(|| Error::arg("session", "this session belongs to another model"))
+    s.inner
+        .downcast_mut()
+        .ok_or_else(|| Error::arg("session", "this session belongs to another model"))
 }
 
 impl<B: Backend> Runner for Locked<B> {
@@ -72,23 +95,47 @@ impl<B: Backend> Runner for Locked<B> {
         false
     }
 
-    fn new_state(&self, ctx_len: usize, max_batch: usize, logit_rows: usize) -> Result<SessionState> {
+    fn new_state(
+        &self,
+        ctx_len: usize,
+        max_batch: usize,
+        logit_rows: usize,
+    ) -> Result<SessionState> {
         let st = self.model.new_state(ctx_len, max_batch, logit_rows)?;
         let logit_rows = st.scratch.logit_rows;
-        Ok(SessionState { inner: Box::new(st), ctx_len, logit_rows })
+        Ok(SessionState {
+            inner: Box::new(st),
+            ctx_len,
+            logit_rows,
+        })
     }
 
-    fn forward(&self, s: &mut SessionState, tokens: &[u32], pos: usize, rows_out: usize) -> Result<()> {
+    fn forward(
+        &self,
+        s: &mut SessionState,
+        tokens: &[u32],
+        pos: usize,
+        rows_out: usize,
+    ) -> Result<()> {
         let st = state_mut::<B>(s)?;
         let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         self.model.forward(st, tokens, pos, rows_out)
     }
 
-    fn forward_batch(&self, batch: &mut SessionState, seqs: &mut [(&mut SessionState, &[u32], usize)], rows_out: usize) -> Result<()> {
+    fn forward_batch(
+        &self,
+        batch: &mut SessionState,
+        seqs: &mut [(&mut SessionState, &[u32], usize)],
+        rows_out: usize,
+    ) -> Result<()> {
         let scratch = &mut state_mut::<B>(batch)?.scratch;
         let mut rows = Vec::with_capacity(seqs.len());
         for (s, tokens, pos) in seqs.iter_mut() {
-            rows.push(Rows { kv: &mut state_mut::<B>(s)?.kv, tokens, pos: *pos });
+            rows.push(Rows {
+                kv: &mut state_mut::<B>(s)?.kv,
+                tokens,
+                pos: *pos,
+            });
         }
         let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         self.model.forward_batch(scratch, &mut rows, rows_out)

@@ -20,21 +20,37 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.6, top_p: 0.9, top_k: None, min_p: None, repetition_penalty: None, seed: None }
+        SamplingParams {
+            temperature: 0.6,
+            top_p: 0.9,
+            top_k: None,
+            min_p: None,
+            repetition_penalty: None,
+            seed: None,
+        }
     }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
-            return Err(Error::arg("temperature", format!("must be a finite number >= 0, got {}", self.temperature)));
+            return Err(Error::arg(
+                "temperature",
+                format!("must be a finite number >= 0, got {}", self.temperature),
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::arg("top_p", format!("must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::arg(
+                "top_p",
+                format!("must be in (0, 1], got {}", self.top_p),
+            ));
         }
         if self.top_k == Some(0) {
             return Err(Error::arg("top_k", "must be at least 1 (or unset)"));
@@ -46,7 +62,10 @@ impl SamplingParams {
         }
         if let Some(r) = self.repetition_penalty {
             if !(r > 0.0) || !r.is_finite() {
-                return Err(Error::arg("repetition_penalty", format!("must be a positive number, got {r}")));
+                return Err(Error::arg(
+                    "repetition_penalty",
+                    format!("must be a positive number, got {r}"),
+                ));
             }
         }
         Ok(())
@@ -104,12 +123,17 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let seed = params.seed.unwrap_or_else(|| {
             #[cfg(not(target_arch = "wasm32"))]
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64);
             #[cfg(target_arch = "wasm32")]
             let t: std::result::Result<u64, ()> = Ok((js_random() * u64::MAX as f64) as u64);
             t.unwrap_or(0x5eed)
         });
-        Sampler { params, rng: Rng::new(seed) }
+        Sampler {
+            params,
+            rng: Rng::new(seed),
+        }
     }
 
     /// Pick the next token. `history` is every id so far (prompt and answer), for the
@@ -123,7 +147,11 @@ impl Sampler {
                 let i = id as usize;
                 if i < logits.len() && !seen[i] {
                     seen[i] = true;
-                    logits[i] = if logits[i] > 0.0 { logits[i] / r } else { logits[i] * r };
+                    logits[i] = if logits[i] > 0.0 {
+                        logits[i] / r
+                    } else {
+                        logits[i] * r
+                    };
                 }
             }
         }
@@ -133,8 +161,11 @@ impl Sampler {
         // softmax of logits / temperature, in f64
         let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
         let t = p.temperature as f64;
-        let mut probs: Vec<(f64, u32)> =
-            logits.iter().enumerate().map(|(i, l)| (((*l as f64 - max) / t).exp(), i as u32)).collect();
+        let mut probs: Vec<(f64, u32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (((*l as f64 - max) / t).exp(), i as u32))
+            .collect();
         let sum: f64 = probs.iter().map(|x| x.0).sum();
         probs.iter_mut().for_each(|x| x.0 /= sum);
         // Sorted descending (ties by id, so every platform agrees), but only as far as the
@@ -201,19 +232,56 @@ mod tests {
     #[test]
     fn invalid_parameters_are_rejected() {
         let bad = |p: SamplingParams| p.validate().err().map(|e| e.to_string()).unwrap();
-        assert!(bad(SamplingParams { temperature: -0.1, ..Default::default() }).contains("temperature"));
-        assert!(bad(SamplingParams { top_p: 0.0, ..Default::default() }).contains("top_p"));
-        assert!(bad(SamplingParams { top_p: 1.5, ..Default::default() }).contains("top_p"));
-        assert!(bad(SamplingParams { top_k: Some(0), ..Default::default() }).contains("top_k"));
-        assert!(bad(SamplingParams { repetition_penalty: Some(0.0), ..Default::default() }).contains("repetition"));
+        assert!(
+            bad(SamplingParams {
+                temperature: -0.1,
+                ..Default::default()
+            })
+            .contains("temperature")
+        );
+        assert!(
+            bad(SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            })
+            .contains("top_p")
+        );
+        assert!(
+            bad(SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            })
+            .contains("top_p")
+        );
+        assert!(
+            bad(SamplingParams {
+                top_k: Some(0),
+                ..Default::default()
+            })
+            .contains("top_k")
+        );
+        assert!(
+            bad(SamplingParams {
+                repetition_penalty: Some(0.0),
+                ..Default::default()
+            })
+            .contains("repetition")
+        );
     }
 
     #[test]
     fn seeded_sampling_is_reproducible() {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 17) as f32 * 0.3).collect();
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed: Some(seed), temperature: 1.0, top_p: 0.95, ..Default::default() });
-            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            let mut s = Sampler::new(SamplingParams {
+                seed: Some(seed),
+                temperature: 1.0,
+                top_p: 0.95,
+                ..Default::default()
+            });
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -223,17 +291,28 @@ mod tests {
     fn top_p_keeps_the_nucleus_like_meta() {
         // probs 0.5, 0.3, 0.2: with p = 0.6 Meta keeps the first two (0.5 <= 0.6 < 0.8)
         let mut logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.6, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.6,
+            seed: Some(1),
+            ..Default::default()
+        });
         let picks: Vec<u32> = (0..2000).map(|_| s.sample(&mut logits, &[])).collect();
         assert!(!picks.contains(&2));
         let ones = picks.iter().filter(|&&x| x == 1).count() as f64 / 2000.0;
-        assert!((ones - 0.375).abs() < 0.04, "renormalised 0.3/0.8 = 0.375, got {ones}");
+        assert!(
+            (ones - 0.375).abs() < 0.04,
+            "renormalised 0.3/0.8 = 0.375, got {ones}"
+        );
     }
 
     #[test]
     fn repetition_penalty_demotes_seen_tokens() {
         let mut logits = [2.0f32, 1.9, -1.0];
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: Some(1.3), ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: Some(1.3),
+            ..SamplingParams::greedy()
+        });
         assert_eq!(s.sample(&mut logits, &[0, 0, 2]), 1);
         assert_eq!(logits, [2.0 / 1.3, 1.9, -1.3]);
     }

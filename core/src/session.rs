@@ -4,10 +4,10 @@
 //! context, the oldest whole turns are left out (`ContextOverflow::TruncateOldest`, the
 //! default here) and stay out of the history.
 
-use crate::chat::Message;
-use crate::llama::Llama;
-use crate::generate::{Cached, Completion, ContextOverflow, Flow, GenerateOptions};
 use crate::Result;
+use crate::chat::Message;
+use crate::generate::{Cached, Completion, ContextOverflow, Flow, GenerateOptions};
+use crate::llama::Llama;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -20,7 +20,11 @@ pub struct ChatSession {
 impl ChatSession {
     pub fn new(llama: Arc<Llama>, system: Option<String>) -> ChatSession {
         let messages = system.into_iter().map(Message::system).collect();
-        ChatSession { llama, messages, cache: None }
+        ChatSession {
+            llama,
+            messages,
+            cache: None,
+        }
     }
 
     pub fn messages(&self) -> &[Message] {
@@ -42,14 +46,30 @@ impl ChatSession {
     ) -> Result<Completion> {
         let mut msgs = self.messages.clone();
         msgs.push(Message::user(user));
-        let (prompt, mut msgs, dropped) = self.llama.fit(&msgs, opts, ContextOverflow::TruncateOldest)?;
+        let (prompt, mut msgs, dropped) =
+            self.llama
+                .fit(&msgs, opts, ContextOverflow::TruncateOldest)?;
         let max_new = opts.check(prompt.len(), self.llama.context_length())?;
         let mut cache = match self.cache.take() {
             Some(c) => c,
-            None => Cached { state: self.llama.take_state(&[])?.state, tokens: vec![] },
+            None => Cached {
+                state: self.llama.take_state(&[])?.state,
+                tokens: vec![],
+            },
         };
         let constraint = self.llama.constraint(opts)?;
-        let r = self.llama.run_on(&mut cache, &prompt, max_new, opts, constraint, cancel, &mut |p| on_text(p.text)).await;
+        let r = self
+            .llama
+            .run_on(
+                &mut cache,
+                &prompt,
+                max_new,
+                opts,
+                constraint,
+                cancel,
+                &mut |p| on_text(p.text),
+            )
+            .await;
         self.cache = Some(cache);
         let mut c = r?.unless_aborted()?;
         c.dropped_turns = dropped;
@@ -59,7 +79,13 @@ impl ChatSession {
     }
 
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn send(&mut self, user: &str, opts: &GenerateOptions, cancel: Option<&AtomicBool>, on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Completion> {
+    pub fn send(
+        &mut self,
+        user: &str,
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Completion> {
         pollster::block_on(self.send_async(user, opts, cancel, on_text))
     }
 }

@@ -81,7 +81,12 @@ impl FakeHub {
                 }
             })
         };
-        FakeHub { port, shared, stop, thread: Some(thread) }
+        FakeHub {
+            port,
+            shared,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -90,7 +95,14 @@ impl FakeHub {
 
     pub fn add_repo(&self, id: &str, files: Vec<(String, Vec<u8>)>, gated: bool) {
         let commit = oid(id.as_bytes());
-        self.shared.lock().unwrap().repos.insert(id.to_string(), FakeRepo { commit, files, gated });
+        self.shared.lock().unwrap().repos.insert(
+            id.to_string(),
+            FakeRepo {
+                commit,
+                files,
+                gated,
+            },
+        );
     }
 
     pub fn repo(&self, id: &str) -> Option<FakeRepo> {
@@ -170,7 +182,11 @@ fn read_request(sock: &TcpStream) -> std::io::Result<Req> {
     }
     let mut body = vec![0; length];
     r.read_exact(&mut body)?;
-    Ok(Req { method, path, range })
+    Ok(Req {
+        method,
+        path,
+        range,
+    })
 }
 
 fn answer(
@@ -184,7 +200,10 @@ fn answer(
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
         out.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     out.push_str("\r\n");
@@ -195,7 +214,13 @@ fn answer(
     sock.flush()
 }
 
-fn json_error(sock: &mut TcpStream, status: &str, code: &str, msg: &str, head: bool) -> std::io::Result<()> {
+fn json_error(
+    sock: &mut TcpStream,
+    status: &str,
+    code: &str,
+    msg: &str,
+    head: bool,
+) -> std::io::Result<()> {
     let body = serde_json::json!({ "error": msg }).to_string();
     let headers = [
         ("Content-Type", "application/json".to_string()),
@@ -218,7 +243,10 @@ fn serve(mut sock: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
         req.method,
         req.path,
         req.range
-            .map(|(a, b)| format!(" bytes={a}-{}", b.map(|b| b.to_string()).unwrap_or_default()))
+            .map(|(a, b)| format!(
+                " bytes={a}-{}",
+                b.map(|b| b.to_string()).unwrap_or_default()
+            ))
             .unwrap_or_default()
     ));
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -226,12 +254,22 @@ fn serve(mut sock: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
     if segs.len() >= 4 && segs[0] == "api" && segs[1] == "models" {
         let id = format!("{}/{}", segs[2], segs[3]);
         let Some(repo) = shared.lock().unwrap().repos.get(&id).cloned() else {
-            return json_error(&mut sock, "404 Not Found", "RepoNotFound", "Repository not found", head);
+            return json_error(
+                &mut sock,
+                "404 Not Found",
+                "RepoNotFound",
+                "Repository not found",
+                head,
+            );
         };
         let body = match segs.get(4).copied() {
             None | Some("revision") => {
                 // like the Hub: a gated repo's info is public, its files are not
-                let siblings: Vec<_> = repo.files.iter().map(|(n, _)| serde_json::json!({ "rfilename": n })).collect();
+                let siblings: Vec<_> = repo
+                    .files
+                    .iter()
+                    .map(|(n, _)| serde_json::json!({ "rfilename": n }))
+                    .collect();
                 serde_json::json!({ "id": id, "modelId": id, "sha": repo.commit, "private": false,
                                     "gated": if repo.gated { serde_json::json!("manual") } else { serde_json::json!(false) },
                                     "siblings": siblings })
@@ -250,17 +288,37 @@ fn serve(mut sock: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
                     .collect();
                 serde_json::json!(entries)
             }
-            Some(_) => return json_error(&mut sock, "404 Not Found", "EntryNotFound", "no such API", head),
+            Some(_) => {
+                return json_error(
+                    &mut sock,
+                    "404 Not Found",
+                    "EntryNotFound",
+                    "no such API",
+                    head,
+                );
+            }
         };
         let headers = [("Content-Type", "application/json".to_string())];
-        return answer(&mut sock, "200 OK", &headers, body.to_string().as_bytes(), head);
+        return answer(
+            &mut sock,
+            "200 OK",
+            &headers,
+            body.to_string().as_bytes(),
+            head,
+        );
     }
     // /{owner}/{name}/resolve/{rev}/{file...}
     if segs.len() >= 5 && segs[2] == "resolve" {
         let id = format!("{}/{}", segs[0], segs[1]);
         let file = segs[4..].join("/");
         let Some(repo) = shared.lock().unwrap().repos.get(&id).cloned() else {
-            return json_error(&mut sock, "404 Not Found", "RepoNotFound", "Repository not found", head);
+            return json_error(
+                &mut sock,
+                "404 Not Found",
+                "RepoNotFound",
+                "Repository not found",
+                head,
+            );
         };
         if repo.gated {
             let msg = format!(
@@ -269,7 +327,13 @@ fn serve(mut sock: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             return json_error(&mut sock, "401 Unauthorized", "GatedRepo", &msg, head);
         }
         let Some((_, bytes)) = repo.files.iter().find(|(n, _)| *n == file) else {
-            return json_error(&mut sock, "404 Not Found", "EntryNotFound", &format!("{file} does not exist"), head);
+            return json_error(
+                &mut sock,
+                "404 Not Found",
+                "EntryNotFound",
+                &format!("{file} does not exist"),
+                head,
+            );
         };
         let len = bytes.len() as u64;
         let mut headers = vec![
@@ -311,5 +375,11 @@ fn serve(mut sock: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
         }
         return answer(&mut sock, status, &headers, body, head);
     }
-    json_error(&mut sock, "404 Not Found", "EntryNotFound", "not found", head)
+    json_error(
+        &mut sock,
+        "404 Not Found",
+        "EntryNotFound",
+        "not found",
+        head,
+    )
 }

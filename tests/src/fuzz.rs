@@ -35,11 +35,24 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
-const EXTREMES: [u64; 8] = [0, 1, 0x7f, 0xff, 1 << 31, u32::MAX as u64, 1 << 62, u64::MAX];
+const EXTREMES: [u64; 8] = [
+    0,
+    1,
+    0x7f,
+    0xff,
+    1 << 31,
+    u32::MAX as u64,
+    1 << 62,
+    u64::MAX,
+];
 
 /// `seed` with 1 to 4 random mutations; `other` is a second corpus item to splice from.
 pub fn mutate(seed: &[u8], other: &[u8], rng: &mut Rng) -> Vec<u8> {
@@ -103,8 +116,12 @@ impl Watchdog {
             loop {
                 std::thread::sleep(Duration::from_millis(200));
                 let t = s.load(Ordering::Relaxed);
-                if t != u64::MAX && epoch.elapsed().as_millis() as u64 > t + SLOW.as_millis() as u64 {
-                    eprintln!("fuzz: an input ran past {SLOW:?}; it is in {}", report.display());
+                if t != u64::MAX && epoch.elapsed().as_millis() as u64 > t + SLOW.as_millis() as u64
+                {
+                    eprintln!(
+                        "fuzz: an input ran past {SLOW:?}; it is in {}",
+                        report.display()
+                    );
                     std::process::abort();
                 }
             }
@@ -112,7 +129,8 @@ impl Watchdog {
         Watchdog { started_ms, epoch }
     }
     fn begin(&self) {
-        self.started_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.started_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     fn end(&self) {
         self.started_ms.store(u64::MAX, Ordering::Relaxed);
@@ -122,18 +140,33 @@ impl Watchdog {
 /// The corpus of `target`: its checked-in files, then its generated seeds.
 pub fn corpus(repo: &Path, t: &Target) -> Vec<Vec<u8>> {
     let dir = repo.join("tests/fuzz/corpus").join(t.name);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
     files.sort();
     let mut out: Vec<Vec<u8>> = files.iter().filter_map(|p| std::fs::read(p).ok()).collect();
     out.extend(t.seeds.iter().cloned());
-    assert!(!out.is_empty(), "fuzz target {} has no corpus in {}", t.name, dir.display());
+    assert!(
+        !out.is_empty(),
+        "fuzz target {} has no corpus in {}",
+        t.name,
+        dir.display()
+    );
     out
 }
 
 /// Mutate and run `t` for `budget`; returns how many inputs ran. Each input is first
 /// written to `report` so an abort (a hang, a huge allocation) leaves it behind. A panic
 /// fails with the input saved beside it.
-pub fn run(t: &Target, corpus: &[Vec<u8>], budget: Duration, cap: usize, seed: u64, report: &Path, dog: &Watchdog) -> usize {
+pub fn run(
+    t: &Target,
+    corpus: &[Vec<u8>],
+    budget: Duration,
+    cap: usize,
+    seed: u64,
+    report: &Path,
+    dog: &Watchdog,
+) -> usize {
     let mut rng = Rng::new(seed);
     let t0 = Instant::now();
     let mut n = 0;
@@ -152,7 +185,11 @@ pub fn run(t: &Target, corpus: &[Vec<u8>], budget: Duration, cap: usize, seed: u
         if r.is_err() {
             let kept = report.with_extension(format!("{}-panic", t.name));
             let _ = std::fs::write(&kept, &input);
-            panic!("fuzz target {} panicked on an input (seed {seed}, input {n}); it is in {}", t.name, kept.display());
+            panic!(
+                "fuzz target {} panicked on an input (seed {seed}, input {n}); it is in {}",
+                t.name,
+                kept.display()
+            );
         }
         n += 1;
     }
@@ -166,21 +203,31 @@ pub fn targets(shared: &Path) -> Vec<Target> {
     use yangtuo::weights::Blob;
     use yangtuo::weights::gguf::GgufFile;
 
-    let tokenizer_model = std::fs::read(shared.join("tokenizers/llama2/tokenizer.model")).unwrap_or_default();
+    let tokenizer_model =
+        std::fs::read(shared.join("tokenizers/llama2/tokenizer.model")).unwrap_or_default();
     // the tokenizer-text target's tokenizer is the repository's own small model, so it never
     // depends on ../shared
     let repo_model = include_bytes!("../fuzz/corpus/tokenizer-model/tiny-bpe.model");
-    let sp = Arc::new(yangtuo::tokenizer::Tokenizer::from_bytes(repo_model).expect("tests/fuzz's tiny-bpe.model loads"));
+    let sp = Arc::new(
+        yangtuo::tokenizer::Tokenizer::from_bytes(repo_model)
+            .expect("tests/fuzz's tiny-bpe.model loads"),
+    );
     let gguf_seed = tiny_gguf(shared);
     let safetensors_seed = tiny_safetensors();
-    let config_seed = crate::Spec::default().config_json().to_string().into_bytes();
+    let config_seed = crate::Spec::default()
+        .config_json()
+        .to_string()
+        .into_bytes();
 
     vec![
         Target {
             name: "gguf",
             seeds: vec![gguf_seed],
             run: Box::new(|b| {
-                let Ok(g) = GgufFile::parse(Blob::from_vec(b.to_vec()), Path::new("fuzz.gguf")) else { return };
+                let Ok(g) = GgufFile::parse(Blob::from_vec(b.to_vec()), Path::new("fuzz.gguf"))
+                else {
+                    return;
+                };
                 let _ = g.config();
                 if let Ok(tok) = yangtuo::weights::gguf::tokenizer(&g) {
                     if let Some(t) = yangtuo::chat::own_template::from_gguf(&g, &tok) {
@@ -197,10 +244,16 @@ pub fn targets(shared: &Path) -> Vec<Target> {
                 if b.len() >= 8 {
                     let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
                     if let Some(header) = b.get(8..8usize.saturating_add(n)) {
-                        let _ = yangtuo::weights::safetensors::parse_header(header, Path::new("fuzz.safetensors"));
+                        let _ = yangtuo::weights::safetensors::parse_header(
+                            header,
+                            Path::new("fuzz.safetensors"),
+                        );
                     }
                 }
-                let _ = yangtuo::config::HfConfig::from_json(&String::from_utf8_lossy(b), Path::new("config.json"));
+                let _ = yangtuo::config::HfConfig::from_json(
+                    &String::from_utf8_lossy(b),
+                    Path::new("config.json"),
+                );
             }),
         },
         Target {
@@ -227,10 +280,19 @@ pub fn targets(shared: &Path) -> Vec<Target> {
             seeds: vec![],
             run: Box::new(|b| {
                 let source = String::from_utf8_lossy(b).into_owned();
-                let t = ChatTemplate::Jinja { source, bos: "<s>".into(), eos: "</s>".into() };
+                let t = ChatTemplate::Jinja {
+                    source,
+                    bos: "<s>".into(),
+                    eos: "</s>".into(),
+                };
                 let _ = t.check_limits();
                 let tok = yangtuo::tokenizer::Tokenizer::Absent { vocab_size: 8 };
-                let chat = [Message::system("s"), Message::user("羊驼"), Message::assistant("a"), Message::user("q")];
+                let chat = [
+                    Message::system("s"),
+                    Message::user("羊驼"),
+                    Message::assistant("a"),
+                    Message::user("q"),
+                ];
                 let _ = t.render(&tok, 1, 2, &chat, false);
             }),
         },
@@ -242,7 +304,9 @@ pub fn targets(shared: &Path) -> Vec<Target> {
                     let _ = r.params.check(&Default::default());
                 }
                 if let Ok(r) = CompletionRequest::from_json(b) {
-                    let _ = r.params.check_for(&Default::default(), yangtuo::api::Endpoint::Text);
+                    let _ = r
+                        .params
+                        .check_for(&Default::default(), yangtuo::api::Endpoint::Text);
                 }
             }),
         },
@@ -253,10 +317,22 @@ pub fn targets(shared: &Path) -> Vec<Target> {
 /// vocabulary and Hugging Face's Llama 2 chat template embedded (so the vocabulary and
 /// template readers see mutants too). Empty if `shared` has no tokenizer.
 fn tiny_gguf(shared: &Path) -> Vec<u8> {
-    let spec = crate::Spec { hidden: 32, intermediate: 64, layers: 1, heads: 2, kv_heads: 1, vocab: 32000, ..crate::Spec::default() };
+    let spec = crate::Spec {
+        hidden: 32,
+        intermediate: 64,
+        layers: 1,
+        heads: 2,
+        kv_heads: 1,
+        vocab: 32000,
+        ..crate::Spec::default()
+    };
     let dir = spec.write_temp("fuzz-seed");
     let out = dir.join("m.gguf");
-    let copied = std::fs::copy(shared.join("tokenizers/llama2/tokenizer.model"), dir.join("tokenizer.model")).is_ok();
+    let copied = std::fs::copy(
+        shared.join("tokenizers/llama2/tokenizer.model"),
+        dir.join("tokenizer.model"),
+    )
+    .is_ok();
     let config = serde_json::json!({"chat_template": include_str!("../fuzz/corpus/chat-template/hf-llama2.jinja")});
     let _ = std::fs::write(dir.join("tokenizer_config.json"), config.to_string());
     let ok = copied
@@ -267,18 +343,32 @@ fn tiny_gguf(shared: &Path) -> Vec<u8> {
             .args(["--type", "q8_0"])
             .output()
             .is_ok_and(|o| o.status.success());
-    let bytes = if ok { std::fs::read(&out).unwrap_or_default() } else { vec![] };
+    let bytes = if ok {
+        std::fs::read(&out).unwrap_or_default()
+    } else {
+        vec![]
+    };
     let _ = std::fs::remove_dir_all(&dir);
     bytes
 }
 
 /// The first bytes of a random model's model.safetensors: its length prefix and header.
 fn tiny_safetensors() -> Vec<u8> {
-    let spec = crate::Spec { hidden: 32, intermediate: 64, layers: 1, heads: 2, kv_heads: 1, vocab: 64, ..crate::Spec::default() };
+    let spec = crate::Spec {
+        hidden: 32,
+        intermediate: 64,
+        layers: 1,
+        heads: 2,
+        kv_heads: 1,
+        vocab: 64,
+        ..crate::Spec::default()
+    };
     let dir = spec.write_temp("fuzz-seed-st");
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
-    let n = bytes.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    let n = bytes
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
     bytes[..(8 + n).min(bytes.len())].to_vec()
 }
 
@@ -318,17 +408,37 @@ unsafe impl std::alloc::GlobalAlloc for Limited {
 /// `fuzz` binary (a fresh seed, no cap: exploration) call.
 pub fn campaign(secs: f64, cap: usize, only: &[String], seed: u64) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let shared = std::env::var_os("YANGTUO_SHARED").map(PathBuf::from).unwrap_or_else(|| repo.join("../shared"));
+    let shared = std::env::var_os("YANGTUO_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("../shared"));
     let report = crate::temp_dir("fuzz").join("last-input");
-    eprintln!("fuzz: seed {seed}; each input is written to {} before it runs", report.display());
+    eprintln!(
+        "fuzz: seed {seed}; each input is written to {} before it runs",
+        report.display()
+    );
     let dog = Watchdog::start(report.clone());
-    let targets: Vec<Target> = targets(&shared).into_iter().filter(|t| only.is_empty() || only.iter().any(|o| o == t.name)).collect();
+    let targets: Vec<Target> = targets(&shared)
+        .into_iter()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == t.name))
+        .collect();
     assert!(!targets.is_empty(), "no fuzz target named {only:?}");
     let each = Duration::from_secs_f64(secs / targets.len() as f64);
     for (i, t) in targets.iter().enumerate() {
         let corpus = corpus(&repo, t);
         let t0 = Instant::now();
-        let n = run(t, &corpus, each, cap, seed.wrapping_add(i as u64), &report, &dog);
-        eprintln!("fuzz: {:<16} {n:>8} inputs in {:.1?}, no panic, hang or allocation over 1 GiB", t.name, t0.elapsed());
+        let n = run(
+            t,
+            &corpus,
+            each,
+            cap,
+            seed.wrapping_add(i as u64),
+            &report,
+            &dog,
+        );
+        eprintln!(
+            "fuzz: {:<16} {n:>8} inputs in {:.1?}, no panic, hang or allocation over 1 GiB",
+            t.name,
+            t0.elapsed()
+        );
     }
 }

@@ -88,8 +88,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
 fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
     match dtype {
         Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Dtype::F16 => values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
-        Dtype::BF16 => values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
         other => panic!("unsupported test dtype {other:?}"),
     }
 }
@@ -131,13 +137,33 @@ impl Spec {
         let hd = self.head_dim();
         let (d, f) = (self.hidden, self.intermediate);
         let s = |fan_in: usize| 1.0 / (fan_in as f64).sqrt();
-        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab, d], 1.0)];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab, d],
+            1.0,
+        )];
         for l in 0..self.layers {
             let p = format!("model.layers.{l}");
-            out.push((format!("{p}.self_attn.q_proj.weight"), vec![self.heads * hd, d], 2.0 * s(d)));
-            out.push((format!("{p}.self_attn.k_proj.weight"), vec![self.kv_heads * hd, d], 2.0 * s(d)));
-            out.push((format!("{p}.self_attn.v_proj.weight"), vec![self.kv_heads * hd, d], s(d)));
-            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, self.heads * hd], s(d)));
+            out.push((
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![self.heads * hd, d],
+                2.0 * s(d),
+            ));
+            out.push((
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![self.kv_heads * hd, d],
+                2.0 * s(d),
+            ));
+            out.push((
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![self.kv_heads * hd, d],
+                s(d),
+            ));
+            out.push((
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![d, self.heads * hd],
+                s(d),
+            ));
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d], s(d)));
             out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d], s(d)));
             out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f], s(f)));
@@ -147,8 +173,16 @@ impl Spec {
         }
         out.push(("model.norm.weight".into(), vec![d], -1.0));
         for l in 0..self.layers {
-            out.push((format!("model.layers.{l}.input_layernorm.weight"), vec![d], -1.0));
-            out.push((format!("model.layers.{l}.post_attention_layernorm.weight"), vec![d], -1.0));
+            out.push((
+                format!("model.layers.{l}.input_layernorm.weight"),
+                vec![d],
+                -1.0,
+            ));
+            out.push((
+                format!("model.layers.{l}.post_attention_layernorm.weight"),
+                vec![d],
+                -1.0,
+            ));
         }
         out
     }
@@ -156,10 +190,13 @@ impl Spec {
     /// Every tensor of the model as (name, shape, f32 values), in `layout` order.
     pub fn tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let mut rng = Rng::new(self.seed);
-        self.layout().into_iter().map(|(n, shape, init)| {
-            let v = values(&mut rng, shape.iter().product(), init);
-            (n, shape, v)
-        }).collect()
+        self.layout()
+            .into_iter()
+            .map(|(n, shape, init)| {
+                let v = values(&mut rng, shape.iter().product(), init);
+                (n, shape, v)
+            })
+            .collect()
     }
 
     /// Write `config.json` and the weights: `model.safetensors`, or `shards` shards plus
@@ -167,11 +204,19 @@ impl Spec {
     /// models of billions of parameters need no more memory than their largest tensor.
     pub fn write(&self, dir: &Path, shards: usize) {
         use std::io::Write;
-        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&self.config_json()).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_string_pretty(&self.config_json()).unwrap(),
+        )
+        .unwrap();
         let layout = self.layout();
         let shards = shards.max(1);
         let per = layout.len().div_ceil(shards);
-        let dtype_name = match self.dtype { Dtype::F16 => "F16", Dtype::BF16 => "BF16", _ => "F32" };
+        let dtype_name = match self.dtype {
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+            _ => "F32",
+        };
         let elem = if self.dtype == Dtype::F32 { 4 } else { 2 };
         let mut rng = Rng::new(self.seed);
         let mut weight_map = BTreeMap::new();
@@ -234,7 +279,10 @@ pub fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 pub fn rel_max_err(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "logit shapes differ");
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let err = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
+    let err = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
     assert!(err.is_finite(), "non-finite logits");
     err / scale
 }
@@ -261,10 +309,23 @@ pub fn cli_bin() -> PathBuf {
 /// refused when checked, else when generated. Panics if it succeeds.
 pub fn chat_request_error(llama: &yangtuo::Llama, extra: &serde_json::Value) -> yangtuo::Error {
     use yangtuo::api::{Endpoint, Request};
-    let mut req = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
-    req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let mut req =
+        serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    req.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     Request::from_json(Endpoint::Chat, req.to_string().as_bytes())
-        .and_then(|r| llama.prepare(&r, &yangtuo::SamplingParams::default()).map(|_| ()))
-        .and_then(|_| llama.openai_json(Endpoint::Chat, &req.to_string(), None, &mut |_| yangtuo::Flow::Continue).map(|_| ()))
+        .and_then(|r| {
+            llama
+                .prepare(&r, &yangtuo::SamplingParams::default())
+                .map(|_| ())
+        })
+        .and_then(|_| {
+            llama
+                .openai_json(Endpoint::Chat, &req.to_string(), None, &mut |_| {
+                    yangtuo::Flow::Continue
+                })
+                .map(|_| ())
+        })
         .expect_err("the request was answered")
 }

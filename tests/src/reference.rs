@@ -20,7 +20,11 @@ impl Reference {
         // Linear scaling (divide every frequency by `factor`) is candle's llama3 rope with every
         // wavelength past the low-frequency cutoff: original_max 1, low_freq_factor 1.
         let rope_scaling = spec.rope_scaling.as_ref().and_then(|s| {
-            let kind = s.get("type").or(s.get("rope_type")).and_then(|k| k.as_str()).unwrap_or("");
+            let kind = s
+                .get("type")
+                .or(s.get("rope_type"))
+                .and_then(|k| k.as_str())
+                .unwrap_or("");
             (kind == "linear").then(|| Llama3RopeConfig {
                 factor: s["factor"].as_f64().unwrap() as f32,
                 low_freq_factor: 1.0,
@@ -46,8 +50,13 @@ impl Reference {
             tie_word_embeddings: spec.tie,
         };
         let files = [dir.join("model.safetensors")];
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu).unwrap() };
-        Reference { model: Llama::load(vb, &config).unwrap(), config }
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu).unwrap()
+        };
+        Reference {
+            model: Llama::load(vb, &config).unwrap(),
+            config,
+        }
     }
 
     fn cache(&self) -> Cache {
@@ -55,15 +64,27 @@ impl Reference {
     }
 
     fn run(&self, ids: &[u32], pos: usize, cache: &mut Cache) -> Vec<f64> {
-        let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let input = Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let logits = self.model.forward(&input, pos, cache).unwrap();
-        logits.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()
+        logits
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
     }
 
     /// Logits at every position, `[ids.len() * vocab]`, fed one token at a time through the cache.
     pub fn logits_all(&self, ids: &[u32]) -> Vec<f64> {
         let mut cache = self.cache();
-        ids.iter().enumerate().flat_map(|(p, id)| self.run(&[*id], p, &mut cache)).collect()
+        ids.iter()
+            .enumerate()
+            .flat_map(|(p, id)| self.run(&[*id], p, &mut cache))
+            .collect()
     }
 
     /// Logits at the last position of one forward pass over `ids`.

@@ -14,7 +14,17 @@ use yangtuo::weights::source::ModelFiles;
 use yangtuo_tests::{Spec, random_ids};
 
 fn spec(dtype: Dtype) -> Spec {
-    Spec { hidden: 256, intermediate: 768, layers: 2, heads: 4, kv_heads: 2, vocab: 300, dtype, seed: 7, ..Spec::default() }
+    Spec {
+        hidden: 256,
+        intermediate: 768,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 300,
+        dtype,
+        seed: 7,
+        ..Spec::default()
+    }
 }
 
 fn cpu_model(spec: &Spec, quantize: Option<WeightFormat>, name: &str) -> Arc<dyn Runner> {
@@ -23,7 +33,13 @@ fn cpu_model(spec: &Spec, quantize: Option<WeightFormat>, name: &str) -> Arc<dyn
     let mut progress = |_: yangtuo::LoadProgress| {};
     let model = match quantize {
         None => Model::load(&mut files, Cpu, 0, &mut progress).unwrap(),
-        Some(f) => Model::load(&mut Quantizing::new(&mut files, f).unwrap(), Cpu, 0, &mut progress).unwrap(),
+        Some(f) => Model::load(
+            &mut Quantizing::new(&mut files, f).unwrap(),
+            Cpu,
+            0,
+            &mut progress,
+        )
+        .unwrap(),
     };
     let _ = std::fs::remove_dir_all(dir);
     model.into_runner()
@@ -55,7 +71,13 @@ struct Seq {
 
 fn batched(r: &dyn Runner, seqs: &[Seq]) -> Vec<Vec<Vec<f32>>> {
     let vocab = r.config().vocab_size;
-    let mut batch = r.new_state(0, yangtuo::backend::DECODE_ROWS, yangtuo::backend::DECODE_ROWS).unwrap();
+    let mut batch = r
+        .new_state(
+            0,
+            yangtuo::backend::DECODE_ROWS,
+            yangtuo::backend::DECODE_ROWS,
+        )
+        .unwrap();
     let mut states: Vec<Option<SessionState>> = seqs.iter().map(|_| None).collect();
     let mut logits: Vec<Vec<Vec<f32>>> = seqs.iter().map(|_| vec![]).collect();
     for step in 0.. {
@@ -68,21 +90,30 @@ fn batched(r: &dyn Runner, seqs: &[Seq]) -> Vec<Vec<Vec<f32>>> {
                 states[i] = Some(s);
             }
         }
-        let active: Vec<usize> = (0..seqs.len()).filter(|&i| states[i].is_some() && logits[i].len() <= seqs[i].last).collect();
+        let active: Vec<usize> = (0..seqs.len())
+            .filter(|&i| states[i].is_some() && logits[i].len() <= seqs[i].last)
+            .collect();
         if active.is_empty() && seqs.iter().all(|q| q.join < step) {
             break;
         }
         if active.is_empty() {
             continue;
         }
-        let tokens: Vec<[u32; 1]> = active.iter().map(|&i| [argmax(logits[i].last().unwrap())]).collect();
-        let mut taken: Vec<(usize, SessionState)> = active.iter().map(|&i| (i, states[i].take().unwrap())).collect();
+        let tokens: Vec<[u32; 1]> = active
+            .iter()
+            .map(|&i| [argmax(logits[i].last().unwrap())])
+            .collect();
+        let mut taken: Vec<(usize, SessionState)> = active
+            .iter()
+            .map(|&i| (i, states[i].take().unwrap()))
+            .collect();
         let mut rows: Vec<(&mut SessionState, &[u32], usize)> = taken
             .iter_mut()
             .zip(&tokens)
             .map(|((i, s), t)| (s, &t[..], seqs[*i].prompt.len() + logits[*i].len() - 1))
             .collect();
-        r.forward_batch(&mut batch, &mut rows, active.len()).unwrap();
+        r.forward_batch(&mut batch, &mut rows, active.len())
+            .unwrap();
         let all = pollster::block_on(r.logits(&batch, active.len())).unwrap();
         for (row, (i, s)) in taken.into_iter().enumerate() {
             logits[i].push(all[row * vocab..(row + 1) * vocab].to_vec());
@@ -98,7 +129,13 @@ fn scenario(vocab: usize) -> Vec<Seq> {
     let lens = [3, 17, 40, 9, 64, 1, 5, 33, 12, 2, 7, 21];
     let join = [0, 0, 2, 5, 0, 7, 1, 1, 0, 3, 0, 4];
     let last = [STEPS, 6, STEPS, 3, STEPS, 4, 8, STEPS, STEPS, 5, 2, STEPS];
-    (0..lens.len()).map(|i| Seq { prompt: random_ids(lens[i], vocab, 100 + i as u64), join: join[i], last: last[i] }).collect()
+    (0..lens.len())
+        .map(|i| Seq {
+            prompt: random_ids(lens[i], vocab, 100 + i as u64),
+            join: join[i],
+            last: last[i],
+        })
+        .collect()
 }
 
 fn check_invariance(dtype: Dtype, quantize: Option<WeightFormat>) {
@@ -118,8 +155,16 @@ fn against_alone(r: &dyn Runner, vocab: usize, what: &str, tolerance: f32) {
         for (step, (g, w)) in got[i].iter().zip(&want).enumerate() {
             let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
             let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            let same = if tolerance == 0.0 { g == w } else { err <= tolerance * scale };
-            assert!(same, "{what}: sequence {i} (prompt {}), step {step}: batched logits differ from alone by {err}", q.prompt.len());
+            let same = if tolerance == 0.0 {
+                g == w
+            } else {
+                err <= tolerance * scale
+            };
+            assert!(
+                same,
+                "{what}: sequence {i} (prompt {}), step {step}: batched logits differ from alone by {err}",
+                q.prompt.len()
+            );
         }
     }
 }
@@ -132,7 +177,9 @@ fn batched_decode_on_wgpu_matches_alone() {
     let spec = spec(Dtype::F16);
     let dir = spec.write_temp("batch-wgpu");
     let gpu = pollster::block_on(yangtuo::backend::wgpu::Wgpu::with_f16(false)).unwrap();
-    let r = Model::load(&mut ModelFiles::open(&dir).unwrap(), gpu, 0, &mut |_| {}).unwrap().into_runner();
+    let r = Model::load(&mut ModelFiles::open(&dir).unwrap(), gpu, 0, &mut |_| {})
+        .unwrap()
+        .into_runner();
     let _ = std::fs::remove_dir_all(dir);
     against_alone(&*r, spec.vocab, "wgpu", 1e-4);
 }
@@ -160,16 +207,30 @@ fn batched_decode_is_bit_identical_to_alone_q8_0_and_q4_k() {
 
 /// A model folder with random weights and the real Llama 2 tokenizer, for [`llama`].
 fn llama_dir(name: &str) -> std::path::PathBuf {
-    let tokenizer = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tokenizers/llama2/tokenizer.model"));
-    assert!(tokenizer.is_file(), "../shared (the tokenizers the tests need) is not next to the repository");
-    let dir = Spec { vocab: 32000, ..spec(Dtype::F32) }.write_temp(name);
+    let tokenizer = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/tokenizers/llama2/tokenizer.model"
+    ));
+    assert!(
+        tokenizer.is_file(),
+        "../shared (the tokenizers the tests need) is not next to the repository"
+    );
+    let dir = Spec {
+        vocab: 32000,
+        ..spec(Dtype::F32)
+    }
+    .write_temp(name);
     std::fs::copy(&tokenizer, dir.join("tokenizer.model")).unwrap();
     dir
 }
 
 /// A `Llama` on the CPU with the real Llama 2 tokenizer, Q4_0.
 fn llama(dir: &std::path::Path) -> yangtuo::Llama {
-    let opts = yangtuo::LoadOptions { backend: yangtuo::BackendChoice::Cpu, quantize: Some(WeightFormat::Q4_0), ..Default::default() };
+    let opts = yangtuo::LoadOptions {
+        backend: yangtuo::BackendChoice::Cpu,
+        quantize: Some(WeightFormat::Q4_0),
+        ..Default::default()
+    };
     yangtuo::Llama::load(dir, &opts, &mut |_| {}).unwrap()
 }
 
@@ -184,15 +245,38 @@ fn concurrent_chats_batch_and_answer_as_alone() {
     let dir = llama_dir("batch-llama");
     // question 3 is over 100 tokens: its prompt rides along in several decode steps
     let long = "Tell me a story about a llama in Peru, in three parts: the mountains, the market, the way home. ".repeat(4);
-    let questions = ["hi", "咖啡的作用是什么?", "羊驼吃什么？请详细回答。", long.as_str(), "1+1=?", "你好", "写一首关于长城的诗", "why"];
+    let questions = [
+        "hi",
+        "咖啡的作用是什么?",
+        "羊驼吃什么？请详细回答。",
+        long.as_str(),
+        "1+1=?",
+        "你好",
+        "写一首关于长城的诗",
+        "why",
+    ];
     let opts = |i: usize| GenerateOptions {
         max_tokens: Some(12 + 3 * i),
-        sampling: if i % 2 == 0 { SamplingParams::greedy() } else { SamplingParams { temperature: 0.8, seed: Some(i as u64), ..Default::default() } },
+        sampling: if i % 2 == 0 {
+            SamplingParams::greedy()
+        } else {
+            SamplingParams {
+                temperature: 0.8,
+                seed: Some(i as u64),
+                ..Default::default()
+            }
+        },
         ignore_eos: i == 3,
         ..Default::default()
     };
     let alone = llama(&dir);
-    let want: Vec<_> = (0..questions.len()).map(|i| alone.chat(&[Message::user(questions[i])], &opts(i)).unwrap()).collect();
+    let want: Vec<_> = (0..questions.len())
+        .map(|i| {
+            alone
+                .chat(&[Message::user(questions[i])], &opts(i))
+                .unwrap()
+        })
+        .collect();
     drop(alone);
 
     let batched = llama(&dir);
@@ -209,7 +293,11 @@ fn concurrent_chats_batch_and_answer_as_alone() {
                         if i == 5 && pieces == 3 {
                             cancel.store(true, Ordering::Relaxed);
                         }
-                        if i == 6 && pieces == 4 { Flow::Stop } else { Flow::Continue }
+                        if i == 6 && pieces == 4 {
+                            Flow::Stop
+                        } else {
+                            Flow::Continue
+                        }
                     };
                     let c = if i == 5 { Some(cancel) } else { None };
                     b.chat_stream(&[Message::user(questions[i])], &opts(i), c, &mut on_text)
@@ -224,18 +312,32 @@ fn concurrent_chats_batch_and_answer_as_alone() {
             6 => {
                 let g = g.as_ref().unwrap();
                 assert_eq!(g.finish_reason, yangtuo::FinishReason::Stop);
-                assert!(w.text.starts_with(&g.text) && g.ids.len() <= w.ids.len(), "{:?} vs {:?}", g.text, w.text);
+                assert!(
+                    w.text.starts_with(&g.text) && g.ids.len() <= w.ids.len(),
+                    "{:?} vs {:?}",
+                    g.text,
+                    w.text
+                );
             }
             _ => {
                 let g = g.as_ref().unwrap();
-                assert_eq!(g.ids, w.ids, "question {i}: batched answer differs from alone");
+                assert_eq!(
+                    g.ids, w.ids,
+                    "question {i}: batched answer differs from alone"
+                );
                 assert_eq!(g.text, w.text);
                 assert_eq!(g.finish_reason, w.finish_reason);
             }
         }
     }
     // the scheduler stays usable after the cancel
-    assert_eq!(batched.chat(&[Message::user(questions[0])], &opts(0)).unwrap().ids, want[0].ids);
+    assert_eq!(
+        batched
+            .chat(&[Message::user(questions[0])], &opts(0))
+            .unwrap()
+            .ids,
+        want[0].ids
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -247,7 +349,13 @@ fn concurrent_chats_batch_and_answer_as_alone() {
 fn a_reused_prefix_gives_the_bits_of_a_cold_prompt() {
     use yangtuo::{Flow, GenerateOptions, SamplingParams};
     let dir = llama_dir("batch-prefix");
-    let opts = GenerateOptions { max_tokens: Some(16), sampling: SamplingParams::greedy(), logprobs: Some(2), ignore_eos: true, ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: Some(16),
+        sampling: SamplingParams::greedy(),
+        logprobs: Some(2),
+        ignore_eos: true,
+        ..Default::default()
+    };
     let (shared, other) = (random_ids(40, 32000, 5), random_ids(9, 32000, 6));
     let longer: Vec<u32> = shared.iter().chain(&[7, 8, 9]).copied().collect();
     for batching in [false, true] {
@@ -255,7 +363,10 @@ fn a_reused_prefix_gives_the_bits_of_a_cold_prompt() {
         if batching {
             warm.enable_batching(4).unwrap();
         }
-        let run = |ids: &[u32]| warm.complete_ids(ids, &opts, None, &mut |_| Flow::Continue).unwrap();
+        let run = |ids: &[u32]| {
+            warm.complete_ids(ids, &opts, None, &mut |_| Flow::Continue)
+                .unwrap()
+        };
         // Two requests at a time, twice: the pool then holds `shared`'s cache and `other`'s,
         // and each later prompt takes the one sharing its longest prefix, whichever thread
         // asks first.
@@ -271,13 +382,22 @@ fn a_reused_prefix_gives_the_bits_of_a_cold_prompt() {
             o.join().unwrap();
             reused
         });
-        assert_eq!(reused.timings.prefill_tokens, 3, "the cached prefix was not reused");
-        let cold = llama(&dir).complete_ids(&longer, &opts, None, &mut |_| Flow::Continue).unwrap();
+        assert_eq!(
+            reused.timings.prefill_tokens, 3,
+            "the cached prefix was not reused"
+        );
+        let cold = llama(&dir)
+            .complete_ids(&longer, &opts, None, &mut |_| Flow::Continue)
+            .unwrap();
         assert_eq!(cold.timings.prefill_tokens, longer.len());
         assert_eq!(reused.ids, cold.ids, "batching {batching}");
         assert_eq!(reused.logprobs.len(), 16);
         for (r, c) in reused.logprobs.iter().zip(&cold.logprobs) {
-            assert_eq!(r.logprob.to_bits(), c.logprob.to_bits(), "batching {batching}: {r:?} vs {c:?}");
+            assert_eq!(
+                r.logprob.to_bits(),
+                c.logprob.to_bits(),
+                "batching {batching}: {r:?} vs {c:?}"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(dir);

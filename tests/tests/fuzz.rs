@@ -12,7 +12,13 @@ const CAP: usize = 1500;
 
 #[test]
 fn parsers_survive_mutated_inputs() {
-    let secs = std::env::var("YANGTUO_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60.0);
-    let seed = std::env::var("YANGTUO_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED);
+    let secs = std::env::var("YANGTUO_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60.0);
+    let seed = std::env::var("YANGTUO_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SEED);
     yangtuo_tests::fuzz::campaign(secs, CAP, &[], seed);
 }

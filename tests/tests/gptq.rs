@@ -43,10 +43,14 @@ fn load(dir: &Path, dev: Dev) -> Arc<dyn Runner> {
     let mut files = ModelFiles::open(dir).unwrap();
     let mut progress = |_: yangtuo::LoadProgress| {};
     match dev {
-        Dev::Cpu => Model::load(&mut files, Cpu, 0, &mut progress).unwrap().into_runner(),
+        Dev::Cpu => Model::load(&mut files, Cpu, 0, &mut progress)
+            .unwrap()
+            .into_runner(),
         Dev::Wgpu | Dev::WgpuF32 => {
             let gpu = pollster::block_on(Wgpu::with_f16(matches!(dev, Dev::Wgpu))).unwrap();
-            Model::load(&mut files, gpu, 0, &mut progress).unwrap().into_runner()
+            Model::load(&mut files, gpu, 0, &mut progress)
+                .unwrap()
+                .into_runner()
         }
     }
 }
@@ -89,14 +93,26 @@ fn check(name: &str, group_size: i64, desc_act: bool, sym: bool, seed: u64) {
     let Some(py) = python() else { return };
     let spec = spec(seed);
     let src = spec.write_temp(&format!("{name}-src"));
-    let (gptq, ref_dir) =
-        (yangtuo_tests::temp_dir(&format!("{name}-gptq")), yangtuo_tests::temp_dir(&format!("{name}-ref")));
+    let (gptq, ref_dir) = (
+        yangtuo_tests::temp_dir(&format!("{name}-gptq")),
+        yangtuo_tests::temp_dir(&format!("{name}-ref")),
+    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/make_gptq.py");
     let out = Command::new(&py)
         .arg(&script)
         .args([&src, &gptq, &ref_dir])
-        .args(["--group-size", &group_size.to_string(), "--desc-act", &(desc_act as u8).to_string()])
-        .args(["--sym", &(sym as u8).to_string(), "--seed", &seed.to_string()])
+        .args([
+            "--group-size",
+            &group_size.to_string(),
+            "--desc-act",
+            &(desc_act as u8).to_string(),
+        ])
+        .args([
+            "--sym",
+            &(sym as u8).to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .output()
         .expect("cannot run python");
     assert!(
@@ -109,7 +125,10 @@ fn check(name: &str, group_size: i64, desc_act: bool, sym: bool, seed: u64) {
     // the GPTQ folder loads packed: every linear layer is Gptq4, permuted exactly under act order
     let files = ModelFiles::open(&gptq).unwrap();
     let q = &files.gptq().expect("detected as GPTQ").quant;
-    assert_eq!((q.bits, q.group_size, q.desc_act), (4, (group_size > 0).then_some(group_size as usize), desc_act));
+    assert_eq!(
+        (q.bits, q.group_size, q.desc_act),
+        (4, (group_size > 0).then_some(group_size as usize), desc_act)
+    );
     for t in [
         LayerTensor::Wq,
         LayerTensor::Wk,
@@ -123,8 +142,14 @@ fn check(name: &str, group_size: i64, desc_act: bool, sym: bool, seed: u64) {
         assert_eq!(w.format, WeightFormat::Gptq4, "{t:?}");
         assert_eq!(w.perm.is_some(), desc_act && group_size > 0, "{t:?}");
     }
-    assert_eq!(files.weight(TensorId::Embed).unwrap().format, WeightFormat::F16);
-    assert_eq!(files.weight(TensorId::Output).unwrap().format, WeightFormat::F16);
+    assert_eq!(
+        files.weight(TensorId::Embed).unwrap().format,
+        WeightFormat::F16
+    );
+    assert_eq!(
+        files.weight(TensorId::Output).unwrap().format,
+        WeightFormat::F16
+    );
     drop(files);
 
     let reference = Reference::load(&spec, &ref_dir, None);
@@ -135,10 +160,19 @@ fn check(name: &str, group_size: i64, desc_act: bool, sym: bool, seed: u64) {
         let r = load(&gptq, dev);
         let got = logits_all(r.as_ref(), &ids);
         let err = rel_max_err(&got, &want);
-        println!("{name} {dev:?} [{}]: max|Δlogit|/max|logit| = {err:.2e}", r.device());
-        assert!(err <= 1e-3, "{name} on {dev:?}: relative error {err:.3e} > 1e-3");
+        println!(
+            "{name} {dev:?} [{}]: max|Δlogit|/max|logit| = {err:.2e}",
+            r.device()
+        );
+        assert!(
+            err <= 1e-3,
+            "{name} on {dev:?}: relative error {err:.3e} > 1e-3"
+        );
         let g = greedy(r.as_ref(), &ids[..8], 32);
-        assert_eq!(g, want_greedy, "{name} on {dev:?}: greedy continuation differs");
+        assert_eq!(
+            g, want_greedy,
+            "{name} on {dev:?}: greedy continuation differs"
+        );
     }
     for d in [src, gptq, ref_dir] {
         let _ = std::fs::remove_dir_all(d);

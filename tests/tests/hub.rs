@@ -17,8 +17,8 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use yangtuo::hub::{HubProgress, resolve_model};
 use yangtuo::{BackendChoice, Error, GenerateOptions, Llama, LoadOptions, Message, SamplingParams};
-use yangtuo_tests::{Spec, cli_bin};
 use yangtuo_tests::fake_hub::{FakeHub, oid};
+use yangtuo_tests::{Spec, cli_bin};
 
 fn shared_dir() -> Option<PathBuf> {
     let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"));
@@ -136,7 +136,11 @@ fn tiny_model(shared: &Path, shards: usize, seed: u64) -> Temp {
     for f in ["tokenizer.model", "tokenizer.json"] {
         std::fs::copy(shared.join("tokenizers/llama2").join(f), d.join(f)).unwrap();
     }
-    std::fs::write(d.join("tokenizer_config.json"), r#"{"bos_token": "<s>", "eos_token": "</s>"}"#).unwrap();
+    std::fs::write(
+        d.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
     d
 }
 
@@ -145,18 +149,30 @@ fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     v.sort();
     v
 }
 
 fn cpu() -> LoadOptions {
-    LoadOptions { backend: BackendChoice::Cpu, ..LoadOptions::default() }
+    LoadOptions {
+        backend: BackendChoice::Cpu,
+        ..LoadOptions::default()
+    }
 }
 
 fn answer(llama: &Llama) -> String {
-    let opts = GenerateOptions { max_tokens: Some(12), sampling: SamplingParams::greedy(), ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: Some(12),
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
     let c = llama.chat(&[Message::user("你好，羊驼！")], &opts).unwrap();
     format!("{:?}", c.ids)
 }
@@ -183,7 +199,18 @@ fn load_error(spec: &str) -> String {
 /// `yangtuo generate --model MODEL` (4 tokens, JSON) with `HF_HOME=home` and `env`.
 fn cli_generate(model: &str, home: &Path, env: &[(&str, &str)]) -> std::process::Output {
     Command::new(cli_bin())
-        .args(["generate", "--model", model, "--backend", "cpu", "--prompt", "hi", "--max-tokens", "4", "--json"])
+        .args([
+            "generate",
+            "--model",
+            model,
+            "--backend",
+            "cpu",
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "4",
+            "--json",
+        ])
         .env("HF_HOME", home)
         .env_remove("HF_HUB_CACHE")
         .env_remove("HF_HUB_OFFLINE")
@@ -214,49 +241,107 @@ fn downloads_into_the_cache_then_works_offline() {
 
     let want = answer(&Llama::load(&*model, &cpu(), &mut |_| {}).unwrap());
     let mut events = vec![];
-    let llama =
-        Llama::load("owner/tiny", &cpu(), &mut |p| events.push((p.tensor.to_string(), p.done_bytes, p.total_bytes)))
-            .unwrap();
-    assert_eq!(answer(&llama), want, "the downloaded model answers as the original");
-    let st = std::fs::metadata(model.join("model.safetensors")).unwrap().len();
+    let llama = Llama::load("owner/tiny", &cpu(), &mut |p| {
+        events.push((p.tensor.to_string(), p.done_bytes, p.total_bytes))
+    })
+    .unwrap();
+    assert_eq!(
+        answer(&llama),
+        want,
+        "the downloaded model answers as the original"
+    );
+    let st = std::fs::metadata(model.join("model.safetensors"))
+        .unwrap()
+        .len();
     assert!(
-        events.iter().any(|(t, d, n)| t == "download model.safetensors" && *d == st && *n == st),
+        events
+            .iter()
+            .any(|(t, d, n)| t == "download model.safetensors" && *d == st && *n == st),
         "download progress reaches the file size"
     );
 
     // the standard layout: refs/main → commit, snapshot links into blobs
     let repo = home.join("hub/models--owner--tiny");
-    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), commit);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+        commit
+    );
     let snap = repo.join("snapshots").join(&commit);
-    for f in ["config.json", "model.safetensors", "tokenizer.model", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         let p = snap.join(f);
-        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(model.join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            std::fs::read(model.join(f)).unwrap(),
+            "{f}"
+        );
         #[cfg(unix)]
         {
             let target = std::fs::read_link(&p).unwrap();
-            assert_eq!(target, Path::new("../../blobs").join(oid(&std::fs::read(model.join(f)).unwrap())), "{f}");
+            assert_eq!(
+                target,
+                Path::new("../../blobs").join(oid(&std::fs::read(model.join(f)).unwrap())),
+                "{f}"
+            );
         }
     }
-    assert!(!snap.join("pytorch_model.bin").exists() && !snap.join("README.md").exists(), "only what loading needs");
-    assert!(!hub.requests().iter().any(|r| r.contains("pytorch_model.bin")));
+    assert!(
+        !snap.join("pytorch_model.bin").exists() && !snap.join("README.md").exists(),
+        "only what loading needs"
+    );
+    assert!(
+        !hub.requests()
+            .iter()
+            .any(|r| r.contains("pytorch_model.bin"))
+    );
 
     // the CLI downloads too, into its own cache, and says so
     let cli_home = Temp::new("hf-home");
-    let out = cli_generate("owner/tiny", &cli_home, &[("HF_ENDPOINT", &hub.endpoint()), ("NO_PROXY", "127.0.0.1")]);
+    let out = cli_generate(
+        "owner/tiny",
+        &cli_home,
+        &[("HF_ENDPOINT", &hub.endpoint()), ("NO_PROXY", "127.0.0.1")],
+    );
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "yangtuo generate --model owner/tiny: {log}");
+    assert!(
+        out.status.success(),
+        "yangtuo generate --model owner/tiny: {log}"
+    );
     assert!(log.contains("downloading model.safetensors"), "{log}");
-    assert!(cli_home.join("hub/models--owner--tiny/snapshots").join(&commit).join("model.safetensors").is_file());
+    assert!(
+        cli_home
+            .join("hub/models--owner--tiny/snapshots")
+            .join(&commit)
+            .join("model.safetensors")
+            .is_file()
+    );
 
     // the server is gone: offline mode reads the cache, and so does a failed connection
     hub.stop();
     env.set("HF_HUB_OFFLINE", Some("1"));
-    assert_eq!(answer(&load("owner/tiny").unwrap()), want, "HF_HUB_OFFLINE=1 loads from the cache");
+    assert_eq!(
+        answer(&load("owner/tiny").unwrap()),
+        want,
+        "HF_HUB_OFFLINE=1 loads from the cache"
+    );
     env.set("HF_HUB_OFFLINE", None);
-    assert_eq!(answer(&load("owner/tiny").unwrap()), want, "an unreachable hub falls back to the cache");
+    assert_eq!(
+        answer(&load("owner/tiny").unwrap()),
+        want,
+        "an unreachable hub falls back to the cache"
+    );
 
     let out = cli_generate("owner/tiny", &home, &[("HF_HUB_OFFLINE", "1")]);
-    assert!(out.status.success(), "yangtuo generate --model owner/tiny: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "yangtuo generate --model owner/tiny: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ids"].as_array().unwrap().len(), 4);
 }
@@ -270,12 +355,25 @@ fn picks_one_gguf_by_quant() {
     for q in ["q8_0", "q4_0"] {
         let path = out.join(format!("tiny.{}.gguf", q.to_uppercase()));
         let st = Command::new(cli_bin())
-            .args(["quantize", model.to_str().unwrap(), path.to_str().unwrap(), "--type", q])
+            .args([
+                "quantize",
+                model.to_str().unwrap(),
+                path.to_str().unwrap(),
+                "--type",
+                q,
+            ])
             .env_remove("YANGTUO_BACKEND")
             .output()
             .unwrap();
-        assert!(st.status.success(), "quantize: {}", String::from_utf8_lossy(&st.stderr));
-        files.push((path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap()));
+        assert!(
+            st.status.success(),
+            "quantize: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        files.push((
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            std::fs::read(&path).unwrap(),
+        ));
     }
     // a decoy: loading it would fail
     files.push(("tiny.Q4_K_M.gguf".into(), b"not a gguf file".to_vec()));
@@ -288,12 +386,21 @@ fn picks_one_gguf_by_quant() {
     assert!(path.ends_with("tiny.Q8_0.gguf"), "{}", path.display());
     let want = answer(&Llama::load(out.join("tiny.Q8_0.gguf"), &cpu(), &mut |_| {}).unwrap());
     assert_eq!(answer(&load("owner/tiny-GGUF:Q8_0").unwrap()), want);
-    let gets: Vec<String> =
-        hub.requests().into_iter().filter(|r| r.starts_with("GET") && r.contains("/resolve/")).collect();
-    assert!(gets.iter().all(|r| r.contains("tiny.Q8_0.gguf")), "only the picked file is downloaded: {gets:?}");
+    let gets: Vec<String> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET") && r.contains("/resolve/"))
+        .collect();
+    assert!(
+        gets.iter().all(|r| r.contains("tiny.Q8_0.gguf")),
+        "only the picked file is downloaded: {gets:?}"
+    );
 
     let e = load_error("owner/tiny-GGUF:Q5_K_M");
-    assert!(e.contains("Q5_K_M") && e.contains("Q8_0") && e.contains("Q4_0") && e.contains("Q4_K_M"), "{e}");
+    assert!(
+        e.contains("Q5_K_M") && e.contains("Q8_0") && e.contains("Q4_0") && e.contains("Q4_K_M"),
+        "{e}"
+    );
     let e = load_error("owner/tiny-GGUF");
     assert!(e.contains(":QUANT") && e.contains("Q8_0"), "{e}");
 }
@@ -313,8 +420,16 @@ fn a_stalled_download_resumes_after_the_timeout() {
     hub.stall_once(shard, half);
     let t0 = std::time::Instant::now();
     let dir = resolve("owner/tiny-stalled").unwrap();
-    assert!(t0.elapsed().as_secs_f64() < 8.0, "the stall was not cut short: {:?}", t0.elapsed());
-    assert_eq!(std::fs::read(dir.join(shard)).unwrap(), bytes, "the resumed file is byte-exact");
+    assert!(
+        t0.elapsed().as_secs_f64() < 8.0,
+        "the stall was not cut short: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        std::fs::read(dir.join(shard)).unwrap(),
+        bytes,
+        "the resumed file is byte-exact"
+    );
     let log = hub.requests();
     assert!(
         log.iter().any(|r| r.contains(shard) && r.ends_with(&format!("bytes={half}-{}", bytes.len() - 1))),
@@ -338,8 +453,16 @@ fn resumes_an_interrupted_download() {
     // the connection drops halfway through a shard: the download continues from there
     hub.cut_once(shard, half);
     let dir = resolve("owner/tiny-sharded").unwrap();
-    assert_eq!(dir, home.join("hub/models--owner--tiny-sharded/snapshots").join(&commit));
-    assert_eq!(std::fs::read(dir.join(shard)).unwrap(), bytes, "the resumed file is byte-exact");
+    assert_eq!(
+        dir,
+        home.join("hub/models--owner--tiny-sharded/snapshots")
+            .join(&commit)
+    );
+    assert_eq!(
+        std::fs::read(dir.join(shard)).unwrap(),
+        bytes,
+        "the resumed file is byte-exact"
+    );
     let log = hub.requests();
     assert!(
         log.iter().any(|r| r.starts_with("GET")
@@ -359,13 +482,19 @@ fn resumes_an_interrupted_download() {
     let blobs = home2.join("hub/models--owner--tiny-sharded/blobs");
     std::fs::create_dir_all(&blobs).unwrap();
     let third = bytes.len() / 3;
-    std::fs::write(blobs.join(format!("{}.incomplete", oid(&bytes))), &bytes[..third]).unwrap();
+    std::fs::write(
+        blobs.join(format!("{}.incomplete", oid(&bytes))),
+        &bytes[..third],
+    )
+    .unwrap();
     let dir = resolve("owner/tiny-sharded").unwrap();
     assert_eq!(std::fs::read(dir.join(shard)).unwrap(), bytes);
     assert!(!blobs.join(format!("{}.incomplete", oid(&bytes))).exists());
     let log = hub.requests();
     assert!(
-        log.iter().any(|r| r.contains(shard) && r.ends_with(&format!("bytes={third}-{}", bytes.len() - 1))),
+        log.iter().any(
+            |r| r.contains(shard) && r.ends_with(&format!("bytes={third}-{}", bytes.len() - 1))
+        ),
         "{log:?}"
     );
 
@@ -377,7 +506,11 @@ fn resumes_an_interrupted_download() {
     };
     let blobs = home3.join("hub/models--owner--tiny-sharded/blobs");
     std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::write(blobs.join(format!("{}.incomplete", oid(&bytes))), &bytes[..third]).unwrap();
+    std::fs::write(
+        blobs.join(format!("{}.incomplete", oid(&bytes))),
+        &bytes[..third],
+    )
+    .unwrap();
     hub.ignore_ranges(true);
     let dir = resolve("owner/tiny-sharded").unwrap();
     hub.ignore_ranges(false);
@@ -392,32 +525,56 @@ fn clear_errors() {
     hub.add_repo("meta-llama/gated", files_of(&model), true);
     hub.add_repo(
         "owner/bin-only",
-        vec![("config.json".into(), b"{}".to_vec()), ("pytorch_model.bin".into(), vec![0; 16])],
+        vec![
+            ("config.json".into(), b"{}".to_vec()),
+            ("pytorch_model.bin".into(), vec![0; 16]),
+        ],
         false,
     );
     let home = Temp::new("hf-home");
     let mut env = HubEnv::new(&hub.endpoint(), &home);
 
     let e = load_error("meta-llama/gated");
-    assert!(e.contains("401") && e.contains("HF_TOKEN") && e.contains("license"), "gated: {e}");
+    assert!(
+        e.contains("401") && e.contains("HF_TOKEN") && e.contains("license"),
+        "gated: {e}"
+    );
     env.set("HF_TOKEN", Some("hf_test"));
     let e = load_error("meta-llama/gated");
-    assert!(e.contains("401") && e.contains("accept") && e.contains("license"), "gated with a token: {e}");
+    assert!(
+        e.contains("401") && e.contains("accept") && e.contains("license"),
+        "gated with a token: {e}"
+    );
     env.set("HF_TOKEN", None);
 
     let e = load_error("owner/missing");
-    assert!(e.contains("404") && e.contains("owner/missing") && e.contains("not a local file"), "missing: {e}");
+    assert!(
+        e.contains("404") && e.contains("owner/missing") && e.contains("not a local file"),
+        "missing: {e}"
+    );
 
     let e = load_error("owner/bin-only");
-    assert!(e.contains(".bin") && e.contains("safetensors"), "bin only: {e}");
+    assert!(
+        e.contains(".bin") && e.contains("safetensors"),
+        "bin only: {e}"
+    );
 
-    env.set("HF_ENDPOINT", Some(&format!("http://127.0.0.1:{}", closed_port())));
+    env.set(
+        "HF_ENDPOINT",
+        Some(&format!("http://127.0.0.1:{}", closed_port())),
+    );
     let e = load_error("owner/tiny");
-    assert!(e.contains("cannot reach") && e.contains("HF_ENDPOINT"), "no network: {e}");
+    assert!(
+        e.contains("cannot reach") && e.contains("HF_ENDPOINT"),
+        "no network: {e}"
+    );
 
     env.set("HF_HUB_OFFLINE", Some("1"));
     let e = load_error("owner/tiny");
-    assert!(e.contains("HF_HUB_OFFLINE") && e.contains("does not hold it"), "offline miss: {e}");
+    assert!(
+        e.contains("HF_HUB_OFFLINE") && e.contains("does not hold it"),
+        "offline miss: {e}"
+    );
 
     // a path that does not exist and is no repo id keeps the loader's own message
     let e = load_error("no/such/model/folder");

@@ -43,13 +43,19 @@ fn load(dir: &Path, dev: Dev) -> Arc<dyn Runner> {
     let mut files = ModelFiles::open(dir).unwrap();
     let mut progress = |_: yangtuo::LoadProgress| {};
     match dev {
-        Dev::Cpu => Model::load(&mut files, Cpu, 0, &mut progress).unwrap().into_runner(),
+        Dev::Cpu => Model::load(&mut files, Cpu, 0, &mut progress)
+            .unwrap()
+            .into_runner(),
         Dev::Wgpu | Dev::WgpuF32 => {
             let gpu = pollster::block_on(Wgpu::with_f16(matches!(dev, Dev::Wgpu))).unwrap();
-            Model::load(&mut files, gpu, 0, &mut progress).unwrap().into_runner()
+            Model::load(&mut files, gpu, 0, &mut progress)
+                .unwrap()
+                .into_runner()
         }
         #[cfg(feature = "cuda")]
-        Dev::Cuda => Model::load(&mut files, Cuda::new().unwrap(), 0, &mut progress).unwrap().into_runner(),
+        Dev::Cuda => Model::load(&mut files, Cuda::new().unwrap(), 0, &mut progress)
+            .unwrap()
+            .into_runner(),
     }
 }
 
@@ -88,9 +94,16 @@ fn check(name: &str, spec: Spec, prompt_len: usize) {
         let got = logits_all(r.as_ref(), &ids);
         let err = rel_max_err(&got, &want);
         println!("{name} {dev:?}: max|Δlogit|/max|logit| = {err:.2e}");
-        assert!(err <= tolerance(&spec), "{name} on {dev:?}: relative error {err:.3e} > {}", tolerance(&spec));
+        assert!(
+            err <= tolerance(&spec),
+            "{name} on {dev:?}: relative error {err:.3e} > {}",
+            tolerance(&spec)
+        );
         let g = greedy(r.as_ref(), &ids[..prompt_len.min(8)], 32);
-        assert_eq!(g, want_greedy, "{name} on {dev:?}: greedy continuation differs");
+        assert_eq!(
+            g, want_greedy,
+            "{name} on {dev:?}: greedy continuation differs"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -102,33 +115,75 @@ fn mha_f32_untied() {
 
 #[test]
 fn gqa_f16_tied() {
-    let spec = Spec { hidden: 128, heads: 8, kv_heads: 2, vocab: 1000, tie: true, dtype: Dtype::F16, seed: 2, ..Spec::default() };
+    let spec = Spec {
+        hidden: 128,
+        heads: 8,
+        kv_heads: 2,
+        vocab: 1000,
+        tie: true,
+        dtype: Dtype::F16,
+        seed: 2,
+        ..Spec::default()
+    };
     check("gqa-f16", spec, 20);
 }
 
 #[test]
 fn gqa_bf16_theta_500k() {
-    let spec = Spec { hidden: 128, heads: 8, kv_heads: 4, vocab: 700, theta: 500000.0, dtype: Dtype::BF16, seed: 3, ..Spec::default() };
+    let spec = Spec {
+        hidden: 128,
+        heads: 8,
+        kv_heads: 4,
+        vocab: 700,
+        theta: 500000.0,
+        dtype: Dtype::BF16,
+        seed: 3,
+        ..Spec::default()
+    };
     check("bf16-500k", spec, 20);
 }
 
 #[test]
 fn odd_sizes_f32() {
     // hidden 80 is not a multiple of 64; vocab 1003 is not a multiple of any workgroup size
-    let spec = Spec { hidden: 80, intermediate: 200, heads: 5, kv_heads: 5, vocab: 1003, seed: 4, ..Spec::default() };
+    let spec = Spec {
+        hidden: 80,
+        intermediate: 200,
+        heads: 5,
+        kv_heads: 5,
+        vocab: 1003,
+        seed: 4,
+        ..Spec::default()
+    };
     check("odd-f32", spec, 20);
 }
 
 #[test]
 fn odd_sizes_f16_gqa() {
-    let spec = Spec { hidden: 72, intermediate: 132, heads: 6, kv_heads: 2, vocab: 517, dtype: Dtype::F16, seed: 5, ..Spec::default() };
+    let spec = Spec {
+        hidden: 72,
+        intermediate: 132,
+        heads: 6,
+        kv_heads: 2,
+        vocab: 517,
+        dtype: Dtype::F16,
+        seed: 5,
+        ..Spec::default()
+    };
     check("odd-f16", spec, 20);
 }
 
 #[test]
 fn sequence_longer_than_attention_tile() {
     // 150 positions > the 64-key attention tile, and more than one matmul tile of tokens
-    let spec = Spec { hidden: 64, heads: 2, kv_heads: 1, vocab: 400, seed: 6, ..Spec::default() };
+    let spec = Spec {
+        hidden: 64,
+        heads: 2,
+        kv_heads: 1,
+        vocab: 400,
+        seed: 6,
+        ..Spec::default()
+    };
     check("long", spec, 150);
 }
 
@@ -136,7 +191,15 @@ fn sequence_longer_than_attention_tile() {
 fn decode_over_a_long_context() {
     // Decode at positions 600..640: past 256 keys the wgpu backend splits decode attention
     // into chunks merged by a second pass (three here); every backend against the reference.
-    let spec = Spec { hidden: 64, heads: 4, kv_heads: 2, vocab: 300, max_pos: 1024, seed: 11, ..Spec::default() };
+    let spec = Spec {
+        hidden: 64,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 300,
+        max_pos: 1024,
+        seed: 11,
+        ..Spec::default()
+    };
     let (prefill, len) = (600, 640);
     let dir = spec.write_temp("long-decode");
     let reference = Reference::load(&spec, &dir, None);
@@ -150,10 +213,16 @@ fn decode_over_a_long_context() {
         for pos in prefill..len {
             r.forward(&mut s, &ids[pos..pos + 1], pos, 1).unwrap();
             let got = pollster::block_on(r.logits(&s, 1)).unwrap();
-            worst = worst.max(rel_max_err(&got, &want[pos * spec.vocab..(pos + 1) * spec.vocab]));
+            worst = worst.max(rel_max_err(
+                &got,
+                &want[pos * spec.vocab..(pos + 1) * spec.vocab],
+            ));
         }
         println!("long-decode {dev:?}: max|Δlogit|/max|logit| = {worst:.2e}");
-        assert!(worst <= 1e-3, "decode at positions {prefill}..{len} on {dev:?}: relative error {worst:.3e}");
+        assert!(
+            worst <= 1e-3,
+            "decode at positions {prefill}..{len} on {dev:?}: relative error {worst:.3e}"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -201,7 +270,10 @@ fn dynamic_ntk_past_trained_context() {
 
 #[test]
 fn sharded_checkpoint_loads_like_single_file() {
-    let spec = Spec { seed: 10, ..Spec::default() };
+    let spec = Spec {
+        seed: 10,
+        ..Spec::default()
+    };
     let single = spec.write_temp("single");
     let sharded = yangtuo_tests::temp_dir("sharded");
     spec.write(&sharded, 3);

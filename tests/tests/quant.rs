@@ -23,14 +23,14 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use yangtuo::LoadProgress;
 use yangtuo::backend::Backend;
 use yangtuo::backend::cpu::Cpu;
 use yangtuo::backend::wgpu::Wgpu;
 use yangtuo::backend::wgpu::matrix::layout;
-use yangtuo::LoadProgress;
 use yangtuo::model::Model;
-use yangtuo::weights::builder::WeightSource;
 use yangtuo::runner::Runner;
+use yangtuo::weights::builder::WeightSource;
 use yangtuo::weights::quantize::Quantizing;
 use yangtuo::weights::source::ModelFiles;
 use yangtuo::weights::{Blob, TensorId, WeightData, WeightFormat};
@@ -63,8 +63,14 @@ fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> OsString {
 
 /// Run `tests/py/<script>` with `args`; panics with its output if it fails. Returns stdout.
 fn run_py(py: &Path, script: &str, args: &[OsString]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(script);
-    let out = Command::new(py).arg(&path).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
+    let out = Command::new(py)
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
     assert!(
         out.status.success(),
         "{script} {args:?} failed:\n{}\n{}",
@@ -140,7 +146,9 @@ fn runner(source: &mut dyn WeightSource, dev: Dev) -> Arc<dyn Runner> {
     let mut p = progress();
     match dev {
         Dev::Cpu => Model::load(source, Cpu, 0, &mut p).unwrap().into_runner(),
-        _ => Model::load(source, gpu(dev), 0, &mut p).unwrap().into_runner(),
+        _ => Model::load(source, gpu(dev), 0, &mut p)
+            .unwrap()
+            .into_runner(),
     }
 }
 
@@ -178,11 +186,19 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 }
 
 fn read_f32(p: &Path) -> Vec<f32> {
-    std::fs::read(p).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    std::fs::read(p)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn read_f64(p: &Path) -> Vec<f64> {
-    std::fs::read(p).unwrap().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    std::fs::read(p)
+        .unwrap()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn format_of(name: &str) -> WeightFormat {
@@ -237,14 +253,18 @@ fn kernel_cases(types: &[&str]) -> Option<Vec<Case>> {
     let mut args = vec![os(&dir)];
     args.extend(types.iter().map(os));
     run_py(&py, "kernel_data.py", &args);
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let cases = manifest
         .as_array()
         .unwrap()
         .iter()
         .map(|c| {
             let ty = c["type"].as_str().unwrap();
-            let (rows, cols) = (c["rows"].as_u64().unwrap() as usize, c["cols"].as_u64().unwrap() as usize);
+            let (rows, cols) = (
+                c["rows"].as_u64().unwrap() as usize,
+                c["cols"].as_u64().unwrap() as usize,
+            );
             let base = dir.join(c["base"].as_str().unwrap());
             let format = format_of(ty);
             let name = format!("{ty} [{rows}, {cols}]");
@@ -268,7 +288,14 @@ fn kernel_cases(types: &[&str]) -> Option<Vec<Case>> {
 
 /// Rows the embedding test gathers: first, last, middle, a repeat.
 fn embed_ids(rows: usize) -> Vec<u32> {
-    vec![0, (rows - 1) as u32, (rows / 2) as u32, 1, (rows - 1) as u32, (17 % rows) as u32]
+    vec![
+        0,
+        (rows - 1) as u32,
+        (rows / 2) as u32,
+        1,
+        (rows - 1) as u32,
+        (17 % rows) as u32,
+    ]
 }
 
 struct Outputs {
@@ -336,7 +363,11 @@ fn cpu_bound(c: &Case, t: usize, r: usize) -> f64 {
     let k = c.cols;
     let x = &c.x[t * k..(t + 1) * k];
     let w = &c.deq[r * k..(r + 1) * k];
-    let wx: f64 = w.iter().zip(x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+    let wx: f64 = w
+        .iter()
+        .zip(x)
+        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+        .sum();
     let mut bound = 2.0 * k as f64 * 2f64.powi(-24) * wx;
     let per_block = |block: usize, rel: f64| -> f64 {
         x.chunks(block)
@@ -350,7 +381,11 @@ fn cpu_bound(c: &Case, t: usize, r: usize) -> f64 {
     let q8_0 = (0.5 + 127.0 * 2f64.powi(-11)) / 127.0 * 1.001;
     bound += match c.format {
         WeightFormat::F32 | WeightFormat::BF16 => 0.0,
-        WeightFormat::F16 => x.iter().zip(w).map(|(a, b)| ((a.abs() as f64) * 2f64.powi(-11) + 2f64.powi(-25)) * b.abs() as f64).sum(),
+        WeightFormat::F16 => x
+            .iter()
+            .zip(w)
+            .map(|(a, b)| ((a.abs() as f64) * 2f64.powi(-11) + 2f64.powi(-25)) * b.abs() as f64)
+            .sum(),
         WeightFormat::Q8_0 | WeightFormat::Q4_0 => per_block(32, q8_0),
         WeightFormat::Q4_1 => {
             // block b of row r: 20 bytes, f16 d then f16 m
@@ -388,8 +423,13 @@ fn summary_bound(f: WeightFormat) -> f64 {
 
 /// Check every case on every device; print a table and fail with every miss at once.
 fn check_kernels(types: &[&str]) {
-    let Some(cases) = kernel_cases(types) else { return };
-    let devs: Vec<(Dev, Option<Wgpu>)> = DEVS.iter().map(|d| (*d, (*d != Dev::Cpu).then(|| gpu(*d)))).collect();
+    let Some(cases) = kernel_cases(types) else {
+        return;
+    };
+    let devs: Vec<(Dev, Option<Wgpu>)> = DEVS
+        .iter()
+        .map(|d| (*d, (*d != Dev::Cpu).then(|| gpu(*d))))
+        .collect();
     for (dev, g) in &devs {
         if let Some(g) = g {
             println!("{dev:?}: {}", g.name());
@@ -405,7 +445,11 @@ fn check_kernels(types: &[&str]) {
             for (n, got) in &out.products {
                 let want = &c.want[..n * c.rows];
                 let (l2, mx) = errors(got, want);
-                let mut line = format!("{:<20} {:<8} n={n:<3} ‖Δ‖/‖ref‖ {l2:.2e}  max|Δ|/max|ref| {mx:.2e}", c.name, format!("{dev:?}"));
+                let mut line = format!(
+                    "{:<20} {:<8} n={n:<3} ‖Δ‖/‖ref‖ {l2:.2e}  max|Δ|/max|ref| {mx:.2e}",
+                    c.name,
+                    format!("{dev:?}")
+                );
                 if *dev == Dev::Cpu {
                     // element-wise bound from quantizing the activations, and the summary ≤ 1e-2
                     let mut worst = 0f64;
@@ -428,15 +472,29 @@ fn check_kernels(types: &[&str]) {
             }
             // the gather returns the decoded rows (f32 arithmetic on the same scales)
             let ids = embed_ids(c.rows);
-            let want: Vec<f64> = ids.iter().flat_map(|&i| f64s(&c.deq[i as usize * c.cols..(i as usize + 1) * c.cols])).collect();
+            let want: Vec<f64> = ids
+                .iter()
+                .flat_map(|&i| f64s(&c.deq[i as usize * c.cols..(i as usize + 1) * c.cols]))
+                .collect();
             let (_, mx) = errors(&out.embed, &want);
-            println!("{:<20} {:<8} embed max|Δ|/max|row| {mx:.2e}", c.name, format!("{dev:?}"));
+            println!(
+                "{:<20} {:<8} embed max|Δ|/max|row| {mx:.2e}",
+                c.name,
+                format!("{dev:?}")
+            );
             if !(mx <= 1e-6) {
-                failures.push(format!("{} {dev:?} embed: max|Δ|/max|row| {mx:.2e} > 1e-6", c.name));
+                failures.push(format!(
+                    "{} {dev:?} embed: max|Δ|/max|row| {mx:.2e} > 1e-6",
+                    c.name
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "kernel errors:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "kernel errors:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -462,7 +520,16 @@ fn kernels_k_quants() {
 /// feed-forward 512, head_dim 64, GQA (4 query heads, 2 KV heads: K is permuted with the
 /// KV head count), untied output. The vocabulary (320) holds a byte-fallback vocabulary.
 fn small_spec(seed: u64) -> Spec {
-    Spec { hidden: 256, intermediate: 512, layers: 2, heads: 4, kv_heads: 2, vocab: 320, seed, ..Spec::default() }
+    Spec {
+        hidden: 256,
+        intermediate: 512,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 320,
+        seed,
+        ..Spec::default()
+    }
 }
 
 /// The CPU's logits are computed from 8-bit activations (f16 ones for F16 weights). Each of
@@ -482,9 +549,25 @@ fn gguf_end_to_end(kind: &str, seed: u64) {
     let out = temp_dir(&format!("e2e-{kind}-gguf"));
     let gguf = out.join("model.gguf");
     let deq = out.join("dequant");
-    let summary = run_py(&py, "hf_to_gguf.py", &[os(&hf), os(&gguf), os("--type"), os(kind), os("--dequant-dir"), os(&deq)]);
+    let summary = run_py(
+        &py,
+        "hf_to_gguf.py",
+        &[
+            os(&hf),
+            os(&gguf),
+            os("--type"),
+            os(kind),
+            os("--dequant-dir"),
+            os(&deq),
+        ],
+    );
     let summary: Value = serde_json::from_str(&summary).unwrap();
-    let types: std::collections::BTreeSet<&str> = summary.as_array().unwrap().iter().map(|t| t["type"].as_str().unwrap()).collect();
+    let types: std::collections::BTreeSet<&str> = summary
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
     println!("{kind}: tensor types {types:?}");
 
     let reference = Reference::load(&spec, &deq, None);
@@ -497,14 +580,28 @@ fn gguf_end_to_end(kind: &str, seed: u64) {
         let r = load(&gguf, dev, None);
         let err = rel_max_err(&logits_all(r.as_ref(), &ids), &want);
         let g = greedy(r.as_ref(), prompt, 32);
-        let same = g.iter().zip(&want_greedy).take_while(|(a, b)| a == b).count();
-        println!("gguf {kind} {dev:?}: max|Δlogit|/max|logit| = {err:.2e}, greedy agrees on {same}/32 tokens");
-        let bound = if dev == Dev::Cpu { cpu_model_bound(kind) } else { 1e-3 };
+        let same = g
+            .iter()
+            .zip(&want_greedy)
+            .take_while(|(a, b)| a == b)
+            .count();
+        println!(
+            "gguf {kind} {dev:?}: max|Δlogit|/max|logit| = {err:.2e}, greedy agrees on {same}/32 tokens"
+        );
+        let bound = if dev == Dev::Cpu {
+            cpu_model_bound(kind)
+        } else {
+            1e-3
+        };
         if !(err <= bound) {
-            failures.push(format!("{dev:?}: relative logit error {err:.3e} > {bound:.0e}"));
+            failures.push(format!(
+                "{dev:?}: relative logit error {err:.3e} > {bound:.0e}"
+            ));
         }
         if dev != Dev::Cpu && g != want_greedy {
-            failures.push(format!("{dev:?}: greedy continuation differs after {same} tokens"));
+            failures.push(format!(
+                "{dev:?}: greedy continuation differs after {same} tokens"
+            ));
         }
     }
     assert!(failures.is_empty(), "gguf {kind}:\n{}", failures.join("\n"));
@@ -541,11 +638,21 @@ fn public_loader_runs_converted_gguf() {
     let hf = spec.write_temp("public");
     let out = temp_dir("public-gguf");
     let gguf = out.join("model.gguf");
-    run_py(&py, "hf_to_gguf.py", &[os(&hf), os(&gguf), os("--type"), os("q4_0")]);
-    let opts = LoadOptions { backend: BackendChoice::Cpu, ..LoadOptions::default() };
+    run_py(
+        &py,
+        "hf_to_gguf.py",
+        &[os(&hf), os(&gguf), os("--type"), os("q4_0")],
+    );
+    let opts = LoadOptions {
+        backend: BackendChoice::Cpu,
+        ..LoadOptions::default()
+    };
     let llama = yangtuo::Llama::load(&gguf, &opts, &mut progress()).unwrap();
     assert_eq!(llama.config().vocab_size, spec.vocab);
-    assert_eq!(llama.tokenizer().id_to_piece(259).as_deref(), Some("\u{2581}t0"));
+    assert_eq!(
+        llama.tokenizer().id_to_piece(259).as_deref(),
+        Some("\u{2581}t0")
+    );
     let ids = random_ids(12, spec.vocab, 5);
     let a = logits_all(llama.runner().as_ref(), &ids);
     let b = logits_all(load(&gguf, Dev::Cpu, None).as_ref(), &ids);
@@ -598,11 +705,26 @@ fn quantize_cli(ty: &str, format: WeightFormat, seed: u64) {
     let out = temp_dir(&format!("cli-{ty}-out"));
     let gguf = out.join("model.gguf");
     let deq = out.join("dequant");
-    let run = Command::new(&bin).arg("quantize").arg(&hf).arg(&gguf).args(["--type", ty]).output().unwrap();
-    assert!(run.status.success(), "yangtuo quantize failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    let run = Command::new(&bin)
+        .arg("quantize")
+        .arg(&hf)
+        .arg(&gguf)
+        .args(["--type", ty])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "yangtuo quantize failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     // gguf-py reads it: metadata, tensor names, types and shapes
-    let report: Value = serde_json::from_str(&run_py(&py, "check_gguf.py", &[os(&gguf), os(&hf), os("--dequant-dir"), os(&deq)])).unwrap();
+    let report: Value = serde_json::from_str(&run_py(
+        &py,
+        "check_gguf.py",
+        &[os(&gguf), os(&hf), os("--dequant-dir"), os(&deq)],
+    ))
+    .unwrap();
     let meta = &report["metadata"];
     let c = ModelFiles::open(&hf).unwrap().config;
     let want_meta = serde_json::json!({
@@ -624,20 +746,40 @@ fn quantize_cli(ty: &str, format: WeightFormat, seed: u64) {
         assert_eq!(&meta[k], v, "{ty}: metadata `{k}`");
     }
     assert_eq!(meta["llama.rope.freq_base"].as_f64(), Some(spec.theta));
-    assert!((meta["llama.attention.layer_norm_rms_epsilon"].as_f64().unwrap() - spec.eps).abs() < 1e-10);
+    assert!(
+        (meta["llama.attention.layer_norm_rms_epsilon"]
+            .as_f64()
+            .unwrap()
+            - spec.eps)
+            .abs()
+            < 1e-10
+    );
 
     let tensors = report["tensors"].as_array().unwrap();
-    let mut names: Vec<&str> = tensors.iter().map(|t| t["name"].as_str().unwrap()).collect();
-    let mut want_names: Vec<String> = TensorId::all(&c).iter().map(|id| format!("{}.weight", id.gguf_name())).collect();
+    let mut names: Vec<&str> = tensors
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    let mut want_names: Vec<String> = TensorId::all(&c)
+        .iter()
+        .map(|id| format!("{}.weight", id.gguf_name()))
+        .collect();
     names.sort();
     want_names.sort();
     assert_eq!(names, want_names, "{ty}: tensor names");
     let mut qk = 0;
     for t in tensors {
         let name = t["name"].as_str().unwrap();
-        let id = *TensorId::all(&c).iter().find(|id| format!("{}.weight", id.gguf_name()) == name).unwrap();
+        let id = *TensorId::all(&c)
+            .iter()
+            .find(|id| format!("{}.weight", id.gguf_name()) == name)
+            .unwrap();
         let [rows, cols] = id.expected_shape(&c);
-        let (want_ty, dims) = if id.is_vector() { ("F32".to_string(), vec![cols]) } else { (ggml_name(format), vec![cols, rows]) };
+        let (want_ty, dims) = if id.is_vector() {
+            ("F32".to_string(), vec![cols])
+        } else {
+            (ggml_name(format), vec![cols, rows])
+        };
         assert_eq!(t["type"].as_str().unwrap(), want_ty, "{ty}: type of {name}");
         assert_eq!(t["dims"], serde_json::json!(dims), "{ty}: dims of {name}");
         // gguf-py's decoding, with Q and K un-permuted, is the original within the format's
@@ -649,16 +791,26 @@ fn quantize_cli(ty: &str, format: WeightFormat, seed: u64) {
         }
         if name.contains("attn_q") || name.contains("attn_k") {
             qk += 1;
-            println!("{ty}: {name} decoded and un-permuted: relative error {rel:.3e}, per block {:.3e}", t["block_err"].as_f64().unwrap());
+            println!(
+                "{ty}: {name} decoded and un-permuted: relative error {rel:.3e}, per block {:.3e}",
+                t["block_err"].as_f64().unwrap()
+            );
         }
-        assert!(rel <= weight_rel_bound(format), "{ty}: {name} relative error {rel:.3e}");
+        assert!(
+            rel <= weight_rel_bound(format),
+            "{ty}: {name} relative error {rel:.3e}"
+        );
         if let Some(b) = block_bound(format) {
             let be = t["block_err"].as_f64().unwrap();
             assert!(be <= b, "{ty}: {name} block error {be:.4e} > {b:.4e}");
         }
     }
     assert_eq!(qk, 4);
-    let eps = tensors.iter().filter(|t| t["type"] != "F32").map(|t| t["rel_err"].as_f64().unwrap()).fold(0f64, f64::max);
+    let eps = tensors
+        .iter()
+        .filter(|t| t["type"] != "F32")
+        .map(|t| t["rel_err"].as_f64().unwrap())
+        .fold(0f64, f64::max);
 
     // yangtuo runs it: close to candle on the float model (quantization error), and to
     // candle on gguf-py's decoding of this very file (kernel error only)
@@ -676,15 +828,28 @@ fn quantize_cli(ty: &str, format: WeightFormat, seed: u64) {
             l2_float / eps
         );
         if !(l2_float <= logit_bound(eps, dev)) {
-            failures.push(format!("{dev:?}: ‖Δlogit‖/‖logit‖ {l2_float:.3e} from the float model > {:.2e}", logit_bound(eps, dev)));
+            failures.push(format!(
+                "{dev:?}: ‖Δlogit‖/‖logit‖ {l2_float:.3e} from the float model > {:.2e}",
+                logit_bound(eps, dev)
+            ));
         }
-        let exact_bound = if dev == Dev::Cpu { cpu_model_bound(ty) } else { 1e-3 };
+        let exact_bound = if dev == Dev::Cpu {
+            cpu_model_bound(ty)
+        } else {
+            1e-3
+        };
         if !(e_exact <= exact_bound) {
-            failures.push(format!("{dev:?}: {e_exact:.3e} from the decoded model > {exact_bound:.0e}"));
+            failures.push(format!(
+                "{dev:?}: {e_exact:.3e} from the decoded model > {exact_bound:.0e}"
+            ));
         }
         from_file.push((dev, got));
     }
-    assert!(failures.is_empty(), "quantize {ty}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "quantize {ty}:\n{}",
+        failures.join("\n")
+    );
 
     // in-load quantization is the same quantizer: the same model as the file
     for (dev, file_logits) in &from_file {
@@ -692,11 +857,18 @@ fn quantize_cli(ty: &str, format: WeightFormat, seed: u64) {
         let err = rel_max_err(&got, &f64s(file_logits));
         println!("quantize {ty} {dev:?}: in-load quantization vs the quantized file {err:.2e}");
 
-        assert!(err <= inload_bound(*dev, ty), "{ty} {dev:?}: in-load quantization differs from the file by {err:.3e}");
+        assert!(
+            err <= inload_bound(*dev, ty),
+            "{ty} {dev:?}: in-load quantization differs from the file by {err:.3e}"
+        );
     }
     if format == WeightFormat::Q4_0 {
         // and through the public loader's option
-        let opts = LoadOptions { backend: BackendChoice::Cpu, quantize: Some(format), ..LoadOptions::default() };
+        let opts = LoadOptions {
+            backend: BackendChoice::Cpu,
+            quantize: Some(format),
+            ..LoadOptions::default()
+        };
         let llama = yangtuo::Llama::load(&hf, &opts, &mut progress()).unwrap();
         let got = logits_all(llama.runner().as_ref(), &ids);
         let err = rel_max_err(&got, &f64s(&from_file[0].1));
@@ -716,7 +888,11 @@ fn quantize_cli(ty: &str, format: WeightFormat, seed: u64) {
 /// from position 16 of 24 on, positions before it identical), so the CPU's bound is
 /// `cpu_model_bound`.
 fn inload_bound(dev: Dev, ty: &str) -> f64 {
-    if dev == Dev::Cpu { cpu_model_bound(ty) } else { 1e-5 }
+    if dev == Dev::Cpu {
+        cpu_model_bound(ty)
+    } else {
+        1e-5
+    }
 }
 
 #[test]
@@ -740,22 +916,49 @@ fn quantize_cli_q4_k() {
 fn quantize_cli_requantizes_a_gguf() {
     let Some(py) = python() else { return };
     let Some(bin) = yangtuo_bin() else { return };
-    let hf = Spec { vocab: 32000, ..small_spec(34) }.write_temp("cli-requant");
+    let hf = Spec {
+        vocab: 32000,
+        ..small_spec(34)
+    }
+    .write_temp("cli-requant");
     // a GGUF carries its vocabulary, so the folder has a tokenizer
-    let shared = PathBuf::from(format!("{}/../../shared/tokenizers/llama2/tokenizer.model", env!("CARGO_MANIFEST_DIR")));
+    let shared = PathBuf::from(format!(
+        "{}/../../shared/tokenizers/llama2/tokenizer.model",
+        env!("CARGO_MANIFEST_DIR")
+    ));
     std::fs::copy(&shared, hf.join("tokenizer.model")).unwrap();
     let out = temp_dir("cli-requant-out");
     let (q4, q8) = (out.join("m.q4_0.gguf"), out.join("m.q8_0.gguf"));
     for (input, output, ty) in [(&hf, &q4, "q4_0"), (&q4, &q8, "q8_0")] {
-        let run = Command::new(&bin).arg("quantize").arg(input).arg(output).args(["--type", ty]).output().unwrap();
-        assert!(run.status.success(), "quantize to {ty} failed:\n{}", String::from_utf8_lossy(&run.stderr));
+        let run = Command::new(&bin)
+            .arg("quantize")
+            .arg(input)
+            .arg(output)
+            .args(["--type", ty])
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "quantize to {ty} failed:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
     }
-    let report: Value =
-        serde_json::from_str(&run_py(&py, "check_gguf.py", &[os(&q8), os(&hf), os("--dequant-dir"), os(&out.join("deq"))])).unwrap();
+    let report: Value = serde_json::from_str(&run_py(
+        &py,
+        "check_gguf.py",
+        &[os(&q8), os(&hf), os("--dequant-dir"), os(&out.join("deq"))],
+    ))
+    .unwrap();
     for t in report["tensors"].as_array().unwrap() {
         let (name, ty) = (t["name"].as_str().unwrap(), t["type"].as_str().unwrap());
-        assert!(ty == "Q8_0" || (ty == "F32" && name.contains("norm")), "{name}: {ty}");
-        assert!(t["rel_err"].as_f64().unwrap() <= weight_rel_bound(WeightFormat::Q4_0), "{name}: {t}");
+        assert!(
+            ty == "Q8_0" || (ty == "F32" && name.contains("norm")),
+            "{name}: {ty}"
+        );
+        assert!(
+            t["rel_err"].as_f64().unwrap() <= weight_rel_bound(WeightFormat::Q4_0),
+            "{name}: {t}"
+        );
     }
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&hf);
@@ -769,7 +972,10 @@ fn quantize_cli_requantizes_a_gguf() {
 fn load_err(path: &Path, what: &str) -> String {
     let p = path.to_path_buf();
     let r = std::panic::catch_unwind(move || {
-        let opts = LoadOptions { backend: BackendChoice::Cpu, ..LoadOptions::default() };
+        let opts = LoadOptions {
+            backend: BackendChoice::Cpu,
+            ..LoadOptions::default()
+        };
         yangtuo::Llama::load(&p, &opts, &mut progress()).map(|_| ())
     });
     match r {
@@ -790,9 +996,15 @@ fn bad_gguf_input() {
     let hf = spec.write_temp("bad");
     let out = temp_dir("bad-gguf");
     let good = out.join("good.gguf");
-    run_py(&py, "hf_to_gguf.py", &[os(&hf), os(&good), os("--type"), os("q4_0")]);
+    run_py(
+        &py,
+        "hf_to_gguf.py",
+        &[os(&hf), os(&good), os("--type"), os("q4_0")],
+    );
     let bytes = std::fs::read(&good).unwrap();
-    let data_offset = yangtuo::weights::gguf::GgufFile::open(&good).unwrap().data_offset();
+    let data_offset = yangtuo::weights::gguf::GgufFile::open(&good)
+        .unwrap()
+        .data_offset();
 
     // bad magic
     let path = out.join("magic.gguf");
@@ -803,14 +1015,30 @@ fn bad_gguf_input() {
     assert!(msg.contains("not a GGUF file"), "bad magic: {msg}");
 
     // truncated anywhere: in the header, the metadata, the tensor infos, the data
-    let cuts = [0, 3, 4, 10, 23, 100, 1000, data_offset / 2, data_offset - 1, data_offset + 1, bytes.len() / 2, bytes.len() - 1];
+    let cuts = [
+        0,
+        3,
+        4,
+        10,
+        23,
+        100,
+        1000,
+        data_offset / 2,
+        data_offset - 1,
+        data_offset + 1,
+        bytes.len() / 2,
+        bytes.len() - 1,
+    ];
     for cut in cuts {
         let path = out.join(format!("cut{cut}.gguf"));
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let msg = load_err(&path, &format!("truncated at {cut}"));
         println!("truncated at {cut}: {msg}");
         if cut >= data_offset {
-            assert!(msg.contains("tensor `") && msg.contains("past the end"), "truncated at {cut}: {msg}");
+            assert!(
+                msg.contains("tensor `") && msg.contains("past the end"),
+                "truncated at {cut}: {msg}"
+            );
         }
         let _ = std::fs::remove_file(&path);
     }
@@ -818,7 +1046,11 @@ fn bad_gguf_input() {
     // self-consistent but corrupt: a tensor count one short, a misaligned or shared tensor
     // offset, a norm relabelled as Q8_0 (issue 18: these loaded and ran, some to NaN logits)
     let offset_field = |b: &[u8], name: &str| {
-        let at = b.windows(name.len()).position(|w| w == name.as_bytes()).unwrap() + name.len();
+        let at = b
+            .windows(name.len())
+            .position(|w| w == name.as_bytes())
+            .unwrap()
+            + name.len();
         let n_dims = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
         at + 4 + 8 * n_dims + 4
     };
@@ -833,7 +1065,11 @@ fn bad_gguf_input() {
     let other = offset_field(&bytes, "blk.1.attn_k.weight");
     let theirs: [u8; 8] = shared[other..other + 8].try_into().unwrap();
     shared[at..at + 8].copy_from_slice(&theirs);
-    for (name, b, want) in [("short", &short, "tensor count"), ("misaligned", &misaligned, "alignment"), ("shared", &shared, "share bytes")] {
+    for (name, b, want) in [
+        ("short", &short, "tensor count"),
+        ("misaligned", &misaligned, "alignment"),
+        ("shared", &shared, "share bytes"),
+    ] {
         let path = out.join(format!("{name}.gguf"));
         std::fs::write(&path, b).unwrap();
         let msg = load_err(&path, name);
@@ -843,22 +1079,46 @@ fn bad_gguf_input() {
     let q8_norm = out.join("q8norm.gguf");
     let mut relabelled = bytes.clone();
     let ty = offset_field(&bytes, "blk.0.attn_norm.weight") - 4;
-    assert_eq!(u32::from_le_bytes(relabelled[ty..ty + 4].try_into().unwrap()), 0, "the norm is F32");
+    assert_eq!(
+        u32::from_le_bytes(relabelled[ty..ty + 4].try_into().unwrap()),
+        0,
+        "the norm is F32"
+    );
     relabelled[ty..ty + 4].copy_from_slice(&8u32.to_le_bytes());
     std::fs::write(&q8_norm, &relabelled).unwrap();
     let msg = load_err(&q8_norm, "a Q8_0 norm");
-    assert!(msg.contains("blk.0.attn_norm.weight") && msg.contains("norm"), "{msg}");
+    assert!(
+        msg.contains("blk.0.attn_norm.weight") && msg.contains("norm"),
+        "{msg}"
+    );
 
     // an unsupported tensor type names the tensor and the type, on every backend
     let q5k = out.join("q5k.gguf");
-    run_py(&py, "hf_to_gguf.py", &[os(&hf), os(&q5k), os("--type"), os("q4_0"), os("--override"), os("blk.1.ffn_up.weight=q5_k")]);
+    run_py(
+        &py,
+        "hf_to_gguf.py",
+        &[
+            os(&hf),
+            os(&q5k),
+            os("--type"),
+            os("q4_0"),
+            os("--override"),
+            os("blk.1.ffn_up.weight=q5_k"),
+        ],
+    );
     let msg = load_err(&q5k, "Q5_K tensor");
     println!("Q5_K: {msg}");
-    assert!(msg.contains("blk.1.ffn_up.weight") && msg.contains("Q5_K"), "Q5_K: {msg}");
+    assert!(
+        msg.contains("blk.1.ffn_up.weight") && msg.contains("Q5_K"),
+        "Q5_K: {msg}"
+    );
     for dev in [Dev::Wgpu] {
         let mut files = ModelFiles::open(&q5k).unwrap();
         match Model::load(&mut files, gpu(dev), 0, &mut progress()) {
-            Err(Error::ModelLoad { msg, .. }) => assert!(msg.contains("blk.1.ffn_up.weight") && msg.contains("Q5_K"), "{msg}"),
+            Err(Error::ModelLoad { msg, .. }) => assert!(
+                msg.contains("blk.1.ffn_up.weight") && msg.contains("Q5_K"),
+                "{msg}"
+            ),
             Err(e) => panic!("Q5_K on {dev:?}: {e:?}"),
             Ok(_) => panic!("Q5_K on {dev:?}: loaded"),
         }
@@ -894,7 +1154,10 @@ fn gpu_layout_is_the_block_bytes() {
             let lay = layout(f, cols);
             let gpu_row = lay.payload_row + lay.scales_row;
             let file_row = f.row_bytes(cols, "").unwrap();
-            assert_eq!(gpu_row, file_row, "{f:?} with {cols} columns: {gpu_row} bytes per row on the GPU, {file_row} in the file");
+            assert_eq!(
+                gpu_row, file_row,
+                "{f:?} with {cols} columns: {gpu_row} bytes per row on the GPU, {file_row} in the file"
+            );
         }
     }
 }
@@ -915,13 +1178,23 @@ fn decode_keeps_weights_in_block_format() {
     let exe = std::env::current_exe().unwrap();
     for dev in ["cpu", "wgpu"] {
         let out = Command::new(&exe)
-            .args(["--exact", "memory_child", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "memory_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env("YT_MEMORY_CHILD", &path)
             .env("YT_MEMORY_DEV", dev)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "memory child ({dev}) failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "memory child ({dev}) failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let growth: u64 = stdout
             .lines()
             .find_map(|l| l.split("anon growth bytes: ").nth(1))
@@ -937,11 +1210,17 @@ fn decode_keeps_weights_in_block_format() {
         );
         if dev == "cpu" {
             // mapped in place: not even one copy of the quantized weights
-            assert!(growth < file_bytes / 2, "cpu: anonymous memory grew {growth} bytes for {file_bytes} bytes of weights");
+            assert!(
+                growth < file_bytes / 2,
+                "cpu: anonymous memory grew {growth} bytes for {file_bytes} bytes of weights"
+            );
         } else {
             // a software adapter keeps buffers in host memory: one copy of the blocks, and
             // the compiler's working set; a real GPU keeps them in its own memory
-            assert!(growth < f32_bytes / 2, "wgpu: anonymous memory grew {growth} bytes; a dequantized copy is {f32_bytes}");
+            assert!(
+                growth < f32_bytes / 2,
+                "wgpu: anonymous memory grew {growth} bytes; a dequantized copy is {f32_bytes}"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -950,11 +1229,21 @@ fn decode_keeps_weights_in_block_format() {
 /// Run by `decode_keeps_weights_in_block_format` in a child process (a no-op otherwise).
 #[test]
 fn memory_child() {
-    let Ok(path) = std::env::var("YT_MEMORY_CHILD") else { return };
+    let Ok(path) = std::env::var("YT_MEMORY_CHILD") else {
+        return;
+    };
     let dev = std::env::var("YT_MEMORY_DEV").unwrap();
     let rss_anon = || -> u64 {
         let s = std::fs::read_to_string("/proc/self/status").unwrap();
-        let kb: u64 = s.lines().find_map(|l| l.strip_prefix("RssAnon:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+        let kb: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
         kb * 1024
     };
     // warm up what the process needs anyway (thread pools, the device), before measuring
@@ -963,7 +1252,9 @@ fn memory_child() {
     let mut files = ModelFiles::open(Path::new(&path)).unwrap();
     let r = match g {
         None => runner(&mut files, Dev::Cpu),
-        Some(g) => Model::load(&mut files, g, 0, &mut progress()).unwrap().into_runner() as Arc<dyn Runner>,
+        Some(g) => Model::load(&mut files, g, 0, &mut progress())
+            .unwrap()
+            .into_runner() as Arc<dyn Runner>,
     };
     let mut s = r.new_state(8, 1, 1).unwrap();
     for (pos, id) in [5u32, 9, 11].into_iter().enumerate() {
@@ -996,8 +1287,17 @@ fn write_big_q4_0(path: &Path) -> (u64, u64) {
     };
     let w = GgufWriter::llama(&c, "big", llama_file_type(WeightFormat::Q4_0), None, None).unwrap();
     let ids = TensorId::all(&c);
-    let fmt = |id: &TensorId| if id.is_vector() { WeightFormat::F32 } else { WeightFormat::Q4_0 };
-    let specs: Vec<GgufTensorSpec> = ids.iter().map(|id| GgufTensorSpec::weight(*id, fmt(id), &c).unwrap()).collect();
+    let fmt = |id: &TensorId| {
+        if id.is_vector() {
+            WeightFormat::F32
+        } else {
+            WeightFormat::Q4_0
+        }
+    };
+    let specs: Vec<GgufTensorSpec> = ids
+        .iter()
+        .map(|id| GgufTensorSpec::weight(*id, fmt(id), &c).unwrap())
+        .collect();
     let mut rng = yangtuo_tests::Rng::new(7);
     let (mut file_bytes, mut f32_bytes) = (0u64, 0u64);
     w.write_file(path, &specs, |i, spec| {
@@ -1006,7 +1306,10 @@ fn write_big_q4_0(path: &Path) -> (u64, u64) {
         file_bytes += spec.n_bytes;
         f32_bytes += (rows * cols * 4) as u64;
         if id.is_vector() {
-            return Ok(vec![0x3f80_0000u32; cols].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+            return Ok(vec![0x3f80_0000u32; cols]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>());
         }
         let mut b = vec![0u8; spec.n_bytes as usize];
         for blk in b.chunks_exact_mut(18) {

@@ -25,7 +25,9 @@ fn from_disk(path: &Path) -> Vec<f32> {
 /// Feed `file` in random chunks of 1..max bytes.
 fn stream(loader: &mut StreamLoader<Cpu>, file: &Path, max: usize, seed: u64) {
     let bytes = std::fs::read(file).unwrap();
-    loader.begin_file(&file.to_string_lossy(), bytes.len() as u64).unwrap();
+    loader
+        .begin_file(&file.to_string_lossy(), bytes.len() as u64)
+        .unwrap();
     let mut rng = Rng::new(seed);
     let mut i = 0;
     while i < bytes.len() {
@@ -38,29 +40,50 @@ fn stream(loader: &mut StreamLoader<Cpu>, file: &Path, max: usize, seed: u64) {
 
 #[test]
 fn safetensors_stream_equals_disk_load() {
-    let spec = Spec { seed: 21, ..Spec::default() };
+    let spec = Spec {
+        seed: 21,
+        ..Spec::default()
+    };
     let dir = yangtuo_tests::temp_dir("stream-st");
     spec.write(&dir, 2);
     let want = from_disk(&dir);
-    let config = HfConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap(), &dir).unwrap();
+    let config = HfConfig::from_json(
+        &std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        &dir,
+    )
+    .unwrap();
     for (max, seed) in [(7, 1), (4096, 2), (1 << 20, 3)] {
         let mut l = StreamLoader::new(Cpu, Some(config.clone()));
-        for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        for shard in [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ] {
             stream(&mut l, &dir.join(shard), max, seed);
         }
-        let got = logits(l.finish().unwrap().into_runner().as_ref(), &random_ids(12, 300, 5));
+        let got = logits(
+            l.finish().unwrap().into_runner().as_ref(),
+            &random_ids(12, 300, 5),
+        );
         assert_eq!(got, want, "chunks up to {max} bytes");
     }
 }
 
 #[test]
 fn truncated_stream_is_an_error() {
-    let spec = Spec { seed: 22, ..Spec::default() };
+    let spec = Spec {
+        seed: 22,
+        ..Spec::default()
+    };
     let dir = spec.write_temp("stream-trunc");
-    let config = HfConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap(), &dir).unwrap();
+    let config = HfConfig::from_json(
+        &std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        &dir,
+    )
+    .unwrap();
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let mut l = StreamLoader::new(Cpu, Some(config));
-    l.begin_file("model.safetensors", bytes.len() as u64).unwrap();
+    l.begin_file("model.safetensors", bytes.len() as u64)
+        .unwrap();
     l.push(&bytes[..bytes.len() - 10]).unwrap();
     let e = l.end_file().unwrap_err().to_string();
     assert!(e.contains("truncated"), "{e}");
@@ -69,13 +92,33 @@ fn truncated_stream_is_an_error() {
 #[test]
 fn gguf_stream_equals_disk_load() {
     // a GGUF written by `yangtuo quantize` (the CLI must be built first)
-    let spec = Spec { hidden: 64, intermediate: 256, seed: 23, ..Spec::default() };
+    let spec = Spec {
+        hidden: 64,
+        intermediate: 256,
+        seed: 23,
+        ..Spec::default()
+    };
     let dir = spec.write_temp("stream-gguf");
-    let cli = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("yangtuo");
-    assert!(cli.exists(), "build the CLI first: cargo build --release -p yangtuo-cli");
+    let cli = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("yangtuo");
+    assert!(
+        cli.exists(),
+        "build the CLI first: cargo build --release -p yangtuo-cli"
+    );
     let gguf = dir.join("m.gguf");
     let ok = std::process::Command::new(&cli)
-        .args(["quantize", dir.to_str().unwrap(), gguf.to_str().unwrap(), "--type", "q8_0"])
+        .args([
+            "quantize",
+            dir.to_str().unwrap(),
+            gguf.to_str().unwrap(),
+            "--type",
+            "q8_0",
+        ])
         .status()
         .unwrap()
         .success();
@@ -84,7 +127,10 @@ fn gguf_stream_equals_disk_load() {
     for (max, seed) in [(13, 1), (1 << 16, 2)] {
         let mut l = StreamLoader::new(Cpu, None);
         stream(&mut l, &gguf, max, seed);
-        let got = logits(l.finish().unwrap().into_runner().as_ref(), &random_ids(12, 300, 5));
+        let got = logits(
+            l.finish().unwrap().into_runner().as_ref(),
+            &random_ids(12, 300, 5),
+        );
         assert_eq!(got, want, "chunks up to {max} bytes");
     }
 }

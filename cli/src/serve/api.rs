@@ -28,7 +28,11 @@ impl ApiError {
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, code: Some("not_found"), ..ApiError::invalid(message, None) }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: Some("not_found"),
+            ..ApiError::invalid(message, None)
+        }
     }
 
     pub fn server(message: impl Into<String>) -> ApiError {
@@ -56,11 +60,16 @@ impl ApiError {
     /// An engine error: what the caller got wrong is a 400, the rest a 500.
     pub fn from_engine(e: &Error) -> ApiError {
         match e {
-            Error::Template { index, msg } => ApiError::invalid(format!("messages[{index}]: {msg}"), Some("messages")),
-            Error::ContextLength { .. } => {
-                ApiError { code: Some("context_length_exceeded"), ..ApiError::invalid(e.to_string(), Some("messages")) }
+            Error::Template { index, msg } => {
+                ApiError::invalid(format!("messages[{index}]: {msg}"), Some("messages"))
             }
-            Error::InvalidArg { name, msg } => ApiError::invalid(format!("`{name}` {msg}"), Some(name.as_ref())),
+            Error::ContextLength { .. } => ApiError {
+                code: Some("context_length_exceeded"),
+                ..ApiError::invalid(e.to_string(), Some("messages"))
+            },
+            Error::InvalidArg { name, msg } => {
+                ApiError::invalid(format!("`{name}` {msg}"), Some(name.as_ref()))
+            }
             Error::Tokenizer(_) => ApiError::invalid(e.to_string(), None),
             _ => ApiError::server(e.to_string()),
         }
@@ -82,7 +91,10 @@ impl IntoResponse for ApiError {
 /// client's error handling sees one shape from every failure.
 pub async fn openai_errors(res: Response) -> Response {
     let status = res.status();
-    let json = res.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if !(status.is_client_error() || status.is_server_error()) || json {
         return res;
     }
@@ -93,8 +105,19 @@ pub async fn openai_errors(res: Response) -> Response {
         "" => reason.to_string(),
         d => format!("{reason}: {d}"),
     };
-    let kind = if status.is_client_error() { "invalid_request_error" } else { "server_error" };
-    let mut out = ApiError { status, message, kind, param: None, code: None }.into_response();
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    let mut out = ApiError {
+        status,
+        message,
+        kind,
+        param: None,
+        code: None,
+    }
+    .into_response();
     // keep what the layer said besides the body (`allow` on a 405, `retry-after`)
     for (name, value) in parts.headers.iter() {
         if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {

@@ -17,7 +17,12 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serve `router` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, router: Router, max: usize, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    max: usize,
+    shutdown: impl Future<Output = ()>,
+) {
     let slots = Arc::new(Semaphore::new(max));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -41,7 +46,8 @@ pub async fn serve(listener: TcpListener, router: Router, max: usize, shutdown: 
         tokio::spawn(async move {
             let _permit = permit;
             let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
             if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
                 log::debug!("connection closed: {e}");
             }

@@ -100,7 +100,9 @@ impl Jobs {
                     llama.run(prepared, Some(&cancel), &mut on_chunk)
                 })
             };
-            let r = run.await.unwrap_or_else(|e| Err(Error::Device(format!("the generation thread failed: {e}"))));
+            let r = run.await.unwrap_or_else(|e| {
+                Err(Error::Device(format!("the generation thread failed: {e}")))
+            });
             drop(permit);
             watch.abort();
             stats.running.dec();
@@ -111,7 +113,9 @@ impl Jobs {
                     let (usage, timings) = (a.usage(), a.timings());
                     stats.prompt_tokens.inc_by(usage.prompt_tokens as u64);
                     stats.ttft.observe(timings.ttft_s);
-                    stats.completion_tokens.inc_by(usage.completion_tokens as u64);
+                    stats
+                        .completion_tokens
+                        .inc_by(usage.completion_tokens as u64);
                     let aborted = a.finish_reason() == Some(FinishReason::Abort);
                     let (counter, note) = match (aborted, timed_out.load(Ordering::Relaxed)) {
                         (true, true) => (&stats.timed_out, ", timed out: stopped"),

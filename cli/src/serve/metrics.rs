@@ -47,17 +47,57 @@ impl Default for Stats {
             registry: Registry::with_prefix("yangtuo"),
         };
         let mut r = Registry::with_prefix("yangtuo");
-        r.register("requests", "Requests received, rejected ones included", s.requests.clone());
-        r.register("requests_completed", "Generations that ran to their end", s.completed.clone());
-        r.register("requests_cancelled", "Generations stopped because the client went away", s.cancelled.clone());
-        r.register("requests_timed_out", "Requests past --request-timeout", s.timed_out.clone());
-        r.register("requests_failed", "Generations that failed", s.failed.clone());
-        r.register("queue_depth", "Requests waiting for a generation slot", s.queued.clone());
+        r.register(
+            "requests",
+            "Requests received, rejected ones included",
+            s.requests.clone(),
+        );
+        r.register(
+            "requests_completed",
+            "Generations that ran to their end",
+            s.completed.clone(),
+        );
+        r.register(
+            "requests_cancelled",
+            "Generations stopped because the client went away",
+            s.cancelled.clone(),
+        );
+        r.register(
+            "requests_timed_out",
+            "Requests past --request-timeout",
+            s.timed_out.clone(),
+        );
+        r.register(
+            "requests_failed",
+            "Generations that failed",
+            s.failed.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Requests waiting for a generation slot",
+            s.queued.clone(),
+        );
         r.register("running", "Generations running", s.running.clone());
-        r.register("prompt_tokens", "Prompt tokens of finished generations", s.prompt_tokens.clone());
-        r.register("completion_tokens", "Generated tokens", s.completion_tokens.clone());
-        r.register("time_to_first_token_seconds", "From a generation's start to its first token", s.ttft.clone());
-        r.register("inter_token_latency_seconds", "Between two streamed pieces of one answer", s.inter_token.clone());
+        r.register(
+            "prompt_tokens",
+            "Prompt tokens of finished generations",
+            s.prompt_tokens.clone(),
+        );
+        r.register(
+            "completion_tokens",
+            "Generated tokens",
+            s.completion_tokens.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "From a generation's start to its first token",
+            s.ttft.clone(),
+        );
+        r.register(
+            "inter_token_latency_seconds",
+            "Between two streamed pieces of one answer",
+            s.inter_token.clone(),
+        );
         Stats { registry: r, ..s }
     }
 }

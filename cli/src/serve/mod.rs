@@ -75,7 +75,10 @@ pub fn run(a: Args) -> Result<()> {
         return Err(Error::arg("api-key", "must not be empty"));
     }
     if !(a.request_timeout >= 0.0 && a.request_timeout.is_finite()) {
-        return Err(Error::arg("request-timeout", "must be a number of seconds >= 0"));
+        return Err(Error::arg(
+            "request-timeout",
+            "must be a number of seconds >= 0",
+        ));
     }
     let cors = security::cors(&a.cors_origins)?;
     let loopback = matches!(a.host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]");
@@ -95,11 +98,16 @@ pub fn run(a: Args) -> Result<()> {
             if fit == 0 {
                 return Err(Error::arg(
                     "kv-memory",
-                    format!("{budget} bytes hold no sequence: one KV cache of {} positions is {per_sequence} bytes (lower --ctx)", llama.context_length()),
+                    format!(
+                        "{budget} bytes hold no sequence: one KV cache of {} positions is {per_sequence} bytes (lower --ctx)",
+                        llama.context_length()
+                    ),
                 ));
             }
             if fit < a.parallel {
-                log::info!("--kv-memory {budget} holds {fit} KV caches of {per_sequence} bytes: {fit} parallel");
+                log::info!(
+                    "--kv-memory {budget} holds {fit} KV caches of {per_sequence} bytes: {fit} parallel"
+                );
             }
             a.parallel.min(fit)
         }
@@ -111,14 +119,18 @@ pub fn run(a: Args) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Device(format!("cannot start the server runtime: {e}")))?;
-    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let app = Arc::new(routes::App {
         jobs: jobs::Jobs {
             llama,
             slots: Arc::new(tokio::sync::Semaphore::new(parallel)),
             parallel,
             stats: Default::default(),
-            timeout: (a.request_timeout > 0.0).then(|| std::time::Duration::from_secs_f64(a.request_timeout)),
+            timeout: (a.request_timeout > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(a.request_timeout)),
         },
         model: served_name(&a),
         started,
@@ -129,7 +141,10 @@ pub fn run(a: Args) -> Result<()> {
         .route("/v1/chat/completions", post(routes::chat))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::new(a.api_key.clone()), security::require_key));
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(a.api_key.clone()),
+            security::require_key,
+        ));
     let mut router = Router::new()
         .merge(v1)
         .route("/health", get(routes::health))
@@ -138,7 +153,9 @@ pub fn run(a: Args) -> Result<()> {
         .layer(axum::extract::DefaultBodyLimit::max(a.max_body))
         // a Content-Length over the limit is refused before any of the body is read
         .layer(tower_http::limit::RequestBodyLimitLayer::new(a.max_body))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(conn::BODY_TIMEOUT))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            conn::BODY_TIMEOUT,
+        ))
         .layer(axum::middleware::map_response(api::openai_errors))
         .with_state(app);
     if let Some(cors) = cors {
@@ -149,8 +166,13 @@ pub fn run(a: Args) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| Error::Device(format!("cannot listen on {addr}: {e}")))?;
-        let local = listener.local_addr().map_err(|e| Error::Device(e.to_string()))?;
-        log::info!("serving {} on http://{local}/v1 ({parallel} parallel)", a.model.model.display());
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::Device(e.to_string()))?;
+        log::info!(
+            "serving {} on http://{local}/v1 ({parallel} parallel)",
+            a.model.model.display()
+        );
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
             log::info!("shutting down");
@@ -168,7 +190,11 @@ fn served_name(a: &Args) -> String {
     let m = &a.model.model;
     match &a.served_model_name {
         Some(name) => name.clone(),
-        None if m.exists() => m.file_name().unwrap_or(m.as_os_str()).to_string_lossy().into_owned(),
+        None if m.exists() => m
+            .file_name()
+            .unwrap_or(m.as_os_str())
+            .to_string_lossy()
+            .into_owned(),
         None => m.to_string_lossy().into_owned(),
     }
 }
@@ -176,8 +202,13 @@ fn served_name(a: &Args) -> String {
 /// `8GiB`, `512MiB`, `64KiB` or a plain number of bytes.
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
-    let (digits, unit) = s.split_at(s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len()));
-    let n: f64 = digits.parse().map_err(|_| format!("`{s}` is not a size (like 8GiB, 512MiB or 1000000)"))?;
+    let (digits, unit) = s.split_at(
+        s.find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (like 8GiB, 512MiB or 1000000)"))?;
     let scale = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1u64,
         "k" | "kb" | "kib" => 1 << 10,
@@ -208,4 +239,3 @@ mod tests {
         }
     }
 }
-

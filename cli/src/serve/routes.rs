@@ -42,7 +42,11 @@ fn prepare(app: &App, endpoint: Endpoint, body: &[u8]) -> Result<Prepared, ApiEr
     if let Request::Chat(c) = &req
         && c.messages.len() > app.max_messages
     {
-        let msg = format!("{} messages is more than this server takes ({})", c.messages.len(), app.max_messages);
+        let msg = format!(
+            "{} messages is more than this server takes ({})",
+            c.messages.len(),
+            app.max_messages
+        );
         return Err(ApiError::invalid(msg, Some("messages")));
     }
     let mut prepared = app.jobs.llama.prepare(&req, &app.sampling).map_err(|e| {
@@ -64,7 +68,9 @@ async fn answer(app: Arc<App>, endpoint: Endpoint, body: Bytes) -> Response {
         let app = app.clone();
         tokio::task::spawn_blocking(move || prepare(&app, endpoint, &body)).await
     };
-    let prepared = match checked.unwrap_or_else(|e| Err(ApiError::server(format!("the request check failed: {e}")))) {
+    let prepared = match checked
+        .unwrap_or_else(|e| Err(ApiError::server(format!("the request check failed: {e}"))))
+    {
         Ok(p) => p,
         Err(e) => {
             app.jobs.stats.requests.inc();
@@ -75,7 +81,9 @@ async fn answer(app: Arc<App>, endpoint: Endpoint, body: Bytes) -> Response {
     let stream = prepared.stream();
     let rx = app.jobs.submit(prepared);
     if stream {
-        return axum::response::Sse::new(sse(rx)).keep_alive(KeepAlive::default()).into_response();
+        return axum::response::Sse::new(sse(rx))
+            .keep_alive(KeepAlive::default())
+            .into_response();
     }
     match finish(rx).await {
         Ok(a) => Json(a).into_response(),
@@ -110,7 +118,14 @@ fn sse(rx: mpsc::UnboundedReceiver<Event>) -> impl Stream<Item = Result<Sse, Inf
                 Some(Event::Chunk(json)) => (data(json), St::Open(rx)),
                 Some(Event::Done(Ok(_))) => (data("[DONE]".into()), St::End),
                 Some(Event::Done(Err(e))) => (data(e.body().to_string()), St::Done),
-                None => (data(ApiError::server("the generation ended without a result").body().to_string()), St::Done),
+                None => (
+                    data(
+                        ApiError::server("the generation ended without a result")
+                            .body()
+                            .to_string(),
+                    ),
+                    St::Done,
+                ),
             }),
             St::Done => Some((data("[DONE]".into()), St::End)),
             St::End => None,
@@ -146,7 +161,10 @@ pub async fn health(State(app): State<Arc<App>>) -> Json<Value> {
 
 /// Prometheus' text format.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let headers = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
+    let headers = [(
+        axum::http::header::CONTENT_TYPE,
+        "text/plain; version=0.0.4; charset=utf-8",
+    )];
     (headers, app.jobs.stats.render()).into_response()
 }
 

@@ -23,14 +23,21 @@ impl Meta {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let created = unix_now();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        Meta { id: format!("{prefix}-{created:x}{n:06x}"), created, model: model.to_string() }
+        Meta {
+            id: format!("{prefix}-{created:x}{n:06x}"),
+            created,
+            model: model.to_string(),
+        }
     }
 }
 
 fn unix_now() -> u64 {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
     #[cfg(target_arch = "wasm32")]
     {
@@ -59,7 +66,10 @@ impl From<&Completion> for Usage {
             completion_tokens: c.usage.completion_tokens,
             total_tokens: c.usage.total_tokens,
             prompt_tokens_details: PromptTokensDetails {
-                cached_tokens: c.usage.prompt_tokens.saturating_sub(c.timings.prefill_tokens),
+                cached_tokens: c
+                    .usage
+                    .prompt_tokens
+                    .saturating_sub(c.timings.prefill_tokens),
             },
         }
     }
@@ -96,15 +106,33 @@ pub struct ChatCompletion {
 
 impl ChatCompletion {
     /// The answer `c`; with `call`, a tool call (`c.finish_reason` is then `ToolCalls`).
-    pub fn new(meta: Meta, c: &Completion, call: Option<ToolCall>, logprobs: Option<ChatLogprobs>) -> ChatCompletion {
+    pub fn new(
+        meta: Meta,
+        c: &Completion,
+        call: Option<ToolCall>,
+        logprobs: Option<ChatLogprobs>,
+    ) -> ChatCompletion {
         let message = match call {
-            Some(call) => AssistantMessage { role: "assistant", content: None, tool_calls: Some(vec![call]) },
-            None => AssistantMessage { role: "assistant", content: Some(c.text.clone()), tool_calls: None },
+            Some(call) => AssistantMessage {
+                role: "assistant",
+                content: None,
+                tool_calls: Some(vec![call]),
+            },
+            None => AssistantMessage {
+                role: "assistant",
+                content: Some(c.text.clone()),
+                tool_calls: None,
+            },
         };
         ChatCompletion {
             meta,
             object: "chat.completion",
-            choices: vec![ChatChoice { index: 0, message, logprobs, finish_reason: c.finish_reason }],
+            choices: vec![ChatChoice {
+                index: 0,
+                message,
+                logprobs,
+                finish_reason: c.finish_reason,
+            }],
             usage: Usage::from(c),
             system_fingerprint: None,
             timings: c.timings,
@@ -165,7 +193,12 @@ impl ChatCompletionChunk {
         ChatCompletionChunk {
             meta: meta.clone(),
             object: "chat.completion.chunk",
-            choices: vec![ChunkChoice { index: 0, delta, logprobs, finish_reason: finish }],
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs,
+                finish_reason: finish,
+            }],
             usage: include_usage.then_some(None),
             system_fingerprint: None,
             timings: None,
@@ -174,26 +207,59 @@ impl ChatCompletionChunk {
 
     /// The first chunk: the assistant's role and empty content.
     pub fn role(meta: &Meta, include_usage: bool) -> ChatCompletionChunk {
-        let delta = Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None };
+        let delta = Delta {
+            role: Some("assistant"),
+            content: Some(String::new()),
+            tool_calls: None,
+        };
         ChatCompletionChunk::with(meta, delta, None, None, include_usage)
     }
 
     /// A piece of the answer's text, with its tokens' logprobs if asked.
-    pub fn text(meta: &Meta, text: &str, logprobs: Option<ChatLogprobs>, include_usage: bool) -> ChatCompletionChunk {
-        let delta = Delta { role: None, content: Some(text.to_string()), tool_calls: None };
+    pub fn text(
+        meta: &Meta,
+        text: &str,
+        logprobs: Option<ChatLogprobs>,
+        include_usage: bool,
+    ) -> ChatCompletionChunk {
+        let delta = Delta {
+            role: None,
+            content: Some(text.to_string()),
+            tool_calls: None,
+        };
         ChatCompletionChunk::with(meta, delta, logprobs, None, include_usage)
     }
 
     /// The tool call the answer makes, whole, with its tokens' logprobs if asked.
-    pub fn tool_call(meta: &Meta, call: ToolCall, logprobs: Option<ChatLogprobs>, include_usage: bool) -> ChatCompletionChunk {
-        let delta = Delta { role: None, content: None, tool_calls: Some(vec![ToolCallDelta { index: 0, call }]) };
+    pub fn tool_call(
+        meta: &Meta,
+        call: ToolCall,
+        logprobs: Option<ChatLogprobs>,
+        include_usage: bool,
+    ) -> ChatCompletionChunk {
+        let delta = Delta {
+            role: None,
+            content: None,
+            tool_calls: Some(vec![ToolCallDelta { index: 0, call }]),
+        };
         ChatCompletionChunk::with(meta, delta, logprobs, None, include_usage)
     }
 
     /// The last chunk with a choice: the finish reason, the timings, and the logprobs of
     /// tokens whose text never streamed (a stop string's).
-    pub fn finish(meta: &Meta, c: &Completion, logprobs: Option<ChatLogprobs>, include_usage: bool) -> ChatCompletionChunk {
-        let mut chunk = ChatCompletionChunk::with(meta, Delta::default(), logprobs, Some(c.finish_reason), include_usage);
+    pub fn finish(
+        meta: &Meta,
+        c: &Completion,
+        logprobs: Option<ChatLogprobs>,
+        include_usage: bool,
+    ) -> ChatCompletionChunk {
+        let mut chunk = ChatCompletionChunk::with(
+            meta,
+            Delta::default(),
+            logprobs,
+            Some(c.finish_reason),
+            include_usage,
+        );
         chunk.timings = Some(c.timings);
         chunk
     }
@@ -211,8 +277,18 @@ impl ChatCompletionChunk {
     }
 
     /// The chunks that end a stream: the finish, then the usage if asked.
-    pub fn last(meta: &Meta, c: &Completion, logprobs: Option<ChatLogprobs>, include_usage: bool) -> Vec<ChatCompletionChunk> {
-        let mut v = vec![ChatCompletionChunk::finish(meta, c, logprobs, include_usage)];
+    pub fn last(
+        meta: &Meta,
+        c: &Completion,
+        logprobs: Option<ChatLogprobs>,
+        include_usage: bool,
+    ) -> Vec<ChatCompletionChunk> {
+        let mut v = vec![ChatCompletionChunk::finish(
+            meta,
+            c,
+            logprobs,
+            include_usage,
+        )];
         if include_usage {
             v.push(ChatCompletionChunk::usage(meta, c));
         }
@@ -248,7 +324,12 @@ impl TextCompletion {
         TextCompletion {
             meta,
             object: "text_completion",
-            choices: vec![TextChoice { index: 0, text: c.text.clone(), logprobs, finish_reason: Some(c.finish_reason) }],
+            choices: vec![TextChoice {
+                index: 0,
+                text: c.text.clone(),
+                logprobs,
+                finish_reason: Some(c.finish_reason),
+            }],
             usage: Some(Some(Usage::from(c))),
             system_fingerprint: None,
             timings: Some(c.timings),
@@ -265,7 +346,12 @@ impl TextCompletion {
         TextCompletion {
             meta: meta.clone(),
             object: "text_completion",
-            choices: vec![TextChoice { index: 0, text: text.to_string(), logprobs, finish_reason: finish }],
+            choices: vec![TextChoice {
+                index: 0,
+                text: text.to_string(),
+                logprobs,
+                finish_reason: finish,
+            }],
             usage: include_usage.then_some(None),
             system_fingerprint: None,
             timings: None,
@@ -273,14 +359,25 @@ impl TextCompletion {
     }
 
     /// A streamed piece of text, with its tokens' logprobs if asked.
-    pub fn text(meta: &Meta, text: &str, logprobs: Option<TextLogprobs>, include_usage: bool) -> TextCompletion {
+    pub fn text(
+        meta: &Meta,
+        text: &str,
+        logprobs: Option<TextLogprobs>,
+        include_usage: bool,
+    ) -> TextCompletion {
         TextCompletion::piece(meta, text, logprobs, None, include_usage)
     }
 
     /// The chunks that end a stream: the finish (with timings and the logprobs of tokens
     /// whose text never streamed), then the usage if asked.
-    pub fn last(meta: &Meta, c: &Completion, logprobs: Option<TextLogprobs>, include_usage: bool) -> Vec<TextCompletion> {
-        let mut finish = TextCompletion::piece(meta, "", logprobs, Some(c.finish_reason), include_usage);
+    pub fn last(
+        meta: &Meta,
+        c: &Completion,
+        logprobs: Option<TextLogprobs>,
+        include_usage: bool,
+    ) -> Vec<TextCompletion> {
+        let mut finish =
+            TextCompletion::piece(meta, "", logprobs, Some(c.finish_reason), include_usage);
         finish.timings = Some(c.timings);
         let mut v = vec![finish];
         if include_usage {

@@ -40,7 +40,11 @@ fn token_text(bytes: &[u8]) -> String {
 
 fn top(tok: &Tokenizer, id: u32, logprob: f32) -> TopLogprob {
     let bytes = tok.token_bytes(id);
-    TopLogprob { token: token_text(&bytes), logprob, bytes }
+    TopLogprob {
+        token: token_text(&bytes),
+        logprob,
+        bytes,
+    }
 }
 
 impl ChatLogprobs {
@@ -48,9 +52,18 @@ impl ChatLogprobs {
         let content = entries
             .iter()
             .map(|e| {
-                let TopLogprob { token, logprob, bytes } = top(tok, e.id, e.logprob);
+                let TopLogprob {
+                    token,
+                    logprob,
+                    bytes,
+                } = top(tok, e.id, e.logprob);
                 let top_logprobs = e.top.iter().map(|&(id, lp)| top(tok, id, lp)).collect();
-                ContentLogprob { token, logprob, bytes, top_logprobs }
+                ContentLogprob {
+                    token,
+                    logprob,
+                    bytes,
+                    top_logprobs,
+                }
             })
             .collect();
         ChatLogprobs { content }
@@ -88,13 +101,26 @@ impl TextLogprobs {
     pub fn new(tok: &Tokenizer, entries: &[TokenLogprob], offset: usize) -> TextLogprobs {
         let mut decoder = StreamDecoder::new();
         let mut at = offset;
-        let mut out = TextLogprobs { tokens: vec![], token_logprobs: vec![], top_logprobs: vec![], text_offset: vec![] };
+        let mut out = TextLogprobs {
+            tokens: vec![],
+            token_logprobs: vec![],
+            top_logprobs: vec![],
+            text_offset: vec![],
+        };
         for e in entries {
             out.tokens.push(token_text(&tok.token_bytes(e.id)));
             out.token_logprobs.push(e.logprob);
-            out.top_logprobs.push(Alternatives(e.top.iter().map(|&(id, lp)| (token_text(&tok.token_bytes(id)), lp)).collect()));
+            out.top_logprobs.push(Alternatives(
+                e.top
+                    .iter()
+                    .map(|&(id, lp)| (token_text(&tok.token_bytes(id)), lp))
+                    .collect(),
+            ));
             out.text_offset.push(at);
-            at += decoder.push(tok, e.id).map(|t| t.chars().count()).unwrap_or(0);
+            at += decoder
+                .push(tok, e.id)
+                .map(|t| t.chars().count())
+                .unwrap_or(0);
         }
         out
     }

@@ -9,8 +9,8 @@ mod request;
 mod run;
 
 pub use answer::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Meta, PromptTokensDetails,
-    TextChoice, TextCompletion, ToolCallDelta, Usage,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Meta,
+    PromptTokensDetails, TextChoice, TextCompletion, ToolCallDelta, Usage,
 };
 pub use logprobs::{Alternatives, ChatLogprobs, ContentLogprob, TextLogprobs, TopLogprob};
 pub use request::{ChatRequest, Checked, CompletionRequest, Logprobs, Params, Stop, StreamOptions};
@@ -31,7 +31,10 @@ impl std::str::FromStr for Endpoint {
         match s {
             "chat" => Ok(Endpoint::Chat),
             "text" => Ok(Endpoint::Text),
-            other => Err(crate::Error::arg("kind", format!("`{other}` is not one of chat, text"))),
+            other => Err(crate::Error::arg(
+                "kind",
+                format!("`{other}` is not one of chat, text"),
+            )),
         }
     }
 }

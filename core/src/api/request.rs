@@ -7,9 +7,9 @@
 //! a caller who asks for tool calls or a JSON schema must not get unconstrained text
 //! with a 200.
 
+use super::Endpoint;
 use crate::chat::Message;
 use crate::chat::tools::{self, ToolUse};
-use super::Endpoint;
 use crate::generate::{GenerateOptions, MAX_TOP_LOGPROBS};
 use crate::grammar::Grammar;
 use crate::sampler::SamplingParams;
@@ -156,7 +156,9 @@ impl ChatRequest {
     pub fn from_value(v: Value) -> Result<ChatRequest> {
         let mut obj = object(v)?;
         known_fields(&obj, &["messages"])?;
-        let messages = obj.remove("messages").ok_or_else(|| Error::arg("messages", "is required"))?;
+        let messages = obj
+            .remove("messages")
+            .ok_or_else(|| Error::arg("messages", "is required"))?;
         let Value::Array(list) = messages else {
             return Err(Error::arg("messages", "must be a list of {role, content}"));
         };
@@ -164,8 +166,15 @@ impl ChatRequest {
             return Err(Error::arg("messages", "must not be empty"));
         }
         let mut calls = vec![];
-        let messages = list.into_iter().enumerate().map(|(i, m)| message(i, m, &mut calls)).collect::<Result<_>>()?;
-        Ok(ChatRequest { messages: tools::fold_results(messages), params: field("request", Value::Object(obj))? })
+        let messages = list
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| message(i, m, &mut calls))
+            .collect::<Result<_>>()?;
+        Ok(ChatRequest {
+            messages: tools::fold_results(messages),
+            params: field("request", Value::Object(obj))?,
+        })
     }
 }
 
@@ -183,7 +192,10 @@ impl CompletionRequest {
                 list.remove(0).as_str().unwrap_or_default().to_string()
             }
             Some(Value::Array(list)) => {
-                return Err(Error::arg("prompt", format!("must be one string, got a list of {}", list.len())));
+                return Err(Error::arg(
+                    "prompt",
+                    format!("must be one string, got a list of {}", list.len()),
+                ));
             }
             Some(_) => return Err(Error::arg("prompt", "must be a string")),
             None => return Err(Error::arg("prompt", "is required")),
@@ -191,7 +203,10 @@ impl CompletionRequest {
         if prompt.is_empty() {
             return Err(Error::arg("prompt", "must not be empty"));
         }
-        Ok(CompletionRequest { prompt, params: field("request", Value::Object(obj))? })
+        Ok(CompletionRequest {
+            prompt,
+            params: field("request", Value::Object(obj))?,
+        })
     }
 }
 
@@ -201,21 +216,33 @@ impl CompletionRequest {
 /// a result's `tool_call_id` names.
 fn message(i: usize, m: Value, calls: &mut Vec<(String, String)>) -> Result<Message> {
     let bad = |msg: String| Error::Template { index: i, msg };
-    let Value::Object(mut m) = m else { return Err(bad("must be an object {role, content}".into())) };
+    let Value::Object(mut m) = m else {
+        return Err(bad("must be an object {role, content}".into()));
+    };
     const FIELDS: &[&str] = &["role", "content", "name", "tool_calls", "tool_call_id"];
     if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(bad(format!("`{k}` is not a supported message field ({})", FIELDS.join(", "))));
+        return Err(bad(format!(
+            "`{k}` is not a supported message field ({})",
+            FIELDS.join(", ")
+        )));
     }
     let role = match m.remove("role") {
         Some(Value::String(r)) => r,
         _ => return Err(bad("`role` must be a string".into())),
     };
-    let content = match m.remove("content").filter(|c| !c.is_null()).map(serde_json::from_value::<Content>) {
+    let content = match m
+        .remove("content")
+        .filter(|c| !c.is_null())
+        .map(serde_json::from_value::<Content>)
+    {
         Some(Ok(Content::Text(t))) => Some(t),
         Some(Ok(Content::Parts(parts))) => {
             let mut t = String::new();
             for p in parts {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
                     (Some("text"), Some(s)) => t.push_str(s),
                     (kind, _) => {
                         return Err(bad(format!(
@@ -228,13 +255,22 @@ fn message(i: usize, m: Value, calls: &mut Vec<(String, String)>) -> Result<Mess
             Some(t)
         }
         None => None,
-        Some(Err(_)) => return Err(bad("`content` must be a string or a list of text parts".into())),
+        Some(Err(_)) => {
+            return Err(bad(
+                "`content` must be a string or a list of text parts".into()
+            ));
+        }
     };
     let call_list = m.remove("tool_calls").filter(|c| !c.is_null());
     match (role.as_str(), call_list) {
         ("assistant", Some(list)) => {
-            let Value::Array(list) = list else { return Err(bad("`tool_calls` must be a list".into())) };
-            let mut lines: Vec<String> = content.into_iter().filter(|c| !c.trim().is_empty()).collect();
+            let Value::Array(list) = list else {
+                return Err(bad("`tool_calls` must be a list".into()));
+            };
+            let mut lines: Vec<String> = content
+                .into_iter()
+                .filter(|c| !c.trim().is_empty())
+                .collect();
             for (k, call) in list.iter().enumerate() {
                 let f = call.get("function");
                 let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
@@ -246,27 +282,41 @@ fn message(i: usize, m: Value, calls: &mut Vec<(String, String)>) -> Result<Mess
                     _ => None,
                 };
                 let (Some(name), Some(args)) = (name, args.filter(Value::is_object)) else {
-                    return Err(bad(format!("tool_calls[{k}] must be {{id, type, function: {{name, arguments: a JSON object's text}}}}")));
+                    return Err(bad(format!(
+                        "tool_calls[{k}] must be {{id, type, function: {{name, arguments: a JSON object's text}}}}"
+                    )));
                 };
                 if let Some(id) = call.get("id").and_then(Value::as_str) {
                     calls.push((id.to_string(), name.to_string()));
                 }
                 lines.push(tools::call_text(name, &args));
             }
-            Ok(Message { role, content: lines.join("\n") })
+            Ok(Message {
+                role,
+                content: lines.join("\n"),
+            })
         }
         (_, Some(_)) => Err(bad("only an assistant message has `tool_calls`".into())),
         ("tool" | "function", None) => {
             let content = content.ok_or_else(|| bad("`content` is missing".into()))?;
-            let by_id = m.get("tool_call_id").and_then(Value::as_str).and_then(|id| calls.iter().rev().find(|(c, _)| c == id));
+            let by_id = m
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .and_then(|id| calls.iter().rev().find(|(c, _)| c == id));
             let name = match (by_id, m.get("name").and_then(Value::as_str)) {
                 (Some((_, name)), _) => name.clone(),
                 (None, Some(name)) => name.to_string(),
                 (None, None) => {
-                    return Err(bad("a tool result needs the `tool_call_id` of an earlier call (or a `name`)".into()));
+                    return Err(bad(
+                        "a tool result needs the `tool_call_id` of an earlier call (or a `name`)"
+                            .into(),
+                    ));
                 }
             };
-            Ok(Message { role: "tool".into(), content: tools::result_text(&name, &content) })
+            Ok(Message {
+                role: "tool".into(),
+                content: tools::result_text(&name, &content),
+            })
         }
         (_, None) => match content {
             Some(content) => Ok(Message { role, content }),
@@ -287,25 +337,46 @@ impl Params {
                 Some("text") => None,
                 Some("json_object") => Some(Grammar::JsonObject),
                 Some("json_schema") => {
-                    let schema = f.get("json_schema").and_then(|j| j.get("schema")).filter(|s| s.is_object() || s.is_boolean());
+                    let schema = f
+                        .get("json_schema")
+                        .and_then(|j| j.get("schema"))
+                        .filter(|s| s.is_object() || s.is_boolean());
                     match schema {
                         Some(s) => Some(Grammar::JsonSchema(s.clone())),
-                        None => return Err(Error::arg("response_format", "`json_schema.schema` must be a JSON Schema object")),
+                        None => {
+                            return Err(Error::arg(
+                                "response_format",
+                                "`json_schema.schema` must be a JSON Schema object",
+                            ));
+                        }
                     }
                 }
-                _ => return Err(Error::arg("response_format", "`type` must be one of text, json_object, json_schema")),
+                _ => {
+                    return Err(Error::arg(
+                        "response_format",
+                        "`type` must be one of text, json_object, json_schema",
+                    ));
+                }
             },
         };
         match (format, &self.grammar) {
-            (Some(_), Some(_)) => Err(Error::arg("grammar", "cannot be combined with a JSON response_format")),
+            (Some(_), Some(_)) => Err(Error::arg(
+                "grammar",
+                "cannot be combined with a JSON response_format",
+            )),
             (f, None) => Ok(f),
             (None, Some(g)) if g.trim().is_empty() => Err(Error::arg("grammar", "is empty")),
             // llama.cpp's `grammar` takes GBNF; its rules read `name ::= …`, never Lark's
-            (None, Some(g)) if g.lines().any(|l| l.split('#').next().unwrap_or("").contains("::=")) => Err(Error::arg(
-                "grammar",
-                "looks like GBNF (llama.cpp's `name ::= ...` rules); this field takes llguidance's Lark dialect \
+            (None, Some(g))
+                if g.lines()
+                    .any(|l| l.split('#').next().unwrap_or("").contains("::=")) =>
+            {
+                Err(Error::arg(
+                    "grammar",
+                    "looks like GBNF (llama.cpp's `name ::= ...` rules); this field takes llguidance's Lark dialect \
                  (`name: ...`); llguidance's gbnf_to_lark.py converts GBNF",
-            )),
+                ))
+            }
             (None, Some(g)) => Ok(Some(Grammar::Lark(g.clone()))),
         }
     }
@@ -321,17 +392,33 @@ impl Params {
             if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) {
                 Ok(n as usize)
             } else {
-                Err(Error::arg(name, format!("must be in 0..={MAX_TOP_LOGPROBS}, got {n}")))
+                Err(Error::arg(
+                    name,
+                    format!("must be in 0..={MAX_TOP_LOGPROBS}, got {n}"),
+                ))
             }
         };
         match (endpoint, self.logprobs, self.top_logprobs) {
-            (Endpoint::Chat, Some(Logprobs::Flag(true)), top) => Ok(Some(top.map_or(Ok(0), |n| count("top_logprobs", n))?)),
-            (Endpoint::Chat, Some(Logprobs::Count(_)), _) => Err(Error::arg("logprobs", "must be true or false in a chat request")),
-            (Endpoint::Chat, _, Some(_)) => Err(Error::arg("top_logprobs", "needs `logprobs: true`")),
+            (Endpoint::Chat, Some(Logprobs::Flag(true)), top) => {
+                Ok(Some(top.map_or(Ok(0), |n| count("top_logprobs", n))?))
+            }
+            (Endpoint::Chat, Some(Logprobs::Count(_)), _) => Err(Error::arg(
+                "logprobs",
+                "must be true or false in a chat request",
+            )),
+            (Endpoint::Chat, _, Some(_)) => {
+                Err(Error::arg("top_logprobs", "needs `logprobs: true`"))
+            }
             (Endpoint::Chat, _, None) => Ok(None),
-            (Endpoint::Text, _, Some(_)) => Err(Error::arg("top_logprobs", "is a chat field; completions take a count in `logprobs`")),
+            (Endpoint::Text, _, Some(_)) => Err(Error::arg(
+                "top_logprobs",
+                "is a chat field; completions take a count in `logprobs`",
+            )),
             (Endpoint::Text, Some(Logprobs::Count(n)), None) => Ok(Some(count("logprobs", n)?)),
-            (Endpoint::Text, Some(Logprobs::Flag(_)), None) => Err(Error::arg("logprobs", "must be a count (0-20) in a completion request")),
+            (Endpoint::Text, Some(Logprobs::Flag(_)), None) => Err(Error::arg(
+                "logprobs",
+                "must be a count (0-20) in a completion request",
+            )),
             (Endpoint::Text, None, None) => Ok(None),
         }
     }
@@ -341,7 +428,10 @@ impl Params {
         if let Some(n) = self.n
             && n != 1
         {
-            return Err(Error::arg("n", format!("must be 1 (one choice per request), got {n}")));
+            return Err(Error::arg(
+                "n",
+                format!("must be 1 (one choice per request), got {n}"),
+            ));
         }
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(m), _) => Some(("max_completion_tokens", m)),
@@ -353,9 +443,15 @@ impl Params {
         {
             return Err(Error::arg(name, format!("must be at least 1, got {m}")));
         }
-        for (name, v) in [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)] {
+        for (name, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
             if v.is_some_and(|v| v != 0.0) {
-                return Err(Error::arg(name, "is not supported; use repetition_penalty (CTRL-style, 1.1-1.3)"));
+                return Err(Error::arg(
+                    name,
+                    "is not supported; use repetition_penalty (CTRL-style, 1.1-1.3)",
+                ));
             }
         }
         let mut grammar = self.grammar()?;
@@ -365,7 +461,10 @@ impl Params {
                 return Err(Error::arg("tools", "is a chat field"));
             }
             if let Some(g) = &grammar {
-                return Err(Error::arg(g.field(), "cannot be combined with tools (unless tool_choice is none)"));
+                return Err(Error::arg(
+                    g.field(),
+                    "cannot be combined with tools (unless tool_choice is none)",
+                ));
             }
             grammar = Some(t.grammar());
         }
@@ -380,19 +479,35 @@ impl Params {
         let seed = match self.seed {
             None | Some(-1) => defaults.seed,
             Some(s) if s >= 0 => Some(s as u64),
-            Some(s) => return Err(Error::arg("seed", format!("must be >= 0, or -1 for a random seed; got {s}"))),
+            Some(s) => {
+                return Err(Error::arg(
+                    "seed",
+                    format!("must be >= 0, or -1 for a random seed; got {s}"),
+                ));
+            }
         };
         let top_k = match self.top_k {
             None => defaults.top_k,
             Some(k) if k >= 1 => Some(k as usize),
-            Some(k) => return Err(Error::arg("top_k", format!("must be at least 1 (or unset), got {k}"))),
+            Some(k) => {
+                return Err(Error::arg(
+                    "top_k",
+                    format!("must be at least 1 (or unset), got {k}"),
+                ));
+            }
         };
         let sampling = SamplingParams {
-            temperature: self.temperature.map(|t| t as f32).unwrap_or(defaults.temperature),
+            temperature: self
+                .temperature
+                .map(|t| t as f32)
+                .unwrap_or(defaults.temperature),
             top_p: self.top_p.map(|p| p as f32).unwrap_or(defaults.top_p),
             top_k,
             min_p: self.min_p.map(|p| p as f32).or(defaults.min_p),
-            repetition_penalty: self.repetition_penalty.map(|p| p as f32).or(defaults.repetition_penalty),
+            repetition_penalty: self
+                .repetition_penalty
+                .map(|p| p as f32)
+                .or(defaults.repetition_penalty),
             seed,
         };
         sampling.validate()?;
@@ -401,22 +516,39 @@ impl Params {
             sampling,
             stop,
             allow_control_tokens: false,
-            context_overflow: self.context_overflow.as_deref().map(str::parse).transpose()?,
+            context_overflow: self
+                .context_overflow
+                .as_deref()
+                .map(str::parse)
+                .transpose()?,
             logprobs: self.logprobs(endpoint)?,
             ignore_eos: self.ignore_eos.unwrap_or(false),
             grammar,
         };
-        let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-        Ok(Checked { opts, stream: self.stream.unwrap_or(false), include_usage, tools })
+        let include_usage = self
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        Ok(Checked {
+            opts,
+            stream: self.stream.unwrap_or(false),
+            include_usage,
+            tools,
+        })
     }
 }
 
 /// A JSON object from request bytes.
 fn parse(body: &[u8]) -> Result<Value> {
     if body.is_empty() {
-        return Err(Error::arg("request", "the request body is empty; send a JSON object"));
+        return Err(Error::arg(
+            "request",
+            "the request body is empty; send a JSON object",
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| Error::arg("request", format!("is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Error::arg("request", format!("is not valid JSON: {e}")))
 }
 
 fn object(v: Value) -> Result<Map<String, Value>> {
@@ -428,7 +560,10 @@ fn object(v: Value) -> Result<Map<String, Value>> {
 
 /// Every key is one of `Params`' or the endpoint's own.
 fn known_fields(obj: &Map<String, Value>, own: &[&str]) -> Result<()> {
-    match obj.keys().find(|k| !PARAMS.contains(&k.as_str()) && !own.contains(&k.as_str())) {
+    match obj
+        .keys()
+        .find(|k| !PARAMS.contains(&k.as_str()) && !own.contains(&k.as_str()))
+    {
         Some(k) => Err(Error::arg(k.clone(), "is not a supported field")),
         None => Ok(()),
     }

@@ -5,7 +5,10 @@
 //! and the text so far.
 
 use super::logprobs::{ChatLogprobs, TextLogprobs};
-use super::{ChatCompletion, ChatCompletionChunk, ChatRequest, Checked, CompletionRequest, Endpoint, Meta, TextCompletion};
+use super::{
+    ChatCompletion, ChatCompletionChunk, ChatRequest, Checked, CompletionRequest, Endpoint, Meta,
+    TextCompletion,
+};
 use crate::generate::{ContextOverflow, Flow, Piece, Timings, TokenLogprob, Usage};
 use crate::sampler::SamplingParams;
 use crate::{FinishReason, Llama, Result};
@@ -88,8 +91,12 @@ impl Answer {
             Answer::Chat(c) => Some(c.usage),
             Answer::Text(c) => c.usage.flatten(),
         };
-        u.map(|u| Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens })
-            .unwrap_or_default()
+        u.map(|u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+        })
+        .unwrap_or_default()
     }
     pub fn timings(&self) -> Timings {
         match self {
@@ -118,15 +125,27 @@ impl Llama {
                     }
                     None => &r.messages,
                 };
-                let (ids, _, dropped) = self.fit(messages, &checked.opts, ContextOverflow::Error)?;
+                let (ids, _, dropped) =
+                    self.fit(messages, &checked.opts, ContextOverflow::Error)?;
                 (ids, dropped)
             }
             Request::Text(r) => (self.raw_prompt(&r.prompt)?, 0),
         };
         let max_new = checked.opts.check(prompt.len(), self.context_length())?;
-        let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
+        let prefix = if endpoint == Endpoint::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        };
         let meta = Meta::new(prefix, params.model.as_deref().unwrap_or(self.name()));
-        Ok(Prepared { endpoint, prompt, dropped_turns, max_new, checked, meta })
+        Ok(Prepared {
+            endpoint,
+            prompt,
+            dropped_turns,
+            max_new,
+            checked,
+            meta,
+        })
     }
 
     /// Generate the answer to a prepared request; with `stream`, its chunks go to
@@ -138,12 +157,20 @@ impl Llama {
         cancel: Option<&AtomicBool>,
         on_chunk: &mut dyn FnMut(&Chunk) -> Flow,
     ) -> Result<Answer> {
-        let Prepared { endpoint, prompt, dropped_turns, max_new, checked, meta } = p;
+        let Prepared {
+            endpoint,
+            prompt,
+            dropped_turns,
+            max_new,
+            checked,
+            meta,
+        } = p;
         let (stream, usage) = (checked.stream, checked.include_usage);
         let tools = checked.tools.as_ref();
         let tok = self.tokenizer();
         let want_logprobs = checked.opts.logprobs.is_some();
-        let chat_logprobs = |entries: &[TokenLogprob]| want_logprobs.then(|| ChatLogprobs::new(tok, entries));
+        let chat_logprobs =
+            |entries: &[TokenLogprob]| want_logprobs.then(|| ChatLogprobs::new(tok, entries));
         // what has streamed: logprob entries, and characters (the legacy offsets count them)
         let (mut sent, mut chars, mut started) = (0, 0, false);
         // A tool call streams whole at the end, so its text is held back; with `auto` the
@@ -171,11 +198,17 @@ impl Llama {
             let chunk = match endpoint {
                 Endpoint::Chat => {
                     if !std::mem::replace(&mut started, true)
-                        && on_chunk(&Chunk::Chat(ChatCompletionChunk::role(&meta, usage))) == Flow::Stop
+                        && on_chunk(&Chunk::Chat(ChatCompletionChunk::role(&meta, usage)))
+                            == Flow::Stop
                     {
                         return Flow::Stop;
                     }
-                    Chunk::Chat(ChatCompletionChunk::text(&meta, text, chat_logprobs(logprobs), usage))
+                    Chunk::Chat(ChatCompletionChunk::text(
+                        &meta,
+                        text,
+                        chat_logprobs(logprobs),
+                        usage,
+                    ))
                 }
                 Endpoint::Text => {
                     let lp = want_logprobs.then(|| TextLogprobs::new(tok, logprobs, chars));
@@ -188,10 +221,14 @@ impl Llama {
             held_logprobs.clear();
             flow
         };
-        let mut c = self.complete_pieces(&prompt, max_new, &checked.opts, cancel, &mut on_piece).await?;
+        let mut c = self
+            .complete_pieces(&prompt, max_new, &checked.opts, cancel, &mut on_piece)
+            .await?;
         c.dropped_turns = dropped_turns;
         let call = match tools {
-            Some(t) if c.finish_reason == FinishReason::Stop => t.call_in(&c.text, meta.id.replacen("chatcmpl-", "call_", 1)),
+            Some(t) if c.finish_reason == FinishReason::Stop => {
+                t.call_in(&c.text, meta.id.replacen("chatcmpl-", "call_", 1))
+            }
             _ => None,
         };
         if call.is_some() {
@@ -206,8 +243,18 @@ impl Llama {
                     }
                     // what was held back: the call, or text after all (a call cut short)
                     let last = match call.clone() {
-                        Some(call) => Some(ChatCompletionChunk::tool_call(&meta, call, chat_logprobs(rest), usage)),
-                        None if !held.is_empty() => Some(ChatCompletionChunk::text(&meta, &held, chat_logprobs(rest), usage)),
+                        Some(call) => Some(ChatCompletionChunk::tool_call(
+                            &meta,
+                            call,
+                            chat_logprobs(rest),
+                            usage,
+                        )),
+                        None if !held.is_empty() => Some(ChatCompletionChunk::text(
+                            &meta,
+                            &held,
+                            chat_logprobs(rest),
+                            usage,
+                        )),
                         None => None,
                     };
                     if let Some(chunk) = last {
@@ -218,7 +265,12 @@ impl Llama {
                         on_chunk(&Chunk::Chat(chunk));
                     }
                 }
-                Answer::Chat(ChatCompletion::new(meta, &c, call, chat_logprobs(&c.logprobs)))
+                Answer::Chat(ChatCompletion::new(
+                    meta,
+                    &c,
+                    call,
+                    chat_logprobs(&c.logprobs),
+                ))
             }
             Endpoint::Text => {
                 if stream {
@@ -245,7 +297,9 @@ impl Llama {
     ) -> Result<String> {
         let req = Request::from_json(endpoint, request.as_bytes())?;
         let prepared = self.prepare(&req, &SamplingParams::default())?;
-        let answer = self.run_async(prepared, cancel, &mut |c| on_chunk(super::json(c))).await?;
+        let answer = self
+            .run_async(prepared, cancel, &mut |c| on_chunk(super::json(c)))
+            .await?;
         Ok(super::json(&answer))
     }
 }
@@ -253,7 +307,12 @@ impl Llama {
 #[cfg(not(target_arch = "wasm32"))]
 impl Llama {
     /// `run_async`, blocking.
-    pub fn run(&self, p: Prepared, cancel: Option<&AtomicBool>, on_chunk: &mut dyn FnMut(&Chunk) -> Flow) -> Result<Answer> {
+    pub fn run(
+        &self,
+        p: Prepared,
+        cancel: Option<&AtomicBool>,
+        on_chunk: &mut dyn FnMut(&Chunk) -> Flow,
+    ) -> Result<Answer> {
         pollster::block_on(self.run_async(p, cancel, on_chunk))
     }
 

@@ -40,15 +40,21 @@ enum Products {
 enum Inputs {
     F32,
     /// Activations (and, with `weights`, the decoded weights) rounded to f16.
-    F16 { weights: bool },
+    F16 {
+        weights: bool,
+    },
     /// Activations quantized to 8 bits in blocks of `block`.
-    Q8 { block: usize },
+    Q8 {
+        block: usize,
+    },
 }
 
 fn inputs(p: Products, f: WeightFormat, n: usize) -> Inputs {
     use WeightFormat::*;
     match (p, f) {
-        (Products::Exact, _) | (Products::Cpu, F32 | F16 | BF16 | Gptq4) | (Products::Cuda, F32) => Inputs::F32,
+        (Products::Exact, _)
+        | (Products::Cpu, F32 | F16 | BF16 | Gptq4)
+        | (Products::Cuda, F32) => Inputs::F32,
         (Products::Cpu, Q4K | Q6K) => Inputs::Q8 { block: 256 },
         (Products::Cpu, _) => Inputs::Q8 { block: 32 },
         (Products::Cuda, F16 | BF16) if n == 1 => Inputs::F32,
@@ -70,19 +76,27 @@ fn product_bound(p: Products, f: WeightFormat, n: usize, x: &[f32], w: &[f32]) -
         Inputs::F16 { weights } => {
             // relative 2⁻¹¹, or 2⁻²⁵ absolute among f16 subnormals
             let r = |v: &f32| abs(v) * 2f64.powi(-11) + 2f64.powi(-25);
-            bound += x.iter().zip(w).map(|(a, b)| r(a) * abs(b) + if weights { r(b) * abs(a) } else { 0.0 }).sum::<f64>();
+            bound += x
+                .iter()
+                .zip(w)
+                .map(|(a, b)| r(a) * abs(b) + if weights { r(b) * abs(a) } else { 0.0 })
+                .sum::<f64>();
         }
         Inputs::Q8 { block } => {
             // d = amax/127 rounded to f16, q = round(x/d): x is off by ≤ d/2 + 127·|d − f16(d)|
             let rel = (0.5 + 127.0 * 2f64.powi(-11)) / 127.0 * 1.001;
             // formats with a block offset (Q4_1's m, Q4_K's mins, GPTQ's zero) multiply it
             // by a block sum of the activations kept in f16; |offset| ≤ 2·max|w| of the block
-            let offset = matches!(f, WeightFormat::Q4_1 | WeightFormat::Q4K | WeightFormat::Gptq4);
+            let offset = matches!(
+                f,
+                WeightFormat::Q4_1 | WeightFormat::Q4K | WeightFormat::Gptq4
+            );
             for (xb, wb) in x.chunks(block).zip(w.chunks(block)) {
                 let amax = |v: &[f32]| v.iter().map(abs).fold(0f64, f64::max);
                 bound += amax(xb) * rel * wb.iter().map(abs).sum::<f64>();
                 if offset {
-                    bound += 2.0 * amax(wb) * xb.iter().map(abs).sum::<f64>() * 2f64.powi(-10) * 1.01;
+                    bound +=
+                        2.0 * amax(wb) * xb.iter().map(abs).sum::<f64>() * 2f64.powi(-10) * 1.01;
                 }
             }
         }
@@ -106,14 +120,26 @@ struct Suite<'a, B: Backend> {
 impl<'a, B: Backend> Suite<'a, B> {
     fn run(b: &'a B, name: &str, products: Products) {
         println!("{name}: {}", b.name());
-        let mut s = Suite { b, name: name.into(), products, rng: Rng(0x5eed_c0de_f00d), failures: vec![] };
+        let mut s = Suite {
+            b,
+            name: name.into(),
+            products,
+            rng: Rng(0x5eed_c0de_f00d),
+            failures: vec![],
+        };
         s.matmul_and_embed();
         s.rms_norm();
         s.rope();
         s.attention();
         s.elementwise();
         s.argmax();
-        assert!(s.failures.is_empty(), "{}: {} misses:\n{}", s.name, s.failures.len(), s.failures.join("\n"));
+        assert!(
+            s.failures.is_empty(),
+            "{}: {} misses:\n{}",
+            s.name,
+            s.failures.len(),
+            s.failures.join("\n")
+        );
     }
 
     fn act(&self, rows: usize, cols: usize, data: &[f32]) -> B::Act {
@@ -138,16 +164,28 @@ impl<'a, B: Backend> Suite<'a, B> {
         let (mut worst, mut at, mut max_d) = (0f64, 0, 0f64);
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             let d = (*g as f64 - w).abs();
-            let r = if !g.is_finite() { f64::INFINITY } else if d == 0.0 { 0.0 } else { d / bound(i) };
+            let r = if !g.is_finite() {
+                f64::INFINITY
+            } else if d == 0.0 {
+                0.0
+            } else {
+                d / bound(i)
+            };
             max_d = max_d.max(d);
             if r > worst {
                 (worst, at) = (r, i);
             }
         }
-        let line = format!("{}: {what}: max|Δ|/bound {worst:.2e}, max|Δ| {max_d:.2e}", self.name);
+        let line = format!(
+            "{}: {what}: max|Δ|/bound {worst:.2e}, max|Δ| {max_d:.2e}",
+            self.name
+        );
         println!("{line}");
         if !(worst <= 1.0) {
-            self.failures.push(format!("{line}; element {at}: got {}, want {}", got[at], want[at]));
+            self.failures.push(format!(
+                "{line}; element {at}: got {}, want {}",
+                got[at], want[at]
+            ));
         }
     }
 
@@ -164,7 +202,10 @@ impl<'a, B: Backend> Suite<'a, B> {
         use WeightFormat::*;
         const ROWS: usize = 37;
         const NS: [usize; 3] = [1, 5, 66];
-        let cases = [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4K, Q6K, Gptq4].into_iter().map(|f| (f, false)).chain([(Gptq4, true)]);
+        let cases = [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4K, Q6K, Gptq4]
+            .into_iter()
+            .map(|f| (f, false))
+            .chain([(Gptq4, true)]);
         for (f, permuted) in cases {
             let cols = match f.block_elems() {
                 1 => 75,
@@ -173,7 +214,14 @@ impl<'a, B: Backend> Suite<'a, B> {
             };
             let name = format!("{f:?}{}", if permuted { " permuted" } else { "" });
             let src = random(&mut self.rng, ROWS * cols, 1.0);
-            let mut w = WeightData::new(f, ROWS, cols, Blob::from_vec(crate::weights::ggml::quantize(f, &src)), &name).unwrap();
+            let mut w = WeightData::new(
+                f,
+                ROWS,
+                cols,
+                Blob::from_vec(crate::weights::ggml::quantize(f, &src)),
+                &name,
+            )
+            .unwrap();
             let mut perm: Vec<u32> = (0..cols as u32).collect();
             if permuted {
                 for i in (1..cols).rev() {
@@ -199,11 +247,23 @@ impl<'a, B: Backend> Suite<'a, B> {
                     let gathered: Vec<f32> = perm.iter().map(|&c| xt[c as usize]).collect();
                     for r in 0..ROWS {
                         let wl = &logical[r * cols..(r + 1) * cols];
-                        want[t * ROWS + r] = wl.iter().zip(xt).map(|(a, b)| *a as f64 * *b as f64).sum();
-                        bound[t * ROWS + r] = product_bound(self.products, f, n, &gathered, &stored[r * cols..(r + 1) * cols]);
+                        want[t * ROWS + r] =
+                            wl.iter().zip(xt).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        bound[t * ROWS + r] = product_bound(
+                            self.products,
+                            f,
+                            n,
+                            &gathered,
+                            &stored[r * cols..(r + 1) * cols],
+                        );
                     }
                 }
-                self.check(&format!("matmul {name} [{ROWS}, {cols}] n={n}"), &got, &want, |i| bound[i]);
+                self.check(
+                    &format!("matmul {name} [{ROWS}, {cols}] n={n}"),
+                    &got,
+                    &want,
+                    |i| bound[i],
+                );
             }
             if permuted {
                 continue; // backends disagree on embedding a permuted table; models never do
@@ -213,7 +273,11 @@ impl<'a, B: Backend> Suite<'a, B> {
             let mut out = self.nan(ids.len(), cols);
             self.b.embed(&m, &ids, &mut out);
             let got = self.read(&out, ids.len());
-            let want: Vec<f64> = ids.iter().flat_map(|&i| w.row_f32(i as usize)).map(f64::from).collect();
+            let want: Vec<f64> = ids
+                .iter()
+                .flat_map(|&i| w.row_f32(i as usize))
+                .map(f64::from)
+                .collect();
             self.check_rel(&format!("embed {name}"), &got, &want, 1e-6);
         }
     }
@@ -234,7 +298,11 @@ impl<'a, B: Backend> Suite<'a, B> {
                 let row = &xs[t * cols..(t + 1) * cols];
                 let ms = row.iter().map(|v| *v as f64 * *v as f64).sum::<f64>() / cols as f64;
                 let inv = 1.0 / (ms + eps as f64).sqrt();
-                want.extend(row.iter().zip(&ws).map(|(a, b)| *a as f64 * inv * *b as f64));
+                want.extend(
+                    row.iter()
+                        .zip(&ws)
+                        .map(|(a, b)| *a as f64 * inv * *b as f64),
+                );
             }
             self.check_rel(&format!("rms_norm first={first} n={n}"), &got, &want, 1e-5);
         }
@@ -269,14 +337,22 @@ impl<'a, B: Backend> Suite<'a, B> {
                                 RopeStyle::Interleaved => (2 * j, 2 * j + 1),
                             };
                             let (ia, ib) = (t * cols + h * hd + a, t * cols + h * hd + b);
-                            let (c, s) = (table[(t * hd / 2 + j) * 2] as f64, table[(t * hd / 2 + j) * 2 + 1] as f64);
+                            let (c, s) = (
+                                table[(t * hd / 2 + j) * 2] as f64,
+                                table[(t * hd / 2 + j) * 2 + 1] as f64,
+                            );
                             let (x0, x1) = (xs[ia] as f64, xs[ib] as f64);
                             want[ia] = x0 * c - x1 * s;
                             want[ib] = x0 * s + x1 * c;
                         }
                     }
                 }
-                self.check_rel(&format!("rope {style:?} pos={pos} n={n}"), &got, &want, 1e-6);
+                self.check_rel(
+                    &format!("rope {style:?} pos={pos} n={n}"),
+                    &got,
+                    &want,
+                    1e-6,
+                );
             }
         }
     }
@@ -290,8 +366,23 @@ impl<'a, B: Backend> Suite<'a, B> {
     fn attention(&mut self) {
         const MAX_SEQ: usize = 300;
         let steps = [(0, 5), (5, 3), (8, 1), (9, 281), (289, 1)];
-        for s in [AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 16 }, AttnShape { n_heads: 3, n_kv_heads: 1, head_dim: 12 }] {
-            let (hd, q_dim, kv_dim) = (s.head_dim, s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        for s in [
+            AttnShape {
+                n_heads: 4,
+                n_kv_heads: 2,
+                head_dim: 16,
+            },
+            AttnShape {
+                n_heads: 3,
+                n_kv_heads: 1,
+                head_dim: 12,
+            },
+        ] {
+            let (hd, q_dim, kv_dim) = (
+                s.head_dim,
+                s.n_heads * s.head_dim,
+                s.n_kv_heads * s.head_dim,
+            );
             let mut kc = self.b.alloc_kv("k", MAX_SEQ, kv_dim).unwrap();
             let mut vc = self.b.alloc_kv("v", MAX_SEQ, kv_dim).unwrap();
             let (mut kref, mut vref) = (vec![0f32; MAX_SEQ * kv_dim], vec![0f32; MAX_SEQ * kv_dim]);
@@ -301,8 +392,16 @@ impl<'a, B: Backend> Suite<'a, B> {
                 let ks = random(&mut self.rng, rows * kv_dim, 1.0);
                 let vs = random(&mut self.rng, rows * kv_dim, 1.0);
                 let qs = random(&mut self.rng, rows * q_dim, 2.0);
-                let (k, v, q) = (self.act(rows, kv_dim, &ks), self.act(rows, kv_dim, &vs), self.act(rows, q_dim, &qs));
-                let (ks, vs, qs) = (&ks[first * kv_dim..], &vs[first * kv_dim..], &qs[first * q_dim..]);
+                let (k, v, q) = (
+                    self.act(rows, kv_dim, &ks),
+                    self.act(rows, kv_dim, &vs),
+                    self.act(rows, q_dim, &qs),
+                );
+                let (ks, vs, qs) = (
+                    &ks[first * kv_dim..],
+                    &vs[first * kv_dim..],
+                    &qs[first * q_dim..],
+                );
                 self.b.store_kv(&k, &v, first, n, pos, &mut kc, &mut vc);
                 kref[pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(ks);
                 vref[pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(vs);
@@ -310,7 +409,10 @@ impl<'a, B: Backend> Suite<'a, B> {
                 self.b.attention(&q, &kc, &vc, first, n, pos, s, &mut out);
                 let all = self.read(&out, rows);
                 if !all[..first * q_dim].iter().all(|v| v.is_nan()) {
-                    self.failures.push(format!("{}: attention pos={pos} n={n} first={first} wrote rows before `first`", self.name));
+                    self.failures.push(format!(
+                        "{}: attention pos={pos} n={n} first={first} wrote rows before `first`",
+                        self.name
+                    ));
                 }
                 let got = all[first * q_dim..].to_vec();
                 let (mut want, mut bound) = (vec![0f64; n * q_dim], vec![0f64; n * q_dim]);
@@ -324,7 +426,10 @@ impl<'a, B: Backend> Suite<'a, B> {
                         let dots: Vec<(f64, f64)> = (0..len)
                             .map(|p| {
                                 let key = &kref[p * kv_dim + off..][..hd];
-                                let prods = key.iter().zip(q).map(|(a, b)| *a as f64 * *b as f64 * scale as f64);
+                                let prods = key
+                                    .iter()
+                                    .zip(q)
+                                    .map(|(a, b)| *a as f64 * *b as f64 * scale as f64);
                                 prods.fold((0.0, 0.0), |(s, a), v| (s + v, a + v.abs()))
                             })
                             .collect();
@@ -339,12 +444,21 @@ impl<'a, B: Backend> Suite<'a, B> {
                         let rel = U * (2.0 * len as f64 + (2.0 * hd as f64 + 8.0) * smax + 16.0);
                         for i in 0..hd {
                             let o = t * q_dim + h * hd + i;
-                            want[o] = (0..len).map(|p| e[p] / z * vref[p * kv_dim + off + i] as f64).sum();
-                            bound[o] = 2.0 * rel * (0..len).map(|p| e[p] / z * (vref[p * kv_dim + off + i] as f64).abs()).sum::<f64>();
+                            want[o] = (0..len)
+                                .map(|p| e[p] / z * vref[p * kv_dim + off + i] as f64)
+                                .sum();
+                            bound[o] = 2.0
+                                * rel
+                                * (0..len)
+                                    .map(|p| e[p] / z * (vref[p * kv_dim + off + i] as f64).abs())
+                                    .sum::<f64>();
                         }
                     }
                 }
-                let what = format!("attention {}/{}x{hd} pos={pos} n={n}", s.n_heads, s.n_kv_heads);
+                let what = format!(
+                    "attention {}/{}x{hd} pos={pos} n={n}",
+                    s.n_heads, s.n_kv_heads
+                );
                 self.check(&what, &got, &want, |i| bound[i]);
             }
         }
@@ -366,11 +480,21 @@ impl<'a, B: Backend> Suite<'a, B> {
             let g = gs[i] as f64;
             want[i] = g / (1.0 + (-g).exp()) * us[i] as f64;
         }
-        self.check("silu_mul", &got, &want, |i| (10.0 + 2.0 * (gs[i] as f64).abs()) * U * want[i].abs());
+        self.check("silu_mul", &got, &want, |i| {
+            (10.0 + 2.0 * (gs[i] as f64).abs()) * U * want[i].abs()
+        });
         let mut x = self.act(1, cols, &gs);
         self.b.add(&mut x, &up, len);
         let got = self.read(&x, 1);
-        let want: Vec<f64> = (0..cols).map(|i| if i < len { (gs[i] + us[i]) as f64 } else { gs[i] as f64 }).collect();
+        let want: Vec<f64> = (0..cols)
+            .map(|i| {
+                if i < len {
+                    (gs[i] + us[i]) as f64
+                } else {
+                    gs[i] as f64
+                }
+            })
+            .collect();
         self.check("add", &got, &want, |_| 0.0);
     }
 
@@ -379,7 +503,9 @@ impl<'a, B: Backend> Suite<'a, B> {
     fn argmax(&mut self) {
         let cols = 300;
         let mut xs = random(&mut self.rng, 3 * cols, 1.0);
-        xs[cols..2 * cols].iter_mut().for_each(|v| *v = *v * 0.5 - 2.0); // all negative
+        xs[cols..2 * cols]
+            .iter_mut()
+            .for_each(|v| *v = *v * 0.5 - 2.0); // all negative
         for (r, i) in [(1, 270), (1, 285), (2, 3), (2, 259)] {
             xs[r * cols + i] = if r == 1 { -0.25 } else { 5.0 };
         }
@@ -389,7 +515,10 @@ impl<'a, B: Backend> Suite<'a, B> {
             let got = pollster::block_on(self.b.argmax(&x, row)).unwrap();
             println!("{}: argmax row {row}: {got} (want {want})", self.name);
             if got != want {
-                self.failures.push(format!("{}: argmax of row {row} is {got}, want {want}", self.name));
+                self.failures.push(format!(
+                    "{}: argmax of row {row} is {got}, want {want}",
+                    self.name
+                ));
             }
         }
     }
@@ -408,8 +537,13 @@ fn cpu() {
 fn wgpu() {
     use super::wgpu::Wgpu;
     for f16 in [true, false] {
-        let b = pollster::block_on(Wgpu::with_f16(f16)).unwrap_or_else(|e| panic!("no wgpu device: {e}"));
-        Suite::run(&b, if f16 { "wgpu" } else { "wgpu f32 path" }, Products::Exact);
+        let b = pollster::block_on(Wgpu::with_f16(f16))
+            .unwrap_or_else(|e| panic!("no wgpu device: {e}"));
+        Suite::run(
+            &b,
+            if f16 { "wgpu" } else { "wgpu f32 path" },
+            Products::Exact,
+        );
     }
 }
 

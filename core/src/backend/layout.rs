@@ -38,7 +38,12 @@ pub fn layout(format: WeightFormat, cols: usize) -> Layout {
         WeightFormat::Q4K => (nb / 8 * 144, 0),
         WeightFormat::Q6K => (nb / 8 * 208, nb / 8 * 2),
     };
-    Layout { unit, nb, payload_row, scales_row }
+    Layout {
+        unit,
+        nb,
+        payload_row,
+        scales_row,
+    }
 }
 
 /// Write rows `r0..r1` of `w` in GPU layout: payload into `payload`, scales into `scales`.
@@ -59,7 +64,11 @@ pub fn repack_rows(w: &WeightData, r0: usize, r1: usize, payload: &mut [u8], sca
             }
             // (d, qs) → qs to the payload, d to the scales; (d, m) and GPTQ's (d, z) likewise
             WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Gptq4 => {
-                let head = if matches!(f, WeightFormat::Q4_1 | WeightFormat::Gptq4) { 4 } else { 2 };
+                let head = if matches!(f, WeightFormat::Q4_1 | WeightFormat::Gptq4) {
+                    4
+                } else {
+                    2
+                };
                 let body = bb - head;
                 for (b, blk) in src.chunks_exact(bb).enumerate() {
                     sc[b * head..(b + 1) * head].copy_from_slice(&blk[..head]);
@@ -92,7 +101,10 @@ mod tests {
         }
         let w = WeightData::new(WeightFormat::Q4_0, 2, 32, Blob::from_vec(bytes), "t").unwrap();
         let lay = layout(WeightFormat::Q4_0, 32);
-        let (mut p, mut s) = (vec![0u8; 2 * lay.payload_row], vec![0u8; 2 * lay.scales_row]);
+        let (mut p, mut s) = (
+            vec![0u8; 2 * lay.payload_row],
+            vec![0u8; 2 * lay.scales_row],
+        );
         repack_rows(&w, 0, 2, &mut p, &mut s);
         assert_eq!(&p[..16], &[0x11; 16]);
         assert_eq!(&p[16..], &[0x22; 16]);
@@ -110,7 +122,10 @@ mod tests {
         }
         let w = WeightData::new(WeightFormat::Gptq4, 1, 64, Blob::from_vec(bytes), "t").unwrap();
         let lay = layout(WeightFormat::Gptq4, 64);
-        assert_eq!((lay.unit, lay.nb, lay.payload_row, lay.scales_row), (32, 2, 32, 8));
+        assert_eq!(
+            (lay.unit, lay.nb, lay.payload_row, lay.scales_row),
+            (32, 2, 32, 8)
+        );
         let (mut p, mut s) = (vec![0u8; lay.payload_row], vec![0u8; lay.scales_row]);
         repack_rows(&w, 0, 1, &mut p, &mut s);
         assert_eq!(&p[..16], &[0x21; 16]);
@@ -123,7 +138,14 @@ mod tests {
         let mut block = (0..210).map(|i| i as u8).collect::<Vec<u8>>();
         block[208] = 0x00;
         block[209] = 0x3c;
-        let w = WeightData::new(WeightFormat::Q6K, 1, 256, Blob::from_vec(block.clone()), "t").unwrap();
+        let w = WeightData::new(
+            WeightFormat::Q6K,
+            1,
+            256,
+            Blob::from_vec(block.clone()),
+            "t",
+        )
+        .unwrap();
         let lay = layout(WeightFormat::Q6K, 256);
         assert_eq!((lay.payload_row, lay.scales_row), (208, 2));
         let (mut p, mut s) = (vec![0u8; lay.payload_row], vec![0u8; lay.scales_row]);
@@ -135,16 +157,31 @@ mod tests {
     #[test]
     fn float_rows_are_padded_to_16_bytes() {
         // odd widths (head_dim 12 models): 72 f16 = 144 bytes, 517 f32 = 2068 → 2080 bytes
-        assert_eq!((layout(WeightFormat::F16, 72).payload_row, layout(WeightFormat::F16, 72).scales_row), (144, 0));
+        assert_eq!(
+            (
+                layout(WeightFormat::F16, 72).payload_row,
+                layout(WeightFormat::F16, 72).scales_row
+            ),
+            (144, 0)
+        );
         assert_eq!(layout(WeightFormat::F32, 517).payload_row, 2080);
         for cols in 1..100 {
-            assert_eq!(layout(WeightFormat::F32, cols).payload_row, (cols * 4).next_multiple_of(16), "f32 × {cols}");
+            assert_eq!(
+                layout(WeightFormat::F32, cols).payload_row,
+                (cols * 4).next_multiple_of(16),
+                "f32 × {cols}"
+            );
             for f in [WeightFormat::F16, WeightFormat::BF16] {
-                assert_eq!(layout(f, cols).payload_row, (cols * 2).next_multiple_of(16), "{f:?} × {cols}");
+                assert_eq!(
+                    layout(f, cols).payload_row,
+                    (cols * 2).next_multiple_of(16),
+                    "{f:?} × {cols}"
+                );
             }
         }
         // the padding is zeroed
-        let w = WeightData::new(WeightFormat::F32, 1, 5, Blob::from_vec(vec![0xff; 20]), "t").unwrap();
+        let w =
+            WeightData::new(WeightFormat::F32, 1, 5, Blob::from_vec(vec![0xff; 20]), "t").unwrap();
         let (mut p, mut s) = (vec![0xaau8; 32], vec![]);
         repack_rows(&w, 0, 1, &mut p, &mut s);
         assert_eq!(p[..20], [0xff; 20]);

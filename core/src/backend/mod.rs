@@ -8,12 +8,12 @@
 
 #[cfg(feature = "cpu")]
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod layout;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 // pollster, which the suite blocks on, is a native-only dependency
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod conformance;
@@ -53,15 +53,40 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// out[t] = table[ids[t]]
     fn embed(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Act);
     /// out[r - first] = x[r] / rms(x[r]) * w, for r in first..first+n
-    fn rms_norm(&self, x: &Self::Act, first: usize, n: usize, w: &Self::Act, eps: f32, out: &mut Self::Act);
+    fn rms_norm(
+        &self,
+        x: &Self::Act,
+        first: usize,
+        n: usize,
+        w: &Self::Act,
+        eps: f32,
+        out: &mut Self::Act,
+    );
     /// out[n, rows(W)] = x[n, cols(W)] · Wᵀ
     fn matmul(&self, x: &Self::Act, n: usize, w: &Self::Matrix, out: &mut Self::Act);
     /// Rotate each head of x[t] by the angles in table[t] (`[n, head_dim/2, (cos, sin)]`).
-    fn rope(&self, x: &mut Self::Act, n: usize, n_heads: usize, head_dim: usize, table: &Self::Act, style: RopeStyle);
+    fn rope(
+        &self,
+        x: &mut Self::Act,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+        table: &Self::Act,
+        style: RopeStyle,
+    );
     /// k_cache[pos + t] = k[first + t], v_cache[pos + t] = v[first + t], for t < n. One
     /// sequence's rows of a batch (`first`: where they start) go to that sequence's cache.
     #[allow(clippy::too_many_arguments)]
-    fn store_kv(&self, k: &Self::Act, v: &Self::Act, first: usize, n: usize, pos: usize, k_cache: &mut Self::Kv, v_cache: &mut Self::Kv);
+    fn store_kv(
+        &self,
+        k: &Self::Act,
+        v: &Self::Act,
+        first: usize,
+        n: usize,
+        pos: usize,
+        k_cache: &mut Self::Kv,
+        v_cache: &mut Self::Kv,
+    );
     /// Causal attention of the n queries q[first + t] at positions pos + t over cache rows
     /// 0..=pos+t, into out[first + t]. Rows outside first..first+n are left as they are.
     #[allow(clippy::too_many_arguments)]

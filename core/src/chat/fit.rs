@@ -16,7 +16,11 @@ pub fn drop_oldest_turns(
     // whole (user, assistant) pairs before the last user message
     let pairs = turns.len().saturating_sub(1) / 2;
     let with = |dropped: usize| -> Vec<Message> {
-        system.iter().cloned().chain(turns[2 * dropped..].iter().cloned()).collect()
+        system
+            .iter()
+            .cloned()
+            .chain(turns[2 * dropped..].iter().cloned())
+            .collect()
     };
     for dropped in 0..=pairs {
         let kept = with(dropped);
@@ -46,8 +50,19 @@ mod tests {
         let m = chat(5);
         let (kept, dropped) = drop_oldest_turns(&m, |k| Ok(k.len() <= 4)).unwrap();
         assert_eq!(dropped, 4);
-        let roles: Vec<_> = kept.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
-        assert_eq!(roles, [("system", "sys"), ("user", "q4"), ("assistant", "a4"), ("user", "last")]);
+        let roles: Vec<_> = kept
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str()))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                ("system", "sys"),
+                ("user", "q4"),
+                ("assistant", "a4"),
+                ("user", "last")
+            ]
+        );
         // everything fits: nothing dropped
         assert_eq!(drop_oldest_turns(&m, |_| Ok(true)).unwrap(), (m.clone(), 0));
         // nothing fits: the system prompt and the last message

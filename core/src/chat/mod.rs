@@ -1,6 +1,7 @@
 //! Messages and chat templates: from `[{role, content}]` to prompt token ids.
 
 pub mod fit;
+mod namespaces;
 pub mod own_template;
 mod stop;
 mod template;
@@ -21,7 +22,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: impl Into<String>) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
     }
     pub fn system(content: impl Into<String>) -> Message {
         Message::new("system", content)
@@ -44,14 +48,25 @@ pub const CONTROL_STRINGS: [&str; 6] = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>
 pub fn validate(messages: &[Message], allow_control: bool) -> Result<()> {
     let err = |index: usize, msg: String| Err(Error::Template { index, msg });
     if messages.is_empty() {
-        return err(0, "messages is empty: a chat needs at least one user message".into());
+        return err(
+            0,
+            "messages is empty: a chat needs at least one user message".into(),
+        );
     }
     let start = usize::from(messages[0].role == "system");
     for (i, m) in messages.iter().enumerate() {
-        let want = if i < start { "system" } else if (i - start) % 2 == 0 { "user" } else { "assistant" };
+        let want = if i < start {
+            "system"
+        } else if (i - start) % 2 == 0 {
+            "user"
+        } else {
+            "assistant"
+        };
         if m.role != want {
             let what = match m.role.as_str() {
-                "system" | "user" | "assistant" => format!("role `{}` is out of place here", m.role),
+                "system" | "user" | "assistant" => {
+                    format!("role `{}` is out of place here", m.role)
+                }
                 other => format!("unknown role `{other}` (expected system, user or assistant)"),
             };
             return err(
@@ -75,7 +90,10 @@ pub fn validate(messages: &[Message], allow_control: bool) -> Result<()> {
         }
     }
     if messages.last().map(|m| m.role.as_str()) != Some("user") {
-        return err(messages.len() - 1, "the last message must be from the user".into());
+        return err(
+            messages.len() - 1,
+            "the last message must be from the user".into(),
+        );
     }
     Ok(())
 }
@@ -97,7 +115,12 @@ mod tests {
 
     #[test]
     fn accepts_the_llama2_shapes() {
-        for ok in [&["user"][..], &["system", "user"], &["user", "assistant", "user"], &["system", "user", "assistant", "user"]] {
+        for ok in [
+            &["user"][..],
+            &["system", "user"],
+            &["user", "assistant", "user"],
+            &["system", "user", "assistant", "user"],
+        ] {
             validate(&roles(ok), false).unwrap();
         }
     }
@@ -105,19 +128,40 @@ mod tests {
     #[test]
     fn names_the_offending_message() {
         assert_eq!(index_of(validate(&[], false).unwrap_err()), 0);
-        assert_eq!(index_of(validate(&roles(&["assistant"]), false).unwrap_err()), 0);
-        assert_eq!(index_of(validate(&roles(&["user", "user"]), false).unwrap_err()), 1);
-        assert_eq!(index_of(validate(&roles(&["system", "system", "user"]), false).unwrap_err()), 1);
-        assert_eq!(index_of(validate(&roles(&["user", "assistant"]), false).unwrap_err()), 1);
-        assert_eq!(index_of(validate(&roles(&["user", "bot", "user"]), false).unwrap_err()), 1);
-        let e = validate(&roles(&["user", "tool"]), false).unwrap_err().to_string();
+        assert_eq!(
+            index_of(validate(&roles(&["assistant"]), false).unwrap_err()),
+            0
+        );
+        assert_eq!(
+            index_of(validate(&roles(&["user", "user"]), false).unwrap_err()),
+            1
+        );
+        assert_eq!(
+            index_of(validate(&roles(&["system", "system", "user"]), false).unwrap_err()),
+            1
+        );
+        assert_eq!(
+            index_of(validate(&roles(&["user", "assistant"]), false).unwrap_err()),
+            1
+        );
+        assert_eq!(
+            index_of(validate(&roles(&["user", "bot", "user"]), false).unwrap_err()),
+            1
+        );
+        let e = validate(&roles(&["user", "tool"]), false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown role `tool`"), "{e}");
     }
 
     #[test]
     fn rejects_control_strings_unless_allowed() {
         for s in CONTROL_STRINGS {
-            let msgs = vec![Message::user("a"), Message::assistant(format!("x {s} y")), Message::user("b")];
+            let msgs = vec![
+                Message::user("a"),
+                Message::assistant(format!("x {s} y")),
+                Message::user("b"),
+            ];
             assert_eq!(index_of(validate(&msgs, false).unwrap_err()), 1);
             validate(&msgs, true).unwrap();
         }

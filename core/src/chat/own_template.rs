@@ -22,7 +22,11 @@ pub fn choose(explicit: Option<&str>, own: Option<ChatTemplate>) -> Result<ChatT
 /// The jinja template a GGUF carries (`tokenizer.chat_template`).
 pub fn from_gguf(g: &GgufFile, tok: &Tokenizer) -> Option<ChatTemplate> {
     let source = g.chat_template()?;
-    Some(ChatTemplate::Jinja { source, bos: piece(tok, tok.bos_id(), "<s>"), eos: piece(tok, tok.eos_id(), "</s>") })
+    Some(ChatTemplate::Jinja {
+        source,
+        bos: piece(tok, tok.bos_id(), "<s>"),
+        eos: piece(tok, tok.eos_id(), "</s>"),
+    })
 }
 
 /// The jinja `chat_template` in the text of a `tokenizer_config.json`, if any.
@@ -41,7 +45,11 @@ pub fn from_tokenizer_config(tokenizer_config: &str, tok: &Tokenizer) -> Option<
     };
     let token = |key: &str, default: String| match v.get(key) {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string).unwrap_or(default),
+        Some(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string)
+            .unwrap_or(default),
         None => default,
     };
     Some(ChatTemplate::Jinja {
@@ -55,11 +63,19 @@ pub fn from_tokenizer_config(tokenizer_config: &str, tok: &Tokenizer) -> Option<
 /// `dir`), if any.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn from_dir(dir: &Path, tok: &Tokenizer) -> Option<ChatTemplate> {
-    let path = if dir.is_dir() { dir.join("tokenizer_config.json") } else { dir.parent()?.join("tokenizer_config.json") };
-    from_tokenizer_config(&crate::files::read_text(&path, crate::files::JSON_CAP).ok()?, tok)
+    let path = if dir.is_dir() {
+        dir.join("tokenizer_config.json")
+    } else {
+        dir.parent()?.join("tokenizer_config.json")
+    };
+    from_tokenizer_config(
+        &crate::files::read_text(&path, crate::files::JSON_CAP).ok()?,
+        tok,
+    )
 }
 
 /// The text of token `id`, else `default`.
 fn piece(tok: &Tokenizer, id: Option<u32>, default: &str) -> String {
-    id.and_then(|i| tok.id_to_piece(i)).unwrap_or(default.into())
+    id.and_then(|i| tok.id_to_piece(i))
+        .unwrap_or(default.into())
 }

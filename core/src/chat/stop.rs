@@ -10,14 +10,21 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> StopMatcher {
-        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
     }
 
     /// Add `delta`; returns the text that is now safe to emit, and whether a stop string
     /// was reached (everything from it on is dropped).
     pub fn push(&mut self, delta: &str) -> (String, bool) {
         self.pending.push_str(delta);
-        let first = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min();
+        let first = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
         if let Some(i) = first {
             let out = self.pending[..i].to_string();
             self.pending.clear();
@@ -27,7 +34,11 @@ impl StopMatcher {
         let hold = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .filter(|&n| s.is_char_boundary(n))
+                    .map(move |n| &s[..n])
+            })
             .filter(|prefix| self.pending.ends_with(prefix))
             .map(|p| p.len())
             .max()
@@ -65,8 +76,14 @@ mod tests {
 
     #[test]
     fn stop_split_across_tokens_is_not_emitted() {
-        assert_eq!(run(&["###"], &["Hello #", "#", "# world"]), ("Hello ".into(), true));
-        assert_eq!(run(&["用户："], &["好的。", "用", "户", "：再见"]), ("好的。".into(), true));
+        assert_eq!(
+            run(&["###"], &["Hello #", "#", "# world"]),
+            ("Hello ".into(), true)
+        );
+        assert_eq!(
+            run(&["用户："], &["好的。", "用", "户", "：再见"]),
+            ("好的。".into(), true)
+        );
     }
 
     #[test]

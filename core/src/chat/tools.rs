@@ -79,11 +79,27 @@ impl ToolUse {
         let list = match tools {
             None | Some(Value::Null) => &vec![],
             Some(Value::Array(list)) => list,
-            Some(_) => return Err(Error::arg("tools", "must be a list of {type: \"function\", function: {name, parameters}}")),
+            Some(_) => {
+                return Err(Error::arg(
+                    "tools",
+                    "must be a list of {type: \"function\", function: {name, parameters}}",
+                ));
+            }
         };
-        let tools = list.iter().enumerate().map(|(i, t)| tool(i, t)).collect::<Result<Vec<_>>>()?;
-        if let Some(dup) = tools.iter().enumerate().find(|(i, t)| tools[..*i].iter().any(|u| u.name == t.name)) {
-            return Err(Error::arg("tools", format!("the function name `{}` is given twice", dup.1.name)));
+        let tools = list
+            .iter()
+            .enumerate()
+            .map(|(i, t)| tool(i, t))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(dup) = tools
+            .iter()
+            .enumerate()
+            .find(|(i, t)| tools[..*i].iter().any(|u| u.name == t.name))
+        {
+            return Err(Error::arg(
+                "tools",
+                format!("the function name `{}` is given twice", dup.1.name),
+            ));
         }
         let choice = match choice {
             None | Some(Value::Null) => (!tools.is_empty()).then_some(ToolChoice::Auto),
@@ -91,22 +107,48 @@ impl ToolUse {
                 "none" => None,
                 "auto" => (!tools.is_empty()).then_some(ToolChoice::Auto),
                 "required" => Some(ToolChoice::Required),
-                other => return Err(Error::arg("tool_choice", format!("`{other}` is not one of none, auto, required"))),
+                other => {
+                    return Err(Error::arg(
+                        "tool_choice",
+                        format!("`{other}` is not one of none, auto, required"),
+                    ));
+                }
             },
-            Some(Value::Object(o)) => match o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
-                Some(name) if o.get("type").and_then(Value::as_str) == Some("function") => Some(ToolChoice::Function(name.into())),
-                _ => return Err(Error::arg("tool_choice", "must be none, auto, required or {type: \"function\", function: {name}}")),
+            Some(Value::Object(o)) => match o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+            {
+                Some(name) if o.get("type").and_then(Value::as_str) == Some("function") => {
+                    Some(ToolChoice::Function(name.into()))
+                }
+                _ => {
+                    return Err(Error::arg(
+                        "tool_choice",
+                        "must be none, auto, required or {type: \"function\", function: {name}}",
+                    ));
+                }
             },
-            Some(_) => return Err(Error::arg("tool_choice", "must be none, auto, required or {type: \"function\", function: {name}}")),
+            Some(_) => {
+                return Err(Error::arg(
+                    "tool_choice",
+                    "must be none, auto, required or {type: \"function\", function: {name}}",
+                ));
+            }
         };
-        let Some(choice) = choice else { return Ok(None) };
+        let Some(choice) = choice else {
+            return Ok(None);
+        };
         if tools.is_empty() {
             return Err(Error::arg("tool_choice", "needs `tools`"));
         }
         if let ToolChoice::Function(name) = &choice
             && !tools.iter().any(|t| &t.name == name)
         {
-            return Err(Error::arg("tool_choice", format!("names `{name}`, which is not one of the tools")));
+            return Err(Error::arg(
+                "tool_choice",
+                format!("names `{name}`, which is not one of the tools"),
+            ));
         }
         Ok(Some(ToolUse { tools, choice }))
     }
@@ -140,7 +182,8 @@ impl ToolUse {
     pub fn system_prompt(&self, system: Option<&str>, template: Option<&str>) -> Result<String> {
         let err = |e: minijinja::Error| Error::arg("tool_template", format!("{e}"));
         let mut env = minijinja::Environment::new();
-        env.add_template("tools", template.unwrap_or(DEFAULT_TEMPLATE)).map_err(err)?;
+        env.add_template("tools", template.unwrap_or(DEFAULT_TEMPLATE))
+            .map_err(err)?;
         let tools: Vec<Value> = self
             .tools
             .iter()
@@ -152,11 +195,17 @@ impl ToolUse {
             ToolChoice::Function(name) => name,
         };
         let ctx = minijinja::context! { system => system, tools => minijinja::Value::from(minijinja::value::Serde(&tools)), tool_choice => choice };
-        env.get_template("tools").and_then(|t| t.render(ctx)).map_err(err)
+        env.get_template("tools")
+            .and_then(|t| t.render(ctx))
+            .map_err(err)
     }
 
     /// `messages` with the tools described in the system prompt (one is added if none).
-    pub fn with_system_prompt(&self, messages: &[Message], template: Option<&str>) -> Result<Vec<Message>> {
+    pub fn with_system_prompt(
+        &self,
+        messages: &[Message],
+        template: Option<&str>,
+    ) -> Result<Vec<Message>> {
         let (system, rest) = match messages.first() {
             Some(m) if m.role == "system" => (Some(m.content.as_str()), &messages[1..]),
             _ => (None, messages),
@@ -173,13 +222,22 @@ impl ToolUse {
         if !text.starts_with('{') {
             return None;
         }
-        let Value::Object(mut call) = serde_json::from_str(text).ok()? else { return None };
+        let Value::Object(mut call) = serde_json::from_str(text).ok()? else {
+            return None;
+        };
         let name = call.remove("name")?.as_str()?.to_string();
         let arguments = call.remove("arguments").filter(Value::is_object)?;
         if !call.is_empty() || !self.tools.iter().any(|t| t.name == name) {
             return None;
         }
-        Some(ToolCall { id, kind: "function", function: FunctionCall { name, arguments: arguments.to_string() } })
+        Some(ToolCall {
+            id,
+            kind: "function",
+            function: FunctionCall {
+                name,
+                arguments: arguments.to_string(),
+            },
+        })
     }
 
     /// Whether an answer that starts with `text` (the first non-blank character decides)
@@ -199,10 +257,23 @@ fn tool(i: usize, t: &Value) -> Result<Tool> {
     if t.get("type").and_then(Value::as_str) != Some("function") {
         return Err(bad("`type` must be \"function\""));
     }
-    let f = t.get("function").filter(|f| f.is_object()).ok_or_else(|| bad("`function` must be an object {name, parameters}"))?;
-    let name = f.get("name").and_then(Value::as_str).ok_or_else(|| bad("`function.name` must be a string"))?;
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(bad("`function.name` must be 1-64 of a-z, A-Z, 0-9, _ and -"));
+    let f = t
+        .get("function")
+        .filter(|f| f.is_object())
+        .ok_or_else(|| bad("`function` must be an object {name, parameters}"))?;
+    let name = f
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("`function.name` must be a string"))?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(bad(
+            "`function.name` must be 1-64 of a-z, A-Z, 0-9, _ and -",
+        ));
     }
     let description = match f.get("description") {
         None | Some(Value::Null) => String::new(),
@@ -214,7 +285,11 @@ fn tool(i: usize, t: &Value) -> Result<Tool> {
         Some(p @ Value::Object(_)) => p.clone(),
         Some(_) => return Err(bad("`function.parameters` must be a JSON Schema object")),
     };
-    Ok(Tool { name: name.into(), description, parameters })
+    Ok(Tool {
+        name: name.into(),
+        description,
+        parameters,
+    })
 }
 
 /// The schema a call's `arguments` are generated under: the tool's `parameters`, compact
@@ -224,9 +299,11 @@ fn tool(i: usize, t: &Value) -> Result<Tool> {
 fn arguments_schema(parameters: &Value) -> Value {
     let mut schema = parameters.clone();
     if let Value::Object(o) = &mut schema {
-        o.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
+        o.entry("x-guidance")
+            .or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
         if o.contains_key("properties") {
-            o.entry("additionalProperties").or_insert(Value::Bool(false));
+            o.entry("additionalProperties")
+                .or_insert(Value::Bool(false));
         }
     }
     schema
@@ -235,7 +312,11 @@ fn arguments_schema(parameters: &Value) -> Value {
 /// An earlier call as the history shows it to the model: the object the grammar makes it
 /// write, `{"name":"…","arguments":{…}}`.
 pub fn call_text(name: &str, arguments: &Value) -> String {
-    format!("{{\"name\":{},\"arguments\":{}}}", Value::from(name), arguments)
+    format!(
+        "{{\"name\":{},\"arguments\":{}}}",
+        Value::from(name),
+        arguments
+    )
 }
 
 /// A tool's result as the history shows it to the model.
@@ -286,17 +367,37 @@ mod tests {
     fn reads_tools_and_choice() {
         let tools = weather();
         let u = ToolUse::from_request(Some(&tools), None).unwrap().unwrap();
-        assert_eq!((u.tools[0].name.as_str(), &u.choice), ("get_weather", &ToolChoice::Auto));
-        assert_eq!(ToolUse::from_request(Some(&tools), Some(&json!("none"))).unwrap(), None);
+        assert_eq!(
+            (u.tools[0].name.as_str(), &u.choice),
+            ("get_weather", &ToolChoice::Auto)
+        );
+        assert_eq!(
+            ToolUse::from_request(Some(&tools), Some(&json!("none"))).unwrap(),
+            None
+        );
         assert_eq!(ToolUse::from_request(None, None).unwrap(), None);
         let named = json!({"type": "function", "function": {"name": "get_weather"}});
-        assert_eq!(ToolUse::from_request(Some(&tools), Some(&named)).unwrap().unwrap().choice, ToolChoice::Function("get_weather".into()));
+        assert_eq!(
+            ToolUse::from_request(Some(&tools), Some(&named))
+                .unwrap()
+                .unwrap()
+                .choice,
+            ToolChoice::Function("get_weather".into())
+        );
         for (tools, choice, field) in [
-            (json!([{"type": "function", "function": {"name": "a b"}}]), json!("auto"), "tools"),
+            (
+                json!([{"type": "function", "function": {"name": "a b"}}]),
+                json!("auto"),
+                "tools",
+            ),
             (json!([{"type": "retrieval"}]), json!("auto"), "tools"),
             (json!({"name": "x"}), json!("auto"), "tools"),
             (tools.clone(), json!("sometimes"), "tool_choice"),
-            (tools.clone(), json!({"type": "function", "function": {"name": "other"}}), "tool_choice"),
+            (
+                tools.clone(),
+                json!({"type": "function", "function": {"name": "other"}}),
+                "tool_choice",
+            ),
             (json!([]), json!("required"), "tool_choice"),
             (json!([weather()[0], weather()[0]]), json!("auto"), "tools"),
         ] {
@@ -309,26 +410,63 @@ mod tests {
 
     #[test]
     fn finds_the_call_in_an_answer() {
-        let u = ToolUse::from_request(Some(&weather()), None).unwrap().unwrap();
-        let call = u.call_in(" {\"name\":\"get_weather\",\"arguments\":{\"city\": \"北京\"}}", "call_1".into()).unwrap();
+        let u = ToolUse::from_request(Some(&weather()), None)
+            .unwrap()
+            .unwrap();
+        let call = u
+            .call_in(
+                " {\"name\":\"get_weather\",\"arguments\":{\"city\": \"北京\"}}",
+                "call_1".into(),
+            )
+            .unwrap();
         assert_eq!(call.function.name, "get_weather");
-        assert_eq!(serde_json::from_str::<Value>(&call.function.arguments).unwrap(), json!({"city": "北京"}));
+        assert_eq!(
+            serde_json::from_str::<Value>(&call.function.arguments).unwrap(),
+            json!({"city": "北京"})
+        );
         assert_eq!(u.call_in("It is sunny.", "c".into()), None);
-        assert_eq!(u.call_in("{\"name\":\"other\",\"arguments\":{}}", "c".into()), None);
-        assert_eq!(u.call_in("{\"name\":\"get_weather\",\"arguments\":{\"ci", "c".into()), None);
-        assert_eq!((u.is_call("  "), u.is_call(" {"), u.is_call("\nIt")), (None, Some(true), Some(false)));
+        assert_eq!(
+            u.call_in("{\"name\":\"other\",\"arguments\":{}}", "c".into()),
+            None
+        );
+        assert_eq!(
+            u.call_in("{\"name\":\"get_weather\",\"arguments\":{\"ci", "c".into()),
+            None
+        );
+        assert_eq!(
+            (u.is_call("  "), u.is_call(" {"), u.is_call("\nIt")),
+            (None, Some(true), Some(false))
+        );
     }
 
     #[test]
     fn describes_the_tools_after_the_system_prompt() {
-        let u = ToolUse::from_request(Some(&weather()), None).unwrap().unwrap();
-        let m = u.with_system_prompt(&[Message::system("Be brief."), Message::user("hi")], None).unwrap();
-        assert!(m[0].content.starts_with("Be brief.\n\nYou can call these functions:\n"), "{}", m[0].content);
-        assert!(m[0].content.contains("- get_weather: 天气\n  arguments (JSON Schema): {\"type\":\"object\""), "{}", m[0].content);
+        let u = ToolUse::from_request(Some(&weather()), None)
+            .unwrap()
+            .unwrap();
+        let m = u
+            .with_system_prompt(&[Message::system("Be brief."), Message::user("hi")], None)
+            .unwrap();
+        assert!(
+            m[0].content
+                .starts_with("Be brief.\n\nYou can call these functions:\n"),
+            "{}",
+            m[0].content
+        );
+        assert!(
+            m[0].content
+                .contains("- get_weather: 天气\n  arguments (JSON Schema): {\"type\":\"object\""),
+            "{}",
+            m[0].content
+        );
         assert!(m[0].content.contains("answer in plain text"));
-        let m = u.with_system_prompt(&[Message::user("hi")], Some("{{ tools | length }} tool(s)")).unwrap();
+        let m = u
+            .with_system_prompt(&[Message::user("hi")], Some("{{ tools | length }} tool(s)"))
+            .unwrap();
         assert_eq!((m[0].content.as_str(), m.len()), ("1 tool(s)", 2));
-        assert!(matches!(u.with_system_prompt(&m, Some("{% if")), Err(Error::InvalidArg { name, .. }) if name == "tool_template"));
+        assert!(
+            matches!(u.with_system_prompt(&m, Some("{% if")), Err(Error::InvalidArg { name, .. }) if name == "tool_template")
+        );
     }
 
     #[test]
@@ -340,10 +478,17 @@ mod tests {
             Message::new("tool", result_text("f", "2")),
             Message::user("and?"),
         ]);
-        let got: Vec<_> = m.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+        let got: Vec<_> = m
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str()))
+            .collect();
         assert_eq!(
             got,
-            [("user", "q"), ("assistant", "{\"name\":\"f\",\"arguments\":{\"a\":1}}"), ("user", "Result of f: 1\nResult of f: 2\n\nand?")]
+            [
+                ("user", "q"),
+                ("assistant", "{\"name\":\"f\",\"arguments\":{\"a\":1}}"),
+                ("user", "Result of f: 1\nResult of f: 2\n\nand?")
+            ]
         );
     }
 }

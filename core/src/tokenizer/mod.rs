@@ -28,7 +28,9 @@ pub enum Tokenizer {
     Hf(Box<tokenizers::Tokenizer>),
     /// A model shipped without tokenizer files: it runs on token ids only. Encoding is an
     /// error; decoding gives no text.
-    Absent { vocab_size: usize },
+    Absent {
+        vocab_size: usize,
+    },
 }
 
 impl Tokenizer {
@@ -49,15 +51,24 @@ impl Tokenizer {
                     Tokenizer::from_file(&model)
                 }
                 (false, true) => Tokenizer::from_file(&json),
-                (false, false) => Err(Error::load(path, "no tokenizer.model or tokenizer.json in this folder")),
+                (false, false) => Err(Error::load(
+                    path,
+                    "no tokenizer.model or tokenizer.json in this folder",
+                )),
             };
         }
-        let bytes = crate::files::read_capped(path, crate::files::TOKENIZER_CAP).map_err(crate::files::as_load_error)?;
-        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || looks_like_json(&bytes);
+        let bytes = crate::files::read_capped(path, crate::files::TOKENIZER_CAP)
+            .map_err(crate::files::as_load_error)?;
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+            || looks_like_json(&bytes);
         if is_json {
             Tokenizer::from_json(&bytes).map_err(|e| with_path(path, e))
         } else {
-            Ok(Tokenizer::SentencePiece(SentencePiece::from_bytes(&bytes).map_err(|e| with_path(path, e))?))
+            Ok(Tokenizer::SentencePiece(
+                SentencePiece::from_bytes(&bytes).map_err(|e| with_path(path, e))?,
+            ))
         }
     }
 
@@ -73,14 +84,16 @@ impl Tokenizer {
 
     #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
     fn from_json(bytes: &[u8]) -> Result<Tokenizer> {
-        let t = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let t = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(Tokenizer::Hf(Box::new(t)))
     }
 
     #[cfg(not(any(feature = "hf-tokenizer", feature = "wasm")))]
     fn from_json(_bytes: &[u8]) -> Result<Tokenizer> {
         Err(Error::Tokenizer(
-            "tokenizer.json needs yangtuo's `hf-tokenizer` feature; use tokenizer.model instead".into(),
+            "tokenizer.json needs yangtuo's `hf-tokenizer` feature; use tokenizer.model instead"
+                .into(),
         ))
     }
 
@@ -104,13 +117,18 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let n = self.vocab_size();
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= n) {
-            return Err(Error::arg("ids", format!("token id {id} is outside the vocabulary of {n}")));
+            return Err(Error::arg(
+                "ids",
+                format!("token id {id} is outside the vocabulary of {n}"),
+            ));
         }
         match self {
             Tokenizer::SentencePiece(sp) => Ok(sp.decode(ids)),
             Tokenizer::Absent { .. } => Ok(String::new()),
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
-            Tokenizer::Hf(t) => t.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string())),
+            Tokenizer::Hf(t) => t
+                .decode(ids, true)
+                .map_err(|e| Error::Tokenizer(e.to_string())),
         }
     }
 
@@ -148,9 +166,13 @@ impl Tokenizer {
         match self {
             Tokenizer::SentencePiece(_) | Tokenizer::Absent { .. } => vec![],
             #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
-            Tokenizer::Hf(t) => {
-                t.get_added_vocabulary().get_added_tokens_decoder().values().filter(|a| a.special).map(|a| a.content.clone()).collect()
-            }
+            Tokenizer::Hf(t) => t
+                .get_added_vocabulary()
+                .get_added_tokens_decoder()
+                .values()
+                .filter(|a| a.special)
+                .map(|a| a.content.clone())
+                .collect(),
         }
     }
 
@@ -176,7 +198,11 @@ impl Tokenizer {
                     return vec![b];
                 }
                 let piece = t.id_to_token(id).unwrap_or_default();
-                if t.get_added_vocabulary().is_special_token(&piece) { Vec::new() } else { piece.replace('▁', " ").into_bytes() }
+                if t.get_added_vocabulary().is_special_token(&piece) {
+                    Vec::new()
+                } else {
+                    piece.replace('▁', " ").into_bytes()
+                }
             }
         }
     }
@@ -190,7 +216,11 @@ impl Tokenizer {
             Tokenizer::Hf(t) => {
                 let piece = t.id_to_token(id)?;
                 let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
-                if hex.len() == 2 { u8::from_str_radix(hex, 16).ok() } else { None }
+                if hex.len() == 2 {
+                    u8::from_str_radix(hex, 16).ok()
+                } else {
+                    None
+                }
             }
         }
     }
@@ -220,7 +250,10 @@ mod tests {
         let Some(shared) = shared_dir() else { return };
         let tok = Tokenizer::from_file(&shared.join("tokenizers/llama2")).unwrap();
         assert!(matches!(tok, Tokenizer::SentencePiece(_)));
-        assert_eq!((tok.bos_id(), tok.eos_id(), tok.vocab_size()), (Some(1), Some(2), 32000));
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id(), tok.vocab_size()),
+            (Some(1), Some(2), 32000)
+        );
         assert_eq!(tok.id_to_piece(13).as_deref(), Some("<0x0A>"));
         let tok = Tokenizer::from_file(&shared.join("tokenizers/chinese-llama2")).unwrap();
         assert_eq!(tok.vocab_size(), 55296);
@@ -234,7 +267,10 @@ mod tests {
         assert!(matches!(e, Error::Tokenizer(_)), "{e}");
         let Some(shared) = shared_dir() else { return };
         let tok = Tokenizer::from_file(&shared.join("tokenizers/llama2/tokenizer.model")).unwrap();
-        assert!(matches!(tok.decode(&[1, 32000]), Err(Error::InvalidArg { .. })));
+        assert!(matches!(
+            tok.decode(&[1, 32000]),
+            Err(Error::InvalidArg { .. })
+        ));
     }
 
     /// Every line of the Llama 2 golden file through `tokenizer.json` (HF `tokenizers`), and
@@ -246,7 +282,10 @@ mod tests {
         let Some(shared) = shared_dir() else { return };
         let tok = Tokenizer::from_file(&shared.join("tokenizers/llama2/tokenizer.json")).unwrap();
         assert!(matches!(tok, Tokenizer::Hf(_)));
-        assert_eq!((tok.bos_id(), tok.eos_id(), tok.vocab_size()), (Some(1), Some(2), 32000));
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id(), tok.vocab_size()),
+            (Some(1), Some(2), 32000)
+        );
         let sp = Tokenizer::from_file(&shared.join("tokenizers/llama2/tokenizer.model")).unwrap();
         let lines = golden(&shared, "tokenize-llama2.jsonl");
         let mut matched = 0;
@@ -255,6 +294,9 @@ mod tests {
             assert_eq!(&sp.encode(text).unwrap(), ids, "line {}: {text:?}", i + 1);
             matched += 1;
         }
-        eprintln!("llama2: {matched}/{} golden lines match (tokenizer.json, HF)", lines.len());
+        eprintln!(
+            "llama2: {matched}/{} golden lines match (tokenizer.json, HF)",
+            lines.len()
+        );
     }
 }

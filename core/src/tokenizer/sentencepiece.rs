@@ -57,7 +57,10 @@ impl PieceType {
     }
     /// NORMAL, USER_DEFINED and UNUSED pieces take part in merging; the others are reserved.
     fn is_mergeable(self) -> bool {
-        matches!(self, PieceType::Normal | PieceType::UserDefined | PieceType::Unused)
+        matches!(
+            self,
+            PieceType::Normal | PieceType::UserDefined | PieceType::Unused
+        )
     }
 }
 
@@ -79,7 +82,8 @@ impl Hasher for FxHasher {
         for chunk in bytes.chunks(8) {
             let mut v = [0u8; 8];
             v[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(v)).wrapping_mul(0x517c_c1b7_2722_0a95);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from_le_bytes(v)).wrapping_mul(0x517c_c1b7_2722_0a95);
         }
     }
     fn write_usize(&mut self, n: usize) {
@@ -130,8 +134,10 @@ struct Spec {
 impl SentencePiece {
     /// Loads a `tokenizer.model` file.
     pub fn from_file(path: &Path) -> Result<SentencePiece> {
-        let bytes = crate::files::read_capped(path, crate::files::TOKENIZER_CAP).map_err(crate::files::as_load_error)?;
-        SentencePiece::from_bytes(&bytes).map_err(|e| Error::Tokenizer(format!("{}: {}", path.display(), message(&e))))
+        let bytes = crate::files::read_capped(path, crate::files::TOKENIZER_CAP)
+            .map_err(crate::files::as_load_error)?;
+        SentencePiece::from_bytes(&bytes)
+            .map_err(|e| Error::Tokenizer(format!("{}: {}", path.display(), message(&e))))
     }
 
     /// Parses a serialized `ModelProto` (the contents of `tokenizer.model`).
@@ -155,7 +161,12 @@ impl SentencePiece {
             let byte = if kind == PieceType::Byte {
                 match piece_to_byte(&p.text) {
                     Some(b) => Some(b),
-                    None => return Err(Error::Tokenizer(format!("byte piece {} is invalid", p.text))),
+                    None => {
+                        return Err(Error::Tokenizer(format!(
+                            "byte piece {} is invalid",
+                            p.text
+                        )));
+                    }
                 }
             } else {
                 None
@@ -166,9 +177,16 @@ impl SentencePiece {
                     p.text
                 )));
             }
-            pieces.push(Piece { text: p.text, score: p.score, kind, byte });
+            pieces.push(Piece {
+                text: p.text,
+                score: p.score,
+                kind,
+                byte,
+            });
         }
-        let unk_surface = proto.unk_surface.unwrap_or_else(|| DEFAULT_UNK_SURFACE.to_string());
+        let unk_surface = proto
+            .unk_surface
+            .unwrap_or_else(|| DEFAULT_UNK_SURFACE.to_string());
         let norm = &proto.normalizer;
         let normalizer = Normalizer {
             add_dummy_prefix: norm.add_dummy_prefix,
@@ -201,7 +219,8 @@ impl SentencePiece {
         })?;
         // Like `SentencePieceProcessor::bos_id()`: the id of `bos_piece`, if that is a control piece.
         let control = |sp: &SentencePiece, name: &str| {
-            sp.piece_to_id(name).filter(|&id| sp.pieces[id as usize].kind == PieceType::Control)
+            sp.piece_to_id(name)
+                .filter(|&id| sp.pieces[id as usize].kind == PieceType::Control)
         };
         sp.bos = control(&sp, &proto.bos_piece);
         sp.eos = control(&sp, &proto.eos_piece);
@@ -223,14 +242,22 @@ impl SentencePiece {
     ) -> Result<SentencePiece> {
         let n = tokens.len();
         if !scores.is_empty() && scores.len() != n {
-            return Err(Error::Tokenizer(format!("{n} tokens but {} scores", scores.len())));
+            return Err(Error::Tokenizer(format!(
+                "{n} tokens but {} scores",
+                scores.len()
+            )));
         }
         if !types.is_empty() && types.len() != n {
-            return Err(Error::Tokenizer(format!("{n} tokens but {} token types", types.len())));
+            return Err(Error::Tokenizer(format!(
+                "{n} tokens but {} token types",
+                types.len()
+            )));
         }
         for (what, id) in [("bos", bos), ("eos", eos), ("unk", unk)] {
             if let Some(id) = id.filter(|&id| id as usize >= n) {
-                return Err(Error::Tokenizer(format!("{what} id {id} is outside the vocabulary of {n}")));
+                return Err(Error::Tokenizer(format!(
+                    "{what} id {id} is outside the vocabulary of {n}"
+                )));
             }
         }
         let mut byte_fallback = false;
@@ -273,7 +300,17 @@ impl SentencePiece {
 
     /// Builds the lookup tables (`ModelInterface::InitializePieces`).
     fn build(spec: Spec) -> Result<SentencePiece> {
-        let Spec { pieces, byte_fallback, unk, bos, eos, normalizer, denormalizer, unk_surface, strict } = spec;
+        let Spec {
+            pieces,
+            byte_fallback,
+            unk,
+            bos,
+            eos,
+            normalizer,
+            denormalizer,
+            unk_surface,
+            strict,
+        } = spec;
         let mut mergeable = FxMap::default();
         let mut reserved = FxMap::default();
         let mut user_defined = Vec::new();
@@ -288,13 +325,23 @@ impl SentencePiece {
                 log::warn!("token {i} is empty; it can be decoded but never produced");
                 continue;
             }
-            let table = if p.kind.is_mergeable() { &mut mergeable } else { &mut reserved };
+            let table = if p.kind.is_mergeable() {
+                &mut mergeable
+            } else {
+                &mut reserved
+            };
             let key: Box<[u8]> = p.text.as_bytes().into();
             if table.contains_key(&key) {
                 if strict {
-                    return Err(Error::Tokenizer(format!("piece {} is already defined", p.text)));
+                    return Err(Error::Tokenizer(format!(
+                        "piece {} is already defined",
+                        p.text
+                    )));
                 }
-                log::warn!("token {i} ({:?}) repeats an earlier token; the first one is used", p.text);
+                log::warn!(
+                    "token {i} ({:?}) repeats an earlier token; the first one is used",
+                    p.text
+                );
                 continue;
             }
             table.insert(key, id);
@@ -312,10 +359,16 @@ impl SentencePiece {
         }
         let unk = match unk.or(unk_found) {
             Some(id) => id,
-            None => return Err(Error::Tokenizer("the vocabulary has no unknown piece (<unk>)".into())),
+            None => {
+                return Err(Error::Tokenizer(
+                    "the vocabulary has no unknown piece (<unk>)".into(),
+                ));
+            }
         };
         if byte_fallback && strict && byte_found.iter().any(|&f| !f) {
-            return Err(Error::Tokenizer("there are not 256 byte pieces although `byte_fallback` is true".into()));
+            return Err(Error::Tokenizer(
+                "there are not 256 byte pieces although `byte_fallback` is true".into(),
+            ));
         }
         let mut sp = SentencePiece {
             pieces,
@@ -332,7 +385,9 @@ impl SentencePiece {
             unk_surface,
         };
         // `PieceToId(ByteToPiece(b))`: the byte piece, or the unknown id if it is missing.
-        sp.byte_ids = (0..=255u8).map(|b| sp.piece_to_id(&byte_to_piece(b)).unwrap_or(unk)).collect();
+        sp.byte_ids = (0..=255u8)
+            .map(|b| sp.piece_to_id(&byte_to_piece(b)).unwrap_or(unk))
+            .collect();
         Ok(sp)
     }
 
@@ -358,7 +413,10 @@ impl SentencePiece {
     }
     /// The id of a piece by its exact text (`▁` for spaces); `None` when it is not in the vocabulary.
     pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
-        self.reserved.get(piece.as_bytes()).or_else(|| self.mergeable.get(piece.as_bytes())).copied()
+        self.reserved
+            .get(piece.as_bytes())
+            .or_else(|| self.mergeable.get(piece.as_bytes()))
+            .copied()
     }
     pub fn piece_type(&self, id: u32) -> Option<PieceType> {
         self.pieces.get(id as usize).map(|p| p.kind)
@@ -375,7 +433,9 @@ impl SentencePiece {
     /// as a space, its byte for a byte piece, nothing for a control piece, the unknown surface
     /// (` ⁇ `) for the unknown piece, nothing for an id outside the vocabulary.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        let Some(p) = self.pieces.get(id as usize) else { return Vec::new() };
+        let Some(p) = self.pieces.get(id as usize) else {
+            return Vec::new();
+        };
         if let Some(b) = p.byte {
             return vec![b];
         }
@@ -387,7 +447,9 @@ impl SentencePiece {
 
     /// Token ids for `text`, without BOS/EOS: `SentencePieceProcessor.encode(text)`.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let normalized = self.normalizer.normalize(text.as_bytes(), self.user_defined.as_ref());
+        let normalized = self
+            .normalizer
+            .normalize(text.as_bytes(), self.user_defined.as_ref());
         self.encode_normalized(&normalized)
     }
 
@@ -422,7 +484,11 @@ impl SentencePiece {
                 start: pos,
                 len,
                 prev: if index == 0 { NONE } else { index - 1 },
-                next: if pos + len < text.len() { index + 1 } else { NONE },
+                next: if pos + len < text.len() {
+                    index + 1
+                } else {
+                    NONE
+                },
                 freeze,
             });
             pos += len;
@@ -443,9 +509,16 @@ impl SentencePiece {
             }
             let (l, r) = (&symbols[left], &symbols[right]);
             let piece = &text[l.start..l.start + l.len + r.len];
-            let Some(&id) = self.mergeable.get(piece) else { return };
+            let Some(&id) = self.mergeable.get(piece) else {
+                return;
+            };
             let p = &self.pieces[id as usize];
-            agenda.push(Candidate { score: score_key(p.score), left, right, size: piece.len() });
+            agenda.push(Candidate {
+                score: score_key(p.score),
+                left,
+                right,
+                size: piece.len(),
+            });
             if p.kind == PieceType::Unused {
                 let lp = &text[l.start..l.start + l.len];
                 let rp = &text[r.start..r.start + r.len];
@@ -526,7 +599,11 @@ impl SentencePiece {
 
     /// `PieceToId`: reserved pieces first, then the others, else the unknown id.
     fn id_of_bytes(&self, piece: &[u8]) -> u32 {
-        self.reserved.get(piece).or_else(|| self.mergeable.get(piece)).copied().unwrap_or(self.unk)
+        self.reserved
+            .get(piece)
+            .or_else(|| self.mergeable.get(piece))
+            .copied()
+            .unwrap_or(self.unk)
     }
 
     /// Text for `ids`: `SentencePieceProcessor.decode(ids)`. Ids outside the vocabulary are
@@ -553,7 +630,9 @@ impl SentencePiece {
     /// Decodes one more id into `out`. Byte pieces are collected in `state` until a non-byte
     /// piece arrives or `decode_flush` is called.
     pub(crate) fn decode_push(&self, state: &mut DecodeState, id: u32, out: &mut Vec<u8>) {
-        let Some(p) = self.pieces.get(id as usize) else { return };
+        let Some(p) = self.pieces.get(id as usize) else {
+            return;
+        };
         if let Some(b) = p.byte {
             state.bytes.push(b);
             return;
@@ -578,7 +657,11 @@ impl SentencePiece {
         if state.bytes.is_empty() {
             return;
         }
-        let keep = if all { 0 } else { incomplete_utf8_tail(&state.bytes) };
+        let keep = if all {
+            0
+        } else {
+            incomplete_utf8_tail(&state.bytes)
+        };
         let end = state.bytes.len() - keep;
         let start = out.len();
         push_bytes_lossy(&state.bytes[..end], out);
@@ -625,7 +708,12 @@ pub(crate) struct DecodeState {
 
 impl Default for DecodeState {
     fn default() -> Self {
-        DecodeState { is_bos_ws: true, bos_ws_seen: false, text_len: 0, bytes: Vec::new() }
+        DecodeState {
+            is_bos_ws: true,
+            bos_ws_seen: false,
+            text_len: 0,
+            bytes: Vec::new(),
+        }
     }
 }
 
@@ -640,7 +728,9 @@ struct Candidate {
 
 impl Ord for Candidate {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.left.cmp(&self.left))
     }
 }
 impl PartialOrd for Candidate {
@@ -752,7 +842,11 @@ pub(crate) fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
             0xF4 => (0x80..=0x8F).contains(&b),
             _ => (0x80..=0xBF).contains(&b),
         };
-        return if back < 2 || second_ok(bytes[n - back + 1]) { back } else { 0 };
+        return if back < 2 || second_ok(bytes[n - back + 1]) {
+            back
+        } else {
+            0
+        };
     }
     0
 }
@@ -768,7 +862,11 @@ fn byte_to_piece(b: u8) -> String {
 /// `<0xNN>` (upper-case hex, as the library writes it) to its byte.
 fn piece_to_byte(piece: &str) -> Option<u8> {
     let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
-    if hex.len() != 2 || !hex.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)) {
+    if hex.len() != 2
+        || !hex
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+    {
         return None;
     }
     u8::from_str_radix(hex, 16).ok()
@@ -792,7 +890,10 @@ struct PrefixMatcher {
 impl PrefixMatcher {
     fn new(pieces: Vec<Vec<u8>>) -> PrefixMatcher {
         let max_len = pieces.iter().map(|p| p.len()).max().unwrap_or(0);
-        PrefixMatcher { pieces: pieces.into_iter().collect(), max_len }
+        PrefixMatcher {
+            pieces: pieces.into_iter().collect(),
+            max_len,
+        }
     }
 
     /// Length of the longest user-defined piece at the start of `text` and `true`, or the
@@ -874,7 +975,11 @@ impl Normalizer {
     }
 
     /// The normalized form of the start of `input` and how many input bytes it covers.
-    fn normalize_prefix<'a>(&'a self, input: &'a [u8], matcher: Option<&PrefixMatcher>) -> (&'a [u8], usize) {
+    fn normalize_prefix<'a>(
+        &'a self,
+        input: &'a [u8],
+        matcher: Option<&PrefixMatcher>,
+    ) -> (&'a [u8], usize) {
         if let Some(m) = matcher {
             let (n, found) = m.prefix_match(input);
             if found {
@@ -914,8 +1019,14 @@ impl CharsMap {
         if trie_size >= blob.len() || 4 + trie_size > blob.len() {
             return Err(broken());
         }
-        let trie = blob[4..4 + trie_size].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
-        Ok(Some(CharsMap { trie, normalized: blob[4 + trie_size..].to_vec() }))
+        let trie = blob[4..4 + trie_size]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        Ok(Some(CharsMap {
+            trie,
+            normalized: blob[4 + trie_size..].to_vec(),
+        }))
     }
 
     /// The longest key that is a prefix of `input`: its length and its replacement.
@@ -1018,7 +1129,10 @@ mod proto {
         fn varint(&mut self) -> Result<u64> {
             let mut v = 0u64;
             for shift in (0..64).step_by(7) {
-                let b = *self.buf.get(self.pos).ok_or_else(|| bad("varint past the end"))?;
+                let b = *self
+                    .buf
+                    .get(self.pos)
+                    .ok_or_else(|| bad("varint past the end"))?;
                 self.pos += 1;
                 v |= ((b & 0x7F) as u64) << shift;
                 if b & 0x80 == 0 {
@@ -1052,7 +1166,9 @@ mod proto {
                     }
                     2 => {
                         let n = self.varint()?;
-                        Value::Bytes(self.take(usize::try_from(n).map_err(|_| bad("length too large"))?)?)
+                        Value::Bytes(
+                            self.take(usize::try_from(n).map_err(|_| bad("length too large"))?)?,
+                        )
                     }
                     3 => {
                         self.skip_group(field)?;
@@ -1104,7 +1220,11 @@ mod proto {
     }
 
     fn parse_piece(buf: &[u8]) -> Result<PieceProto> {
-        let mut p = PieceProto { text: String::new(), score: 0.0, kind: 1 };
+        let mut p = PieceProto {
+            text: String::new(),
+            score: 0.0,
+            kind: 1,
+        };
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, value) {
@@ -1180,7 +1300,9 @@ mod proto {
             }
         }
         if m.pieces.is_empty() {
-            return Err(Error::Tokenizer("not a SentencePiece model (no pieces)".into()));
+            return Err(Error::Tokenizer(
+                "not a SentencePiece model (no pieces)".into(),
+            ));
         }
         Ok(m)
     }
@@ -1197,27 +1319,42 @@ pub(crate) mod tests {
         if dir.is_dir() {
             Some(dir)
         } else {
-            panic!("../shared is not at {} (the tokenizers and goldens the tests need; the test command and CI have it)", dir.display())
+            panic!(
+                "../shared is not at {} (the tokenizers and goldens the tests need; the test command and CI have it)",
+                dir.display()
+            )
         }
     }
 
     /// `(text, ids)` for each line of a golden tokenization file.
     pub(crate) fn golden(shared: &Path, name: &str) -> Vec<(String, Vec<u32>)> {
         let path = shared.join("golden").join(name);
-        let data = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let data =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         data.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).unwrap();
                 let text = v["text"].as_str().unwrap().to_string();
-                let ids = v["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+                let ids = v["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect();
                 (text, ids)
             })
             .collect()
     }
 
     fn load(shared: &Path, vocab: &str) -> SentencePiece {
-        SentencePiece::from_file(&shared.join("tokenizers").join(vocab).join("tokenizer.model")).unwrap()
+        SentencePiece::from_file(
+            &shared
+                .join("tokenizers")
+                .join(vocab)
+                .join("tokenizer.model"),
+        )
+        .unwrap()
     }
 
     /// Every golden line, encoded natively, must equal `sentencepiece.encode`.
@@ -1232,7 +1369,10 @@ pub(crate) mod tests {
             assert_eq!(&got, ids, "{file} line {}: {text:?}", i + 1);
             matched += 1;
         }
-        eprintln!("{vocab}: {matched}/{} golden lines match (native SentencePiece)", lines.len());
+        eprintln!(
+            "{vocab}: {matched}/{} golden lines match (native SentencePiece)",
+            lines.len()
+        );
     }
 
     #[test]
@@ -1252,8 +1392,10 @@ pub(crate) mod tests {
     #[test]
     fn golden_decode_round_trip() {
         let Some(shared) = shared_dir() else { return };
-        for (vocab, file) in [("llama2", "tokenize-llama2.jsonl"), ("chinese-llama2", "tokenize-chinese-llama2.jsonl")]
-        {
+        for (vocab, file) in [
+            ("llama2", "tokenize-llama2.jsonl"),
+            ("chinese-llama2", "tokenize-chinese-llama2.jsonl"),
+        ] {
             let sp = load(&shared, vocab);
             for (text, ids) in golden(&shared, file) {
                 assert_eq!(sp.decode(&ids), text, "{vocab}");
@@ -1284,7 +1426,10 @@ pub(crate) mod tests {
             (&[b(0x80)], "\u{FFFD}"),
             (&[b(0xC0), b(0x80)], "\u{FFFD}\u{FFFD}"),
             (&[b(0xED), b(0xA0), b(0x80)], "\u{FFFD}\u{FFFD}\u{FFFD}"),
-            (&[b(0xF4), b(0x90), b(0x80), b(0x80)], "\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}"),
+            (
+                &[b(0xF4), b(0x90), b(0x80), b(0x80)],
+                "\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}",
+            ),
             (&[b(0xEF), b(0xBF), b(0xBD)], "\u{FFFD}"),
             (&[b(0x23), 22172], "# hello"),
             (&[b(0x20), 22172], "  hello"),
@@ -1308,9 +1453,18 @@ pub(crate) mod tests {
         assert_eq!(sp.encode("hello"), [22172]);
         assert_eq!(sp.encode("  "), [1678]);
         assert_eq!(sp.encode("\u{2581}x"), [29871, 921]);
-        assert_eq!(sp.encode("<s>hi</s>"), [529, 29879, 29958, 2918, 829, 29879, 29958]);
-        assert_eq!(sp.encode("<0x41>"), [529, 29900, 29916, 29946, 29896, 29958]);
-        assert_eq!((sp.bos_id(), sp.eos_id(), sp.unk_id(), sp.vocab_size()), (Some(1), Some(2), 0, 32000));
+        assert_eq!(
+            sp.encode("<s>hi</s>"),
+            [529, 29879, 29958, 2918, 829, 29879, 29958]
+        );
+        assert_eq!(
+            sp.encode("<0x41>"),
+            [529, 29900, 29916, 29946, 29896, 29958]
+        );
+        assert_eq!(
+            (sp.bos_id(), sp.eos_id(), sp.unk_id(), sp.vocab_size()),
+            (Some(1), Some(2), 0, 32000)
+        );
         assert_eq!(sp.id_to_piece(22172), Some("\u{2581}hello"));
         assert_eq!(sp.piece_to_id("<0x0A>"), Some(13));
         assert_eq!(sp.piece_to_id("no such piece"), None);
@@ -1325,10 +1479,13 @@ pub(crate) mod tests {
         let Some(shared) = shared_dir() else { return };
         let sp = load(&shared, "chinese-llama2");
         let n = sp.vocab_size() as u32;
-        let tokens = (0..n).map(|i| sp.id_to_piece(i).unwrap().to_string()).collect();
+        let tokens = (0..n)
+            .map(|i| sp.id_to_piece(i).unwrap().to_string())
+            .collect();
         let scores = (0..n).map(|i| sp.score(i).unwrap()).collect();
         let types = (0..n).map(|i| sp.piece_type(i).unwrap() as i32).collect();
-        let v = SentencePiece::from_vocab(tokens, scores, types, Some(1), Some(2), Some(0), true).unwrap();
+        let v = SentencePiece::from_vocab(tokens, scores, types, Some(1), Some(2), Some(0), true)
+            .unwrap();
         assert!(v.byte_fallback());
         for (text, ids) in golden(&shared, "tokenize-chinese-llama2.jsonl") {
             assert_eq!(v.encode(&text), ids);
@@ -1354,7 +1511,11 @@ pub(crate) mod tests {
             let t0 = std::time::Instant::now();
             let ids = sp.encode(&text);
             let dt = t0.elapsed();
-            eprintln!("encoded {} bytes into {} ids in {dt:?}", text.len(), ids.len());
+            eprintln!(
+                "encoded {} bytes into {} ids in {dt:?}",
+                text.len(),
+                ids.len()
+            );
             assert_eq!(sp.decode(&ids), text);
             // Generous: debug builds are far slower than release, where this takes milliseconds.
             assert!(dt.as_secs_f64() < 5.0, "{dt:?}");
@@ -1380,9 +1541,12 @@ pub(crate) mod tests {
             p("<X>"),
             p("▁a"),
         ];
-        let scores = vec![0.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -2.0, -2.0, -3.0, 0.0, -5.0];
+        let scores = vec![
+            0.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -2.0, -2.0, -3.0, 0.0, -5.0,
+        ];
         let types = vec![2, 3, 3, 1, 1, 1, 1, 1, 1, 5, 4, 1];
-        let sp = SentencePiece::from_vocab(tokens, scores, types, Some(1), Some(2), None, false).unwrap();
+        let sp = SentencePiece::from_vocab(tokens, scores, types, Some(1), Some(2), None, false)
+            .unwrap();
         assert_eq!(sp.unk_id(), 0);
         // "ab" and "bc" tie: the left pair merges; "abc" is UNUSED and goes back to ab + c.
         assert_eq!(sp.encode("abc"), [7, 6]);

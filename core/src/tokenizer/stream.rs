@@ -39,7 +39,10 @@ impl StreamDecoder {
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         let n = tok.vocab_size();
         if id as usize >= n {
-            return Err(Error::arg("id", format!("token id {id} is outside the vocabulary of {n}")));
+            return Err(Error::arg(
+                "id",
+                format!("token id {id} is outside the vocabulary of {n}"),
+            ));
         }
         match tok {
             Tokenizer::SentencePiece(sp) if sp.can_stream() => {
@@ -145,7 +148,12 @@ mod tests {
             so_far.push_str(&delta);
             let prefix = &ids[..=i];
             let trailing: Vec<u8> = {
-                let mut t: Vec<u8> = prefix.iter().rev().take(3).map_while(|&id| tok.byte_value(id)).collect();
+                let mut t: Vec<u8> = prefix
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .map_while(|&id| tok.byte_value(id))
+                    .collect();
                 t.reverse();
                 t
             };
@@ -178,42 +186,65 @@ mod tests {
         let ids = tok.encode(text).unwrap();
         // <0xNN> is id NN + 3 in the Llama 2 vocabulary.
         let bytes = [0xE5 + 3, 0x92 + 3, 0x96 + 3];
-        assert_eq!(bytes.map(|id| tok.byte_value(id)), [Some(0xE5), Some(0x92), Some(0x96)]);
-        let at = ids.windows(3).position(|w| w == bytes).expect("咖 as byte pieces");
+        assert_eq!(
+            bytes.map(|id| tok.byte_value(id)),
+            [Some(0xE5), Some(0x92), Some(0x96)]
+        );
+        let at = ids
+            .windows(3)
+            .position(|w| w == bytes)
+            .expect("咖 as byte pieces");
         let deltas = stream_checked(tok, &ids);
         assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
         assert_eq!(deltas.concat(), text);
         let first = deltas.iter().position(|d| d.contains('咖')).unwrap();
-        assert_eq!(first, at + 2, "咖 must come with its third byte: {deltas:?}");
-        assert!(deltas[..first].iter().all(|d| d.is_empty() || !d.contains('咖')));
+        assert_eq!(
+            first,
+            at + 2,
+            "咖 must come with its third byte: {deltas:?}"
+        );
+        assert!(
+            deltas[..first]
+                .iter()
+                .all(|d| d.is_empty() || !d.contains('咖'))
+        );
         assert_eq!(deltas[at], "");
         assert_eq!(deltas[at + 1], "");
 
         for text in ["😀👍🏽 emoji", "한국어 텍스트", " 咖啡", "咖"] {
             let ids = tok.encode(text).unwrap();
             let deltas = stream_checked(tok, &ids);
-            assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{text}: {deltas:?}");
+            assert!(
+                deltas.iter().all(|d| !d.contains('\u{FFFD}')),
+                "{text}: {deltas:?}"
+            );
             assert_eq!(deltas.concat(), text);
         }
     }
 
     #[test]
     fn chinese_bytes_sentencepiece() {
-        let Some(tok) = load("llama2/tokenizer.model") else { return };
+        let Some(tok) = load("llama2/tokenizer.model") else {
+            return;
+        };
         check_chinese_bytes(&tok);
     }
 
     #[cfg(any(feature = "hf-tokenizer", feature = "wasm"))]
     #[test]
     fn chinese_bytes_hf() {
-        let Some(tok) = load("llama2/tokenizer.json") else { return };
+        let Some(tok) = load("llama2/tokenizer.json") else {
+            return;
+        };
         check_chinese_bytes(&tok);
     }
 
     /// Bytes that never complete a character still come out, as `decode` writes them.
     #[test]
     fn broken_bytes() {
-        let Some(tok) = load("llama2/tokenizer.model") else { return };
+        let Some(tok) = load("llama2/tokenizer.model") else {
+            return;
+        };
         let b = |x: u32| x + 3;
         let deltas = stream_checked(&tok, &[b(0xE5), b(0x92), 22172]);
         assert_eq!(deltas, ["", "", "\u{FFFD}\u{FFFD} hello", ""]);
@@ -233,7 +264,10 @@ mod tests {
         let Some(shared) = shared_dir() else { return };
         let mut files = vec![
             ("llama2/tokenizer.model", "tokenize-llama2.jsonl"),
-            ("chinese-llama2/tokenizer.model", "tokenize-chinese-llama2.jsonl"),
+            (
+                "chinese-llama2/tokenizer.model",
+                "tokenize-chinese-llama2.jsonl",
+            ),
         ];
         if cfg!(any(feature = "hf-tokenizer", feature = "wasm")) {
             files.push(("llama2/tokenizer.json", "tokenize-llama2.jsonl"));

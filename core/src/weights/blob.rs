@@ -13,18 +13,30 @@ pub struct Blob {
 impl Blob {
     pub fn from_vec(v: Vec<u8>) -> Blob {
         let len = v.len();
-        Blob { owner: Arc::new(v), start: 0, len }
+        Blob {
+            owner: Arc::new(v),
+            start: 0,
+            len,
+        }
     }
 
     pub fn from_owner(owner: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Blob {
         let len = (*owner).as_ref().len();
-        Blob { owner, start: 0, len }
+        Blob {
+            owner,
+            start: 0,
+            len,
+        }
     }
 
     /// A sub-range; the caller has checked `start + len <= self.len()`.
     pub fn slice(&self, start: usize, len: usize) -> Blob {
         assert!(start + len <= self.len, "blob slice out of range");
-        Blob { owner: self.owner.clone(), start: self.start + start, len }
+        Blob {
+            owner: self.owner.clone(),
+            start: self.start + start,
+            len,
+        }
     }
 }
 

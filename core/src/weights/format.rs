@@ -39,7 +39,10 @@ impl std::str::FromStr for WeightFormat {
             "q6_k" | "q6k" => WeightFormat::Q6K,
             "f16" => WeightFormat::F16,
             other => {
-                return Err(Error::arg("quantize", format!("unknown type `{other}` (q4_0, q4_1, q8_0, q4_k, q6_k, f16)")));
+                return Err(Error::arg(
+                    "quantize",
+                    format!("unknown type `{other}` (q4_0, q4_1, q8_0, q4_k, q6_k, f16)"),
+                ));
             }
         })
     }
@@ -50,7 +53,9 @@ impl WeightFormat {
     pub fn block_elems(self) -> usize {
         match self {
             WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => 1,
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Gptq4 => 32,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Gptq4 => {
+                32
+            }
             WeightFormat::Q4K | WeightFormat::Q6K => 256,
         }
     }
@@ -77,7 +82,9 @@ impl WeightFormat {
         if cols % b != 0 {
             return Err(Error::load(
                 name,
-                format!("{self:?} needs rows that are a multiple of {b} weights, this one has {cols}"),
+                format!(
+                    "{self:?} needs rows that are a multiple of {b} weights, this one has {cols}"
+                ),
             ));
         }
         Ok(cols / b * self.block_bytes())
@@ -95,7 +102,9 @@ impl WeightFormat {
     /// For `Gptq4`, which has no ggml type; check `is_ggml` first (the GGUF writer does).
     pub fn ggml_type(self) -> u32 {
         match self {
-            WeightFormat::Gptq4 => panic!("GPTQ 4-bit weights have no ggml type and cannot be written to GGUF"),
+            WeightFormat::Gptq4 => {
+                panic!("GPTQ 4-bit weights have no ggml type and cannot be written to GGUF")
+            }
             WeightFormat::F32 => 0,
             WeightFormat::F16 => 1,
             WeightFormat::Q4_0 => 2,
@@ -124,11 +133,15 @@ impl WeightFormat {
     /// ggml's name for a type id, for error messages about unsupported types.
     pub fn ggml_type_name(t: u32) -> String {
         const NAMES: [&str; 31] = [
-            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
-            "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
-            "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+            "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+            "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
+            "BF16",
         ];
-        NAMES.get(t as usize).map(|s| s.to_string()).unwrap_or_else(|| format!("type {t}"))
+        NAMES
+            .get(t as usize)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| format!("type {t}"))
     }
 
     /// Decode `bytes` (whole blocks) into `out`. Float formats are converted here;

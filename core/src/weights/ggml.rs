@@ -4,14 +4,20 @@
 //! backend/cpu/ggml.rs.)
 
 use crate::weights::WeightFormat;
-use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{
+    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType,
+};
 use half::{bf16, f16};
 use std::borrow::Cow;
 
 /// View `bytes` as blocks of `T`, copying only if the bytes are misaligned for `T`.
 pub(crate) fn as_blocks<T: GgmlType>(bytes: &[u8]) -> Cow<'_, [T]> {
     let size = std::mem::size_of::<T>();
-    assert_eq!(bytes.len() % size, 0, "byte length is not a whole number of blocks");
+    assert_eq!(
+        bytes.len() % size,
+        0,
+        "byte length is not a whole number of blocks"
+    );
     let n = bytes.len() / size;
     if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
         // SAFETY: every `GgmlType` block is `repr(C)` plain data (integers and floats) for
@@ -20,7 +26,9 @@ pub(crate) fn as_blocks<T: GgmlType>(bytes: &[u8]) -> Cow<'_, [T]> {
     } else {
         let mut v: Vec<T> = (0..n).map(|_| T::zeros()).collect();
         // SAFETY: as above; `v` owns exactly `bytes.len()` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len())
+        };
         Cow::Owned(v)
     }
 }
@@ -68,7 +76,10 @@ fn encode_gptq4(src: &[f32]) -> Vec<u8> {
         let d = f16::from_f32(if hi > lo { (hi - lo) / 15.0 } else { 1.0 });
         let df = d.to_f32();
         let z = (-lo / df).round().clamp(0.0, 15.0);
-        let q: Vec<u8> = blk.iter().map(|v| (v / df + z).round().clamp(0.0, 15.0) as u8).collect();
+        let q: Vec<u8> = blk
+            .iter()
+            .map(|v| (v / df + z).round().clamp(0.0, 15.0) as u8)
+            .collect();
         out.extend_from_slice(&d.to_le_bytes());
         out.extend_from_slice(&f16::from_f32(z).to_le_bytes());
         out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
@@ -80,8 +91,14 @@ fn encode_gptq4(src: &[f32]) -> Vec<u8> {
 pub fn quantize(format: WeightFormat, src: &[f32]) -> Vec<u8> {
     match format {
         WeightFormat::F32 => bytemuck::cast_slice(src).to_vec(),
-        WeightFormat::F16 => src.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
-        WeightFormat::BF16 => src.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
+        WeightFormat::F16 => src
+            .iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        WeightFormat::BF16 => src
+            .iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect(),
         WeightFormat::Q8_0 => encode::<BlockQ8_0>(src),
         WeightFormat::Q4_0 => encode::<BlockQ4_0>(src),
         WeightFormat::Q4_1 => encode::<BlockQ4_1>(src),

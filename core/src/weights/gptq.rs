@@ -50,8 +50,8 @@ impl GptqConfig {
         let qc = dir.join("quantize_config.json");
         if qc.exists() {
             let text = crate::files::read_text(&qc, crate::files::JSON_CAP)?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::load(&qc, format!("invalid JSON: {e}")))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::load(&qc, format!("invalid JSON: {e}")))?;
             return Self::from_json(&v, &qc).map(Some);
         }
         let cfg = dir.join("config.json");
@@ -61,7 +61,10 @@ impl GptqConfig {
                 match q.get("quant_method").and_then(|m| m.as_str()) {
                     Some("gptq") => return Self::from_json(q, &cfg).map(Some),
                     Some("awq") => {
-                        return Err(Error::load(&cfg, "AWQ checkpoints are not supported (only GPTQ 4-bit and GGUF)"));
+                        return Err(Error::load(
+                            &cfg,
+                            "AWQ checkpoints are not supported (only GPTQ 4-bit and GGUF)",
+                        ));
                     }
                     _ => {}
                 }
@@ -103,16 +106,31 @@ impl GptqConfig {
         let group_size = match v.get("group_size").and_then(|g| g.as_i64()).unwrap_or(-1) {
             -1 => None,
             g if g > 0 && g % 32 == 0 => Some(g as usize),
-            g => return bad(format!("GPTQ group_size {g} is not supported: it must be a multiple of 32, or -1")),
+            g => {
+                return bad(format!(
+                    "GPTQ group_size {g} is not supported: it must be a multiple of 32, or -1"
+                ));
+            }
         };
         let flag = |k: &str, default: bool| v.get(k).and_then(|b| b.as_bool()).unwrap_or(default);
         if flag("is_marlin_format", false) {
-            return bad("Marlin-format GPTQ checkpoints are not supported (only AutoGPTQ's gptq format)".into());
+            return bad(
+                "Marlin-format GPTQ checkpoints are not supported (only AutoGPTQ's gptq format)"
+                    .into(),
+            );
         }
-        let zero_offset = match v.get("checkpoint_format").and_then(|f| f.as_str()).unwrap_or("gptq") {
+        let zero_offset = match v
+            .get("checkpoint_format")
+            .and_then(|f| f.as_str())
+            .unwrap_or("gptq")
+        {
             "gptq" => 1,
             "gptq_v2" => 0,
-            other => return bad(format!("GPTQ checkpoint_format `{other}` is not supported (gptq or gptq_v2)")),
+            other => {
+                return bad(format!(
+                    "GPTQ checkpoint_format `{other}` is not supported (gptq or gptq_v2)"
+                ));
+            }
         };
         Ok(GptqConfig {
             bits: bits as u32,
@@ -147,7 +165,12 @@ pub struct GptqFiles {
 }
 
 fn word(bytes: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]])
+    u32::from_le_bytes([
+        bytes[4 * i],
+        bytes[4 * i + 1],
+        bytes[4 * i + 2],
+        bytes[4 * i + 3],
+    ])
 }
 
 /// A pointer to the output that worker threads share; each writes its own rows.
@@ -165,10 +188,23 @@ impl SharedBytes {
 impl GptqFiles {
     /// Wrap an opened folder, checking every quantized layer's tensors (names, dtypes,
     /// shapes) up front, so a bad checkpoint fails before anything is uploaded.
-    pub fn open(dir: &Path, files: SafetensorsFiles, quant: GptqConfig, config: &Config) -> Result<Self> {
-        let g = GptqFiles { dir: dir.to_path_buf(), files, quant, config: config.clone() };
+    pub fn open(
+        dir: &Path,
+        files: SafetensorsFiles,
+        quant: GptqConfig,
+        config: &Config,
+    ) -> Result<Self> {
+        let g = GptqFiles {
+            dir: dir.to_path_buf(),
+            files,
+            quant,
+            config: config.clone(),
+        };
         if g.files.get("model.embed_tokens.qweight").is_some() {
-            return Err(Error::load(dir, "quantized embeddings (`model.embed_tokens.qweight`) are not supported"));
+            return Err(Error::load(
+                dir,
+                "quantized embeddings (`model.embed_tokens.qweight`) are not supported",
+            ));
         }
         let mut any = false;
         for id in TensorId::all(config) {
@@ -187,12 +223,17 @@ impl GptqFiles {
             any |= quantized;
         }
         if !any {
-            return Err(Error::load(dir, "GPTQ config found, but no `.qweight` tensors for any Llama linear layer"));
+            return Err(Error::load(
+                dir,
+                "GPTQ config found, but no `.qweight` tensors for any Llama linear layer",
+            ));
         }
         log::info!(
             "GPTQ {}-bit, group size {}, desc_act {}, sym {} ({})",
             g.quant.bits,
-            g.quant.group_size.map_or("-1".to_string(), |s| s.to_string()),
+            g.quant
+                .group_size
+                .map_or("-1".to_string(), |s| s.to_string()),
             g.quant.desc_act,
             g.quant.sym,
             g.quant.origin.display()
@@ -210,20 +251,32 @@ impl GptqFiles {
             return Ok(None);
         }
         let prefix = id.hf_name();
-        let Some(qweight) = self.files.get(&format!("{prefix}.qweight")) else { return Ok(None) };
+        let Some(qweight) = self.files.get(&format!("{prefix}.qweight")) else {
+            return Ok(None);
+        };
         let [rows, cols] = id.expected_shape(&self.config);
         let need = |s: &str| {
             self.files.get(&format!("{prefix}.{s}")).ok_or_else(|| {
-                self.err(Some(qweight), format!("tensor `{prefix}.{s}` is missing (`{prefix}.qweight` is present)"))
+                self.err(
+                    Some(qweight),
+                    format!("tensor `{prefix}.{s}` is missing (`{prefix}.qweight` is present)"),
+                )
             })
         };
         let (qzeros, scales) = (need("qzeros")?, need("scales")?);
         let g_idx = self.files.get(&format!("{prefix}.g_idx"));
-        let check = |t: &RawTensor, suffix: &str, dtypes: &[Dtype], shape: &[usize]| -> Result<()> {
+        let check = |t: &RawTensor,
+                     suffix: &str,
+                     dtypes: &[Dtype],
+                     shape: &[usize]|
+         -> Result<()> {
             if !dtypes.contains(&t.dtype) {
                 return Err(self.err(
                     Some(t),
-                    format!("tensor `{prefix}.{suffix}` has dtype {:?}, expected {:?}", t.dtype, dtypes[0]),
+                    format!(
+                        "tensor `{prefix}.{suffix}` has dtype {:?}, expected {:?}",
+                        t.dtype, dtypes[0]
+                    ),
                 ));
             }
             if t.shape != shape {
@@ -237,7 +290,9 @@ impl GptqFiles {
         if cols % 32 != 0 || rows % 8 != 0 {
             return Err(self.err(
                 Some(qweight),
-                format!("`{prefix}` is [{rows}, {cols}]: GPTQ 4-bit needs in % 32 == 0 and out % 8 == 0"),
+                format!(
+                    "`{prefix}` is [{rows}, {cols}]: GPTQ 4-bit needs in % 32 == 0 and out % 8 == 0"
+                ),
             ));
         }
         if qweight.shape.len() == 2 && qweight.shape[1] == rows && qweight.shape[0] * 8 != cols {
@@ -249,10 +304,20 @@ impl GptqFiles {
                 ));
             }
         }
-        check(qweight, "qweight", &[Dtype::I32, Dtype::U32], &[cols / 8, rows])?;
+        check(
+            qweight,
+            "qweight",
+            &[Dtype::I32, Dtype::U32],
+            &[cols / 8, rows],
+        )?;
         let groups = scales.shape.first().copied().unwrap_or(0);
         check(scales, "scales", &[Dtype::F16], &[groups, rows])?;
-        check(qzeros, "qzeros", &[Dtype::I32, Dtype::U32], &[groups, rows / 8])?;
+        check(
+            qzeros,
+            "qzeros",
+            &[Dtype::I32, Dtype::U32],
+            &[groups, rows / 8],
+        )?;
         let want_groups = self.quant.group_size.map_or(1, |s| cols.div_ceil(s));
         let inferred = self.quant.origin == self.dir;
         if groups == 0 || (!inferred && groups != want_groups) {
@@ -273,18 +338,35 @@ impl GptqFiles {
         }
         if let Some(b) = self.files.get(&format!("{prefix}.bias")) {
             let zero = match b.dtype {
-                Dtype::F16 | Dtype::BF16 => {
-                    b.bytes.chunks_exact(2).all(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) == 0)
-                }
-                Dtype::F32 => b.bytes.chunks_exact(4).all(|c| (word(c, 0) & 0x7fff_ffff) == 0),
+                Dtype::F16 | Dtype::BF16 => b
+                    .bytes
+                    .chunks_exact(2)
+                    .all(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) == 0),
+                Dtype::F32 => b
+                    .bytes
+                    .chunks_exact(4)
+                    .all(|c| (word(c, 0) & 0x7fff_ffff) == 0),
                 _ => false,
             };
             if !zero {
-                return Err(self
-                    .err(Some(b), format!("tensor `{prefix}.bias` is non-zero: Llama's linear layers have no bias")));
+                return Err(self.err(
+                    Some(b),
+                    format!(
+                        "tensor `{prefix}.bias` is non-zero: Llama's linear layers have no bias"
+                    ),
+                ));
             }
         }
-        Ok(Some(Layer { prefix, rows, cols, groups, qweight, qzeros, scales, g_idx }))
+        Ok(Some(Layer {
+            prefix,
+            rows,
+            cols,
+            groups,
+            qweight,
+            qzeros,
+            scales,
+            g_idx,
+        }))
     }
 
     /// Repack one layer into `Gptq4` blocks over group-sorted columns.
@@ -301,7 +383,10 @@ impl GptqFiles {
         if let Some(i) = g_idx.iter().position(|&g| g as usize >= l.groups) {
             return Err(self.err(
                 l.g_idx,
-                format!("tensor `{}.g_idx` puts column {i} in group {} of {}", l.prefix, g_idx[i] as i32, l.groups),
+                format!(
+                    "tensor `{}.g_idx` puts column {i} in group {} of {}",
+                    l.prefix, g_idx[i] as i32, l.groups
+                ),
             ));
         }
         // stable sort by group: each group's columns become contiguous
@@ -327,12 +412,19 @@ impl GptqFiles {
         let mut slot = vec![(0u32, 0u8); cols];
         for (s, &c) in perm.iter().enumerate() {
             let j = s % 32;
-            slot[c as usize] = (((s / 32) * 20 + 4 + j % 16) as u32, if j >= 16 { 4 } else { 0 });
+            slot[c as usize] = (
+                ((s / 32) * 20 + 4 + j % 16) as u32,
+                if j >= 16 { 4 } else { 0 },
+            );
         }
         let rb = cols / 32 * 20;
         let mut out = vec![0u8; rows * rb];
         let dst = SharedBytes(out.as_mut_ptr());
-        let (qw, qz, sc) = (&l.qweight.bytes[..], &l.qzeros.bytes[..], &l.scales.bytes[..]);
+        let (qw, qz, sc) = (
+            &l.qweight.bytes[..],
+            &l.qzeros.bytes[..],
+            &l.scales.bytes[..],
+        );
         let zero_offset = self.quant.zero_offset;
         const TILE: usize = 32;
         let fill = |t: usize| {
@@ -345,7 +437,8 @@ impl GptqFiles {
                 for (b, &g) in block_group.iter().enumerate() {
                     let zn = (word(qz, g * (rows / 8) + o / 8) >> (4 * (o % 8))) & 15;
                     let z = f16::from_f32((zn + zero_offset) as f32);
-                    row[b * 20..b * 20 + 2].copy_from_slice(&sc[(g * rows + o) * 2..(g * rows + o) * 2 + 2]);
+                    row[b * 20..b * 20 + 2]
+                        .copy_from_slice(&sc[(g * rows + o) * 2..(g * rows + o) * 2 + 2]);
                     row[b * 20 + 2..b * 20 + 4].copy_from_slice(&z.to_le_bytes());
                 }
             }
@@ -364,7 +457,11 @@ impl GptqFiles {
         barrier_pool().execute_chunked(rows.div_ceil(TILE), |ts| ts.for_each(&fill));
         let name = format!("{}.qweight", l.prefix);
         let w = WeightData::new(WeightFormat::Gptq4, rows, cols, Blob::from_vec(out), &name)?;
-        if perm.iter().enumerate().all(|(i, &c)| i == c as usize) { Ok(w) } else { w.with_perm(perm, &name) }
+        if perm.iter().enumerate().all(|(i, &c)| i == c as usize) {
+            Ok(w)
+        } else {
+            w.with_perm(perm, &name)
+        }
     }
 
     /// One tensor: quantized layers repacked, everything else as stored.
@@ -379,7 +476,9 @@ impl GptqFiles {
     pub fn weight_bytes(&self, id: TensorId) -> Option<usize> {
         match self.layer(id).ok()? {
             Some(l) => Some(l.rows * l.cols / 32 * 20),
-            None => float_weight(&self.files, &self.dir, id, &self.config).ok().map(|w| w.bytes.len()),
+            None => float_weight(&self.files, &self.dir, id, &self.config)
+                .ok()
+                .map(|w| w.bytes.len()),
         }
     }
 }
@@ -414,7 +513,13 @@ mod tests {
         dense: Vec<f32>, // [rows, cols]
     }
 
-    fn pack(rows: usize, cols: usize, group: Option<usize>, desc_act: bool, rng: &mut Rng) -> Packed {
+    fn pack(
+        rows: usize,
+        cols: usize,
+        group: Option<usize>,
+        desc_act: bool,
+        rng: &mut Rng,
+    ) -> Packed {
         let gs = group.unwrap_or(cols);
         let groups = cols.div_ceil(gs);
         // act order: group g holds the columns at positions g·gs.. of a random permutation
@@ -430,7 +535,9 @@ mod tests {
         }
         let q: Vec<u32> = (0..cols * rows).map(|_| rng.below(16) as u32).collect(); // [in, out]
         let zn: Vec<u32> = (0..groups * rows).map(|_| rng.below(16) as u32).collect(); // stored nibble
-        let scales: Vec<f16> = (0..groups * rows).map(|_| f16::from_f32(0.01 + 0.05 * rng.f32().abs())).collect();
+        let scales: Vec<f16> = (0..groups * rows)
+            .map(|_| f16::from_f32(0.01 + 0.05 * rng.f32().abs()))
+            .collect();
         let mut qweight = vec![0u32; cols / 8 * rows];
         for i in 0..cols {
             for o in 0..rows {
@@ -447,11 +554,17 @@ mod tests {
         for o in 0..rows {
             for i in 0..cols {
                 let g = g_idx[i] as usize;
-                dense[o * cols + i] =
-                    scales[g * rows + o].to_f32() * (q[i * rows + o] as f32 - (zn[g * rows + o] + 1) as f32);
+                dense[o * cols + i] = scales[g * rows + o].to_f32()
+                    * (q[i * rows + o] as f32 - (zn[g * rows + o] + 1) as f32);
             }
         }
-        Packed { qweight, qzeros, scales, g_idx, dense }
+        Packed {
+            qweight,
+            qzeros,
+            scales,
+            g_idx,
+            dense,
+        }
     }
 
     fn config_json(dim: usize, hidden: usize, vocab: usize) -> serde_json::Value {
@@ -472,28 +585,54 @@ mod tests {
     ) -> HashMap<String, Vec<f32>> {
         let (dim, hidden, vocab) = (64, 128, 16);
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("config.json"), config_json(dim, hidden, vocab).to_string()).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            config_json(dim, hidden, vocab).to_string(),
+        )
+        .unwrap();
         std::fs::write(dir.join("quantize_config.json"), quant.to_string()).unwrap();
         let cfg = crate::config::HfConfig::from_file(&dir.join("config.json")).unwrap();
         let mut rng = Rng(0x1234_5678_9abc_def1);
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![];
         let f16s = |n: usize, rng: &mut Rng| -> Vec<u8> {
-            (0..n).flat_map(|_| f16::from_f32(rng.f32()).to_le_bytes()).collect()
+            (0..n)
+                .flat_map(|_| f16::from_f32(rng.f32()).to_le_bytes())
+                .collect()
         };
         let mut dense = HashMap::new();
         for id in TensorId::all(&cfg) {
             let [rows, cols] = id.expected_shape(&cfg);
             let p = id.hf_name();
             if id.is_vector() {
-                tensors.push((format!("{p}.weight"), Dtype::F16, vec![cols], f16s(cols, &mut rng)));
+                tensors.push((
+                    format!("{p}.weight"),
+                    Dtype::F16,
+                    vec![cols],
+                    f16s(cols, &mut rng),
+                ));
             } else if matches!(id, TensorId::Embed | TensorId::Output) {
-                tensors.push((format!("{p}.weight"), Dtype::F16, vec![rows, cols], f16s(rows * cols, &mut rng)));
+                tensors.push((
+                    format!("{p}.weight"),
+                    Dtype::F16,
+                    vec![rows, cols],
+                    f16s(rows * cols, &mut rng),
+                ));
             } else {
                 let pk = pack(rows, cols, group, desc_act, &mut rng);
                 let groups = pk.scales.len() / rows;
                 let u = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-                tensors.push((format!("{p}.qweight"), Dtype::I32, vec![cols / 8, rows], u(&pk.qweight)));
-                tensors.push((format!("{p}.qzeros"), Dtype::I32, vec![groups, rows / 8], u(&pk.qzeros)));
+                tensors.push((
+                    format!("{p}.qweight"),
+                    Dtype::I32,
+                    vec![cols / 8, rows],
+                    u(&pk.qweight),
+                ));
+                tensors.push((
+                    format!("{p}.qzeros"),
+                    Dtype::I32,
+                    vec![groups, rows / 8],
+                    u(&pk.qzeros),
+                ));
                 tensors.push((
                     format!("{p}.scales"),
                     Dtype::F16,
@@ -512,7 +651,12 @@ mod tests {
         tensors.retain(|t| !skip.contains(&t.0.as_str()));
         let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
             .iter()
-            .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+            .map(|(n, d, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
             .collect();
         let bytes = safetensors::tensor::serialize(views, None).unwrap();
         std::fs::write(dir.join("gptq_model-4bit-128g.safetensors"), bytes).unwrap();
@@ -538,23 +682,47 @@ mod tests {
 
     #[test]
     fn gptq_unpacks_to_autogptq_formula() {
-        for (name, group, desc) in
-            [("g32", Some(32), false), ("g32-act", Some(32), true), ("gall", None, true), ("g64-act", Some(64), true)]
-        {
+        for (name, group, desc) in [
+            ("g32", Some(32), false),
+            ("g32-act", Some(32), true),
+            ("gall", None, true),
+            ("g64-act", Some(64), true),
+        ] {
             let dir = temp(name);
-            let dense = write_folder(&dir, quant(4, group.map_or(-1, |g| g as i64), desc), group, desc, &[]);
+            let dense = write_folder(
+                &dir,
+                quant(4, group.map_or(-1, |g| g as i64), desc),
+                group,
+                desc,
+                &[],
+            );
             let files = ModelFiles::open(&dir).unwrap();
-            for t in [LayerTensor::Wq, LayerTensor::Wk, LayerTensor::Wo, LayerTensor::W1, LayerTensor::W2] {
+            for t in [
+                LayerTensor::Wq,
+                LayerTensor::Wk,
+                LayerTensor::Wo,
+                LayerTensor::W1,
+                LayerTensor::W2,
+            ] {
                 let id = TensorId::Layer(0, t);
                 let w = files.weight(id).unwrap();
                 assert_eq!(w.format, WeightFormat::Gptq4);
                 // act order with more than one group permutes; otherwise the sort is the identity
-                assert_eq!(w.perm.is_some(), desc && group.is_some_and(|g| g < w.cols), "{name} {t:?}");
+                assert_eq!(
+                    w.perm.is_some(),
+                    desc && group.is_some_and(|g| g < w.cols),
+                    "{name} {t:?}"
+                );
                 assert_eq!(w.to_f32(), dense[&id.hf_name()], "{name} {t:?}");
                 let r = w.rows / 2;
-                assert_eq!(w.row_f32(r), dense[&id.hf_name()][r * w.cols..(r + 1) * w.cols]);
+                assert_eq!(
+                    w.row_f32(r),
+                    dense[&id.hf_name()][r * w.cols..(r + 1) * w.cols]
+                );
             }
-            let norm = files.weight(TensorId::Layer(0, LayerTensor::AttnNorm)).unwrap();
+            let norm = files
+                .weight(TensorId::Layer(0, LayerTensor::AttnNorm))
+                .unwrap();
             assert_eq!(norm.format, WeightFormat::F16);
             assert!(files.total_bytes() > 0);
             let _ = std::fs::remove_dir_all(dir);
@@ -573,7 +741,11 @@ mod tests {
         // v1 dense uses zero + 1; in v2 the same file means zero, so w grows by exactly d
         let w = files.weight(id).unwrap();
         let d = |r: usize, c: usize| {
-            f16::from_le_bytes([w.bytes[r * 40 + (c / 32) * 20], w.bytes[r * 40 + (c / 32) * 20 + 1]]).to_f32()
+            f16::from_le_bytes([
+                w.bytes[r * 40 + (c / 32) * 20],
+                w.bytes[r * 40 + (c / 32) * 20 + 1],
+            ])
+            .to_f32()
         };
         for (i, (a, b)) in got.iter().zip(&dense[&id.hf_name()]).enumerate() {
             assert_eq!(*a, b + d(i / 64, i % 64), "{i}");
@@ -586,7 +758,10 @@ mod tests {
         let dir = temp("bits8");
         write_folder(&dir, quant(8, 32, false), Some(32), false, &[]);
         let e = open_err(&dir);
-        assert!(e.contains("bits = 8") && e.contains("4-bit GPTQ only"), "{e}");
+        assert!(
+            e.contains("bits = 8") && e.contains("4-bit GPTQ only"),
+            "{e}"
+        );
         let dir3 = temp("bits3");
         write_folder(&dir3, quant(3, 32, false), Some(32), false, &[]);
         assert!(open_err(&dir3).contains("bits = 3"));
@@ -596,9 +771,18 @@ mod tests {
     #[test]
     fn gptq_missing_qzeros_names_the_tensor() {
         let dir = temp("no-qzeros");
-        write_folder(&dir, quant(4, 32, false), Some(32), false, &["model.layers.0.mlp.down_proj.qzeros"]);
+        write_folder(
+            &dir,
+            quant(4, 32, false),
+            Some(32),
+            false,
+            &["model.layers.0.mlp.down_proj.qzeros"],
+        );
         let e = open_err(&dir);
-        assert!(e.contains("`model.layers.0.mlp.down_proj.qzeros` is missing"), "{e}");
+        assert!(
+            e.contains("`model.layers.0.mlp.down_proj.qzeros` is missing"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -619,7 +803,10 @@ mod tests {
         c["intermediate_size"] = 96.into();
         std::fs::write(dir3.join("config.json"), c.to_string()).unwrap();
         let e = open_err(&dir3);
-        assert!(e.contains("gate_proj.qweight") && e.contains("config.json implies"), "{e}");
+        assert!(
+            e.contains("gate_proj.qweight") && e.contains("config.json implies"),
+            "{e}"
+        );
         let mut m = quant(4, 32, false);
         m["checkpoint_format"] = "marlin".into();
         let dir4 = temp("marlin");
@@ -636,12 +823,17 @@ mod tests {
         write_folder(&dir, quant(4, 32, false), Some(32), false, &[]);
         let files = ModelFiles::open(&dir).unwrap();
         let id = TensorId::Layer(0, LayerTensor::Wq);
-        let Err(e) = crate::weights::quantize::quantize_weight(files.weight(id).unwrap(), WeightFormat::Q4_0, "q")
-        else {
+        let Err(e) = crate::weights::quantize::quantize_weight(
+            files.weight(id).unwrap(),
+            WeightFormat::Q4_0,
+            "q",
+        ) else {
             panic!("GPTQ weights were re-quantized")
         };
         assert!(e.to_string().contains("GGUF"), "{e}");
-        let e = crate::weights::gguf::GgufTensorSpec::weight(id, WeightFormat::Gptq4, &files.config).unwrap_err();
+        let e =
+            crate::weights::gguf::GgufTensorSpec::weight(id, WeightFormat::Gptq4, &files.config)
+                .unwrap_err();
         assert!(e.to_string().contains("not a ggml type"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -670,7 +862,9 @@ mod tests {
             let got = pollster::block_on(Cpu.read(&out, n)).unwrap();
             for t in 0..n {
                 for r in 0..rows {
-                    let want: f64 = (0..cols).map(|k| d[r * cols + k] as f64 * x[t * cols + k] as f64).sum();
+                    let want: f64 = (0..cols)
+                        .map(|k| d[r * cols + k] as f64 * x[t * cols + k] as f64)
+                        .sum();
                     assert!(
                         (got[t * rows + r] as f64 - want).abs() < 1e-5,
                         "t {t} r {r}: {} vs {want}",

@@ -15,9 +15,9 @@ pub mod gptq;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod quantize;
 pub mod safetensors;
-pub mod stream;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod source;
+pub mod stream;
 
 pub use blob::Blob;
 pub use format::WeightFormat;
@@ -130,7 +130,9 @@ impl TensorId {
     pub fn is_vector(&self) -> bool {
         matches!(
             self,
-            TensorId::Norm | TensorId::Layer(_, LayerTensor::AttnNorm) | TensorId::Layer(_, LayerTensor::FfnNorm)
+            TensorId::Norm
+                | TensorId::Layer(_, LayerTensor::AttnNorm)
+                | TensorId::Layer(_, LayerTensor::FfnNorm)
         )
     }
 
@@ -173,26 +175,51 @@ pub struct WeightData {
 }
 
 impl WeightData {
-    pub fn new(format: WeightFormat, rows: usize, cols: usize, bytes: Blob, name: &str) -> Result<Self> {
+    pub fn new(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        bytes: Blob,
+        name: &str,
+    ) -> Result<Self> {
         let want = format.row_bytes(cols, name)? * rows;
         if bytes.len() != want {
             return Err(Error::load(
                 name,
-                format!("{format:?} tensor of shape [{rows}, {cols}] needs {want} bytes, found {}", bytes.len()),
+                format!(
+                    "{format:?} tensor of shape [{rows}, {cols}] needs {want} bytes, found {}",
+                    bytes.len()
+                ),
             ));
         }
-        Ok(WeightData { format, rows, cols, bytes, perm: None })
+        Ok(WeightData {
+            format,
+            rows,
+            cols,
+            bytes,
+            perm: None,
+        })
     }
 
     /// Attach a column permutation (see `perm`); it must be a permutation of `0..cols`.
     pub fn with_perm(mut self, perm: Vec<u32>, name: &str) -> Result<Self> {
         if perm.len() != self.cols {
-            return Err(Error::load(name, format!("permutation of {} columns for a matrix of {}", perm.len(), self.cols)));
+            return Err(Error::load(
+                name,
+                format!(
+                    "permutation of {} columns for a matrix of {}",
+                    perm.len(),
+                    self.cols
+                ),
+            ));
         }
         let mut seen = vec![false; self.cols];
         for &p in &perm {
             if (p as usize) >= self.cols || std::mem::replace(&mut seen[p as usize], true) {
-                return Err(Error::load(name, format!("column order is not a permutation of 0..{}", self.cols)));
+                return Err(Error::load(
+                    name,
+                    format!("column order is not a permutation of 0..{}", self.cols),
+                ));
             }
         }
         self.perm = Some(Arc::new(perm));
@@ -202,11 +229,34 @@ impl WeightData {
     /// Decode row `r` into f32, in the matrix's logical column order (tests' references).
     #[cfg(test)]
     pub(crate) fn row_f32(&self, r: usize) -> Vec<f32> {
-        let rb = self.format.row_bytes(self.cols, "").expect("validated at construction");
+        let rb = self
+            .format
+            .row_bytes(self.cols, "")
+            .expect("validated at construction");
         let mut out = vec![0f32; self.cols];
-        self.format.dequantize(&self.bytes[r * rb..(r + 1) * rb], &mut out);
+        self.format
+            .dequantize(&self.bytes[r * rb..(r + 1) * rb], &mut out);
         self.unpermute(&mut out);
         out
+    }
+
+    /// The first NaN or infinity among the weights, decoded a few rows at a time so a
+    /// large matrix costs no large buffer.
+    pub fn first_non_finite(&self) -> Option<f32> {
+        let rb = self
+            .format
+            .row_bytes(self.cols, "")
+            .expect("validated at construction");
+        let rows_per_chunk = (1 << 16) / self.cols.max(1) + 1;
+        let mut out = vec![0f32; rows_per_chunk * self.cols];
+        for chunk in self.bytes.chunks(rows_per_chunk * rb) {
+            let n = chunk.len() / rb * self.cols;
+            self.format.dequantize(chunk, &mut out[..n]);
+            if let Some(bad) = out[..n].iter().find(|x| !x.is_finite()) {
+                return Some(*bad);
+            }
+        }
+        None
     }
 
     /// The whole matrix in f32, in logical column order.

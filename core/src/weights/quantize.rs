@@ -16,8 +16,18 @@ pub struct Quantizing<'a> {
 
 impl<'a> Quantizing<'a> {
     pub fn new(inner: &'a mut dyn WeightSource, target: WeightFormat) -> Result<Self> {
-        if !matches!(target, WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q4_1 | WeightFormat::Q6K) {
-            return Err(Error::arg("quantize", format!("{target:?} is not a quantized format (q4_0, q8_0, q4_k)")));
+        if !matches!(
+            target,
+            WeightFormat::Q4_0
+                | WeightFormat::Q8_0
+                | WeightFormat::Q4K
+                | WeightFormat::Q4_1
+                | WeightFormat::Q6K
+        ) {
+            return Err(Error::arg(
+                "quantize",
+                format!("{target:?} is not a quantized format (q4_0, q8_0, q4_k)"),
+            ));
         }
         Ok(Quantizing { inner, target })
     }
@@ -41,7 +51,12 @@ pub fn quantize_weight(w: WeightData, target: WeightFormat, name: &str) -> Resul
         return Ok(w);
     }
     if w.cols % target.block_elems() != 0 {
-        log::warn!("{name}: {} columns are not a multiple of {}; kept as {:?}", w.cols, target.block_elems(), w.format);
+        log::warn!(
+            "{name}: {} columns are not a multiple of {}; kept as {:?}",
+            w.cols,
+            target.block_elems(),
+            w.format
+        );
         return Ok(w);
     }
     let src_row = w.format.row_bytes(w.cols, name)?;
@@ -50,7 +65,8 @@ pub fn quantize_weight(w: WeightData, target: WeightFormat, name: &str) -> Resul
     for r0 in (0..w.rows).step_by(SLAB_ROWS) {
         let n = SLAB_ROWS.min(w.rows - r0);
         let slab = &mut f[..n * w.cols];
-        w.format.dequantize(&w.bytes[r0 * src_row..(r0 + n) * src_row], slab);
+        w.format
+            .dequantize(&w.bytes[r0 * src_row..(r0 + n) * src_row], slab);
         out.extend(crate::weights::ggml::quantize(target, slab));
     }
     WeightData::new(target, w.rows, w.cols, Blob::from_vec(out), name)

@@ -30,14 +30,30 @@ impl RawTensor {
             Dtype::F32 => WeightFormat::F32,
             Dtype::F16 => WeightFormat::F16,
             Dtype::BF16 => WeightFormat::BF16,
-            other => return Err(Error::load(&self.file, format!("tensor `{name}` has unsupported dtype {other:?}"))),
+            other => {
+                return Err(Error::load(
+                    &self.file,
+                    format!("tensor `{name}` has unsupported dtype {other:?}"),
+                ));
+            }
         };
-        let shape_ok = if id.is_vector() { self.shape == [cols] } else { self.shape == [rows, cols] };
+        let shape_ok = if id.is_vector() {
+            self.shape == [cols]
+        } else {
+            self.shape == [rows, cols]
+        };
         if !shape_ok {
-            let want = if id.is_vector() { format!("[{cols}]") } else { format!("[{rows}, {cols}]") };
+            let want = if id.is_vector() {
+                format!("[{cols}]")
+            } else {
+                format!("[{rows}, {cols}]")
+            };
             return Err(Error::load(
                 &self.file,
-                format!("tensor `{name}` has shape {:?} but config.json implies {want}", self.shape),
+                format!(
+                    "tensor `{name}` has shape {:?} but config.json implies {want}",
+                    self.shape
+                ),
             ));
         }
         WeightData::new(format, rows, cols, self.bytes.clone(), &name)
@@ -46,7 +62,10 @@ impl RawTensor {
 
 /// The tensor table of a safetensors header: (name, dtype, shape, byte range in the data
 /// section). `header` is the JSON after the 8-byte length prefix.
-pub fn parse_header(header: &[u8], origin: &Path) -> Result<Vec<(String, Dtype, Vec<usize>, usize, usize)>> {
+pub fn parse_header(
+    header: &[u8],
+    origin: &Path,
+) -> Result<Vec<(String, Dtype, Vec<usize>, usize, usize)>> {
     #[derive(serde::Deserialize)]
     struct Info {
         dtype: Dtype,
@@ -63,7 +82,10 @@ pub fn parse_header(header: &[u8], origin: &Path) -> Result<Vec<(String, Dtype, 
         let i: Info = serde_json::from_value(v)
             .map_err(|e| Error::load(origin, format!("safetensors header entry `{name}`: {e}")))?;
         if i.data_offsets.1 < i.data_offsets.0 {
-            return Err(Error::load(origin, format!("tensor `{name}` has a negative byte range")));
+            return Err(Error::load(
+                origin,
+                format!("tensor `{name}` has a negative byte range"),
+            ));
         }
         out.push((name, i.dtype, i.shape, i.data_offsets.0, i.data_offsets.1));
     }
@@ -94,8 +116,8 @@ impl SafetensorsFiles {
         let single = dir.join("model.safetensors");
         let files: Vec<PathBuf> = if index.exists() {
             let text = crate::files::read_text(&index, crate::files::JSON_CAP)?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::load(&index, format!("invalid JSON: {e}")))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::load(&index, format!("invalid JSON: {e}")))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -121,11 +143,18 @@ impl SafetensorsFiles {
         let mut tensors = HashMap::new();
         for file in files {
             if !file.exists() {
-                return Err(Error::load(&file, "shard listed in model.safetensors.index.json is missing"));
+                return Err(Error::load(
+                    &file,
+                    "shard listed in model.safetensors.index.json is missing",
+                ));
             }
             let blob = map_file(&file)?;
-            let (header_len, meta) = SafeTensors::read_metadata(&blob)
-                .map_err(|e| Error::load(&file, format!("not a valid safetensors file ({e}); is it truncated?")))?;
+            let (header_len, meta) = SafeTensors::read_metadata(&blob).map_err(|e| {
+                Error::load(
+                    &file,
+                    format!("not a valid safetensors file ({e}); is it truncated?"),
+                )
+            })?;
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let (s, e) = info.data_offsets;

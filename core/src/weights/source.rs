@@ -30,7 +30,10 @@ impl ModelFiles {
         if path.is_dir() {
             let cfg_path = path.join("config.json");
             if !cfg_path.exists() {
-                return Err(Error::load(path, "not a model folder: config.json is missing"));
+                return Err(Error::load(
+                    path,
+                    "not a model folder: config.json is missing",
+                ));
             }
             let config = HfConfig::from_file(&cfg_path)?;
             let has_st = std::fs::read_dir(path)
@@ -45,9 +48,18 @@ impl ModelFiles {
                 Some(quant) => Kind::Gptq(GptqFiles::open(path, files, quant, &config)?),
                 None => Kind::Safetensors(files),
             };
-            return Ok(ModelFiles { path: path.to_path_buf(), config, rope_style: RopeStyle::Half, kind });
+            return Ok(ModelFiles {
+                path: path.to_path_buf(),
+                config,
+                rope_style: RopeStyle::Half,
+                kind,
+            });
         }
-        if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             let file = GgufFile::open(path)?;
             let config = file.config()?;
             return Ok(ModelFiles {
@@ -59,14 +71,24 @@ impl ModelFiles {
         }
         let name = path.to_string_lossy();
         if name.ends_with(".bin") || name.ends_with(".pt") || name.ends_with(".pth") {
-            return Err(Error::load(path, no_weights_message(path.parent().unwrap_or(Path::new(".")))));
+            return Err(Error::load(
+                path,
+                no_weights_message(path.parent().unwrap_or(Path::new("."))),
+            ));
         }
-        Err(Error::load(path, "expected a model folder (config.json + *.safetensors) or a .gguf file"))
+        Err(Error::load(
+            path,
+            "expected a model folder (config.json + *.safetensors) or a .gguf file",
+        ))
     }
 
     /// The folder holding tokenizer files, if any.
     pub fn dir(&self) -> Option<&Path> {
-        if self.path.is_dir() { Some(&self.path) } else { None }
+        if self.path.is_dir() {
+            Some(&self.path)
+        } else {
+            None
+        }
     }
 
     /// The parsed GGUF file (metadata, vocabulary, chat template), for `.gguf` models.
@@ -100,17 +122,30 @@ impl ModelFiles {
         match &self.kind {
             // sizes from the tensor infos, without repacking
             Kind::Gptq(g) => ids.iter().filter_map(|id| g.weight_bytes(*id)).sum(),
-            _ => ids.iter().filter_map(|id| self.weight(*id).ok()).map(|w| w.bytes.len()).sum(),
+            _ => ids
+                .iter()
+                .filter_map(|id| self.weight(*id).ok())
+                .map(|w| w.bytes.len())
+                .sum(),
         }
     }
 }
 
 /// Tensor `id` of a safetensors folder as stored (f32, f16 or bf16), checked against the
 /// config's shape.
-pub(crate) fn float_weight(files: &SafetensorsFiles, dir: &Path, id: TensorId, config: &Config) -> Result<WeightData> {
+pub(crate) fn float_weight(
+    files: &SafetensorsFiles,
+    dir: &Path,
+    id: TensorId,
+    config: &Config,
+) -> Result<WeightData> {
     let name = format!("{}.weight", id.hf_name());
     let t = files.get(&name).ok_or_else(|| {
-        let hint = if id == TensorId::Output { " (or set tie_word_embeddings)" } else { "" };
+        let hint = if id == TensorId::Output {
+            " (or set tie_word_embeddings)"
+        } else {
+            ""
+        };
         Error::load(dir, format!("tensor `{name}` is missing{hint}"))
     })?;
     t.to_weight(id, config)

@@ -4,12 +4,12 @@
 //! that every tensor is handed to the `ModelBuilder` (and so to the GPU) as soon as its last
 //! byte arrives, and its bytes are dropped. A 7B Q4 model never sits whole in wasm memory.
 
+use super::builder::ModelBuilder;
 use super::gguf::GgufFile;
 use super::safetensors::{RawTensor, parse_header};
 use super::{Blob, TensorId};
 use crate::backend::Backend;
 use crate::model::Model;
-use super::builder::ModelBuilder;
 use crate::{Config, Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -84,14 +84,20 @@ impl<B: Backend> StreamLoader<B> {
     /// Start the next file, `name` (ending in .gguf or .safetensors) of `len` bytes.
     pub fn begin_file(&mut self, name: &str, len: u64) -> Result<()> {
         if self.kind.is_some() {
-            return Err(Error::arg("file", format!("{} is still open", self.name.display())));
+            return Err(Error::arg(
+                "file",
+                format!("{} is still open", self.name.display()),
+            ));
         }
         let lower = name.to_ascii_lowercase();
         let kind = if lower.ends_with(".gguf") {
             FileKind::Gguf
         } else if lower.ends_with(".safetensors") {
             if self.config.is_none() {
-                return Err(Error::load(name, "safetensors weights need config.json first"));
+                return Err(Error::load(
+                    name,
+                    "safetensors weights need config.json first",
+                ));
             }
             FileKind::Safetensors
         } else {
@@ -114,7 +120,10 @@ impl<B: Backend> StreamLoader<B> {
             return Err(Error::arg("file", "push before begin_file"));
         }
         if self.pos + (self.buf.len() + chunk.len()) as u64 > self.file_len {
-            return Err(Error::load(&self.name, format!("more bytes than the announced {}", self.file_len)));
+            return Err(Error::load(
+                &self.name,
+                format!("more bytes than the announced {}", self.file_len),
+            ));
         }
         self.buf.extend_from_slice(chunk);
         if !self.header_done {
@@ -132,7 +141,10 @@ impl<B: Backend> StreamLoader<B> {
         if got != self.file_len || !self.header_done || self.next < self.items.len() {
             return Err(Error::load(
                 &self.name,
-                format!("truncated download: {got} of {} bytes arrived", self.file_len),
+                format!(
+                    "truncated download: {got} of {} bytes arrived",
+                    self.file_len
+                ),
             ));
         }
         self.kind = None;
@@ -150,11 +162,17 @@ impl<B: Backend> StreamLoader<B> {
                 if have < want && !all_in {
                     return Ok(());
                 }
-                match GgufFile::parse_header(Blob::from_vec(self.buf.clone()), self.file_len, &self.name) {
+                match GgufFile::parse_header(
+                    Blob::from_vec(self.buf.clone()),
+                    self.file_len,
+                    &self.name,
+                ) {
                     Ok(g) => {
                         let config = g.config()?;
-                        let by_name: HashMap<String, TensorId> =
-                            TensorId::all(&config).into_iter().map(|id| (format!("{}.weight", id.gguf_name()), id)).collect();
+                        let by_name: HashMap<String, TensorId> = TensorId::all(&config)
+                            .into_iter()
+                            .map(|id| (format!("{}.weight", id.gguf_name()), id))
+                            .collect();
                         let data = g.data_offset() as u64;
                         self.items = g
                             .tensors()
@@ -185,14 +203,19 @@ impl<B: Backend> StreamLoader<B> {
                 }
                 let n = u64::from_le_bytes(self.buf[..8].try_into().expect("8 bytes")) as usize;
                 if n > MAX_HEADER || 8 + n as u64 > self.file_len {
-                    return Err(Error::load(&self.name, "not a valid safetensors file (header length)"));
+                    return Err(Error::load(
+                        &self.name,
+                        "not a valid safetensors file (header length)",
+                    ));
                 }
                 if have < 8 + n {
                     return Ok(());
                 }
                 let config = self.config.clone().expect("checked in begin_file");
-                let by_name: HashMap<String, TensorId> =
-                    TensorId::all(&config).into_iter().map(|id| (format!("{}.weight", id.hf_name()), id)).collect();
+                let by_name: HashMap<String, TensorId> = TensorId::all(&config)
+                    .into_iter()
+                    .map(|id| (format!("{}.weight", id.hf_name()), id))
+                    .collect();
                 let base = 8 + n as u64;
                 self.items = parse_header(&self.buf[8..8 + n], &self.name)?
                     .into_iter()
@@ -206,7 +229,10 @@ impl<B: Backend> StreamLoader<B> {
                     .collect();
                 if let Some(last) = self.items.last() {
                     if last.start + last.len != self.file_len {
-                        return Err(Error::load(&self.name, "safetensors header does not match the file size"));
+                        return Err(Error::load(
+                            &self.name,
+                            "safetensors header does not match the file size",
+                        ));
                     }
                 }
                 if self.builder.is_none() {
@@ -221,9 +247,15 @@ impl<B: Backend> StreamLoader<B> {
 
     fn start_builder(&mut self, config: Config, style: super::RopeStyle) -> Result<()> {
         if self.builder.is_some() {
-            return Err(Error::load(&self.name, "a GGUF model is one file; got a second model file"));
+            return Err(Error::load(
+                &self.name,
+                "a GGUF model is one file; got a second model file",
+            ));
         }
-        let backend = self.backend.take().expect("backend present until the builder exists");
+        let backend = self
+            .backend
+            .take()
+            .expect("backend present until the builder exists");
         self.config = Some(config.clone());
         self.builder = Some(ModelBuilder::new(config, style, backend));
         Ok(())
@@ -236,7 +268,11 @@ impl<B: Backend> StreamLoader<B> {
         while let Some(item) = self.items.get(self.next) {
             self.current = item.name.clone();
             if item.start + item.len > end {
-                consumed = consumed.max(item.start.saturating_sub(self.pos).min(self.buf.len() as u64));
+                consumed = consumed.max(
+                    item.start
+                        .saturating_sub(self.pos)
+                        .min(self.buf.len() as u64),
+                );
                 break;
             }
             let off = (item.start - self.pos) as usize;
@@ -244,13 +280,20 @@ impl<B: Backend> StreamLoader<B> {
             if let Some(id) = item.id {
                 let config = self.config.as_ref().expect("set with the header");
                 let w = match (&item.raw, &self.gguf) {
-                    (Some((dtype, shape)), _) => {
-                        RawTensor { dtype: *dtype, shape: shape.clone(), bytes, file: self.name.clone() }.to_weight(id, config)?
+                    (Some((dtype, shape)), _) => RawTensor {
+                        dtype: *dtype,
+                        shape: shape.clone(),
+                        bytes,
+                        file: self.name.clone(),
                     }
+                    .to_weight(id, config)?,
                     (None, Some(g)) => g.weight_from(id, config, Some(bytes))?,
                     (None, None) => unreachable!("GGUF items come with the GGUF header"),
                 };
-                self.builder.as_mut().expect("set with the header").add(id, &w)?;
+                self.builder
+                    .as_mut()
+                    .expect("set with the header")
+                    .add(id, &w)?;
             }
             self.loaded_bytes += item.len;
             consumed = item.start + item.len - self.pos;
@@ -269,7 +312,9 @@ impl<B: Backend> StreamLoader<B> {
         if self.kind.is_some() {
             return Err(Error::load(&self.name, "the last file was not completed"));
         }
-        let b = self.builder.ok_or_else(|| Error::load(Path::new("model"), "no weights were streamed"))?;
+        let b = self
+            .builder
+            .ok_or_else(|| Error::load(Path::new("model"), "no weights were streamed"))?;
         b.finish()
     }
 }

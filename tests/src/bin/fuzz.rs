@@ -14,8 +14,13 @@ fn main() {
         None => 3600.0,
     };
     let only = args;
-    let seed = std::env::var("YANGTUO_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = std::env::var("YANGTUO_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
     yangtuo_tests::fuzz::campaign(secs, usize::MAX, &only, seed);
 }

@@ -7,8 +7,17 @@ use yangtuo_tests::Spec;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
-    let num = |k: &str, d: usize| get(k).map(|v| v.parse().unwrap_or_else(|_| panic!("{k}: not a number"))).unwrap_or(d);
+    let get = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let num = |k: &str, d: usize| {
+        get(k)
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{k}: not a number")))
+            .unwrap_or(d)
+    };
     let out = PathBuf::from(get("--out").expect("--out DIR is required"));
     let base = match get("--shape").as_deref() {
         // TinyLlama-1.1B: the shape of ../shared/bench/ANCHORS.md

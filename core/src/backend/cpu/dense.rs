@@ -52,16 +52,44 @@ pub fn matmul(
     w: &[u8],
     dst: &mut [f32],
 ) {
-    matmul_on(simd(), format, mkn, x, w, Rows { stride: mkn.1, parallel: true }, dst)
+    matmul_on(
+        simd(),
+        format,
+        mkn,
+        x,
+        w,
+        Rows {
+            stride: mkn.1,
+            parallel: true,
+        },
+        dst,
+    )
 }
 
 /// As [`matmul`] for f32 weights whose rows lie `stride` floats apart (the keys of one head
 /// in a KV cache), on the calling thread alone (for a caller that is already one of the
 /// pool's workers).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // attention's prompt path is x86-64's
-pub fn matmul_f32_strided_serial(mkn: (usize, usize, usize), x: &[f32], w: &[f32], stride: usize, dst: &mut [f32]) {
-    let rows = Rows { stride, parallel: false };
-    matmul_on(simd(), WeightFormat::F32, mkn, x, bytemuck::cast_slice(w), rows, dst)
+pub fn matmul_f32_strided_serial(
+    mkn: (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    stride: usize,
+    dst: &mut [f32],
+) {
+    let rows = Rows {
+        stride,
+        parallel: false,
+    };
+    matmul_on(
+        simd(),
+        WeightFormat::F32,
+        mkn,
+        x,
+        bytemuck::cast_slice(w),
+        rows,
+        dst,
+    )
 }
 
 /// Where the weight rows are, and whether the product may use the thread pool.
@@ -143,7 +171,12 @@ fn matmul_tiled<const ROWS: usize>(
                 for t in t..end {
                     let xt = &x[t * k..(t + 1) * k];
                     if r0 + ROWS <= n {
-                        let dots = dot_tile::<ROWS, 1, 1>(simd, format, std::array::from_fn(|i| row(r0 + i)), xt);
+                        let dots = dot_tile::<ROWS, 1, 1>(
+                            simd,
+                            format,
+                            std::array::from_fn(|i| row(r0 + i)),
+                            xt,
+                        );
                         for (i, [v]) in dots.iter().enumerate() {
                             put(t, r0 + i, *v);
                         }
@@ -452,16 +485,26 @@ mod tests {
     #[test]
     fn strided_rows_match_an_f64_loop() {
         let mut rng = crate::testing::Rng(0x1234_5678);
-        for (m, k, n, stride) in [(1, 8, 1, 8), (5, 64, 13, 96), (9, 24, 7, 40), (64, 64, 300, 256)] {
+        for (m, k, n, stride) in [
+            (1, 8, 1, 8),
+            (5, 64, 13, 96),
+            (9, 24, 7, 40),
+            (64, 64, 300, 256),
+        ] {
             let x: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
             let w: Vec<f32> = (0..(n - 1) * stride + k).map(|_| rng.f32()).collect();
             let mut dst = vec![0f32; m * n];
             matmul_f32_strided_serial((m, k, n), &x, &w, stride, &mut dst);
             for t in 0..m {
                 for r in 0..n {
-                    let want: f64 = (0..k).map(|i| x[t * k + i] as f64 * w[r * stride + i] as f64).sum();
+                    let want: f64 = (0..k)
+                        .map(|i| x[t * k + i] as f64 * w[r * stride + i] as f64)
+                        .sum();
                     let got = dst[t * n + r] as f64;
-                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{m}x{k}x{n}/{stride} [{t},{r}]: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{m}x{k}x{n}/{stride} [{t},{r}]: {got} vs {want}"
+                    );
                 }
             }
         }
@@ -502,7 +545,18 @@ mod tests {
                         continue; // this CPU lacks it
                     }
                     let mut dst = vec![0f32; m * n];
-                    matmul_on(simd, format, (m, k, n), &x, &w, Rows { stride: k, parallel: true }, &mut dst);
+                    matmul_on(
+                        simd,
+                        format,
+                        (m, k, n),
+                        &x,
+                        &w,
+                        Rows {
+                            stride: k,
+                            parallel: true,
+                        },
+                        &mut dst,
+                    );
                     for t in 0..m {
                         for r in 0..n {
                             let want: f64 = (0..k)
@@ -530,21 +584,39 @@ mod tests {
         let mut rng = crate::testing::Rng(0x7f4a_7c15);
         let (k, n) = (200, 13);
         let wf: Vec<f32> = (0..n * k).map(|_| rng.f32()).collect();
-        let w: Vec<u8> = wf.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        let w: Vec<u8> = wf
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
         for m in [2, 4, 5, 9] {
             let x: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
             for simd in [Simd::Avx512, Simd::Avx2, Simd::Scalar] {
                 if simd > Simd::within(Features::present()) {
                     continue;
                 }
-                let rows = Rows { stride: k, parallel: true };
+                let rows = Rows {
+                    stride: k,
+                    parallel: true,
+                };
                 let mut all = vec![0f32; m * n];
                 matmul_on(simd, WeightFormat::F16, (m, k, n), &x, &w, rows, &mut all);
                 for t in 0..m {
                     let mut one = vec![0f32; n];
-                    matmul_on(simd, WeightFormat::F16, (1, k, n), &x[t * k..(t + 1) * k], &w, rows, &mut one);
+                    matmul_on(
+                        simd,
+                        WeightFormat::F16,
+                        (1, k, n),
+                        &x[t * k..(t + 1) * k],
+                        &w,
+                        rows,
+                        &mut one,
+                    );
                     for r in 0..n {
-                        assert_eq!(all[t * n + r].to_bits(), one[r].to_bits(), "{simd:?} m={m} token {t} row {r}");
+                        assert_eq!(
+                            all[t * n + r].to_bits(),
+                            one[r].to_bits(),
+                            "{simd:?} m={m} token {t} row {r}"
+                        );
                     }
                 }
             }

@@ -4,7 +4,9 @@
 
 use crate::weights::WeightFormat;
 use crate::weights::ggml::as_blocks;
-use candle_core::quantized::k_quants::{self, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{
+    self, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType,
+};
 use half::{bf16, f16};
 
 /// `dst[m, n] = lhs[m, k] · W[n, k]ᵀ` with W in `format`, multi-threaded. Quantized formats
@@ -12,9 +14,16 @@ use half::{bf16, f16};
 /// error bound of these products is that of the Q8 activation quantization. `Gptq4` is the
 /// exception: it keeps f32 activations, here in a plain single-threaded loop (the CPU
 /// backend has the threaded kernel; this one is its reference).
-pub fn matmul(format: WeightFormat, (m, k, n): (usize, usize, usize), lhs: &[f32], w: &[u8], dst: &mut [f32]) {
+pub fn matmul(
+    format: WeightFormat,
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    w: &[u8],
+    dst: &mut [f32],
+) {
     fn go<T: GgmlType>(mkn: (usize, usize, usize), lhs: &[f32], w: &[u8], dst: &mut [f32]) {
-        k_quants::matmul::<T>(mkn, lhs, &as_blocks::<T>(w), dst).expect("shapes checked by the caller")
+        k_quants::matmul::<T>(mkn, lhs, &as_blocks::<T>(w), dst)
+            .expect("shapes checked by the caller")
     }
     let mkn = (m, k, n);
     match format {
@@ -32,7 +41,11 @@ pub fn matmul(format: WeightFormat, (m, k, n): (usize, usize, usize), lhs: &[f32
             for r in 0..n {
                 format.dequantize(&w[r * rb..(r + 1) * rb], &mut row);
                 for t in 0..m {
-                    dst[t * n + r] = row.iter().zip(&lhs[t * k..(t + 1) * k]).map(|(a, b)| a * b).sum();
+                    dst[t * n + r] = row
+                        .iter()
+                        .zip(&lhs[t * k..(t + 1) * k])
+                        .map(|(a, b)| a * b)
+                        .sum();
                 }
             }
         }

@@ -16,7 +16,7 @@ mod dense;
 mod ggml;
 mod gptq;
 mod parallel;
-pub use parallel::clamped_thread_env;
+pub use parallel::clamp_thread_env;
 #[cfg(target_arch = "x86_64")]
 mod q8;
 mod simd;
@@ -67,15 +67,27 @@ impl Backend for Cpu {
 
     fn upload_matrix(&self, _name: &str, w: &WeightData) -> Result<CpuMatrix> {
         // Mapped bytes are used in place; only a misaligned tensor is copied.
-        Ok(CpuMatrix { format: w.format, rows: w.rows, cols: w.cols, bytes: w.bytes.aligned(8), perm: w.perm.clone() })
+        Ok(CpuMatrix {
+            format: w.format,
+            rows: w.rows,
+            cols: w.cols,
+            bytes: w.bytes.aligned(8),
+            perm: w.perm.clone(),
+        })
     }
 
     fn alloc(&self, _name: &str, rows: usize, cols: usize) -> Result<CpuAct> {
-        Ok(CpuAct { data: vec![0.0; rows * cols], cols })
+        Ok(CpuAct {
+            data: vec![0.0; rows * cols],
+            cols,
+        })
     }
 
     fn alloc_kv(&self, _name: &str, max_seq: usize, kv_dim: usize) -> Result<CpuKv> {
-        Ok(CpuKv { data: vec![0.0; max_seq * kv_dim], kv_dim })
+        Ok(CpuKv {
+            data: vec![0.0; max_seq * kv_dim],
+            kv_dim,
+        })
     }
 
     fn write(&self, dst: &mut CpuAct, data: &[f32]) {
@@ -83,10 +95,15 @@ impl Backend for Cpu {
     }
 
     fn embed(&self, table: &CpuMatrix, ids: &[u32], out: &mut CpuAct) {
-        let rb = table.format.row_bytes(table.cols, "").expect("checked at load");
+        let rb = table
+            .format
+            .row_bytes(table.cols, "")
+            .expect("checked at load");
         for (t, &id) in ids.iter().enumerate() {
             let row = &table.bytes[id as usize * rb..(id as usize + 1) * rb];
-            table.format.dequantize(row, &mut out.data[t * table.cols..(t + 1) * table.cols]);
+            table
+                .format
+                .dequantize(row, &mut out.data[t * table.cols..(t + 1) * table.cols]);
         }
     }
 
@@ -96,7 +113,11 @@ impl Backend for Cpu {
             let xr = &x.data[(first + t) * d..(first + t + 1) * d];
             let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
             let inv = 1.0 / (ss + eps).sqrt();
-            for ((o, xv), wv) in out.data[t * d..(t + 1) * d].iter_mut().zip(xr).zip(&w.data[..d]) {
+            for ((o, xv), wv) in out.data[t * d..(t + 1) * d]
+                .iter_mut()
+                .zip(xr)
+                .zip(&w.data[..d])
+            {
                 *o = xv * inv * wv;
             }
         }
@@ -109,7 +130,9 @@ impl Backend for Cpu {
         let xs = match &w.perm {
             None => &x.data[..n * k],
             Some(perm) => {
-                gathered = (0..n).flat_map(|t| perm.iter().map(move |&c| x.data[t * x.cols + c as usize])).collect();
+                gathered = (0..n)
+                    .flat_map(|t| perm.iter().map(move |&c| x.data[t * x.cols + c as usize]))
+                    .collect();
                 &gathered[..]
             }
         };
@@ -125,7 +148,15 @@ impl Backend for Cpu {
         }
     }
 
-    fn rope(&self, x: &mut CpuAct, n: usize, n_heads: usize, head_dim: usize, table: &CpuAct, style: RopeStyle) {
+    fn rope(
+        &self,
+        x: &mut CpuAct,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+        table: &CpuAct,
+        style: RopeStyle,
+    ) {
         let half = head_dim / 2;
         for t in 0..n {
             let angles = &table.data[t * head_dim..(t + 1) * head_dim];
@@ -145,16 +176,50 @@ impl Backend for Cpu {
         }
     }
 
-    fn store_kv(&self, k: &CpuAct, v: &CpuAct, first: usize, n: usize, pos: usize, kc: &mut CpuKv, vc: &mut CpuKv) {
+    fn store_kv(
+        &self,
+        k: &CpuAct,
+        v: &CpuAct,
+        first: usize,
+        n: usize,
+        pos: usize,
+        kc: &mut CpuKv,
+        vc: &mut CpuKv,
+    ) {
         let d = kc.kv_dim;
         kc.data[pos * d..(pos + n) * d].copy_from_slice(&k.data[first * d..(first + n) * d]);
         vc.data[pos * d..(pos + n) * d].copy_from_slice(&v.data[first * d..(first + n) * d]);
     }
 
-    fn attention(&self, q: &CpuAct, kc: &CpuKv, vc: &CpuKv, first: usize, n: usize, pos: usize, s: AttnShape, out: &mut CpuAct) {
-        let queries = attention::Rows { data: &q.data[first * q.cols..], stride: q.cols };
-        let cache = attention::Cache { k: &kc.data, v: &vc.data, stride: kc.kv_dim };
-        attention::attention(queries, cache, n, pos, s, &mut out.data[first * out.cols..], out.cols)
+    fn attention(
+        &self,
+        q: &CpuAct,
+        kc: &CpuKv,
+        vc: &CpuKv,
+        first: usize,
+        n: usize,
+        pos: usize,
+        s: AttnShape,
+        out: &mut CpuAct,
+    ) {
+        let queries = attention::Rows {
+            data: &q.data[first * q.cols..],
+            stride: q.cols,
+        };
+        let cache = attention::Cache {
+            k: &kc.data,
+            v: &vc.data,
+            stride: kc.kv_dim,
+        };
+        attention::attention(
+            queries,
+            cache,
+            n,
+            pos,
+            s,
+            &mut out.data[first * out.cols..],
+            out.cols,
+        )
     }
 
     fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct, len: usize) {

@@ -14,16 +14,25 @@ fn max_threads() -> usize {
     4 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// `RAYON_NUM_THREADS` if it asks for more than `max_threads` (or is not a number): the
-/// value to use instead, with a warning. `None` when it is fine or unset.
-pub fn clamped_thread_env() -> Option<String> {
+/// Replace a `RAYON_NUM_THREADS` that asks for more than `max_threads` (or is not a
+/// number) in this process's environment, and say what was done (the caller warns in its
+/// runtime's way). `None` when it is fine or unset.
+///
+/// Call it once at start-up (the CLI's `main`, the Python and Node modules' init), before
+/// candle's pool starts: that pool reads the variable once, when first used.
+pub fn clamp_thread_env() -> Option<String> {
     let v = std::env::var("RAYON_NUM_THREADS").ok()?;
     let max = max_threads();
     match v.trim().parse::<usize>() {
         Ok(n) if n <= max => None,
         _ => {
-            log::warn!("RAYON_NUM_THREADS={v} is not a thread count this machine can use; using {max}");
-            Some(max.to_string())
+            // SAFETY: called at start-up, while no thread of ours runs; the runtimes' own
+            // threads (the Python interpreter's, libuv's) do not read the environment
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", max.to_string()) };
+            Some(format!(
+                "RAYON_NUM_THREADS={} is not a thread count this machine can use; using {max}",
+                crate::error::printable(&v, 40)
+            ))
         }
     }
 }

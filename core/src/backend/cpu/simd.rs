@@ -50,7 +50,9 @@ impl Features {
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Features {
-    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
     Features {
         avx2,
         avx512: avx2 && is_x86_feature_detected!("avx512f"),
@@ -147,10 +149,19 @@ unsafe fn hsum8(v: [__m256; 8]) -> __m256 {
         let ef = halves_added(v[4], v[5]);
         let gh = halves_added(v[6], v[7]);
         // then [s0 + s2, s1 + s3]: x = [a, a', c, c' | b, b', d, d'] (y: e, g | f, h)
-        let x = _mm256_add_ps(_mm256_shuffle_ps::<0x44>(ab, cd), _mm256_shuffle_ps::<0xee>(ab, cd));
-        let y = _mm256_add_ps(_mm256_shuffle_ps::<0x44>(ef, gh), _mm256_shuffle_ps::<0xee>(ef, gh));
+        let x = _mm256_add_ps(
+            _mm256_shuffle_ps::<0x44>(ab, cd),
+            _mm256_shuffle_ps::<0xee>(ab, cd),
+        );
+        let y = _mm256_add_ps(
+            _mm256_shuffle_ps::<0x44>(ef, gh),
+            _mm256_shuffle_ps::<0xee>(ef, gh),
+        );
         // then the two added: [a, c, e, g | b, d, f, h]
-        let r = _mm256_add_ps(_mm256_shuffle_ps::<0x88>(x, y), _mm256_shuffle_ps::<0xdd>(x, y));
+        let r = _mm256_add_ps(
+            _mm256_shuffle_ps::<0x88>(x, y),
+            _mm256_shuffle_ps::<0xdd>(x, y),
+        );
         _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 }
@@ -159,7 +170,12 @@ unsafe fn hsum8(v: [__m256; 8]) -> __m256 {
 #[inline(always)]
 unsafe fn halves_added(a: __m256, b: __m256) -> __m256 {
     // SAFETY: AVX is the caller's contract.
-    unsafe { _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b)) }
+    unsafe {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        )
+    }
 }
 
 /// Dot product in eight lanes, so that it vectorizes (a plain `sum()` must keep the
@@ -168,7 +184,12 @@ unsafe fn halves_added(a: __m256, b: __m256) -> __m256 {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (av, bv) in ac.zip(bc) {
         for i in 0..8 {
             acc[i] += av[i] * bv[i];
@@ -191,13 +212,22 @@ mod tests {
         let mut rng = crate::testing::Rng(0x0bad_cafe);
         for count in [1, 3, 8, 13, 24] {
             // mixed magnitudes, so that the order of the additions shows in the bits
-            let lanes: Vec<f32> = (0..count * 8).map(|i| rng.f32() * [1e-3, 1.0, 1e4][i % 3]).collect();
-            let v: Vec<__m256> = lanes.chunks(8).map(|c| unsafe { _mm256_loadu_ps(c.as_ptr()) }).collect();
+            let lanes: Vec<f32> = (0..count * 8)
+                .map(|i| rng.f32() * [1e-3, 1.0, 1e4][i % 3])
+                .collect();
+            let v: Vec<__m256> = lanes
+                .chunks(8)
+                .map(|c| unsafe { _mm256_loadu_ps(c.as_ptr()) })
+                .collect();
             let mut got = vec![0f32; count];
             unsafe { hsums_avx2(&v, &mut got) };
             for (i, g) in got.iter().enumerate() {
                 let want = unsafe { hsum(v[i]) };
-                assert_eq!(g.to_bits(), want.to_bits(), "vector {i} of {count}: {g} vs {want}");
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "vector {i} of {count}: {g} vs {want}"
+                );
             }
         }
     }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 /// A product that can join a fused one-token launch: one token, no column permutation.
 fn fusable(op: &Op) -> Option<(&BufRef, &CudaMatrix, &BufRef)> {
     match op {
-        Op::Matmul { x, n: 1, m, out, .. } if m.0.perm.is_none() => Some((x, m, out)),
+        Op::Matmul {
+            x, n: 1, m, out, ..
+        } if m.0.perm.is_none() => Some((x, m, out)),
         _ => None,
     }
 }
@@ -24,28 +26,86 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
     for op in ops {
         let op = match op {
             // residual add, then the RMSNorm of the same rows
-            Op::Norm { x, cols, first: 0, n, w, eps, out: o, add: None } => match out.last() {
+            Op::Norm {
+                x,
+                cols,
+                first: 0,
+                n,
+                w,
+                eps,
+                out: o,
+                add: None,
+            } => match out.last() {
                 Some(Op::Add { x: ax, len, .. }) if Arc::ptr_eq(ax, &x) && *len == n * cols => {
-                    let Some(Op::Add { y, .. }) = out.pop() else { unreachable!() };
-                    Op::Norm { x, cols, first: 0, n, w, eps, out: o, add: Some(y) }
+                    let Some(Op::Add { y, .. }) = out.pop() else {
+                        unreachable!()
+                    };
+                    Op::Norm {
+                        x,
+                        cols,
+                        first: 0,
+                        n,
+                        w,
+                        eps,
+                        out: o,
+                        add: Some(y),
+                    }
                 }
-                _ => Op::Norm { x, cols, first: 0, n, w, eps, out: o, add: None },
+                _ => Op::Norm {
+                    x,
+                    cols,
+                    first: 0,
+                    n,
+                    w,
+                    eps,
+                    out: o,
+                    add: None,
+                },
             },
             // one-token products sharing x: q, k, v (and gate, up)
-            Op::Matmul { x, x_cols, n: 1, m, out: o, out_cols } if m.0.perm.is_none() => {
+            Op::Matmul {
+                x,
+                x_cols,
+                n: 1,
+                m,
+                out: o,
+                out_cols,
+            } if m.0.perm.is_none() => {
                 let joins = |mats: &[(CudaMatrix, BufRef)], px: &BufRef| {
-                    Arc::ptr_eq(px, &x) && mats.len() < 3 && same_kind(&mats[0].0, &m) && mats.iter().all(|(_, po)| !Arc::ptr_eq(po, &o))
+                    Arc::ptr_eq(px, &x)
+                        && mats.len() < 3
+                        && same_kind(&mats[0].0, &m)
+                        && mats.iter().all(|(_, po)| !Arc::ptr_eq(po, &o))
                 };
                 match out.last_mut() {
                     Some(Op::Matvec { x: px, mats }) if joins(mats, px) => {
                         mats.push((m, o));
                         continue;
                     }
-                    Some(prev) if fusable(prev).is_some_and(|(px, pm, po)| Arc::ptr_eq(px, &x) && same_kind(pm, &m) && !Arc::ptr_eq(po, &o)) => {
-                        let Some(Op::Matmul { x, m: pm, out: po, .. }) = out.pop() else { unreachable!() };
-                        Op::Matvec { x, mats: vec![(pm, po), (m, o)] }
+                    Some(prev)
+                        if fusable(prev).is_some_and(|(px, pm, po)| {
+                            Arc::ptr_eq(px, &x) && same_kind(pm, &m) && !Arc::ptr_eq(po, &o)
+                        }) =>
+                    {
+                        let Some(Op::Matmul {
+                            x, m: pm, out: po, ..
+                        }) = out.pop()
+                        else {
+                            unreachable!()
+                        };
+                        Op::Matvec {
+                            x,
+                            mats: vec![(pm, po), (m, o)],
+                        }
                     }
-                    _ => Op::Matmul { x, x_cols, n: 1, m, out: o, out_cols },
+                    _ => Op::Matmul {
+                        x,
+                        x_cols,
+                        n: 1,
+                        m,
+                        out: o,
+                        out_cols,
+                    },
                 }
             }
             // SwiGLU right after the gate and up products
@@ -57,22 +117,52 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
                         && mats[0].0.0.rows == len
                         && mats[1].0.0.rows == len =>
                 {
-                    let Some(Op::Matvec { x, mut mats }) = out.pop() else { unreachable!() };
+                    let Some(Op::Matvec { x, mut mats }) = out.pop() else {
+                        unreachable!()
+                    };
                     let up_pair = mats.pop().expect("two");
                     let gate_pair = mats.pop().expect("two");
-                    Op::Glu { x, gate: gate_pair, up: up_pair }
+                    Op::Glu {
+                        x,
+                        gate: gate_pair,
+                        up: up_pair,
+                    }
                 }
                 _ => Op::SiluMul { gate, up, len },
             },
             // RoPE of q, RoPE of k, then the store of k and v
-            Op::StoreKv { k, v, first, n, pos, kv_dim, kc, vc } => {
+            Op::StoreKv {
+                k,
+                v,
+                first,
+                n,
+                pos,
+                kv_dim,
+                kc,
+                vc,
+            } => {
                 let l = out.len();
                 let fits = l >= 2
                     && first == 0
                     && match (&out[l - 2], &out[l - 1]) {
                         (
-                            Op::Rope { x: q, n: nq, hd: hq, table: tq, style: sq, .. },
-                            Op::Rope { x: rk, x_cols: kcols, n: nk, heads: kh, hd: hk, table: tk, style: sk },
+                            Op::Rope {
+                                x: q,
+                                n: nq,
+                                hd: hq,
+                                table: tq,
+                                style: sq,
+                                ..
+                            },
+                            Op::Rope {
+                                x: rk,
+                                x_cols: kcols,
+                                n: nk,
+                                heads: kh,
+                                hd: hk,
+                                table: tk,
+                                style: sk,
+                            },
                         ) => {
                             Arc::ptr_eq(rk, &k)
                                 && !Arc::ptr_eq(q, &k)
@@ -88,11 +178,47 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
                         _ => false,
                     };
                 if fits {
-                    let Some(Op::Rope { heads: kv_heads, .. }) = out.pop() else { unreachable!() };
-                    let Some(Op::Rope { x: q, x_cols: q_cols, heads: q_heads, hd, table, style, .. }) = out.pop() else { unreachable!() };
-                    Op::RopeStore { q, q_cols, q_heads, kv: [k, v, kc, vc], kv_heads, table, n, hd, style, pos }
+                    let Some(Op::Rope {
+                        heads: kv_heads, ..
+                    }) = out.pop()
+                    else {
+                        unreachable!()
+                    };
+                    let Some(Op::Rope {
+                        x: q,
+                        x_cols: q_cols,
+                        heads: q_heads,
+                        hd,
+                        table,
+                        style,
+                        ..
+                    }) = out.pop()
+                    else {
+                        unreachable!()
+                    };
+                    Op::RopeStore {
+                        q,
+                        q_cols,
+                        q_heads,
+                        kv: [k, v, kc, vc],
+                        kv_heads,
+                        table,
+                        n,
+                        hd,
+                        style,
+                        pos,
+                    }
                 } else {
-                    Op::StoreKv { k, v, first, n, pos, kv_dim, kc, vc }
+                    Op::StoreKv {
+                        k,
+                        v,
+                        first,
+                        n,
+                        pos,
+                        kv_dim,
+                        kc,
+                        vc,
+                    }
                 }
             }
             other => other,
@@ -127,7 +253,10 @@ mod tests {
 
     impl Tape {
         fn new() -> Tape {
-            Tape { rec: Mutex::new(Recorder::new(false)), next_ptr: AtomicU64::new(1) }
+            Tape {
+                rec: Mutex::new(Recorder::new(false)),
+                next_ptr: AtomicU64::new(1),
+            }
         }
 
         fn buf(&self) -> BufRef {
@@ -172,11 +301,19 @@ mod tests {
         }
 
         fn alloc(&self, _: &str, rows: usize, cols: usize) -> Result<CudaAct> {
-            Ok(CudaAct { buf: self.buf(), rows, cols })
+            Ok(CudaAct {
+                buf: self.buf(),
+                rows,
+                cols,
+            })
         }
 
         fn alloc_kv(&self, _: &str, max_seq: usize, kv_dim: usize) -> Result<CudaKv> {
-            Ok(CudaKv { buf: self.buf(), max_seq, kv_dim })
+            Ok(CudaKv {
+                buf: self.buf(),
+                max_seq,
+                kv_dim,
+            })
         }
 
         fn write(&self, dst: &mut CudaAct, data: &[f32]) {
@@ -187,7 +324,15 @@ mod tests {
             self.push(|rec| Op::embed(rec, table, ids, out));
         }
 
-        fn rms_norm(&self, x: &CudaAct, first: usize, n: usize, w: &CudaAct, eps: f32, out: &mut CudaAct) {
+        fn rms_norm(
+            &self,
+            x: &CudaAct,
+            first: usize,
+            n: usize,
+            w: &CudaAct,
+            eps: f32,
+            out: &mut CudaAct,
+        ) {
             self.push(|_| Op::rms_norm(x, first, n, w, eps, out));
         }
 
@@ -195,15 +340,42 @@ mod tests {
             self.push(|_| Op::matmul(x, n, w, out));
         }
 
-        fn rope(&self, x: &mut CudaAct, n: usize, n_heads: usize, head_dim: usize, table: &CudaAct, style: RopeStyle) {
+        fn rope(
+            &self,
+            x: &mut CudaAct,
+            n: usize,
+            n_heads: usize,
+            head_dim: usize,
+            table: &CudaAct,
+            style: RopeStyle,
+        ) {
             self.push(|_| Op::rope(x, n, n_heads, head_dim, table, style));
         }
 
-        fn store_kv(&self, k: &CudaAct, v: &CudaAct, first: usize, n: usize, pos: usize, kc: &mut CudaKv, vc: &mut CudaKv) {
+        fn store_kv(
+            &self,
+            k: &CudaAct,
+            v: &CudaAct,
+            first: usize,
+            n: usize,
+            pos: usize,
+            kc: &mut CudaKv,
+            vc: &mut CudaKv,
+        ) {
             self.push(|rec| Op::store_kv(rec, k, v, first, n, pos, kc, vc));
         }
 
-        fn attention(&self, q: &CudaAct, kc: &CudaKv, vc: &CudaKv, first: usize, n: usize, pos: usize, shape: AttnShape, out: &mut CudaAct) {
+        fn attention(
+            &self,
+            q: &CudaAct,
+            kc: &CudaKv,
+            vc: &CudaKv,
+            first: usize,
+            n: usize,
+            pos: usize,
+            shape: AttnShape,
+            out: &mut CudaAct,
+        ) {
             self.push(|rec| Op::attention(rec, q, kc, vc, first, n, pos, shape, out));
         }
 
@@ -246,7 +418,13 @@ mod tests {
                 TensorId::Layer(_, LayerTensor::W1 | LayerTensor::W3) => self.ffn,
                 _ => self.f,
             };
-            WeightData::new(f, rows, cols, Blob::from_vec(vec![0; rows * f.row_bytes(cols, "")?]), &id.gguf_name())
+            WeightData::new(
+                f,
+                rows,
+                cols,
+                Blob::from_vec(vec![0; rows * f.row_bytes(cols, "")?]),
+                &id.gguf_name(),
+            )
         }
     }
 
@@ -268,7 +446,8 @@ mod tests {
             bos_id: Some(1),
             eos_ids: vec![2],
         };
-        let model = Model::load(&mut Zeros { config, f, ffn }, Tape::new(), 0, &mut |_| {}).unwrap();
+        let model =
+            Model::load(&mut Zeros { config, f, ffn }, Tape::new(), 0, &mut |_| {}).unwrap();
         let mut state = model.new_state(64, 8, 1).unwrap();
         model.backend.take(); // the norm weights' uploads
         model.forward(&mut state, &vec![1; n], pos, 1).unwrap();
@@ -298,7 +477,10 @@ mod tests {
     #[test]
     fn decode_layer_fuses_to_eight_launches() {
         // gate and up of another format than q, k, v still pair up
-        for (f, ffn) in [(WeightFormat::Q4_0, WeightFormat::Q4_0), (WeightFormat::Q4K, WeightFormat::Q6K)] {
+        for (f, ffn) in [
+            (WeightFormat::Q4_0, WeightFormat::Q4_0),
+            (WeightFormat::Q4K, WeightFormat::Q6K),
+        ] {
             let got = kinds(&fuse(forward_ops(f, ffn, 1, 5)));
             #[rustfmt::skip]
             let want = [
@@ -318,7 +500,12 @@ mod tests {
     fn fusion_keeps_what_it_cannot_merge() {
         // prefill: only the adds join the norms and the RoPEs join the store; the final norm
         // of the last row only is not fused with the add before it
-        let got = kinds(&fuse(forward_ops(WeightFormat::F16, WeightFormat::F16, 7, 0)));
+        let got = kinds(&fuse(forward_ops(
+            WeightFormat::F16,
+            WeightFormat::F16,
+            7,
+            0,
+        )));
         #[rustfmt::skip]
         let want = [
             "embed", "write",

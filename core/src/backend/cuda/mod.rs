@@ -97,26 +97,40 @@ fn env_flag(name: &str, default: bool) -> bool {
 impl Cuda {
     /// Open GPU `YANGTUO_CUDA_DEVICE` (default 0) and compile the kernels for it.
     pub fn new() -> Result<Cuda> {
-        let ordinal = std::env::var("YANGTUO_CUDA_DEVICE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let ordinal = std::env::var("YANGTUO_CUDA_DEVICE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Self::open(ordinal)
     }
 
     pub fn open(ordinal: usize) -> Result<Cuda> {
         // SAFETY: only tries to dlopen the driver by its candidate names.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::Device("no CUDA driver (libcuda.so) on this machine".into()));
+            return Err(Error::Device(
+                "no CUDA driver (libcuda.so) on this machine".into(),
+            ));
         }
         let count = CudaContext::device_count().map_err(|e| driver_error("counting devices", e))?;
         if count <= ordinal as i32 {
-            return Err(Error::Device(format!("no CUDA device {ordinal} ({count} found)")));
+            return Err(Error::Device(format!(
+                "no CUDA device {ordinal} ({count} found)"
+            )));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_error("opening the device", e))?;
         // One stream, ordered by hand: no per-buffer events.
         // SAFETY: called before any allocation; every op runs on `stream`.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(|e| driver_error("creating a stream", e))?;
-        let (major, minor) = ctx.compute_capability().map_err(|e| driver_error("compute capability", e))?;
-        let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(1).max(1) as usize;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver_error("creating a stream", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| driver_error("compute capability", e))?;
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(1)
+            .max(1) as usize;
         let arch = format!("compute_{major}{minor}");
         let (ptx, cached) = compile_cached(&arch)?;
         let module = match ctx.load_module(ptx) {
@@ -128,7 +142,8 @@ impl Cuda {
                     let _ = std::fs::remove_file(f);
                 }
                 let (ptx, _) = compile_cached(&arch)?;
-                ctx.load_module(ptx).map_err(|e| driver_error(&format!("loading the kernels ({arch})"), e))?
+                ctx.load_module(ptx)
+                    .map_err(|e| driver_error(&format!("loading the kernels ({arch})"), e))?
             }
             Err(e) => return Err(driver_error(&format!("loading the kernels ({arch})"), e)),
         };
@@ -145,8 +160,18 @@ impl Cuda {
             mem as f64 / (1u64 << 30) as f64,
             driver / 1000,
             driver % 1000 / 10,
-            if cached { "cached PTX".into() } else { nvrtc_version().map(|(a, b)| format!("nvrtc {a}.{b}")).unwrap_or_default() },
-            if mma { "tensor-core prefill" } else { "f32 prefill" },
+            if cached {
+                "cached PTX".into()
+            } else {
+                nvrtc_version()
+                    .map(|(a, b)| format!("nvrtc {a}.{b}"))
+                    .unwrap_or_default()
+            },
+            if mma {
+                "tensor-core prefill"
+            } else {
+                "f32 prefill"
+            },
             if graphs_on { ", graphs" } else { "" },
         );
         log::info!("{desc}");
@@ -188,7 +213,10 @@ impl Cuda {
             rec.pos_slot = None;
             return Err(e);
         }
-        self.dev.ctx.bind_to_thread().map_err(|e| driver_error("binding the context", e))?;
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error("binding the context", e))?;
         if rec.ops.is_empty() {
             return Ok(());
         }
@@ -199,16 +227,33 @@ impl Cuda {
             0
         } else {
             let mut slot = rec.arena_dev.take();
-            let ptr = self.dev.scratch(&mut slot, &mut rec.retired, "upload arena", arena.len().max(64 << 10), false);
+            let ptr = self.dev.scratch(
+                &mut slot,
+                &mut rec.retired,
+                "upload arena",
+                arena.len().max(64 << 10),
+                false,
+            );
             rec.arena_dev = slot;
             let ptr = ptr?;
             self.dev.upload(ptr, &arena, "the upload arena")?;
             ptr
         };
-        let q8_slot = ops.iter().filter_map(q8_product).map(|(_, m)| q8_bytes(m.cols).next_multiple_of(256)).max().unwrap_or(0);
+        let q8_slot = ops
+            .iter()
+            .filter_map(q8_product)
+            .map(|(_, m)| q8_bytes(m.cols).next_multiple_of(256))
+            .max()
+            .unwrap_or(0);
         let q8 = if q8_slot > 0 {
             let mut slot = rec.q8.take();
-            let ptr = self.dev.scratch(&mut slot, &mut rec.retired, "Q8 activations", 2 * q8_slot, false);
+            let ptr = self.dev.scratch(
+                &mut slot,
+                &mut rec.retired,
+                "Q8 activations",
+                2 * q8_slot,
+                false,
+            );
             rec.q8 = slot;
             ptr?
         } else {
@@ -247,18 +292,32 @@ impl Backend for Cuda {
 
     fn upload_matrix(&self, name: &str, w: &WeightData) -> Result<CudaMatrix> {
         let Some(fi) = format_index(w.format) else {
-            return Err(Error::Device(format!("cuda: {name}: {:?} weights are not supported by this backend", w.format)));
+            return Err(Error::Device(format!(
+                "cuda: {name}: {:?} weights are not supported by this backend",
+                w.format
+            )));
         };
         let lay = layout(w.format, w.cols);
-        self.dev.ctx.bind_to_thread().map_err(|e| driver_error("binding the context", e))?;
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error("binding the context", e))?;
         let src_row = w.format.row_bytes(w.cols, name)?;
         let payload = self.dev.buf(name, w.rows * lay.payload_row, false)?;
-        let scales = if lay.scales_row > 0 { Some(self.dev.buf(&format!("{name} scales"), w.rows * lay.scales_row, false)?) } else { None };
+        let scales = if lay.scales_row > 0 {
+            Some(
+                self.dev
+                    .buf(&format!("{name} scales"), w.rows * lay.scales_row, false)?,
+            )
+        } else {
+            None
+        };
         if lay.scales_row == 0 && lay.payload_row == src_row {
             // stored as the kernels read it: straight from the (mapped) source
             for start in (0..w.bytes.len()).step_by(UPLOAD_CHUNK * 4) {
                 let end = (start + UPLOAD_CHUNK * 4).min(w.bytes.len());
-                self.dev.upload(payload.ptr + start as u64, &w.bytes[start..end], name)?;
+                self.dev
+                    .upload(payload.ptr + start as u64, &w.bytes[start..end], name)?;
             }
         } else {
             let per = (UPLOAD_CHUNK / lay.payload_row.max(1)).max(1);
@@ -266,35 +325,65 @@ impl Backend for Cuda {
             let mut s = vec![0u8; per * lay.scales_row];
             for r0 in (0..w.rows).step_by(per) {
                 let r1 = (r0 + per).min(w.rows);
-                let (p, s) = (&mut p[..(r1 - r0) * lay.payload_row], &mut s[..(r1 - r0) * lay.scales_row]);
+                let (p, s) = (
+                    &mut p[..(r1 - r0) * lay.payload_row],
+                    &mut s[..(r1 - r0) * lay.scales_row],
+                );
                 repack_rows(w, r0, r1, p, s);
-                self.dev.upload(payload.ptr + (r0 * lay.payload_row) as u64, p, name)?;
+                self.dev
+                    .upload(payload.ptr + (r0 * lay.payload_row) as u64, p, name)?;
                 if let Some(sb) = &scales {
-                    self.dev.upload(sb.ptr + (r0 * lay.scales_row) as u64, s, name)?;
+                    self.dev
+                        .upload(sb.ptr + (r0 * lay.scales_row) as u64, s, name)?;
                 }
             }
         }
         let perm = match &w.perm {
             Some(perm) => {
-                let b = self.dev.buf(&format!("{name} perm"), perm.len() * 4, false)?;
-                self.dev.upload(b.ptr, bytemuck::cast_slice(perm.as_slice()), name)?;
+                let b = self
+                    .dev
+                    .buf(&format!("{name} perm"), perm.len() * 4, false)?;
+                self.dev
+                    .upload(b.ptr, bytemuck::cast_slice(perm.as_slice()), name)?;
                 Some(b)
             }
             None => None,
         };
-        Ok(CudaMatrix(Arc::new(MatrixInner { format: w.format, fi, rows: w.rows, cols: w.cols, lay, payload, scales, perm })))
+        Ok(CudaMatrix(Arc::new(MatrixInner {
+            format: w.format,
+            fi,
+            rows: w.rows,
+            cols: w.cols,
+            lay,
+            payload,
+            scales,
+            perm,
+        })))
     }
 
     fn alloc(&self, name: &str, rows: usize, cols: usize) -> Result<CudaAct> {
-        Ok(CudaAct { buf: self.dev.buf(name, rows * cols * 4, true)?, rows, cols })
+        Ok(CudaAct {
+            buf: self.dev.buf(name, rows * cols * 4, true)?,
+            rows,
+            cols,
+        })
     }
 
     fn alloc_kv(&self, name: &str, max_seq: usize, kv_dim: usize) -> Result<CudaKv> {
-        Ok(CudaKv { buf: self.dev.buf(name, max_seq * kv_dim * 4, true)?, max_seq, kv_dim })
+        Ok(CudaKv {
+            buf: self.dev.buf(name, max_seq * kv_dim * 4, true)?,
+            max_seq,
+            kv_dim,
+        })
     }
 
     fn write(&self, dst: &mut CudaAct, data: &[f32]) {
-        assert!(data.len() <= dst.rows * dst.cols, "write of {} values into a buffer of {}", data.len(), dst.rows * dst.cols);
+        assert!(
+            data.len() <= dst.rows * dst.cols,
+            "write of {} values into a buffer of {}",
+            data.len(),
+            dst.rows * dst.cols
+        );
         self.record_with(|rec| Op::write(rec, dst, data));
     }
 
@@ -302,7 +391,15 @@ impl Backend for Cuda {
         self.record_with(|rec| Op::embed(rec, table, ids, out));
     }
 
-    fn rms_norm(&self, x: &CudaAct, first: usize, n: usize, w: &CudaAct, eps: f32, out: &mut CudaAct) {
+    fn rms_norm(
+        &self,
+        x: &CudaAct,
+        first: usize,
+        n: usize,
+        w: &CudaAct,
+        eps: f32,
+        out: &mut CudaAct,
+    ) {
         self.record(Op::rms_norm(x, first, n, w, eps, out));
     }
 
@@ -310,16 +407,49 @@ impl Backend for Cuda {
         self.record(Op::matmul(x, n, w, out));
     }
 
-    fn rope(&self, x: &mut CudaAct, n: usize, n_heads: usize, head_dim: usize, table: &CudaAct, style: RopeStyle) {
+    fn rope(
+        &self,
+        x: &mut CudaAct,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+        table: &CudaAct,
+        style: RopeStyle,
+    ) {
         self.record(Op::rope(x, n, n_heads, head_dim, table, style));
     }
 
-    fn store_kv(&self, k: &CudaAct, v: &CudaAct, first: usize, n: usize, pos: usize, kc: &mut CudaKv, vc: &mut CudaKv) {
-        assert!(pos + n <= kc.max_seq, "KV cache of {} positions cannot store {}..{}", kc.max_seq, pos, pos + n);
+    fn store_kv(
+        &self,
+        k: &CudaAct,
+        v: &CudaAct,
+        first: usize,
+        n: usize,
+        pos: usize,
+        kc: &mut CudaKv,
+        vc: &mut CudaKv,
+    ) {
+        assert!(
+            pos + n <= kc.max_seq,
+            "KV cache of {} positions cannot store {}..{}",
+            kc.max_seq,
+            pos,
+            pos + n
+        );
         self.record_with(|rec| Op::store_kv(rec, k, v, first, n, pos, kc, vc));
     }
 
-    fn attention(&self, q: &CudaAct, kc: &CudaKv, vc: &CudaKv, first: usize, n: usize, pos: usize, shape: AttnShape, out: &mut CudaAct) {
+    fn attention(
+        &self,
+        q: &CudaAct,
+        kc: &CudaKv,
+        vc: &CudaKv,
+        first: usize,
+        n: usize,
+        pos: usize,
+        shape: AttnShape,
+        out: &mut CudaAct,
+    ) {
         self.record_with(|rec| Op::attention(rec, q, kc, vc, first, n, pos, shape, out));
     }
 
@@ -338,7 +468,10 @@ impl Backend for Cuda {
         let mut v = [0u32; 1];
         let copied = flushed.and_then(|_| {
             // SAFETY: argmax_out holds at least 4 bytes.
-            unsafe { result::memcpy_dtoh_async(&mut v, self.argmax_out.ptr, self.dev.stream.cu_stream()) }.map_err(|e| driver_error("reading the argmax", e))
+            unsafe {
+                result::memcpy_dtoh_async(&mut v, self.argmax_out.ptr, self.dev.stream.cu_stream())
+            }
+            .map_err(|e| driver_error("reading the argmax", e))
         });
         let synced = self.dev.sync(&mut rec);
         copied.and(synced)?;
@@ -351,7 +484,8 @@ impl Backend for Cuda {
         let mut v = vec![0f32; rows.min(x.rows) * x.cols];
         let copied = flushed.and_then(|_| {
             // SAFETY: the buffer holds rows·cols f32 (at least v's length).
-            unsafe { result::memcpy_dtoh_async(&mut v[..], x.buf.ptr, self.dev.stream.cu_stream()) }.map_err(|e| driver_error("reading back", e))
+            unsafe { result::memcpy_dtoh_async(&mut v[..], x.buf.ptr, self.dev.stream.cu_stream()) }
+                .map_err(|e| driver_error("reading back", e))
         });
         let synced = self.dev.sync(&mut rec);
         copied.and(synced)?;

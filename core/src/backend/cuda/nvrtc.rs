@@ -43,7 +43,9 @@ fn compile_options(arch: &str) -> CompileOptions {
 fn preload_nvrtc() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let Ok(dir) = std::env::var("YANGTUO_NVRTC_DIR") else { return };
+        let Ok(dir) = std::env::var("YANGTUO_NVRTC_DIR") else {
+            return;
+        };
         let Ok(entries) = std::fs::read_dir(&dir) else {
             log::warn!("YANGTUO_NVRTC_DIR={dir} cannot be read");
             return;
@@ -52,7 +54,8 @@ fn preload_nvrtc() {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                (n.starts_with("libnvrtc.so") || n.starts_with("libnvrtc-builtins.so")) && !n.contains(".alt.")
+                (n.starts_with("libnvrtc.so") || n.starts_with("libnvrtc-builtins.so"))
+                    && !n.contains(".alt.")
             })
             .collect();
         // builtins first: NVRTC opens them by soname at its first compile
@@ -61,7 +64,10 @@ fn preload_nvrtc() {
             // SAFETY: loading NVRTC runs only its initializers; the handle is kept for the
             // life of the process (cudarc holds NVRTC as long).
             let lib = unsafe {
-                libloading::os::unix::Library::open(Some(&p), libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL)
+                libloading::os::unix::Library::open(
+                    Some(&p),
+                    libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                )
             };
             match lib {
                 Ok(lib) => std::mem::forget(lib),
@@ -96,7 +102,10 @@ pub fn compile(arch: &str) -> std::result::Result<Ptx, String> {
             .into());
     }
     cudarc::nvrtc::compile_ptx_with_opts(SOURCE, compile_options(arch)).map_err(|e| match e {
-        CompileError::CompileError { log, .. } => format!("kernels.cu does not compile for {arch}:\n{}", log.to_string_lossy()),
+        CompileError::CompileError { log, .. } => format!(
+            "kernels.cu does not compile for {arch}:\n{}",
+            log.to_string_lossy()
+        ),
         other => format!("NVRTC: {other:?}"),
     })
 }
@@ -108,22 +117,32 @@ pub fn compile(arch: &str) -> std::result::Result<Ptx, String> {
 pub fn cache_file(base: Option<&std::path::Path>, arch: &str) -> Option<std::path::PathBuf> {
     // FNV-1a, stable across builds (unlike std's hasher)
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in SOURCE.bytes().chain(compile_options(arch).options.join(" ").into_bytes()) {
+    for b in SOURCE
+        .bytes()
+        .chain(compile_options(arch).options.join(" ").into_bytes())
+    {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     }
     let base = match base {
         Some(b) => b.to_path_buf(),
         None => std::env::var_os("XDG_CACHE_HOME")
             .map(std::path::PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?,
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
+            })?,
     };
-    Some(base.join("yangtuo").join(format!("kernels-{arch}-{h:016x}.ptx")))
+    Some(
+        base.join("yangtuo")
+            .join(format!("kernels-{arch}-{h:016x}.ptx")),
+    )
 }
 
 /// Write `ptx` to `file` (atomically; failures only cost a recompile next time).
 pub fn write_cache(file: &std::path::Path, ptx: &Ptx) {
     let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-    let ok = file.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+    let ok = file
+        .parent()
+        .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
         && std::fs::write(&tmp, ptx.to_src()).is_ok()
         && std::fs::rename(&tmp, file).is_ok();
     if !ok {
@@ -140,7 +159,10 @@ pub(super) fn compile_cached(arch: &str) -> Result<(Ptx, bool)> {
     }
     let t = std::time::Instant::now();
     let ptx = compile(arch).map_err(Error::Device)?;
-    log::info!("cuda: compiled the kernels for {arch} in {:.1} s", t.elapsed().as_secs_f64());
+    log::info!(
+        "cuda: compiled the kernels for {arch} in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     if let Some(file) = file {
         write_cache(&file, &ptx);
     }
@@ -168,18 +190,32 @@ mod tests {
             let src = ptx.to_src();
             for (_, f) in FORMATS {
                 for k in ["mv", "glu", "mmtc", "mm", "embed"] {
-                    assert!(src.contains(&format!(".entry {k}_{f}(")), "{arch}: no kernel {k}_{f}");
+                    assert!(
+                        src.contains(&format!(".entry {k}_{f}(")),
+                        "{arch}: no kernel {k}_{f}"
+                    );
                 }
             }
-            assert!(src.contains("mma.sync.aligned.m16n8k16"), "{arch}: no tensor-core product");
-            assert!(src.contains(".entry quantize_q8(") && src.contains("dp4a.s32.s32"), "{arch}: no Q8-activation decode");
+            assert!(
+                src.contains("mma.sync.aligned.m16n8k16"),
+                "{arch}: no tensor-core product"
+            );
+            assert!(
+                src.contains(".entry quantize_q8(") && src.contains("dp4a.s32.s32"),
+                "{arch}: no Q8-activation decode"
+            );
             // scripts/device-prepare.sh stages these for a GPU machine without NVRTC
             if let Some(base) = std::env::var_os("YANGTUO_PTX_OUT") {
                 let file = cache_file(Some(std::path::Path::new(&base)), arch).unwrap();
                 write_cache(&file, &ptx);
                 println!("wrote {}", file.display());
             }
-            println!("{arch}: {} KiB of PTX in {:.1} s (nvrtc {:?})", src.len() >> 10, t.elapsed().as_secs_f64(), nvrtc_version());
+            println!(
+                "{arch}: {} KiB of PTX in {:.1} s (nvrtc {:?})",
+                src.len() >> 10,
+                t.elapsed().as_secs_f64(),
+                nvrtc_version()
+            );
         }
     }
 }

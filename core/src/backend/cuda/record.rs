@@ -10,7 +10,9 @@ use crate::backend::AttnShape;
 use crate::backend::layout::Layout;
 use crate::weights::{RopeStyle, WeightFormat};
 use crate::{Error, Result};
-use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream, DevicePtr, DriverError, result, sys};
+use cudarc::driver::{
+    CudaContext, CudaGraph, CudaSlice, CudaStream, DevicePtr, DriverError, result, sys,
+};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -37,7 +39,11 @@ pub(super) type BufRef = Arc<Buf>;
 impl Buf {
     /// A stand-in at address `ptr` with no memory behind it, for tests that never launch.
     pub(super) fn fake(ptr: u64) -> BufRef {
-        Arc::new(Buf { _mem: None, ptr, bytes: 1 << 20 })
+        Arc::new(Buf {
+            _mem: None,
+            ptr,
+            bytes: 1 << 20,
+        })
     }
 }
 
@@ -91,7 +97,11 @@ impl Device {
         let mem = unsafe { stream.alloc::<u8>(n) }.map_err(|e| {
             if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
                 let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
-                Error::OutOfMemory { what: what.into(), bytes: n as u64, msg: format!("{} MiB free of {} MiB", free >> 20, total >> 20) }
+                Error::OutOfMemory {
+                    what: what.into(),
+                    bytes: n as u64,
+                    msg: format!("{} MiB free of {} MiB", free >> 20, total >> 20),
+                }
             } else {
                 driver_error(&format!("allocating {what} ({n} bytes)"), e)
             }
@@ -99,21 +109,34 @@ impl Device {
         let ptr = mem.device_ptr(stream).0;
         if zero {
             // SAFETY: `ptr` is this allocation, n bytes long.
-            unsafe { result::memset_d8_async(ptr, 0, n, stream.cu_stream()) }.map_err(|e| driver_error(&format!("zeroing {what}"), e))?;
+            unsafe { result::memset_d8_async(ptr, 0, n, stream.cu_stream()) }
+                .map_err(|e| driver_error(&format!("zeroing {what}"), e))?;
         }
-        Ok(Arc::new(Buf { _mem: Some(mem), ptr, bytes: n }))
+        Ok(Arc::new(Buf {
+            _mem: Some(mem),
+            ptr,
+            bytes: n,
+        }))
     }
 
     /// Copy host bytes to `dst + offset`. Pageable memory is staged by the driver before
     /// this returns, so `src` may be reused at once.
     pub(super) fn upload(&self, dst: u64, src: &[u8], what: &str) -> Result<()> {
         // SAFETY: callers pass a range inside one allocation.
-        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(|e| driver_error(&format!("uploading {what}"), e))
+        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| driver_error(&format!("uploading {what}"), e))
     }
 
     /// A scratch buffer of at least `bytes`, grown (and replaced) when too small; a replaced
     /// buffer goes to `retired`, as work already recorded may still use it.
-    pub(super) fn scratch(&self, slot: &mut Option<BufRef>, retired: &mut Vec<BufRef>, what: &str, bytes: usize, zero: bool) -> Result<u64> {
+    pub(super) fn scratch(
+        &self,
+        slot: &mut Option<BufRef>,
+        retired: &mut Vec<BufRef>,
+        what: &str,
+        bytes: usize,
+        zero: bool,
+    ) -> Result<u64> {
         if slot.as_ref().is_none_or(|b| b.bytes < bytes) {
             let new = self.buf(what, bytes.next_power_of_two(), zero)?;
             retired.extend(slot.replace(new));
@@ -140,20 +163,29 @@ impl Device {
     fn run_list(&self, rec: &mut Recorder, launches: &[Launch], key: &[u64]) -> Result<()> {
         if rec.graphs_on {
             if let Some(g) = rec.graphs.iter().find(|g| g.key == key) {
-                return g.exec.launch().map_err(|e| driver_error("launching a graph", e));
+                return g
+                    .exec
+                    .launch()
+                    .map_err(|e| driver_error("launching a graph", e));
             }
             if rec.recent.iter().any(|k| k.as_slice() == key) {
                 match self.capture(launches) {
                     Ok(exec) => {
-                        exec.launch().map_err(|e| driver_error("launching a graph", e))?;
+                        exec.launch()
+                            .map_err(|e| driver_error("launching a graph", e))?;
                         if rec.graphs.len() >= MAX_GRAPHS {
                             rec.graphs.remove(0);
                         }
-                        rec.graphs.push(Graph { key: key.to_vec(), exec });
+                        rec.graphs.push(Graph {
+                            key: key.to_vec(),
+                            exec,
+                        });
                         return Ok(());
                     }
                     Err(e) => {
-                        log::warn!("cuda: graph capture failed ({e}); launching kernels one by one from now on");
+                        log::warn!(
+                            "cuda: graph capture failed ({e}); launching kernels one by one from now on"
+                        );
                         rec.graphs_on = false;
                     }
                 }
@@ -180,30 +212,51 @@ impl Device {
         if let Some(e) = failed {
             return Err(e);
         }
-        graph.map_err(|e| driver_error("ending a capture", e))?.ok_or_else(|| Error::Device("cuda: empty graph".into()))
+        graph
+            .map_err(|e| driver_error("ending a capture", e))?
+            .ok_or_else(|| Error::Device("cuda: empty graph".into()))
     }
 
     fn launch(&self, l: &Launch) -> Result<()> {
         match l {
-            Launch::Kernel { f, grid, block, args } => {
-                let mut ptrs: Vec<*mut c_void> = args.iter().map(|a| a as *const u64 as *mut c_void).collect();
+            Launch::Kernel {
+                f,
+                grid,
+                block,
+                args,
+            } => {
+                let mut ptrs: Vec<*mut c_void> = args
+                    .iter()
+                    .map(|a| a as *const u64 as *mut c_void)
+                    .collect();
                 // SAFETY: `args` match the kernel's parameters (written next to each kernel's
                 // lowering in lower.rs) and point at live allocations held by the recorded ops.
                 unsafe {
-                    result::launch_kernel(f.0, (grid[0], grid[1], grid[2]), (*block, 1, 1), 0, self.stream.cu_stream(), &mut ptrs)
+                    result::launch_kernel(
+                        f.0,
+                        (grid[0], grid[1], grid[2]),
+                        (*block, 1, 1),
+                        0,
+                        self.stream.cu_stream(),
+                        &mut ptrs,
+                    )
                 }
                 .map_err(|e| driver_error("launching a kernel", e))
             }
             Launch::Copy { dst, src, bytes } => {
                 // SAFETY: both ranges lie inside live allocations (checked when recorded).
-                unsafe { result::memcpy_dtod_async(*dst, *src, *bytes, self.stream.cu_stream()) }.map_err(|e| driver_error("copying", e))
+                unsafe { result::memcpy_dtod_async(*dst, *src, *bytes, self.stream.cu_stream()) }
+                    .map_err(|e| driver_error("copying", e))
             }
         }
     }
 
     /// Wait for the stream; surfaces any asynchronous error.
     pub(super) fn sync(&self, rec: &mut Recorder) -> Result<()> {
-        let r = self.stream.synchronize().map_err(|e| driver_error("running the recorded work", e));
+        let r = self
+            .stream
+            .synchronize()
+            .map_err(|e| driver_error("running the recorded work", e));
         rec.inflight.clear();
         rec.retired.clear();
         r
@@ -212,25 +265,111 @@ impl Device {
 
 /// One recorded op. Arena offsets point into the batch's upload arena.
 pub(super) enum Op {
-    Write { dst: BufRef, arena: usize, bytes: usize },
-    Embed { m: CudaMatrix, ids: usize, n: usize, out: BufRef, out_cols: usize },
+    Write {
+        dst: BufRef,
+        arena: usize,
+        bytes: usize,
+    },
+    Embed {
+        m: CudaMatrix,
+        ids: usize,
+        n: usize,
+        out: BufRef,
+        out_cols: usize,
+    },
     /// RMSNorm, with the residual add `x += add` first when fused.
-    Norm { x: BufRef, cols: usize, first: usize, n: usize, w: BufRef, eps: f32, out: BufRef, add: Option<BufRef> },
-    Matmul { x: BufRef, x_cols: usize, n: usize, m: CudaMatrix, out: BufRef, out_cols: usize },
+    Norm {
+        x: BufRef,
+        cols: usize,
+        first: usize,
+        n: usize,
+        w: BufRef,
+        eps: f32,
+        out: BufRef,
+        add: Option<BufRef>,
+    },
+    Matmul {
+        x: BufRef,
+        x_cols: usize,
+        n: usize,
+        m: CudaMatrix,
+        out: BufRef,
+        out_cols: usize,
+    },
     /// One-token products of up to three matrices of one format and width sharing x.
-    Matvec { x: BufRef, mats: Vec<(CudaMatrix, BufRef)> },
+    Matvec {
+        x: BufRef,
+        mats: Vec<(CudaMatrix, BufRef)>,
+    },
     /// gate = silu(W_gate · x) · (W_up · x), up = W_up · x, for one token.
-    Glu { x: BufRef, gate: (CudaMatrix, BufRef), up: (CudaMatrix, BufRef) },
-    Rope { x: BufRef, x_cols: usize, n: usize, heads: usize, hd: usize, table: BufRef, style: RopeStyle },
+    Glu {
+        x: BufRef,
+        gate: (CudaMatrix, BufRef),
+        up: (CudaMatrix, BufRef),
+    },
+    Rope {
+        x: BufRef,
+        x_cols: usize,
+        n: usize,
+        heads: usize,
+        hd: usize,
+        table: BufRef,
+        style: RopeStyle,
+    },
     /// Rows first..first + n of k and v to cache positions pos.. (pos: an arena slot).
-    StoreKv { k: BufRef, v: BufRef, first: usize, n: usize, pos: usize, kv_dim: usize, kc: BufRef, vc: BufRef },
+    StoreKv {
+        k: BufRef,
+        v: BufRef,
+        first: usize,
+        n: usize,
+        pos: usize,
+        kv_dim: usize,
+        kc: BufRef,
+        vc: BufRef,
+    },
     /// RoPE of q and k, then the store of k and v.
-    RopeStore { q: BufRef, q_cols: usize, q_heads: usize, kv: [BufRef; 4], kv_heads: usize, table: BufRef, n: usize, hd: usize, style: RopeStyle, pos: usize },
+    RopeStore {
+        q: BufRef,
+        q_cols: usize,
+        q_heads: usize,
+        kv: [BufRef; 4],
+        kv_heads: usize,
+        table: BufRef,
+        n: usize,
+        hd: usize,
+        style: RopeStyle,
+        pos: usize,
+    },
     /// Queries first..first + n of q into the same rows of out.
-    Attention { q: BufRef, q_cols: usize, kc: BufRef, vc: BufRef, max_seq: usize, kv_dim: usize, first: usize, n: usize, pos: usize, shape: AttnShape, out: BufRef, out_cols: usize },
-    SiluMul { gate: BufRef, up: BufRef, len: usize },
-    Add { x: BufRef, y: BufRef, len: usize },
-    Argmax { x: BufRef, cols: usize, row: usize },
+    Attention {
+        q: BufRef,
+        q_cols: usize,
+        kc: BufRef,
+        vc: BufRef,
+        max_seq: usize,
+        kv_dim: usize,
+        first: usize,
+        n: usize,
+        pos: usize,
+        shape: AttnShape,
+        out: BufRef,
+        out_cols: usize,
+    },
+    SiluMul {
+        gate: BufRef,
+        up: BufRef,
+        len: usize,
+    },
+    Add {
+        x: BufRef,
+        y: BufRef,
+        len: usize,
+    },
+    Argmax {
+        x: BufRef,
+        cols: usize,
+        row: usize,
+    },
 }
 
 /// The op each recording `Backend` method appends, built from its arguments (those that
@@ -240,33 +379,115 @@ pub(super) enum Op {
 impl Op {
     pub(super) fn write(rec: &mut Recorder, dst: &CudaAct, data: &[f32]) -> Op {
         let bytes = bytemuck::cast_slice::<f32, u8>(data);
-        Op::Write { dst: dst.buf.clone(), arena: rec.stage(bytes), bytes: bytes.len() }
+        Op::Write {
+            dst: dst.buf.clone(),
+            arena: rec.stage(bytes),
+            bytes: bytes.len(),
+        }
     }
 
     pub(super) fn embed(rec: &mut Recorder, table: &CudaMatrix, ids: &[u32], out: &CudaAct) -> Op {
-        Op::Embed { m: table.clone(), ids: rec.stage(bytemuck::cast_slice(ids)), n: ids.len(), out: out.buf.clone(), out_cols: out.cols }
+        Op::Embed {
+            m: table.clone(),
+            ids: rec.stage(bytemuck::cast_slice(ids)),
+            n: ids.len(),
+            out: out.buf.clone(),
+            out_cols: out.cols,
+        }
     }
 
-    pub(super) fn rms_norm(x: &CudaAct, first: usize, n: usize, w: &CudaAct, eps: f32, out: &CudaAct) -> Op {
-        Op::Norm { x: x.buf.clone(), cols: x.cols, first, n, w: w.buf.clone(), eps, out: out.buf.clone(), add: None }
+    pub(super) fn rms_norm(
+        x: &CudaAct,
+        first: usize,
+        n: usize,
+        w: &CudaAct,
+        eps: f32,
+        out: &CudaAct,
+    ) -> Op {
+        Op::Norm {
+            x: x.buf.clone(),
+            cols: x.cols,
+            first,
+            n,
+            w: w.buf.clone(),
+            eps,
+            out: out.buf.clone(),
+            add: None,
+        }
     }
 
     pub(super) fn matmul(x: &CudaAct, n: usize, w: &CudaMatrix, out: &CudaAct) -> Op {
-        Op::Matmul { x: x.buf.clone(), x_cols: x.cols, n, m: w.clone(), out: out.buf.clone(), out_cols: out.cols }
+        Op::Matmul {
+            x: x.buf.clone(),
+            x_cols: x.cols,
+            n,
+            m: w.clone(),
+            out: out.buf.clone(),
+            out_cols: out.cols,
+        }
     }
 
-    pub(super) fn rope(x: &CudaAct, n: usize, n_heads: usize, head_dim: usize, table: &CudaAct, style: RopeStyle) -> Op {
-        Op::Rope { x: x.buf.clone(), x_cols: x.cols, n, heads: n_heads, hd: head_dim, table: table.buf.clone(), style }
+    pub(super) fn rope(
+        x: &CudaAct,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+        table: &CudaAct,
+        style: RopeStyle,
+    ) -> Op {
+        Op::Rope {
+            x: x.buf.clone(),
+            x_cols: x.cols,
+            n,
+            heads: n_heads,
+            hd: head_dim,
+            table: table.buf.clone(),
+            style,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn store_kv(rec: &mut Recorder, k: &CudaAct, v: &CudaAct, first: usize, n: usize, pos: usize, kc: &CudaKv, vc: &CudaKv) -> Op {
-        let (k, v, kv_dim, kc, vc) = (k.buf.clone(), v.buf.clone(), kc.kv_dim, kc.buf.clone(), vc.buf.clone());
-        Op::StoreKv { k, v, first, n, pos: rec.pos_slot(pos), kv_dim, kc, vc }
+    pub(super) fn store_kv(
+        rec: &mut Recorder,
+        k: &CudaAct,
+        v: &CudaAct,
+        first: usize,
+        n: usize,
+        pos: usize,
+        kc: &CudaKv,
+        vc: &CudaKv,
+    ) -> Op {
+        let (k, v, kv_dim, kc, vc) = (
+            k.buf.clone(),
+            v.buf.clone(),
+            kc.kv_dim,
+            kc.buf.clone(),
+            vc.buf.clone(),
+        );
+        Op::StoreKv {
+            k,
+            v,
+            first,
+            n,
+            pos: rec.pos_slot(pos),
+            kv_dim,
+            kc,
+            vc,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention(rec: &mut Recorder, q: &CudaAct, kc: &CudaKv, vc: &CudaKv, first: usize, n: usize, pos: usize, shape: AttnShape, out: &CudaAct) -> Op {
+    pub(super) fn attention(
+        rec: &mut Recorder,
+        q: &CudaAct,
+        kc: &CudaKv,
+        vc: &CudaKv,
+        first: usize,
+        n: usize,
+        pos: usize,
+        shape: AttnShape,
+        out: &CudaAct,
+    ) -> Op {
         Op::Attention {
             q: q.buf.clone(),
             q_cols: q.cols,
@@ -284,15 +505,27 @@ impl Op {
     }
 
     pub(super) fn silu_mul(gate: &CudaAct, up: &CudaAct, len: usize) -> Op {
-        Op::SiluMul { gate: gate.buf.clone(), up: up.buf.clone(), len }
+        Op::SiluMul {
+            gate: gate.buf.clone(),
+            up: up.buf.clone(),
+            len,
+        }
     }
 
     pub(super) fn add(x: &CudaAct, y: &CudaAct, len: usize) -> Op {
-        Op::Add { x: x.buf.clone(), y: y.buf.clone(), len }
+        Op::Add {
+            x: x.buf.clone(),
+            y: y.buf.clone(),
+            len,
+        }
     }
 
     pub(super) fn argmax(x: &CudaAct, row: usize) -> Op {
-        Op::Argmax { x: x.buf.clone(), cols: x.cols, row }
+        Op::Argmax {
+            x: x.buf.clone(),
+            cols: x.cols,
+            row,
+        }
     }
 }
 
@@ -306,8 +539,17 @@ unsafe impl Sync for Func {}
 /// A lowered op: a kernel launch (arguments as 8-byte slots; 4-byte parameters read the
 /// low half) or a device-to-device copy.
 pub(super) enum Launch {
-    Kernel { f: Func, grid: [u32; 3], block: u32, args: Vec<u64> },
-    Copy { dst: u64, src: u64, bytes: usize },
+    Kernel {
+        f: Func,
+        grid: [u32; 3],
+        block: u32,
+        args: Vec<u64>,
+    },
+    Copy {
+        dst: u64,
+        src: u64,
+        bytes: usize,
+    },
 }
 
 /// The launch list as numbers: equal lists launch the same work.
@@ -315,8 +557,21 @@ fn encode(launches: &[Launch]) -> Vec<u64> {
     let mut key = Vec::with_capacity(launches.len() * 12);
     for l in launches {
         match l {
-            Launch::Kernel { f, grid, block, args } => {
-                key.extend([0, f.0 as u64, grid[0] as u64, grid[1] as u64, grid[2] as u64, *block as u64, args.len() as u64]);
+            Launch::Kernel {
+                f,
+                grid,
+                block,
+                args,
+            } => {
+                key.extend([
+                    0,
+                    f.0 as u64,
+                    grid[0] as u64,
+                    grid[1] as u64,
+                    grid[2] as u64,
+                    *block as u64,
+                    args.len() as u64,
+                ]);
                 key.extend_from_slice(args);
             }
             Launch::Copy { dst, src, bytes } => key.extend([1, *dst, *src, *bytes as u64]),

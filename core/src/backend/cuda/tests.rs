@@ -22,7 +22,9 @@ struct RandomSource {
 }
 
 fn random(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15).wrapping_add(0x2545F4914F6CDD1D);
+    let mut s = seed
+        .wrapping_mul(0x9E3779B97F4A7C15)
+        .wrapping_add(0x2545F4914F6CDD1D);
     (0..n)
         .map(|_| {
             s ^= s << 13;
@@ -42,13 +44,27 @@ impl WeightSource for RandomSource {
     }
     fn weight(&mut self, id: TensorId) -> Result<WeightData> {
         let [rows, cols] = id.expected_shape(&self.config);
-        let seed = self.seed ^ (id.gguf_name().bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
+        let seed = self.seed
+            ^ (id
+                .gguf_name()
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
         let name = id.gguf_name();
         if id.is_vector() {
             let v: Vec<f32> = random(seed, cols, 0.2).iter().map(|x| 1.0 + x).collect();
-            return WeightData::new(WeightFormat::F32, 1, cols, Blob::from_vec(bytemuck::cast_slice(&v).to_vec()), &name);
+            return WeightData::new(
+                WeightFormat::F32,
+                1,
+                cols,
+                Blob::from_vec(bytemuck::cast_slice(&v).to_vec()),
+                &name,
+            );
         }
-        let f = if cols % self.format.block_elems() == 0 { self.format } else { WeightFormat::F32 };
+        let f = if cols % self.format.block_elems() == 0 {
+            self.format
+        } else {
+            WeightFormat::F32
+        };
         let data = random(seed, rows * cols, 1.5 / (cols as f32).sqrt());
         let mut w = if f == WeightFormat::Gptq4 && matches!(id, TensorId::Layer(_, _)) {
             // stored in a permuted column order, as GPTQ act-order checkpoints are
@@ -58,20 +74,49 @@ impl WeightSource for RandomSource {
                 p.sort_by(|a, b| r[*a as usize].total_cmp(&r[*b as usize]));
                 p
             };
-            let stored: Vec<f32> = (0..rows).flat_map(|r| perm.iter().map(move |&c| (r, c))).map(|(r, c)| data[r * cols + c as usize]).collect();
-            WeightData::new(f, rows, cols, Blob::from_vec(crate::weights::ggml::quantize(f, &stored)), &name)?.with_perm(perm, &name)?
+            let stored: Vec<f32> = (0..rows)
+                .flat_map(|r| perm.iter().map(move |&c| (r, c)))
+                .map(|(r, c)| data[r * cols + c as usize])
+                .collect();
+            WeightData::new(
+                f,
+                rows,
+                cols,
+                Blob::from_vec(crate::weights::ggml::quantize(f, &stored)),
+                &name,
+            )?
+            .with_perm(perm, &name)?
         } else {
-            WeightData::new(f, rows, cols, Blob::from_vec(crate::weights::ggml::quantize(f, &data)), &name)?
+            WeightData::new(
+                f,
+                rows,
+                cols,
+                Blob::from_vec(crate::weights::ggml::quantize(f, &data)),
+                &name,
+            )?
         };
         if self.dequantized {
             let v = w.to_f32();
-            w = WeightData::new(WeightFormat::F32, rows, cols, Blob::from_vec(bytemuck::cast_slice(&v).to_vec()), &name)?;
+            w = WeightData::new(
+                WeightFormat::F32,
+                rows,
+                cols,
+                Blob::from_vec(bytemuck::cast_slice(&v).to_vec()),
+                &name,
+            )?;
         }
         Ok(w)
     }
 }
 
-fn config(dim: usize, hidden: usize, heads: usize, kv_heads: usize, vocab: usize, tie: bool) -> Config {
+fn config(
+    dim: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    vocab: usize,
+    tie: bool,
+) -> Config {
     Config {
         dim,
         hidden_dim: hidden,
@@ -93,7 +138,13 @@ fn config(dim: usize, hidden: usize, heads: usize, kv_heads: usize, vocab: usize
 fn max_rel(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let m = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-9);
-    let d = a.iter().zip(b).fold(0f64, |d, (x, y)| if x.is_nan() || y.is_nan() { f64::INFINITY } else { d.max((x - y).abs() as f64) });
+    let d = a.iter().zip(b).fold(0f64, |d, (x, y)| {
+        if x.is_nan() || y.is_nan() {
+            f64::INFINITY
+        } else {
+            d.max((x - y).abs() as f64)
+        }
+    });
     d / m
 }
 
@@ -105,7 +156,11 @@ fn q8_round(x: &[f32]) -> (Vec<f64>, Vec<f64>) {
         let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let (id, d) = (127.0 / amax, amax / 127.0);
         for v in b {
-            xq.push(if amax > 0.0 { (v * id).round_ties_even() as f64 * d as f64 } else { 0.0 });
+            xq.push(if amax > 0.0 {
+                (v * id).round_ties_even() as f64 * d as f64
+            } else {
+                0.0
+            });
             half.push(d as f64 / 2.0);
         }
     }
@@ -132,13 +187,27 @@ fn q8_products_match_reference() {
     use pollster::block_on as b;
     // 17 super-blocks: in every format some lanes take one unit more than others
     let cols = 4352;
-    let formats = [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Gptq4, WeightFormat::Q4K, WeightFormat::Q6K];
+    let formats = [
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Gptq4,
+        WeightFormat::Q4K,
+        WeightFormat::Q6K,
+    ];
     let mut failures = vec![];
     for (fi, &f) in formats.iter().enumerate() {
         let seed = 1000 + 10 * fi as u64;
         let mat = |rows: usize, s: u64, permuted: bool| {
             let data = random(s, rows * cols, 1.5 / (cols as f32).sqrt());
-            let w = WeightData::new(f, rows, cols, Blob::from_vec(crate::weights::ggml::quantize(f, &data)), "w").unwrap();
+            let w = WeightData::new(
+                f,
+                rows,
+                cols,
+                Blob::from_vec(crate::weights::ggml::quantize(f, &data)),
+                "w",
+            )
+            .unwrap();
             if !permuted {
                 return w;
             }
@@ -149,19 +218,41 @@ fn q8_products_match_reference() {
         };
         // (matrix, rows): q, k, v (odd counts, so a warp's two rows straddle matrices),
         // a lone one, gate, up, a permuted one
-        let ws = [mat(37, seed, false), mat(20, seed + 2, false), mat(9, seed + 3, false), mat(37, seed + 4, false), mat(37, seed + 5, false), mat(37, seed + 6, false), mat(37, seed + 7, true)];
+        let ws = [
+            mat(37, seed, false),
+            mat(20, seed + 2, false),
+            mat(9, seed + 3, false),
+            mat(37, seed + 4, false),
+            mat(37, seed + 5, false),
+            mat(37, seed + 6, false),
+            mat(37, seed + 7, true),
+        ];
         // and a SwiGLU whose gate feeds a product (glu writes its Q8 activations)
         let (g2, u2) = (mat(256, seed + 10, false), mat(256, seed + 11, false));
         let down = {
             let data = random(seed + 12, 29 * 256, 0.1);
-            WeightData::new(f, 29, 256, Blob::from_vec(crate::weights::ggml::quantize(f, &data)), "w").unwrap()
+            WeightData::new(
+                f,
+                29,
+                256,
+                Blob::from_vec(crate::weights::ggml::quantize(f, &data)),
+                "w",
+            )
+            .unwrap()
         };
-        let ms: Vec<CudaMatrix> = ws.iter().map(|w| gpu.upload_matrix("w", w).unwrap()).collect();
+        let ms: Vec<CudaMatrix> = ws
+            .iter()
+            .map(|w| gpu.upload_matrix("w", w).unwrap())
+            .collect();
         let act = |rows: usize, c: usize| gpu.alloc("a", rows, c).unwrap();
-        let (mut x0, mut xb, mut xw, mut normw) = (act(1, cols), act(1, cols), act(1, cols), act(1, cols));
+        let (mut x0, mut xb, mut xw, mut normw) =
+            (act(1, cols), act(1, cols), act(1, cols), act(1, cols));
         let mut outs: Vec<CudaAct> = ws.iter().map(|w| act(1, w.rows)).collect();
         let xv = random(seed + 8, cols, 2.0);
-        let nv: Vec<f32> = random(seed + 9, cols, 0.5).iter().map(|v| 1.0 + v).collect();
+        let nv: Vec<f32> = random(seed + 9, cols, 0.5)
+            .iter()
+            .map(|v| 1.0 + v)
+            .collect();
         gpu.write(&mut x0, &xv);
         gpu.write(&mut xw, &xv);
         gpu.write(&mut normw, &nv);
@@ -175,7 +266,11 @@ fn q8_products_match_reference() {
         gpu.silu_mul(&mut g_out[4], &rest[0], 37);
         gpu.matmul(&xw, 1, &ms[3], &mut g_out[3]);
         gpu.matmul(&xw, 1, &ms[6], &mut rest[1]);
-        let (mg2, mu2, mdown) = (gpu.upload_matrix("w", &g2).unwrap(), gpu.upload_matrix("w", &u2).unwrap(), gpu.upload_matrix("w", &down).unwrap());
+        let (mg2, mu2, mdown) = (
+            gpu.upload_matrix("w", &g2).unwrap(),
+            gpu.upload_matrix("w", &u2).unwrap(),
+            gpu.upload_matrix("w", &down).unwrap(),
+        );
         let (mut og, mut ou, mut od) = (act(1, 256), act(1, 256), act(1, 29));
         gpu.matmul(&xw, 1, &mg2, &mut og);
         gpu.matmul(&xw, 1, &mu2, &mut ou);
@@ -188,7 +283,9 @@ fn q8_products_match_reference() {
         // references: (8-bit activations, unrounded, bound) per output row
         let reference = |w: &WeightData, x: &[f32]| -> Vec<(f64, f64, f64)> {
             let logical = w.to_f32();
-            let perm: Vec<usize> = w.perm.as_ref().map_or((0..w.cols).collect(), |p| p.iter().map(|&i| i as usize).collect());
+            let perm: Vec<usize> = w.perm.as_ref().map_or((0..w.cols).collect(), |p| {
+                p.iter().map(|&i| i as usize).collect()
+            });
             // the kernels see the stored column order: x[perm], quantized in that order
             let xs: Vec<f32> = perm.iter().map(|&i| x[i]).collect();
             let (xq, half) = q8_round(&xs);
@@ -214,7 +311,15 @@ fn q8_products_match_reference() {
         refs[4] = refs[4]
             .iter()
             .zip(&refs[5])
-            .map(|(g, u)| (silu(g.0, u.0), silu(g.1, u.1), (silu(g.1 + g.2, u.1) - silu(g.1, u.1)).abs() + (silu(g.1, u.1 + u.2) - silu(g.1, u.1)).abs() + g.2 * u.2))
+            .map(|(g, u)| {
+                (
+                    silu(g.0, u.0),
+                    silu(g.1, u.1),
+                    (silu(g.1 + g.2, u.1) - silu(g.1, u.1)).abs()
+                        + (silu(g.1, u.1 + u.2) - silu(g.1, u.1)).abs()
+                        + g.2 * u.2,
+                )
+            })
             .collect();
         let names = ["q", "k", "v", "lone", "gate", "up", "permuted", "after glu"];
         let (mut worst_q8, mut worst_bound) = (0f64, 0f64);
@@ -224,17 +329,29 @@ fn q8_products_match_reference() {
                 let v = *v as f64;
                 let e_q8 = (v - t.0).abs() / scale;
                 // the bound plus the accumulation allowance; gate's bound is a first-order one
-                let e_bound = (v - t.1).abs() / (t.2 * if i == 4 { 1.5 } else { 1.0 } + 1e-4 * scale);
+                let e_bound =
+                    (v - t.1).abs() / (t.2 * if i == 4 { 1.5 } else { 1.0 } + 1e-4 * scale);
                 worst_q8 = worst_q8.max(e_q8);
                 worst_bound = worst_bound.max(e_bound);
                 if !(e_q8 <= 1e-4 && e_bound <= 1.0) {
-                    failures.push(format!("{f:?} {} row {row}: got {v}, want {} (8-bit activations), {} ± {} (exact)", names[i], t.0, t.1, t.2));
+                    failures.push(format!(
+                        "{f:?} {} row {row}: got {v}, want {} (8-bit activations), {} ± {} (exact)",
+                        names[i], t.0, t.1, t.2
+                    ));
                 }
             }
         }
-        println!("{f:?}: max |Δ| vs 8-bit reference {worst_q8:.2e} of max |out|, vs exact {:.0}% of the 8-bit rounding bound", 100.0 * worst_bound);
+        println!(
+            "{f:?}: max |Δ| vs 8-bit reference {worst_q8:.2e} of max |out|, vs exact {:.0}% of the 8-bit rounding bound",
+            100.0 * worst_bound
+        );
     }
-    assert!(failures.is_empty(), "{} mismatches, first: {:?}", failures.len(), &failures[..failures.len().min(8)]);
+    assert!(
+        failures.is_empty(),
+        "{} mismatches, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(8)]
+    );
 }
 
 /// The bound on decode logits (max|Δ| / max|logit|) for quantized weights, whose products
@@ -271,32 +388,66 @@ fn forward_matches_cpu_in_every_format() {
         .iter()
         .enumerate()
         .map(|(i, (f, _))| {
-            let style = if i % 2 == 0 { RopeStyle::Half } else { RopeStyle::Interleaved };
+            let style = if i % 2 == 0 {
+                RopeStyle::Half
+            } else {
+                RopeStyle::Interleaved
+            };
             (*f, config(256, 512, 4, 2, 300, i == 3), style)
         })
         .collect();
     // odd widths: float formats with a tail (head_dim 12, hidden 132, vocab 517)
-    cases.push((WeightFormat::F16, config(72, 132, 6, 2, 517, false), RopeStyle::Half));
-    cases.push((WeightFormat::F32, config(80, 200, 5, 5, 1003, true), RopeStyle::Interleaved));
+    cases.push((
+        WeightFormat::F16,
+        config(72, 132, 6, 2, 517, false),
+        RopeStyle::Half,
+    ));
+    cases.push((
+        WeightFormat::F32,
+        config(80, 200, 5, 5, 1003, true),
+        RopeStyle::Interleaved,
+    ));
     // YANGTUO_TEST_FORMATS=F16,Q4K runs some of the cases
     let only = std::env::var("YANGTUO_TEST_FORMATS").ok();
     let mut failures = vec![];
     for (i, (f, c, style)) in cases.into_iter().enumerate() {
-        if only.as_ref().is_some_and(|o| !o.split(',').any(|x| x.eq_ignore_ascii_case(&format!("{f:?}")))) {
+        if only.as_ref().is_some_and(|o| {
+            !o.split(',')
+                .any(|x| x.eq_ignore_ascii_case(&format!("{f:?}")))
+        }) {
             continue;
         }
-        let src = |dequantized| RandomSource { config: c.clone(), format: f, style, dequantized, seed: 100 + i as u64 };
+        let src = |dequantized| RandomSource {
+            config: c.clone(),
+            format: f,
+            style,
+            dequantized,
+            seed: 100 + i as u64,
+        };
         let mut progress = |_: crate::LoadProgress| {};
         let gpu = Model::load(&mut src(false), cuda_for().unwrap(), 0, &mut progress).unwrap();
         let cpu = Model::load(&mut src(true), crate::backend::cpu::Cpu, 0, &mut progress).unwrap();
-        let (mut sg, mut sc) = (gpu.new_state(256, 128, 128).unwrap(), cpu.new_state(256, 128, 128).unwrap());
-        let ids: Vec<u32> = random(7 + i as u64, 70, 1.0).iter().map(|r| ((r.abs() * 1e4) as usize % c.vocab_size) as u32).collect();
+        let (mut sg, mut sc) = (
+            gpu.new_state(256, 128, 128).unwrap(),
+            cpu.new_state(256, 128, 128).unwrap(),
+        );
+        let ids: Vec<u32> = random(7 + i as u64, 70, 1.0)
+            .iter()
+            .map(|r| ((r.abs() * 1e4) as usize % c.vocab_size) as u32)
+            .collect();
         use pollster::block_on as b;
         // prefill: tensor cores round operands to f16 except for f32 weights
-        let tol_prefill: f64 = if f == WeightFormat::F32 || !gpu.backend.mma { 2e-4 } else { 1e-2 };
+        let tol_prefill: f64 = if f == WeightFormat::F32 || !gpu.backend.mma {
+            2e-4
+        } else {
+            1e-2
+        };
         gpu.forward(&mut sg, &ids, 0, 70).unwrap();
         cpu.forward(&mut sc, &ids, 0, 70).unwrap();
-        let (lg, lc) = (b(gpu.backend.read(&sg.scratch.logits, 70)).unwrap(), b(cpu.backend.read(&sc.scratch.logits, 70)).unwrap());
+        let (lg, lc) = (
+            b(gpu.backend.read(&sg.scratch.logits, 70)).unwrap(),
+            b(cpu.backend.read(&sc.scratch.logits, 70)).unwrap(),
+        );
         let e_pre = max_rel(&lg, &lc);
         // decode, both fed the CPU's greedy choice
         let mut e_dec = 0f64;
@@ -305,14 +456,27 @@ fn forward_matches_cpu_in_every_format() {
         for step in 0..24 {
             gpu.forward(&mut sg, &[next], 70 + step, 1).unwrap();
             cpu.forward(&mut sc, &[next], 70 + step, 1).unwrap();
-            let (lg, lc) = (b(gpu.backend.read(&sg.scratch.logits, 1)).unwrap(), b(cpu.backend.read(&sc.scratch.logits, 1)).unwrap());
+            let (lg, lc) = (
+                b(gpu.backend.read(&sg.scratch.logits, 1)).unwrap(),
+                b(cpu.backend.read(&sc.scratch.logits, 1)).unwrap(),
+            );
             e_dec = e_dec.max(max_rel(&lg, &lc));
-            let (ag, ac) = (b(gpu.backend.argmax(&sg.scratch.logits, 0)).unwrap(), b(cpu.backend.argmax(&sc.scratch.logits, 0)).unwrap());
+            let (ag, ac) = (
+                b(gpu.backend.argmax(&sg.scratch.logits, 0)).unwrap(),
+                b(cpu.backend.argmax(&sc.scratch.logits, 0)).unwrap(),
+            );
             agree += (ag == ac) as usize;
             // a miss where the CPU's best logit leads its second by more than twice the
             // largest |Δ| of this step cannot come from that deviation
-            let dmax = lg.iter().zip(&lc).fold(0f32, |m, (a, c)| m.max((a - c).abs()));
-            let second = lc.iter().enumerate().filter(|(i, _)| *i != ac as usize).fold(f32::NEG_INFINITY, |m, (_, v)| m.max(*v));
+            let dmax = lg
+                .iter()
+                .zip(&lc)
+                .fold(0f32, |m, (a, c)| m.max((a - c).abs()));
+            let second = lc
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != ac as usize)
+                .fold(f32::NEG_INFINITY, |m, (_, v)| m.max(*v));
             clear_misses += (ag != ac && lc[ac as usize] - second > 2.0 * dmax) as usize;
             next = ac;
         }
@@ -320,13 +484,20 @@ fn forward_matches_cpu_in_every_format() {
         let more: Vec<u32> = ids[..9].to_vec();
         gpu.forward(&mut sg, &more, 94, 9).unwrap();
         cpu.forward(&mut sc, &more, 94, 9).unwrap();
-        let e_more = max_rel(&b(gpu.backend.read(&sg.scratch.logits, 9)).unwrap(), &b(cpu.backend.read(&sc.scratch.logits, 9)).unwrap());
+        let e_more = max_rel(
+            &b(gpu.backend.read(&sg.scratch.logits, 9)).unwrap(),
+            &b(cpu.backend.read(&sc.scratch.logits, 9)).unwrap(),
+        );
         // Float formats: decode computes in f32, but attends over keys and values the
         // prefill wrote. Quantized formats: decode's products round their inputs to 8 bits
         // (q8_products_match_reference holds each product to that rounding exactly), and
         // so does the second prefill's attention over the keys and values decode wrote.
         let q8 = q8_format(f);
-        let tol_dec = if q8 { tol_prefill.max(Q8_LOGIT_TOL) } else { tol_prefill.max(2e-4) };
+        let tol_dec = if q8 {
+            tol_prefill.max(Q8_LOGIT_TOL)
+        } else {
+            tol_prefill.max(2e-4)
+        };
         let tol_more = if q8 { tol_dec } else { tol_prefill };
         let greedy_ok = if q8 { clear_misses == 0 } else { agree >= 23 };
         let ok = e_pre <= tol_prefill && e_dec <= tol_dec && e_more <= tol_more && greedy_ok;
@@ -339,5 +510,8 @@ fn forward_matches_cpu_in_every_format() {
             failures.push(format!("{f:?} (dim {})", c.dim));
         }
     }
-    assert!(failures.is_empty(), "cuda differs from cpu for {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "cuda differs from cpu for {failures:?}"
+    );
 }

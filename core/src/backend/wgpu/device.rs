@@ -20,7 +20,11 @@ impl Gpu {
             self.info.name,
             self.info.device_type,
             if self.f16 { "shader-f16" } else { "f32 path" },
-            if self.info.driver_info.is_empty() { String::new() } else { format!(", {}", self.info.driver_info) }
+            if self.info.driver_info.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", self.info.driver_info)
+            }
         )
     }
 
@@ -90,9 +94,14 @@ async fn pick_adapter() -> Result<wgpu::Adapter> {
 pub async fn open(allow_f16: bool) -> Result<Gpu> {
     let adapter = pick_adapter().await?;
     let info = adapter.get_info();
-    let no_f16 = cfg!(not(target_arch = "wasm32")) && std::env::var("YANGTUO_NO_F16").is_ok_and(|v| v != "0");
+    let no_f16 = cfg!(not(target_arch = "wasm32"))
+        && std::env::var("YANGTUO_NO_F16").is_ok_and(|v| v != "0");
     let f16 = adapter.features().contains(wgpu::Features::SHADER_F16) && allow_f16 && !no_f16;
-    let features = if f16 { wgpu::Features::SHADER_F16 } else { wgpu::Features::empty() };
+    let features = if f16 {
+        wgpu::Features::SHADER_F16
+    } else {
+        wgpu::Features::empty()
+    };
     // Ask for everything the adapter can do: the defaults cap buffers at 128 MiB / 256 MiB,
     // far below what a real GPU binds.
     let limits = adapter.limits();
@@ -107,5 +116,11 @@ pub async fn open(allow_f16: bool) -> Result<Gpu> {
         })
         .await
         .map_err(|e| Error::Device(format!("could not open {}: {e}", info.name)))?;
-    Ok(Gpu { device, queue, info, limits, f16 })
+    Ok(Gpu {
+        device,
+        queue,
+        info,
+        limits,
+        f16,
+    })
 }

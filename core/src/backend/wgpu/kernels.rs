@@ -60,7 +60,14 @@ fn bindings(k: Kernel) -> &'static [bool] {
 }
 
 pub fn source(k: Kernel, native_f16: bool) -> String {
-    let weights = |f, op: &str| format!("{}\n{}\n{}", format_source(f, native_f16), shader!("weights"), op);
+    let weights = |f, op: &str| {
+        format!(
+            "{}\n{}\n{}",
+            format_source(f, native_f16),
+            shader!("weights"),
+            op
+        )
+    };
     match k {
         Kernel::Matvec(f) => weights(f, shader!("matvec")),
         Kernel::Matmul(f) => weights(f, shader!("matmul")),
@@ -111,14 +118,19 @@ pub fn compile(device: &wgpu::Device, k: Kernel, native_f16: bool) -> Arc<Compil
             binding: i as u32 + 1,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only: *read_only },
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: *read_only,
+                },
                 has_dynamic_offset: false,
                 min_binding_size: None,
             },
             count: None,
         });
     }
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(&label),
+        entries: &entries,
+    });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(&label),
         bind_group_layouts: &[Some(&layout)],
@@ -132,7 +144,11 @@ pub fn compile(device: &wgpu::Device, k: Kernel, native_f16: bool) -> Arc<Compil
         compilation_options: Default::default(),
         cache: None,
     });
-    Arc::new(Compiled { pipeline, layout, n_storage: access.len() })
+    Arc::new(Compiled {
+        pipeline,
+        layout,
+        n_storage: access.len(),
+    })
 }
 
 #[cfg(test)]
@@ -170,10 +186,14 @@ mod tests {
         for k in kernels {
             for native in [false, true] {
                 let src = source(k, native);
-                let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{k:?}: {}", e.emit_to_string(&src)));
-                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-                    .validate(&module)
-                    .unwrap_or_else(|e| panic!("{k:?} (native f16 {native}): {e:?}"));
+                let module = naga::front::wgsl::parse_str(&src)
+                    .unwrap_or_else(|e| panic!("{k:?}: {}", e.emit_to_string(&src)));
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::all(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{k:?} (native f16 {native}): {e:?}"));
             }
         }
     }

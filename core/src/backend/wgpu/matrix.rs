@@ -7,7 +7,11 @@ pub use crate::backend::layout::{Layout, layout, repack_rows};
 /// How many rows fit one chunk under the device's binding and buffer limits.
 pub fn rows_per_chunk(lay: &Layout, max_binding: u64, max_buffer: u64) -> usize {
     let by_payload = max_binding / lay.payload_row.max(1) as u64;
-    let by_scales = if lay.scales_row > 0 { max_binding / lay.scales_row as u64 } else { u64::MAX };
+    let by_scales = if lay.scales_row > 0 {
+        max_binding / lay.scales_row as u64
+    } else {
+        u64::MAX
+    };
     let by_buffer = max_buffer.saturating_sub(512) / (lay.payload_row + lay.scales_row) as u64;
     by_payload.min(by_scales).min(by_buffer).max(1) as usize
 }

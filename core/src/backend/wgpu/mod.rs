@@ -13,7 +13,9 @@ mod params;
 use self::device::Gpu;
 use self::kernels::{Compiled, Kernel, PARAMS_SIZE};
 use self::matrix::rows_per_chunk;
-use self::params::{Argmax, Attention, AttentionCombine, Elementwise, Gather, RmsNorm, Rope, StoreKv, Weights};
+use self::params::{
+    Argmax, Attention, AttentionCombine, Elementwise, Gather, RmsNorm, Rope, StoreKv, Weights,
+};
 use super::layout::{Layout, layout, repack_rows};
 use super::{AttnShape, Backend};
 use crate::weights::{RopeStyle, WeightData, WeightFormat};
@@ -21,7 +23,6 @@ use crate::{Error, Result};
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
-
 
 /// Dispatches recorded between two submits before the ring wraps and forces a submit.
 const RING_SLOTS: u64 = 4096;
@@ -41,8 +42,18 @@ pub struct Wgpu {
 }
 
 enum Cmd {
-    Dispatch { kernel: Arc<Compiled>, bind: wgpu::BindGroup, slot: u32, groups: [u32; 3] },
-    Copy { src: wgpu::Buffer, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
+    Dispatch {
+        kernel: Arc<Compiled>,
+        bind: wgpu::BindGroup,
+        slot: u32,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: wgpu::Buffer,
+        dst: wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    },
 }
 
 struct Recorder {
@@ -102,10 +113,11 @@ impl Wgpu {
         let gpu = device::open(allow_f16).await?;
         let error = Arc::new(Mutex::new(None::<String>));
         let sink = error.clone();
-        gpu.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert_with(|| e.to_string());
-        }));
+        gpu.device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| e.to_string());
+            }));
         let slot = (gpu.limits.min_uniform_buffer_offset_alignment as u64).max(PARAMS_SIZE);
         let params_buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params ring"),
@@ -117,7 +129,9 @@ impl Wgpu {
             gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         };
@@ -127,7 +141,12 @@ impl Wgpu {
         Ok(Wgpu {
             slot,
             kernels: Mutex::new(HashMap::new()),
-            rec: Mutex::new(Recorder { params: vec![], params_buf, cmds: vec![], binds: HashMap::new() }),
+            rec: Mutex::new(Recorder {
+                params: vec![],
+                params_buf,
+                cmds: vec![],
+                binds: HashMap::new(),
+            }),
             dummy,
             argmax_out,
             gathered: Mutex::new(None),
@@ -150,12 +169,20 @@ impl Wgpu {
 
     fn kernel(&self, k: Kernel) -> Arc<Compiled> {
         let mut map = self.kernels.lock().unwrap();
-        map.entry(k).or_insert_with(|| kernels::compile(&self.gpu.device, k, self.gpu.f16)).clone()
+        map.entry(k)
+            .or_insert_with(|| kernels::compile(&self.gpu.device, k, self.gpu.f16))
+            .clone()
     }
 
     /// Record one dispatch of `k` with `params` (the kernel's struct from params.rs) over
     /// `buffers` (bindings 1..).
-    fn dispatch<P: bytemuck::Pod>(&self, k: Kernel, params: &P, buffers: Vec<Bind>, groups: [u32; 3]) {
+    fn dispatch<P: bytemuck::Pod>(
+        &self,
+        k: Kernel,
+        params: &P,
+        buffers: Vec<Bind>,
+        groups: [u32; 3],
+    ) {
         // the shader sees only the PARAMS_SIZE window at the slot's start
         const { assert!(size_of::<P>() as u64 <= PARAMS_SIZE) };
         let kernel = self.kernel(k);
@@ -190,16 +217,24 @@ impl Wgpu {
                         }),
                     });
                 }
-                let b = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &kernel.layout,
-                    entries: &entries,
-                });
+                let b = self
+                    .gpu
+                    .device
+                    .create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &kernel.layout,
+                        entries: &entries,
+                    });
                 rec.binds.insert(key, b.clone());
                 b
             }
         };
-        rec.cmds.push(Cmd::Dispatch { kernel, bind, slot, groups });
+        rec.cmds.push(Cmd::Dispatch {
+            kernel,
+            bind,
+            slot,
+            groups,
+        });
     }
 
     /// Groups for `items` work items of a 256-thread kernel, folded into 2-D past the
@@ -227,18 +262,35 @@ impl Wgpu {
         if !rec.params.is_empty() {
             queue.write_buffer(&rec.params_buf, 0, &rec.params);
         }
-        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("forward"),
+        });
         let mut cmds = std::mem::take(&mut rec.cmds).into_iter().peekable();
         while cmds.peek().is_some() {
             if let Some(Cmd::Copy { .. }) = cmds.peek() {
-                if let Some(Cmd::Copy { src, dst, dst_offset, size }) = cmds.next() {
+                if let Some(Cmd::Copy {
+                    src,
+                    dst,
+                    dst_offset,
+                    size,
+                }) = cmds.next()
+                {
                     enc.copy_buffer_to_buffer(&src, 0, &dst, dst_offset, size);
                 }
                 continue;
             }
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
             while let Some(Cmd::Dispatch { .. }) = cmds.peek() {
-                if let Some(Cmd::Dispatch { kernel, bind, slot, groups }) = cmds.next() {
+                if let Some(Cmd::Dispatch {
+                    kernel,
+                    bind,
+                    slot,
+                    groups,
+                }) = cmds.next()
+                {
                     pass.set_pipeline(&kernel.pipeline);
                     pass.set_bind_group(0, &bind, &[slot]);
                     pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -254,26 +306,40 @@ impl Wgpu {
 
     fn check_error(&self) -> Result<()> {
         match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(e) if e.to_lowercase().contains("out of memory") => {
-                Err(Error::OutOfMemory { what: "GPU work".into(), bytes: 0, msg: e })
-            }
+            Some(e) if e.to_lowercase().contains("out of memory") => Err(Error::OutOfMemory {
+                what: "GPU work".into(),
+                bytes: 0,
+                msg: e,
+            }),
             Some(e) => Err(Error::Device(e)),
             None => Ok(()),
         }
     }
 
     /// Create a buffer, turning an allocation failure into a typed error that names it.
-    fn create_buffer(&self, what: &str, size: u64, usage: wgpu::BufferUsages, mapped: bool) -> Result<wgpu::Buffer> {
+    fn create_buffer(
+        &self,
+        what: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+        mapped: bool,
+    ) -> Result<wgpu::Buffer> {
         let lim = &self.gpu.limits;
         if size > lim.max_buffer_size {
             return Err(Error::OutOfMemory {
                 what: what.into(),
                 bytes: size,
-                msg: format!("the device's largest buffer is {} bytes", lim.max_buffer_size),
+                msg: format!(
+                    "the device's largest buffer is {} bytes",
+                    lim.max_buffer_size
+                ),
             });
         }
         #[cfg(not(target_arch = "wasm32"))]
-        let scope = self.gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let scope = self
+            .gpu
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buf = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
             size: size.max(16).next_multiple_of(16),
@@ -282,7 +348,11 @@ impl Wgpu {
         });
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::OutOfMemory { what: what.into(), bytes: size, msg: e.to_string() });
+            return Err(Error::OutOfMemory {
+                what: what.into(),
+                bytes: size,
+                msg: e.to_string(),
+            });
         }
         Ok(buf)
     }
@@ -301,7 +371,9 @@ impl Wgpu {
         self.create_buffer(
             what,
             size,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             false,
         )
     }
@@ -315,9 +387,18 @@ impl Wgpu {
             usage: wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: true,
         });
-        src.slice(..).get_mapped_range_mut().expect("mapped at creation").slice(..bytes.len()).copy_from_slice(bytes);
+        src.slice(..)
+            .get_mapped_range_mut()
+            .expect("mapped at creation")
+            .slice(..bytes.len())
+            .copy_from_slice(bytes);
         src.unmap();
-        self.rec.lock().unwrap().cmds.push(Cmd::Copy { src, dst: dst.clone(), dst_offset: offset, size });
+        self.rec.lock().unwrap().cmds.push(Cmd::Copy {
+            src,
+            dst: dst.clone(),
+            dst_offset: offset,
+            size,
+        });
     }
 
     /// Submit, copy `size` bytes of `src` from `offset` to a mappable buffer, and read them.
@@ -339,12 +420,21 @@ impl Wgpu {
         #[cfg(not(target_arch = "wasm32"))]
         self.gpu
             .device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
             .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
-        let mapped = rx.await.map_err(|_| Error::Device("readback was cancelled".into()))?;
+        let mapped = rx
+            .await
+            .map_err(|_| Error::Device("readback was cancelled".into()))?;
         self.check_error()?;
         mapped.map_err(|e| Error::Device(format!("readback failed: {e}")))?;
-        let data = staging.slice(..).get_mapped_range().map_err(|e| Error::Device(format!("readback failed: {e}")))?.to_vec();
+        let data = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Device(format!("readback failed: {e}")))?
+            .to_vec();
         staging.unmap();
         Ok(data)
     }
@@ -355,37 +445,69 @@ impl Wgpu {
     fn gather(&self, x: &WgpuAct, n: usize, cols: usize, perm: &wgpu::Buffer) -> Option<WgpuAct> {
         let buf = self.scratch(&self.gathered, "gather scratch", (n * cols * 4) as u64)?;
         let (groups, gx) = self.linear_groups(n * cols);
-        let params = Gather { n: n as u32, cols: cols as u32, x_stride: x.cols as u32, grid_x: gx };
-        self.dispatch(Kernel::Gather, &params, vec![whole(perm), whole(&x.buf), whole(&buf)], groups);
+        let params = Gather {
+            n: n as u32,
+            cols: cols as u32,
+            x_stride: x.cols as u32,
+            grid_x: gx,
+        };
+        self.dispatch(
+            Kernel::Gather,
+            &params,
+            vec![whole(perm), whole(&x.buf), whole(&buf)],
+            groups,
+        );
         Some(WgpuAct { buf, cols })
     }
 
     /// The scratch buffer in `slot`, grown (at least doubling) to `size` bytes if smaller;
     /// `None` (with the error kept for the next readback) if it cannot grow.
-    fn scratch(&self, slot: &Mutex<Option<wgpu::Buffer>>, what: &str, size: u64) -> Option<wgpu::Buffer> {
+    fn scratch(
+        &self,
+        slot: &Mutex<Option<wgpu::Buffer>>,
+        what: &str,
+        size: u64,
+    ) -> Option<wgpu::Buffer> {
         let mut slot = slot.lock().unwrap();
         match slot.as_ref() {
             Some(b) if b.size() >= size => Some(b.clone()),
             old => {
                 let cap = self.gpu.limits.max_storage_buffer_binding_size;
-                let want = old.map_or(size, |b| size.max(b.size().saturating_mul(2)).min(cap).max(size));
+                let want = old.map_or(size, |b| {
+                    size.max(b.size().saturating_mul(2)).min(cap).max(size)
+                });
                 let b = match self.storage(what, want) {
                     Ok(b) => b,
                     Err(e) => {
-                        self.error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+                        self.error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(|| e.to_string());
                         return None;
                     }
                 };
                 if let Some(old) = slot.replace(b.clone()) {
                     // recorded work keeps its own handle; only the cached bindings go
-                    self.rec.lock().unwrap().binds.retain(|k, _| !k.1.iter().any(|(buf, _, _)| *buf == old));
+                    self.rec
+                        .lock()
+                        .unwrap()
+                        .binds
+                        .retain(|k, _| !k.1.iter().any(|(buf, _, _)| *buf == old));
                 }
                 Some(b)
             }
         }
     }
 
-    fn weight_dispatch(&self, kern: Kernel, w: &WgpuMatrix, x: &WgpuAct, out: &WgpuAct, n: usize, grid: impl Fn(&Chunk) -> ([u32; 3], u32)) {
+    fn weight_dispatch(
+        &self,
+        kern: Kernel,
+        w: &WgpuMatrix,
+        x: &WgpuAct,
+        out: &WgpuAct,
+        n: usize,
+        grid: impl Fn(&Chunk) -> ([u32; 3], u32),
+    ) {
         let m = &w.0;
         for c in &m.chunks {
             let (groups, grid_x) = grid(c);
@@ -400,8 +522,17 @@ impl Wgpu {
                 grid_x,
                 row0: c.row0 as u32,
             };
-            let scales = if c.scales_size > 0 { (c.buf.clone(), c.scales_offset, c.scales_size) } else { whole(&self.dummy) };
-            let bufs = vec![(c.buf.clone(), 0, c.payload_size), scales, whole(&x.buf), whole(&out.buf)];
+            let scales = if c.scales_size > 0 {
+                (c.buf.clone(), c.scales_offset, c.scales_size)
+            } else {
+                whole(&self.dummy)
+            };
+            let bufs = vec![
+                (c.buf.clone(), 0, c.payload_size),
+                scales,
+                whole(&x.buf),
+                whole(&out.buf),
+            ];
             self.dispatch(kern, &params, bufs, groups);
         }
     }
@@ -419,7 +550,11 @@ impl Backend for Wgpu {
     fn upload_matrix(&self, name: &str, w: &WeightData) -> Result<WgpuMatrix> {
         let lay = layout(w.format, w.cols);
         let lim = &self.gpu.limits;
-        let per = rows_per_chunk(&lay, lim.max_storage_buffer_binding_size, lim.max_buffer_size);
+        let per = rows_per_chunk(
+            &lay,
+            lim.max_storage_buffer_binding_size,
+            lim.max_buffer_size,
+        );
         let align = lim.min_storage_buffer_offset_alignment as u64;
         let mut chunks = vec![];
         let mut r0 = 0;
@@ -429,26 +564,46 @@ impl Backend for Wgpu {
             let scales_size = ((r1 - r0) * lay.scales_row) as u64;
             let scales_offset = payload_size.next_multiple_of(align);
             let size = scales_offset + scales_size.next_multiple_of(4);
-            let what = if chunks.is_empty() && r1 == w.rows { name.to_string() } else { format!("{name} rows {r0}..{r1}") };
+            let what = if chunks.is_empty() && r1 == w.rows {
+                name.to_string()
+            } else {
+                format!("{name} rows {r0}..{r1}")
+            };
             let buf = self.create_buffer(&what, size, wgpu::BufferUsages::STORAGE, true)?;
             {
                 // Mapped memory is write-only (it may be write-combined), so repack on the host.
                 let mut host = vec![0u8; size as usize];
                 let (payload, rest) = host.split_at_mut(payload_size as usize);
-                let scales = &mut rest[(scales_offset - payload_size) as usize..][..scales_size as usize];
+                let scales =
+                    &mut rest[(scales_offset - payload_size) as usize..][..scales_size as usize];
                 repack_rows(w, r0, r1, payload, scales);
-                let mut view = buf.slice(..).get_mapped_range_mut().map_err(|e| Error::Device(format!("mapping {what}: {e}")))?;
+                let mut view = buf
+                    .slice(..)
+                    .get_mapped_range_mut()
+                    .map_err(|e| Error::Device(format!("mapping {what}: {e}")))?;
                 view.slice(..host.len()).copy_from_slice(&host);
             }
             buf.unmap();
-            chunks.push(Chunk { buf, row0: r0, rows: r1 - r0, payload_size, scales_offset, scales_size: scales_size.next_multiple_of(4) });
+            chunks.push(Chunk {
+                buf,
+                row0: r0,
+                rows: r1 - r0,
+                payload_size,
+                scales_offset,
+                scales_size: scales_size.next_multiple_of(4),
+            });
             r0 = r1;
         }
         let perm = match &w.perm {
             None => None,
             Some(p) => {
                 let bytes: &[u8] = bytemuck::cast_slice(p.as_slice());
-                let buf = self.create_buffer(&format!("{name} perm"), bytes.len() as u64, wgpu::BufferUsages::STORAGE, true)?;
+                let buf = self.create_buffer(
+                    &format!("{name} perm"),
+                    bytes.len() as u64,
+                    wgpu::BufferUsages::STORAGE,
+                    true,
+                )?;
                 buf.slice(..)
                     .get_mapped_range_mut()
                     .map_err(|e| Error::Device(format!("mapping {name} perm: {e}")))?
@@ -458,15 +613,27 @@ impl Backend for Wgpu {
                 Some(buf)
             }
         };
-        Ok(WgpuMatrix(Arc::new(MatrixInner { format: w.format, cols: w.cols, lay, chunks, perm })))
+        Ok(WgpuMatrix(Arc::new(MatrixInner {
+            format: w.format,
+            cols: w.cols,
+            lay,
+            chunks,
+            perm,
+        })))
     }
 
     fn alloc(&self, name: &str, rows: usize, cols: usize) -> Result<WgpuAct> {
-        Ok(WgpuAct { buf: self.storage(name, (rows * cols * 4) as u64)?, cols })
+        Ok(WgpuAct {
+            buf: self.storage(name, (rows * cols * 4) as u64)?,
+            cols,
+        })
     }
 
     fn alloc_kv(&self, name: &str, max_seq: usize, kv_dim: usize) -> Result<WgpuKv> {
-        Ok(WgpuKv { buf: self.storage(name, (max_seq * kv_dim * 4) as u64)?, kv_dim })
+        Ok(WgpuKv {
+            buf: self.storage(name, (max_seq * kv_dim * 4) as u64)?,
+            kv_dim,
+        })
     }
 
     fn write(&self, dst: &mut WgpuAct, data: &[f32]) {
@@ -485,12 +652,37 @@ impl Backend for Wgpu {
         };
         self.record_upload(&ids_buf.buf, 0, bytemuck::cast_slice(ids));
         let groups = [table.0.cols.div_ceil(256) as u32, ids.len() as u32, 1];
-        self.weight_dispatch(Kernel::Embed(table.0.format), table, &ids_buf, out, ids.len(), |_| (groups, 0));
+        self.weight_dispatch(
+            Kernel::Embed(table.0.format),
+            table,
+            &ids_buf,
+            out,
+            ids.len(),
+            |_| (groups, 0),
+        );
     }
 
-    fn rms_norm(&self, x: &WgpuAct, first: usize, n: usize, w: &WgpuAct, eps: f32, out: &mut WgpuAct) {
-        let params = RmsNorm { n: n as u32, cols: x.cols as u32, first: first as u32, eps };
-        self.dispatch(Kernel::RmsNorm, &params, vec![whole(&x.buf), whole(&w.buf), whole(&out.buf)], [n as u32, 1, 1]);
+    fn rms_norm(
+        &self,
+        x: &WgpuAct,
+        first: usize,
+        n: usize,
+        w: &WgpuAct,
+        eps: f32,
+        out: &mut WgpuAct,
+    ) {
+        let params = RmsNorm {
+            n: n as u32,
+            cols: x.cols as u32,
+            first: first as u32,
+            eps,
+        };
+        self.dispatch(
+            Kernel::RmsNorm,
+            &params,
+            vec![whole(&x.buf), whole(&w.buf), whole(&out.buf)],
+            [n as u32, 1, 1],
+        );
     }
 
     fn matmul(&self, x: &WgpuAct, n: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
@@ -507,28 +699,83 @@ impl Backend for Wgpu {
         };
         if n == 1 {
             // matvec.wgsl: ROWS = 8 rows per workgroup
-            self.weight_dispatch(Kernel::Matvec(w.0.format), w, x, out, 1, |c| self.folded(c.rows.div_ceil(8)));
+            self.weight_dispatch(Kernel::Matvec(w.0.format), w, x, out, 1, |c| {
+                self.folded(c.rows.div_ceil(8))
+            });
         } else {
             let ty = n.div_ceil(64) as u32;
-            self.weight_dispatch(Kernel::Matmul(w.0.format), w, x, out, n, |c| ([c.rows.div_ceil(64) as u32, ty, 1], 0));
+            self.weight_dispatch(Kernel::Matmul(w.0.format), w, x, out, n, |c| {
+                ([c.rows.div_ceil(64) as u32, ty, 1], 0)
+            });
         }
     }
 
-    fn rope(&self, x: &mut WgpuAct, n: usize, n_heads: usize, head_dim: usize, table: &WgpuAct, style: RopeStyle) {
+    fn rope(
+        &self,
+        x: &mut WgpuAct,
+        n: usize,
+        n_heads: usize,
+        head_dim: usize,
+        table: &WgpuAct,
+        style: RopeStyle,
+    ) {
         let (groups, gx) = self.linear_groups(n * n_heads * head_dim / 2);
         let interleaved = (style == RopeStyle::Interleaved) as u32;
-        let (n, n_heads, head_dim, stride) = (n as u32, n_heads as u32, head_dim as u32, x.cols as u32);
-        let params = Rope { n, n_heads, head_dim, stride, interleaved, grid_x: gx };
-        self.dispatch(Kernel::Rope, &params, vec![whole(&x.buf), whole(&table.buf)], groups);
+        let (n, n_heads, head_dim, stride) =
+            (n as u32, n_heads as u32, head_dim as u32, x.cols as u32);
+        let params = Rope {
+            n,
+            n_heads,
+            head_dim,
+            stride,
+            interleaved,
+            grid_x: gx,
+        };
+        self.dispatch(
+            Kernel::Rope,
+            &params,
+            vec![whole(&x.buf), whole(&table.buf)],
+            groups,
+        );
     }
 
-    fn store_kv(&self, k: &WgpuAct, v: &WgpuAct, first: usize, n: usize, pos: usize, kc: &mut WgpuKv, vc: &mut WgpuKv) {
+    fn store_kv(
+        &self,
+        k: &WgpuAct,
+        v: &WgpuAct,
+        first: usize,
+        n: usize,
+        pos: usize,
+        kc: &mut WgpuKv,
+        vc: &mut WgpuKv,
+    ) {
         let (groups, gx) = self.linear_groups(n * kc.kv_dim);
-        let params = StoreKv { n: n as u32, pos: pos as u32, kv_dim: kc.kv_dim as u32, grid_x: gx, first: first as u32 };
-        self.dispatch(Kernel::StoreKv, &params, vec![whole(&k.buf), whole(&v.buf), whole(&kc.buf), whole(&vc.buf)], groups);
+        let params = StoreKv {
+            n: n as u32,
+            pos: pos as u32,
+            kv_dim: kc.kv_dim as u32,
+            grid_x: gx,
+            first: first as u32,
+        };
+        self.dispatch(
+            Kernel::StoreKv,
+            &params,
+            vec![whole(&k.buf), whole(&v.buf), whole(&kc.buf), whole(&vc.buf)],
+            groups,
+        );
     }
 
-    fn attention(&self, q: &WgpuAct, kc: &WgpuKv, vc: &WgpuKv, first: usize, n: usize, pos: usize, s: AttnShape, out: &mut WgpuAct) {
+    fn attention(
+        &self,
+        q: &WgpuAct,
+        kc: &WgpuKv,
+        vc: &WgpuKv,
+        first: usize,
+        n: usize,
+        pos: usize,
+        s: AttnShape,
+        out: &mut WgpuAct,
+    ) {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         // Decode over a long context: the keys in up to MAX_SPLITS chunks of at least
         // MIN_SPLIT, each a workgroup of its own, merged by attention_combine.wgsl. One
@@ -536,7 +783,11 @@ impl Backend for Wgpu {
         const MAX_SPLITS: usize = 16;
         const MIN_SPLIT: usize = 256;
         let len = pos + n;
-        let chunk = if n == 1 && len > MIN_SPLIT { len.div_ceil(MAX_SPLITS).next_multiple_of(64).max(MIN_SPLIT) } else { len };
+        let chunk = if n == 1 && len > MIN_SPLIT {
+            len.div_ceil(MAX_SPLITS).next_multiple_of(64).max(MIN_SPLIT)
+        } else {
+            len
+        };
         let splits = len.div_ceil(chunk);
         let parts = if splits > 1 {
             let size = (s.n_heads * splits * (s.head_dim + 2) * 4) as u64;
@@ -561,8 +812,19 @@ impl Backend for Wgpu {
             splits: splits as u32,
             first: first as u32,
         };
-        let bufs = vec![whole(&q.buf), whole(&kc.buf), whole(&vc.buf), whole(&out.buf), whole(&parts)];
-        self.dispatch(Kernel::Attention, &params, bufs, [s.n_heads as u32, n as u32, splits as u32]);
+        let bufs = vec![
+            whole(&q.buf),
+            whole(&kc.buf),
+            whole(&vc.buf),
+            whole(&out.buf),
+            whole(&parts),
+        ];
+        self.dispatch(
+            Kernel::Attention,
+            &params,
+            bufs,
+            [s.n_heads as u32, n as u32, splits as u32],
+        );
         if splits > 1 {
             let params = AttentionCombine {
                 n_heads: s.n_heads as u32,
@@ -570,22 +832,51 @@ impl Backend for Wgpu {
                 splits: splits as u32,
                 out_base: (first * out.cols) as u32,
             };
-            self.dispatch(Kernel::AttentionCombine, &params, vec![whole(&parts), whole(&out.buf)], [s.n_heads as u32, 1, 1]);
+            self.dispatch(
+                Kernel::AttentionCombine,
+                &params,
+                vec![whole(&parts), whole(&out.buf)],
+                [s.n_heads as u32, 1, 1],
+            );
         }
     }
 
     fn silu_mul(&self, gate: &mut WgpuAct, up: &WgpuAct, len: usize) {
         let (groups, gx) = self.linear_groups(len);
-        self.dispatch(Kernel::SiluMul, &Elementwise { len: len as u32, grid_x: gx }, vec![whole(&gate.buf), whole(&up.buf)], groups);
+        self.dispatch(
+            Kernel::SiluMul,
+            &Elementwise {
+                len: len as u32,
+                grid_x: gx,
+            },
+            vec![whole(&gate.buf), whole(&up.buf)],
+            groups,
+        );
     }
 
     fn add(&self, x: &mut WgpuAct, y: &WgpuAct, len: usize) {
         let (groups, gx) = self.linear_groups(len);
-        self.dispatch(Kernel::Add, &Elementwise { len: len as u32, grid_x: gx }, vec![whole(&x.buf), whole(&y.buf)], groups);
+        self.dispatch(
+            Kernel::Add,
+            &Elementwise {
+                len: len as u32,
+                grid_x: gx,
+            },
+            vec![whole(&x.buf), whole(&y.buf)],
+            groups,
+        );
     }
 
     async fn argmax(&self, x: &WgpuAct, row: usize) -> Result<u32> {
-        self.dispatch(Kernel::Argmax, &Argmax { cols: x.cols as u32, row: row as u32 }, vec![whole(&x.buf), whole(&self.argmax_out)], [1, 1, 1]);
+        self.dispatch(
+            Kernel::Argmax,
+            &Argmax {
+                cols: x.cols as u32,
+                row: row as u32,
+            },
+            vec![whole(&x.buf), whole(&self.argmax_out)],
+            [1, 1, 1],
+        );
         let bytes = self.readback(&self.argmax_out, 0, 4).await?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }

@@ -155,14 +155,23 @@ mod tests {
     /// mismatches.
     fn compare(k: Kernel, (name, fields, size): &(&str, Vec<Field>, usize)) -> Vec<String> {
         let src = source(k, false);
-        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{k:?}: {}", e.emit_to_string(&src)));
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("{k:?}: {}", e.emit_to_string(&src)));
         let var = module
             .global_variables
             .iter()
             .map(|(_, v)| v)
-            .find(|v| v.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 0))
+            .find(|v| {
+                v.binding
+                    .as_ref()
+                    .is_some_and(|b| b.group == 0 && b.binding == 0)
+            })
             .unwrap_or_else(|| panic!("{k:?}: nothing at binding 0"));
-        assert_eq!(var.space, AddressSpace::Uniform, "{k:?}: binding 0 is not a uniform");
+        assert_eq!(
+            var.space,
+            AddressSpace::Uniform,
+            "{k:?}: binding 0 is not a uniform"
+        );
         let TypeInner::Struct { members, span } = &module.types[var.ty].inner else {
             panic!("{k:?}: binding 0 is not a struct");
         };
@@ -174,7 +183,10 @@ mod tests {
             let inner = &module.types[m.ty].inner;
             let msize = inner.size(module.to_ctx()) as usize;
             match fields.iter().find(|f| f.0 == mname) {
-                None => bad.push(at(format!("WGSL member `{mname}` (offset {}) has no Rust field", m.offset))),
+                None => bad.push(at(format!(
+                    "WGSL member `{mname}` (offset {}) has no Rust field",
+                    m.offset
+                ))),
                 Some(&(_, off, fsize, sc)) => {
                     if off != m.offset as usize || fsize != msize {
                         bad.push(at(format!(
@@ -185,7 +197,9 @@ mod tests {
                         )));
                     }
                     if *inner != TypeInner::Scalar(sc) {
-                        bad.push(at(format!("`{mname}` is {inner:?} in WGSL, {sc:?} in Rust")));
+                        bad.push(at(format!(
+                            "`{mname}` is {inner:?} in WGSL, {sc:?} in Rust"
+                        )));
                     }
                 }
             }
@@ -193,7 +207,10 @@ mod tests {
         // Rust fields the shader lacks may only be explicit padding.
         for f in fields.iter().filter(|f| !f.0.starts_with("_pad")) {
             if !members.iter().any(|m| m.name.as_deref() == Some(f.0)) {
-                bad.push(at(format!("Rust field `{}` is not in the WGSL struct", f.0)));
+                bad.push(at(format!(
+                    "Rust field `{}` is not in the WGSL struct",
+                    f.0
+                )));
             }
         }
         if *span as usize != *size {
@@ -201,7 +218,9 @@ mod tests {
         }
         // The host binds a PARAMS_SIZE window; some APIs read uniforms in 16-byte rows.
         if (*span as u64).next_multiple_of(16) > PARAMS_SIZE {
-            bad.push(at(format!("{span} bytes do not fit the {PARAMS_SIZE}-byte params window")));
+            bad.push(at(format!(
+                "{span} bytes do not fit the {PARAMS_SIZE}-byte params window"
+            )));
         }
         bad
     }
@@ -210,12 +229,49 @@ mod tests {
     /// layout of the struct the host fills.
     #[test]
     fn rust_params_match_the_wgsl_structs() {
-        let weights = fields!(Weights { n, rows, cols, nb, x_stride, out_stride, out_off, grid_x, row0 });
+        let weights = fields!(Weights {
+            n,
+            rows,
+            cols,
+            nb,
+            x_stride,
+            out_stride,
+            out_off,
+            grid_x,
+            row0
+        });
         let elementwise = fields!(Elementwise { len, grid_x });
         let mut cases = vec![
-            (Kernel::RmsNorm, fields!(RmsNorm { n, cols, first, eps })),
-            (Kernel::Rope, fields!(Rope { n, n_heads, head_dim, stride, interleaved, grid_x })),
-            (Kernel::StoreKv, fields!(StoreKv { n, pos, kv_dim, grid_x, first })),
+            (
+                Kernel::RmsNorm,
+                fields!(RmsNorm {
+                    n,
+                    cols,
+                    first,
+                    eps
+                }),
+            ),
+            (
+                Kernel::Rope,
+                fields!(Rope {
+                    n,
+                    n_heads,
+                    head_dim,
+                    stride,
+                    interleaved,
+                    grid_x
+                }),
+            ),
+            (
+                Kernel::StoreKv,
+                fields!(StoreKv {
+                    n,
+                    pos,
+                    kv_dim,
+                    grid_x,
+                    first
+                }),
+            ),
             (
                 Kernel::Attention,
                 fields!(Attention {
@@ -233,11 +289,27 @@ mod tests {
                     first,
                 }),
             ),
-            (Kernel::AttentionCombine, fields!(AttentionCombine { n_heads, head_dim, splits, out_base })),
+            (
+                Kernel::AttentionCombine,
+                fields!(AttentionCombine {
+                    n_heads,
+                    head_dim,
+                    splits,
+                    out_base
+                }),
+            ),
             (Kernel::SiluMul, elementwise.clone()),
             (Kernel::Add, elementwise),
             (Kernel::Argmax, fields!(Argmax { cols, row })),
-            (Kernel::Gather, fields!(Gather { n, cols, x_stride, grid_x })),
+            (
+                Kernel::Gather,
+                fields!(Gather {
+                    n,
+                    cols,
+                    x_stride,
+                    grid_x
+                }),
+            ),
         ];
         use WeightFormat::*;
         for f in [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4K, Q6K, Gptq4] {
@@ -246,6 +318,10 @@ mod tests {
             }
         }
         let bad: Vec<String> = cases.iter().flat_map(|(k, s)| compare(*k, s)).collect();
-        assert!(bad.is_empty(), "host and shader params differ:\n{}", bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "host and shader params differ:\n{}",
+            bad.join("\n")
+        );
     }
 }

@@ -3,7 +3,10 @@
 //! and a 3-D tensor), a small file for the corruption tests, and helpers to parse bytes and
 //! get error messages.
 
-use super::{GgufArray, GgufFile, GgufTensorSpec, GgufTokenizer, GgufWriter, llama_file_type, permute_rows_for_gguf};
+use super::{
+    GgufArray, GgufFile, GgufTensorSpec, GgufTokenizer, GgufWriter, llama_file_type,
+    permute_rows_for_gguf,
+};
 use crate::config::RopeScaling;
 use crate::testing::Rng;
 use crate::weights::{Blob, LayerTensor, TensorId, WeightData, WeightFormat};
@@ -14,8 +17,12 @@ pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
     pub(super) fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let p = std::env::temp_dir().join(format!("yangtuo-gguf-{tag}-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p =
+            std::env::temp_dir().join(format!("yangtuo-gguf-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -49,7 +56,11 @@ pub(super) fn tiny_config() -> Config {
 pub(super) fn vocab(n: usize) -> Vec<String> {
     let mut t: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
     t.extend((0..16).map(|i| format!("<0x{i:02X}>")));
-    t.extend(["▁the", "é", "中文", "▁a", "b", "\n", "🦙"].iter().map(|s| s.to_string()));
+    t.extend(
+        ["▁the", "é", "中文", "▁a", "b", "\n", "🦙"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     let mut i = 0;
     while t.len() < n {
         t.push(format!("tok{i}"));
@@ -106,7 +117,8 @@ pub(super) fn format_for(id: TensorId) -> WeightFormat {
     }
 }
 
-pub(super) const TEMPLATE: &str = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}";
+pub(super) const TEMPLATE: &str =
+    "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}";
 
 /// Our writer's version of a tiny llama model, plus extra keys of every type and two
 /// extra tensors (an odd-sized one, to exercise padding, and a 3-D one).
@@ -131,7 +143,10 @@ pub(super) fn tiny_model() -> (GgufWriter, Vec<GgufTensorSpec>, Vec<Vec<u8>>) {
         .set("test.bool", false)
         .set("test.u32s", vec![1u32, 2, 3])
         .set("test.empty", Vec::<u32>::new())
-        .set("test.nested", vec![GgufArray::I32(vec![1, 2, 3]), GgufArray::I32(vec![4])]);
+        .set(
+            "test.nested",
+            vec![GgufArray::I32(vec![1, 2, 3]), GgufArray::I32(vec![4])],
+        );
     let mut rng = Rng(0x9E3779B97F4A7C15);
     let mut specs = Vec::new();
     let mut datas = Vec::new();
@@ -141,8 +156,13 @@ pub(super) fn tiny_model() -> (GgufWriter, Vec<GgufTensorSpec>, Vec<Vec<u8>>) {
         let src: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
         let mut bytes = crate::weights::ggml::quantize(f, &src);
         if let TensorId::Layer(_, t @ (LayerTensor::Wq | LayerTensor::Wk)) = id {
-            let heads = if t == LayerTensor::Wq { cfg.n_heads } else { cfg.n_kv_heads };
-            bytes = permute_rows_for_gguf(&bytes, f.row_bytes(cols, "").unwrap(), heads, cfg.head_dim);
+            let heads = if t == LayerTensor::Wq {
+                cfg.n_heads
+            } else {
+                cfg.n_kv_heads
+            };
+            bytes =
+                permute_rows_for_gguf(&bytes, f.row_bytes(cols, "").unwrap(), heads, cfg.head_dim);
         }
         specs.push(GgufTensorSpec::weight(id, f, &cfg).unwrap());
         datas.push(bytes);
@@ -159,7 +179,9 @@ pub(super) fn tiny_model() -> (GgufWriter, Vec<GgufTensorSpec>, Vec<Vec<u8>>) {
 
 pub(super) fn to_bytes(w: &GgufWriter, specs: &[GgufTensorSpec], datas: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
-    let n = w.write_to(&mut out, Path::new("mem.gguf"), specs, |i, _| Ok(&datas[i])).unwrap();
+    let n = w
+        .write_to(&mut out, Path::new("mem.gguf"), specs, |i, _| Ok(&datas[i]))
+        .unwrap();
     assert_eq!(n as usize, out.len());
     out
 }
@@ -185,19 +207,27 @@ pub(super) fn err_of(bytes: &[u8]) -> String {
 /// A small file: a few keys, a vocabulary, and three tensors whose last one ends the file.
 pub(super) fn small_file() -> (Vec<u8>, Vec<GgufTensorSpec>) {
     let mut w = GgufWriter::new();
-    w.set("general.architecture", "llama").set("test.u32", 7u32).set("test.str", "hello");
+    w.set("general.architecture", "llama")
+        .set("test.u32", 7u32)
+        .set("test.str", "hello");
     w.set("tokenizer.ggml.tokens", vocab(20));
     let specs = vec![
         GgufTensorSpec::new("a.weight", vec![32, 2], 8, 68),
         GgufTensorSpec::new("b.weight", vec![5], 0, 20),
         GgufTensorSpec::new("c.weight", vec![16], 0, 64),
     ];
-    let datas: Vec<Vec<u8>> = specs.iter().map(|s| (0..s.n_bytes).map(|i| i as u8).collect()).collect();
+    let datas: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|s| (0..s.n_bytes).map(|i| i as u8).collect())
+        .collect();
     (to_bytes(&w, &specs, &datas), specs)
 }
 
 /// Position of tensor `name`'s offset field in the tensor infos.
 pub(super) fn offset_field(bytes: &[u8], name: &str, n_dims: usize) -> usize {
-    let p = bytes.windows(name.len()).position(|w| w == name.as_bytes()).unwrap();
+    let p = bytes
+        .windows(name.len())
+        .position(|w| w == name.as_bytes())
+        .unwrap();
     p + name.len() + 4 + 8 * n_dims + 4
 }

@@ -28,7 +28,11 @@ fn python() -> Option<PathBuf> {
 fn run_python(py: &Path, dir: &Path, script: &str, args: &[&Path]) {
     let file = dir.join("script.py");
     std::fs::write(&file, script).unwrap();
-    let out = Command::new(py).arg(&file).args(args).output().expect("cannot run python");
+    let out = Command::new(py)
+        .arg(&file)
+        .args(args)
+        .output()
+        .expect("cannot run python");
     assert!(
         out.status.success(),
         "python failed:\n{}\n{}",
@@ -174,7 +178,10 @@ fn reads_what_gguf_py_writes() {
     assert_eq!(v("test.u64"), GgufValue::U64((1 << 63) + 5));
     assert_eq!(v("test.i64"), GgufValue::I64(-(1 << 40)));
     assert_eq!(v("test.f64"), GgufValue::F64(0.1));
-    assert_eq!(v("test.nested"), GgufValue::from(vec![GgufArray::I32(vec![1, 2, 3]), GgufArray::I32(vec![4])]));
+    assert_eq!(
+        v("test.nested"),
+        GgufValue::from(vec![GgufArray::I32(vec![1, 2, 3]), GgufArray::I32(vec![4])])
+    );
     assert_eq!(v("test.floats"), GgufValue::from(vec![0.5f32, -1.5]));
     assert_eq!(f.get_f32("llama.rope.scaling.factor"), Some(4.0));
 
@@ -183,7 +190,10 @@ fn reads_what_gguf_py_writes() {
     assert_eq!(f.tokens().unwrap(), tok.tokens);
     assert_eq!(f.scores().unwrap(), tok.scores.clone().unwrap());
     assert_eq!(f.token_types().unwrap(), tok.token_types.clone().unwrap());
-    assert_eq!((f.bos_id(), f.eos_id(), f.unk_id()), (Some(1), Some(2), Some(0)));
+    assert_eq!(
+        (f.bos_id(), f.eos_id(), f.unk_id()),
+        (Some(1), Some(2), Some(0))
+    );
     assert_eq!(f.add_bos(), Some(true));
     assert_eq!(f.add_eos(), None);
     assert_eq!(f.tokenizer_model(), Some("llama"));
@@ -194,7 +204,8 @@ fn reads_what_gguf_py_writes() {
 
     // Tensors: types, dims, bytes, and decoding against gguf-py's.
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.0.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.0.join("manifest.json")).unwrap())
+            .unwrap();
     let manifest = manifest.as_array().unwrap();
     assert_eq!(f.tensors().len(), manifest.len());
     assert_eq!(TensorId::all(&cfg).len(), manifest.len());
@@ -202,7 +213,12 @@ fn reads_what_gguf_py_writes() {
     for m in manifest {
         let name = m["name"].as_str().unwrap();
         let ty = m["type"].as_u64().unwrap() as u32;
-        let mut dims: Vec<u64> = m["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+        let mut dims: Vec<u64> = m["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
         dims.reverse();
         let info = f.tensor_info(name).unwrap();
         assert_eq!(info.ggml_type, ty, "{name}");
@@ -210,7 +226,10 @@ fn reads_what_gguf_py_writes() {
         let bytes = std::fs::read(dir.0.join(format!("{name}.bin"))).unwrap();
         assert_eq!(&f.tensor_bytes(name).unwrap()[..], &bytes[..], "{name}");
 
-        let id = TensorId::all(&cfg).into_iter().find(|id| format!("{}.weight", id.gguf_name()) == name).unwrap();
+        let id = TensorId::all(&cfg)
+            .into_iter()
+            .find(|id| format!("{}.weight", id.gguf_name()) == name)
+            .unwrap();
         let w = f.weight(id, &cfg).unwrap();
         assert_eq!(w.format.ggml_type(), ty);
         assert_eq!([w.rows, w.cols], id.expected_shape(&cfg));
@@ -230,7 +249,10 @@ fn reads_what_gguf_py_writes() {
             assert!(d <= 1e-6 * b.abs().max(scale * 1e-3), "{name}: {a} vs {b}");
             worst = worst.max(d / b.abs().max(scale * 1e-3));
         }
-        println!("{name} ({}): worst relative difference {worst:e}", WeightFormat::ggml_type_name(ty));
+        println!(
+            "{name} ({}): worst relative difference {worst:e}",
+            WeightFormat::ggml_type_name(ty)
+        );
         seen_types.insert(WeightFormat::ggml_type_name(ty));
     }
     assert_eq!(seen_types.len(), 6, "{seen_types:?}");
@@ -298,7 +320,9 @@ fn json_close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
             (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
         }
-        (J::Array(x), J::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_close(a, b)),
+        (J::Array(x), J::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_close(a, b))
+        }
         _ => a == b,
     }
 }
@@ -330,24 +354,54 @@ fn gguf_py_reads_what_we_write() {
     assert_eq!(fields["GGUF.kv_count"]["value"], expected.len());
     assert_eq!(fields.len(), expected.len() + 3);
     for (k, v) in &expected {
-        let got = fields.get(k).unwrap_or_else(|| panic!("gguf-py does not see `{k}`"));
+        let got = fields
+            .get(k)
+            .unwrap_or_else(|| panic!("gguf-py does not see `{k}`"));
         let (types, value) = py_view(v);
-        let got_types: Vec<&str> = got["types"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let got_types: Vec<&str> = got["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
         assert_eq!(got_types, types, "types of `{k}`");
-        assert!(json_close(&got["value"], &value), "`{k}`: gguf-py reads {} but we wrote {value}", got["value"]);
+        assert!(
+            json_close(&got["value"], &value),
+            "`{k}`: gguf-py reads {} but we wrote {value}",
+            got["value"]
+        );
     }
     // Spot checks against llama.cpp's expectations.
     assert_eq!(fields["llama.context_length"]["types"][0], "UINT32");
-    assert_eq!(fields["llama.attention.layer_norm_rms_epsilon"]["types"][0], "FLOAT32");
-    assert_eq!(fields["tokenizer.ggml.tokens"]["value"].as_array().unwrap().len(), 32);
+    assert_eq!(
+        fields["llama.attention.layer_norm_rms_epsilon"]["types"][0],
+        "FLOAT32"
+    );
+    assert_eq!(
+        fields["tokenizer.ggml.tokens"]["value"]
+            .as_array()
+            .unwrap()
+            .len(),
+        32
+    );
     assert_eq!(fields["tokenizer.ggml.tokens"]["value"][31], "[PAD31]");
 
     let tensors = read["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), specs.len());
     for ((t, s), d) in tensors.iter().zip(&specs).zip(&datas) {
         assert_eq!(t["name"], s.name.as_str());
-        assert_eq!(t["type"].as_u64().unwrap() as u32, s.ggml_type, "{}", s.name);
-        let shape: Vec<u64> = t["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        assert_eq!(
+            t["type"].as_u64().unwrap() as u32,
+            s.ggml_type,
+            "{}",
+            s.name
+        );
+        let shape: Vec<u64> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
         assert_eq!(shape, s.dims, "{}", s.name);
         assert_eq!(t["n_bytes"].as_u64().unwrap(), s.n_bytes, "{}", s.name);
         let bytes = std::fs::read(out.join(format!("{}.bin", s.name))).unwrap();
@@ -368,19 +422,26 @@ fn our_writer_round_trips_through_our_reader() {
     let cfg = f.config().unwrap();
     assert_eq!(cfg, tiny_config());
     let mut tok = tiny_tokenizer(30);
-    tok.tokens.extend(["[PAD30]".to_string(), "[PAD31]".to_string()]);
+    tok.tokens
+        .extend(["[PAD30]".to_string(), "[PAD31]".to_string()]);
     tok.scores.as_mut().unwrap().extend([-1000.0, -1000.0]);
     tok.token_types.as_mut().unwrap().extend([5, 5]);
     // The vocabulary, key by key: what `tokenizer` builds a `Tokenizer` from.
     assert_eq!(f.tokenizer_model(), Some(tok.model.as_str()));
     assert_eq!(f.tokens().unwrap(), tok.tokens);
     assert_eq!((f.scores(), f.token_types()), (tok.scores, tok.token_types));
-    assert_eq!((f.bos_id(), f.eos_id(), f.unk_id(), f.pad_id()), (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id));
+    assert_eq!(
+        (f.bos_id(), f.eos_id(), f.unk_id(), f.pad_id()),
+        (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id)
+    );
     assert_eq!((f.add_bos(), f.add_eos()), (tok.add_bos, tok.add_eos));
     assert_eq!(f.chat_template().as_deref(), Some(TEMPLATE));
     for (s, d) in specs.iter().zip(&datas) {
         let info = f.tensor_info(&s.name).unwrap();
-        assert_eq!((&info.dims, info.ggml_type, info.n_bytes), (&s.dims, s.ggml_type, Some(s.n_bytes)));
+        assert_eq!(
+            (&info.dims, info.ggml_type, info.n_bytes),
+            (&s.dims, s.ggml_type, Some(s.n_bytes))
+        );
         assert_eq!(info.offset % 32, 0);
         assert_eq!(&f.tensor_bytes(&s.name).unwrap()[..], &d[..]);
     }
@@ -393,7 +454,10 @@ fn our_writer_round_trips_through_our_reader() {
     let f = GgufFile::parse(blob.clone(), Path::new("mem.gguf")).unwrap();
     let info = f.tensor_info("blk.0.attn_q.weight").unwrap();
     let q = f.tensor_bytes("blk.0.attn_q.weight").unwrap();
-    assert_eq!(q.as_ptr() as usize - blob.as_ptr() as usize, f.data_offset() + info.offset as usize);
+    assert_eq!(
+        q.as_ptr() as usize - blob.as_ptr() as usize,
+        f.data_offset() + info.offset as usize
+    );
 }
 
 #[test]
@@ -401,14 +465,18 @@ fn model_files_open_gguf_paths() {
     let dir = TempDir::new("modelfiles");
     let (w, specs, datas) = tiny_model();
     let path = dir.0.join("Tiny.Q4_K_M.GGUF");
-    w.write_file(&path, &specs, |i, _| Ok(datas[i].clone())).unwrap();
+    w.write_file(&path, &specs, |i, _| Ok(datas[i].clone()))
+        .unwrap();
     let files = crate::weights::source::ModelFiles::open(&path).unwrap();
     assert_eq!(files.config, tiny_config());
     assert_eq!(files.rope_style, RopeStyle::Interleaved);
     assert!(files.gguf().is_some());
     assert_eq!(files.gguf().unwrap().tokens().unwrap().len(), 32);
     let wq = files.weight(TensorId::Layer(0, LayerTensor::Wq)).unwrap();
-    let i = specs.iter().position(|s| s.name == "blk.0.attn_q.weight").unwrap();
+    let i = specs
+        .iter()
+        .position(|s| s.name == "blk.0.attn_q.weight")
+        .unwrap();
     assert_eq!(&wq.bytes[..], &datas[i][..]);
     assert_eq!(wq.format, WeightFormat::Q4K);
     assert!(files.total_bytes() > 0);

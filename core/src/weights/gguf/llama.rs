@@ -50,7 +50,10 @@ impl GgufFile {
     }
 
     fn type_err(&self, key: &str, want: &str, v: &GgufValue) -> Error {
-        self.err(format!("metadata `{key}` should be {want}, found {}", v.type_description()))
+        self.err(format!(
+            "metadata `{key}` should be {want}, found {}",
+            v.type_description()
+        ))
     }
 
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
@@ -65,20 +68,27 @@ impl GgufFile {
     }
 
     fn req_usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| self.err(format!("metadata key `{key}` is missing")))
+        self.opt_usize(key)?
+            .ok_or_else(|| self.err(format!("metadata key `{key}` is missing")))
     }
 
     fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u32().map(Some).ok_or_else(|| self.type_err(key, "a u32", v)),
+            Some(v) => v
+                .as_u32()
+                .map(Some)
+                .ok_or_else(|| self.type_err(key, "a u32", v)),
         }
     }
 
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.type_err(key, "a float", v)),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.type_err(key, "a float", v)),
         }
     }
 
@@ -87,7 +97,10 @@ impl GgufFile {
         let arch = match self.get("general.architecture") {
             Some(GgufValue::String(s)) => s.as_str(),
             Some(v) => return Err(self.type_err("general.architecture", "a string", v)),
-            None => return Err(self.err("metadata key `general.architecture` is missing; is this a model file?")),
+            None => {
+                return Err(self
+                    .err("metadata key `general.architecture` is missing; is this a model file?"));
+            }
         };
         if arch != "llama" {
             return Err(self.err(format!(
@@ -99,7 +112,9 @@ impl GgufFile {
         if n_heads == 0 {
             return Err(self.err("`llama.attention.head_count` must be positive"));
         }
-        let n_kv_heads = self.opt_usize("llama.attention.head_count_kv")?.unwrap_or(n_heads);
+        let n_kv_heads = self
+            .opt_usize("llama.attention.head_count_kv")?
+            .unwrap_or(n_heads);
         let key_length = self.opt_usize("llama.attention.key_length")?;
         let rot = self.opt_usize("llama.rope.dimension_count")?;
         let head_dim = key_length.or(rot).unwrap_or(dim / n_heads);
@@ -113,7 +128,9 @@ impl GgufFile {
         }
         let norm_eps = self
             .opt_f64("llama.attention.layer_norm_rms_epsilon")?
-            .ok_or_else(|| self.err("metadata key `llama.attention.layer_norm_rms_epsilon` is missing"))?;
+            .ok_or_else(|| {
+                self.err("metadata key `llama.attention.layer_norm_rms_epsilon` is missing")
+            })?;
         let rope_theta = self.opt_f64("llama.rope.freq_base")?.unwrap_or(10000.0);
         let rope_scaling = self.rope_scaling()?;
         let vocab_size = match self.opt_usize("llama.vocab_size")? {
@@ -121,8 +138,9 @@ impl GgufFile {
             None => match self.get_array("tokenizer.ggml.tokens") {
                 Some(a) => a.len(),
                 None => match self.tensor_info("token_embd.weight") {
-                    Some(t) if t.dims.len() >= 2 => usize::try_from(t.dims[1])
-                        .map_err(|_| self.err("tensor `token_embd.weight` has an absurd row count"))?,
+                    Some(t) if t.dims.len() >= 2 => usize::try_from(t.dims[1]).map_err(|_| {
+                        self.err("tensor `token_embd.weight` has an absurd row count")
+                    })?,
                     _ => {
                         return Err(self.err(
                             "cannot tell the vocabulary size: no `llama.vocab_size`, no `tokenizer.ggml.tokens` \
@@ -143,11 +161,17 @@ impl GgufFile {
         }
         // Keep every matrix size far from overflow, so shape arithmetic downstream is safe.
         // (1 << 48 on 64-bit; on 32-bit wasm, what the address space allows)
-        const LIMIT: usize = if usize::BITS >= 64 { 1 << (usize::BITS - 16) } else { usize::MAX >> 1 };
+        const LIMIT: usize = if usize::BITS >= 64 {
+            1 << (usize::BITS - 16)
+        } else {
+            usize::MAX >> 1
+        };
         let sane = [
             n_heads.checked_mul(head_dim),
             n_kv_heads.checked_mul(head_dim),
-            n_heads.checked_mul(head_dim).and_then(|q| q.checked_mul(dim)),
+            n_heads
+                .checked_mul(head_dim)
+                .and_then(|q| q.checked_mul(dim)),
             vocab_size.checked_mul(dim),
             hidden_dim.checked_mul(dim),
         ]
@@ -187,7 +211,9 @@ impl GgufFile {
             } else if f.is_finite() && f > 0.0 {
                 Ok(RopeScaling::Linear { factor: f })
             } else {
-                Err(self.err(format!("`llama.rope.scaling.factor` must be positive, found {f}")))
+                Err(self.err(format!(
+                    "`llama.rope.scaling.factor` must be positive, found {f}"
+                )))
             }
         };
         match self.get("llama.rope.scaling.type") {
@@ -214,9 +240,16 @@ impl GgufFile {
 
     /// As `weight`, with the tensor's bytes supplied by the caller (a streamed download)
     /// instead of read from the file.
-    pub fn weight_from(&self, id: TensorId, config: &Config, bytes: Option<Blob>) -> Result<WeightData> {
+    pub fn weight_from(
+        &self,
+        id: TensorId,
+        config: &Config,
+        bytes: Option<Blob>,
+    ) -> Result<WeightData> {
         let name = format!("{}.weight", id.gguf_name());
-        let t = self.tensor_info(&name).ok_or_else(|| self.err(format!("tensor `{name}` is missing")))?;
+        let t = self
+            .tensor_info(&name)
+            .ok_or_else(|| self.err(format!("tensor `{name}` is missing")))?;
         let format = t.format().ok_or_else(|| {
             self.err(format!(
                 "tensor `{name}` has type {}, which yangtuo does not support (supported: F32, F16, BF16, \
@@ -226,13 +259,20 @@ impl GgufFile {
         })?;
         // llama.cpp writes norms as F32 (F16 at most); a quantized norm is a relabelled tensor
         if id.is_vector() && !matches!(format, WeightFormat::F32 | WeightFormat::F16) {
-            return Err(self.err(format!("tensor `{name}` is a norm stored as {format:?}; norms are F32 or F16")));
+            return Err(self.err(format!(
+                "tensor `{name}` is a norm stored as {format:?}; norms are F32 or F16"
+            )));
         }
         let [rows, cols] = id.expected_shape(config);
-        let want: Vec<u64> = if id.is_vector() { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
+        let want: Vec<u64> = if id.is_vector() {
+            vec![cols as u64]
+        } else {
+            vec![cols as u64, rows as u64]
+        };
         // As llama.cpp does, missing trailing dims count as 1.
         let n = t.dims.len().max(want.len());
-        let same = (0..n).all(|i| t.dims.get(i).copied().unwrap_or(1) == want.get(i).copied().unwrap_or(1));
+        let same = (0..n)
+            .all(|i| t.dims.get(i).copied().unwrap_or(1) == want.get(i).copied().unwrap_or(1));
         if !same {
             return Err(self.err(format!(
                 "tensor `{name}` has dims {:?} but the metadata implies {want:?} (GGUF order: columns first)",
@@ -252,12 +292,24 @@ impl GgufTensorSpec {
     pub fn weight(id: TensorId, format: WeightFormat, config: &Config) -> Result<Self> {
         let name = format!("{}.weight", id.gguf_name());
         if !format.is_ggml() {
-            return Err(Error::load(&name, format!("{format:?} is not a ggml type and cannot be written to GGUF")));
+            return Err(Error::load(
+                &name,
+                format!("{format:?} is not a ggml type and cannot be written to GGUF"),
+            ));
         }
         let [rows, cols] = id.expected_shape(config);
         let n_bytes = (format.row_bytes(cols, &name)? * rows) as u64;
-        let dims = if id.is_vector() { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
-        Ok(GgufTensorSpec { name, dims, ggml_type: format.ggml_type(), n_bytes })
+        let dims = if id.is_vector() {
+            vec![cols as u64]
+        } else {
+            vec![cols as u64, rows as u64]
+        };
+        Ok(GgufTensorSpec {
+            name,
+            dims,
+            ggml_type: format.ggml_type(),
+            n_bytes,
+        })
     }
 }
 
@@ -276,7 +328,8 @@ impl GgufWriter {
         let c = config;
         let origin = Path::new(if name.is_empty() { "gguf" } else { name });
         let u32_of = |what: &str, v: usize| {
-            u32::try_from(v).map_err(|_| Error::load(origin, format!("{what} {v} does not fit GGUF's u32")))
+            u32::try_from(v)
+                .map_err(|_| Error::load(origin, format!("{what} {v} does not fit GGUF's u32")))
         };
         let mut w = GgufWriter::new();
         w.set("general.architecture", "llama");
@@ -286,16 +339,34 @@ impl GgufWriter {
         w.set("general.file_type", file_type);
         w.set("general.quantization_version", 2u32);
         w.set("llama.vocab_size", u32_of("vocab_size", c.vocab_size)?);
-        w.set("llama.context_length", u32_of("context length", c.max_seq_len)?);
+        w.set(
+            "llama.context_length",
+            u32_of("context length", c.max_seq_len)?,
+        );
         w.set("llama.embedding_length", u32_of("dim", c.dim)?);
         w.set("llama.block_count", u32_of("n_layers", c.n_layers)?);
-        w.set("llama.feed_forward_length", u32_of("hidden_dim", c.hidden_dim)?);
-        w.set("llama.rope.dimension_count", u32_of("head_dim", c.head_dim)?);
+        w.set(
+            "llama.feed_forward_length",
+            u32_of("hidden_dim", c.hidden_dim)?,
+        );
+        w.set(
+            "llama.rope.dimension_count",
+            u32_of("head_dim", c.head_dim)?,
+        );
         w.set("llama.attention.head_count", u32_of("n_heads", c.n_heads)?);
-        w.set("llama.attention.head_count_kv", u32_of("n_kv_heads", c.n_kv_heads)?);
+        w.set(
+            "llama.attention.head_count_kv",
+            u32_of("n_kv_heads", c.n_kv_heads)?,
+        );
         if c.n_heads == 0 || c.head_dim != c.dim / c.n_heads {
-            w.set("llama.attention.key_length", u32_of("head_dim", c.head_dim)?);
-            w.set("llama.attention.value_length", u32_of("head_dim", c.head_dim)?);
+            w.set(
+                "llama.attention.key_length",
+                u32_of("head_dim", c.head_dim)?,
+            );
+            w.set(
+                "llama.attention.value_length",
+                u32_of("head_dim", c.head_dim)?,
+            );
         }
         w.set("llama.attention.layer_norm_rms_epsilon", c.norm_eps as f32);
         w.set("llama.rope.freq_base", c.rope_theta as f32);
@@ -313,15 +384,27 @@ impl GgufWriter {
                 ));
             }
         }
-        w.set("tokenizer.ggml.model", tokenizer.as_ref().map(|t| t.model.as_str()).unwrap_or("llama"));
+        w.set(
+            "tokenizer.ggml.model",
+            tokenizer
+                .as_ref()
+                .map(|t| t.model.as_str())
+                .unwrap_or("llama"),
+        );
         let bos = tokenizer.as_ref().and_then(|t| t.bos_id).or(c.bos_id);
-        let eos = tokenizer.as_ref().and_then(|t| t.eos_id).or(c.eos_ids.first().copied());
+        let eos = tokenizer
+            .as_ref()
+            .and_then(|t| t.eos_id)
+            .or(c.eos_ids.first().copied());
         if let Some(t) = tokenizer {
             let n = t.tokens.len();
             if n > c.vocab_size {
                 return Err(Error::load(
                     origin,
-                    format!("the tokenizer has {n} tokens but the model's vocab_size is {}", c.vocab_size),
+                    format!(
+                        "the tokenizer has {n} tokens but the model's vocab_size is {}",
+                        c.vocab_size
+                    ),
                 ));
             }
             for (what, len) in [
@@ -330,7 +413,10 @@ impl GgufWriter {
             ] {
                 if let Some(len) = len {
                     if len != n {
-                        return Err(Error::load(origin, format!("the tokenizer has {n} tokens but {len} {what}")));
+                        return Err(Error::load(
+                            origin,
+                            format!("the tokenizer has {n} tokens but {len} {what}"),
+                        ));
                     }
                 }
             }
@@ -376,9 +462,18 @@ impl GgufWriter {
 /// number of KV heads. Whole rows move, so any block format works.
 ///
 /// Panics if `rows_bytes` is not `n_head * head_dim * row_bytes` long or `head_dim` is odd.
-pub fn permute_rows_for_gguf(rows_bytes: &[u8], row_bytes: usize, n_head: usize, head_dim: usize) -> Vec<u8> {
+pub fn permute_rows_for_gguf(
+    rows_bytes: &[u8],
+    row_bytes: usize,
+    n_head: usize,
+    head_dim: usize,
+) -> Vec<u8> {
     assert!(head_dim % 2 == 0, "head_dim {head_dim} must be even");
-    assert_eq!(rows_bytes.len(), n_head * head_dim * row_bytes, "Q/K matrix size does not match its heads");
+    assert_eq!(
+        rows_bytes.len(),
+        n_head * head_dim * row_bytes,
+        "Q/K matrix size does not match its heads"
+    );
     let half = head_dim / 2;
     let mut out = Vec::with_capacity(rows_bytes.len());
     for h in 0..n_head {
@@ -401,23 +496,38 @@ mod tests {
     fn permute_matches_llama_cpp_reshape() {
         // w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols), one byte per row.
         let rows: Vec<u8> = (0..8).collect();
-        assert_eq!(permute_rows_for_gguf(&rows, 1, 2, 4), vec![0, 2, 1, 3, 4, 6, 5, 7]);
-        assert_eq!(permute_rows_for_gguf(&rows, 1, 1, 8), vec![0, 4, 1, 5, 2, 6, 3, 7]);
+        assert_eq!(
+            permute_rows_for_gguf(&rows, 1, 2, 4),
+            vec![0, 2, 1, 3, 4, 6, 5, 7]
+        );
+        assert_eq!(
+            permute_rows_for_gguf(&rows, 1, 1, 8),
+            vec![0, 4, 1, 5, 2, 6, 3, 7]
+        );
         let wide: Vec<u8> = (0..16).collect();
-        assert_eq!(permute_rows_for_gguf(&wide, 2, 2, 4), vec![0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]);
+        assert_eq!(
+            permute_rows_for_gguf(&wide, 2, 2, 4),
+            vec![0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]
+        );
     }
 
     #[test]
     fn unsupported_tensor_types_are_named() {
         let cfg = tiny_config();
         let (w, mut specs, mut datas) = tiny_model();
-        let i = specs.iter().position(|s| s.name == "blk.0.attn_q.weight").unwrap();
+        let i = specs
+            .iter()
+            .position(|s| s.name == "blk.0.attn_q.weight")
+            .unwrap();
         specs[i].ggml_type = 13; // Q5_K: 176 bytes per 256 weights
         specs[i].n_bytes = 256 * 256 / 256 * 176;
         datas[i] = vec![0; specs[i].n_bytes as usize];
         let f = parse(&to_bytes(&w, &specs, &datas)).unwrap();
         let e = weight_err(f.weight(TensorId::Layer(0, LayerTensor::Wq), &cfg));
-        assert!(e.contains("blk.0.attn_q.weight") && e.contains("Q5_K"), "{e}");
+        assert!(
+            e.contains("blk.0.attn_q.weight") && e.contains("Q5_K"),
+            "{e}"
+        );
         // ModelFiles-level config still loads; other tensors still work.
         assert!(f.weight(TensorId::Layer(0, LayerTensor::Wk), &cfg).is_ok());
 
@@ -427,7 +537,10 @@ mod tests {
         b[at..at + 4].copy_from_slice(&99u32.to_le_bytes());
         let f = parse(&b).unwrap();
         let e = weight_err(f.weight(TensorId::Layer(0, LayerTensor::Wq), &cfg));
-        assert!(e.contains("blk.0.attn_q.weight") && e.contains("type 99"), "{e}");
+        assert!(
+            e.contains("blk.0.attn_q.weight") && e.contains("type 99"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -462,7 +575,10 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(e.contains("`llama.embedding_length` should be a non-negative integer, found STRING"), "{e}");
+        assert!(
+            e.contains("`llama.embedding_length` should be a non-negative integer, found STRING"),
+            "{e}"
+        );
         let e = with(&|w| {
             w.set("llama.attention.head_count", 1u64 << 60);
             w.set("llama.attention.head_count_kv", 1u64 << 60);
@@ -489,7 +605,10 @@ mod tests {
             w.remove("tokenizer.ggml.bos_token_id");
         })
         .unwrap();
-        assert_eq!((c.n_kv_heads, c.rope_theta, c.rope_scaling), (4, 10000.0, RopeScaling::None));
+        assert_eq!(
+            (c.n_kv_heads, c.rope_theta, c.rope_scaling),
+            (4, 10000.0, RopeScaling::None)
+        );
         assert_eq!((c.vocab_size, c.head_dim, c.bos_id), (32, 64, Some(1)));
         // Tied embeddings: no output.weight.
         let n = specs.len() - 1;
@@ -502,13 +621,19 @@ mod tests {
         let f = parse(&to_bytes(&w2, &specs, &datas)).unwrap();
         let c2 = f.config().unwrap();
         let e = weight_err(f.weight(TensorId::Embed, &c2));
-        assert!(e.contains("token_embd.weight") && e.contains("[256, 32]") && e.contains("[256, 31]"), "{e}");
+        assert!(
+            e.contains("token_embd.weight") && e.contains("[256, 32]") && e.contains("[256, 31]"),
+            "{e}"
+        );
         let f = parse(&to_bytes(&w, &specs, &datas)).unwrap();
         let e = weight_err(f.weight(TensorId::Layer(3, LayerTensor::Wq), &cfg));
         assert!(e.contains("`blk.3.attn_q.weight` is missing"), "{e}");
         // Dynamic NTK scaling cannot be written.
         let mut dynamic = cfg.clone();
-        dynamic.rope_scaling = RopeScaling::Dynamic { factor: 8.0, original_max: 4096 };
+        dynamic.rope_scaling = RopeScaling::Dynamic {
+            factor: 8.0,
+            original_max: 4096,
+        };
         assert!(GgufWriter::llama(&dynamic, "x", 1, None, None).is_err());
     }
 }

@@ -117,11 +117,17 @@ pub fn ggml_block_size(ggml_type: u32) -> Option<(u64, u64)> {
 /// Bytes a tensor of `ggml_type` with these GGUF dims occupies; `Err` says why not
 /// (unknown type, overflow, or rows that are not a whole number of blocks).
 fn tensor_n_bytes(dims: &[u64], ggml_type: u32) -> Result<u64, String> {
-    let (be, bb) = ggml_block_size(ggml_type)
-        .ok_or_else(|| format!("has unknown ggml type {}", WeightFormat::ggml_type_name(ggml_type)))?;
+    let (be, bb) = ggml_block_size(ggml_type).ok_or_else(|| {
+        format!(
+            "has unknown ggml type {}",
+            WeightFormat::ggml_type_name(ggml_type)
+        )
+    })?;
     let mut n: u64 = 1;
     for d in dims {
-        n = n.checked_mul(*d).ok_or_else(|| format!("has dims {dims:?} whose element count overflows"))?;
+        n = n
+            .checked_mul(*d)
+            .ok_or_else(|| format!("has dims {dims:?} whose element count overflows"))?;
     }
     let ne0 = dims.first().copied().unwrap_or(1);
     if ne0 % be != 0 {
@@ -131,7 +137,9 @@ fn tensor_n_bytes(dims: &[u64], ggml_type: u32) -> Result<u64, String> {
             WeightFormat::ggml_type_name(ggml_type)
         ));
     }
-    (n / be).checked_mul(bb).ok_or_else(|| format!("has dims {dims:?} whose byte size overflows"))
+    (n / be)
+        .checked_mul(bb)
+        .ok_or_else(|| format!("has dims {dims:?} whose byte size overflows"))
 }
 
 fn align_up(x: u64, a: u64) -> Option<u64> {

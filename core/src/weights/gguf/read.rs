@@ -5,7 +5,8 @@
 //! model is in `llama.rs` and `vocab.rs`.
 
 use super::{
-    DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufArray, GgufType, GgufValue, MAX_DIMS, align_up, ggml_block_size, tensor_n_bytes,
+    DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufArray, GgufType, GgufValue, MAX_DIMS, align_up,
+    ggml_block_size, tensor_n_bytes,
 };
 use crate::error::printable;
 use crate::weights::{Blob, WeightFormat};
@@ -137,7 +138,11 @@ impl<'a> Reader<'a> {
 
     fn value_type(&mut self, what: &str) -> Result<GgufType> {
         let id = self.u32(what)?;
-        GgufType::from_id(id).ok_or_else(|| self.err(format!("corrupt GGUF file: {what} has unknown value type {id}")))
+        GgufType::from_id(id).ok_or_else(|| {
+            self.err(format!(
+                "corrupt GGUF file: {what} has unknown value type {id}"
+            ))
+        })
     }
 
     fn value(&mut self, ty: GgufType, what: &str) -> Result<GgufValue> {
@@ -180,8 +185,15 @@ impl<'a> Reader<'a> {
         }
         Ok(match et {
             GgufType::U8 => GgufArray::U8(self.take(n as u64, what)?.to_vec()),
-            GgufType::I8 => GgufArray::I8(self.take(n as u64, what)?.iter().map(|b| *b as i8).collect()),
-            GgufType::Bool => GgufArray::Bool(self.take(n as u64, what)?.iter().map(|b| *b != 0).collect()),
+            GgufType::I8 => GgufArray::I8(
+                self.take(n as u64, what)?
+                    .iter()
+                    .map(|b| *b as i8)
+                    .collect(),
+            ),
+            GgufType::Bool => {
+                GgufArray::Bool(self.take(n as u64, what)?.iter().map(|b| *b != 0).collect())
+            }
             GgufType::U16 => scalars!(u16, U16),
             GgufType::I16 => scalars!(i16, I16),
             GgufType::U32 => scalars!(u32, U32),
@@ -200,9 +212,9 @@ impl<'a> Reader<'a> {
             }
             GgufType::Array => {
                 if depth + 1 >= MAX_ARRAY_DEPTH {
-                    return Err(
-                        self.err(format!("corrupt GGUF file: {what} nests arrays more than {MAX_ARRAY_DEPTH} deep"))
-                    );
+                    return Err(self.err(format!(
+                        "corrupt GGUF file: {what} nests arrays more than {MAX_ARRAY_DEPTH} deep"
+                    )));
                 }
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -252,7 +264,9 @@ impl GgufFile {
                 ));
             }
             v if v & 0xFFFF == 0 && matches!(v.swap_bytes(), 2 | 3) => {
-                return Err(r.err("this GGUF file is big-endian; yangtuo reads little-endian GGUF files only"));
+                return Err(r.err(
+                    "this GGUF file is big-endian; yangtuo reads little-endian GGUF files only",
+                ));
             }
             v => return Err(r.err(format!("unsupported GGUF version {v} (supported: 2 and 3)"))),
         }
@@ -273,17 +287,26 @@ impl GgufFile {
             let ty = r.value_type(&what)?;
             let value = r.value(ty, &what)?;
             if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(r.err(format!("corrupt GGUF file: metadata key `{shown}` appears twice")));
+                return Err(r.err(format!(
+                    "corrupt GGUF file: metadata key `{shown}` appears twice"
+                )));
             }
             metadata.push((key, value));
         }
 
-        let alignment = match metadata.get(meta_index.get("general.alignment").copied().unwrap_or(usize::MAX)) {
+        let alignment = match metadata.get(
+            meta_index
+                .get("general.alignment")
+                .copied()
+                .unwrap_or(usize::MAX),
+        ) {
             None => DEFAULT_ALIGNMENT,
             Some((_, v)) => match v.as_u32() {
                 Some(a) if a != 0 && a.is_power_of_two() => a as usize,
                 _ => {
-                    return Err(r.err(format!("`general.alignment` must be a power of two (u32), found {v:?}")));
+                    return Err(r.err(format!(
+                        "`general.alignment` must be a power of two (u32), found {v:?}"
+                    )));
                 }
             },
         };
@@ -314,14 +337,25 @@ impl GgufFile {
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 return Err(r.err(format!("corrupt GGUF file: tensor `{shown}` appears twice")));
             }
-            tensors.push(GgufTensorInfo { name, dims, ggml_type, offset, n_bytes });
+            tensors.push(GgufTensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+                n_bytes,
+            });
         }
 
         let data_offset = align_up(r.pos as u64, alignment as u64).unwrap_or(u64::MAX);
         for t in &tensors {
-            let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes.unwrap_or(0)));
+            let end = data_offset
+                .checked_add(t.offset)
+                .and_then(|s| s.checked_add(t.n_bytes.unwrap_or(0)));
             if end.is_none_or(|e| e > file_len) {
-                let size = t.n_bytes.map(|n| format!("{n} bytes")).unwrap_or_else(|| "its data".into());
+                let size = t
+                    .n_bytes
+                    .map(|n| format!("{n} bytes"))
+                    .unwrap_or_else(|| "its data".into());
                 return Err(r.err(format!(
                     "truncated or corrupt GGUF file: tensor `{}` ({size} at offset {} of the data section, \
                      which starts at byte {data_offset}) runs past the end of the file ({file_len} bytes)",
@@ -355,7 +389,9 @@ impl GgufFile {
         // The gap before the data is zero padding; anything else is tensor infos the header's
         // count left out (one short read the last info as data and gave NaN logits).
         let infos_end = r.pos;
-        if let Some(gap) = usize::try_from(data_offset).ok().and_then(|d| buf.get(infos_end..d))
+        if let Some(gap) = usize::try_from(data_offset)
+            .ok()
+            .and_then(|d| buf.get(infos_end..d))
             && gap.iter().any(|b| *b != 0)
         {
             return Err(r.err(format!(
@@ -447,9 +483,14 @@ impl GgufFile {
 
     /// The stored bytes of tensor `name`, whatever its type (if ggml defines its size).
     pub fn tensor_bytes(&self, name: &str) -> Result<Blob> {
-        let t = self.tensor_info(name).ok_or_else(|| self.err(format!("tensor `{name}` is missing")))?;
+        let t = self
+            .tensor_info(name)
+            .ok_or_else(|| self.err(format!("tensor `{name}` is missing")))?;
         let n = t.n_bytes.ok_or_else(|| {
-            self.err(format!("tensor `{name}` has type {}, which yangtuo does not know", t.type_name()))
+            self.err(format!(
+                "tensor `{name}` has type {}, which yangtuo does not know",
+                t.type_name()
+            ))
         })?;
         // `parse` checked data_offset + offset + n <= file length; a header-only parse holds
         // a prefix of the file.
@@ -479,7 +520,10 @@ mod tests {
         b[..4].copy_from_slice(b"GGML");
         assert!(err_of(&b).contains("not a GGUF file"));
         let e = err_of(b"{\"__metadata__\": {}}");
-        assert!(e.contains("not a GGUF file") && e.starts_with("test.gguf: "), "{e}");
+        assert!(
+            e.contains("not a GGUF file") && e.starts_with("test.gguf: "),
+            "{e}"
+        );
         let version = |v: [u8; 4]| {
             let mut b = bytes.clone();
             b[4..8].copy_from_slice(&v);
@@ -502,24 +546,39 @@ mod tests {
         let end = f.data_offset() + last.offset as usize + last.n_bytes.unwrap() as usize;
         assert_eq!(end, bytes.len());
         for cut in 0..end {
-            assert!(parse(&bytes[..cut]).is_err(), "a file cut at byte {cut} parsed");
+            assert!(
+                parse(&bytes[..cut]).is_err(),
+                "a file cut at byte {cut} parsed"
+            );
         }
         // The messages say what was being read.
         let e = err_of(&bytes[..12]);
         assert!(e.contains("truncated") && e.contains("header"), "{e}");
         let key = bytes.windows(8).position(|w| w == b"test.str").unwrap();
         let e = err_of(&bytes[..key + 14]);
-        assert!(e.contains("truncated") && e.contains("metadata `test.str`"), "{e}");
+        assert!(
+            e.contains("truncated") && e.contains("metadata `test.str`"),
+            "{e}"
+        );
         let tok = bytes.windows(6).position(|w| w == b"<0x0A>").unwrap();
         let e = err_of(&bytes[..tok + 2]);
-        assert!(e.contains("truncated") && e.contains("tokenizer.ggml.tokens"), "{e}");
+        assert!(
+            e.contains("truncated") && e.contains("tokenizer.ggml.tokens"),
+            "{e}"
+        );
         let info = bytes.windows(8).position(|w| w == b"b.weight").unwrap();
         let e = err_of(&bytes[..info + 10]);
-        assert!(e.contains("truncated") && e.contains("tensor `b.weight`"), "{e}");
+        assert!(
+            e.contains("truncated") && e.contains("tensor `b.weight`"),
+            "{e}"
+        );
         let e = err_of(&bytes[..f.data_offset() + 10]);
         assert!(e.contains("a.weight") && e.contains("past the end"), "{e}");
         let e = err_of(&bytes[..bytes.len() - 1]);
-        assert!(e.contains(&specs[2].name) && e.contains("past the end"), "{e}");
+        assert!(
+            e.contains(&specs[2].name) && e.contains("past the end"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -531,7 +590,10 @@ mod tests {
             let at = offset_field(&b, "b.weight", 1);
             b[at..at + 8].copy_from_slice(&off.to_le_bytes());
             let e = err_of(&b);
-            assert!(e.contains("tensor `b.weight`") && e.contains("past the end"), "{off}: {e}");
+            assert!(
+                e.contains("tensor `b.weight`") && e.contains("past the end"),
+                "{off}: {e}"
+            );
         }
         // Dims whose product overflows.
         let mut b = bytes.clone();
@@ -576,7 +638,10 @@ mod tests {
             b.extend_from_slice(&n.to_le_bytes());
             b.extend_from_slice(&[0; 20]);
             let e = err_of(&b);
-            assert!(e.contains("metadata `k`") && (e.contains("claims") || e.contains("truncated")), "{e}");
+            assert!(
+                e.contains("metadata `k`") && (e.contains("claims") || e.contains("truncated")),
+                "{e}"
+            );
         }
         // Arrays nested without end.
         let mut b = header(0, 1);
@@ -604,7 +669,12 @@ mod tests {
         let mut w = GgufWriter::new();
         w.set("x", 1u32);
         let mut b = to_bytes(&w, &[], &[]);
-        let at = b.windows(17).position(|w| w == b"general.alignment").unwrap() + 17 + 4;
+        let at = b
+            .windows(17)
+            .position(|w| w == b"general.alignment")
+            .unwrap()
+            + 17
+            + 4;
         b[at..at + 4].copy_from_slice(&48u32.to_le_bytes());
         assert!(err_of(&b).contains("power of two"));
         let mut b = header(0, 2);
@@ -660,7 +730,10 @@ mod tests {
         let (w, specs, datas) = tiny_model();
         let bytes = to_bytes(&w, &specs, &datas);
         let header_end = parse(&bytes).unwrap().data_offset();
-        let keys_end = bytes.windows(21).position(|w| w == b"tokenizer.ggml.tokens").unwrap();
+        let keys_end = bytes
+            .windows(21)
+            .position(|w| w == b"tokenizer.ggml.tokens")
+            .unwrap();
         let mut configs = 0;
         for i in 0..1500 {
             let mut b = bytes.clone();

@@ -10,12 +10,14 @@ use crate::{Error, Result};
 impl GgufFile {
     /// `tokenizer.ggml.tokens`.
     pub fn tokens(&self) -> Option<Vec<String>> {
-        self.get_strings("tokenizer.ggml.tokens").map(|s| s.to_vec())
+        self.get_strings("tokenizer.ggml.tokens")
+            .map(|s| s.to_vec())
     }
 
     /// `tokenizer.ggml.scores` (F32, or F64 narrowed).
     pub fn scores(&self) -> Option<Vec<f32>> {
-        self.get_array("tokenizer.ggml.scores").and_then(|a| a.to_f32s())
+        self.get_array("tokenizer.ggml.scores")
+            .and_then(|a| a.to_f32s())
     }
 
     /// `tokenizer.ggml.token_type` (llama.cpp: 1 normal, 2 unknown, 3 control,
@@ -59,7 +61,8 @@ impl GgufFile {
 
     /// `tokenizer.chat_template` (Jinja).
     pub fn chat_template(&self) -> Option<String> {
-        self.get_str("tokenizer.chat_template").map(|s| s.to_string())
+        self.get_str("tokenizer.chat_template")
+            .map(|s| s.to_string())
     }
 }
 
@@ -68,9 +71,14 @@ impl GgufFile {
 /// normal, 1 and 2).
 pub fn tokenizer(g: &GgufFile) -> Result<Tokenizer> {
     if let Some(m) = g.tokenizer_model().filter(|m| *m != "llama") {
-        return Err(Error::load(g.path(), format!("tokenizer model `{m}` is not supported (expected llama)")));
+        return Err(Error::load(
+            g.path(),
+            format!("tokenizer model `{m}` is not supported (expected llama)"),
+        ));
     }
-    let tokens = g.tokens().ok_or_else(|| Error::load(g.path(), "no tokenizer.ggml.tokens in this GGUF"))?;
+    let tokens = g
+        .tokens()
+        .ok_or_else(|| Error::load(g.path(), "no tokenizer.ggml.tokens in this GGUF"))?;
     let sp = SentencePiece::from_vocab(
         tokens,
         g.scores().unwrap_or_default(),
@@ -119,7 +127,10 @@ mod tests {
         assert_eq!(tok.id_to_piece(31).as_deref(), Some("[PAD31]"));
         // Anything but a SentencePiece vocabulary, or none at all, is refused by name.
         let refused = |w: &crate::weights::gguf::GgufWriter| {
-            tokenizer(&parse(&to_bytes(w, &specs, &datas)).unwrap()).err().expect("refused").to_string()
+            tokenizer(&parse(&to_bytes(w, &specs, &datas)).unwrap())
+                .err()
+                .expect("refused")
+                .to_string()
         };
         let mut other = w.clone();
         other.set("tokenizer.ggml.model", "gpt2");

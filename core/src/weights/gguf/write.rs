@@ -5,7 +5,10 @@
 //! temporary name and renames, so a failure never leaves a partial file behind. The keys of
 //! a llama model come from [`GgufWriter::llama`] (in `llama.rs`).
 
-use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufArray, GgufValue, MAX_DIMS, MAX_TENSOR_NAME, align_up, tensor_n_bytes};
+use super::{
+    DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufArray, GgufValue, MAX_DIMS, MAX_TENSOR_NAME, align_up,
+    tensor_n_bytes,
+};
 use crate::weights::WeightFormat;
 use crate::{Error, Result};
 use std::io::Write;
@@ -22,7 +25,12 @@ pub struct GgufTensorSpec {
 
 impl GgufTensorSpec {
     pub fn new(name: impl Into<String>, dims: Vec<u64>, ggml_type: u32, n_bytes: u64) -> Self {
-        GgufTensorSpec { name: name.into(), dims, ggml_type, n_bytes }
+        GgufTensorSpec {
+            name: name.into(),
+            dims,
+            ggml_type,
+            n_bytes,
+        }
     }
 }
 
@@ -121,15 +129,23 @@ impl GgufWriter {
         let mut names = std::collections::HashSet::new();
         for t in tensors {
             if t.name.len() > MAX_TENSOR_NAME {
-                return Err(bad(format!("tensor name `{}` is longer than {MAX_TENSOR_NAME} bytes", t.name)));
+                return Err(bad(format!(
+                    "tensor name `{}` is longer than {MAX_TENSOR_NAME} bytes",
+                    t.name
+                )));
             }
             if !names.insert(t.name.as_str()) {
                 return Err(bad(format!("tensor `{}` is listed twice", t.name)));
             }
             if t.dims.is_empty() || t.dims.len() > MAX_DIMS {
-                return Err(bad(format!("tensor `{}` has {} dims (1 to {MAX_DIMS} allowed)", t.name, t.dims.len())));
+                return Err(bad(format!(
+                    "tensor `{}` has {} dims (1 to {MAX_DIMS} allowed)",
+                    t.name,
+                    t.dims.len()
+                )));
             }
-            let want = tensor_n_bytes(&t.dims, t.ggml_type).map_err(|m| bad(format!("tensor `{}` {m}", t.name)))?;
+            let want = tensor_n_bytes(&t.dims, t.ggml_type)
+                .map_err(|m| bad(format!("tensor `{}` {m}", t.name)))?;
             if want != t.n_bytes {
                 return Err(bad(format!(
                     "tensor `{}`: {} dims {:?} take {want} bytes, not {}",
@@ -144,7 +160,11 @@ impl GgufWriter {
         out.extend_from_slice(&GGUF_MAGIC);
         out.extend_from_slice(&3u32.to_le_bytes());
         out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        let kv: Vec<&(String, GgufValue)> = self.kv.iter().filter(|(k, _)| k != "general.alignment").collect();
+        let kv: Vec<&(String, GgufValue)> = self
+            .kv
+            .iter()
+            .filter(|(k, _)| k != "general.alignment")
+            .collect();
         out.extend_from_slice(&(kv.len() as u64 + 1).to_le_bytes());
         for (k, v) in kv {
             put_string(&mut out, k);
@@ -173,7 +193,13 @@ impl GgufWriter {
     /// Write the whole file to `out`: metadata, `tensors`' infos, then for each tensor in
     /// order the bytes `data(index, spec)` returns (exactly `spec.n_bytes` of them).
     /// `path` names the output in errors. Returns the bytes written.
-    pub fn write_to<W, B, F>(&self, out: &mut W, path: &Path, tensors: &[GgufTensorSpec], mut data: F) -> Result<u64>
+    pub fn write_to<W, B, F>(
+        &self,
+        out: &mut W,
+        path: &Path,
+        tensors: &[GgufTensorSpec],
+        mut data: F,
+    ) -> Result<u64>
     where
         W: Write,
         B: AsRef<[u8]>,
@@ -190,7 +216,12 @@ impl GgufWriter {
             if b.len() as u64 != t.n_bytes {
                 return Err(Error::load(
                     path,
-                    format!("tensor `{}`: got {} bytes of data, its info says {}", t.name, b.len(), t.n_bytes),
+                    format!(
+                        "tensor `{}`: got {} bytes of data, its info says {}",
+                        t.name,
+                        b.len(),
+                        t.n_bytes
+                    ),
                 ));
             }
             out.write_all(b).map_err(io)?;
@@ -223,7 +254,9 @@ impl GgufWriter {
             let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
             let n = self.write_to(&mut w, path, tensors, data)?;
-            let file = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+            let file = w
+                .into_inner()
+                .map_err(|e| Error::io(&tmp, e.into_error()))?;
             file.sync_all().map_err(|e| Error::io(&tmp, e))?;
             drop(file);
             std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
@@ -247,19 +280,33 @@ mod tests {
         let (w, specs, datas) = tiny_model();
         let path = dir.0.join("out.gguf");
         let r = w.write_file(&path, &specs, |i, s| {
-            if i == 3 { Err(Error::load(&s.name, "source went away")) } else { Ok(datas[i].clone()) }
+            if i == 3 {
+                Err(Error::load(&s.name, "source went away"))
+            } else {
+                Ok(datas[i].clone())
+            }
         });
         assert!(r.unwrap_err().to_string().contains("source went away"));
         // Wrong byte counts are refused too.
         let r = w.write_file(&path, &specs, |i, _| Ok(datas[i][1..].to_vec()));
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("token_embd.weight") && e.contains("bytes"), "{e}");
+        assert!(
+            e.contains("token_embd.weight") && e.contains("bytes"),
+            "{e}"
+        );
         assert!(!path.exists());
-        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0, "temporary files were left behind");
+        assert_eq!(
+            std::fs::read_dir(&dir.0).unwrap().count(),
+            0,
+            "temporary files were left behind"
+        );
         // A bad spec is refused before any file is created.
         let mut bad = specs.clone();
         bad[0].n_bytes += 1;
-        let e = w.write_file(&path, &bad, |i, _| Ok(datas[i].clone())).unwrap_err().to_string();
+        let e = w
+            .write_file(&path, &bad, |i, _| Ok(datas[i].clone()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("token_embd.weight"), "{e}");
         assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0);
     }

@@ -30,10 +30,16 @@ pub unsafe fn attend_scored(att: &mut [f32], v: &[f32], stride: usize, out: &mut
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), max8);
-        let max = att[body..].iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, a| m.max(*a));
+        let max = att[body..]
+            .iter()
+            .chain(&lanes)
+            .fold(f32::NEG_INFINITY, |m, a| m.max(*a));
         let mut sum8 = _mm256_setzero_ps();
         for p in (0..body).step_by(8) {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(att.as_ptr().add(p)), _mm256_set1_ps(max)));
+            let e = exp8(_mm256_sub_ps(
+                _mm256_loadu_ps(att.as_ptr().add(p)),
+                _mm256_set1_ps(max),
+            ));
             _mm256_storeu_ps(att.as_mut_ptr().add(p), e);
             sum8 = _mm256_add_ps(sum8, e);
         }
@@ -46,18 +52,66 @@ pub unsafe fn attend_scored(att: &mut [f32], v: &[f32], stride: usize, out: &mut
         // 64 dims at a time, then the rest
         let mut c = 0;
         while c + 8 <= nv {
-            values::<8>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c));
+            values::<8>(
+                att,
+                v.as_ptr().add(8 * c),
+                stride,
+                inv,
+                out.as_mut_ptr().add(8 * c),
+            );
             c += 8;
         }
         match nv - c {
             0 => {}
-            1 => values::<1>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            2 => values::<2>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            3 => values::<3>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            4 => values::<4>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            5 => values::<5>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            6 => values::<6>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
-            _ => values::<7>(att, v.as_ptr().add(8 * c), stride, inv, out.as_mut_ptr().add(8 * c)),
+            1 => values::<1>(
+                att,
+                v.as_ptr().add(8 * c),
+                stride,
+                inv,
+                out.as_mut_ptr().add(8 * c),
+            ),
+            2 => values::<2>(
+                att,
+                v.as_ptr().add(8 * c),
+                stride,
+                inv,
+                out.as_mut_ptr().add(8 * c),
+            ),
+            3 => values::<3>(
+                att,
+                v.as_ptr().add(8 * c),
+                stride,
+                inv,
+                out.as_mut_ptr().add(8 * c),
+            ),
+            4 => values::<4>(
+                att,
+                v.as_ptr().add(8 * c),
+                stride,
+                inv,
+                out.as_mut_ptr().add(8 * c),
+            ),
+            5 => values::<5>(
+                att,
+                v.as_ptr().add(8 * c),
+                stride,
+                inv,
+                out.as_mut_ptr().add(8 * c),
+            ),
+            6 => values::<6>(
+                att,
+                v.as_ptr().add(8 * c),
+                stride,
+                inv,
+                out.as_mut_ptr().add(8 * c),
+            ),
+            _ => values::<7>(
+                att,
+                v.as_ptr().add(8 * c),
+                stride,
+                inv,
+                out.as_mut_ptr().add(8 * c),
+            ),
         }
     }
 }
@@ -65,7 +119,13 @@ pub unsafe fn attend_scored(att: &mut [f32], v: &[f32], stride: usize, out: &mut
 /// `out[..8M] = inv · Σ_p w[p] · v[p · stride..][..8M]`, the M vectors of the sum held in
 /// registers across all the keys.
 #[inline(always)]
-unsafe fn values<const M: usize>(w: &[f32], v: *const f32, stride: usize, inv: __m256, out: *mut f32) {
+unsafe fn values<const M: usize>(
+    w: &[f32],
+    v: *const f32,
+    stride: usize,
+    inv: __m256,
+    out: *mut f32,
+) {
     // SAFETY: the caller's rows p < w.len() hold 8M values at v + p · stride; out holds 8M.
     unsafe {
         let mut o = [_mm256_setzero_ps(); M];
@@ -90,16 +150,33 @@ unsafe fn exp8(x: __m256) -> __m256 {
     // SAFETY: AVX2 and FMA are present in every caller.
     unsafe {
         let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-        let n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
+        let n = _mm256_floor_ps(_mm256_fmadd_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+            _mm256_set1_ps(0.5),
+        ));
         // r = x − n·ln 2, with ln 2 in two parts so that the product is exact enough
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
         let mut y = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
             y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
         }
-        let y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-        let pow2n = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        let y = _mm256_fmadd_ps(
+            y,
+            _mm256_mul_ps(r, r),
+            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+        );
+        let pow2n = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
         _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n))
     }
 }
@@ -116,10 +193,18 @@ mod tests {
         let xs: Vec<f32> = (0..=87_000).map(|i| -(i as f32) / 1000.0).collect();
         for chunk in xs.chunks_exact(8) {
             let mut got = [0f32; 8];
-            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), super::exp8(_mm256_loadu_ps(chunk.as_ptr()))) };
+            unsafe {
+                _mm256_storeu_ps(
+                    got.as_mut_ptr(),
+                    super::exp8(_mm256_loadu_ps(chunk.as_ptr())),
+                )
+            };
             for (x, g) in chunk.iter().zip(got) {
                 let want = (*x as f64).exp();
-                assert!(((g as f64 - want) / want).abs() <= 2.4e-7, "exp({x}) = {g}, want {want}");
+                assert!(
+                    ((g as f64 - want) / want).abs() <= 2.4e-7,
+                    "exp({x}) = {g}, want {want}"
+                );
             }
         }
     }

@@ -27,8 +27,23 @@ pub struct Cache<'a> {
 
 /// `out[t, h] = Σ_p softmax_p(q[t, h] · k[p, g] / √head_dim) · v[p, g]` over p ≤ pos + t, g
 /// the kv head of h, for the n queries at positions pos..pos+n; out rows `out_cols` apart.
-pub fn attention(q: Rows, cache: Cache, n: usize, pos: usize, s: AttnShape, out: &mut [f32], out_cols: usize) {
-    let head = AttnHead { q, cache, pos, s, out_cols, dst: SharedOut::new(out) };
+pub fn attention(
+    q: Rows,
+    cache: Cache,
+    n: usize,
+    pos: usize,
+    s: AttnShape,
+    out: &mut [f32],
+    out_cols: usize,
+) {
+    let head = AttnHead {
+        q,
+        cache,
+        pos,
+        s,
+        out_cols,
+        dst: SharedOut::new(out),
+    };
     #[cfg(target_arch = "x86_64")]
     let wide = s.head_dim.is_multiple_of(8) && super::simd::Features::chosen().avx2;
     #[cfg(target_arch = "x86_64")]
@@ -99,7 +114,10 @@ impl AttnHead<'_> {
         let mut att = vec![0f32; len];
         let mut max = f32::NEG_INFINITY;
         for (p, a) in att.iter_mut().enumerate() {
-            *a = dot(qv, &self.cache.k[p * kv_dim + kv_off..p * kv_dim + kv_off + hd]) * scale;
+            *a = dot(
+                qv,
+                &self.cache.k[p * kv_dim + kv_off..p * kv_dim + kv_off + hd],
+            ) * scale;
             max = max.max(*a);
         }
         // softmax
@@ -165,11 +183,30 @@ impl AttnHead<'_> {
 mod tests {
     use super::*;
 
-    fn run(q: &[f32], k: &[f32], v: &[f32], stride: usize, n: usize, pos: usize, s: AttnShape) -> Vec<f32> {
+    fn run(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        stride: usize,
+        n: usize,
+        pos: usize,
+        s: AttnShape,
+    ) -> Vec<f32> {
         let cols = s.n_heads * s.head_dim;
         let mut out = vec![0f32; n * cols];
         let cache = Cache { k, v, stride };
-        attention(Rows { data: q, stride: cols }, cache, n, pos, s, &mut out, cols);
+        attention(
+            Rows {
+                data: q,
+                stride: cols,
+            },
+            cache,
+            n,
+            pos,
+            s,
+            &mut out,
+            cols,
+        );
         out
     }
 
@@ -181,21 +218,34 @@ mod tests {
         for hd in (8..=136).step_by(8) {
             for len in [1, 7, 8, 9, 31, 200] {
                 let stride = hd + 24;
-                let s = AttnShape { n_heads: 1, n_kv_heads: 1, head_dim: hd };
+                let s = AttnShape {
+                    n_heads: 1,
+                    n_kv_heads: 1,
+                    head_dim: hd,
+                };
                 let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
                 let k: Vec<f32> = (0..len * stride).map(|_| rng.f32()).collect();
                 let v: Vec<f32> = (0..len * stride).map(|_| rng.f32()).collect();
                 let out = run(&q, &k, &v, stride, 1, len - 1, s);
                 let scale = 1.0 / (hd as f64).sqrt();
                 let sc: Vec<f64> = (0..len)
-                    .map(|p| (0..hd).map(|i| q[i] as f64 * k[p * stride + i] as f64).sum::<f64>() * scale)
+                    .map(|p| {
+                        (0..hd)
+                            .map(|i| q[i] as f64 * k[p * stride + i] as f64)
+                            .sum::<f64>()
+                            * scale
+                    })
                     .collect();
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for i in 0..hd {
                     let want: f64 = (0..len).map(|p| e[p] / z * v[p * stride + i] as f64).sum();
-                    assert!((out[i] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "hd {hd} len {len} [{i}]: {} vs {want}", out[i]);
+                    assert!(
+                        (out[i] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "hd {hd} len {len} [{i}]: {} vs {want}",
+                        out[i]
+                    );
                 }
             }
         }
@@ -206,7 +256,11 @@ mod tests {
     #[test]
     fn a_query_gets_the_same_bits_in_any_chunk() {
         let mut rng = crate::testing::Rng(0x2f6b_1d3c);
-        let s = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 64 };
+        let s = AttnShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 64,
+        };
         let (pos, n) = (37, 70);
         let (cols, stride) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
         let q: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
@@ -216,9 +270,23 @@ mod tests {
         for chunk in [1, 2, 3, 5, 64] {
             for t0 in (0..n).step_by(chunk) {
                 let m = chunk.min(n - t0);
-                let part = run(&q[t0 * cols..(t0 + m) * cols], &k, &v, stride, m, pos + t0, s);
+                let part = run(
+                    &q[t0 * cols..(t0 + m) * cols],
+                    &k,
+                    &v,
+                    stride,
+                    m,
+                    pos + t0,
+                    s,
+                );
                 for (i, (a, b)) in part.iter().zip(&all[t0 * cols..]).enumerate() {
-                    assert_eq!(a.to_bits(), b.to_bits(), "chunk {chunk}, query {} value {}: {a} vs {b}", t0 + i / cols, i % cols);
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "chunk {chunk}, query {} value {}: {a} vs {b}",
+                        t0 + i / cols,
+                        i % cols
+                    );
                 }
             }
         }

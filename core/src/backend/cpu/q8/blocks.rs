@@ -57,7 +57,10 @@ pub unsafe fn q4k_scales(p: *const u8) -> ([f32; 8], [f32; 8]) {
         let (s, m) = if j < 4 {
             (sc[j] & 63, sc[j + 4] & 63)
         } else {
-            ((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+            (
+                (sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4),
+                (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
+            )
         };
         scale[j] = d * s as f32;
         min[j] = dmin * m as f32;

@@ -151,7 +151,10 @@ impl Lanes for X16 {
         // (unused: SIGN_TRICK is false) x negated where w < 0, zero where w = 0
         unsafe {
             let x = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
-            (_mm512_abs_epi8(w), _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(w, w), x))
+            (
+                _mm512_abs_epi8(w),
+                _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(w, w), x),
+            )
         }
     }
     #[inline(always)]
@@ -260,7 +263,10 @@ impl<const VNNI: bool> Lanes for X8<VNNI> {
             if VNNI {
                 _mm256_dpbusd_avx_epi32(acc, w, x)
             } else {
-                _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)))
+                _mm256_add_epi32(
+                    acc,
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)),
+                )
             }
         }
     }
@@ -321,7 +327,13 @@ trait Format<L: Lanes> {
     /// Per-group state kept across blocks (Q4_K's decoded scales of a super-block).
     type Scratch: Default;
     /// Block b (32 weights) of the rows starting at `rows`, `row_bytes` apart.
-    unsafe fn load(rows: *const u8, row_bytes: usize, b: usize, out: &mut Block<L>, scratch: &mut Self::Scratch);
+    unsafe fn load(
+        rows: *const u8,
+        row_bytes: usize,
+        b: usize,
+        out: &mut Block<L>,
+        scratch: &mut Self::Scratch,
+    );
 }
 
 /// The f16 at `at + SIGMA[l] · stride` in lane l, as f32.
@@ -361,7 +373,10 @@ impl<L: Lanes> Format<L> for Q8_0 {
     unsafe fn load(rows: *const u8, row_bytes: usize, b: usize, out: &mut Block<L>, _: &mut ()) {
         unsafe {
             let block = rows.add(b * 34);
-            let (lo, hi) = (L::transpose(block.add(2), row_bytes), L::transpose(block.add(18), row_bytes));
+            let (lo, hi) = (
+                L::transpose(block.add(2), row_bytes),
+                L::transpose(block.add(18), row_bytes),
+            );
             out.chunks[..4].copy_from_slice(&lo);
             out.chunks[4..].copy_from_slice(&hi);
             out.scale = halves::<L>(block, row_bytes);
@@ -386,7 +401,13 @@ struct Q4KScales {
 impl<L: Lanes> Format<L> for Q4K {
     type Scratch = Q4KScales;
     #[inline(always)]
-    unsafe fn load(rows: *const u8, row_bytes: usize, b: usize, out: &mut Block<L>, s: &mut Q4KScales) {
+    unsafe fn load(
+        rows: *const u8,
+        row_bytes: usize,
+        b: usize,
+        out: &mut Block<L>,
+        s: &mut Q4KScales,
+    ) {
         unsafe {
             // ggml's block_q4_K: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of nibbles
             let superblock = rows.add(b / 8 * 144);
@@ -401,7 +422,10 @@ impl<L: Lanes> Format<L> for Q4K {
             // sub-block j: the low (even j) or high nibbles of bytes 32·(j/2) .. + 32
             let j = b % 8;
             let bytes = superblock.add(16 + 32 * (j / 2));
-            let (lo, hi) = (L::transpose(bytes, row_bytes), L::transpose(bytes.add(16), row_bytes));
+            let (lo, hi) = (
+                L::transpose(bytes, row_bytes),
+                L::transpose(bytes.add(16), row_bytes),
+            );
             for c in 0..4 {
                 // two constant-`high` arms, so that each inlines without a select
                 (out.chunks[c], out.chunks[4 + c]) = if j % 2 == 1 {
@@ -418,18 +442,29 @@ impl<L: Lanes> Format<L> for Q4K {
 
 /// Whether [`matmul_group`] takes `format`.
 pub fn supports(format: WeightFormat) -> bool {
-    matches!(format, WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K)
+    matches!(
+        format,
+        WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K
+    )
 }
 
 /// Rows per group on `isa`.
 pub fn rows(isa: Isa) -> usize {
-    if isa == Isa::Avx512Vnni { X16::ROWS } else { X8::<false>::ROWS }
+    if isa == Isa::Avx512Vnni {
+        X16::ROWS
+    } else {
+        X8::<false>::ROWS
+    }
 }
 
 /// The fewest tokens worth transposing for on `isa` (half a tile); callers take the
 /// per-row kernel for fewer (decode).
 pub fn min_tokens(isa: Isa) -> usize {
-    if isa == Isa::Avx512Vnni { X16::TILE / 2 } else { X8::<false>::TILE / 2 }
+    if isa == Isa::Avx512Vnni {
+        X16::TILE / 2
+    } else {
+        X8::<false>::TILE / 2
+    }
 }
 
 /// Output rows `r0 .. r0 + rows(isa)` of `dst[m, n]` for `tokens`, weights `w` in `format`
@@ -463,7 +498,10 @@ pub unsafe fn matmul_group(
                     // are dropped: that costs less than a transpose per leftover token, and
                     // no token's sums depend on the others in its tile.
                     let left = tokens.end - t;
-                    let tile = [4, $tile / 2, $tile].into_iter().find(|&s| left <= s).unwrap_or($tile);
+                    let tile = [4, $tile / 2, $tile]
+                        .into_iter()
+                        .find(|&s| left <= s)
+                        .unwrap_or($tile);
                     let out = dst.add(t * n + r0);
                     let a = (rows, row_bytes, x, k, t, left.min(tile), out, n);
                     match (format, tile) {
@@ -492,12 +530,23 @@ pub unsafe fn matmul_group(
 /// The arguments of a tile: the group's first row, row_bytes, x, k, the first token t0,
 /// the tokens it holds (1..=T, the rest padding), where its outputs go (`dst[t0, r0]`),
 /// and n.
-type TileArgs<'a> = (*const u8, usize, &'a QuantizedActs, usize, usize, usize, *mut f32, usize);
+type TileArgs<'a> = (
+    *const u8,
+    usize,
+    &'a QuantizedActs,
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    usize,
+);
 
 /// `out[j·n + r] = W_r · x_(t0+j)` for a row group and the `valid` tokens from t0, in a
 /// tile of T (the places past `valid` compute the last token again and are not stored).
 #[inline(always)]
-unsafe fn tile<L: Lanes, F: Format<L>, const T: usize>((rows, row_bytes, x, k, t0, valid, out, n): TileArgs) {
+unsafe fn tile<L: Lanes, F: Format<L>, const T: usize>(
+    (rows, row_bytes, x, k, t0, valid, out, n): TileArgs,
+) {
     // the sign trick for signed q, else q goes in unsigned (with a min if it needs one)
     let trick = F::SIGNED && L::SIGN_TRICK;
     let nb = k / QK;
@@ -505,7 +554,11 @@ unsafe fn tile<L: Lanes, F: Format<L>, const T: usize>((rows, row_bytes, x, k, t
     // every row lies in the rows; tokens t0..t0+T of x exist; the caller owns the output
     // columns of the group for those tokens.
     unsafe {
-        let mut blk = Block::<L> { chunks: [L::zero(); 8], scale: L::zero_f(), min: L::zero_f() };
+        let mut blk = Block::<L> {
+            chunks: [L::zero(); 8],
+            scale: L::zero_f(),
+            min: L::zero_f(),
+        };
         let mut scratch = F::Scratch::default();
         // Batch invariance: each row's sum runs in row.rs's order, so a token gets the same
         // bits here as from the per-row kernel, at any tile and beside any other tokens.
@@ -556,6 +609,10 @@ macro_rules! kernel {
         }
     };
 }
-kernel!(tile_avx512, X16, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+kernel!(
+    tile_avx512,
+    X16,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+);
 kernel!(tile_avxvnni, X8<true>, "avx2,fma,f16c,avxvnni");
 kernel!(tile_avx2, X8<false>, "avx2,fma,f16c");

@@ -40,19 +40,27 @@ mod row;
 
 use super::parallel::{L2_BUDGET, SharedOut};
 use super::simd::Isa;
+use crate::weights::WeightFormat;
 pub use blocks::{QuantizedActs, quantize_acts};
 use candle_core::utils::barrier_pool;
-use crate::weights::WeightFormat;
 
 /// Whether [`matmul`] can run `format` on this CPU.
 pub fn supports(format: WeightFormat) -> bool {
-    matches!(format, WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K)
-        && Isa::Avx2.present()
+    matches!(
+        format,
+        WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K
+    ) && Isa::Avx2.present()
 }
 
 /// `dst[m, n] = x[m, k] · W[n, k]ᵀ` for W in `format` (which [`supports`]), threads
 /// splitting the output rows.
-pub fn matmul(mkn: (usize, usize, usize), format: WeightFormat, x: &[f32], w: &[u8], dst: &mut [f32]) {
+pub fn matmul(
+    mkn: (usize, usize, usize),
+    format: WeightFormat,
+    x: &[f32],
+    w: &[u8],
+    dst: &mut [f32],
+) {
     let xq = quantize_acts(x);
     let isa = Isa::detect().expect("supports() checked AVX2");
     let out = SharedOut::new(dst);
@@ -97,7 +105,19 @@ pub unsafe fn matmul_rows(
             let size = group::rows(isa);
             while whole + size <= rows.end {
                 // SAFETY: the ISA was checked; the caller's contract covers these rows.
-                unsafe { group::matmul_group(isa, format, (k, n), x, w, row_bytes, whole, first..end, dst) };
+                unsafe {
+                    group::matmul_group(
+                        isa,
+                        format,
+                        (k, n),
+                        x,
+                        w,
+                        row_bytes,
+                        whole,
+                        first..end,
+                        dst,
+                    )
+                };
                 whole += size;
             }
         }
@@ -107,7 +127,10 @@ pub unsafe fn matmul_rows(
             while t < end {
                 let mut out = [0f32; row::TILE];
                 // the widest tile that fits (a decode batch of 2-7 shares its unpacking too)
-                let tile = [row::TILE, 4, 2, 1].into_iter().find(|&s| end - t >= s).unwrap_or(1);
+                let tile = [row::TILE, 4, 2, 1]
+                    .into_iter()
+                    .find(|&s| end - t >= s)
+                    .unwrap_or(1);
                 // SAFETY: the features were checked (`isa.present()`); lengths above.
                 unsafe { row::products(isa, format, wr, x, k, t, tile, &mut out) };
                 for (i, v) in out[..tile].iter().enumerate() {
@@ -130,12 +153,21 @@ mod tests {
     /// with the tail blocks of a row whose length is not a multiple of eight blocks.
     #[test]
     fn a_token_gets_the_same_bits_alone_and_in_any_batch() {
-        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K] {
+        for format in [
+            WeightFormat::Q4_0,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4K,
+            WeightFormat::Q6K,
+        ] {
             if !supports(format) {
                 eprintln!("skipped: no AVX2 here");
                 return;
             }
-            let k = if format.block_elems() == 256 { 768 } else { 352 };
+            let k = if format.block_elems() == 256 {
+                768
+            } else {
+                352
+            };
             let n = 37; // two 16-row groups (four of 8) and leftover rows
             let mut rng = crate::testing::Rng(0x9e37_79b9);
             let wf: Vec<f32> = (0..n * k).map(|_| rng.f32()).collect();
@@ -149,7 +181,9 @@ mod tests {
                     for t in 0..m {
                         let alone = quantize_acts(&x[t * k..(t + 1) * k]);
                         let mut one = vec![0f32; n];
-                        unsafe { matmul_rows(isa, format, (1, k, n), &alone, &w, 0..n, one.as_mut_ptr()) };
+                        unsafe {
+                            matmul_rows(isa, format, (1, k, n), &alone, &w, 0..n, one.as_mut_ptr())
+                        };
                         for r in 0..n {
                             assert_eq!(
                                 dst[t * n + r].to_bits(),
@@ -183,7 +217,16 @@ mod tests {
             let shapes: &[(usize, usize, usize)] = if format.block_elems() == 256 {
                 // 300 tokens of 2048 inputs: three blocks of parallel::L2_BUDGET
                 // and 16- and 8-row groups (group.rs) with leftover rows and tokens
-                &[(1, 256, 1), (3, 512, 5), (9, 768, 4), (17, 2048, 3), (300, 2048, 2), (11, 512, 37), (20, 512, 33), (1, 2048, 32)]
+                &[
+                    (1, 256, 1),
+                    (3, 512, 5),
+                    (9, 768, 4),
+                    (17, 2048, 3),
+                    (300, 2048, 2),
+                    (11, 512, 37),
+                    (20, 512, 33),
+                    (1, 2048, 32),
+                ]
             } else {
                 &[
                     (1, 32, 1),

@@ -108,7 +108,12 @@ impl Blocks {
     fn zeroed() -> Blocks {
         // SAFETY: AVX is present wherever the kernels run.
         let zero = unsafe { _mm256_setzero_si256() };
-        Blocks { q: [zero; 8], scale: [0.0; 8], min: [0.0; 8], lane: [zero; 8] }
+        Blocks {
+            q: [zero; 8],
+            scale: [0.0; 8],
+            min: [0.0; 8],
+            lane: [zero; 8],
+        }
     }
 }
 
@@ -125,7 +130,6 @@ trait Format {
     /// formats, at the end of a row).
     unsafe fn load(p: *const u8, count: usize, b: &mut Blocks);
 }
-
 
 /// The low (`high = false`) or high nibbles of 32 bytes at `p`, as bytes 0..=15.
 #[inline(always)]
@@ -193,7 +197,6 @@ impl Format for Q4K {
         }
     }
 }
-
 
 /// ggml's block_q6_K: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales, d.
 struct Q6K;
@@ -305,9 +308,11 @@ row_tile!(row_tile_vnni, "avx2,fma,avxvnni", |a, b| {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b)
 });
 
-row_tile!(row_tile_vnni512, "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni", |a, b| {
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b)
-});
+row_tile!(
+    row_tile_vnni512,
+    "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
+    |a, b| { _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b) }
+);
 
 /// As `row_tile!`, two blocks per 512-bit `vpdpbusd`, and for signed q (Q8_0) no sign
 /// trick, which AVX-512 lacks: q + 128 goes in unsigned and 128 · scale becomes the min,
@@ -334,7 +339,11 @@ unsafe fn row_tile_avx512<F: Format, const T: usize, const FULL: bool>(
             F::load(wr.as_ptr().add(b / 8 * F::BYTES), count, &mut w);
             let pairs: [__m512i; 4] = std::array::from_fn(|p| {
                 let q = _mm512_inserti64x4(_mm512_castsi256_si512(w.q[2 * p]), w.q[2 * p + 1], 1);
-                if F::UNSIGNED { q } else { _mm512_xor_si512(q, _mm512_set1_epi8(-128)) }
+                if F::UNSIGNED {
+                    q
+                } else {
+                    _mm512_xor_si512(q, _mm512_set1_epi8(-128))
+                }
             });
             let scale = _mm256_loadu_ps(w.scale.as_ptr());
             let min = if F::UNSIGNED {
@@ -370,7 +379,10 @@ unsafe fn row_tile_avx512<F: Format, const T: usize, const FULL: bool>(
 fn sum_lanes_of_4x2(p0: __m512i, p1: __m512i, p2: __m512i, p3: __m512i) -> __m256i {
     // 128-bit chunk c of `half(a, b)`: block c (of a's two and b's two) summed to 4 lanes
     let half = |a: __m512i, b: __m512i| {
-        _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xdd))
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4(a, b, 0x88),
+            _mm512_shuffle_i32x4(a, b, 0xdd),
+        )
     };
     let (lo, hi) = (half(p0, p1), half(p2, p3)); // blocks 0..4 and 4..8
     // per chunk c: [lo0+lo2, hi0+hi2, lo1+lo3, hi1+hi3], then its two halves added
@@ -396,7 +408,10 @@ unsafe fn scale_blocks(
     // SAFETY: the caller's blocks first..first + count exist; AVX2 and FMA are present.
     unsafe {
         let (dx, xsum) = if count == 8 {
-            (_mm256_loadu_ps(x.d.as_ptr().add(first)), _mm256_loadu_ps(x.sum.as_ptr().add(first)))
+            (
+                _mm256_loadu_ps(x.d.as_ptr().add(first)),
+                _mm256_loadu_ps(x.sum.as_ptr().add(first)),
+            )
         } else {
             let (mut d, mut sum) = ([0f32; 8], [0f32; 8]);
             d[..count].copy_from_slice(&x.d[first..first + count]);

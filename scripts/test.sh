@@ -59,7 +59,7 @@ step "node package"
 
 step "browser package (wasm + WebGPU in headless Chromium)"
 bash scripts/build-wasm.sh
-(cd bindings-wasm && npm ci --no-audit --no-fund && node --test test/browser.test.mjs)
+(cd bindings-wasm && npm ci --no-audit --no-fund && node --test --test-concurrency=1 test/browser.test.mjs test/engine.test.mjs)
 
 # last, so the binaries the suites above used are the default (CUDA-free) build
 step "CUDA backend: builds without a GPU or toolkit; kernels compile with NVRTC"

@@ -1,6 +1,7 @@
 // The demo chat page: load a model with progress, then a streaming conversation with a
-// system prompt, tokens/s and a stop button. Query parameter ?model=URL pre-fills the box.
-import { Llama } from '../js/yangtuo.js';
+// system prompt, tokens/s and a stop button. The engine runs in a Web Worker, so the page
+// stays responsive. Query parameter ?model=URL (or a Hugging Face id) pre-fills the box.
+import { createWorkerEngine } from '../js/yangtuo.js';
 
 const $ = (id) => document.getElementById(id);
 let llm = null;
@@ -33,7 +34,9 @@ $('load-btn').addEventListener('click', async () => {
   busy(true);
   $('progress').hidden = false;
   try {
-    llm = await Llama.load({
+    llm?.terminate();
+    llm = null;
+    llm = await createWorkerEngine(new Worker(new URL('../js/worker.js', import.meta.url), { type: 'module' }), {
       model,
       onProgress: ({ loaded, total, tensor }) => {
         $('progress').max = total;
@@ -79,7 +82,8 @@ $('composer').addEventListener('submit', async (ev) => {
     }
     // the final figure counts real tokens, not text pieces
     const s = (performance.now() - t0) / 1000;
-    $('speed').textContent = `${llm.tokenize(out.textContent).length} tokens · ${(llm.tokenize(out.textContent).length / s).toFixed(1)} tok/s`;
+    const tokens = (await llm.tokenize(out.textContent)).length;
+    $('speed').textContent = `${tokens} tokens · ${(tokens / s).toFixed(1)} tok/s`;
   } catch (e) {
     if (e.name === 'AbortError') out.textContent += ' [stopped]';
     else add('error', e.message);

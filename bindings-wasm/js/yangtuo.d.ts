@@ -13,14 +13,37 @@ export interface LoadProgress {
 }
 
 export interface LoadOptions {
-  /** A URL of a .gguf file or of a Hugging Face model folder, or the files a user picked. */
+  /**
+   * A Hugging Face repo id (`owner/name:QUANT` picks one GGUF file by its quant, `owner/name`
+   * a safetensors repo), a URL of a .gguf file or of a model folder (start a relative one
+   * with `/` or `./`), or the files a user picked.
+   */
   model: string | FileList | File[]
   onProgress?: (p: LoadProgress) => void
   /** `llama2`, `llama2-chinese`; default: the model's own, else `llama2`. */
   template?: string
   nCtx?: number
-  /** Keep downloads in the Cache API (default true). */
-  cache?: boolean
+  /**
+   * Where downloads are kept so a reload fetches nothing and a broken download resumes:
+   * `true` or `'cache'` (the Cache API, default), `'opfs'` (the Origin Private File System),
+   * `false` (nowhere).
+   */
+  cache?: boolean | 'cache' | 'opfs'
+  /** `auto` (default): WebGPU, else the CPU backend in wasm; or `webgpu`, `cpu`. */
+  backend?: 'auto' | 'webgpu' | 'cpu'
+  /** The hub for repo ids (default `https://huggingface.co`; a mirror such as `https://hf-mirror.com`). */
+  endpoint?: string
+}
+
+/** A model kept in the browser by `Llama.load`. */
+export interface CachedModel {
+  /** The repo id or URL it was loaded by. */
+  model: string
+  bytes: number
+  /** False while (or after) a download broke off; the next load resumes it. */
+  complete: boolean
+  files: string[]
+  cache: 'cache' | 'opfs'
 }
 
 /** Options of the short forms `chat` / `chatStream` (Meta's defaults: temperature 0.6, top_p 0.9). */
@@ -206,5 +229,48 @@ export declare class Llama {
   session(options?: { system?: string }): Session
 }
 
-/** Forget every cached download. */
+/** Forget every cached download, in both stores. */
 export declare function clearCache(): Promise<void>
+
+/** The models kept in the browser, the largest first. */
+export declare function listCachedModels(): Promise<CachedModel[]>
+
+/** Delete one kept model (by `CachedModel.model`); resolves to whether it was there. */
+export declare function deleteCachedModel(model: string): Promise<boolean>
+
+/** The wasm engine's memory, in bytes. */
+export declare function wasmMemoryBytes(): Promise<number>
+
+export declare class WorkerSession {
+  /** The conversation as of the last answer or reset. */
+  readonly messages: ChatMessage[]
+  reset(): Promise<void>
+  chat(text: string, opts?: ChatOptions): Promise<ChatResult>
+  chatStream(text: string, opts?: ChatOptions): AsyncIterableIterator<string>
+}
+
+/** `Llama`'s calls, answered by the engine in a Web Worker; `tokenize` and `detokenize` are
+ * promises here. */
+export declare class WorkerLlama {
+  readonly device: string
+  readonly nCtx: number
+  readonly template: string
+  tokenize(text: string): Promise<number[]>
+  detokenize(ids: number[]): Promise<string>
+  readonly chat: ChatFunction
+  readonly completions: Llama['completions']
+  chatStream(messages: ChatMessage[], opts?: ChatOptions): AsyncIterableIterator<string>
+  session(options?: { system?: string }): WorkerSession
+  listCachedModels(): Promise<CachedModel[]>
+  deleteCachedModel(model: string): Promise<boolean>
+  wasmMemoryBytes(): Promise<number>
+  /** End the worker and free its memory. */
+  terminate(): void
+}
+
+/**
+ * Load a model in `worker`, a module Worker running `js/worker.js`:
+ * `new Worker(new URL('yangtuo-web/js/worker.js', import.meta.url), { type: 'module' })`.
+ * The page stays responsive while the model loads and answers.
+ */
+export declare function createWorkerEngine(worker: Worker, options: LoadOptions): Promise<WorkerLlama>

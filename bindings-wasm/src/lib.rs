@@ -3,9 +3,11 @@
 //! straight into WebGPU buffers; `WasmLlama` answers `chat`.
 
 mod error;
+mod hub;
 mod llama;
 mod loader;
 
+pub use hub::{choose_repo_files, hub_http_error, parse_repo_id};
 pub use llama::{CancelToken, WasmLlama, WasmSession};
 pub use loader::WasmLoader;
 

@@ -5,38 +5,20 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
 import { serve } from './server.mjs';
+import { QUESTION, TINY, WEBGPU, checkPrerequisites, cli, inPage as inSomePage, launch, makeModel, nativeAnswer, pkgRoot, quantize, repo, tempDir } from './setup.mjs';
 import { errorField, outcomeFromServer, outcomeOfAnswer, outcomeOfChunks, startServer } from '../../tests/requests/outcome.mjs';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const pkgRoot = path.resolve(here, '..');
-const repo = path.resolve(pkgRoot, '..');
-const target = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache', 'yangtuo-target');
-const makeModel = process.env.YANGTUO_MAKE_MODEL ?? path.join(target, 'release', 'make-model');
-const cli = path.join(target, 'release', 'yangtuo');
-const shared = process.env.YANGTUO_SHARED ?? path.resolve(repo, '..', 'shared');
-const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const FLAGS = ['--headless', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-gpu-sandbox', '--no-first-run', '--disable-background-networking'];
-const QUESTION = '咖啡的作用是什么？';
 
 let server, browser, page, models;
 
 before(async () => {
-  for (const [what, p] of [['pkg/ (run scripts/build-wasm.sh)', path.join(pkgRoot, 'pkg', 'yangtuo_wasm.js')], ['make-model', makeModel], ['the yangtuo CLI', cli], ['../shared tokenizers', path.join(shared, 'tokenizers', 'llama2', 'tokenizer.model')], ['chromium', chromiumPath]]) {
-    assert.ok(fs.existsSync(p), `missing ${what}: ${p}`);
-  }
-  models = fs.mkdtempSync(path.join(os.tmpdir(), 'yangtuo-web-'));
-  const hf = path.join(models, 'tiny');
-  execFileSync(makeModel, ['--out', hf, '--hidden', '64', '--intermediate', '256', '--layers', '2', '--heads', '4', '--kv-heads', '2', '--vocab', '32000', '--dtype', 'f16', '--seed', '3', '--tokenizer', path.join(shared, 'tokenizers', 'llama2')], { stdio: 'inherit' });
-  execFileSync(cli, ['quantize', hf, path.join(models, 'tiny.q8_0.gguf'), '--type', 'q8_0'], { stdio: 'inherit' });
+  checkPrerequisites();
+  models = tempDir('web');
+  const hf = makeModel(path.join(models, 'tiny'), TINY);
+  quantize(hf, path.join(models, 'tiny.q8_0.gguf'), 'q8_0');
   server = await serve({ '/': pkgRoot, '/models/': models });
-  browser = await chromium.launch({ executablePath: chromiumPath, args: FLAGS });
-  page = await browser.newPage();
-  page.on('console', (m) => m.type() === 'error' && console.log('[browser]', m.text()));
+  ({ browser, page } = await launch(WEBGPU));
   await page.goto(`${server.url}/demo/index.html`);
 });
 
@@ -46,17 +28,7 @@ after(async () => {
   if (models) fs.rmSync(models, { recursive: true, force: true });
 });
 
-/** Run `fn(args)` in the page with the module imported as `y`. */
-function inPage(fn, args = {}) {
-  return page.evaluate(
-    async ([src, a]) => {
-      const y = await import('/js/yangtuo.js');
-      // eslint-disable-next-line no-new-func
-      return new Function('y', 'a', `return (${src})(y, a);`)(y, a);
-    },
-    [fn.toString(), args],
-  );
-}
+const inPage = (fn, args) => inSomePage(page, fn, args);
 
 test('loads a GGUF with progress and chats on the f32 path', async () => {
   const r = await inPage(async (y, a) => {
@@ -79,11 +51,7 @@ test('the browser answer is token-identical to the native wgpu answer', async ()
     const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf' });
     return (await llm.chat([{ role: 'user', content: a.q }], { temperature: 0, maxTokens: 16 })).content;
   }, { q: QUESTION });
-  const native = execFileSync(cli, ['chat', '--model', path.join(models, 'tiny.q8_0.gguf'), '--backend', 'wgpu', '--temperature', '0', '--max-tokens', '16'], {
-    input: `${QUESTION}\n/exit\n`,
-    env: { ...process.env, YANGTUO_NO_F16: '1' },
-  }).toString();
-  assert.equal(web, native.replace(/\n$/, ''));
+  assert.equal(web, nativeAnswer(path.join(models, 'tiny.q8_0.gguf'), 'wgpu', QUESTION, 16));
 });
 
 test('the shared request set gives what yangtuo serve gives (tests/requests/openai.json)', async () => {

@@ -21,6 +21,7 @@ pub mod grammar;
 pub mod hub;
 pub mod llama;
 pub mod model;
+pub mod repo_files;
 pub mod runner;
 pub mod sampler;
 pub mod session;

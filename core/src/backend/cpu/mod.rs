@@ -57,12 +57,18 @@ impl Backend for Cpu {
         let threads = candle_core::utils::get_num_threads();
         let isa = match simd::Isa::detect() {
             None if cfg!(target_arch = "x86_64") => "no AVX2: candle's kernels",
+            None if cfg!(target_feature = "simd128") => "wasm32 simd128",
             None => std::env::consts::ARCH,
             Some(simd::Isa::Avx512Vnni) => "AVX-512 VNNI",
             Some(simd::Isa::AvxVnni) => "AVX-VNNI",
             Some(simd::Isa::Avx2) => "AVX2",
         };
-        format!("cpu ({threads} threads, {isa})")
+        let threads = if threads == 1 {
+            "1 thread".to_string()
+        } else {
+            format!("{threads} threads")
+        };
+        format!("cpu ({threads}, {isa})")
     }
 
     fn upload_matrix(&self, _name: &str, w: &WeightData) -> Result<CpuMatrix> {

@@ -1,5 +1,5 @@
 // Test support: random tiny models written by the workspace's `make-model`, with the real
-// Llama 2 tokenizer from ../shared. Tests skip when make-model is not built; a missing ../shared fails them.
+// Llama 2 tokenizer from tests/data. Tests skip when make-model is not built.
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { homedir, tmpdir } from 'node:os'
@@ -11,7 +11,7 @@ export const repoDir = resolve(pkgDir, '..')
 const targetDir = process.env.CARGO_TARGET_DIR || join(homedir(), '.cache', 'yangtuo-target')
 export const makeModelBin = process.env.YANGTUO_MAKE_MODEL || join(targetDir, 'release', 'make-model')
 export const cliBin = process.env.YANGTUO_CLI || join(targetDir, 'release', 'yangtuo')
-export const sharedDir = process.env.YANGTUO_SHARED || resolve(repoDir, '..', 'shared')
+export const sharedDir = process.env.YANGTUO_SHARED || resolve(repoDir, 'tests', 'data')
 export const tokenizerDir = join(sharedDir, 'tokenizers', 'llama2')
 
 /** Why the model tests cannot run here, or null. */
@@ -21,7 +21,7 @@ export function missing() {
   }
   // test data outside the repository must be there: its absence fails the run, never skips it
   if (!existsSync(join(tokenizerDir, 'tokenizer.model'))) {
-    throw new Error(`the Llama 2 tokenizer is not at ${tokenizerDir} (set YANGTUO_SHARED to the shared data folder)`)
+    throw new Error(`the Llama 2 tokenizer is not at ${tokenizerDir} (tests/data is missing from the repository)`)
   }
   return null
 }

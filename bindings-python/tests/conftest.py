@@ -4,7 +4,7 @@ Llama 2 tokenizer, loaded once per test session.
 Environment: YANGTUO_MAKE_MODEL (the make-model binary; default
 $CARGO_TARGET_DIR/release/make-model, CARGO_TARGET_DIR defaulting to ~/.cache/yangtuo-target)
 or YANGTUO_TEST_MODEL (a model it wrote beforehand), YANGTUO_SHARED (test data; default
-<repo>/../shared), YANGTUO_CLI (the `yangtuo` binary, for the parity test), YANGTUO_TEST_BACKEND
+<repo>/tests/data), YANGTUO_CLI (the `yangtuo` binary, for the parity test), YANGTUO_TEST_BACKEND
 (default cpu)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _binary(env: str, name: str) -> Path:
 
 
 def shared_dir() -> Path:
-    return Path(os.environ.get("YANGTUO_SHARED") or REPO.parent / "shared")
+    return Path(os.environ.get("YANGTUO_SHARED") or REPO / "tests" / "data")
 
 
 def cli_binary() -> Path:
@@ -46,7 +46,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"no make-model at {make_model}: run `cargo build --release -p yangtuo-tests --bins` or set YANGTUO_MAKE_MODEL"
         )
     if not (tokenizer / "tokenizer.model").exists():
-        pytest.fail(f"no Llama 2 tokenizer at {tokenizer}: set YANGTUO_SHARED to the shared test data folder")
+        pytest.fail(f"no Llama 2 tokenizer at {tokenizer}: tests/data is missing from the repository")
     out = tmp_path_factory.mktemp("model") / "tiny-llama"
     shape = {"hidden": 64, "intermediate": 160, "layers": 2, "heads": 4, "kv-heads": 2, "vocab": 32000, "dtype": "f16"}
     args = [a for k, v in shape.items() for a in (f"--{k}", str(v))]

@@ -14,7 +14,7 @@ export const repo = path.resolve(pkgRoot, '..');
 const target = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache', 'yangtuo-target');
 export const makeModelBin = process.env.YANGTUO_MAKE_MODEL ?? path.join(target, 'release', 'make-model');
 export const cli = path.join(target, 'release', 'yangtuo');
-const shared = process.env.YANGTUO_SHARED ?? path.resolve(repo, '..', 'shared');
+const shared = process.env.YANGTUO_SHARED ?? path.join(repo, 'tests', 'data');
 export const tokenizerDir = path.join(shared, 'tokenizers', 'llama2');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 export const QUESTION = '咖啡的作用是什么？';
@@ -26,7 +26,7 @@ export const WEBGPU = [...BASE_FLAGS, '--enable-unsafe-webgpu'];
 export const NO_WEBGPU = [...BASE_FLAGS, '--disable-features=WebGPU,Vulkan'];
 
 export function checkPrerequisites() {
-  for (const [what, p] of [['pkg/ (run scripts/build-wasm.sh)', path.join(pkgRoot, 'pkg', 'yangtuo_wasm.js')], ['make-model', makeModelBin], ['the yangtuo CLI', cli], ['../shared tokenizers', path.join(tokenizerDir, 'tokenizer.model')], ['chromium', chromiumPath]]) {
+  for (const [what, p] of [['pkg/ (run scripts/build-wasm.sh)', path.join(pkgRoot, 'pkg', 'yangtuo_wasm.js')], ['make-model', makeModelBin], ['the yangtuo CLI', cli], ['tests/data tokenizers', path.join(tokenizerDir, 'tokenizer.model')], ['chromium', chromiumPath]]) {
     assert.ok(fs.existsSync(p), `missing ${what}: ${p}`);
   }
 }

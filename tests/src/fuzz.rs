@@ -206,7 +206,7 @@ pub fn targets(shared: &Path) -> Vec<Target> {
     let tokenizer_model =
         std::fs::read(shared.join("tokenizers/llama2/tokenizer.model")).unwrap_or_default();
     // the tokenizer-text target's tokenizer is the repository's own small model, so it never
-    // depends on ../shared
+    // depends on tests/data
     let repo_model = include_bytes!("../fuzz/corpus/tokenizer-model/tiny-bpe.model");
     let sp = Arc::new(
         yangtuo::tokenizer::Tokenizer::from_bytes(repo_model)
@@ -410,7 +410,7 @@ pub fn campaign(secs: f64, cap: usize, only: &[String], seed: u64) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let shared = std::env::var_os("YANGTUO_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("../shared"));
+        .unwrap_or_else(|| repo.join("tests/data"));
     let report = crate::temp_dir("fuzz").join("last-input");
     eprintln!(
         "fuzz: seed {seed}; each input is written to {} before it runs",

@@ -209,11 +209,11 @@ fn batched_decode_is_bit_identical_to_alone_q8_0_and_q4_k() {
 fn llama_dir(name: &str) -> std::path::PathBuf {
     let tokenizer = std::path::PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/tokenizers/llama2/tokenizer.model"
+        "/data/tokenizers/llama2/tokenizer.model"
     ));
     assert!(
         tokenizer.is_file(),
-        "../shared (the tokenizers the tests need) is not next to the repository"
+        "tests/data (the tokenizers the tests need) is missing from the repository"
     );
     let dir = Spec {
         vocab: 32000,

@@ -3,14 +3,14 @@
 //! the Llama2-Chinese and jinja templates, and the `yangtuo` CLI's tokenize, eval,
 //! generate and chat commands.
 //!
-//! Models are random-weight Llama models (`Spec`) with a real tokenizer from `../shared`
+//! Models are random-weight Llama models (`Spec`) with a real tokenizer from `tests/data`
 //! copied into their folder; they run on the `cpu` backend, a few also on `wgpu`. Where a
 //! test needs a known answer (Chinese text arriving as byte tokens, EOS), it uses a
 //! "scripted" model: weights that make the model a lookup table from the current token to
 //! the next, so its answer is fixed whatever the sampling.
 //!
 //! Needs:
-//! - `../shared` (tokenizers, golden files, eval questions); without it every test fails,
+//! - `tests/data` (tokenizers, golden files, eval questions); without it every test fails,
 //!   naming the folder.
 //! - For the CLI tests, the `yangtuo` binary of the same profile, built first:
 //!   `cargo build --release -p yangtuo-cli` (CI does this before the tests).
@@ -35,7 +35,7 @@ use yangtuo_tests::{Spec, cli_bin};
 // ---------------------------------------------------------------------------------------
 
 fn shared_dir() -> Option<PathBuf> {
-    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"));
+    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data"));
     d.join("tokenizers").is_dir().then_some(d)
 }
 
@@ -44,7 +44,7 @@ macro_rules! shared_or_fail {
     () => {
         match shared_dir() {
             Some(d) => d,
-            None => panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it"),
+            None => panic!("tests/data (the tokenizers and goldens the tests need) is missing from the repository"),
         }
     };
 }

@@ -11,15 +11,15 @@ use yangtuo::grammar::Grammar;
 use yangtuo::{BackendChoice, Flow, GenerateOptions, Llama, LoadOptions, Message, SamplingParams};
 use yangtuo_tests::Spec;
 
-/// A random Q4_0 model folder with a real tokenizer from `../shared`, loaded on the CPU.
+/// A random Q4_0 model folder with a real tokenizer from `tests/data`, loaded on the CPU.
 fn model(name: &str, tokenizer: &str, vocab: usize) -> (PathBuf, Llama) {
     let shared = PathBuf::from(format!(
-        "{}/../../shared/tokenizers/{tokenizer}/tokenizer.model",
+        "{}/data/tokenizers/{tokenizer}/tokenizer.model",
         env!("CARGO_MANIFEST_DIR")
     ));
     assert!(
         shared.is_file(),
-        "../shared (the tokenizers the tests need) is not next to the repository"
+        "tests/data (the tokenizers the tests need) is missing from the repository"
     );
     let dir = Spec {
         vocab,

@@ -8,7 +8,7 @@
 //! `HF_ENDPOINT`, `HF_HOME` and `HF_HUB_OFFLINE` are process-wide, so every test here holds
 //! one lock while it sets them (and the CLI runs get theirs per process).
 //!
-//! Needs `../shared` (a real tokenizer; skipped without it) and, for the GGUF and CLI cases,
+//! Needs `tests/data` (a real tokenizer; skipped without it) and, for the GGUF and CLI cases,
 //! the `yangtuo` binary of the same profile (`cargo build --release -p yangtuo-cli`).
 
 use std::ffi::OsString;
@@ -21,7 +21,7 @@ use yangtuo_tests::fake_hub::{FakeHub, oid};
 use yangtuo_tests::{Spec, cli_bin};
 
 fn shared_dir() -> Option<PathBuf> {
-    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"));
+    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data"));
     d.join("tokenizers").is_dir().then_some(d)
 }
 
@@ -29,7 +29,7 @@ macro_rules! shared_or_skip {
     () => {
         match shared_dir() {
             Some(d) => d,
-            None => panic!("../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it"),
+            None => panic!("tests/data (the tokenizers and goldens the tests need) is missing from the repository"),
         }
     };
 }

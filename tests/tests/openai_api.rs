@@ -3,7 +3,7 @@
 //! whole answer's, the legacy completions' parallel lists, and a cancel that keeps the
 //! answer so far (`finish_reason: "abort"`).
 //!
-//! Models are random f32 Llamas with the real Llama 2 tokenizer from `../shared`.
+//! Models are random f32 Llamas with the real Llama 2 tokenizer from `tests/data`.
 
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -26,11 +26,11 @@ fn spec() -> Spec {
 fn model(name: &str) -> (PathBuf, Llama) {
     let shared = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/tokenizers/llama2/tokenizer.model"
+        "/data/tokenizers/llama2/tokenizer.model"
     ));
     assert!(
         shared.is_file(),
-        "../shared (the tokenizers the tests need) is not next to the repository"
+        "tests/data (the tokenizers the tests need) is missing from the repository"
     );
     let dir = spec().write_temp(name);
     std::fs::copy(&shared, dir.join("tokenizer.model")).unwrap();

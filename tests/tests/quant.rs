@@ -923,7 +923,7 @@ fn quantize_cli_requantizes_a_gguf() {
     .write_temp("cli-requant");
     // a GGUF carries its vocabulary, so the folder has a tokenizer
     let shared = PathBuf::from(format!(
-        "{}/../../shared/tokenizers/llama2/tokenizer.model",
+        "{}/data/tokenizers/llama2/tokenizer.model",
         env!("CARGO_MANIFEST_DIR")
     ));
     std::fs::copy(&shared, hf.join("tokenizer.model")).unwrap();

@@ -9,7 +9,7 @@
 //! whole and for one continued on a pooled KV cache, so a seed gives one answer whatever ran
 //! before (f16 weights take a GEMM for prompts whose rounding differs from the one-row path).
 //!
-//! Needs `../shared` (a real tokenizer) and the `yangtuo` binary of the same profile
+//! Needs `tests/data` (a real tokenizer) and the `yangtuo` binary of the same profile
 //! (`cargo build --release -p yangtuo-cli`); the Python part needs `openai` in
 //! `$YANGTUO_PYTHON` (else `/root/.cache/yt-venv/bin/python`, else `python3`) and is skipped,
 //! loudly, without it.
@@ -26,10 +26,10 @@ use yangtuo::{
 use yangtuo_tests::{Spec, cli_bin};
 
 fn shared_dir() -> PathBuf {
-    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"));
+    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data"));
     assert!(
         d.join("tokenizers").is_dir(),
-        "../shared (the tokenizers and goldens the tests need) is not next to the repository: the test command and CI always have it"
+        "tests/data (the tokenizers and goldens the tests need) is missing from the repository"
     );
     d
 }

@@ -13,12 +13,12 @@ use yangtuo_tests::Spec;
 
 fn model(name: &str, tool_template: Option<&str>) -> (PathBuf, Llama) {
     let shared = PathBuf::from(format!(
-        "{}/../../shared/tokenizers/llama2/tokenizer.model",
+        "{}/data/tokenizers/llama2/tokenizer.model",
         env!("CARGO_MANIFEST_DIR")
     ));
     assert!(
         shared.is_file(),
-        "../shared (the tokenizers the tests need) is not next to the repository"
+        "tests/data (the tokenizers the tests need) is missing from the repository"
     );
     let dir = Spec {
         vocab: 32000,

@@ -1313,14 +1313,14 @@ pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    /// `../shared` next to the workspace, where the tokenizers and golden files live.
+    /// `tests/data` next to the workspace, where the tokenizers and golden files live.
     pub(crate) fn shared_dir() -> Option<PathBuf> {
-        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"));
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data"));
         if dir.is_dir() {
             Some(dir)
         } else {
             panic!(
-                "../shared is not at {} (the tokenizers and goldens the tests need; the test command and CI have it)",
+                "tests/data is not at {} (the tokenizers and goldens the tests need)",
                 dir.display()
             )
         }

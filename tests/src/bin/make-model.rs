@@ -20,7 +20,7 @@ fn main() {
     };
     let out = PathBuf::from(get("--out").expect("--out DIR is required"));
     let base = match get("--shape").as_deref() {
-        // TinyLlama-1.1B: the shape of ../shared/bench/ANCHORS.md
+        // TinyLlama-1.1B: the shape of the shared data set's bench/ANCHORS.md
         Some("tinyllama") => Spec {
             hidden: 2048,
             intermediate: 5632,

@@ -43,15 +43,37 @@ step "python venv ($VENV) with the reference packages"
 
 step "build: CLI and test tools"
 cargo build --release -p yangtuo-cli -p yangtuo-tests --bins
+# `cargo install --path cli` is how the README puts `yangtuo` on PATH (it reuses this build)
+install_root=$(mktemp -d)
+cargo install --locked --quiet --path cli --root "$install_root"
+"$install_root/bin/yangtuo" --version
+rm -rf "$install_root"
 
 step "rust tests"
 log=$(mktemp)
 cargo test --release --workspace --exclude yangtuo-node --exclude yangtuo-python 2>&1 | tee "$log"
 rust_passed=$(count_passed "$log")
 
-step "python package"
-"$VENV/bin/pip" install -q --disable-pip-version-check './bindings-python[langchain]' pytest
-"$VENV/bin/python" -m pytest -q bindings-python/tests
+step "python package: the abi3 wheel, tested in fresh venvs (Python 3.11, and 3.9 where present) with no cargo on PATH"
+"$VENV/bin/pip" install -q --disable-pip-version-check "maturin>=1.9,<2"
+rm -rf dist/python
+"$VENV/bin/maturin" build --release -m bindings-python/Cargo.toml -o dist/python
+wheel=$(ls dist/python/yangtuo-*.whl)
+# a Python of version $1: on PATH, or one pyenv installed but did not select
+python_of() {
+  if "python$1" --version >/dev/null 2>&1; then command -v "python$1"; return; fi
+  ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$1".*/bin/"python$1" 2>/dev/null | tail -1
+}
+for v in 3.11 3.9; do
+  py=$(python_of "$v")
+  if [ -z "$py" ]; then echo "note: no Python $v here; the wheel is tested on the others"; continue; fi
+  venv=$(mktemp -d)/venv
+  "$py" -m venv "$venv"
+  # the bare PATH: nothing of Rust's can be found, as on a user's machine
+  env PATH="$venv/bin:/usr/bin:/bin" "$venv/bin/pip" install -q --disable-pip-version-check "$wheel[langchain]" pytest openai jsonschema numpy
+  env PATH="$venv/bin:/usr/bin:/bin" "$venv/bin/python" -m pytest -q bindings-python/tests
+  rm -rf "$(dirname "$venv")"
+done
 
 step "node package"
 (cd bindings-node && npm ci --no-audit --no-fund && npm run build \

@@ -1,35 +1,43 @@
-// The packed tarball installs into a separate project, where both `require('yangtuo')` and
-// `import { Llama } from 'yangtuo'` work and load a model.
+// The npm tarballs as users get them (scripts/pack.mjs: `yangtuo`, JavaScript only, and
+// `yangtuo-linux-x64-gnu` with the prebuilt addon) install into a separate project with no
+// Rust toolchain on PATH, where both `require('yangtuo')` and `import { Llama } from
+// 'yangtuo'` load a model.
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { makeModel, missing, pkgDir } from './helpers.mjs'
 
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm'
+// what a user's shell has: no ~/.cargo/bin
+const bare = { ...process.env, PATH: '/usr/local/bin:/usr/bin:/bin' }
+const listing = (tgz) => execFileSync('tar', ['-tzf', tgz], { encoding: 'utf8' }).trim().split('\n').map((p) => p.replace(/^package\//, ''))
 
-describe('the npm package', () => {
+describe('the npm packages', () => {
   let work
   let app
   let model = null
 
-  before(() => {
+  before((t) => {
     work = mkdtempSync(join(tmpdir(), 'yangtuo-pack-'))
-    const out = execFileSync(npm, ['pack', '--json', '--pack-destination', work], { cwd: pkgDir, encoding: 'utf8' })
-    const [{ filename, files }] = JSON.parse(out)
-    const paths = files.map((f) => f.path)
-    for (const p of ['lib/index.js', 'lib/index.mjs', 'lib/index.d.ts', 'index.js', 'index.d.ts']) {
-      assert.ok(paths.includes(p), `${p} is not in the tarball: ${paths}`)
+    const [main, ...platforms] = execFileSync(process.execPath, [join(pkgDir, 'scripts', 'pack.mjs'), work], { encoding: 'utf8' }).trim().split('\n')
+    const paths = listing(main)
+    for (const p of ['lib/index.js', 'lib/index.mjs', 'lib/index.d.ts', 'index.js', 'index.d.ts', 'package.json']) {
+      assert.ok(paths.includes(p), `${p} is not in ${basename(main)}: ${paths}`)
     }
-    assert.ok(paths.some((p) => p.endsWith('.node')), 'no native addon in the tarball')
-    assert.ok(!paths.some((p) => p.startsWith('src/') || p.startsWith('test/')), `${paths}`)
+    assert.ok(!paths.some((p) => p.endsWith('.node') || p.startsWith('src/') || p.startsWith('test/')), `${paths}`)
+    const linux = platforms.find((p) => basename(p).startsWith('yangtuo-linux-x64-gnu-'))
+    assert.ok(linux, `no linux-x64-gnu package among ${platforms}`)
+    assert.ok(listing(linux).includes('yangtuo.linux-x64-gnu.node'))
+    t.diagnostic?.(`${basename(main)} ${statSync(main).size} bytes, ${basename(linux)} ${statSync(linux).size} bytes`)
 
     app = join(work, 'app')
     execFileSync('mkdir', ['-p', app])
     writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }))
-    execFileSync(npm, ['install', '--no-audit', '--no-fund', '--offline', join(work, filename)], { cwd: app, stdio: 'pipe' })
+    // the other platforms' packages are optional and not published here: npm skips them
+    execFileSync(npm, ['install', '--no-audit', '--no-fund', '--offline', main, linux], { cwd: app, stdio: 'pipe', env: bare })
     if (!missing()) model = makeModel('tiny')
   })
 
@@ -47,7 +55,7 @@ if (model) {
 
   const run = (file, source) => {
     writeFileSync(join(app, file), source)
-    const out = execFileSync(process.execPath, [file], { cwd: app, encoding: 'utf8', env: { ...process.env, MODEL: model ?? '' } })
+    const out = execFileSync(process.execPath, [file], { cwd: app, encoding: 'utf8', env: { ...bare, MODEL: model ?? '' } })
     return JSON.parse(out.trim())
   }
 

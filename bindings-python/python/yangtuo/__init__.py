@@ -11,7 +11,28 @@ KV cache; device work is interleaved token by token. The GIL is released while t
 runs, and Ctrl-C stops a generation within one token, leaving the model usable.
 """
 
-from ._errors import (
+import os as _os
+
+
+def _pip_nvrtc_dir() -> "str | None":
+    """The lib folder of pip's NVRTC (`pip install yangtuo[cuda]`), if it is installed."""
+    import glob
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for lib in sorted(glob.glob(_os.path.join(root, "*", "lib", "libnvrtc.so*"))):
+            return _os.path.dirname(lib)
+    return None
+
+
+# the CUDA backend loads NVRTC from YANGTUO_NVRTC_DIR before looking for it by name
+if "YANGTUO_NVRTC_DIR" not in _os.environ:
+    _nvrtc = _pip_nvrtc_dir()
+    if _nvrtc:
+        _os.environ["YANGTUO_NVRTC_DIR"] = _nvrtc
+
+from ._errors import (  # noqa: E402
     ContextLengthError,
     DeviceError,
     InvalidArgumentError,
@@ -19,9 +40,9 @@ from ._errors import (
     TemplateError,
     YangtuoError,
 )
-from ._pipeline import Tasks, TextGenerationPipeline, pipeline
-from ._results import ChatResult, CompletionResult, Timings, Usage
-from ._yangtuo import ChunkStream, Llama, Session, TextStream, __version__
+from ._pipeline import Tasks, TextGenerationPipeline, pipeline  # noqa: E402
+from ._results import ChatResult, CompletionResult, Timings, Usage  # noqa: E402
+from ._yangtuo import ChunkStream, Llama, Session, TextStream, __version__  # noqa: E402
 
 # shown as yangtuo.X in tracebacks and reprs
 for _cls in (

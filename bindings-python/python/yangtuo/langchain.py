@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -58,22 +58,22 @@ class _YangtuoParams(BaseModel):
 
     llm: Any = Field(default=None, exclude=True)
     """A loaded ``yangtuo.Llama``; loaded from ``model`` when not given."""
-    model: str | None = Field(default=None, validation_alias=AliasChoices("model", "model_name_or_path"))
+    model: Optional[str] = Field(default=None, validation_alias=AliasChoices("model", "model_name_or_path"))
     """A model folder or ``.gguf`` file (``model_name_or_path`` as in llama2_for_langchain.py)."""
     backend: str = "auto"
-    quantize: str | None = None
-    template: str | None = None
-    n_ctx: int | None = None
+    quantize: Optional[str] = None
+    template: Optional[str] = None
+    n_ctx: Optional[int] = None
     progress: Any = None
 
-    max_tokens: int | None = None
+    max_tokens: Optional[int] = None
     temperature: float = 0.6
     top_p: float = 0.9
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    seed: Optional[int] = None
+    stop: Optional[list[str]] = None
     """Stop sequences for every call; a call's own ``stop`` adds to them."""
 
     @model_validator(mode="after")
@@ -86,7 +86,7 @@ class _YangtuoParams(BaseModel):
             raise TypeError(f"llm must be a yangtuo.Llama, got {type(self.llm).__name__}")
         return self
 
-    def _chat_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _chat_kwargs(self, stop: Optional[list[str]], kwargs: dict[str, Any]) -> dict[str, Any]:
         kw: dict[str, Any] = {k: getattr(self, k) for k in _CHAT_KEYS}
         kw.update(kwargs)
         stops = [*(self.stop or []), *(stop or []), *(kwargs.get("stop") or [])]
@@ -108,8 +108,8 @@ class Llama2(_YangtuoParams, LLM):
     def _call(
         self,
         prompt: str,
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
+        stop: Optional[list[str]] = None,
+        run_manager: Optional[CallbackManagerForLLMRun] = None,
         **kwargs: Any,
     ) -> str:
         return cast(str, self.llm.chat(_user(prompt), **self._chat_kwargs(stop, kwargs)).content)
@@ -117,8 +117,8 @@ class Llama2(_YangtuoParams, LLM):
     def _stream(
         self,
         prompt: str,
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
+        stop: Optional[list[str]] = None,
+        run_manager: Optional[CallbackManagerForLLMRun] = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         with self.llm.chat(_user(prompt), stream=True, **self._chat_kwargs(stop, kwargs)) as deltas:
@@ -137,15 +137,15 @@ class ChatYangtuo(_YangtuoParams, BaseChatModel):
     def _llm_type(self) -> str:
         return "yangtuo-chat"
 
-    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _request(self, messages: list[BaseMessage], stop: Optional[list[str]], kwargs: dict[str, Any]) -> dict[str, Any]:
         kw = {k: v for k, v in self._chat_kwargs(stop, kwargs).items() if v is not None}
         return {"messages": to_yangtuo_messages(messages), **kw}
 
     def _generate(
         self,
         messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
+        stop: Optional[list[str]] = None,
+        run_manager: Optional[CallbackManagerForLLMRun] = None,
         **kwargs: Any,
     ) -> ChatResult:
         r = self.llm.create_chat_completion(**self._request(messages, stop, kwargs))
@@ -160,8 +160,8 @@ class ChatYangtuo(_YangtuoParams, BaseChatModel):
     def _stream(
         self,
         messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
+        stop: Optional[list[str]] = None,
+        run_manager: Optional[CallbackManagerForLLMRun] = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         req = self._request(messages, stop, kwargs)
@@ -192,7 +192,7 @@ class ChatYangtuo(_YangtuoParams, BaseChatModel):
         self,
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
         *,
-        tool_choice: dict[str, Any] | str | bool | None = None,
+        tool_choice: dict[str, Any] | str | Optional[bool] = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, BaseMessage]:
         """The model with ``tools`` (functions, pydantic models, LangChain tools or OpenAI

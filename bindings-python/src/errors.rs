@@ -45,6 +45,14 @@ fn build(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
         .import("yangtuo._errors")?
         .getattr(class)?
         .call((e.to_string(),), Some(&kw))?;
+    // how `yangtuo serve` would answer it, for servers written in Python
+    let (status, body) = yangtuo::api::http_error(e);
+    value.setattr("http_status", status)?;
+    value.setattr(
+        "openai_error",
+        py.import("json")?
+            .call_method1("loads", (body.to_string(),))?,
+    )?;
     Ok(PyErr::from_value(value))
 }
 

@@ -265,6 +265,8 @@ test('the demo page: load with a progress bar, stream an answer with tokens/s, s
   await page.fill('#input', '请详细介绍一下咖啡。');
   await page.click('#send');
   await page.waitForFunction(() => document.querySelector('.msg.assistant')?.textContent.length > 0, null, { timeout: 60_000 });
+  // the page while the worker generates: the answer grows, the stop button is live
+  await page.screenshot({ path: path.join(pkgRoot, 'test-results', 'demo-generating.png'), fullPage: true });
   await page.click('#stop');
   await page.waitForSelector('body[data-state="ready"]', { timeout: 60_000 });
   assert.match(await page.textContent('.msg.assistant'), /\[stopped\]$/);

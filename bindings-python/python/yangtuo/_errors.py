@@ -6,9 +6,13 @@ from __future__ import annotations
 
 
 class YangtuoError(Exception):
-    """Base class of yangtuo's errors."""
+    """Base class of yangtuo's errors. ``http_status`` and ``openai_error`` are how
+    ``yangtuo serve`` answers it (400 or 500, and OpenAI's ``{"error": {...}}`` body), for
+    servers written in Python."""
 
     code: str = "ERROR"
+    http_status: int = 500
+    openai_error: dict | None = None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 use yangtuo::Error;
 
 /// An error answered with an OpenAI-shaped body.
@@ -57,26 +57,28 @@ impl ApiError {
         }
     }
 
-    /// An engine error: what the caller got wrong is a 400, the rest a 500.
+    /// An engine error, as core maps it (`yangtuo::api::http_error`).
     pub fn from_engine(e: &Error) -> ApiError {
-        match e {
-            Error::Template { index, msg } => {
-                ApiError::invalid(format!("messages[{index}]: {msg}"), Some("messages"))
-            }
-            Error::ContextLength { .. } => ApiError {
-                code: Some("context_length_exceeded"),
-                ..ApiError::invalid(e.to_string(), Some("messages"))
+        let (status, body) = yangtuo::api::http_error(e);
+        let field = |k: &str| body["error"][k].as_str().map(str::to_string);
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message: field("message").unwrap_or_default(),
+            kind: if status == 400 {
+                "invalid_request_error"
+            } else {
+                "server_error"
             },
-            Error::InvalidArg { name, msg } => {
-                ApiError::invalid(format!("`{name}` {msg}"), Some(name.as_ref()))
-            }
-            Error::Tokenizer(_) => ApiError::invalid(e.to_string(), None),
-            _ => ApiError::server(e.to_string()),
+            param: field("param"),
+            code: match body["error"]["code"].as_str() {
+                Some("context_length_exceeded") => Some("context_length_exceeded"),
+                _ => None,
+            },
         }
     }
 
     pub fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+        yangtuo::api::error_body(&self.message, self.kind, self.param.as_deref(), self.code)
     }
 }
 

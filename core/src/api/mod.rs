@@ -4,6 +4,7 @@
 //! `Llama::prepare` and `Llama::run_async` (`run.rs`) run one.
 
 mod answer;
+mod http;
 mod logprobs;
 mod request;
 mod run;
@@ -12,6 +13,7 @@ pub use answer::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Meta,
     PromptTokensDetails, TextChoice, TextCompletion, ToolCallDelta, Usage,
 };
+pub use http::{body as error_body, http_error};
 pub use logprobs::{Alternatives, ChatLogprobs, ContentLogprob, TextLogprobs, TopLogprob};
 pub use request::{ChatRequest, Checked, CompletionRequest, Logprobs, Params, Stop, StreamOptions};
 pub use run::{Answer, Chunk, Prepared, Request};

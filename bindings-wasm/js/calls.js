@@ -1,6 +1,7 @@
 // Promises and async iterators over the engine's callback calls, with AbortSignals wired
 // to its cancel token. Shared by the page's `Llama` and the worker's.
 import { CancelToken } from '../pkg/yangtuo_wasm.js';
+import { iterate } from './queue.js';
 
 export function fail(message, code = 'MODEL_LOAD') {
   const e = new Error(message);
@@ -33,40 +34,6 @@ export async function run(call, { signal, onDelta, ...opts }) {
 }
 
 /** What `run` delivers through `onDelta`, as an async iterator; stopping early aborts. */
-export async function* stream(call, opts) {
-  const queue = [];
-  let wake = null;
-  let finished = false;
-  let failure = null;
-  const controller = new AbortController();
-  const signals = [controller.signal, opts.signal].filter(Boolean);
-  const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
-  const done = run(call, {
-    ...opts,
-    signal,
-    onDelta: (d) => {
-      queue.push(d);
-      wake?.();
-    },
-  }).then(
-    () => { finished = true; wake?.(); },
-    (e) => { failure = e; finished = true; wake?.(); },
-  );
-  try {
-    for (;;) {
-      if (queue.length) {
-        yield queue.shift();
-      } else if (finished) {
-        break;
-      } else {
-        await new Promise((r) => (wake = r));
-        wake = null;
-      }
-    }
-    if (failure) throw failure;
-  } finally {
-    // the consumer stopped early: stop generating too
-    if (!finished) controller.abort();
-    await done;
-  }
+export function stream(call, { signal, ...opts }) {
+  return iterate((push, both) => run(call, { ...opts, signal: both, onDelta: push }), signal);
 }

@@ -7,6 +7,8 @@
 //   const llm = await createWorkerEngine(worker, { model: 'owner/name:Q4_0', onProgress });
 //   for await (const d of llm.chatStream(messages, { signal })) render(d);
 
+import { iterate } from './queue.js';
+
 function abortError() {
   const e = new Error('The operation was aborted');
   e.name = 'AbortError';
@@ -63,37 +65,8 @@ class Channel {
   }
 
   /** `op`'s items as an async iterator; stopping early aborts it. */
-  async *items(op, fields, { signal } = {}) {
-    const queue = [];
-    let wake = null;
-    let finished = false;
-    let failure = null;
-    const controller = new AbortController();
-    const both = signal ? AbortSignal.any([controller.signal, signal]) : controller.signal;
-    const done = this.call(op, fields, {
-      signal: both,
-      onMessage: (m) => {
-        if ('item' in m) queue.push(m.item);
-        wake?.();
-      },
-    }).then(
-      () => { finished = true; wake?.(); },
-      (e) => { failure = e; finished = true; wake?.(); },
-    );
-    try {
-      for (;;) {
-        if (queue.length) yield queue.shift();
-        else if (finished) break;
-        else {
-          await new Promise((r) => (wake = r));
-          wake = null;
-        }
-      }
-      if (failure) throw failure;
-    } finally {
-      if (!finished) controller.abort();
-      await done;
-    }
+  items(op, fields, { signal } = {}) {
+    return iterate((push, both) => this.call(op, fields, { signal: both, onMessage: (m) => 'item' in m && push(m.item) }), signal);
   }
 
   terminate() {

@@ -69,7 +69,11 @@ function saving(body, store, rec) {
         return controller.close();
       }
       for (let at = 0; saving && at < value.length; ) {
-        chunk ??= new Uint8Array(Math.min(CHUNK, rec.size - rec.chunks * CHUNK));
+        chunk ??= new Uint8Array(Math.max(0, Math.min(CHUNK, rec.size - rec.chunks * CHUNK)));
+        if (!chunk.length) {
+          saving = false; // more bytes than the server announced: keep none of them
+          break;
+        }
         const n = Math.min(value.length - at, chunk.length - fill);
         chunk.set(value.subarray(at, at + n), fill);
         fill += n;

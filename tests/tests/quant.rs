@@ -1164,8 +1164,8 @@ fn gpu_layout_is_the_block_bytes() {
 
 /// A model of ~66M weights in Q4_0 (37 MB; 264 MB as f32), written by our GGUF writer with
 /// random blocks, loaded and decoded in a child process that measures its anonymous memory:
-/// the CPU uses the mapped file in place (no copy of any weight), and wgpu holds the blocks,
-/// never a dequantized copy.
+/// the CPU holds one copy of the blocks, repacked eight rows at a time (the mapped pages
+/// are let go), and wgpu holds the blocks; neither ever a dequantized copy.
 #[test]
 fn decode_keeps_weights_in_block_format() {
     if !cfg!(target_os = "linux") {
@@ -1209,9 +1209,9 @@ fn decode_keeps_weights_in_block_format() {
             f32_bytes as f64 / 1e6
         );
         if dev == "cpu" {
-            // mapped in place: not even one copy of the quantized weights
+            // one repacked copy of the Q4_0 blocks, the same size as the file's
             assert!(
-                growth < file_bytes / 2,
+                growth < file_bytes * 5 / 4,
                 "cpu: anonymous memory grew {growth} bytes for {file_bytes} bytes of weights"
             );
         } else {

@@ -8,6 +8,8 @@ pub struct Blob {
     owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
     start: usize,
     len: usize,
+    /// The owner is a read-only map of a file (its pages can be dropped and read again).
+    mapped: bool,
 }
 
 impl Blob {
@@ -17,6 +19,16 @@ impl Blob {
             owner: Arc::new(v),
             start: 0,
             len,
+            mapped: false,
+        }
+    }
+
+    /// A read-only map of a file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_map(map: memmap2::Mmap) -> Blob {
+        Blob {
+            mapped: true,
+            ..Blob::from_owner(Arc::new(map))
         }
     }
 
@@ -26,6 +38,7 @@ impl Blob {
             owner,
             start: 0,
             len,
+            mapped: false,
         }
     }
 
@@ -36,6 +49,7 @@ impl Blob {
             owner: self.owner.clone(),
             start: self.start + start,
             len,
+            mapped: self.mapped,
         }
     }
 }
@@ -66,6 +80,31 @@ impl AsRef<[u8]> for Aligned {
 }
 
 impl Blob {
+    /// Let go of this range's pages of a mapped file, for a backend that has copied them
+    /// into its own layout: they leave the process's resident set (the page cache keeps
+    /// them) and a later read maps them again with the same bytes. Other memory is left
+    /// alone: on a vector the same advice would zero it.
+    pub fn release_pages(&self) {
+        #[cfg(target_os = "linux")]
+        if self.mapped {
+            let page = 4096;
+            let (start, end) = (self.as_ptr() as usize, self.as_ptr() as usize + self.len);
+            let (first, last) = (start.div_ceil(page) * page, end / page * page);
+            if first < last {
+                // SAFETY: the range lies inside a read-only file map this blob keeps
+                // alive, where MADV_DONTNEED only drops page-table entries; it is advice,
+                // so an error is ignored.
+                unsafe {
+                    libc::madvise(
+                        first as *mut libc::c_void,
+                        last - first,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+            }
+        }
+    }
+
     /// This blob if its start is `align`-aligned, else an aligned copy.
     pub fn aligned(&self, align: usize) -> Blob {
         if (self.as_ptr() as usize) % align == 0 {

@@ -10,7 +10,6 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 #[cfg(not(target_arch = "wasm32"))]
-use std::sync::Arc;
 
 /// A tensor as stored in a safetensors file.
 #[derive(Clone, Debug)]
@@ -105,7 +104,7 @@ pub fn map_file(path: &Path) -> Result<Blob> {
     // SAFETY: the map is read-only; a file changed underneath a running model is outside
     // what any mmap-based loader (llama.cpp, candle, safetensors) can defend against.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(Blob::from_owner(Arc::new(map)))
+    Ok(Blob::from_map(map))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -39,6 +39,8 @@ pub struct CpuMatrix {
     rows: usize,
     cols: usize,
     bytes: Blob,
+    /// Q4_0 rows packed eight at a time (q8/q4_0x8.rs) rather than the file's layout.
+    packed: bool,
     /// Column permutation (GPTQ act order): the product gathers `x[perm]` first.
     perm: Option<Arc<Vec<u32>>>,
 }
@@ -72,12 +74,26 @@ impl Backend for Cpu {
     }
 
     fn upload_matrix(&self, _name: &str, w: &WeightData) -> Result<CpuMatrix> {
+        #[cfg(target_arch = "x86_64")]
+        if w.format == WeightFormat::Q4_0 && q8::q4_0x8::supported() {
+            let packed = q8::q4_0x8::pack(&w.bytes, w.rows, w.cols);
+            w.bytes.release_pages();
+            return Ok(CpuMatrix {
+                format: w.format,
+                rows: w.rows,
+                cols: w.cols,
+                bytes: Blob::from_vec(packed),
+                packed: true,
+                perm: None,
+            });
+        }
         // Mapped bytes are used in place; only a misaligned tensor is copied.
         Ok(CpuMatrix {
             format: w.format,
             rows: w.rows,
             cols: w.cols,
             bytes: w.bytes.aligned(8),
+            packed: false,
             perm: w.perm.clone(),
         })
     }
@@ -106,10 +122,17 @@ impl Backend for Cpu {
             .row_bytes(table.cols, "")
             .expect("checked at load");
         for (t, &id) in ids.iter().enumerate() {
-            let row = &table.bytes[id as usize * rb..(id as usize + 1) * rb];
-            table
-                .format
-                .dequantize(row, &mut out.data[t * table.cols..(t + 1) * table.cols]);
+            let out = &mut out.data[t * table.cols..(t + 1) * table.cols];
+            if table.packed {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let row = q8::q4_0x8::unpack_row(&table.bytes, table.cols, id as usize);
+                    table.format.dequantize(&row, out);
+                }
+            } else {
+                let row = &table.bytes[id as usize * rb..(id as usize + 1) * rb];
+                table.format.dequantize(row, out);
+            }
         }
     }
 
@@ -144,6 +167,8 @@ impl Backend for Cpu {
         };
         let dst = &mut out.data[..n * w.rows];
         match w.format {
+            #[cfg(target_arch = "x86_64")]
+            _ if w.packed => q8::q4_0x8::matmul((n, k, w.rows), xs, &w.bytes, dst),
             f @ (WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16) => {
                 dense::matmul(f, (n, k, w.rows), xs, &w.bytes, dst)
             }

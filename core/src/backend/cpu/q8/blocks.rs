@@ -7,11 +7,13 @@ use half::f16;
 pub const QK: usize = 32;
 
 /// Activations quantized to int8 blocks of 32, token-major: `qs[t*k + i]`, and per block
-/// `d[t*k/32 + b]` and `sum[..] = d · Σ qs` (for the min term of Q4_K).
+/// `d[t*k/32 + b]`, `sum[..] = d · Σ qs` (for the min term of Q4_K) and `qsum[..] = Σ qs`
+/// (for Q4_0's, in integers).
 pub struct QuantizedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub sum: Vec<f32>,
+    pub qsum: Vec<i32>,
 }
 
 /// Quantize each 32-value block of `x` (m rows of k) to int8 with scale `max|x| / 127`,
@@ -21,11 +23,13 @@ pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
     let mut qs = vec![0i8; x.len()];
     let mut d = vec![0f32; x.len() / QK];
     let mut sum = vec![0f32; x.len() / QK];
-    for (((blk, q), d), sum) in x
+    let mut qsum = vec![0i32; x.len() / QK];
+    for ((((blk, q), d), sum), qsum) in x
         .chunks_exact(QK)
         .zip(qs.chunks_exact_mut(QK))
         .zip(&mut d)
         .zip(&mut sum)
+        .zip(&mut qsum)
     {
         let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
         *d = amax / 127.0;
@@ -33,9 +37,10 @@ pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
         for (q, v) in q.iter_mut().zip(blk) {
             *q = (v * id).round() as i8;
         }
-        *sum = *d * q.iter().map(|&q| q as i32).sum::<i32>() as f32;
+        *qsum = q.iter().map(|&q| q as i32).sum::<i32>();
+        *sum = *d * *qsum as f32;
     }
-    QuantizedActs { qs, d, sum }
+    QuantizedActs { qs, d, sum, qsum }
 }
 
 pub fn f16_at(p: *const u8) -> f32 {

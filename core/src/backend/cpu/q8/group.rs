@@ -1,4 +1,4 @@
-//! Prompts through Q4_0, Q8_0 and Q4_K weights with the rows in the lanes: the product of
+//! Prompts through Q8_0 and Q4_K weights with the rows in the lanes: the product of
 //! row.rs (same int8 activations, same math, see mod.rs) for 16 rows at a time on
 //! AVX-512 VNNI and 8 on AVX2 (with AVX-VNNI where present).
 //!
@@ -15,9 +15,9 @@
 //! 2 · 128 · 127. AVX-512 has no sign trick: q + 128 goes in unsigned, and 128 · scale
 //! becomes the min.
 //!
-//! Why the transpose happens here rather than once at load time (as llama.cpp repacks
-//! Q4_0): the CPU backend computes on the mapped file, and a repacked copy would double
-//! the resident size of the weights while the file's pages are cached.
+//! Q4_0 is instead transposed once at load time (q4_0x8.rs), which let decode catch up
+//! with llama.cpp; Q8_0 and Q4_K are still transposed here, on the mapped file. Moving
+//! them to packed copies is the same change, not made yet.
 
 // the loops index lanes, rows and vectors of several arrays at once
 #![allow(clippy::needless_range_loop)]
@@ -198,7 +198,7 @@ impl Lanes for X16 {
 impl<const VNNI: bool> Lanes for X8<VNNI> {
     const ROWS: usize = 8;
     // more accumulators than AVX2 has registers left, but the spills cost less than
-    // transposing for fewer tokens (4 or 16 ran 10-30 % slower on Q4_0)
+    // transposing for fewer tokens (4 or 16 ran 10-30 % slower on Q4_0, which q4_0x8.rs now runs)
     const TILE: usize = 8;
     const SIGN_TRICK: bool = true;
     // 4×4 transposes of words in each 128-bit lane: lane 4c + q is row 2q + c
@@ -346,25 +346,6 @@ unsafe fn halves<L: Lanes>(at: *const u8, stride: usize) -> L::F {
     unsafe { L::from_f16(&bits) }
 }
 
-struct Q4_0;
-impl<L: Lanes> Format<L> for Q4_0 {
-    type Scratch = ();
-    #[inline(always)]
-    unsafe fn load(rows: *const u8, row_bytes: usize, b: usize, out: &mut Block<L>, _: &mut ()) {
-        unsafe {
-            let block = rows.add(b * 18);
-            // byte i: weight i in the low nibble, 16 + i in the high one
-            let z = L::transpose(block.add(2), row_bytes);
-            for j in 0..4 {
-                out.chunks[j] = L::nibbles(z[j], false);
-                out.chunks[4 + j] = L::nibbles(z[j], true);
-            }
-            out.scale = halves::<L>(block, row_bytes);
-            out.min = L::mul(out.scale, L::set_f(8.0));
-        }
-    }
-}
-
 struct Q8_0;
 impl<L: Lanes> Format<L> for Q8_0 {
     const SIGNED: bool = true;
@@ -442,10 +423,7 @@ impl<L: Lanes> Format<L> for Q4K {
 
 /// Whether [`matmul_group`] takes `format`.
 pub fn supports(format: WeightFormat) -> bool {
-    matches!(
-        format,
-        WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K
-    )
+    matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4K)
 }
 
 /// Rows per group on `isa`.
@@ -505,9 +483,6 @@ pub unsafe fn matmul_group(
                     let out = dst.add(t * n + r0);
                     let a = (rows, row_bytes, x, k, t, left.min(tile), out, n);
                     match (format, tile) {
-                        (W::Q4_0, 16) => $kernel::<Q4_0, 16>(a),
-                        (W::Q4_0, 8) => $kernel::<Q4_0, 8>(a),
-                        (W::Q4_0, _) => $kernel::<Q4_0, 4>(a),
                         (W::Q8_0, 16) => $kernel::<Q8_0, 16>(a),
                         (W::Q8_0, 8) => $kernel::<Q8_0, 8>(a),
                         (W::Q8_0, _) => $kernel::<Q8_0, 4>(a),

@@ -1,7 +1,8 @@
 //! `dst[m, n] = x[m, k] · W[n, k]ᵀ` for Q4_0, Q8_0, Q4_K and Q6_K weights on x86-64 with
-//! AVX2, AVX-VNNI or AVX-512 VNNI: the CPU backend's product for these formats. Prompts of
-//! Q4_0, Q8_0 and Q4_K go through the row-group kernel of group.rs; decode, Q6_K and
-//! the rows and tokens left over take the per-row kernels here.
+//! AVX2, AVX-VNNI or AVX-512 VNNI: the CPU backend's product for these formats. Q4_0 is
+//! repacked at load and has its own kernel (q4_0x8.rs). Prompts of Q8_0 and Q4_K go
+//! through the row-group kernel of group.rs; decode, Q6_K and the rows and tokens left
+//! over take the per-row kernels of row.rs.
 //!
 //! Like llama.cpp, the activations are first quantized to int8 in blocks of 32 with one
 //! f32 scale `dx` each, so each block product is an exact integer dot product. Every
@@ -28,14 +29,15 @@
 
 // x86-64 only (backend/mod.rs): elsewhere the CPU backend uses candle's kernels.
 //!
-//! Files: blocks.rs (the int8 inputs, shared), row.rs (one weight row at a time: decode,
-//! Q6_K, leftovers), group.rs (rows in the SIMD lanes: prompts). This file picks between
-//! them and splits the rows over the threads.
+//! Files: blocks.rs (the int8 inputs, shared), q4_0x8.rs (Q4_0, packed), row.rs (one
+//! weight row at a time: decode, Q6_K, leftovers), group.rs (rows in the SIMD lanes:
+//! prompts). This file picks between the last two and splits the rows over the threads.
 
 // x86-64 only (cpu/mod.rs): elsewhere the CPU backend uses candle's kernels.
 
 mod blocks;
 mod group;
+pub mod q4_0x8;
 mod row;
 
 use super::parallel::{L2_BUDGET, SharedOut};
@@ -44,11 +46,11 @@ use crate::weights::WeightFormat;
 pub use blocks::{QuantizedActs, quantize_acts};
 use candle_core::utils::barrier_pool;
 
-/// Whether [`matmul`] can run `format` on this CPU.
+/// Whether [`matmul`] can run `format`, in the file's layout, on this CPU.
 pub fn supports(format: WeightFormat) -> bool {
     matches!(
         format,
-        WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K
+        WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K
     ) && Isa::Avx2.present()
 }
 
@@ -153,12 +155,7 @@ mod tests {
     /// with the tail blocks of a row whose length is not a multiple of eight blocks.
     #[test]
     fn a_token_gets_the_same_bits_alone_and_in_any_batch() {
-        for format in [
-            WeightFormat::Q4_0,
-            WeightFormat::Q8_0,
-            WeightFormat::Q4K,
-            WeightFormat::Q6K,
-        ] {
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K] {
             if !supports(format) {
                 eprintln!("skipped: no AVX2 here");
                 return;
@@ -204,12 +201,7 @@ mod tests {
     /// activation quantization too, is in tests/tests/quant.rs.)
     #[test]
     fn matches_the_integer_dot_product_on_odd_shapes() {
-        for format in [
-            WeightFormat::Q4_0,
-            WeightFormat::Q8_0,
-            WeightFormat::Q4K,
-            WeightFormat::Q6K,
-        ] {
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K] {
             if !supports(format) {
                 eprintln!("skipped: no AVX2 here");
                 return;

@@ -30,10 +30,6 @@ pub unsafe fn products(
     // SAFETY: passed on from the caller.
     unsafe {
         match (format, tokens) {
-            (WeightFormat::Q4_0, TILE) => row::<Q4_0, TILE>(isa, wr, x, k, t0, out),
-            (WeightFormat::Q4_0, 4) => row::<Q4_0, 4>(isa, wr, x, k, t0, out),
-            (WeightFormat::Q4_0, 2) => row::<Q4_0, 2>(isa, wr, x, k, t0, out),
-            (WeightFormat::Q4_0, _) => row::<Q4_0, 1>(isa, wr, x, k, t0, out),
             (WeightFormat::Q8_0, TILE) => row::<Q8_0, TILE>(isa, wr, x, k, t0, out),
             (WeightFormat::Q8_0, 4) => row::<Q8_0, 4>(isa, wr, x, k, t0, out),
             (WeightFormat::Q8_0, 2) => row::<Q8_0, 2>(isa, wr, x, k, t0, out),
@@ -138,29 +134,6 @@ unsafe fn nibbles32(p: *const u8, high: bool) -> __m256i {
         let v = _mm256_loadu_si256(p as *const __m256i);
         let v = if high { _mm256_srli_epi16(v, 4) } else { v };
         _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
-    }
-}
-
-struct Q4_0;
-impl Format for Q4_0 {
-    const BYTES: usize = 8 * 18;
-    // d · (nibble − 8) = d · nibble − 8d: the nibble goes in unsigned and 8d is a min
-    const HAS_MIN: bool = true;
-    const UNSIGNED: bool = true;
-    #[inline(always)]
-    unsafe fn load(p: *const u8, count: usize, b: &mut Blocks) {
-        for i in 0..count {
-            // SAFETY: block i < count lies inside the row.
-            unsafe {
-                let p = p.add(i * 18);
-                let packed = _mm_loadu_si128(p.add(2) as *const __m128i);
-                // low nibbles → elements 0..16 (lower lane), high nibbles → 16..32
-                let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-                b.q[i] = _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
-                b.scale[i] = f16_at(p);
-                b.min[i] = 8.0 * b.scale[i];
-            }
-        }
     }
 }
 

@@ -114,23 +114,48 @@ pub unsafe fn matmul_groups(
 ) {
     assert!(isa.present() && k % QK == 0 && x.qs.len() == m * k);
     assert!(packed.len() >= packed_len(n, k) && groups.end <= n.div_ceil(ROWS));
-    let widest = if isa == Isa::Avx512Vnni { 8 } else { 4 };
+    let wide = isa == Isa::Avx512Vnni;
+    let widest = if wide { 8 } else { 4 };
     // Long prompts go in blocks of tokens whose int8 inputs stay in L2 while this work
     // item's rows pass over them.
     let block = (L2_BUDGET / k).max(widest) / widest * widest;
     for first in (0..m).step_by(block) {
         let end = (first + block).min(m);
-        for g in groups.clone() {
+        let mut g = groups.start;
+        while g < groups.end {
+            // Two groups in 512-bit vectors for tiles of several tokens (half the
+            // instructions; a lane's arithmetic is the same, so are its bits). One token
+            // is bound by memory, and stays in 256 bits.
+            let span = if wide && g + 1 < groups.end { 2 } else { 1 };
             let mut t = first;
             while t < end {
                 let tile = [8, 4, 2, 1]
                     .into_iter()
                     .find(|&s| s <= widest && end - t >= s)
                     .unwrap_or(1);
-                let mut products = [[0f32; ROWS]; 8];
-                // SAFETY: the ISA is present; group g and tokens t..t+tile are in range.
-                unsafe { tile_products(isa, packed, x, k, g, t, tile, &mut products) };
-                let rows = ROWS.min(n - g * ROWS);
+                let mut products = [[0f32; 2 * ROWS]; 8];
+                for half in 0..span {
+                    if span == 2 && tile > 1 {
+                        // SAFETY: AVX-512 VNNI is present; groups g, g + 1 and the tokens exist.
+                        unsafe { two_groups(packed, x, k, g, t, tile, &mut products) };
+                        break;
+                    }
+                    // SAFETY: the ISA is present; group g + half and the tokens exist.
+                    unsafe {
+                        one_group(
+                            isa,
+                            packed,
+                            x,
+                            k,
+                            g + half,
+                            t,
+                            tile,
+                            half * ROWS,
+                            &mut products,
+                        )
+                    };
+                }
+                let rows = (span * ROWS).min(n - g * ROWS);
                 for (i, lanes) in products[..tile].iter().enumerate() {
                     // SAFETY: the caller owns these columns; t + i < m.
                     let row = unsafe {
@@ -140,16 +165,17 @@ pub unsafe fn matmul_groups(
                 }
                 t += tile;
             }
+            g += span;
         }
     }
 }
 
-/// `out[j][r]` = row 8g + r times token t0 + j, for `tokens` (1, 2, 4 or 8) tokens.
+/// `out[j][at + r]` = row 8g + r times token t0 + j, for `tokens` (1, 2, 4 or 8) tokens.
 ///
 /// # Safety
 /// `isa` is present (8 tokens only with AVX-512 VNNI); group g and the tokens exist.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_products(
+unsafe fn one_group(
     isa: Isa,
     packed: &[u8],
     x: &QuantizedActs,
@@ -157,15 +183,16 @@ unsafe fn tile_products(
     g: usize,
     t0: usize,
     tokens: usize,
-    out: &mut [[f32; ROWS]; 8],
+    at: usize,
+    out: &mut [[f32; 2 * ROWS]; 8],
 ) {
     macro_rules! each_tile {
         ($isa:ident) => {
             match tokens {
-                8 => $isa::tokens8(packed, x, k, g, t0, out),
-                4 => $isa::tokens4(packed, x, k, g, t0, out),
-                2 => $isa::tokens2(packed, x, k, g, t0, out),
-                _ => $isa::tokens1(packed, x, k, g, t0, out),
+                8 => $isa::tokens8(packed, x, k, g, t0, at, out),
+                4 => $isa::tokens4(packed, x, k, g, t0, at, out),
+                2 => $isa::tokens2(packed, x, k, g, t0, at, out),
+                _ => $isa::tokens1(packed, x, k, g, t0, at, out),
             }
         };
     }
@@ -175,6 +202,30 @@ unsafe fn tile_products(
             Isa::Avx512Vnni => each_tile!(vnni512),
             Isa::AvxVnni => each_tile!(vnni),
             Isa::Avx2 => each_tile!(avx2),
+        }
+    }
+}
+
+/// `out[j][r]` = row 8g + r (r < 16: groups g and g + 1) times token t0 + j, for `tokens`
+/// (2, 4 or 8) tokens, in 512-bit vectors.
+///
+/// # Safety
+/// AVX-512 VNNI is present; groups g, g + 1 and the tokens exist.
+unsafe fn two_groups(
+    packed: &[u8],
+    x: &QuantizedActs,
+    k: usize,
+    g: usize,
+    t0: usize,
+    tokens: usize,
+    out: &mut [[f32; 2 * ROWS]; 8],
+) {
+    // SAFETY: passed on from the caller.
+    unsafe {
+        match tokens {
+            8 => wide::tokens8(packed, x, k, g, t0, out),
+            4 => wide::tokens4(packed, x, k, g, t0, out),
+            _ => wide::tokens2(packed, x, k, g, t0, out),
         }
     }
 }
@@ -191,7 +242,8 @@ macro_rules! tile_kernel {
             k: usize,
             g: usize,
             t0: usize,
-            out: &mut [[f32; ROWS]; 8],
+            at: usize,
+            out: &mut [[f32; 2 * ROWS]; 8],
         ) {
             let nb = k / QK;
             let low = _mm256_set1_epi8(0x0f);
@@ -231,10 +283,80 @@ macro_rules! tile_kernel {
                     )+
                 }
             }
-            // SAFETY: stores to the caller's arrays of eight f32.
-            unsafe { $( _mm256_storeu_ps(out[$j].as_mut_ptr(), $acc); )+ }
+            // SAFETY: stores to the caller's arrays, eight f32 from `at` (0 or 8).
+            unsafe { $( _mm256_storeu_ps(out[$j][at..].as_mut_ptr(), $acc); )+ }
         }
     };
+}
+
+/// As `tile_kernel!` for groups g and g + 1 side by side in 512-bit vectors: each lane
+/// runs the same instructions on the same values, so gives the same bits.
+macro_rules! wide_kernel {
+    ($name:ident, $($j:literal $acc:ident),+) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $name(
+            packed: &[u8],
+            x: &QuantizedActs,
+            k: usize,
+            g: usize,
+            t0: usize,
+            out: &mut [[f32; 2 * ROWS]; 8],
+        ) {
+            let nb = k / QK;
+            let low = _mm512_set1_epi8(0x0f);
+            let zero = _mm512_setzero_si512();
+            let first = packed.as_ptr().wrapping_add(g * nb * PACKED);
+            let second = first.wrapping_add(nb * PACKED);
+            $( let mut $acc = _mm512_setzero_ps(); )+
+            for b in 0..nb {
+                // SAFETY: block b of groups g, g + 1 and of the tile's tokens lie inside
+                // `packed` and `x` (matmul_groups asserted the lengths).
+                unsafe {
+                    let (p, q) = (first.add(b * PACKED), second.add(b * PACKED));
+                    let d = _mm512_cvtph_ps(_mm256_set_m128i(
+                        _mm_loadu_si128(q as *const __m128i),
+                        _mm_loadu_si128(p as *const __m128i),
+                    ));
+                    let mut w = [zero; 8];
+                    for c in 0..4 {
+                        let v = _mm512_inserti64x4(
+                            _mm512_castsi256_si512(_mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i)),
+                            _mm256_loadu_si256(q.add(16 + 32 * c) as *const __m256i),
+                            1,
+                        );
+                        w[c] = _mm512_and_si512(v, low);
+                        w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                    }
+                    $(
+                        let blk = (t0 + $j) * nb + b;
+                        let words = x.qs.as_ptr().add(blk * QK) as *const i32;
+                        let word = |i: usize| _mm512_set1_epi32(words.add(i).read_unaligned());
+                        let mut s0 = _mm512_dpbusd_epi32(zero, w[0], word(0));
+                        let mut s1 = _mm512_dpbusd_epi32(zero, w[1], word(1));
+                        for i in (2..8).step_by(2) {
+                            s0 = _mm512_dpbusd_epi32(s0, w[i], word(i));
+                            s1 = _mm512_dpbusd_epi32(s1, w[i + 1], word(i + 1));
+                        }
+                        let s = _mm512_sub_epi32(
+                            _mm512_add_epi32(s0, s1),
+                            _mm512_set1_epi32(8 * x.qsum[blk]),
+                        );
+                        let scale = _mm512_mul_ps(d, _mm512_set1_ps(x.d[blk]));
+                        $acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, $acc);
+                    )+
+                }
+            }
+            // SAFETY: stores to the caller's arrays of sixteen f32.
+            unsafe { $( _mm512_storeu_ps(out[$j].as_mut_ptr(), $acc); )+ }
+        }
+    };
+}
+
+mod wide {
+    use super::*;
+    wide_kernel!(tokens2, 0 a0, 1 a1);
+    wide_kernel!(tokens4, 0 a0, 1 a1, 2 a2, 3 a3);
+    wide_kernel!(tokens8, 0 a0, 1 a1, 2 a2, 3 a3, 4 a4, 5 a5, 6 a6, 7 a7);
 }
 
 /// The four tiles for one instruction set.

@@ -229,6 +229,10 @@ impl<'a> Scheduler<'a> {
             if decoding.is_empty() {
                 // nobody waits for a token: the oldest prompt runs alone, at full speed
                 if let Some(mut r) = prefilling.pop_front() {
+                    if let Err(e) = self.share_prefix(&mut r, prefilling.iter()) {
+                        self.finish(r, Err(e));
+                        continue;
+                    }
                     match self.prefill_chunk(&mut r) {
                         Ok(Prefill::More) => prefilling.push_front(r),
                         Ok(Prefill::Decoding) => decoding.push(r),
@@ -260,6 +264,40 @@ impl<'a> Scheduler<'a> {
             prefilled: common,
             next: 0,
         }
+    }
+
+    /// Before r's next prompt chunk: the longest stretch of its prompt past what it holds
+    /// that another live sequence's cache holds (the same system prompt in many requests,
+    /// sent at once) is copied from there instead of computed. The copy is exact, and on
+    /// the CPU it has the bits r would compute itself (a token's keys do not depend on how
+    /// its prompt was chunked). The last prompt token always runs (its logits come next).
+    fn share_prefix<'b>(
+        &self,
+        r: &mut Running<'a>,
+        others: impl Iterator<Item = &'b Running<'a>>,
+    ) -> Result<()>
+    where
+        'a: 'b,
+    {
+        let prompt = &r.job.prompt;
+        let best = others
+            .map(|o| {
+                let held = &o.job.cache.tokens;
+                let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+                (common.min(prompt.len() - 1), o)
+            })
+            .max_by_key(|(common, _)| *common);
+        let Some((end, o)) = best.filter(|(end, _)| *end > r.prefilled) else {
+            return Ok(());
+        };
+        let from = r.prefilled;
+        let cache = &mut r.job.cache;
+        self.runner
+            .copy_prefix(&o.job.cache.state, &mut cache.state, from..end)?;
+        cache.tokens.extend_from_slice(&prompt[from..end]);
+        r.seq.took_cached(end - from);
+        r.prefilled = end;
+        Ok(())
     }
 
     /// The caller's stop, if it asked for one.
@@ -322,6 +360,12 @@ impl<'a> Scheduler<'a> {
         } else {
             None
         };
+        if let Some(r) = riding.as_mut() {
+            if let Err(e) = self.share_prefix(r, decoding.iter().chain(prefilling.iter())) {
+                let r = riding.take().expect("as_mut() was Some");
+                self.finish(r, Err(e));
+            }
+        }
         let chunk = riding
             .as_ref()
             .map(|r| r.prefilled..(r.prefilled + self.step_prompt).min(r.job.prompt.len()));

@@ -294,6 +294,21 @@ pub struct Kv<B: Backend> {
     pub ctx_len: usize,
 }
 
+impl<B: Backend> Kv<B> {
+    /// Take positions `positions` of every layer from `src` (a prefix computed by another
+    /// sequence with the same tokens there).
+    pub fn copy_from(&mut self, backend: &B, src: &Kv<B>, positions: std::ops::Range<usize>) {
+        assert!(
+            positions.end <= self.ctx_len.min(src.ctx_len),
+            "copy past a KV cache"
+        );
+        for ((k, v), (sk, sv)) in self.layers.iter_mut().zip(&src.layers) {
+            backend.copy_kv(sk, k, positions.clone());
+            backend.copy_kv(sv, v, positions.clone());
+        }
+    }
+}
+
 /// The activations of one forward of up to `max_batch` rows.
 pub struct Scratch<B: Backend> {
     x: B::Act,          // (max_batch, dim) residual stream

@@ -47,6 +47,14 @@ pub trait Runner: Send + Sync {
         seqs: &mut [(&mut SessionState, &[u32], usize)],
         rows_out: usize,
     ) -> Result<()>;
+    /// Copy the keys and values at `positions` of `src` into `dst`: a prefix another
+    /// sequence already computed.
+    fn copy_prefix(
+        &self,
+        src: &SessionState,
+        dst: &mut SessionState,
+        positions: std::ops::Range<usize>,
+    ) -> Result<()>;
     fn argmax<'a>(&'a self, s: &'a SessionState, row: usize) -> LocalFuture<'a, Result<u32>>;
     fn logits<'a>(&'a self, s: &'a SessionState, rows: usize) -> LocalFuture<'a, Result<Vec<f32>>>;
 }
@@ -139,6 +147,25 @@ impl<B: Backend> Runner for Locked<B> {
         }
         let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         self.model.forward_batch(scratch, &mut rows, rows_out)
+    }
+
+    fn copy_prefix(
+        &self,
+        src: &SessionState,
+        dst: &mut SessionState,
+        positions: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let src = &state::<B>(src)?.kv;
+        let dst = &mut state_mut::<B>(dst)?.kv;
+        if positions.end > src.ctx_len.min(dst.ctx_len) {
+            return Err(Error::Device(format!(
+                "cannot copy positions {positions:?} between caches of {} and {}",
+                src.ctx_len, dst.ctx_len
+            )));
+        }
+        let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        dst.copy_from(&self.model.backend, src, positions);
+        Ok(())
     }
 
     fn argmax<'a>(&'a self, s: &'a SessionState, row: usize) -> LocalFuture<'a, Result<u32>> {

@@ -402,3 +402,62 @@ fn a_reused_prefix_gives_the_bits_of_a_cold_prompt() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Requests sent at once with the same long system prefix: the first computes it, and
+/// the others copy its keys and values from that live sequence (`usage`'s cached tokens)
+/// instead of computing them again; each answer has the bits of the same request run
+/// cold, alone.
+#[test]
+fn a_live_prefix_is_shared_by_requests_sent_at_once() {
+    use yangtuo::{Flow, GenerateOptions, SamplingParams};
+    let dir = llama_dir("batch-live-prefix");
+    let opts = GenerateOptions {
+        max_tokens: Some(48),
+        sampling: SamplingParams::greedy(),
+        logprobs: Some(1),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let system = random_ids(100, 32000, 11);
+    let prompts: Vec<Vec<u32>> = (0..3)
+        .map(|i| {
+            system
+                .iter()
+                .copied()
+                .chain(random_ids(5, 32000, 20 + i))
+                .collect()
+        })
+        .collect();
+    let shared = llama(&dir);
+    shared.enable_batching(4).unwrap();
+    let start = std::sync::Barrier::new(prompts.len());
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let (shared, start, opts) = (&shared, &start, &opts);
+                s.spawn(move || {
+                    start.wait();
+                    shared
+                        .complete_ids(p, opts, None, &mut |_| Flow::Continue)
+                        .unwrap()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut computed: Vec<usize> = answers.iter().map(|a| a.timings.prefill_tokens).collect();
+    computed.sort();
+    assert_eq!(computed, [5, 5, 105], "prompt tokens each request computed");
+    let cold = llama(&dir);
+    for (p, a) in prompts.iter().zip(&answers) {
+        let c = cold
+            .complete_ids(p, &opts, None, &mut |_| Flow::Continue)
+            .unwrap();
+        assert_eq!(a.ids, c.ids);
+        for (x, y) in a.logprobs.iter().zip(&c.logprobs) {
+            assert_eq!(x.logprob.to_bits(), y.logprob.to_bits(), "{x:?} vs {y:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

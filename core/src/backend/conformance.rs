@@ -131,6 +131,7 @@ impl<'a, B: Backend> Suite<'a, B> {
         s.rms_norm();
         s.rope();
         s.attention();
+        s.copy_kv();
         s.elementwise();
         s.argmax();
         assert!(
@@ -461,6 +462,50 @@ impl<'a, B: Backend> Suite<'a, B> {
                 );
                 self.check(&what, &got, &want, |i| bound[i]);
             }
+        }
+    }
+
+    /// copy_kv of positions 3..9 from one cache into a zeroed one, then the whole of that
+    /// into a third: attention with a zero query weighs every position alike, so its
+    /// output at position p is the mean of values 0..=p, which shows the copied rows and
+    /// the zeros around them (p = 9 reads the first row past the copy).
+    fn copy_kv(&mut self) {
+        let shape = AttnShape {
+            n_heads: 2,
+            n_kv_heads: 2,
+            head_dim: 8,
+        };
+        let (kv_dim, len) = (16, 12);
+        let alloc = |name| self.b.alloc_kv(name, len, kv_dim).unwrap();
+        let (mut src_k, mut src_v, mut k, mut v) = (alloc("k"), alloc("v"), alloc("k"), alloc("v"));
+        let (mut k2, mut v2) = (alloc("k"), alloc("v"));
+        let ks = random(&mut self.rng, len * kv_dim, 1.0);
+        let vs = random(&mut self.rng, len * kv_dim, 1.0);
+        let (ka, va) = (self.act(len, kv_dim, &ks), self.act(len, kv_dim, &vs));
+        let zeros = self.act(len, kv_dim, &vec![0.0; len * kv_dim]);
+        self.b.store_kv(&ka, &va, 0, len, 0, &mut src_k, &mut src_v);
+        self.b.store_kv(&zeros, &zeros, 0, len, 0, &mut k, &mut v);
+        self.b.copy_kv(&src_k, &mut k, 3..9);
+        self.b.copy_kv(&src_v, &mut v, 3..9);
+        self.b.copy_kv(&k, &mut k2, 0..len);
+        self.b.copy_kv(&v, &mut v2, 0..len);
+        let q = self.act(1, kv_dim, &vec![0.0; kv_dim]);
+        for p in [2, 3, 8, 9] {
+            let mut out = self.nan(1, kv_dim);
+            self.b.attention(&q, &k2, &v2, 0, 1, p, shape, &mut out);
+            let got = self.read(&out, 1);
+            let want: Vec<f64> = (0..kv_dim)
+                .map(|i| {
+                    let copied = (3..9.min(p + 1)).map(|r| vs[r * kv_dim + i] as f64);
+                    copied.sum::<f64>() / (p + 1) as f64
+                })
+                .collect();
+            self.check(
+                &format!("copy_kv then attention at {p}"),
+                &got,
+                &want,
+                |_| 1e-5,
+            );
         }
     }
 

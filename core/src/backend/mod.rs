@@ -87,6 +87,9 @@ pub trait Backend: Sized + Send + Sync + 'static {
         k_cache: &mut Self::Kv,
         v_cache: &mut Self::Kv,
     );
+    /// cache[p] = src[p] for p in `positions`: a prefix one sequence computed, taken by
+    /// another whose prompt starts the same way (the batch scheduler).
+    fn copy_kv(&self, src: &Self::Kv, cache: &mut Self::Kv, positions: std::ops::Range<usize>);
     /// Causal attention of the n queries q[first + t] at positions pos + t over cache rows
     /// 0..=pos+t, into out[first + t]. Rows outside first..first+n are left as they are.
     #[allow(clippy::too_many_arguments)]

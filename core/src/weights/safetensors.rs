@@ -9,7 +9,6 @@ use safetensors::SafeTensors;
 #[cfg(not(target_arch = "wasm32"))]
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-#[cfg(not(target_arch = "wasm32"))]
 
 /// A tensor as stored in a safetensors file.
 #[derive(Clone, Debug)]

@@ -222,6 +222,12 @@ impl Backend for Cpu {
         vc.data[pos * d..(pos + n) * d].copy_from_slice(&v.data[first * d..(first + n) * d]);
     }
 
+    fn copy_kv(&self, src: &CpuKv, cache: &mut CpuKv, positions: std::ops::Range<usize>) {
+        let d = cache.kv_dim;
+        let range = positions.start * d..positions.end * d;
+        cache.data[range.clone()].copy_from_slice(&src.data[range]);
+    }
+
     fn attention(
         &self,
         q: &CpuAct,

@@ -365,6 +365,16 @@ mod tests {
             self.push(|rec| Op::store_kv(rec, k, v, first, n, pos, kc, vc));
         }
 
+        fn copy_kv(&self, src: &CudaKv, cache: &mut CudaKv, positions: std::ops::Range<usize>) {
+            let row = cache.kv_dim * 4;
+            self.push(|_| Op::Copy {
+                src: src.buf.clone(),
+                dst: cache.buf.clone(),
+                offset: positions.start * row,
+                bytes: positions.len() * row,
+            });
+        }
+
         fn attention(
             &self,
             q: &CudaAct,
@@ -458,6 +468,7 @@ mod tests {
         ops.iter()
             .map(|o| match o {
                 Op::Write { .. } => "write".into(),
+                Op::Copy { .. } => "copy".into(),
                 Op::Embed { .. } => "embed".into(),
                 Op::Norm { add, .. } => if add.is_some() { "add+norm" } else { "norm" }.into(),
                 Op::Matmul { .. } => "matmul".into(),

@@ -122,6 +122,18 @@ impl LowerCx<'_> {
                     bytes: *bytes,
                 });
             }
+            Op::Copy {
+                src,
+                dst,
+                offset,
+                bytes,
+            } => {
+                out.push(Launch::Copy {
+                    dst: dst.ptr + *offset as u64,
+                    src: src.ptr + *offset as u64,
+                    bytes: *bytes,
+                });
+            }
             Op::Embed {
                 m,
                 ids,

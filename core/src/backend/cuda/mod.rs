@@ -439,6 +439,16 @@ impl Backend for Cuda {
         self.record_with(|rec| Op::store_kv(rec, k, v, first, n, pos, kc, vc));
     }
 
+    fn copy_kv(&self, src: &CudaKv, cache: &mut CudaKv, positions: std::ops::Range<usize>) {
+        let row = cache.kv_dim * 4;
+        self.record(Op::Copy {
+            src: src.buf.clone(),
+            dst: cache.buf.clone(),
+            offset: positions.start * row,
+            bytes: positions.len() * row,
+        });
+    }
+
     fn attention(
         &self,
         q: &CudaAct,

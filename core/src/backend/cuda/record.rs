@@ -270,6 +270,13 @@ pub(super) enum Op {
         arena: usize,
         bytes: usize,
     },
+    /// `bytes` of `src` from `offset` to the same place in `dst` (on the device).
+    Copy {
+        src: BufRef,
+        dst: BufRef,
+        offset: usize,
+        bytes: usize,
+    },
     Embed {
         m: CudaMatrix,
         ids: usize,

@@ -50,6 +50,7 @@ enum Cmd {
     },
     Copy {
         src: wgpu::Buffer,
+        src_offset: u64,
         dst: wgpu::Buffer,
         dst_offset: u64,
         size: u64,
@@ -270,12 +271,13 @@ impl Wgpu {
             if let Some(Cmd::Copy { .. }) = cmds.peek() {
                 if let Some(Cmd::Copy {
                     src,
+                    src_offset,
                     dst,
                     dst_offset,
                     size,
                 }) = cmds.next()
                 {
-                    enc.copy_buffer_to_buffer(&src, 0, &dst, dst_offset, size);
+                    enc.copy_buffer_to_buffer(&src, src_offset, &dst, dst_offset, size);
                 }
                 continue;
             }
@@ -395,6 +397,7 @@ impl Wgpu {
         src.unmap();
         self.rec.lock().unwrap().cmds.push(Cmd::Copy {
             src,
+            src_offset: 0,
             dst: dst.clone(),
             dst_offset: offset,
             size,
@@ -737,6 +740,18 @@ impl Backend for Wgpu {
             vec![whole(&x.buf), whole(&table.buf)],
             groups,
         );
+    }
+
+    fn copy_kv(&self, src: &WgpuKv, cache: &mut WgpuKv, positions: std::ops::Range<usize>) {
+        let row = (cache.kv_dim * 4) as u64;
+        let offset = positions.start as u64 * row;
+        self.rec.lock().unwrap().cmds.push(Cmd::Copy {
+            src: src.buf.clone(),
+            src_offset: offset,
+            dst: cache.buf.clone(),
+            dst_offset: offset,
+            size: positions.len() as u64 * row,
+        });
     }
 
     fn store_kv(

@@ -47,6 +47,13 @@ def prompts(n: int, seed: int) -> list[str]:
     return out
 
 
+def system_prompt(a: argparse.Namespace) -> str:
+    """The same for every request and server: fixed instructions of --system-words words."""
+    rng = random.Random(12345)
+    words = [rng.choice(TOPICS) for _ in range(a.system_words)]
+    return ("你是一个乐于助人的助手。请参考：" + " ".join(words)) if words else ""
+
+
 def percentile(xs: list[float], p: float) -> float:
     if not xs:
         return float("nan")
@@ -64,17 +71,20 @@ def peak_rss(pid: int) -> float:
     return float("nan")
 
 
-async def one(client: httpx.AsyncClient, url: str, prompt: str, i: int, max_tokens: int) -> dict:
+async def one(client: httpx.AsyncClient, url: str, system: str, prompt: str, i: int, max_tokens: int) -> dict:
+    messages = [{"role": "system", "content": system}] if system else []
     body = {
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages + [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0.7,
         "seed": i,
         "stream": True,
+        "stream_options": {"include_usage": True},
         "ignore_eos": True,
     }
     t0 = time.monotonic()
     times = []
+    usage = {}
     async with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             return {"error": f"{r.status_code}: {(await r.aread())[:200]!r}"}
@@ -89,21 +99,30 @@ async def one(client: httpx.AsyncClient, url: str, prompt: str, i: int, max_toke
                 if not line.startswith(b"data: ") or line == b"data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
+                usage = chunk.get("usage") or usage
                 for c in chunk.get("choices", []):
                     if c.get("delta", {}).get("content"):
                         times.append(time.monotonic())
     if not times:
         return {"error": "no tokens"}
     gaps = [b - a for a, b in zip(times, times[1:])]
-    return {"ttft": times[0] - t0, "gaps": gaps, "pieces": len(times), "end": times[-1]}
+    details = usage.get("prompt_tokens_details") or {}
+    return {
+        "ttft": times[0] - t0,
+        "gaps": gaps,
+        "pieces": len(times),
+        "end": times[-1],
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "cached_tokens": details.get("cached_tokens", 0),
+    }
 
 
-async def drive(base: str, n: int, max_tokens: int, timeout: float, seed: int) -> dict:
+async def drive(base: str, n: int, max_tokens: int, timeout: float, seed: int, system: str) -> dict:
     url = base + "/v1/chat/completions"
     limits = httpx.Limits(max_connections=n + 4)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         t0 = time.monotonic()
-        tasks = [one(client, url, p, i, max_tokens) for i, p in enumerate(prompts(n, seed))]
+        tasks = [one(client, url, system, p, i, max_tokens) for i, p in enumerate(prompts(n, seed))]
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout)
         wall = time.monotonic() - t0
     ok = [r for r in results if isinstance(r, dict) and "error" not in r]
@@ -122,6 +141,8 @@ async def drive(base: str, n: int, max_tokens: int, timeout: float, seed: int) -
         "ttft_p99": percentile(ttft, 99),
         "itl_p50_ms": 1000 * percentile(gaps, 50),
         "itl_p99_ms": 1000 * percentile(gaps, 99),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in ok),
+        "cached_tokens": sum(r["cached_tokens"] for r in ok),
     }
 
 
@@ -145,8 +166,9 @@ def run_server(name: str, cmd: list[str], port: int, a: argparse.Namespace) -> d
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ready(base, proc, 300)
-        asyncio.run(drive(base, min(4, a.streams), 8, a.timeout, a.seed + 1))  # warm-up
-        r = asyncio.run(drive(base, a.streams, a.max_tokens, a.timeout, a.seed))
+        # warm-up, without the system prompt (which would leave it cached)
+        asyncio.run(drive(base, min(4, a.streams), 8, a.timeout, a.seed + 1, ""))
+        r = asyncio.run(drive(base, a.streams, a.max_tokens, a.timeout, a.seed, system_prompt(a)))
         r["peak_rss_gib"] = peak_rss(proc.pid)
         return r
     finally:
@@ -166,6 +188,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--system-words",
+        type=int,
+        default=0,
+        help="every request starts with the same system prompt of this many words (an app's fixed instructions)",
+    )
     a = p.parse_args()
     rows = {}
     port = free_port()
@@ -179,13 +207,17 @@ def main() -> None:
         port = free_port()
         cmd = [a.llama_server, "-m", a.model, "--port", str(port), "-np", str(a.parallel), "-cb", "-c", str(a.ctx * a.parallel), "-t", str(a.threads)]
         rows["llama-server"] = run_server("llama-server", cmd, port, a)
-    print(f"{a.streams} concurrent streamed chats, {a.max_tokens} tokens each (ignore_eos), --parallel {a.parallel}, {a.threads} threads")
-    print("| server | ok | failed | aggregate tok/s | TTFT p50 s | TTFT p99 s | ITL p50 ms | ITL p99 ms | wall s | peak RSS GiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        f"{a.streams} concurrent streamed chats, {a.max_tokens} tokens each (ignore_eos), --parallel {a.parallel}, "
+        f"{a.threads} threads, a shared system prompt of {a.system_words} words"
+    )
+    print("| server | ok | failed | aggregate tok/s | TTFT p50 s | TTFT p99 s | ITL p50 ms | ITL p99 ms | wall s | peak RSS GiB | cached / prompt tokens |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in rows.items():
         print(
             f"| {name} | {r['ok']} | {r['failed']} | {r['aggregate_tok_s']:.1f} | {r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} "
-            f"| {r['itl_p50_ms']:.0f} | {r['itl_p99_ms']:.0f} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} |"
+            f"| {r['itl_p50_ms']:.0f} | {r['itl_p99_ms']:.0f} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} "
+            f"| {r['cached_tokens']} / {r['prompt_tokens']} |"
         )
         if r["errors"]:
             print(f"  {name} errors: {r['errors']}", file=sys.stderr)

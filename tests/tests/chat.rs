@@ -815,7 +815,11 @@ fn long_sessions_drop_their_oldest_turns() {
         };
         // lavapipe runs a turn about 50x slower than the CPU: fewer turns there, still many
         // past the first drop (a context of 96 fills within two turns)
-        let turns = if backend == BackendChoice::Cpu { 200 } else { 24 };
+        let turns = if backend == BackendChoice::Cpu {
+            200
+        } else {
+            24
+        };
         let mut session = llama.session(Some("You are a helpful assistant.".into()));
         let mut dropped = 0;
         for i in 0..turns {

@@ -39,7 +39,7 @@ pub struct CpuMatrix {
     rows: usize,
     cols: usize,
     bytes: Blob,
-    /// Q4_0 rows packed eight at a time (q8/q4_0x8.rs) rather than the file's layout.
+    /// Rows packed eight at a time (Q4_0, Q4_K: q8/packed.rs) rather than the file's layout.
     packed: bool,
     /// Column permutation (GPTQ act order): the product gathers `x[perm]` first.
     perm: Option<Arc<Vec<u32>>>,
@@ -75,8 +75,8 @@ impl Backend for Cpu {
 
     fn upload_matrix(&self, _name: &str, w: &WeightData) -> Result<CpuMatrix> {
         #[cfg(target_arch = "x86_64")]
-        if w.format == WeightFormat::Q4_0 && q8::q4_0x8::supported() {
-            let packed = q8::q4_0x8::pack(&w.bytes, w.rows, w.cols);
+        if q8::packs(w.format) && w.perm.is_none() {
+            let packed = q8::pack(w.format, &w.bytes, w.rows, w.cols);
             w.bytes.release_pages();
             return Ok(CpuMatrix {
                 format: w.format,
@@ -126,7 +126,7 @@ impl Backend for Cpu {
             if table.packed {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    let row = q8::q4_0x8::unpack_row(&table.bytes, table.cols, id as usize);
+                    let row = q8::unpack_row(table.format, &table.bytes, table.cols, id as usize);
                     table.format.dequantize(&row, out);
                 }
             } else {
@@ -168,7 +168,7 @@ impl Backend for Cpu {
         let dst = &mut out.data[..n * w.rows];
         match w.format {
             #[cfg(target_arch = "x86_64")]
-            _ if w.packed => q8::q4_0x8::matmul((n, k, w.rows), xs, &w.bytes, dst),
+            f if w.packed => q8::matmul_packed((n, k, w.rows), f, xs, &w.bytes, dst),
             f @ (WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16) => {
                 dense::matmul(f, (n, k, w.rows), xs, &w.bytes, dst)
             }

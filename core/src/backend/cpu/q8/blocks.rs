@@ -47,28 +47,3 @@ pub fn f16_at(p: *const u8) -> f32 {
     // SAFETY: callers pass the address of an in-bounds f16.
     f16::from_bits(u16::from_le_bytes(unsafe { [*p, *p.add(1)] })).to_f32()
 }
-
-/// The scale d · sc_j and min dmin · m_j of each sub-block j of the Q4_K super-block at
-/// `p` (its 6-bit scales and mins packed in 12 bytes, as ggml's `get_scale_min_k4`).
-///
-/// # Safety
-/// `p` points at a whole super-block (144 bytes).
-#[inline(always)]
-pub unsafe fn q4k_scales(p: *const u8) -> ([f32; 8], [f32; 8]) {
-    let (d, dmin) = (f16_at(p), f16_at(unsafe { p.add(2) }));
-    let sc = unsafe { std::slice::from_raw_parts(p.add(4), 12) };
-    let (mut scale, mut min) = ([0f32; 8], [0f32; 8]);
-    for j in 0..8 {
-        let (s, m) = if j < 4 {
-            (sc[j] & 63, sc[j + 4] & 63)
-        } else {
-            (
-                (sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4),
-                (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
-            )
-        };
-        scale[j] = d * s as f32;
-        min[j] = dmin * m as f32;
-    }
-    (scale, min)
-}

@@ -1,4 +1,4 @@
-//! Prompts through Q8_0 and Q4_K weights with the rows in the lanes: the product of
+//! Prompts through Q8_0 weights with the rows in the lanes: the product of
 //! row.rs (same int8 activations, same math, see mod.rs) for 16 rows at a time on
 //! AVX-512 VNNI and 8 on AVX2 (with AVX-VNNI where present).
 //!
@@ -15,14 +15,14 @@
 //! 2 · 128 · 127. AVX-512 has no sign trick: q + 128 goes in unsigned, and 128 · scale
 //! becomes the min.
 //!
-//! Q4_0 is instead transposed once at load time (q4_0x8.rs), which let decode catch up
-//! with llama.cpp; Q8_0 and Q4_K are still transposed here, on the mapped file. Moving
-//! them to packed copies is the same change, not made yet.
+//! Q4_0 and Q4_K are instead transposed once at load time (packed.rs), which let decode
+//! catch up with llama.cpp; Q8_0 is still transposed here, on the mapped file. Packing it
+//! too is the same change, not made yet.
 
 // the loops index lanes, rows and vectors of several arrays at once
 #![allow(clippy::needless_range_loop)]
 
-use super::blocks::{QK, QuantizedActs, q4k_scales};
+use super::blocks::{QK, QuantizedActs};
 use crate::backend::cpu::simd::Isa;
 use crate::weights::WeightFormat;
 use std::arch::x86_64::*;
@@ -49,9 +49,6 @@ trait Lanes {
     unsafe fn transpose(at: *const u8, stride: usize) -> [Self::I; 4];
     /// The first ROWS values, as f32.
     unsafe fn from_f16(bits: &[u16; 16]) -> Self::F;
-    unsafe fn load_f(v: &[f32; 16]) -> Self::F;
-    /// The low (`high = false`) or high nibble of each byte.
-    unsafe fn nibbles(v: Self::I, high: bool) -> Self::I;
     /// Each byte + 128 (as u8).
     unsafe fn flip(v: Self::I) -> Self::I;
     /// The four bytes at `p` in every lane.
@@ -122,17 +119,6 @@ impl Lanes for X16 {
     #[inline(always)]
     unsafe fn from_f16(bits: &[u16; 16]) -> __m512 {
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(bits.as_ptr() as *const __m256i)) }
-    }
-    #[inline(always)]
-    unsafe fn load_f(v: &[f32; 16]) -> __m512 {
-        unsafe { _mm512_loadu_ps(v.as_ptr()) }
-    }
-    #[inline(always)]
-    unsafe fn nibbles(v: __m512i, high: bool) -> __m512i {
-        unsafe {
-            let v = if high { _mm512_srli_epi16::<4>(v) } else { v };
-            _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
-        }
     }
     #[inline(always)]
     unsafe fn flip(v: __m512i) -> __m512i {
@@ -237,17 +223,6 @@ impl<const VNNI: bool> Lanes for X8<VNNI> {
     #[inline(always)]
     unsafe fn from_f16(bits: &[u16; 16]) -> __m256 {
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i)) }
-    }
-    #[inline(always)]
-    unsafe fn load_f(v: &[f32; 16]) -> __m256 {
-        unsafe { _mm256_loadu_ps(v.as_ptr()) }
-    }
-    #[inline(always)]
-    unsafe fn nibbles(v: __m256i, high: bool) -> __m256i {
-        unsafe {
-            let v = if high { _mm256_srli_epi16::<4>(v) } else { v };
-            _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
-        }
     }
     #[inline(always)]
     unsafe fn flip(v: __m256i) -> __m256i {
@@ -372,58 +347,9 @@ impl<L: Lanes> Format<L> for Q8_0 {
     }
 }
 
-struct Q4K;
-/// The scales and mins of one super-block's eight sub-blocks, lanes in SIGMA order.
-#[derive(Default)]
-struct Q4KScales {
-    scale: [[f32; 16]; 8],
-    min: [[f32; 16]; 8],
-}
-impl<L: Lanes> Format<L> for Q4K {
-    type Scratch = Q4KScales;
-    #[inline(always)]
-    unsafe fn load(
-        rows: *const u8,
-        row_bytes: usize,
-        b: usize,
-        out: &mut Block<L>,
-        s: &mut Q4KScales,
-    ) {
-        unsafe {
-            // ggml's block_q4_K: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of nibbles
-            let superblock = rows.add(b / 8 * 144);
-            if b.is_multiple_of(8) {
-                for l in 0..L::ROWS {
-                    let (scale, min) = q4k_scales(superblock.add(L::SIGMA[l] * row_bytes));
-                    for j in 0..8 {
-                        (s.scale[j][l], s.min[j][l]) = (scale[j], min[j]);
-                    }
-                }
-            }
-            // sub-block j: the low (even j) or high nibbles of bytes 32·(j/2) .. + 32
-            let j = b % 8;
-            let bytes = superblock.add(16 + 32 * (j / 2));
-            let (lo, hi) = (
-                L::transpose(bytes, row_bytes),
-                L::transpose(bytes.add(16), row_bytes),
-            );
-            for c in 0..4 {
-                // two constant-`high` arms, so that each inlines without a select
-                (out.chunks[c], out.chunks[4 + c]) = if j % 2 == 1 {
-                    (L::nibbles(lo[c], true), L::nibbles(hi[c], true))
-                } else {
-                    (L::nibbles(lo[c], false), L::nibbles(hi[c], false))
-                };
-            }
-            out.scale = L::load_f(&s.scale[j]);
-            out.min = L::load_f(&s.min[j]);
-        }
-    }
-}
-
 /// Whether [`matmul_group`] takes `format`.
 pub fn supports(format: WeightFormat) -> bool {
-    matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4K)
+    matches!(format, WeightFormat::Q8_0)
 }
 
 /// Rows per group on `isa`.
@@ -463,7 +389,6 @@ pub unsafe fn matmul_group(
     tokens: std::ops::Range<usize>,
     dst: *mut f32,
 ) {
-    use WeightFormat as W;
     assert!(w.len() >= (r0 + rows(isa)) * row_bytes && r0 + rows(isa) <= n);
     macro_rules! run {
         ($kernel:ident, $tile:expr) => {{
@@ -483,12 +408,9 @@ pub unsafe fn matmul_group(
                     let out = dst.add(t * n + r0);
                     let a = (rows, row_bytes, x, k, t, left.min(tile), out, n);
                     match (format, tile) {
-                        (W::Q8_0, 16) => $kernel::<Q8_0, 16>(a),
-                        (W::Q8_0, 8) => $kernel::<Q8_0, 8>(a),
-                        (W::Q8_0, _) => $kernel::<Q8_0, 4>(a),
-                        (_, 16) => $kernel::<Q4K, 16>(a),
-                        (_, 8) => $kernel::<Q4K, 8>(a),
-                        (_, _) => $kernel::<Q4K, 4>(a),
+                        (_, 16) => $kernel::<Q8_0, 16>(a),
+                        (_, 8) => $kernel::<Q8_0, 8>(a),
+                        (_, _) => $kernel::<Q8_0, 4>(a),
                     }
                     t += tile;
                 }

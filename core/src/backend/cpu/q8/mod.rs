@@ -29,7 +29,8 @@
 
 // x86-64 only (backend/mod.rs): elsewhere the CPU backend uses candle's kernels.
 //!
-//! Files: blocks.rs (the int8 inputs, shared), q4_0x8.rs (Q4_0, packed), row.rs (one
+//! Files: blocks.rs (the int8 inputs, shared), packed.rs (formats repacked eight rows at a
+//! time at load: the driver) with q4_0x8.rs (Q4_0), row.rs (one
 //! weight row at a time: decode, Q6_K, leftovers), group.rs (rows in the SIMD lanes:
 //! prompts). This file picks between the last two and splits the rows over the threads.
 
@@ -37,7 +38,9 @@
 
 mod blocks;
 mod group;
-pub mod q4_0x8;
+mod packed;
+mod q4_0x8;
+mod q4_kx8;
 mod row;
 
 use super::parallel::{L2_BUDGET, SharedOut};
@@ -46,12 +49,45 @@ use crate::weights::WeightFormat;
 pub use blocks::{QuantizedActs, quantize_acts};
 use candle_core::utils::barrier_pool;
 
+/// Whether `format` is packed eight rows at a time at load (packed.rs) on this CPU: then
+/// [`pack`] makes the copy, [`matmul_packed`] multiplies by it.
+pub fn packs(format: WeightFormat) -> bool {
+    matches!(format, WeightFormat::Q4_0 | WeightFormat::Q4K) && packed::supported()
+}
+
+/// The packed copy of n rows of k weights `w` in `format` (one that [`packs`]).
+pub fn pack(format: WeightFormat, w: &[u8], n: usize, k: usize) -> Vec<u8> {
+    match format {
+        WeightFormat::Q4_0 => packed::pack::<q4_0x8::Q4_0x8>(w, n, k),
+        _ => packed::pack::<q4_kx8::Q4Kx8>(w, n, k),
+    }
+}
+
+/// Row r of a matrix [`pack`] made, in the file's layout.
+pub fn unpack_row(format: WeightFormat, w: &[u8], k: usize, r: usize) -> Vec<u8> {
+    match format {
+        WeightFormat::Q4_0 => packed::unpack_row::<q4_0x8::Q4_0x8>(w, k, r),
+        _ => packed::unpack_row::<q4_kx8::Q4Kx8>(w, k, r),
+    }
+}
+
+/// [`matmul`] for a matrix [`pack`] made.
+pub fn matmul_packed(
+    mkn: (usize, usize, usize),
+    format: WeightFormat,
+    x: &[f32],
+    w: &[u8],
+    dst: &mut [f32],
+) {
+    match format {
+        WeightFormat::Q4_0 => packed::matmul::<q4_0x8::Q4_0x8>(mkn, x, w, dst),
+        _ => packed::matmul::<q4_kx8::Q4Kx8>(mkn, x, w, dst),
+    }
+}
+
 /// Whether [`matmul`] can run `format`, in the file's layout, on this CPU.
 pub fn supports(format: WeightFormat) -> bool {
-    matches!(
-        format,
-        WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Q6K
-    ) && Isa::Avx2.present()
+    matches!(format, WeightFormat::Q8_0 | WeightFormat::Q6K) && Isa::Avx2.present()
 }
 
 /// `dst[m, n] = x[m, k] · W[n, k]ᵀ` for W in `format` (which [`supports`]), threads
@@ -155,7 +191,7 @@ mod tests {
     /// with the tail blocks of a row whose length is not a multiple of eight blocks.
     #[test]
     fn a_token_gets_the_same_bits_alone_and_in_any_batch() {
-        for format in [WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K] {
+        for format in [WeightFormat::Q8_0, WeightFormat::Q6K] {
             if !supports(format) {
                 eprintln!("skipped: no AVX2 here");
                 return;
@@ -201,7 +237,7 @@ mod tests {
     /// activation quantization too, is in tests/tests/quant.rs.)
     #[test]
     fn matches_the_integer_dot_product_on_odd_shapes() {
-        for format in [WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K] {
+        for format in [WeightFormat::Q8_0, WeightFormat::Q6K] {
             if !supports(format) {
                 eprintln!("skipped: no AVX2 here");
                 return;

@@ -1,7 +1,7 @@
 //! One weight row at a time against a tile of tokens (decode, Q6_K, and the rows and
 //! tokens the row-group kernel of group.rs leaves over). The math is in mod.rs's doc.
 
-use super::blocks::{QK, QuantizedActs, f16_at, q4k_scales};
+use super::blocks::{QK, QuantizedActs, f16_at};
 use crate::backend::cpu::simd::{Isa, hsum};
 use crate::weights::WeightFormat;
 use std::arch::x86_64::*;
@@ -34,10 +34,6 @@ pub unsafe fn products(
             (WeightFormat::Q8_0, 4) => row::<Q8_0, 4>(isa, wr, x, k, t0, out),
             (WeightFormat::Q8_0, 2) => row::<Q8_0, 2>(isa, wr, x, k, t0, out),
             (WeightFormat::Q8_0, _) => row::<Q8_0, 1>(isa, wr, x, k, t0, out),
-            (WeightFormat::Q4K, TILE) => row::<Q4K, TILE>(isa, wr, x, k, t0, out),
-            (WeightFormat::Q4K, 4) => row::<Q4K, 4>(isa, wr, x, k, t0, out),
-            (WeightFormat::Q4K, 2) => row::<Q4K, 2>(isa, wr, x, k, t0, out),
-            (WeightFormat::Q4K, _) => row::<Q4K, 1>(isa, wr, x, k, t0, out),
             (_, TILE) => row::<Q6K, TILE>(isa, wr, x, k, t0, out),
             (_, 4) => row::<Q6K, 4>(isa, wr, x, k, t0, out),
             (_, 2) => row::<Q6K, 2>(isa, wr, x, k, t0, out),
@@ -148,24 +144,6 @@ impl Format for Q8_0 {
                 let p = p.add(i * 34);
                 b.q[i] = _mm256_loadu_si256(p.add(2) as *const __m256i);
                 b.scale[i] = f16_at(p);
-            }
-        }
-    }
-}
-
-/// ggml's block_q4_K: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of nibbles.
-struct Q4K;
-impl Format for Q4K {
-    const BYTES: usize = 144;
-    const HAS_MIN: bool = true;
-    const UNSIGNED: bool = true;
-    #[inline(always)]
-    unsafe fn load(p: *const u8, _count: usize, b: &mut Blocks) {
-        // SAFETY: the super-block's 144 bytes lie inside the row.
-        unsafe {
-            (b.scale, b.min) = q4k_scales(p);
-            for j in 0..8 {
-                b.q[j] = nibbles32(p.add(16 + 32 * (j / 2)), j % 2 == 1);
             }
         }
     }

@@ -88,6 +88,9 @@ pub fn pack<P: Packed>(w: &[u8], n: usize, k: usize) -> Vec<u8> {
     let nb = k / P::QK;
     assert!(k % P::QK == 0 && w.len() >= n * nb * P::FILE);
     let mut out = vec![0u8; packed_len::<P>(n, k)];
+    if out.is_empty() {
+        return out; // no rows or no columns
+    }
     let groups = n.div_ceil(ROWS);
     let threads = candle_core::utils::get_num_threads().clamp(1, groups.max(1));
     let per_thread = groups.div_ceil(threads).max(1) * nb * P::BYTES;
@@ -317,6 +320,7 @@ pub mod tests {
         let w = random(format, n, k, 7);
         let packed = pack::<P>(&w, n, k);
         let row = k / P::QK * P::FILE;
+        assert!(pack::<P>(&[], 0, k).is_empty() && pack::<P>(&[], n, 0).is_empty());
         for r in 0..n {
             assert_eq!(
                 unpack_row::<P>(&packed, k, r),

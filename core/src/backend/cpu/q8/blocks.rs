@@ -47,3 +47,29 @@ pub fn f16_at(p: *const u8) -> f32 {
     // SAFETY: callers pass the address of an in-bounds f16.
     f16::from_bits(u16::from_le_bytes(unsafe { [*p, *p.add(1)] })).to_f32()
 }
+
+/// Test support: `got[t * n + r]` against an f64 loop over the same int8 inputs and the
+/// dequantized weights `wd` (n rows of k): the products' only error is f32 accumulation.
+#[cfg(test)]
+pub fn assert_near_f64(
+    x: &QuantizedActs,
+    wd: &[f32],
+    (m, k, n): (usize, usize, usize),
+    got: &[f32],
+    what: &str,
+) {
+    for t in 0..m {
+        for r in 0..n {
+            let want: f64 = (0..k)
+                .map(|i| {
+                    wd[r * k + i] as f64 * x.d[(t * k + i) / QK] as f64 * x.qs[t * k + i] as f64
+                })
+                .sum();
+            let g = got[t * n + r] as f64;
+            assert!(
+                (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{what} {m}x{k}x{n} [{t},{r}]: {g} vs {want}"
+            );
+        }
+    }
+}

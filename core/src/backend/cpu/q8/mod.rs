@@ -183,7 +183,6 @@ pub unsafe fn matmul_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::blocks::QK;
     use super::*;
 
     /// Batch invariance: a token's product has the same bits whether it runs alone (the
@@ -281,22 +280,13 @@ mod tests {
                 for isa in Isa::ALL.into_iter().filter(|isa| isa.present()) {
                     let mut dst = vec![0f32; m * n];
                     unsafe { matmul_rows(isa, format, (m, k, n), &xq, &w, 0..n, dst.as_mut_ptr()) };
-                    for t in 0..m {
-                        for r in 0..n {
-                            let want: f64 = (0..k)
-                                .map(|i| {
-                                    wd[r * k + i] as f64
-                                        * xq.d[(t * k + i) / QK] as f64
-                                        * xq.qs[t * k + i] as f64
-                                })
-                                .sum();
-                            let got = dst[t * n + r] as f64;
-                            assert!(
-                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "{format:?} {m}x{k}x{n} {isa:?} [{t},{r}]: {got} vs {want}"
-                            );
-                        }
-                    }
+                    super::blocks::assert_near_f64(
+                        &xq,
+                        &wd,
+                        (m, k, n),
+                        &dst,
+                        &format!("{format:?} {isa:?}"),
+                    );
                 }
             }
         }

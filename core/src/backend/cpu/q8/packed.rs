@@ -408,22 +408,13 @@ pub mod tests {
                 unsafe {
                     matmul_groups::<P>(isa, (m, k, n), &xq, &packed, groups, dst.as_mut_ptr())
                 };
-                for t in 0..m {
-                    for r in 0..n {
-                        let want: f64 = (0..k)
-                            .map(|i| {
-                                wd[r * k + i] as f64
-                                    * xq.d[(t * k + i) / 32] as f64
-                                    * xq.qs[t * k + i] as f64
-                            })
-                            .sum();
-                        let got = dst[t * n + r] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{format:?} {m}x{k}x{n} {isa:?} [{t},{r}]: {got} vs {want}"
-                        );
-                    }
-                }
+                super::super::blocks::assert_near_f64(
+                    &xq,
+                    &wd,
+                    (m, k, n),
+                    &dst,
+                    &format!("{format:?} {isa:?}"),
+                );
             }
         }
     }

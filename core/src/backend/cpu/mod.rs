@@ -39,7 +39,7 @@ pub struct CpuMatrix {
     rows: usize,
     cols: usize,
     bytes: Blob,
-    /// Rows packed eight at a time (Q4_0, Q4_K: q8/packed.rs) rather than the file's layout.
+    /// Rows packed eight at a time (Q4_0, Q8_0, Q4_K, Q6_K: q8/packed.rs) rather than the file's layout.
     packed: bool,
     /// Column permutation (GPTQ act order): the product gathers `x[perm]` first.
     perm: Option<Arc<Vec<u32>>>,
@@ -75,7 +75,7 @@ impl Backend for Cpu {
 
     fn upload_matrix(&self, _name: &str, w: &WeightData) -> Result<CpuMatrix> {
         #[cfg(target_arch = "x86_64")]
-        if q8::packs(w.format) && w.perm.is_none() {
+        if q8::packs(w.format) {
             let packed = q8::pack(w.format, &w.bytes, w.rows, w.cols);
             w.bytes.release_pages();
             return Ok(CpuMatrix {
@@ -84,7 +84,7 @@ impl Backend for Cpu {
                 cols: w.cols,
                 bytes: Blob::from_vec(packed),
                 packed: true,
-                perm: None,
+                perm: w.perm.clone(),
             });
         }
         // Mapped bytes are used in place; only a misaligned tensor is copied.
@@ -168,13 +168,11 @@ impl Backend for Cpu {
         let dst = &mut out.data[..n * w.rows];
         match w.format {
             #[cfg(target_arch = "x86_64")]
-            f if w.packed => q8::matmul_packed((n, k, w.rows), f, xs, &w.bytes, dst),
+            f if w.packed => q8::matmul((n, k, w.rows), f, xs, &w.bytes, dst),
             f @ (WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16) => {
                 dense::matmul(f, (n, k, w.rows), xs, &w.bytes, dst)
             }
             WeightFormat::Gptq4 => gptq::matmul((n, k, w.rows), xs, &w.bytes, dst),
-            #[cfg(target_arch = "x86_64")]
-            f if q8::supports(f) => q8::matmul((n, k, w.rows), f, xs, &w.bytes, dst),
             f => ggml::matmul(f, (n, k, w.rows), xs, &w.bytes, dst),
         }
     }

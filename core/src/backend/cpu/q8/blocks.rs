@@ -1,19 +1,19 @@
-//! What the int8 kernels of this folder share: the activations quantized to int8 blocks,
-//! and the decoding of Q4_K's packed scales. A leaf.
-
-use half::f16;
+//! What the int8 kernels of this folder share: the activations quantized to int8 blocks
+//! (and, for tests, the f64 reference). A leaf.
 
 /// Weights (and inputs) per block.
 pub const QK: usize = 32;
 
 /// Activations quantized to int8 blocks of 32, token-major: `qs[t*k + i]`, and per block
 /// `d[t*k/32 + b]`, `sum[..] = d · Σ qs` (for the min term of Q4_K) and `qsum[..] = Σ qs`
-/// (for Q4_0's, in integers).
+/// (for Q4_0's, in integers); `qsum16[t*k/16 + h]`, Σ qs over each half block (for Q6_K's
+/// offset, whose scales are per 16).
 pub struct QuantizedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub sum: Vec<f32>,
     pub qsum: Vec<i32>,
+    pub qsum16: Vec<i32>,
 }
 
 /// Quantize each 32-value block of `x` (m rows of k) to int8 with scale `max|x| / 127`,
@@ -24,12 +24,14 @@ pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
     let mut d = vec![0f32; x.len() / QK];
     let mut sum = vec![0f32; x.len() / QK];
     let mut qsum = vec![0i32; x.len() / QK];
-    for ((((blk, q), d), sum), qsum) in x
+    let mut qsum16 = vec![0i32; x.len() / 16];
+    for (((((blk, q), d), sum), qsum), halves) in x
         .chunks_exact(QK)
         .zip(qs.chunks_exact_mut(QK))
         .zip(&mut d)
         .zip(&mut sum)
         .zip(&mut qsum)
+        .zip(qsum16.chunks_exact_mut(2))
     {
         let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
         *d = amax / 127.0;
@@ -37,15 +39,19 @@ pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
         for (q, v) in q.iter_mut().zip(blk) {
             *q = (v * id).round() as i8;
         }
-        *qsum = q.iter().map(|&q| q as i32).sum::<i32>();
+        for (half, q) in halves.iter_mut().zip(q.chunks_exact(QK / 2)) {
+            *half = q.iter().map(|&q| q as i32).sum::<i32>();
+        }
+        *qsum = halves[0] + halves[1];
         *sum = *d * *qsum as f32;
     }
-    QuantizedActs { qs, d, sum, qsum }
-}
-
-pub fn f16_at(p: *const u8) -> f32 {
-    // SAFETY: callers pass the address of an in-bounds f16.
-    f16::from_bits(u16::from_le_bytes(unsafe { [*p, *p.add(1)] })).to_f32()
+    QuantizedActs {
+        qs,
+        d,
+        sum,
+        qsum,
+        qsum16,
+    }
 }
 
 /// Test support: `got[t * n + r]` against an f64 loop over the same int8 inputs and the

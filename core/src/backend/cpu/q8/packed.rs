@@ -1,5 +1,5 @@
 //! Weights repacked at load time eight rows at a time, and the product's driver: the
-//! formats (q4_0x8.rs, q4_kx8.rs) say where a row's block goes and bring their kernels;
+//! formats (q4_0x8.rs, q8_0x8.rs, q4_kx8.rs, q6_kx8.rs) say where a row's block goes and bring their kernels;
 //! this file packs, splits the row groups over the threads and the tokens into tiles.
 //!
 //! In a packed block, row r's four weights of a kind sit in i32 lane r of a 256-bit vector,
@@ -15,7 +15,7 @@
 //! instructions as the products themselves; decode ran at 0.6-0.8x llama.cpp that way. The
 //! copy replaces the mapped pages (cpu/mod.rs lets them go).
 
-use super::blocks::QuantizedActs;
+use super::blocks::{QuantizedActs, quantize_acts};
 use crate::backend::cpu::parallel::{L2_BUDGET, SharedOut};
 use crate::backend::cpu::simd::Isa;
 use candle_core::utils::barrier_pool;
@@ -129,7 +129,7 @@ pub fn matmul<P: Packed>(
     packed: &[u8],
     dst: &mut [f32],
 ) {
-    let xq = super::quantize_acts(x);
+    let xq = quantize_acts(x);
     let isa = Isa::detect().expect("the caller checked AVX2");
     let out = SharedOut::new(dst);
     barrier_pool().execute_chunked(n.div_ceil(ROWS), |groups| {
@@ -267,14 +267,19 @@ pub(super) use dispatch;
 
 /// The kernel modules of a format, from its `tile_kernel!` (one group in 256-bit vectors,
 /// per instruction set; `$dot(acc, w, x)` adds u8 `w` times i8 `x` over groups of four
-/// bytes to the eight i32 of `acc`) and `wide_kernel!` (two groups in 512 bits).
+/// bytes to the eight i32 of `acc`) and `wide_kernel!` (two groups in 512 bits). A format
+/// whose weights reach 255 brings its own AVX2 dot (`maddubs` would saturate).
 macro_rules! kernels {
     () => {
-        // A pair of nibbles times int8 is at most 2 · 15 · 128: `maddubs` never saturates.
-        kernels!(avx2, "avx2,fma,f16c", |acc, w, x| _mm256_add_epi32(
+        // A pair of weights below 64 (four or six bits) times int8 is at most 2 · 63 · 128:
+        // `maddubs` never saturates.
+        kernels!(avx2_dot: |acc, w, x| _mm256_add_epi32(
             acc,
             _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
         ));
+    };
+    (avx2_dot: $avx2_dot:expr) => {
+        kernels!(avx2, "avx2,fma,f16c", $avx2_dot);
         kernels!(vnni, "avx2,fma,f16c,avxvnni", |acc, w, x| {
             _mm256_dpbusd_avx_epi32(acc, w, x)
         });
@@ -340,7 +345,7 @@ pub mod tests {
         let mut rng = crate::testing::Rng(5);
         for m in [2, 3, 4, 5, 8, 9, 16, 17, 40, 800] {
             let x: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
-            let xq = super::super::quantize_acts(&x);
+            let xq = quantize_acts(&x);
             for isa in Isa::ALL.into_iter().filter(|isa| isa.present()) {
                 let groups = 0..n.div_ceil(ROWS);
                 let mut dst = vec![0f32; m * n];
@@ -355,7 +360,7 @@ pub mod tests {
                     )
                 };
                 for t in 0..m {
-                    let alone = super::super::quantize_acts(&x[t * k..(t + 1) * k]);
+                    let alone = quantize_acts(&x[t * k..(t + 1) * k]);
                     let mut one = vec![0f32; n];
                     unsafe {
                         matmul_groups::<P>(
@@ -400,7 +405,7 @@ pub mod tests {
             let w = random(format, n, k, 11);
             let mut wd = vec![0f32; n * k];
             crate::weights::ggml::dequantize(format, &w, &mut wd);
-            let xq = super::super::quantize_acts(&x);
+            let xq = quantize_acts(&x);
             let packed = pack::<P>(&w, n, k);
             for isa in Isa::ALL.into_iter().filter(|isa| isa.present()) {
                 let mut dst = vec![0f32; m * n];

@@ -108,8 +108,9 @@ impl Isa {
     }
 }
 
-/// The sum of the eight lanes, as ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7)): q8/group.rs
-/// repeats this tree for its rows, so that both int8 kernels give the same bits.
+/// The sum of the eight lanes, as ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7)): `hsums`
+/// repeats this tree for many vectors at once, so that the dense kernels' one-token and
+/// many-token tiles give the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub fn hsum(v: __m256) -> f32 {

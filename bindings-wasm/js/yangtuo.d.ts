@@ -24,6 +24,13 @@ export interface LoadOptions {
   template?: string
   nCtx?: number
   /**
+   * Conversations answered at once by one batch (default 1): with 2 or more, concurrent
+   * `chat` / `chatStream` calls share each forward pass (continuous batching, as
+   * `yangtuo serve --parallel`), so two chats in one page cost about one in memory
+   * traffic. Answers are the ones each would get alone.
+   */
+  parallel?: number
+  /**
    * Where downloads are kept so a reload fetches nothing and a broken download resumes:
    * `true` or `'cache'` (the Cache API, default), `'opfs'` (the Origin Private File System),
    * `false` (nowhere).
@@ -216,6 +223,8 @@ export declare class Llama {
   static load(options: LoadOptions): Promise<Llama>
   readonly device: string
   readonly nCtx: number
+  /** The forward passes the batch ran and the conversations in them (`null` without `parallel`). */
+  readonly batchStats: { steps: number; sequences: number } | null
   readonly template: string
   tokenize(text: string): number[]
   detokenize(ids: number[]): string

@@ -65,7 +65,7 @@ export class Llama {
   }
 
   /** Options: js/yangtuo.d.ts, `LoadOptions`. */
-  static async load({ model, onProgress, template, nCtx, cache = true, backend = 'auto', endpoint = HF_ENDPOINT } = {}) {
+  static async load({ model, onProgress, template, nCtx, parallel, cache = true, backend = 'auto', endpoint = HF_ENDPOINT } = {}) {
     await boot();
     const store = await openStore(cache);
     const src = await resolve(model, { store, endpoint });
@@ -84,7 +84,7 @@ export class Llama {
           onProgress?.({ loaded, total, file: name, tensor });
         });
       }
-      return new Llama(await loader.finish(src.tokenizer, src.tokenizerConfig, template, nCtx));
+      return new Llama(await loader.finish(src.tokenizer, src.tokenizerConfig, template, nCtx, parallel));
     } finally {
       // what a failed load uploaded goes now, not whenever the garbage collector runs
       loader.free();
@@ -96,6 +96,10 @@ export class Llama {
   }
   get nCtx() {
     return this.#inner.nCtx;
+  }
+  /** `{ steps, sequences }` batched so far (`null` unless loaded with `parallel` > 1). */
+  get batchStats() {
+    return this.#inner.batchStats;
   }
   get template() {
     return this.#inner.template;

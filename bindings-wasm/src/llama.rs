@@ -176,6 +176,17 @@ impl WasmLlama {
         self.inner.context_length()
     }
 
+    /// `{ steps, sequences }`: the forward passes the batch scheduler ran and the
+    /// conversations in them (`null` unless loaded with `parallel` > 1).
+    #[wasm_bindgen(getter, js_name = batchStats)]
+    pub fn batch_stats(&self) -> JsValue {
+        let Some(s) = self.inner.batch_stats() else { return JsValue::NULL };
+        let o = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&o, &"steps".into(), &(s.steps as f64).into());
+        let _ = js_sys::Reflect::set(&o, &"sequences".into(), &(s.sequences as f64).into());
+        o.into()
+    }
+
     #[wasm_bindgen(getter)]
     pub fn template(&self) -> String {
         self.inner.template().name().to_string()

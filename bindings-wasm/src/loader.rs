@@ -100,6 +100,7 @@ impl WasmLoader {
         tokenizer_config: Option<String>,
         template: Option<String>,
         n_ctx: Option<usize>,
+        parallel: Option<usize>,
     ) -> Result<js_sys::Promise, JsValue> {
         let loader = self.inner.take().ok_or_else(|| arg("loader", "this loader has already finished"))?;
         let device = self.device.clone();
@@ -123,7 +124,8 @@ impl WasmLoader {
                 }
             };
             let files = TokenizerFiles::Bytes { tokenizer: tokenizer.as_deref(), tokenizer_config: tokenizer_config.as_deref() };
-            let opts = LoadOptions { template, ctx_len: n_ctx, ..LoadOptions::default() };
+            let parallel = parallel.unwrap_or(1);
+            let opts = LoadOptions { template, ctx_len: n_ctx, parallel, ..LoadOptions::default() };
             let llama = Llama::from_parts(runner, gguf.as_ref(), files, &opts).map_err(to_js)?;
             Ok(WasmLlama::new(llama).into())
         }))

@@ -39,7 +39,6 @@ pub(crate) struct Decoding<'a> {
 
 impl<'a> Decoding<'a> {
     /// `tokens` more of the prompt came from a cache (another sequence's), not computed.
-    #[cfg(not(target_arch = "wasm32"))] // the batch scheduler's
     pub fn took_cached(&mut self, tokens: usize) {
         self.timings.prefill_tokens -= tokens;
     }

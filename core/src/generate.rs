@@ -221,30 +221,6 @@ pub fn now() -> f64 {
     }
 }
 
-/// Let the JavaScript event loop run (a macrotask turn), so that a page repaints and a
-/// worker receives its abort message while the CPU backend, which never waits on
-/// anything, generates.
-#[cfg(target_arch = "wasm32")]
-async fn yield_to_event_loop() {
-    use wasm_bindgen::JsCast;
-    let promise = js_sys::Promise::new(&mut |resolve, _| {
-        let global = js_sys::global();
-        let set_timeout = js_sys::Reflect::get(&global, &"setTimeout".into())
-            .ok()
-            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
-        match set_timeout {
-            Some(f) => drop(f.call2(&global, &resolve, &0.into())),
-            None => drop(resolve.call0(&wasm_bindgen::JsValue::NULL)),
-        }
-    });
-    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-}
-
-/// How often the web build's CPU loop gives the event loop a turn, in seconds: a
-/// timer's turn costs up to 4 ms, so not every token.
-#[cfg(target_arch = "wasm32")]
-const YIELD_EVERY: f64 = 0.03;
-
 /// Everything the loop needs besides the model.
 pub(crate) struct Generation<'a> {
     pub runner: &'a dyn Runner,
@@ -320,8 +296,9 @@ impl Generation<'_> {
         let mut last_yield = t0;
         let finish = loop {
             #[cfg(target_arch = "wasm32")]
-            if self.runner.on_cpu() && (self.clock)() - last_yield > YIELD_EVERY {
-                yield_to_event_loop().await;
+            if self.runner.on_cpu() && (self.clock)() - last_yield > crate::event_loop::YIELD_EVERY
+            {
+                crate::event_loop::sleep(0).await;
                 last_yield = (self.clock)();
             }
             if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {

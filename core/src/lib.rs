@@ -7,13 +7,14 @@
 
 pub mod api;
 pub mod backend;
-#[cfg(not(target_arch = "wasm32"))]
 mod batch;
 pub mod chat;
 pub mod config;
 mod decoding;
 pub mod device;
 pub mod error;
+#[cfg(target_arch = "wasm32")]
+mod event_loop;
 mod files;
 pub mod generate;
 pub mod grammar;
@@ -30,6 +31,7 @@ mod testing;
 pub mod tokenizer;
 pub mod weights;
 
+pub use batch::BatchStats;
 pub use chat::{ChatTemplate, Message};
 pub use config::{Config, RopeScaling};
 pub use device::BackendChoice;

@@ -75,12 +75,6 @@ impl LoadOptions {
                 .template_from_str(t)
                 .map_err(|e| Error::arg("tool_template", e.to_string()))?;
         }
-        if cfg!(target_arch = "wasm32") && self.parallel > 1 {
-            return Err(Error::arg(
-                "parallel",
-                "batching needs threads, which the browser build does not have",
-            ));
-        }
         Ok(())
     }
 }
@@ -255,7 +249,6 @@ pub struct Llama {
     /// Idle states kept for their prefixes (more when generations run batched).
     pool_size: AtomicUsize,
     /// The continuous-batching scheduler, once `enable_batching` started it.
-    #[cfg(not(target_arch = "wasm32"))]
     batcher: std::sync::OnceLock<crate::batch::Batcher>,
     /// The vocabulary as llguidance reads it, made on the first constrained request.
     vocab: std::sync::OnceLock<crate::grammar::Vocab>,
@@ -325,11 +318,9 @@ impl Llama {
             eos_ids,
             pool: Mutex::new(vec![]),
             pool_size: AtomicUsize::new(POOL_SIZE),
-            #[cfg(not(target_arch = "wasm32"))]
             batcher: std::sync::OnceLock::new(),
             vocab: std::sync::OnceLock::new(),
         };
-        #[cfg(not(target_arch = "wasm32"))]
         if opts.parallel > 1 {
             llama.enable_batching(opts.parallel)?;
         }
@@ -450,10 +441,10 @@ impl Llama {
     ) -> Result<Completion> {
         let constraint = self.constraint(opts)?;
         let mut cache = self.take_state(prompt)?;
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(batcher) = self.batcher.get() {
-            let (r, cache) =
-                batcher.generate(cache, prompt, max_new, opts, constraint, cancel, on_piece);
+            let (r, cache) = batcher
+                .generate(cache, prompt, max_new, opts, constraint, cancel, on_piece)
+                .await;
             if let Some(cache) = cache {
                 self.put_state(cache);
             }
@@ -472,7 +463,8 @@ impl Llama {
     /// `run`, every server request) from any number of threads join one scheduler thread,
     /// whose decode steps run all of them as one batch (batch.rs). Up to `parallel` idle
     /// states stay pooled for their prefixes. Sessions keep their own states and run alone.
-    #[cfg(not(target_arch = "wasm32"))]
+    /// In the browser the scheduler is a task on the page's event loop, so concurrent
+    /// `chat` promises batch too.
     pub fn enable_batching(&self, parallel: usize) -> Result<()> {
         self.pool_size
             .store(parallel.max(POOL_SIZE), Ordering::Relaxed);
@@ -494,6 +486,11 @@ impl Llama {
             let _ = self.batcher.set(b);
         }
         Ok(())
+    }
+
+    /// How much the scheduler has batched so far (`None` before `enable_batching`).
+    pub fn batch_stats(&self) -> Option<crate::BatchStats> {
+        self.batcher.get().map(|b| b.stats())
     }
 
     /// The matcher of `opts.grammar`, compiled against this model's vocabulary (made on the

@@ -330,6 +330,11 @@ fn concurrent_chats_batch_and_answer_as_alone() {
             }
         }
     }
+    let stats = batched.batch_stats().expect("batching is on");
+    assert!(
+        stats.sequences > stats.steps,
+        "{stats:?}: no forward pass carried two sequences"
+    );
     // the scheduler stays usable after the cancel
     assert_eq!(
         batched

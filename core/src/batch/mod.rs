@@ -1,4 +1,4 @@
-//! Continuous batching: one thread owns the model's forward passes and runs the decode
+//! Continuous batching: one task owns the model's forward passes and runs the decode
 //! steps of every active sequence as one batch (`Runner::forward_batch`), so the weights are
 //! read once per step for all of them. A request joins at the next step. Its prompt rides
 //! along in the decode steps, a chunk of `step_prompt` tokens per step (chunked prefill),
@@ -7,7 +7,8 @@
 //! cancelled sequence leaves at once.
 //!
 //! Callers stay on their own threads: `Batcher::generate` sends a job and relays its
-//! pieces to the caller's callback, which therefore needs no `Send`. Each sequence keeps
+//! pieces to the caller's callback, which therefore needs no `Send`. The task is a thread
+//! natively and a task on the page's event loop in the browser (channel.rs). Each sequence keeps
 //! its own sampler (its own RNG) and decodes with `Decoding`, as a lone request does. The
 //! CPU's kernels are batch-invariant (a token's sums never depend on the other rows of its
 //! product: ARCHITECTURE.md), so on the CPU a sequence's tokens do not depend on which
@@ -24,18 +25,16 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+
+mod channel;
+use channel::{CANCEL_POLL, EventTx, JobRx, JobTx, Next};
 
 /// A job's `stop` flag: running, cancelled (`FinishReason::Abort`), or stopped by the
 /// caller's callback (`FinishReason::Stop`).
 const RUN: u8 = 0;
 const ABORT: u8 = 1;
 const STOP: u8 = 2;
-
-/// How often a waiting caller looks at its cancel flag.
-const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 struct Job {
     prompt: Vec<u32>,
@@ -44,7 +43,7 @@ struct Job {
     cache: Cached,
     constraint: Option<Constraint>,
     stop: Arc<AtomicU8>,
-    events: Sender<Event>,
+    events: EventTx<Event>,
 }
 
 enum Event {
@@ -58,9 +57,26 @@ enum Event {
     Done(Result<Completion>, Cached),
 }
 
-/// The scheduler thread's handle; dropping it ends the thread once its sequences finish.
+/// How much the scheduler has batched: `sequences / steps` is the mean batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Forward passes the scheduler ran.
+    pub steps: u64,
+    /// Sequences in them, summed over the steps (a decode step of eight sequences with a
+    /// prompt chunk riding along counts nine).
+    pub sequences: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    steps: AtomicU64,
+    sequences: AtomicU64,
+}
+
+/// The scheduler's handle; dropping it ends the scheduler once its sequences finish.
 pub(crate) struct Batcher {
-    jobs: Sender<Job>,
+    jobs: JobTx<Job>,
+    counters: Arc<Counters>,
 }
 
 impl Batcher {
@@ -73,34 +89,49 @@ impl Batcher {
         max_batch: usize,
         step_prompt: usize,
     ) -> Result<Batcher> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, mut rx) = channel::jobs();
         let max_batch = max_batch.max(1);
-        let step_prompt = step_prompt.clamp(1, max_batch);
+        let counters = Arc::new(Counters::default());
+        let parts = Parts {
+            runner,
+            tokenizer,
+            eos_ids,
+            chunk: max_batch,
+            step_prompt: step_prompt.clamp(1, max_batch),
+            counters: counters.clone(),
+        };
+        #[cfg(not(target_arch = "wasm32"))]
         std::thread::Builder::new()
             .name("yangtuo-batch".into())
             .spawn(move || {
-                let s = Scheduler {
-                    runner: &*runner,
-                    tokenizer: &tokenizer,
-                    eos_ids: &eos_ids,
-                    chunk: max_batch,
-                    step_prompt,
-                };
+                let s = parts.scheduler();
                 // A panic (a bug) fails the generations in flight, whose channels it drops,
                 // and the scheduler starts over for the next requests.
-                while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.serve(&rx)))
-                    .is_err()
+                while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pollster::block_on(s.serve(&mut rx))
+                }))
+                .is_err()
                 {
                     log::error!("the batch scheduler panicked; its generations in flight failed");
                 }
             })
             .map_err(|e| Error::Device(format!("cannot start the batch scheduler: {e}")))?;
-        Ok(Batcher { jobs: tx })
+        #[cfg(target_arch = "wasm32")]
+        wasm_bindgen_futures::spawn_local(async move { parts.scheduler().serve(&mut rx).await });
+        Ok(Batcher { jobs: tx, counters })
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        BatchStats {
+            steps: self.counters.steps.load(Ordering::Relaxed),
+            sequences: self.counters.sequences.load(Ordering::Relaxed),
+        }
     }
 
     /// Generate at most `max_new` tokens after `prompt` on `cache` in the shared batch,
     /// streaming pieces to `on_piece` on this thread. Returns the answer and the cache.
-    pub fn generate(
+    #[allow(clippy::too_many_arguments)]
+    pub async fn generate(
         &self,
         cache: Cached,
         prompt: &[u32],
@@ -111,7 +142,7 @@ impl Batcher {
         on_piece: &mut dyn FnMut(Piece) -> Flow,
     ) -> (Result<Completion>, Option<Cached>) {
         let stop = Arc::new(AtomicU8::new(RUN));
-        let (events, rx) = mpsc::channel();
+        let (events, mut rx) = channel::events();
         let job = Job {
             prompt: prompt.to_vec(),
             max_new,
@@ -121,10 +152,10 @@ impl Batcher {
             stop: stop.clone(),
             events,
         };
-        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+        if let Err(e) = self.jobs.unbounded_send(job) {
             return (
                 Err(Error::Device("the batch scheduler has stopped".into())),
-                Some(job.cache),
+                Some(e.into_inner().cache),
             );
         }
         // what the caller has been given, for an answer its callback stopped
@@ -133,8 +164,8 @@ impl Batcher {
             if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 stop.store(ABORT, Ordering::Relaxed);
             }
-            match rx.recv_timeout(CANCEL_POLL) {
-                Ok(Event::Piece {
+            match rx.next(CANCEL_POLL).await {
+                Next::Event(Event::Piece {
                     text: piece,
                     logprobs: lp,
                     tokens: n,
@@ -154,7 +185,7 @@ impl Batcher {
                         stop.store(STOP, Ordering::Relaxed);
                     }
                 }
-                Ok(Event::Done(result, cache)) => {
+                Next::Event(Event::Done(result, cache)) => {
                     let result = result.map(|mut c| {
                         if stopped {
                             // the steps already running when the callback said stop
@@ -169,8 +200,8 @@ impl Batcher {
                     });
                     return (result, Some(cache));
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
+                Next::Nothing => {}
+                Next::Gone => {
                     return (
                         Err(Error::Device(
                             "the batch scheduler stopped during a generation".into(),
@@ -183,6 +214,29 @@ impl Batcher {
     }
 }
 
+/// What the scheduler's task owns and lends its `Scheduler`.
+struct Parts {
+    runner: Arc<dyn Runner>,
+    tokenizer: Arc<Tokenizer>,
+    eos_ids: Vec<u32>,
+    chunk: usize,
+    step_prompt: usize,
+    counters: Arc<Counters>,
+}
+
+impl Parts {
+    fn scheduler(&self) -> Scheduler<'_> {
+        Scheduler {
+            runner: &*self.runner,
+            tokenizer: &self.tokenizer,
+            eos_ids: &self.eos_ids,
+            chunk: self.chunk,
+            step_prompt: self.step_prompt,
+            counters: self.counters.clone(),
+        }
+    }
+}
+
 struct Scheduler<'a> {
     runner: &'a dyn Runner,
     tokenizer: &'a Tokenizer,
@@ -191,6 +245,7 @@ struct Scheduler<'a> {
     chunk: usize,
     /// Prompt tokens that ride along in a decode step.
     step_prompt: usize,
+    counters: Arc<Counters>,
 }
 
 /// A sequence in the batch.
@@ -211,17 +266,26 @@ enum Prefill {
 }
 
 impl<'a> Scheduler<'a> {
-    fn serve(&self, jobs: &Receiver<Job>) {
+    async fn serve(&self, jobs: &mut JobRx<Job>) {
         let mut batch: Option<SessionState> = None;
         let mut prefilling: VecDeque<Running<'a>> = VecDeque::new();
         let mut decoding: Vec<Running<'a>> = vec![];
+        #[cfg(target_arch = "wasm32")]
+        let mut last_yield = now();
         loop {
             // new requests join; with nothing to do, wait for one
             if prefilling.is_empty() && decoding.is_empty() {
-                match jobs.recv() {
+                match jobs.recv().await {
                     Ok(job) => prefilling.push_back(self.admit(job)),
                     Err(_) => return,
                 }
+            }
+            // In the browser the callers share this thread: give them (and the page) a
+            // turn, as a lone generation does (a GPU's readback awaits anyway).
+            #[cfg(target_arch = "wasm32")]
+            if self.runner.on_cpu() && now() - last_yield > crate::event_loop::YIELD_EVERY {
+                crate::event_loop::sleep(0).await;
+                last_yield = now();
             }
             while let Ok(job) = jobs.try_recv() {
                 prefilling.push_back(self.admit(job));
@@ -233,7 +297,7 @@ impl<'a> Scheduler<'a> {
                         self.finish(r, Err(e));
                         continue;
                     }
-                    match self.prefill_chunk(&mut r) {
+                    match self.prefill_chunk(&mut r).await {
                         Ok(Prefill::More) => prefilling.push_front(r),
                         Ok(Prefill::Decoding) => decoding.push(r),
                         Ok(Prefill::Finished(f)) => self.finish(r, Ok(f)),
@@ -242,7 +306,7 @@ impl<'a> Scheduler<'a> {
                 }
                 continue;
             }
-            self.step(&mut batch, &mut decoding, &mut prefilling);
+            self.step(&mut batch, &mut decoding, &mut prefilling).await;
         }
     }
 
@@ -310,7 +374,7 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Run the next chunk of r's prompt, alone; after the last, choose its first token.
-    fn prefill_chunk(&self, r: &mut Running<'a>) -> Result<Prefill> {
+    async fn prefill_chunk(&self, r: &mut Running<'a>) -> Result<Prefill> {
         if let Some(f) = Self::stopped(r) {
             return Ok(Prefill::Finished(f));
         }
@@ -319,12 +383,13 @@ impl<'a> Scheduler<'a> {
         let cache = &mut r.job.cache;
         self.runner
             .forward(&mut cache.state, &r.job.prompt[start..end], start, 1)?;
+        self.counted(1);
         cache.tokens.extend_from_slice(&r.job.prompt[start..end]);
         r.prefilled = end;
         if end < len {
             return Ok(Prefill::More);
         }
-        let next = pollster::block_on(r.seq.next_token(self.runner, &cache.state))?;
+        let next = r.seq.next_token(self.runner, &cache.state).await?;
         Ok(match self.accept(r, next)? {
             Some(f) => Prefill::Finished(f),
             None => Prefill::Decoding,
@@ -334,7 +399,7 @@ impl<'a> Scheduler<'a> {
     /// One decode step of every decoding sequence, as one batch, with the next chunk of the
     /// oldest prompt riding along; a prompt whose last chunk ran gets its first token and
     /// decodes from the next step.
-    fn step(
+    async fn step(
         &self,
         batch: &mut Option<SessionState>,
         decoding: &mut Vec<Running<'a>>,
@@ -374,12 +439,15 @@ impl<'a> Scheduler<'a> {
             .zip(chunk.clone())
             .is_some_and(|(r, c)| c.end == r.job.prompt.len());
         let n = decoding.len();
-        let mut logits = match self.forward(
-            batch,
-            riding.as_mut().zip(chunk.clone()),
-            decoding,
-            finishing,
-        ) {
+        let mut logits = match self
+            .forward(
+                batch,
+                riding.as_mut().zip(chunk.clone()),
+                decoding,
+                finishing,
+            )
+            .await
+        {
             Ok(l) => l,
             Err(e) => {
                 let message = e.to_string();
@@ -434,7 +502,7 @@ impl<'a> Scheduler<'a> {
     /// The batch's forward: the riding prompt's chunk, then each decoding sequence's pending
     /// token at its position. The logits: the prompt's last row if `finishing`, then every
     /// decoding sequence's.
-    fn forward(
+    async fn forward(
         &self,
         batch: &mut Option<SessionState>,
         riding: Option<(&mut Running<'a>, std::ops::Range<usize>)>,
@@ -463,8 +531,17 @@ impl<'a> Scheduler<'a> {
                 .zip(&tokens)
                 .map(|(r, t)| (&mut r.job.cache.state, &t[..], r.seq.pos())),
         );
+        self.counted(rows.len());
         self.runner.forward_batch(batch, &mut rows, out)?;
-        pollster::block_on(self.runner.logits(batch, out))
+        self.runner.logits(batch, out).await
+    }
+
+    /// One forward pass of `sequences` sequences, for `BatchStats`.
+    fn counted(&self, sequences: usize) {
+        self.counters.steps.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .sequences
+            .fetch_add(sequences as u64, Ordering::Relaxed);
     }
 
     /// Give r its next token; its text goes to the caller.
@@ -476,15 +553,11 @@ impl<'a> Scheduler<'a> {
         })?;
         r.next = next;
         for (text, logprobs) in pieces {
-            if r.job
-                .events
-                .send(Event::Piece {
-                    text,
-                    logprobs,
-                    tokens: r.seq.tokens(),
-                })
-                .is_err()
-            {
+            if !r.job.events.send(Event::Piece {
+                text,
+                logprobs,
+                tokens: r.seq.tokens(),
+            }) {
                 // the caller is gone (its thread unwound): nobody reads the rest
                 r.job.stop.store(ABORT, Ordering::Relaxed);
             }
@@ -504,12 +577,12 @@ impl<'a> Scheduler<'a> {
         });
         let tokens = result.as_ref().map_or(0, |c| c.ids.len());
         for (text, logprobs) in pieces {
-            let _ = job.events.send(Event::Piece {
+            job.events.send(Event::Piece {
                 text,
                 logprobs,
                 tokens,
             });
         }
-        let _ = job.events.send(Event::Done(result, job.cache));
+        job.events.send(Event::Done(result, job.cache));
     }
 }

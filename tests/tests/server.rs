@@ -626,6 +626,20 @@ fn serve_openai_api() {
         "{}",
         m.body
     );
+    // --parallel 4 and 32 concurrent streams: some steps carried several sequences
+    let count = |name: &str| -> u64 {
+        let line = m.body.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{}", m.body))
+    };
+    let (steps, sequences) = (
+        count("yangtuo_batch_steps_total "),
+        count("yangtuo_batch_sequences_total "),
+    );
+    assert!(
+        steps > 0 && sequences > steps,
+        "{steps} steps, {sequences} sequences"
+    );
 }
 
 /// A server safe to expose: Bearer auth on /v1 (401 in OpenAI's shape), CORS only for the

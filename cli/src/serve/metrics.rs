@@ -1,7 +1,7 @@
 //! The server's counters, shared by `GET /health` (JSON) and `GET /metrics` (Prometheus'
 //! text format, through the official client `prometheus-client`): requests by outcome,
-//! tokens, queue depth, and histograms of time to first token and of the time between
-//! streamed pieces.
+//! tokens, queue depth, histograms of time to first token and of the time between
+//! streamed pieces, and how much the batch scheduler batched.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +25,11 @@ pub struct Stats {
     pub ttft: Histogram,
     /// Seconds between two streamed pieces of one answer.
     pub inter_token: Histogram,
+    /// The scheduler's own counts (core's `BatchStats`), brought up to date at each render.
+    batch_steps: Counter,
+    batch_sequences: Counter,
+    /// Serialises those updates, so two scrapes at once do not both add the same steps.
+    batch_sync: std::sync::Mutex<()>,
     registry: Registry,
 }
 
@@ -44,6 +49,9 @@ impl Default for Stats {
             ttft: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             // 0.5 ms .. 4 s
             inter_token: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            batch_steps: Counter::default(),
+            batch_sequences: Counter::default(),
+            batch_sync: std::sync::Mutex::new(()),
             registry: Registry::with_prefix("yangtuo"),
         };
         let mut r = Registry::with_prefix("yangtuo");
@@ -98,13 +106,31 @@ impl Default for Stats {
             "Between two streamed pieces of one answer",
             s.inter_token.clone(),
         );
+        r.register(
+            "batch_steps",
+            "Forward passes the batch scheduler ran",
+            s.batch_steps.clone(),
+        );
+        r.register(
+            "batch_sequences",
+            "Sequences in the batch scheduler's forward passes, summed (over batch_steps: the mean batch)",
+            s.batch_sequences.clone(),
+        );
         Stats { registry: r, ..s }
     }
 }
 
 impl Stats {
-    /// Every metric in Prometheus' text format.
-    pub fn render(&self) -> String {
+    /// Every metric in Prometheus' text format, with the batch counts of `batch` (the
+    /// scheduler's, if batching is on).
+    pub fn render(&self, batch: Option<yangtuo::BatchStats>) -> String {
+        if let Some(b) = batch {
+            let _g = self.batch_sync.lock().unwrap_or_else(|p| p.into_inner());
+            self.batch_steps
+                .inc_by(b.steps.saturating_sub(self.batch_steps.get()));
+            self.batch_sequences
+                .inc_by(b.sequences.saturating_sub(self.batch_sequences.get()));
+        }
         let mut out = String::new();
         // writing into a String cannot fail
         let _ = encode(&mut out, &self.registry);

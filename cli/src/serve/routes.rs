@@ -165,7 +165,8 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         axum::http::header::CONTENT_TYPE,
         "text/plain; version=0.0.4; charset=utf-8",
     )];
-    (headers, app.jobs.stats.render()).into_response()
+    let batch = app.jobs.llama.batch_stats();
+    (headers, app.jobs.stats.render(batch)).into_response()
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -17,6 +17,7 @@
 
 // x86-64 only (cpu/mod.rs): elsewhere the CPU backend uses candle's kernels.
 
+mod block32;
 mod blocks;
 mod packed;
 mod q4_0x8;

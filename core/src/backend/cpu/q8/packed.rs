@@ -307,6 +307,33 @@ macro_rules! kernels {
 }
 pub(super) use kernels;
 
+/// The tests every packed format passes (`tests` below), for `$format` packed by `$packed`.
+macro_rules! packed_tests {
+    ($packed:ident, $format:ident) => {
+        #[cfg(test)]
+        mod packed_tests {
+            use super::super::packed::tests as check;
+            use crate::weights::WeightFormat::$format;
+
+            #[test]
+            fn unpacking_gives_the_file_rows_back() {
+                check::unpacking_gives_the_file_rows_back::<super::$packed>($format);
+            }
+
+            #[test]
+            fn a_token_gets_the_same_bits_alone_and_in_any_batch() {
+                check::a_token_gets_the_same_bits_alone_and_in_any_batch::<super::$packed>($format);
+            }
+
+            #[test]
+            fn matches_the_integer_dot_product() {
+                check::matches_the_integer_dot_product::<super::$packed>($format);
+            }
+        }
+    };
+}
+pub(super) use packed_tests;
+
 /// The tests every packed format passes: the file's rows back from the packing, the same
 /// bits alone and in any batch, and an f64 loop over the same quantized values.
 #[cfg(test)]

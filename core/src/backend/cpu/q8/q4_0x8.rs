@@ -5,12 +5,11 @@
 //!   bytes 16..144  four chunks c of 32 bytes, row r's packed bytes 4c..4c+4 at 16 + 32c + 4r
 //!                  (packed byte j holds weight j in its low nibble and 16 + j in its high).
 //! So the low nibbles of chunk c are weights 4c..4c+4 of every row, one row per i32 lane.
-//! Per token and row the sum runs over the blocks in order with one accumulator:
-//!   acc = fma(f32(Σ nibble · qx − 8 · Σ qx), d · dx, acc)
-//! (the integer part is exact).
+//! The kernels are block32.rs's, with offset 8.
 
+use super::block32::{block32_tile_kernel, block32_wide_kernel};
 use super::blocks::{QK, QuantizedActs};
-use super::packed::{Packed, ROWS, Tile, dispatch, kernels};
+use super::packed::{Packed, ROWS, Tile, dispatch, kernels, packed_tests};
 use crate::backend::cpu::simd::Isa;
 use std::arch::x86_64::*;
 
@@ -41,148 +40,42 @@ impl Packed for Q4_0x8 {
     dispatch!();
 }
 
-/// One kernel: the tokens `$j` of the tile, each with its accumulator `$acc` (named, not
-/// an array: indexed in a loop LLVM kept a tile of eight on the stack). `$dot(acc, w, x)`
-/// adds u8 `w` times i8 `x` over groups of four bytes to the eight i32 of `acc`.
+// Chunk c's low nibbles are weights 4c..4c+4 of each row, its high nibbles 16 + 4c..
 macro_rules! tile_kernel {
-    ($name:ident, $features:literal, $dot:expr, $($j:literal $acc:ident),+) => {
-        #[target_feature(enable = $features)]
-        pub unsafe fn $name(
-            packed: &[u8],
-            x: &QuantizedActs,
-            k: usize,
-            g: usize,
-            t0: usize,
-            at: usize,
-            out: &mut Tile,
-        ) {
-            let nb = k / QK;
+    ($($t:tt)*) => {
+        block32_tile_kernel!(|p: *const u8| {
             let low = _mm256_set1_epi8(0x0f);
-            let zero = _mm256_setzero_si256();
-            let group = packed.as_ptr().wrapping_add(g * nb * BYTES);
-            $( let mut $acc = _mm256_setzero_ps(); )+
-            for b in 0..nb {
-                // SAFETY: block b of group g and of the tile's tokens lie inside `packed`
-                // and `x` (matmul_groups asserted the lengths).
-                unsafe {
-                    let p = group.add(b * BYTES);
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                    let mut w = [zero; 8];
-                    for c in 0..4 {
-                        let v = _mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i);
-                        w[c] = _mm256_and_si256(v, low);
-                        w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                    }
-                    $(
-                        let blk = (t0 + $j) * nb + b;
-                        let words = x.qs.as_ptr().add(blk * QK) as *const i32;
-                        let word = |i: usize| _mm256_set1_epi32(words.add(i).read_unaligned());
-                        // two chains, so that each dot waits on one of two
-                        let mut s0 = $dot(zero, w[0], word(0));
-                        let mut s1 = $dot(zero, w[1], word(1));
-                        for i in (2..8).step_by(2) {
-                            s0 = $dot(s0, w[i], word(i));
-                            s1 = $dot(s1, w[i + 1], word(i + 1));
-                        }
-                        // weight = d · (nibble − 8): the 8 comes off in integers, exactly
-                        let s = _mm256_sub_epi32(
-                            _mm256_add_epi32(s0, s1),
-                            _mm256_set1_epi32(8 * x.qsum[blk]),
-                        );
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d[blk]));
-                        $acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, $acc);
-                    )+
-                }
+            let mut w = [_mm256_setzero_si256(); 8];
+            for c in 0..4 {
+                let v = _mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i);
+                w[c] = _mm256_and_si256(v, low);
+                w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             }
-            // SAFETY: stores to the caller's arrays, eight f32 from `at` (0 or 8).
-            unsafe { $( _mm256_storeu_ps(out[$j][at..].as_mut_ptr(), $acc); )+ }
-        }
+            w
+        }, 8; $($t)*);
     };
 }
 
-/// As `tile_kernel!` for groups g and g + 1 side by side in 512-bit vectors: each lane
-/// runs the same instructions on the same values, so gives the same bits.
 macro_rules! wide_kernel {
-    ($name:ident, $($j:literal $acc:ident),+) => {
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub unsafe fn $name(
-            packed: &[u8],
-            x: &QuantizedActs,
-            k: usize,
-            g: usize,
-            t0: usize,
-            out: &mut Tile,
-        ) {
-            let nb = k / QK;
+    ($($t:tt)*) => {
+        block32_wide_kernel!(|p: *const u8, q: *const u8| {
             let low = _mm512_set1_epi8(0x0f);
-            let zero = _mm512_setzero_si512();
-            let first = packed.as_ptr().wrapping_add(g * nb * BYTES);
-            let second = first.wrapping_add(nb * BYTES);
-            $( let mut $acc = _mm512_setzero_ps(); )+
-            for b in 0..nb {
-                // SAFETY: block b of groups g, g + 1 and of the tile's tokens lie inside
-                // `packed` and `x` (matmul_groups asserted the lengths).
-                unsafe {
-                    let (p, q) = (first.add(b * BYTES), second.add(b * BYTES));
-                    let d = _mm512_cvtph_ps(_mm256_set_m128i(
-                        _mm_loadu_si128(q as *const __m128i),
-                        _mm_loadu_si128(p as *const __m128i),
-                    ));
-                    let mut w = [zero; 8];
-                    for c in 0..4 {
-                        let v = _mm512_inserti64x4(
-                            _mm512_castsi256_si512(_mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i)),
-                            _mm256_loadu_si256(q.add(16 + 32 * c) as *const __m256i),
-                            1,
-                        );
-                        w[c] = _mm512_and_si512(v, low);
-                        w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-                    }
-                    $(
-                        let blk = (t0 + $j) * nb + b;
-                        let words = x.qs.as_ptr().add(blk * QK) as *const i32;
-                        let word = |i: usize| _mm512_set1_epi32(words.add(i).read_unaligned());
-                        let mut s0 = _mm512_dpbusd_epi32(zero, w[0], word(0));
-                        let mut s1 = _mm512_dpbusd_epi32(zero, w[1], word(1));
-                        for i in (2..8).step_by(2) {
-                            s0 = _mm512_dpbusd_epi32(s0, w[i], word(i));
-                            s1 = _mm512_dpbusd_epi32(s1, w[i + 1], word(i + 1));
-                        }
-                        let s = _mm512_sub_epi32(
-                            _mm512_add_epi32(s0, s1),
-                            _mm512_set1_epi32(8 * x.qsum[blk]),
-                        );
-                        let scale = _mm512_mul_ps(d, _mm512_set1_ps(x.d[blk]));
-                        $acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, $acc);
-                    )+
-                }
+            let mut w = [_mm512_setzero_si512(); 8];
+            for c in 0..4 {
+                let at = 16 + 32 * c;
+                let v = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(p.add(at) as *const __m256i)),
+                    _mm256_loadu_si256(q.add(at) as *const __m256i),
+                    1,
+                );
+                w[c] = _mm512_and_si512(v, low);
+                w[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
             }
-            // SAFETY: stores to the caller's arrays of sixteen f32.
-            unsafe { $( _mm512_storeu_ps(out[$j].as_mut_ptr(), $acc); )+ }
-        }
+            w
+        }, 8; $($t)*);
     };
 }
 
 kernels!();
 
-#[cfg(test)]
-mod tests {
-    use super::super::packed::tests as check;
-    use super::Q4_0x8;
-    use crate::weights::WeightFormat::Q4_0;
-
-    #[test]
-    fn unpacking_gives_the_file_rows_back() {
-        check::unpacking_gives_the_file_rows_back::<Q4_0x8>(Q4_0);
-    }
-
-    #[test]
-    fn a_token_gets_the_same_bits_alone_and_in_any_batch() {
-        check::a_token_gets_the_same_bits_alone_and_in_any_batch::<Q4_0x8>(Q4_0);
-    }
-
-    #[test]
-    fn matches_the_integer_dot_product() {
-        check::matches_the_integer_dot_product::<Q4_0x8>(Q4_0);
-    }
-}
+packed_tests!(Q4_0x8, Q4_0);

@@ -15,7 +15,7 @@
 //! (the integer part is exact: |Σ q · qx| ≤ 32 · 15 · 128, times sc ≤ 63).
 
 use super::blocks::{QK, QuantizedActs};
-use super::packed::{Packed, ROWS, Tile, dispatch, kernels};
+use super::packed::{Packed, ROWS, Tile, dispatch, kernels, packed_tests};
 use crate::backend::cpu::simd::Isa;
 use std::arch::x86_64::*;
 
@@ -237,12 +237,10 @@ macro_rules! wide_kernel {
 
 kernels!();
 
+packed_tests!(Q4Kx8, Q4K);
+
 #[cfg(test)]
 mod tests {
-    use super::super::packed::tests as check;
-    use super::Q4Kx8;
-    use crate::weights::WeightFormat::Q4K;
-
     #[test]
     fn scales_pack_back_into_their_bytes() {
         for seed in 0..200u64 {
@@ -251,20 +249,5 @@ mod tests {
             let (sc, m) = super::scales(&q);
             assert_eq!(super::pack_scales(&sc, &m), q);
         }
-    }
-
-    #[test]
-    fn unpacking_gives_the_file_rows_back() {
-        check::unpacking_gives_the_file_rows_back::<Q4Kx8>(Q4K);
-    }
-
-    #[test]
-    fn a_token_gets_the_same_bits_alone_and_in_any_batch() {
-        check::a_token_gets_the_same_bits_alone_and_in_any_batch::<Q4Kx8>(Q4K);
-    }
-
-    #[test]
-    fn matches_the_integer_dot_product() {
-        check::matches_the_integer_dot_product::<Q4Kx8>(Q4K);
     }
 }

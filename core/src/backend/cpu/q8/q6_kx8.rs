@@ -25,7 +25,7 @@
 //! (the integer part is exact: each half is at most 16 · 32 · 128 = 2^16, times |sc| ≤ 128).
 
 use super::blocks::{QK, QuantizedActs};
-use super::packed::{Packed, ROWS, Tile, dispatch, kernels};
+use super::packed::{Packed, ROWS, Tile, dispatch, kernels, packed_tests};
 use crate::backend::cpu::simd::Isa;
 use std::arch::x86_64::*;
 
@@ -293,24 +293,4 @@ macro_rules! wide_kernel {
 
 kernels!();
 
-#[cfg(test)]
-mod tests {
-    use super::super::packed::tests as check;
-    use super::Q6Kx8;
-    use crate::weights::WeightFormat::Q6K;
-
-    #[test]
-    fn unpacking_gives_the_file_rows_back() {
-        check::unpacking_gives_the_file_rows_back::<Q6Kx8>(Q6K);
-    }
-
-    #[test]
-    fn a_token_gets_the_same_bits_alone_and_in_any_batch() {
-        check::a_token_gets_the_same_bits_alone_and_in_any_batch::<Q6Kx8>(Q6K);
-    }
-
-    #[test]
-    fn matches_the_integer_dot_product() {
-        check::matches_the_integer_dot_product::<Q6Kx8>(Q6K);
-    }
-}
+packed_tests!(Q6Kx8, Q6K);

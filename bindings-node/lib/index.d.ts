@@ -305,4 +305,7 @@ export declare class Llama {
   /** The device the model runs on. */
   readonly device: string
   readonly vocabSize: number
+  /** The forward passes the batch scheduler ran and the sequences in them: `sequences / steps`
+   * is the mean batch (`null` unless loaded with `parallel` > 1). */
+  readonly batchStats: { steps: number; sequences: number } | null
 }

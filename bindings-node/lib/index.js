@@ -242,6 +242,11 @@ class Llama {
   get vocabSize() {
     return this.#native.vocabSize
   }
+
+  /** `{ steps, sequences }` batched so far (`null` unless loaded with `parallel` > 1). */
+  get batchStats() {
+    return this.#native.batchStats
+  }
 }
 
 module.exports = { Llama, ChatSession }

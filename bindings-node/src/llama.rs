@@ -240,4 +240,21 @@ impl NativeLlama {
     pub fn vocab_size(&self) -> u32 {
         self.inner.config().vocab_size as u32
     }
+
+    /// The forward passes the batch scheduler ran and the sequences in them (`null` unless
+    /// loaded with `parallel` > 1).
+    #[napi(getter)]
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.inner.batch_stats().map(|s| BatchStats {
+            steps: s.steps as f64,
+            sequences: s.sequences as f64,
+        })
+    }
+}
+
+/// core's `BatchStats`: `sequences / steps` is the mean batch.
+#[napi(object)]
+pub struct BatchStats {
+    pub steps: f64,
+    pub sequences: f64,
 }

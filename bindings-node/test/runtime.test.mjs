@@ -124,6 +124,9 @@ describe('runtime behaviour', { skip: skip ?? false }, () => {
     for (const [m, o] of asks) want.push(await llm.chat(m, o))
     const got = await Promise.all(asks.map(([m, o]) => batched.chat(m, o)))
     got.forEach((g, i) => assert.deepEqual(g.ids, want[i].ids, `request ${i}`))
+    const stats = batched.batchStats
+    assert.ok(stats.sequences > stats.steps, `some steps carried several chats: ${JSON.stringify(stats)}`)
+    assert.equal(llm.batchStats, null)
     // a stream aborted mid-answer leaves the others and the model as they were
     const ac = new AbortController()
     let n = 0

@@ -266,6 +266,13 @@ impl PyLlama {
         self.inner.config().vocab_size
     }
 
+    /// `(steps, sequences)`: the forward passes the batch scheduler ran and the sequences in
+    /// them, so `sequences / steps` is the mean batch (`None` unless `parallel` > 1).
+    #[getter]
+    fn batch_stats(&self) -> Option<(u64, u64)> {
+        self.inner.batch_stats().map(|s| (s.steps, s.sequences))
+    }
+
     /// The device the model runs on, e.g. `cpu` or the GPU's name.
     #[getter]
     fn device(&self) -> String {

@@ -160,6 +160,9 @@ def test_parallel_batches_concurrent_chats_with_the_answers_of_one_at_a_time(llm
     assert not errors and len(got) == len(asks)
     for i, w in enumerate(want):
         assert got[i].ids == w.ids and got[i].content == w.content, f"request {i}"
+    steps, sequences = batched_llm.batch_stats
+    assert sequences > steps, "some forward passes carried several chats"
+    assert llm.batch_stats is None
 
 
 def test_parallel_checks_its_value(model_dir):

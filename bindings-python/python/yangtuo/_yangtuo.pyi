@@ -156,6 +156,9 @@ class Llama:
     @property
     def n_vocab(self) -> int: ...
     @property
+    def batch_stats(self) -> tuple[int, int] | None:
+        """(steps, sequences): forward passes of the batch scheduler and the sequences in them."""
+    @property
     def device(self) -> str: ...
     @property
     def template(self) -> str: ...

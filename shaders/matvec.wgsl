@@ -1,14 +1,12 @@
-// Matrix-vector products for decode: out[t, out_off + r] = Σ_k W[r, k] · x[t, k] for the
-// p.n ≤ TOKENS tokens of a decode step (one, or a batch). ROWS weight rows per workgroup,
-// LANES threads per row; a row's threads stride over its dot units (UNIT weights each, see
-// weights_<format>.wgsl) and reduce in workgroup memory. Each token is summed alone, in the
-// same order whatever p.n is, so a token gets the same bits in a batch as alone.
+// Matrix-vector product for decode: out[out_off + r] = Σ_k W[r, k] · x[k], one token.
+// ROWS weight rows per workgroup, LANES threads per row; a row's threads stride over its dot
+// units (UNIT weights each, see weights_<format>.wgsl) and reduce in workgroup memory.
 // Workgroups beyond 65535 fold into a 2-D grid: group g = wid.y * grid_x + wid.x holds rows
 // g * ROWS ..
 
-// The tokens' activations as vec4s, token t's row from t · x_stride (a multiple of 4, the
-// host checks), so every unit (a multiple of 4 weights) starts on a vec4. Past the row's
-// end x is finite (another row, or zero) and meets only zero padding of float rows.
+// One token's activations as vec4s: row 0 starts at 0, so every unit (a multiple of 4
+// weights) starts on a vec4. Past the row's end x is finite (another row, or zero) and
+// meets only zero padding of float rows.
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 
 fn x4(xo: u32, k: u32) -> vec4<f32> {
@@ -21,9 +19,7 @@ fn x4(xo: u32, k: u32) -> vec4<f32> {
 const LANES: u32 = 32u;
 const ROWS: u32 = 8u;
 const WG: u32 = LANES * ROWS;
-// The most tokens one dispatch takes (the host sends bigger batches to matmul.wgsl).
-const TOKENS: u32 = 8u;
-var<workgroup> partial: array<f32, WG * TOKENS>;
+var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -31,33 +27,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let lane = li % LANES;
     // no early return: every thread must reach the barriers; a row past the end adds nothing
     let units = select(0u, p.nb, row < p.rows);
-    let n = min(p.n, TOKENS);
-    for (var t = 0u; t < n; t++) {
-        let xo = t * p.x_stride;
-        // four independent units per step, so each thread has several loads in flight
-        var acc = 0.0;
-        var u = lane;
-        for (; u + 3u * LANES < units; u += 4u * LANES) {
-            acc += (unit_dot(row, u, xo) + unit_dot(row, u + LANES, xo))
-                 + (unit_dot(row, u + 2u * LANES, xo) + unit_dot(row, u + 3u * LANES, xo));
-        }
-        for (; u < units; u += LANES) {
-            acc += unit_dot(row, u, xo);
-        }
-        partial[t * WG + li] = acc;
+    // four independent units per step, so each thread has several loads in flight
+    var acc = 0.0;
+    var u = lane;
+    for (; u + 3u * LANES < units; u += 4u * LANES) {
+        acc += (unit_dot(row, u, 0u) + unit_dot(row, u + LANES, 0u))
+             + (unit_dot(row, u + 2u * LANES, 0u) + unit_dot(row, u + 3u * LANES, 0u));
     }
+    for (; u < units; u += LANES) {
+        acc += unit_dot(row, u, 0u);
+    }
+    partial[li] = acc;
     workgroupBarrier();
     for (var s = LANES / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
-            for (var t = 0u; t < n; t++) {
-                partial[t * WG + li] += partial[t * WG + li + s];
-            }
+            partial[li] += partial[li + s];
         }
         workgroupBarrier();
     }
     if (lane == 0u && row < p.rows) {
-        for (var t = 0u; t < n; t++) {
-            out[t * p.out_stride + p.out_off + row] = partial[t * WG + li];
-        }
+        out[p.out_off + row] = partial[li];
     }
 }

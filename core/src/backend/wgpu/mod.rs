@@ -27,9 +27,6 @@ use std::sync::{Arc, Mutex};
 /// Dispatches recorded between two submits before the ring wraps and forces a submit.
 const RING_SLOTS: u64 = 4096;
 
-/// The most tokens matvec.wgsl takes in one dispatch (its TOKENS).
-const MATVEC_TOKENS: usize = 8;
-
 pub struct Wgpu {
     gpu: Gpu,
     slot: u64,
@@ -703,11 +700,9 @@ impl Backend for Wgpu {
                 None => return,
             },
         };
-        // matvec.wgsl for a decode step of up to MATVEC_TOKENS tokens (each summed as if
-        // alone: a batch of them has the bits of each alone); its x rows must start on vec4s
-        if n == 1 || (n <= MATVEC_TOKENS && x.cols % 4 == 0) {
-            // ROWS = 8 rows per workgroup
-            self.weight_dispatch(Kernel::Matvec(w.0.format), w, x, out, n, |c| {
+        if n == 1 {
+            // matvec.wgsl: ROWS = 8 rows per workgroup
+            self.weight_dispatch(Kernel::Matvec(w.0.format), w, x, out, 1, |c| {
                 self.folded(c.rows.div_ceil(8))
             });
         } else {

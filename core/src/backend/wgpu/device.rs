@@ -4,6 +4,8 @@ use crate::{Error, Result};
 
 /// An open device and what we learned about it.
 pub struct Gpu {
+    /// Kept for `generate_report` (the live objects a leak test counts).
+    pub instance: wgpu::Instance,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
@@ -49,7 +51,7 @@ fn rank(t: wgpu::DeviceType) -> u8 {
 /// most GPU-like one (discrete, integrated, virtual, other, software). `WGPU_BACKEND`
 /// limits the backends searched (e.g. `vulkan`).
 #[cfg(not(target_arch = "wasm32"))]
-async fn pick_adapter() -> Result<wgpu::Adapter> {
+async fn pick_adapter() -> Result<(wgpu::Instance, wgpu::Adapter)> {
     let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     let backends = desc.backends;
     let instance = wgpu::Instance::new(desc);
@@ -73,26 +75,27 @@ async fn pick_adapter() -> Result<wgpu::Adapter> {
         }
     }
     adapters.sort_by_key(|a| rank(a.get_info().device_type));
-    Ok(adapters.remove(0))
+    Ok((instance, adapters.remove(0)))
 }
 
 #[cfg(target_arch = "wasm32")]
-async fn pick_adapter() -> Result<wgpu::Adapter> {
+async fn pick_adapter() -> Result<(wgpu::Instance, wgpu::Adapter)> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::BROWSER_WEBGPU,
         ..wgpu::InstanceDescriptor::new_without_display_handle()
     });
-    instance
+    let adapter = instance
         .request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
         })
         .await
-        .map_err(|e| Error::Device(format!("this browser offers no WebGPU adapter: {e}")))
+        .map_err(|e| Error::Device(format!("this browser offers no WebGPU adapter: {e}")))?;
+    Ok((instance, adapter))
 }
 
 pub async fn open(allow_f16: bool) -> Result<Gpu> {
-    let adapter = pick_adapter().await?;
+    let (instance, adapter) = pick_adapter().await?;
     let info = adapter.get_info();
     let no_f16 = cfg!(not(target_arch = "wasm32"))
         && std::env::var("YANGTUO_NO_F16").is_ok_and(|v| v != "0");
@@ -117,6 +120,7 @@ pub async fn open(allow_f16: bool) -> Result<Gpu> {
         .await
         .map_err(|e| Error::Device(format!("could not open {}: {e}", info.name)))?;
     Ok(Gpu {
+        instance,
         device,
         queue,
         info,

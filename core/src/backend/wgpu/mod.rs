@@ -4,6 +4,12 @@
 //! command list, with its parameters in one slot of a uniform ring. A readback submits the
 //! whole list as one command buffer, so a decode step costs one submit and one small map.
 //! Readback is async because a browser cannot block on the GPU.
+//!
+//! A decode step allocates nothing on the device: host data (token ids, rotary angles)
+//! rides in an upload ring written once per submit, token ids live in one buffer, readback
+//! reuses one staging buffer, and bind groups are cached per (kernel, buffers). A cached
+//! bind group holds its buffers alive, so a dropped activation or KV cache hands its buffer
+//! to `released`, and the next submit drops the bind groups that name it.
 
 mod device;
 pub mod kernels;
@@ -38,6 +44,13 @@ pub struct Wgpu {
     gathered: Mutex<Option<wgpu::Buffer>>,
     /// Partial results of split decode attention (attention.wgsl), grown as needed.
     attn_parts: Mutex<Option<wgpu::Buffer>>,
+    /// The token ids `embed` reads, grown as needed.
+    ids: Mutex<Option<wgpu::Buffer>>,
+    /// The mappable buffer readbacks copy into, grown as needed (taken while in use).
+    staging: Mutex<Option<wgpu::Buffer>>,
+    /// Buffers of dropped activations and KV caches, whose cached bind groups go at the
+    /// next submit.
+    released: Released,
     error: Arc<Mutex<Option<String>>>,
 }
 
@@ -55,23 +68,51 @@ enum Cmd {
         dst_offset: u64,
         size: u64,
     },
+    /// A copy out of the upload ring, whose buffer is known only at submit.
+    Upload {
+        ring_offset: u64,
+        dst: wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    },
 }
 
 struct Recorder {
     params: Vec<u8>,
     params_buf: wgpu::Buffer,
+    /// Host data recorded since the last submit, copied to `upload_buf` at the submit.
+    uploads: Vec<u8>,
+    upload_buf: Option<wgpu::Buffer>,
     cmds: Vec<Cmd>,
     binds: HashMap<(Kernel, Vec<(wgpu::Buffer, u64, u64)>), wgpu::BindGroup>,
+}
+
+type Released = Arc<Mutex<Vec<wgpu::Buffer>>>;
+
+/// Hands a buffer to `Wgpu::released` when its owner (an activation or KV cache) drops.
+struct Release {
+    buf: wgpu::Buffer,
+    to: Released,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut list = self.to.lock().unwrap_or_else(|p| p.into_inner());
+        list.push(self.buf.clone());
+    }
 }
 
 pub struct WgpuAct {
     buf: wgpu::Buffer,
     cols: usize,
+    /// `None` for a borrowed view of a backend-owned scratch buffer.
+    _release: Option<Release>,
 }
 
 pub struct WgpuKv {
     buf: wgpu::Buffer,
     kv_dim: usize,
+    _release: Release,
 }
 
 struct Chunk {
@@ -145,6 +186,8 @@ impl Wgpu {
             rec: Mutex::new(Recorder {
                 params: vec![],
                 params_buf,
+                uploads: vec![],
+                upload_buf: None,
                 cmds: vec![],
                 binds: HashMap::new(),
             }),
@@ -152,6 +195,9 @@ impl Wgpu {
             argmax_out,
             gathered: Mutex::new(None),
             attn_parts: Mutex::new(None),
+            ids: Mutex::new(None),
+            staging: Mutex::new(None),
+            released: Arc::default(),
             error,
             gpu,
         })
@@ -166,6 +212,14 @@ impl Wgpu {
 
     pub fn is_real_gpu(&self) -> bool {
         self.gpu.is_real_gpu()
+    }
+
+    /// The (buffers, bind groups) alive on the device, as wgpu-core counts them; `None` in
+    /// the browser. A leak check: a decode step must leave both where it found them.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn live_objects(&self) -> Option<(usize, usize)> {
+        let hub = self.gpu.instance.generate_report()?.hub;
+        Some((hub.buffers.num_allocated, hub.bind_groups.num_allocated))
     }
 
     fn kernel(&self, k: Kernel) -> Arc<Compiled> {
@@ -256,6 +310,7 @@ impl Wgpu {
 
     /// Submit everything recorded, then `tail` (a copy to a readback buffer).
     fn submit(&self, rec: &mut Recorder, tail: Option<(&wgpu::Buffer, u64, &wgpu::Buffer, u64)>) {
+        self.forget_released(rec);
         if rec.cmds.is_empty() && tail.is_none() {
             return;
         }
@@ -263,23 +318,42 @@ impl Wgpu {
         if !rec.params.is_empty() {
             queue.write_buffer(&rec.params_buf, 0, &rec.params);
         }
+        let ring = self.upload_ring(rec);
         let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("forward"),
         });
         let mut cmds = std::mem::take(&mut rec.cmds).into_iter().peekable();
         while cmds.peek().is_some() {
-            if let Some(Cmd::Copy { .. }) = cmds.peek() {
-                if let Some(Cmd::Copy {
-                    src,
-                    src_offset,
-                    dst,
-                    dst_offset,
-                    size,
-                }) = cmds.next()
-                {
-                    enc.copy_buffer_to_buffer(&src, src_offset, &dst, dst_offset, size);
+            match cmds.peek() {
+                Some(Cmd::Copy { .. }) => {
+                    if let Some(Cmd::Copy {
+                        src,
+                        src_offset,
+                        dst,
+                        dst_offset,
+                        size,
+                    }) = cmds.next()
+                    {
+                        enc.copy_buffer_to_buffer(&src, src_offset, &dst, dst_offset, size);
+                    }
+                    continue;
                 }
-                continue;
+                Some(Cmd::Upload { .. }) => {
+                    if let (
+                        Some(Cmd::Upload {
+                            ring_offset,
+                            dst,
+                            dst_offset,
+                            size,
+                        }),
+                        Some(ring),
+                    ) = (cmds.next(), &ring)
+                    {
+                        enc.copy_buffer_to_buffer(ring, ring_offset, &dst, dst_offset, size);
+                    }
+                    continue;
+                }
+                _ => {}
             }
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
@@ -304,6 +378,64 @@ impl Wgpu {
         }
         queue.submit([enc.finish()]);
         rec.params.clear();
+    }
+
+    /// Drop the cached bind groups that name a released buffer, so the buffer can go.
+    fn forget_released(&self, rec: &mut Recorder) {
+        let gone = std::mem::take(&mut *self.released.lock().unwrap_or_else(|p| p.into_inner()));
+        if !gone.is_empty() {
+            rec.binds
+                .retain(|k, _| !k.1.iter().any(|(buf, _, _)| gone.contains(buf)));
+        }
+    }
+
+    /// Write the recorded uploads to the ring (grown, doubling, if they do not fit) ahead
+    /// of the command buffer that copies out of it; `None` if there were none or the ring
+    /// could not grow (the error is kept for the readback).
+    fn upload_ring(&self, rec: &mut Recorder) -> Option<wgpu::Buffer> {
+        if rec.uploads.is_empty() {
+            return None;
+        }
+        let need = rec.uploads.len() as u64;
+        if rec.upload_buf.as_ref().is_none_or(|b| b.size() < need) {
+            let want = need.max(rec.upload_buf.as_ref().map_or(0, |b| b.size() * 2));
+            let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+            match self.create_buffer("upload ring", want, usage, false) {
+                Ok(b) => rec.upload_buf = Some(b),
+                Err(e) => {
+                    self.keep_error(e);
+                    rec.uploads.clear();
+                    return None;
+                }
+            }
+        }
+        let ring = rec.upload_buf.clone()?;
+        self.gpu.queue.write_buffer(&ring, 0, &rec.uploads);
+        rec.uploads.clear();
+        Some(ring)
+    }
+
+    /// Forget the cached bind groups of `buf` at the next submit, so it can go.
+    fn release(&self, buf: wgpu::Buffer) {
+        self.released
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(buf);
+    }
+
+    fn release_on_drop(&self, buf: &wgpu::Buffer) -> Release {
+        Release {
+            buf: buf.clone(),
+            to: self.released.clone(),
+        }
+    }
+
+    /// Keep `e` for the next readback, which reports it (ops are infallible).
+    fn keep_error(&self, e: Error) {
+        self.error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| e.to_string());
     }
 
     fn check_error(&self) -> Result<()> {
@@ -360,6 +492,8 @@ impl Wgpu {
     }
 
     fn storage(&self, what: &str, size: u64) -> Result<wgpu::Buffer> {
+        // what dropped buffers still hold is freed first, for this one to take
+        self.forget_released(&mut self.rec.lock().unwrap());
         if size > self.gpu.limits.max_storage_buffer_binding_size {
             return Err(Error::OutOfMemory {
                 what: what.into(),
@@ -382,22 +516,14 @@ impl Wgpu {
 
     /// Copy `bytes` into `dst` at `offset`, in order with the recorded dispatches.
     fn record_upload(&self, dst: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        // copies move whole 4-byte words
         let size = (bytes.len() as u64).next_multiple_of(4);
-        let src = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("upload"),
-            size,
-            usage: wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: true,
-        });
-        src.slice(..)
-            .get_mapped_range_mut()
-            .expect("mapped at creation")
-            .slice(..bytes.len())
-            .copy_from_slice(bytes);
-        src.unmap();
-        self.rec.lock().unwrap().cmds.push(Cmd::Copy {
-            src,
-            src_offset: 0,
+        let mut rec = self.rec.lock().unwrap();
+        let ring_offset = rec.uploads.len() as u64;
+        rec.uploads.extend_from_slice(bytes);
+        rec.uploads.resize((ring_offset + size) as usize, 0);
+        rec.cmds.push(Cmd::Upload {
+            ring_offset,
             dst: dst.clone(),
             dst_offset: offset,
             size,
@@ -406,18 +532,22 @@ impl Wgpu {
 
     /// Submit, copy `size` bytes of `src` from `offset` to a mappable buffer, and read them.
     async fn readback(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let reuse = self.staging.lock().unwrap().take();
+        let staging = match reuse {
+            Some(b) if b.size() >= size => b,
+            _ => self.create_buffer(
+                "readback",
+                size.max(4096),
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                false,
+            )?,
+        };
         {
             let mut rec = self.rec.lock().unwrap();
             self.submit(&mut rec, Some((src, offset, &staging, size)));
         }
         let (tx, rx) = futures_channel::oneshot::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
@@ -434,11 +564,16 @@ impl Wgpu {
         self.check_error()?;
         mapped.map_err(|e| Error::Device(format!("readback failed: {e}")))?;
         let data = staging
-            .slice(..)
+            .slice(..size)
             .get_mapped_range()
             .map_err(|e| Error::Device(format!("readback failed: {e}")))?
             .to_vec();
         staging.unmap();
+        // an early return above drops a buffer that may still be mapped; this one is clean
+        let mut slot = self.staging.lock().unwrap();
+        if slot.as_ref().is_none_or(|b| b.size() < staging.size()) {
+            *slot = Some(staging);
+        }
         Ok(data)
     }
 
@@ -460,7 +595,11 @@ impl Wgpu {
             vec![whole(perm), whole(&x.buf), whole(&buf)],
             groups,
         );
-        Some(WgpuAct { buf, cols })
+        Some(WgpuAct {
+            buf,
+            cols,
+            _release: None,
+        })
     }
 
     /// The scratch buffer in `slot`, grown (at least doubling) to `size` bytes if smaller;
@@ -482,20 +621,13 @@ impl Wgpu {
                 let b = match self.storage(what, want) {
                     Ok(b) => b,
                     Err(e) => {
-                        self.error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert_with(|| e.to_string());
+                        self.keep_error(e);
                         return None;
                     }
                 };
                 if let Some(old) = slot.replace(b.clone()) {
                     // recorded work keeps its own handle; only the cached bindings go
-                    self.rec
-                        .lock()
-                        .unwrap()
-                        .binds
-                        .retain(|k, _| !k.1.iter().any(|(buf, _, _)| *buf == old));
+                    self.release(old);
                 }
                 Some(b)
             }
@@ -626,15 +758,19 @@ impl Backend for Wgpu {
     }
 
     fn alloc(&self, name: &str, rows: usize, cols: usize) -> Result<WgpuAct> {
+        let buf = self.storage(name, (rows * cols * 4) as u64)?;
         Ok(WgpuAct {
-            buf: self.storage(name, (rows * cols * 4) as u64)?,
+            _release: Some(self.release_on_drop(&buf)),
+            buf,
             cols,
         })
     }
 
     fn alloc_kv(&self, name: &str, max_seq: usize, kv_dim: usize) -> Result<WgpuKv> {
+        let buf = self.storage(name, (max_seq * kv_dim * 4) as u64)?;
         Ok(WgpuKv {
-            buf: self.storage(name, (max_seq * kv_dim * 4) as u64)?,
+            _release: self.release_on_drop(&buf),
+            buf,
             kv_dim,
         })
     }
@@ -644,14 +780,13 @@ impl Backend for Wgpu {
     }
 
     fn embed(&self, table: &WgpuMatrix, ids: &[u32], out: &mut WgpuAct) {
+        let Some(buf) = self.scratch(&self.ids, "token ids", (ids.len() * 4) as u64) else {
+            return; // the error is reported at the next readback
+        };
         let ids_buf = WgpuAct {
-            buf: self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("ids"),
-                size: (ids.len() * 4).next_multiple_of(16) as u64,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }),
+            buf,
             cols: 1,
+            _release: None,
         };
         self.record_upload(&ids_buf.buf, 0, bytemuck::cast_slice(ids));
         let groups = [table.0.cols.div_ceil(256) as u32, ids.len() as u32, 1];
@@ -805,7 +940,8 @@ impl Backend for Wgpu {
         };
         let splits = len.div_ceil(chunk);
         let parts = if splits > 1 {
-            let size = (s.n_heads * splits * (s.head_dim + 2) * 4) as u64;
+            // sized for the most splits at once (a few hundred KiB), so it never regrows
+            let size = (s.n_heads * MAX_SPLITS * (s.head_dim + 2) * 4) as u64;
             match self.scratch(&self.attn_parts, "attention scratch", size) {
                 Some(b) => b,
                 None => return, // the error is reported at the next readback

@@ -85,9 +85,9 @@ step "browser package (wasm + WebGPU in headless Chromium)"
 bash scripts/build-wasm.sh
 (cd bindings-wasm && npm ci --no-audit --no-fund && node --test --test-concurrency=1 test/browser.test.mjs test/engine.test.mjs)
 
-# last, so the binaries the suites above used are the default (CUDA-free) build
+# the CLI, the Python wheel and the Node addon all build the CUDA backend by default; here
+# its kernels also compile, through NVRTC, for the lent GPUs' architectures
 step "CUDA backend: builds without a GPU or toolkit; kernels compile with NVRTC"
-cargo build --release -p yangtuo-cli --features cuda
 # NVRTC from pip, pinned to the CUDA 13.0 of the lent GPUs' driver (../shared/CUDA.md)
 "$VENV/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-nvrtc==13.0.*"
 YANGTUO_NVRTC_DIR=$(dirname "$(find "$VENV" -name 'libnvrtc.so.*' | head -1)")

@@ -15,7 +15,9 @@ export interface LoadProgress {
 }
 
 export interface LoadOptions {
-  /** `auto` (default: a GPU through wgpu, else the CPU; `$YANGTUO_BACKEND` overrides), `wgpu`, `cuda` or `cpu`. */
+  /** `auto` (default: CUDA on an NVIDIA GPU with its driver and NVRTC, then a hardware GPU
+   * through wgpu, then the CPU; never a software adapter; `$YANGTUO_BACKEND` overrides),
+   * `wgpu`, `cuda` or `cpu`. */
   backend?: 'auto' | 'wgpu' | 'cuda' | 'cpu'
   /** Quantize f16/bf16/f32 weights while loading. */
   quantize?: 'q4_0' | 'q4_1' | 'q8_0' | 'q4_k' | 'q6_k' | 'f16'

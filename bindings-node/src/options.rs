@@ -54,8 +54,8 @@ impl From<&yangtuo::Message> for ChatMessage {
 #[napi(object)]
 #[derive(Default)]
 pub struct LoadOptions {
-    /// `auto` (default: a hardware GPU through wgpu, then CUDA, then wgpu on a software
-    /// adapter, then the CPU), `wgpu`, `cuda` or `cpu`.
+    /// `auto` (default: CUDA on an NVIDIA GPU with its driver and NVRTC, then a hardware
+    /// GPU through wgpu, then the CPU; never a software adapter), `wgpu`, `cuda` or `cpu`.
     pub backend: Option<String>,
     /// Quantize f16/bf16/f32 weights while loading: `q4_0`, `q4_1`, `q8_0`, `q4_k`, `q6_k`.
     pub quantize: Option<String>,

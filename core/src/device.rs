@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// A real GPU through wgpu, then CUDA, then wgpu on any adapter (a software one, such
-    /// as lavapipe or SwiftShader, with a warning), then the CPU backend.
+    /// CUDA (an NVIDIA GPU with its driver and NVRTC), then a real GPU through wgpu, then
+    /// the CPU backend; a software wgpu adapter (lavapipe, SwiftShader) only in a build
+    /// without the CPU backend.
     #[default]
     Auto,
     Wgpu,
@@ -83,36 +84,34 @@ pub async fn load_runner(
         #[cfg(feature = "cuda")]
         BackendChoice::Cuda => boxed(source, crate::backend::cuda::Cuda::new()?, total, progress),
         BackendChoice::Auto => {
-            // As the engine's spec orders it: a real GPU through wgpu, then CUDA, then wgpu on
-            // any adapter, then the CPU backend. A software adapter (lavapipe, SwiftShader)
-            // runs the same kernels on the same cores 50-100x slower than the CPU backend,
-            // so choosing it is logged as a warning that says so.
-            #[cfg(feature = "wgpu")]
-            let software = match crate::backend::wgpu::Wgpu::new().await {
-                Ok(gpu) if gpu.is_real_gpu() => return boxed(source, gpu, total, progress),
-                Ok(gpu) => Some(gpu),
-                Err(e) => {
-                    log::info!("wgpu unavailable ({e})");
-                    None
-                }
-            };
+            // CUDA where the driver and NVRTC are found (an NVIDIA GPU), then a real GPU
+            // through wgpu, then the CPU backend. A software adapter (lavapipe,
+            // SwiftShader) runs the same kernels on the same cores 50-100x slower than the
+            // CPU backend, so auto takes it only in a build without one; `--backend wgpu`
+            // still reaches it.
             #[cfg(feature = "cuda")]
             match crate::backend::cuda::Cuda::new() {
                 Ok(cuda) => return boxed(source, cuda, total, progress),
                 Err(e) => log::info!("cuda unavailable ({e})"),
             }
             #[cfg(feature = "wgpu")]
-            if let Some(gpu) = software {
-                log::warn!(
-                    "no hardware GPU: running on the software adapter {}{}",
-                    crate::backend::Backend::name(&gpu),
-                    if cfg!(feature = "cpu") {
-                        "; on these cores `--backend cpu` is 50-100x faster"
-                    } else {
-                        ""
-                    }
-                );
-                return boxed(source, gpu, total, progress);
+            match crate::backend::wgpu::Wgpu::new().await {
+                Ok(gpu) if gpu.is_real_gpu() => return boxed(source, gpu, total, progress),
+                #[cfg(not(feature = "cpu"))]
+                Ok(gpu) => {
+                    log::warn!(
+                        "no hardware GPU: running on the software adapter {}",
+                        crate::backend::Backend::name(&gpu)
+                    );
+                    return boxed(source, gpu, total, progress);
+                }
+                #[cfg(feature = "cpu")]
+                Ok(gpu) => log::info!(
+                    "skipping the software adapter {} (`--backend wgpu` runs on it); the CPU \
+                     backend is 50-100x faster on the same cores",
+                    crate::backend::Backend::name(&gpu)
+                ),
+                Err(e) => log::info!("wgpu unavailable ({e})"),
             }
             #[cfg(feature = "cpu")]
             return boxed(source, crate::backend::cpu::Cpu, total, progress);

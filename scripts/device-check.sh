@@ -107,6 +107,9 @@ step "2. core unit tests on the GPU (every op and format vs the CPU backend)"
 timeout 240 "$B/yangtuo-core-tests" backend::cuda --nocapture --test-threads=1 2>&1 | tee "$L/unit.log" | grep -vE '^\[|^$'
 grep -q "skipped: no CUDA device" "$L/unit.log" && note "unit tests: NO CUDA DEVICE FOUND"
 grep -q "test result: ok" "$L/unit.log" && note "unit tests (cuda vs cpu, all formats): ok" || note "unit tests (cuda vs cpu, all formats): FAILED (see unit.log)"
+# every op against f64 loops, the f16 KV cache's store and attention included (not yet run on a GPU)
+timeout 120 "$B/yangtuo-core-tests" backend::conformance::cuda --nocapture --test-threads=1 2>&1 | tee "$L/conformance.log" | grep -vE '^\[|^$'
+grep -q "test result: ok. 1 passed" "$L/conformance.log" && note "op conformance (f32 and f16 KV caches): ok" || note "op conformance: FAILED (see conformance.log)"
 YANGTUO_CUDA_MMA=0 YANGTUO_CUDA_GRAPH=0 YANGTUO_TEST_FORMATS=F16,Q4_0,Q4K,Gptq4 timeout 120 \
   "$B/yangtuo-core-tests" backend::cuda::tests::forward --nocapture 2>&1 | tee "$L/unit-nomma-nograph.log" | grep -vE '^\[|^$'
 grep -q "test result: ok" "$L/unit-nomma-nograph.log" && note "unit tests, f32 prefill kernel and no graphs: ok" || note "unit tests, f32 prefill kernel and no graphs: FAILED"

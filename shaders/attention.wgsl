@@ -8,7 +8,8 @@
 // With one split the workgroup writes out[t, h] itself. With several (decode over a long
 // context), split z takes keys z·chunk .. (z+1)·chunk and writes its unnormalized sum, m
 // and l to parts[(t·n_heads + h)·splits + z] as head_dim + 2 floats; attention_combine.wgsl
-// merges them.
+// merges them. The caches are stored as the prefix (kv_f32.wgsl or kv_f16.wgsl) says and
+// read through its k_at / v_at, in f32.
 
 struct Params {
     n: u32,
@@ -27,8 +28,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<KvWord>;
+@group(0) @binding(3) var<storage, read> v_cache: array<KvWord>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> parts: array<f32>;
 
@@ -86,7 +87,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let ko = s_idx * p.kv_stride + kv_off;
             var dotp = 0.0;
             for (var d = 0u; d < hd; d++) {
-                dotp += qs[d] * k_cache[ko + d];
+                dotp += qs[d] * k_at(ko + d);
             }
             score = dotp;
         }
@@ -109,7 +110,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             for (var c = 0u; c < 4u; c++) {
                 let d = li + c * WG;
                 if (d < hd) {
-                    acc[c] += pj * v_cache[vo + d];
+                    acc[c] += pj * v_at(vo + d);
                 }
             }
         }

@@ -25,6 +25,9 @@ export interface LoadOptions {
   template?: string
   /** KV cache length in tokens; default min(trained context, 4096). */
   nCtx?: number
+  /** How the KV cache stores keys and values: `auto` (default: f16 on a GPU that computes in
+   * f16, else f32), `f16` (half the memory) or `f32`. */
+  kvCacheDtype?: 'auto' | 'f16' | 'f32'
   /** Tokens per prefill batch (default 512). */
   maxBatch?: number
   /** Above 1: concurrent `chat()` / `chatStream()` calls (up to this many) share each

@@ -63,6 +63,9 @@ pub struct LoadOptions {
     pub template: Option<String>,
     /// KV cache length in tokens; default min(trained context, 4096).
     pub n_ctx: Option<f64>,
+    /// How the KV cache stores keys and values: `auto` (default: f16 on a GPU that computes
+    /// in f16, else f32), `f16` (half the memory) or `f32`.
+    pub kv_cache_dtype: Option<String>,
     /// Tokens per prefill batch (default 512).
     pub max_batch: Option<f64>,
     /// Above 1: concurrent generations share each decode step (continuous batching).
@@ -85,6 +88,9 @@ impl LoadOptions {
         o.template = self.template;
         o.tool_template = self.tool_template;
         o.ctx_len = whole("nCtx", self.n_ctx, 1.0)?.map(|n| n as usize);
+        if let Some(d) = self.kv_cache_dtype {
+            o.kv_cache_dtype = yangtuo::parse_kv_dtype(&d)?;
+        }
         if let Some(b) = whole("maxBatch", self.max_batch, 1.0)? {
             o.max_batch = b as usize;
         }

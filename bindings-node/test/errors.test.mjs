@@ -26,6 +26,7 @@ describe('errors', () => {
     coded(await rejection(Llama.load('/nonexistent/model', { backend: 'tpu' })), 'INVALID_ARG', /backend/)
     coded(await rejection(Llama.load('/nonexistent/model', { nCtx: -3 })), 'INVALID_ARG', /nCtx/)
     coded(await rejection(Llama.load('/nonexistent/model', { quantize: 'q3_x' })), 'INVALID_ARG', /quantize/)
+    coded(await rejection(Llama.load('/nonexistent/model', { kvCacheDtype: 'f8' })), 'INVALID_ARG', /kv_cache_dtype/)
     coded(await rejection(Llama.load(42)), 'INVALID_ARG', /path/)
   })
 

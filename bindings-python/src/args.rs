@@ -135,6 +135,7 @@ impl GenArgs<'_> {
 }
 
 /// `Llama(...)` arguments → core's `LoadOptions`.
+#[allow(clippy::too_many_arguments)]
 pub fn load_options(
     py: Python<'_>,
     backend: &str,
@@ -143,6 +144,7 @@ pub fn load_options(
     n_ctx: Option<i64>,
     parallel: i64,
     tool_template: Option<String>,
+    kv_cache_dtype: &str,
 ) -> PyResult<LoadOptions> {
     let parallel = usize::try_from(parallel).map_err(|_| {
         invalid(
@@ -165,6 +167,7 @@ pub fn load_options(
             .transpose()
             .py_err(py)?,
         ctx_len,
+        kv_cache_dtype: yangtuo::parse_kv_dtype(kv_cache_dtype).py_err(py)?,
         parallel,
         tool_template,
         ..LoadOptions::default()

@@ -27,7 +27,7 @@ pub struct PyLlama {
 #[pymethods]
 impl PyLlama {
     #[new]
-    #[pyo3(signature = (model, backend = "auto", quantize = None, template = None, n_ctx = None, progress = None, parallel = 1, tool_template = None))]
+    #[pyo3(signature = (model, backend = "auto", quantize = None, template = None, n_ctx = None, progress = None, parallel = 1, tool_template = None, kv_cache_dtype = "auto"))]
     fn new(
         py: Python<'_>,
         model: PathBuf,
@@ -38,6 +38,7 @@ impl PyLlama {
         progress: Option<&Bound<'_, PyAny>>,
         parallel: i64,
         tool_template: Option<String>,
+        kv_cache_dtype: &str,
     ) -> PyResult<Self> {
         let opts = args::load_options(
             py,
@@ -47,6 +48,7 @@ impl PyLlama {
             n_ctx,
             parallel,
             tool_template,
+            kv_cache_dtype,
         )?;
         let progress = Progress::new(progress)?;
         let path = model.clone();

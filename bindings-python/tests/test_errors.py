@@ -33,6 +33,8 @@ def test_bad_load_options(model_dir):
         yangtuo.Llama(model_dir, backend="cpu", template="vicuna", progress=False)
     with pytest.raises(ValueError, match="n_ctx"):
         yangtuo.Llama(model_dir, backend="cpu", n_ctx=-1, progress=False)
+    with pytest.raises(yangtuo.InvalidArgumentError, match="kv_cache_dtype"):
+        yangtuo.Llama(model_dir, backend="cpu", kv_cache_dtype="f8", progress=False)
     with pytest.raises(TypeError, match="progress"):
         yangtuo.Llama(model_dir, backend="cpu", progress="yes")
 
@@ -137,3 +139,9 @@ def test_bad_call_arguments(llm):
         llm.detokenize("abc")
     with pytest.raises(yangtuo.YangtuoError):
         llm.detokenize([10**9])
+
+
+def test_an_f16_kv_cache_loads_and_answers(model_dir):
+    llm = yangtuo.Llama(model_dir, backend="cpu", kv_cache_dtype="f16", progress=False)
+    r = llm.chat(USER, max_tokens=4, temperature=0)
+    assert r.finish_reason in ("stop", "length")

@@ -24,6 +24,11 @@ export interface LoadOptions {
   template?: string
   nCtx?: number
   /**
+   * How the KV cache stores keys and values: `auto` (default: f16 where WebGPU has
+   * shader-f16, else f32), `f16` (half the memory, on any WebGPU device) or `f32`.
+   */
+  kvCacheDtype?: 'auto' | 'f16' | 'f32'
+  /**
    * Conversations answered at once by one batch (default 1): with 2 or more, concurrent
    * `chat` / `chatStream` calls share each forward pass (continuous batching, as
    * `yangtuo serve --parallel`), so two chats in one page cost about one in memory

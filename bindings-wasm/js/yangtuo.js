@@ -65,7 +65,7 @@ export class Llama {
   }
 
   /** Options: js/yangtuo.d.ts, `LoadOptions`. */
-  static async load({ model, onProgress, template, nCtx, parallel, cache = true, backend = 'auto', endpoint = HF_ENDPOINT } = {}) {
+  static async load({ model, onProgress, template, nCtx, parallel, kvCacheDtype, cache = true, backend = 'auto', endpoint = HF_ENDPOINT } = {}) {
     await boot();
     const store = await openStore(cache);
     const src = await resolve(model, { store, endpoint });
@@ -84,7 +84,7 @@ export class Llama {
           onProgress?.({ loaded, total, file: name, tensor });
         });
       }
-      return new Llama(await loader.finish(src.tokenizer, src.tokenizerConfig, template, nCtx, parallel));
+      return new Llama(await loader.finish(src.tokenizer, src.tokenizerConfig, template, nCtx, parallel, kvCacheDtype));
     } finally {
       // what a failed load uploaded goes now, not whenever the garbage collector runs
       loader.free();

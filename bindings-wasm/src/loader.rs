@@ -101,7 +101,9 @@ impl WasmLoader {
         template: Option<String>,
         n_ctx: Option<usize>,
         parallel: Option<usize>,
+        kv_cache_dtype: Option<String>,
     ) -> Result<js_sys::Promise, JsValue> {
+        let kv = yangtuo::parse_kv_dtype(kv_cache_dtype.as_deref().unwrap_or("auto")).map_err(to_js)?;
         let loader = self.inner.take().ok_or_else(|| arg("loader", "this loader has already finished"))?;
         let device = self.device.clone();
         Ok(wasm_bindgen_futures::future_to_promise(async move {
@@ -109,7 +111,8 @@ impl WasmLoader {
                 Stream::Gpu(mut loader) => {
                     let weights = loader.loaded_bytes;
                     let gguf = loader.take_gguf();
-                    let model = loader.finish().map_err(to_js)?;
+                    let mut model = loader.finish().map_err(to_js)?;
+                    model.kv_dtype = kv.unwrap_or(model.kv_dtype);
                     // the browser reports failed allocations asynchronously: wait for the uploads
                     if let Err(e) = model.backend.sync().await {
                         let mib = weights as f64 / (1 << 20) as f64;
@@ -120,7 +123,9 @@ impl WasmLoader {
                 }
                 Stream::Cpu(mut loader) => {
                     let gguf = loader.take_gguf();
-                    (loader.finish().map_err(to_js)?.into_runner(), gguf)
+                    let mut model = loader.finish().map_err(to_js)?;
+                    model.kv_dtype = kv.unwrap_or(model.kv_dtype);
+                    (model.into_runner(), gguf)
                 }
             };
             let files = TokenizerFiles::Bytes { tokenizer: tokenizer.as_deref(), tokenizer_config: tokenizer_config.as_deref() };

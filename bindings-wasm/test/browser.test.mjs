@@ -54,6 +54,23 @@ test('the browser answer is token-identical to the native wgpu answer', async ()
   assert.equal(web, nativeAnswer(path.join(models, 'tiny.q8_0.gguf'), 'wgpu', QUESTION, 16));
 });
 
+test('an f16 KV cache (kvCacheDtype) runs without shader-f16, as the native one does', async () => {
+  const web = await inPage(async (y, a) => {
+    const llm = await y.Llama.load({ model: '/models/tiny.q8_0.gguf', kvCacheDtype: 'f16' });
+    let bad = null;
+    try {
+      await y.Llama.load({ model: '/models/tiny.q8_0.gguf', kvCacheDtype: 'f8' });
+    } catch (e) {
+      bad = { code: e.code, message: e.message };
+    }
+    return { out: (await llm.chat([{ role: 'user', content: a.q }], { temperature: 0, maxTokens: 16 })).content, bad };
+  }, { q: QUESTION });
+  const model = path.join(models, 'tiny.q8_0.gguf');
+  assert.equal(web.out, nativeAnswer(model, 'wgpu', QUESTION, 16, ['--kv-cache-dtype', 'f16']));
+  assert.equal(web.bad?.code, 'INVALID_ARG');
+  assert.match(web.bad.message, /kv_cache_dtype/);
+});
+
 test('the shared request set gives what yangtuo serve gives (tests/requests/openai.json)', async () => {
   const { cases } = JSON.parse(fs.readFileSync(path.join(repo, 'tests', 'requests', 'openai.json'), 'utf8'));
   // in the page: each answer or chunk list as JSON, or the error's code and message

@@ -46,8 +46,8 @@ export function quantize(from, to, type) {
 }
 
 /** The native CLI's greedy chat answer to `question` on `model`. */
-export function nativeAnswer(model, backend, question, maxTokens) {
-  const out = execFileSync(cli, ['chat', '--model', model, '--backend', backend, '--temperature', '0', '--max-tokens', String(maxTokens)], {
+export function nativeAnswer(model, backend, question, maxTokens, extra = []) {
+  const out = execFileSync(cli, ['chat', '--model', model, '--backend', backend, '--temperature', '0', '--max-tokens', String(maxTokens), ...extra], {
     input: `${question}\n/exit\n`,
     env: { ...process.env, YANGTUO_NO_F16: '1' },
   }).toString();

@@ -23,6 +23,10 @@ pub struct ModelArgs {
     /// Context length (KV cache positions); default min(trained context, 4096).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// How the KV cache stores keys and values: auto | f16 | f32. auto: f16 on a GPU that
+    /// computes in f16 (wgpu with shader-f16), else f32; f16 halves the cache.
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: String,
     /// A jinja template that describes a request's `tools` in the system prompt (README,
     /// "Tool calls"; it gets `system`, `tools` and `tool_choice`).
     #[arg(long)]
@@ -121,6 +125,7 @@ impl ModelArgs {
                 .map(|q| parse_format(q, "quantize"))
                 .transpose()?,
             ctx_len: self.ctx,
+            kv_cache_dtype: yangtuo::parse_kv_dtype(&self.kv_cache_dtype)?,
             tool_template: self
                 .tool_template
                 .as_deref()

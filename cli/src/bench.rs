@@ -76,7 +76,8 @@ pub fn run(mut a: Args) -> Result<()> {
         .and_then(|n| n.checked_add(1))
         .ok_or_else(|| Error::arg("n-depth", "depth + prompt + generated tokens overflow"))?
         .max(3);
-    yangtuo::llama::check_context(&c, ctx)?;
+    let kv = yangtuo::parse_kv_dtype(&a.model.kv_cache_dtype)?.unwrap_or_default();
+    yangtuo::llama::check_context(&c, ctx, kv)?;
     let mut size = 0u64;
     let mut params = 0u64;
     let mut by_format = std::collections::BTreeMap::<String, u64>::new();

@@ -86,6 +86,7 @@ pub fn load_runner(m: &ModelArgs) -> Result<Arc<dyn yangtuo::Runner>> {
         None => pollster::block_on(yangtuo::device::load_runner(
             &mut files,
             opts.backend,
+            opts.kv_cache_dtype,
             total,
             &mut cb,
         )),
@@ -94,6 +95,7 @@ pub fn load_runner(m: &ModelArgs) -> Result<Arc<dyn yangtuo::Runner>> {
             pollster::block_on(yangtuo::device::load_runner(
                 &mut q,
                 opts.backend,
+                opts.kv_cache_dtype,
                 total,
                 &mut cb,
             ))

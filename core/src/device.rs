@@ -1,6 +1,7 @@
 //! Choosing the device a model runs on (`auto`, `YANGTUO_BACKEND`) and loading its
 //! weights onto that backend.
 
+use crate::backend::KvDtype;
 use crate::model::Model;
 use crate::runner::Runner;
 use crate::weights::builder::{LoadProgress, WeightSource};
@@ -52,21 +53,28 @@ impl BackendChoice {
 fn boxed<B: crate::backend::Backend>(
     source: &mut dyn WeightSource,
     backend: B,
+    kv_dtype: Option<KvDtype>,
     total: u64,
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<Arc<dyn Runner>> {
-    let model = Model::load(source, backend, total, progress)?;
+    let mut model = Model::load(source, backend, total, progress)?;
+    if let Some(d) = kv_dtype {
+        model.kv_dtype = d;
+    }
     log::info!(
-        "loaded on {}",
-        crate::backend::Backend::name(&model.backend)
+        "loaded on {} ({} KV cache)",
+        crate::backend::Backend::name(&model.backend),
+        model.kv_dtype
     );
     Ok(model.into_runner())
 }
 
 /// Load `source` onto the chosen backend. `total` is the byte count for progress.
+/// `kv`: how its sessions' KV caches store keys and values (`None`: the backend's auto).
 pub async fn load_runner(
     source: &mut dyn WeightSource,
     choice: BackendChoice,
+    kv: Option<KvDtype>,
     total: u64,
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<Arc<dyn Runner>> {
@@ -76,13 +84,20 @@ pub async fn load_runner(
         BackendChoice::Wgpu => boxed(
             source,
             crate::backend::wgpu::Wgpu::new().await?,
+            kv,
             total,
             progress,
         ),
         #[cfg(feature = "cpu")]
-        BackendChoice::Cpu => boxed(source, crate::backend::cpu::Cpu, total, progress),
+        BackendChoice::Cpu => boxed(source, crate::backend::cpu::Cpu, kv, total, progress),
         #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => boxed(source, crate::backend::cuda::Cuda::new()?, total, progress),
+        BackendChoice::Cuda => boxed(
+            source,
+            crate::backend::cuda::Cuda::new()?,
+            kv,
+            total,
+            progress,
+        ),
         BackendChoice::Auto => {
             // CUDA where the driver and NVRTC are found (an NVIDIA GPU), then a real GPU
             // through wgpu, then the CPU backend. A software adapter (lavapipe,
@@ -91,19 +106,19 @@ pub async fn load_runner(
             // still reaches it.
             #[cfg(feature = "cuda")]
             match crate::backend::cuda::Cuda::new() {
-                Ok(cuda) => return boxed(source, cuda, total, progress),
+                Ok(cuda) => return boxed(source, cuda, kv, total, progress),
                 Err(e) => log::info!("cuda unavailable ({e})"),
             }
             #[cfg(feature = "wgpu")]
             match crate::backend::wgpu::Wgpu::new().await {
-                Ok(gpu) if gpu.is_real_gpu() => return boxed(source, gpu, total, progress),
+                Ok(gpu) if gpu.is_real_gpu() => return boxed(source, gpu, kv, total, progress),
                 #[cfg(not(feature = "cpu"))]
                 Ok(gpu) => {
                     log::warn!(
                         "no hardware GPU: running on the software adapter {}",
                         crate::backend::Backend::name(&gpu)
                     );
-                    return boxed(source, gpu, total, progress);
+                    return boxed(source, gpu, kv, total, progress);
                 }
                 #[cfg(feature = "cpu")]
                 Ok(gpu) => log::info!(
@@ -114,7 +129,7 @@ pub async fn load_runner(
                 Err(e) => log::info!("wgpu unavailable ({e})"),
             }
             #[cfg(feature = "cpu")]
-            return boxed(source, crate::backend::cpu::Cpu, total, progress);
+            return boxed(source, crate::backend::cpu::Cpu, kv, total, progress);
             #[allow(unreachable_code)]
             Err(Error::Device("no backend available in this build".into()))
         }

@@ -31,6 +31,7 @@ mod testing;
 pub mod tokenizer;
 pub mod weights;
 
+pub use backend::{KvDtype, parse_kv_dtype};
 pub use batch::BatchStats;
 pub use chat::{ChatTemplate, Message};
 pub use config::{Config, RopeScaling};

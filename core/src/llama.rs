@@ -6,6 +6,7 @@
 //! `Llama::load` (a path or a Hugging Face repo id) and the browser's streaming loader
 //! both end there.
 
+use crate::backend::KvDtype;
 use crate::chat::fit::drop_oldest_turns;
 use crate::chat::{ChatTemplate, Message, own_template};
 use crate::device::BackendChoice;
@@ -34,6 +35,10 @@ pub struct LoadOptions {
     pub quantize: Option<WeightFormat>,
     /// KV cache length; default min(trained context, 4096).
     pub ctx_len: Option<usize>,
+    /// How the KV cache stores keys and values; `None` (auto): the backend's
+    /// `auto_kv_dtype` (f16 on wgpu with shader-f16, else f32). Ignored by `from_parts`,
+    /// whose runner was made already.
+    pub kv_cache_dtype: Option<KvDtype>,
     /// Tokens per prefill batch.
     pub max_batch: usize,
     /// Above 1: continuous batching (`Llama::enable_batching`), so concurrent generations
@@ -51,6 +56,7 @@ impl Default for LoadOptions {
             template: None,
             quantize: None,
             ctx_len: None,
+            kv_cache_dtype: None,
             max_batch: 512,
             parallel: 1,
             tool_template: None,
@@ -183,24 +189,26 @@ impl ChatFormat {
 /// context this large is a typo or an attack, refused before anything is allocated.
 const MAX_KV_BYTES: u64 = 1 << 40;
 
-/// The KV cache of one sequence of `ctx_len` tokens (f32 keys and values of every layer), in
-/// checked arithmetic; an error names the bytes a context needs when it is past reason.
-fn kv_bytes(c: &Config, ctx_len: usize) -> Result<u64> {
+/// The KV cache of one sequence of `ctx_len` tokens (keys and values of every layer, as
+/// `dtype`), in checked arithmetic; an error names the bytes a context needs when it is
+/// past reason.
+fn kv_bytes(c: &Config, ctx_len: usize, dtype: KvDtype) -> Result<u64> {
+    let elem = dtype.bytes();
     let bytes = (c.n_layers as u64)
-        .checked_mul(2 * 4)
+        .checked_mul(2 * elem as u64)
         .and_then(|b| b.checked_mul(c.kv_dim() as u64))
         .and_then(|b| b.checked_mul(ctx_len as u64))
         .filter(|b| *b <= MAX_KV_BYTES);
     bytes.ok_or_else(|| {
-        let need = (c.n_layers * 2 * 4 * c.kv_dim()) as f64 * ctx_len as f64;
+        let need = (c.n_layers * 2 * elem * c.kv_dim()) as f64 * ctx_len as f64;
         Error::arg("ctx_len", format!("a context of {ctx_len} tokens needs {need:.3e} bytes of KV cache per sequence; at most 1 TiB"))
     })
 }
 
 /// Refuse a context whose KV cache (one sequence) overflows, passes 1 TiB or passes the
 /// machine's memory, before anything is allocated; the error names the bytes needed.
-pub fn check_context(c: &Config, ctx_len: usize) -> Result<()> {
-    let kv = kv_bytes(c, ctx_len)?;
+pub fn check_context(c: &Config, ctx_len: usize, dtype: KvDtype) -> Result<()> {
+    let kv = kv_bytes(c, ctx_len, dtype)?;
     match memory_total() {
         Some(total) if kv > total => Err(Error::arg(
             "ctx_len",
@@ -293,7 +301,7 @@ impl Llama {
         eos_ids.extend(tokenizer.eos_id());
         eos_ids.dedup();
         let ctx_len = opts.ctx_len.unwrap_or(c.max_seq_len.min(4096));
-        check_context(c, ctx_len)?;
+        check_context(c, ctx_len, runner.kv_dtype())?;
         if ctx_len > c.max_seq_len {
             log::warn!(
                 "a context of {ctx_len} tokens is past the {} the model was trained on: answers past it degrade",
@@ -356,10 +364,14 @@ impl Llama {
     pub fn tool_template(&self) -> Option<&str> {
         self.tool_template.as_deref()
     }
-    /// The device memory of one sequence's KV cache (f32 keys and values of every layer, at
-    /// every position of the context): what each parallel generation holds.
+    /// How the KV cache stores keys and values.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.runner.kv_dtype()
+    }
+    /// The device memory of one sequence's KV cache (keys and values of every layer, at
+    /// every position of the context, as `kv_dtype`): what each parallel generation holds.
     pub fn kv_bytes_per_sequence(&self) -> u64 {
-        kv_bytes(self.config(), self.ctx_len).unwrap_or(u64::MAX)
+        kv_bytes(self.config(), self.ctx_len, self.runner.kv_dtype()).unwrap_or(u64::MAX)
     }
 
     pub fn context_length(&self) -> usize {
@@ -699,11 +711,14 @@ impl Llama {
         let chat = ChatFormat::of_files(&files)?;
         let template = own_template::choose(opts.template.as_deref(), chat.own_template)?;
         let total = files.total_bytes() as u64;
+        let kv = opts.kv_cache_dtype;
         let runner = match opts.quantize {
-            None => crate::device::load_runner(&mut files, opts.backend, total, progress).await?,
+            None => {
+                crate::device::load_runner(&mut files, opts.backend, kv, total, progress).await?
+            }
             Some(f) => {
                 let mut q = crate::weights::quantize::Quantizing::new(&mut files, f)?;
-                crate::device::load_runner(&mut q, opts.backend, total, progress).await?
+                crate::device::load_runner(&mut q, opts.backend, kv, total, progress).await?
             }
         };
         Ok(Llama::assemble(runner, chat.tokenizer, template, opts)?

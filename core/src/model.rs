@@ -4,7 +4,7 @@
 //! (read-only, shared by every session) and `State` (scratch buffers plus the KV cache,
 //! one per session).
 
-use crate::backend::{AttnShape, Backend};
+use crate::backend::{AttnShape, Backend, KvDtype};
 use crate::runner::{Locked, Runner};
 use crate::weights::builder::{LoadProgress, ModelBuilder, WeightSource};
 use crate::weights::{RopeStyle, TensorId};
@@ -35,6 +35,8 @@ pub struct Model<B: Backend> {
     pub config: Config,
     pub rope_style: RopeStyle,
     pub backend: B,
+    /// How new sessions' KV caches store keys and values (default: the backend's auto).
+    pub kv_dtype: KvDtype,
     pub(crate) weights: Weights<B>,
 }
 
@@ -85,8 +87,8 @@ impl<B: Backend> Model<B> {
                 break;
             }
             layers.push((
-                b.alloc_kv(&format!("k cache {l}"), ctx_len, c.kv_dim())?,
-                b.alloc_kv(&format!("v cache {l}"), ctx_len, c.kv_dim())?,
+                b.alloc_kv(&format!("k cache {l}"), ctx_len, c.kv_dim(), self.kv_dtype)?,
+                b.alloc_kv(&format!("v cache {l}"), ctx_len, c.kv_dim(), self.kv_dtype)?,
             ));
         }
         let scratch = Scratch {

@@ -1,7 +1,7 @@
 //! Backend-erased access to a loaded model, so the chat layer and the bindings work with
 //! any device chosen at run time.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, KvDtype};
 use crate::model::{Model, Rows, State};
 use crate::{Config, Error, Result};
 use std::any::Any;
@@ -25,6 +25,8 @@ pub trait Runner: Send + Sync {
     /// Whether the model runs on the CPU backend (the batch scheduler's prompt chunks are
     /// smaller there: a CPU computes a prompt token about as slowly as a decode step's).
     fn on_cpu(&self) -> bool;
+    /// How sessions' KV caches store keys and values.
+    fn kv_dtype(&self) -> KvDtype;
     fn new_state(
         &self,
         ctx_len: usize,
@@ -101,6 +103,10 @@ impl<B: Backend> Runner for Locked<B> {
         return std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::cpu::Cpu>();
         #[cfg(not(feature = "cpu"))]
         false
+    }
+
+    fn kv_dtype(&self) -> KvDtype {
+        self.model.kv_dtype
     }
 
     fn new_state(

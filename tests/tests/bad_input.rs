@@ -177,6 +177,21 @@ fn out_of_range_ids_are_named() {
         &[],
         "99999",
     );
+    cli_fails(
+        &[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--ids",
+            "1,2",
+            "--kv-cache-dtype",
+            "f8",
+            "--backend",
+            "cpu",
+        ],
+        &[],
+        "kv_cache_dtype",
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use safetensors::Dtype;
 use std::sync::Arc;
+use yangtuo::backend::KvDtype;
 use yangtuo::backend::cpu::Cpu;
 use yangtuo::model::Model;
 use yangtuo::runner::{Runner, SessionState};
@@ -203,6 +204,60 @@ fn batched_decode_is_bit_identical_to_alone_q4_0() {
 fn batched_decode_is_bit_identical_to_alone_q8_0_and_q4_k() {
     check_invariance(Dtype::F32, Some(WeightFormat::Q8_0));
     check_invariance(Dtype::F32, Some(WeightFormat::Q4K));
+}
+
+/// An f16 KV cache (`kv_cache_dtype`): batch invariance holds on the CPU as with f32 (one
+/// kernel reads the cache for any batch), the logits stay within f16's rounding of the f32
+/// cache's, and the cache takes half the memory.
+#[test]
+fn f16_kv_cache_is_batch_invariant_near_f32_and_half_the_size() {
+    let spec = spec(Dtype::F16);
+    let dir = spec.write_temp("batch-kv-f16");
+    let load = |kv| {
+        let mut m = Model::load(&mut ModelFiles::open(&dir).unwrap(), Cpu, 0, &mut |_| {}).unwrap();
+        assert_eq!(m.kv_dtype, KvDtype::F32, "the CPU's auto is f32");
+        m.kv_dtype = kv;
+        m.into_runner()
+    };
+    let (r16, r32) = (load(KvDtype::F16), load(KvDtype::F32));
+    against_alone(&*r16, spec.vocab, "f16 KV cache", 0.0);
+    let mut worst = 0f32;
+    for q in scenario(spec.vocab) {
+        for (a, b) in alone(&*r16, &q.prompt).iter().zip(alone(&*r32, &q.prompt)) {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+            let err = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            worst = worst.max(err / scale);
+        }
+    }
+    eprintln!("f16 cache vs f32: max |Δlogit| = {worst:.2e} of the largest");
+    // keys and values rounded to 11 bits (2^-11 = 4.9e-4 relative) move the logits by
+    // about that much, not by a broken cache's order of magnitude
+    assert!(
+        worst < 5e-3,
+        "f16 cache logits differ from f32's by {worst} of the largest"
+    );
+    assert!(worst > 0.0, "an f16 cache that rounds nothing is not one");
+
+    let opts = |kv| yangtuo::LoadOptions {
+        backend: yangtuo::BackendChoice::Cpu,
+        kv_cache_dtype: kv,
+        ..Default::default()
+    };
+    let llama_dir = llama_dir("batch-kv-f16-llama");
+    let (l16, l32) = (
+        yangtuo::Llama::load(&llama_dir, &opts(Some(KvDtype::F16)), &mut |_| {}).unwrap(),
+        yangtuo::Llama::load(&llama_dir, &opts(None), &mut |_| {}).unwrap(),
+    );
+    assert_eq!(
+        (l16.kv_dtype(), l32.kv_dtype()),
+        (KvDtype::F16, KvDtype::F32)
+    );
+    assert_eq!(2 * l16.kv_bytes_per_sequence(), l32.kv_bytes_per_sequence());
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(llama_dir);
 }
 
 /// A model folder with random weights and the real Llama 2 tokenizer, for [`llama`].

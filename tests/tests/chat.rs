@@ -1210,7 +1210,13 @@ fn same_seed_same_tokens_on_cpu_and_wgpu() {
     let dir = random_model(&shared, "cpu-wgpu", LLAMA2, 8);
     let msgs = conversation();
     let cpu = load_cpu(&dir);
-    let gpu = match Llama::load(&*dir, &opts(BackendChoice::Wgpu, None, None), &mut |_| {}) {
+    // both with f32 KV caches: wgpu's auto on lavapipe (shader-f16) is an f16 cache, whose
+    // rounding moves logits by ~1e-3, enough to change a sampled token
+    let f32_kv = yangtuo::LoadOptions {
+        kv_cache_dtype: Some(yangtuo::KvDtype::F32),
+        ..opts(BackendChoice::Wgpu, None, None)
+    };
+    let gpu = match Llama::load(&*dir, &f32_kv, &mut |_| {}) {
         Ok(l) => l,
         Err(e) => {
             // CI has lavapipe; a machine without any Vulkan/Metal/DX12 adapter cannot run this

@@ -43,7 +43,9 @@ fn wgpu_resources_stay_flat_over_a_long_decode_and_many_sessions() {
         next = pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();
         pos += 1;
     }
-    let before = b.live_objects().expect("wgpu-core reports its objects natively");
+    let before = b
+        .live_objects()
+        .expect("wgpu-core reports its objects natively");
 
     for _ in WARM..TOKENS {
         model.forward(&mut s, &[next], pos, 1).unwrap();

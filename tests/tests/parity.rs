@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 #[cfg(feature = "cuda")]
 use yangtuo::backend::cuda::Cuda;
-use yangtuo::backend::{cpu::Cpu, wgpu::Wgpu};
+use yangtuo::backend::{KvDtype, cpu::Cpu, wgpu::Wgpu};
 use yangtuo::model::Model;
 use yangtuo::runner::Runner;
 use yangtuo::weights::source::ModelFiles;
@@ -218,10 +218,14 @@ fn decode_over_a_long_context() {
                 &want[pos * spec.vocab..(pos + 1) * spec.vocab],
             ));
         }
-        println!("long-decode {dev:?}: max|Δlogit|/max|logit| = {worst:.2e}");
+        // an f16 KV cache (wgpu's auto with shader-f16) rounds 640 keys and values to 11
+        // bits: measured 1.8e-3 here, against 1e-5 with f32
+        let kv = r.kv_dtype();
+        let bound = if kv == KvDtype::F16 { 4e-3 } else { 1e-3 };
+        println!("long-decode {dev:?} ({kv} KV): max|Δlogit|/max|logit| = {worst:.2e}");
         assert!(
-            worst <= 1e-3,
-            "decode at positions {prefill}..{len} on {dev:?}: relative error {worst:.3e}"
+            worst <= bound,
+            "decode at positions {prefill}..{len} on {dev:?} ({kv} KV): relative error {worst:.3e}"
         );
     }
     let _ = std::fs::remove_dir_all(dir);

@@ -142,13 +142,18 @@ fn progress() -> impl FnMut(LoadProgress) {
     |_: LoadProgress| {}
 }
 
+/// The bounds here measure the weights' quantization, so the KV cache stays f32 on every
+/// device (wgpu's auto with shader-f16 is f16, whose own rounding parity.rs and the op
+/// conformance suite check).
 fn runner(source: &mut dyn WeightSource, dev: Dev) -> Arc<dyn Runner> {
     let mut p = progress();
     match dev {
         Dev::Cpu => Model::load(source, Cpu, 0, &mut p).unwrap().into_runner(),
-        _ => Model::load(source, gpu(dev), 0, &mut p)
-            .unwrap()
-            .into_runner(),
+        _ => {
+            let mut m = Model::load(source, gpu(dev), 0, &mut p).unwrap();
+            m.kv_dtype = yangtuo::KvDtype::F32;
+            m.into_runner()
+        }
     }
 }
 

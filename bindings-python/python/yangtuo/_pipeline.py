@@ -80,7 +80,8 @@ def pipeline(
 ) -> TextGenerationPipeline:
     """``pipeline("text-generation", model="path/to/model")``: a callable chat pipeline.
     ``model`` is a model folder, a ``.gguf`` file or a loaded ``Llama``; the keyword arguments
-    of ``Llama(...)`` (backend, quantize, template, n_ctx, progress, parallel) load it,
+    of ``Llama(...)`` (backend, quantize, template, n_ctx, progress, parallel, kv_cache_dtype)
+    load it,
     ``output_format`` picks the answer's shape (see ``TextGenerationPipeline``), and any
     others become the pipeline's default ``chat`` arguments. ``task`` takes modelscope's
     ``Tasks.text_generation`` / ``Tasks.chat`` (also as ``yangtuo.Tasks``)."""
@@ -89,7 +90,7 @@ def pipeline(
     if model is None:
         raise ValueError("pipeline needs model=: a model folder, a .gguf file or a yangtuo.Llama")
     output_format = kwargs.pop("output_format", "modelscope")
-    load_keys = {"backend", "quantize", "template", "n_ctx", "progress", "parallel"}
+    load_keys = {"backend", "quantize", "template", "n_ctx", "progress", "parallel", "kv_cache_dtype"}
     load = {k: v for k, v in kwargs.items() if k in load_keys}
     chat = {k: v for k, v in kwargs.items() if k not in load_keys}
     llm = model if isinstance(model, Llama) else Llama(model, **load)

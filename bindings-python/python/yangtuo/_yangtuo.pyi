@@ -35,6 +35,7 @@ class Llama:
         progress: Progress = None,
         parallel: int = 1,
         tool_template: str | None = None,
+        kv_cache_dtype: Literal["auto", "f16", "f32"] | str = "auto",
     ) -> None: ...
     @overload
     def chat(

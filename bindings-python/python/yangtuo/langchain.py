@@ -47,7 +47,7 @@ except ImportError as e:  # pragma: no cover
 
 from ._yangtuo import Llama
 
-_LOAD_KEYS = ("backend", "quantize", "template", "n_ctx", "progress")
+_LOAD_KEYS = ("backend", "quantize", "template", "n_ctx", "progress", "kv_cache_dtype")
 _CHAT_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
 
 
@@ -64,6 +64,7 @@ class _YangtuoParams(BaseModel):
     quantize: Optional[str] = None
     template: Optional[str] = None
     n_ctx: Optional[int] = None
+    kv_cache_dtype: str = "auto"
     progress: Any = None
 
     max_tokens: Optional[int] = None

@@ -11,12 +11,26 @@
 //! This localizes a fault to one op; whole models against candle are tests/tests/parity.rs,
 //! and every format against gguf-py's own decoders is tests/tests/quant.rs.
 
-use super::{AttnShape, Backend};
+use super::{AttnShape, Backend, KvDtype};
 use crate::testing::Rng;
 use crate::weights::{Blob, RopeStyle, WeightData, WeightFormat};
 
 /// f32's unit roundoff, 2⁻²⁴.
 const U: f64 = f32::EPSILON as f64 / 2.0;
+/// f16's, 2⁻¹¹: an f16 KV cache's rounding, which a device may do its own way (WGSL leaves
+/// pack2x16float's rounding to the device), allowed once more on top of the reference's.
+const U16: f64 = 1.0 / 2048.0;
+
+/// `xs` as an f16 KV cache holds them (round to nearest even), or as they are.
+fn stored(xs: &[f32], dtype: KvDtype) -> Vec<f32> {
+    match dtype {
+        KvDtype::F32 => xs.to_vec(),
+        KvDtype::F16 => xs
+            .iter()
+            .map(|x| half::f16::from_f32(*x).to_f32())
+            .collect(),
+    }
+}
 
 /// How a backend's matrix products round their inputs, which sets their error bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,8 +379,17 @@ impl<'a, B: Backend> Suite<'a, B> {
     /// sequence's rows start at row 0, 1 or 2 of q, k, v and out, as in a batch of several
     /// sequences; out's other rows must stay as they were.
     fn attention(&mut self) {
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            self.attention_in(dtype);
+        }
+    }
+
+    /// `attention` with caches of `dtype`.
+    fn attention_in(&mut self, dtype: KvDtype) {
         const MAX_SEQ: usize = 300;
         let steps = [(0, 5), (5, 3), (8, 1), (9, 281), (289, 1)];
+        // an f16 cache rounds each key and value once more than the reference's rounding
+        let u16 = if dtype == KvDtype::F16 { U16 } else { 0.0 };
         for s in [
             AttnShape {
                 n_heads: 4,
@@ -384,8 +407,8 @@ impl<'a, B: Backend> Suite<'a, B> {
                 s.n_heads * s.head_dim,
                 s.n_kv_heads * s.head_dim,
             );
-            let mut kc = self.b.alloc_kv("k", MAX_SEQ, kv_dim).unwrap();
-            let mut vc = self.b.alloc_kv("v", MAX_SEQ, kv_dim).unwrap();
+            let mut kc = self.b.alloc_kv("k", MAX_SEQ, kv_dim, dtype).unwrap();
+            let mut vc = self.b.alloc_kv("v", MAX_SEQ, kv_dim, dtype).unwrap();
             let (mut kref, mut vref) = (vec![0f32; MAX_SEQ * kv_dim], vec![0f32; MAX_SEQ * kv_dim]);
             for (step, (pos, n)) in steps.into_iter().enumerate() {
                 let first = step % 3;
@@ -404,8 +427,8 @@ impl<'a, B: Backend> Suite<'a, B> {
                     &qs[first * q_dim..],
                 );
                 self.b.store_kv(&k, &v, first, n, pos, &mut kc, &mut vc);
-                kref[pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(ks);
-                vref[pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(vs);
+                kref[pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(&stored(ks, dtype));
+                vref[pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(&stored(vs, dtype));
                 let mut out = self.nan(rows, q_dim);
                 self.b.attention(&q, &kc, &vc, first, n, pos, s, &mut out);
                 let all = self.read(&out, rows);
@@ -442,7 +465,8 @@ impl<'a, B: Backend> Suite<'a, B> {
                         // softmax weights off by: the scores' f32 error (hd·2⁻²⁴·smax, twice:
                         // numerator and sum), exp (WGSL allows 3 + 2|x| ulp), the sums over
                         // len; bound twice that
-                        let rel = U * (2.0 * len as f64 + (2.0 * hd as f64 + 8.0) * smax + 16.0);
+                        let rel = U * (2.0 * len as f64 + (2.0 * hd as f64 + 8.0) * smax + 16.0)
+                            + u16 * (2.0 * smax + 1.0);
                         for i in 0..hd {
                             let o = t * q_dim + h * hd + i;
                             want[o] = (0..len)
@@ -457,7 +481,7 @@ impl<'a, B: Backend> Suite<'a, B> {
                     }
                 }
                 let what = format!(
-                    "attention {}/{}x{hd} pos={pos} n={n}",
+                    "attention ({dtype} cache) {}/{}x{hd} pos={pos} n={n}",
                     s.n_heads, s.n_kv_heads
                 );
                 self.check(&what, &got, &want, |i| bound[i]);
@@ -470,18 +494,28 @@ impl<'a, B: Backend> Suite<'a, B> {
     /// output at position p is the mean of values 0..=p, which shows the copied rows and
     /// the zeros around them (p = 9 reads the first row past the copy).
     fn copy_kv(&mut self) {
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            self.copy_kv_in(dtype);
+        }
+    }
+
+    fn copy_kv_in(&mut self, dtype: KvDtype) {
         let shape = AttnShape {
             n_heads: 2,
             n_kv_heads: 2,
             head_dim: 8,
         };
         let (kv_dim, len) = (16, 12);
-        let alloc = |name| self.b.alloc_kv(name, len, kv_dim).unwrap();
+        let alloc = |name| self.b.alloc_kv(name, len, kv_dim, dtype).unwrap();
         let (mut src_k, mut src_v, mut k, mut v) = (alloc("k"), alloc("v"), alloc("k"), alloc("v"));
         let (mut k2, mut v2) = (alloc("k"), alloc("v"));
         let ks = random(&mut self.rng, len * kv_dim, 1.0);
         let vs = random(&mut self.rng, len * kv_dim, 1.0);
         let (ka, va) = (self.act(len, kv_dim, &ks), self.act(len, kv_dim, &vs));
+        let (vs, tol) = (
+            stored(&vs, dtype),
+            if dtype == KvDtype::F16 { 1e-3 } else { 1e-5 },
+        );
         let zeros = self.act(len, kv_dim, &vec![0.0; len * kv_dim]);
         self.b.store_kv(&ka, &va, 0, len, 0, &mut src_k, &mut src_v);
         self.b.store_kv(&zeros, &zeros, 0, len, 0, &mut k, &mut v);
@@ -501,10 +535,10 @@ impl<'a, B: Backend> Suite<'a, B> {
                 })
                 .collect();
             self.check(
-                &format!("copy_kv then attention at {p}"),
+                &format!("copy_kv ({dtype} cache) then attention at {p}"),
                 &got,
                 &want,
-                |_| 1e-5,
+                |_| tol,
             );
         }
     }

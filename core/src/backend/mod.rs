@@ -26,6 +26,47 @@ use std::future::Future;
 /// limit; the CPU's products are batch-invariant at any size, ARCHITECTURE.md).
 pub const DECODE_ROWS: usize = 32;
 
+/// How a KV cache stores keys and values. f16 halves the cache (a 7B model's 4096
+/// positions: 2 GiB instead of 4) and the bytes attention reads; attention still computes
+/// in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        })
+    }
+}
+
+/// `auto` is `None`: each backend's `auto_kv_dtype`.
+pub fn parse_kv_dtype(s: &str) -> Result<Option<KvDtype>> {
+    match s.to_ascii_lowercase().as_str() {
+        "auto" | "" => Ok(None),
+        "f32" | "fp32" | "float32" => Ok(Some(KvDtype::F32)),
+        "f16" | "fp16" | "float16" | "half" => Ok(Some(KvDtype::F16)),
+        other => Err(crate::Error::arg(
+            "kv_cache_dtype",
+            format!("`{other}` is not one of auto, f16, f32"),
+        )),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttnShape {
     pub n_heads: usize,
@@ -46,7 +87,20 @@ pub trait Backend: Sized + Send + Sync + 'static {
 
     fn upload_matrix(&self, name: &str, w: &WeightData) -> Result<Self::Matrix>;
     fn alloc(&self, name: &str, rows: usize, cols: usize) -> Result<Self::Act>;
-    fn alloc_kv(&self, name: &str, max_seq: usize, kv_dim: usize) -> Result<Self::Kv>;
+    /// One layer's K or V cache of `max_seq` rows of `kv_dim`, stored as `dtype`.
+    fn alloc_kv(
+        &self,
+        name: &str,
+        max_seq: usize,
+        kv_dim: usize,
+        dtype: KvDtype,
+    ) -> Result<Self::Kv>;
+    /// What a KV cache `auto` stores here: f16 where the device computes in f16 (wgpu with
+    /// shader-f16), else f32. CUDA's f16 cache is compiled and NVRTC-checked but waits for
+    /// a run on a GPU before it becomes CUDA's auto.
+    fn auto_kv_dtype(&self) -> KvDtype {
+        KvDtype::F32
+    }
     /// Copy host data into the first `data.len()` elements of `dst`.
     fn write(&self, dst: &mut Self::Act, data: &[f32]);
 

@@ -138,6 +138,7 @@ impl<B: Backend> ModelBuilder<B> {
         Ok(Model {
             config: self.config,
             rope_style: self.rope_style,
+            kv_dtype: self.backend.auto_kv_dtype(),
             backend: self.backend,
             weights,
         })

@@ -66,14 +66,15 @@ pub fn matmul(
     )
 }
 
-/// As [`matmul`] for f32 weights whose rows lie `stride` floats apart (the keys of one head
-/// in a KV cache), on the calling thread alone (for a caller that is already one of the
-/// pool's workers).
+/// As [`matmul`] for f32 or f16 weights whose rows lie `stride` elements apart (the keys
+/// of one head in a KV cache), on the calling thread alone (for a caller that is already
+/// one of the pool's workers).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // attention's prompt path is x86-64's
-pub fn matmul_f32_strided_serial(
+pub fn matmul_strided_serial(
+    format: WeightFormat,
     mkn: (usize, usize, usize),
     x: &[f32],
-    w: &[f32],
+    w: &[u8],
     stride: usize,
     dst: &mut [f32],
 ) {
@@ -81,15 +82,7 @@ pub fn matmul_f32_strided_serial(
         stride,
         parallel: false,
     };
-    matmul_on(
-        simd(),
-        WeightFormat::F32,
-        mkn,
-        x,
-        bytemuck::cast_slice(w),
-        rows,
-        dst,
-    )
+    matmul_on(simd(), format, mkn, x, w, rows, dst)
 }
 
 /// Where the weight rows are, and whether the product may use the thread pool.
@@ -494,7 +487,8 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
             let w: Vec<f32> = (0..(n - 1) * stride + k).map(|_| rng.f32()).collect();
             let mut dst = vec![0f32; m * n];
-            matmul_f32_strided_serial((m, k, n), &x, &w, stride, &mut dst);
+            let bytes = bytemuck::cast_slice(&w);
+            matmul_strided_serial(WeightFormat::F32, (m, k, n), &x, bytes, stride, &mut dst);
             for t in 0..m {
                 for r in 0..n {
                     let want: f64 = (0..k)

@@ -21,7 +21,7 @@ pub use parallel::clamp_thread_env;
 mod q8;
 mod simd;
 
-use super::{AttnShape, Backend};
+use super::{AttnShape, Backend, KvDtype};
 use crate::Result;
 use crate::weights::{Blob, RopeStyle, WeightData, WeightFormat};
 use std::sync::Arc;
@@ -45,9 +45,25 @@ pub struct CpuMatrix {
     perm: Option<Arc<Vec<u32>>>,
 }
 
+impl KvData {
+    /// Write f32 values at `to`, rounded to f16 in an f16 cache.
+    fn store(&mut self, to: std::ops::Range<usize>, from: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            KvData::F32(d) => d[to].copy_from_slice(from),
+            KvData::F16(d) => d[to].convert_from_f32_slice(from),
+        }
+    }
+}
+
 pub struct CpuKv {
-    data: Vec<f32>,
+    data: KvData,
     kv_dim: usize,
+}
+
+enum KvData {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
 }
 
 impl Backend for Cpu {
@@ -105,9 +121,19 @@ impl Backend for Cpu {
         })
     }
 
-    fn alloc_kv(&self, _name: &str, max_seq: usize, kv_dim: usize) -> Result<CpuKv> {
+    fn alloc_kv(
+        &self,
+        _name: &str,
+        max_seq: usize,
+        kv_dim: usize,
+        dtype: KvDtype,
+    ) -> Result<CpuKv> {
+        let len = max_seq * kv_dim;
         Ok(CpuKv {
-            data: vec![0.0; max_seq * kv_dim],
+            data: match dtype {
+                KvDtype::F32 => KvData::F32(vec![0.0; len]),
+                KvDtype::F16 => KvData::F16(vec![half::f16::ZERO; len]),
+            },
             kv_dim,
         })
     }
@@ -216,14 +242,23 @@ impl Backend for Cpu {
         vc: &mut CpuKv,
     ) {
         let d = kc.kv_dim;
-        kc.data[pos * d..(pos + n) * d].copy_from_slice(&k.data[first * d..(first + n) * d]);
-        vc.data[pos * d..(pos + n) * d].copy_from_slice(&v.data[first * d..(first + n) * d]);
+        let (rows, to) = (first * d..(first + n) * d, pos * d..(pos + n) * d);
+        kc.data.store(to.clone(), &k.data[rows.clone()]);
+        vc.data.store(to, &v.data[rows]);
     }
 
     fn copy_kv(&self, src: &CpuKv, cache: &mut CpuKv, positions: std::ops::Range<usize>) {
         let d = cache.kv_dim;
         let range = positions.start * d..positions.end * d;
-        cache.data[range.clone()].copy_from_slice(&src.data[range]);
+        match (&mut cache.data, &src.data) {
+            (KvData::F32(to), KvData::F32(from)) => to[range.clone()].copy_from_slice(&from[range]),
+            (KvData::F16(to), KvData::F16(from)) => to[range.clone()].copy_from_slice(&from[range]),
+            (to, KvData::F32(from)) => to.store(range.clone(), &from[range]),
+            (to, KvData::F16(from)) => {
+                let wide: Vec<f32> = from[range.clone()].iter().map(|x| x.to_f32()).collect();
+                to.store(range, &wide)
+            }
+        }
     }
 
     fn attention(
@@ -241,20 +276,19 @@ impl Backend for Cpu {
             data: &q.data[first * q.cols..],
             stride: q.cols,
         };
-        let cache = attention::Cache {
-            k: &kc.data,
-            v: &vc.data,
-            stride: kc.kv_dim,
-        };
-        attention::attention(
-            queries,
-            cache,
-            n,
-            pos,
-            s,
-            &mut out.data[first * out.cols..],
-            out.cols,
-        )
+        let dst = &mut out.data[first * out.cols..];
+        let stride = kc.kv_dim;
+        match (&kc.data, &vc.data) {
+            (KvData::F32(k), KvData::F32(v)) => {
+                let cache = attention::Cache { k, v, stride };
+                attention::attention(queries, cache, n, pos, s, dst, out.cols)
+            }
+            (KvData::F16(k), KvData::F16(v)) => {
+                let cache = attention::Cache { k, v, stride };
+                attention::attention(queries, cache, n, pos, s, dst, out.cols)
+            }
+            _ => unreachable!("a layer's keys and values are allocated with one dtype"),
+        }
     }
 
     fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct, len: usize) {

@@ -140,6 +140,7 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
                 kv_dim,
                 kc,
                 vc,
+                dtype,
             } => {
                 let l = out.len();
                 let fits = l >= 2
@@ -201,6 +202,7 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
                         q_cols,
                         q_heads,
                         kv: [k, v, kc, vc],
+                        dtype,
                         kv_heads,
                         table,
                         n,
@@ -218,6 +220,7 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
                         kv_dim,
                         kc,
                         vc,
+                        dtype,
                     }
                 }
             }
@@ -234,7 +237,7 @@ mod tests {
     use super::super::record::{Buf, CudaAct, CudaKv, MatrixInner, Recorder};
     use super::*;
     use crate::backend::layout::layout;
-    use crate::backend::{AttnShape, Backend};
+    use crate::backend::{AttnShape, Backend, KvDtype};
     use crate::model::Model;
     use crate::weights::builder::WeightSource;
     use crate::weights::{Blob, LayerTensor, RopeStyle, TensorId, WeightData, WeightFormat};
@@ -308,11 +311,18 @@ mod tests {
             })
         }
 
-        fn alloc_kv(&self, _: &str, max_seq: usize, kv_dim: usize) -> Result<CudaKv> {
+        fn alloc_kv(
+            &self,
+            _: &str,
+            max_seq: usize,
+            kv_dim: usize,
+            dtype: KvDtype,
+        ) -> Result<CudaKv> {
             Ok(CudaKv {
                 buf: self.buf(),
                 max_seq,
                 kv_dim,
+                dtype,
             })
         }
 

@@ -55,6 +55,20 @@ __device__ __forceinline__ float h2f(u16 h) {
     return f;
 }
 
+// f32 to f16 bits, rounded to nearest even
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// A KV cache element: f32, or f16 bits (u16) for a cache of half the size; read and written
+// as f32 (the f16 cache rounds on store).
+__device__ __forceinline__ float kv_ld(const float* p, u64 i) { return p[i]; }
+__device__ __forceinline__ float kv_ld(const u16* p, u64 i) { return h2f(p[i]); }
+__device__ __forceinline__ void kv_st(float* p, u64 i, float x) { p[i] = x; }
+__device__ __forceinline__ void kv_st(u16* p, u64 i, float x) { p[i] = f2h(x); }
+
 // Two floats as an f16 pair, `lo` in the low half.
 __device__ __forceinline__ u32 pack_h2(float lo, float hi) {
     u32 r;
@@ -884,19 +898,28 @@ extern "C" __global__ void rope(float* x, const float* table, int n, int n_heads
 }
 
 // k_cache[pos + t] = k[t], v_cache[pos + t] = v[t] for t < n (k, v dense [n, kv_dim]).
-extern "C" __global__ void store_kv(const float* k, const float* v, float* kc, float* vc, const u32* pos, int n, int kv_dim) {
+// KV: float, or u16 (f16 bits) for the `_f16` kernels.
+template <typename KV>
+__device__ __forceinline__ void store_kv_t(const float* k, const float* v, KV* kc, KV* vc, const u32* pos, int n, int kv_dim) {
     int i = blockIdx.x * 256 + threadIdx.x;
     if (i >= n * kv_dim) return;
     u64 o = (u64)(*pos) * kv_dim + i;
-    kc[o] = k[i];
-    vc[o] = v[i];
+    kv_st(kc, o, k[i]);
+    kv_st(vc, o, v[i]);
+}
+extern "C" __global__ void store_kv(const float* k, const float* v, float* kc, float* vc, const u32* pos, int n, int kv_dim) {
+    store_kv_t(k, v, kc, vc, pos, n, kv_dim);
+}
+extern "C" __global__ void store_kv_f16(const float* k, const float* v, u16* kc, u16* vc, const u32* pos, int n, int kv_dim) {
+    store_kv_t(k, v, kc, vc, pos, n, kv_dim);
 }
 
 // RoPE of q and k and the KV-cache store, in one launch: threads [0, nq) rotate q, [nq, nq + nk)
 // rotate k and store both elements of their pair, the rest store v.
-extern "C" __global__ void rope_store(float* q, int q_heads, int q_stride, float* k, const float* v, int kv_heads,
-                                      const float* table, int n, int hd, int interleaved, float* kc, float* vc,
-                                      const u32* pos) {
+template <typename KV>
+__device__ __forceinline__ void rope_store_t(float* q, int q_heads, int q_stride, float* k, const float* v, int kv_heads,
+                                             const float* table, int n, int hd, int interleaved, KV* kc, KV* vc,
+                                             const u32* pos) {
     int i = blockIdx.x * 256 + threadIdx.x;
     int half = hd / 2, kv_dim = kv_heads * hd;
     int nq = n * q_heads * half, nk = n * kv_heads * half;
@@ -915,12 +938,22 @@ extern "C" __global__ void rope_store(float* q, int q_heads, int q_stride, float
         float ya = x0 * c - x1 * s, yb = x0 * s + x1 * c;
         kr[a] = ya;
         kr[b] = yb;
-        kc[base + (u64)t * kv_dim + a] = ya;
-        kc[base + (u64)t * kv_dim + b] = yb;
+        kv_st(kc, base + (u64)t * kv_dim + a, ya);
+        kv_st(kc, base + (u64)t * kv_dim + b, yb);
         return;
     }
     i -= nk;
-    if (i < n * kv_dim) vc[base + i] = v[i];
+    if (i < n * kv_dim) kv_st(vc, base + i, v[i]);
+}
+extern "C" __global__ void rope_store(float* q, int q_heads, int q_stride, float* k, const float* v, int kv_heads,
+                                      const float* table, int n, int hd, int interleaved, float* kc, float* vc,
+                                      const u32* pos) {
+    rope_store_t(q, q_heads, q_stride, k, v, kv_heads, table, n, hd, interleaved, kc, vc, pos);
+}
+extern "C" __global__ void rope_store_f16(float* q, int q_heads, int q_stride, float* k, const float* v, int kv_heads,
+                                          const float* table, int n, int hd, int interleaved, u16* kc, u16* vc,
+                                          const u32* pos) {
+    rope_store_t(q, q_heads, q_stride, k, v, kv_heads, table, n, hd, interleaved, kc, vc, pos);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -935,10 +968,10 @@ extern "C" __global__ void rope_store(float* q, int q_heads, int q_stride, float
 // count) merges them, so a decode step spreads each head over many multiprocessors in one
 // launch. hd ≤ 256. With q8 (one token, hd a multiple of 32) the output row is also written
 // as Q8 activations there, for the quantized product that reads it next.
-extern "C" __global__ void __launch_bounds__(128) attention(const float* q, const float* kc, const float* vc, float* out,
-                                                            float* part, u32* counters, const u32* pos, int n_heads,
-                                                            int n_kv_heads, int hd, int q_stride, int kv_dim,
-                                                            int out_stride, float scale, int splits, u8* q8) {
+template <typename KV>
+__device__ __forceinline__ void attention_t(const float* q, const KV* kc, const KV* vc, float* out, float* part,
+                                            u32* counters, const u32* pos, int n_heads, int n_kv_heads, int hd,
+                                            int q_stride, int kv_dim, int out_stride, float scale, int splits, u8* q8) {
     __shared__ float sm_m[4], sm_l[4];
     __shared__ float sm_acc[4][256];
     __shared__ int last;
@@ -958,13 +991,13 @@ extern "C" __global__ void __launch_bounds__(128) attention(const float* q, cons
     }
     float m = NEG_INF, l = 0.0f;
     for (int sidx = start + warp; sidx < end; sidx += 4) {
-        const float* kr = kc + (u64)sidx * kv_dim + kv_off;
-        const float* vr = vc + (u64)sidx * kv_dim + kv_off;
+        const KV* kr = kc + (u64)sidx * kv_dim + kv_off;
+        const KV* vr = vc + (u64)sidx * kv_dim + kv_off;
         float dot = 0.0f;
 #pragma unroll
         for (int c = 0; c < 8; c++) {
             int d = lane + 32 * c;
-            if (d < hd) dot += qv[c] * kr[d];
+            if (d < hd) dot += qv[c] * kv_ld(kr, d);
         }
         dot = warp_sum(dot);
         float m_new = fmaxf(m, dot);
@@ -973,7 +1006,7 @@ extern "C" __global__ void __launch_bounds__(128) attention(const float* q, cons
 #pragma unroll
         for (int c = 0; c < 8; c++) {
             int d = lane + 32 * c;
-            acc[c] = acc[c] * corr + (d < hd ? p * vr[d] : 0.0f);
+            acc[c] = acc[c] * corr + (d < hd ? p * kv_ld(vr, d) : 0.0f);
         }
         m = m_new;
     }
@@ -1035,6 +1068,20 @@ extern "C" __global__ void __launch_bounds__(128) attention(const float* q, cons
         if (q8) q8_block(a / gl, q8, h * hd + d, n_heads * hd);
     }
     if (threadIdx.x == 0) counters[t * n_heads + h] = 0;
+}
+extern "C" __global__ void __launch_bounds__(128) attention(const float* q, const float* kc, const float* vc, float* out,
+                                                            float* part, u32* counters, const u32* pos, int n_heads,
+                                                            int n_kv_heads, int hd, int q_stride, int kv_dim,
+                                                            int out_stride, float scale, int splits, u8* q8) {
+    attention_t(q, kc, vc, out, part, counters, pos, n_heads, n_kv_heads, hd, q_stride, kv_dim, out_stride, scale,
+                splits, q8);
+}
+extern "C" __global__ void __launch_bounds__(128) attention_f16(const float* q, const u16* kc, const u16* vc, float* out,
+                                                                float* part, u32* counters, const u32* pos, int n_heads,
+                                                                int n_kv_heads, int hd, int q_stride, int kv_dim,
+                                                                int out_stride, float scale, int splits, u8* q8) {
+    attention_t(q, kc, vc, out, part, counters, pos, n_heads, n_kv_heads, hd, q_stride, kv_dim, out_stride, scale,
+                splits, q8);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 
 use super::nvrtc::FORMATS;
 use super::record::{CudaMatrix, Device, Func, Launch, MatrixInner, Op, Recorder, driver_error};
+use crate::backend::KvDtype;
 use crate::weights::{RopeStyle, WeightFormat};
 use crate::{Error, Result};
 use cudarc::driver::CudaModule;
@@ -21,9 +22,10 @@ pub(super) struct Kernels {
     rms_norm: Func,
     add_rms_norm: Func,
     rope: Func,
-    store_kv: Func,
-    rope_store: Func,
-    attention: Func,
+    /// Per KV cache dtype: [f32, f16].
+    store_kv: [Func; 2],
+    rope_store: [Func; 2],
+    attention: [Func; 2],
     silu_mul: Func,
     add: Func,
     gather: Func,
@@ -55,9 +57,9 @@ impl Kernels {
             rms_norm: f("rms_norm")?,
             add_rms_norm: f("add_rms_norm")?,
             rope: f("rope")?,
-            store_kv: f("store_kv")?,
-            rope_store: f("rope_store")?,
-            attention: f("attention")?,
+            store_kv: [f("store_kv")?, f("store_kv_f16")?],
+            rope_store: [f("rope_store")?, f("rope_store_f16")?],
+            attention: [f("attention")?, f("attention_f16")?],
             silu_mul: f("silu_mul")?,
             add: f("add")?,
             gather: f("gather")?,
@@ -364,6 +366,7 @@ impl LowerCx<'_> {
                 kv_dim,
                 kc,
                 vc,
+                dtype,
             } => {
                 // store_kv(k, v, kc, vc, pos, n, kv_dim), from row `first` of k and v
                 let row = (first * kv_dim * 4) as u64;
@@ -376,13 +379,19 @@ impl LowerCx<'_> {
                     *n as u64,
                     *kv_dim as u64,
                 ];
-                out.push(kern(k.store_kv, grid1(n * kv_dim, 256), 256, args));
+                out.push(kern(
+                    k.store_kv[by_dtype(*dtype)],
+                    grid1(n * kv_dim, 256),
+                    256,
+                    args,
+                ));
             }
             Op::RopeStore {
                 q,
                 q_cols,
                 q_heads,
                 kv,
+                dtype,
                 kv_heads,
                 table,
                 n,
@@ -409,13 +418,19 @@ impl LowerCx<'_> {
                     vc.ptr,
                     arena + *pos as u64,
                 ];
-                out.push(kern(k.rope_store, grid1(threads, 256), 256, args));
+                out.push(kern(
+                    k.rope_store[by_dtype(*dtype)],
+                    grid1(threads, 256),
+                    256,
+                    args,
+                ));
             }
             Op::Attention {
                 q,
                 q_cols,
                 kc,
                 vc,
+                dtype,
                 max_seq,
                 kv_dim,
                 first,
@@ -495,7 +510,7 @@ impl LowerCx<'_> {
                     q8,
                 ];
                 out.push(kern(
-                    k.attention,
+                    k.attention[by_dtype(*dtype)],
                     [nh as u32, *n as u32, splits as u32],
                     128,
                     args,
@@ -607,6 +622,14 @@ impl LowerCx<'_> {
 
 fn arg_f(v: f32) -> u64 {
     v.to_bits() as u64
+}
+
+/// The index of a KV cache dtype in the per-dtype kernel pairs.
+fn by_dtype(d: KvDtype) -> usize {
+    match d {
+        KvDtype::F32 => 0,
+        KvDtype::F16 => 1,
+    }
 }
 
 fn grid1(threads: usize, block: usize) -> [u32; 3] {

@@ -64,7 +64,7 @@ use self::lower::{Kernels, LowerCx, q8_bytes, q8_product};
 use self::nvrtc::{compile_cached, format_index};
 use self::record::{BufRef, Device, Op, Recorder, driver_error};
 use super::layout::{layout, repack_rows};
-use super::{AttnShape, Backend};
+use super::{AttnShape, Backend, KvDtype};
 use crate::weights::{RopeStyle, WeightData};
 use crate::{Error, Result};
 use cudarc::driver::{CudaContext, result, sys};
@@ -369,11 +369,18 @@ impl Backend for Cuda {
         })
     }
 
-    fn alloc_kv(&self, name: &str, max_seq: usize, kv_dim: usize) -> Result<CudaKv> {
+    fn alloc_kv(
+        &self,
+        name: &str,
+        max_seq: usize,
+        kv_dim: usize,
+        dtype: KvDtype,
+    ) -> Result<CudaKv> {
         Ok(CudaKv {
-            buf: self.dev.buf(name, max_seq * kv_dim * 4, true)?,
+            buf: self.dev.buf(name, max_seq * kv_dim * dtype.bytes(), true)?,
             max_seq,
             kv_dim,
+            dtype,
         })
     }
 
@@ -440,7 +447,7 @@ impl Backend for Cuda {
     }
 
     fn copy_kv(&self, src: &CudaKv, cache: &mut CudaKv, positions: std::ops::Range<usize>) {
-        let row = cache.kv_dim * 4;
+        let row = cache.kv_dim * cache.dtype.bytes();
         self.record(Op::Copy {
             src: src.buf.clone(),
             dst: cache.buf.clone(),

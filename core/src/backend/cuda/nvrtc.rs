@@ -196,6 +196,14 @@ mod tests {
                     );
                 }
             }
+            for k in ["store_kv", "rope_store", "attention"] {
+                for name in [k.to_string(), format!("{k}_f16")] {
+                    assert!(
+                        src.contains(&format!(".entry {name}(")),
+                        "{arch}: no kernel {name}"
+                    );
+                }
+            }
             assert!(
                 src.contains("mma.sync.aligned.m16n8k16"),
                 "{arch}: no tensor-core product"

@@ -6,8 +6,8 @@
 //! Fusion (fuse.rs) and lowering (lower.rs) sit between recording and running; mod.rs's
 //! flush joins them.
 
-use crate::backend::AttnShape;
 use crate::backend::layout::Layout;
+use crate::backend::{AttnShape, KvDtype};
 use crate::weights::{RopeStyle, WeightFormat};
 use crate::{Error, Result};
 use cudarc::driver::{
@@ -57,6 +57,7 @@ pub struct CudaKv {
     pub(super) buf: BufRef,
     pub(super) max_seq: usize,
     pub(super) kv_dim: usize,
+    pub(super) dtype: KvDtype,
 }
 
 pub struct MatrixInner {
@@ -333,6 +334,7 @@ pub(super) enum Op {
         kv_dim: usize,
         kc: BufRef,
         vc: BufRef,
+        dtype: KvDtype,
     },
     /// RoPE of q and k, then the store of k and v.
     RopeStore {
@@ -340,6 +342,7 @@ pub(super) enum Op {
         q_cols: usize,
         q_heads: usize,
         kv: [BufRef; 4],
+        dtype: KvDtype,
         kv_heads: usize,
         table: BufRef,
         n: usize,
@@ -353,6 +356,7 @@ pub(super) enum Op {
         q_cols: usize,
         kc: BufRef,
         vc: BufRef,
+        dtype: KvDtype,
         max_seq: usize,
         kv_dim: usize,
         first: usize,
@@ -464,10 +468,11 @@ impl Op {
         kc: &CudaKv,
         vc: &CudaKv,
     ) -> Op {
-        let (k, v, kv_dim, kc, vc) = (
+        let (k, v, kv_dim, dtype, kc, vc) = (
             k.buf.clone(),
             v.buf.clone(),
             kc.kv_dim,
+            kc.dtype,
             kc.buf.clone(),
             vc.buf.clone(),
         );
@@ -480,6 +485,7 @@ impl Op {
             kv_dim,
             kc,
             vc,
+            dtype,
         }
     }
 
@@ -500,6 +506,7 @@ impl Op {
             q_cols: q.cols,
             kc: kc.buf.clone(),
             vc: vc.buf.clone(),
+            dtype: kc.dtype,
             max_seq: kc.max_seq,
             kv_dim: kc.kv_dim,
             first,

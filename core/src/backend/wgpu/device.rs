@@ -5,6 +5,7 @@ use crate::{Error, Result};
 /// An open device and what we learned about it.
 pub struct Gpu {
     /// Kept for `generate_report` (the live objects a leak test counts).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub instance: wgpu::Instance,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,

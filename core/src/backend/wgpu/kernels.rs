@@ -1,7 +1,9 @@
 //! Compute pipelines, one per kernel and weight format, built from the WGSL in `shaders/`.
-//! A weight kernel's module is `weights_<format>.wgsl` + `weights.wgsl` + `<op>.wgsl`;
-//! that concatenation is the only templating there is.
+//! A weight kernel's module is `weights_<format>.wgsl` + `weights.wgsl` + `<op>.wgsl`, a
+//! KV-cache kernel's `kv_<dtype>.wgsl` + `<op>.wgsl`; that concatenation is the only
+//! templating there is.
 
+use crate::backend::KvDtype;
 use crate::weights::WeightFormat;
 use std::sync::Arc;
 
@@ -12,8 +14,8 @@ pub enum Kernel {
     Embed(WeightFormat),
     RmsNorm,
     Rope,
-    StoreKv,
-    Attention,
+    StoreKv(KvDtype),
+    Attention(KvDtype),
     /// Merges the partial results of split decode attention.
     AttentionCombine,
     SiluMul,
@@ -50,8 +52,8 @@ fn bindings(k: Kernel) -> &'static [bool] {
         Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::Embed(_) => &[true, true, true, false],
         Kernel::RmsNorm => &[true, true, false],
         Kernel::Rope => &[false, true],
-        Kernel::StoreKv => &[true, true, false, false],
-        Kernel::Attention => &[true, true, true, false, false],
+        Kernel::StoreKv(_) => &[true, true, false, false],
+        Kernel::Attention(_) => &[true, true, true, false, false],
         Kernel::AttentionCombine => &[true, false],
         Kernel::SiluMul | Kernel::Add => &[false, true],
         Kernel::Argmax => &[true, false],
@@ -68,14 +70,21 @@ pub fn source(k: Kernel, native_f16: bool) -> String {
             op
         )
     };
+    let kv = |d, op: &str| {
+        let storage = match d {
+            KvDtype::F32 => shader!("kv_f32"),
+            KvDtype::F16 => shader!("kv_f16"),
+        };
+        format!("{storage}\n{op}")
+    };
     match k {
         Kernel::Matvec(f) => weights(f, shader!("matvec")),
         Kernel::Matmul(f) => weights(f, shader!("matmul")),
         Kernel::Embed(f) => weights(f, shader!("embed")),
         Kernel::RmsNorm => shader!("rms_norm").into(),
         Kernel::Rope => shader!("rope").into(),
-        Kernel::StoreKv => shader!("store_kv").into(),
-        Kernel::Attention => shader!("attention").into(),
+        Kernel::StoreKv(d) => kv(d, shader!("store_kv")),
+        Kernel::Attention(d) => kv(d, shader!("attention")),
         Kernel::AttentionCombine => shader!("attention_combine").into(),
         Kernel::SiluMul => shader!("silu_mul").into(),
         Kernel::Add => shader!("add").into(),
@@ -173,8 +182,10 @@ mod tests {
             Kernel::Gather,
             Kernel::RmsNorm,
             Kernel::Rope,
-            Kernel::StoreKv,
-            Kernel::Attention,
+            Kernel::StoreKv(KvDtype::F32),
+            Kernel::StoreKv(KvDtype::F16),
+            Kernel::Attention(KvDtype::F32),
+            Kernel::Attention(KvDtype::F16),
             Kernel::AttentionCombine,
             Kernel::SiluMul,
             Kernel::Add,

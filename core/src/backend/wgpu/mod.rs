@@ -23,7 +23,7 @@ use self::params::{
     Argmax, Attention, AttentionCombine, Elementwise, Gather, RmsNorm, Rope, StoreKv, Weights,
 };
 use super::layout::{Layout, layout, repack_rows};
-use super::{AttnShape, Backend};
+use super::{AttnShape, Backend, KvDtype};
 use crate::weights::{RopeStyle, WeightData, WeightFormat};
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -112,6 +112,7 @@ pub struct WgpuAct {
 pub struct WgpuKv {
     buf: wgpu::Buffer,
     kv_dim: usize,
+    dtype: KvDtype,
     _release: Release,
 }
 
@@ -547,9 +548,11 @@ impl Wgpu {
             self.submit(&mut rec, Some((src, offset, &staging, size)));
         }
         let (tx, rx) = futures_channel::oneshot::channel();
-        staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        staging
+            .slice(..size)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
         #[cfg(not(target_arch = "wasm32"))]
         self.gpu
             .device
@@ -766,13 +769,36 @@ impl Backend for Wgpu {
         })
     }
 
-    fn alloc_kv(&self, name: &str, max_seq: usize, kv_dim: usize) -> Result<WgpuKv> {
-        let buf = self.storage(name, (max_seq * kv_dim * 4) as u64)?;
+    fn alloc_kv(
+        &self,
+        name: &str,
+        max_seq: usize,
+        kv_dim: usize,
+        dtype: KvDtype,
+    ) -> Result<WgpuKv> {
+        if dtype == KvDtype::F16 && !kv_dim.is_multiple_of(2) {
+            // kv_f16.wgsl packs a row's neighbours into words
+            return Err(Error::arg(
+                "kv_cache_dtype",
+                format!("an f16 KV cache needs an even kv_dim, not {kv_dim}"),
+            ));
+        }
+        let buf = self.storage(name, (max_seq * kv_dim * dtype.bytes()) as u64)?;
         Ok(WgpuKv {
             _release: self.release_on_drop(&buf),
             buf,
             kv_dim,
+            dtype,
         })
+    }
+
+    /// f16 where the shaders compute in f16 (shader-f16); the f32 path keeps f32.
+    fn auto_kv_dtype(&self) -> KvDtype {
+        if self.gpu.f16 {
+            KvDtype::F16
+        } else {
+            KvDtype::F32
+        }
     }
 
     fn write(&self, dst: &mut WgpuAct, data: &[f32]) {
@@ -878,7 +904,8 @@ impl Backend for Wgpu {
     }
 
     fn copy_kv(&self, src: &WgpuKv, cache: &mut WgpuKv, positions: std::ops::Range<usize>) {
-        let row = (cache.kv_dim * 4) as u64;
+        debug_assert_eq!(src.dtype, cache.dtype, "one model's caches share a dtype");
+        let row = (cache.kv_dim * cache.dtype.bytes()) as u64;
         let offset = positions.start as u64 * row;
         self.rec.lock().unwrap().cmds.push(Cmd::Copy {
             src: src.buf.clone(),
@@ -899,7 +926,8 @@ impl Backend for Wgpu {
         kc: &mut WgpuKv,
         vc: &mut WgpuKv,
     ) {
-        let (groups, gx) = self.linear_groups(n * kc.kv_dim);
+        // one thread per word: two f16 elements, or one f32
+        let (groups, gx) = self.linear_groups(n * kc.kv_dim * kc.dtype.bytes() / 4);
         let params = StoreKv {
             n: n as u32,
             pos: pos as u32,
@@ -908,7 +936,7 @@ impl Backend for Wgpu {
             first: first as u32,
         };
         self.dispatch(
-            Kernel::StoreKv,
+            Kernel::StoreKv(kc.dtype),
             &params,
             vec![whole(&k.buf), whole(&v.buf), whole(&kc.buf), whole(&vc.buf)],
             groups,
@@ -971,7 +999,7 @@ impl Backend for Wgpu {
             whole(&parts),
         ];
         self.dispatch(
-            Kernel::Attention,
+            Kernel::Attention(kc.dtype),
             &params,
             bufs,
             [s.n_heads as u32, n as u32, splits as u32],

@@ -115,6 +115,7 @@ pub struct Gather {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::KvDtype;
     use crate::backend::wgpu::kernels::{Kernel, PARAMS_SIZE, source};
     use crate::weights::WeightFormat;
     use naga::{AddressSpace, Scalar, TypeInner};
@@ -263,7 +264,7 @@ mod tests {
                 }),
             ),
             (
-                Kernel::StoreKv,
+                Kernel::StoreKv(KvDtype::F32),
                 fields!(StoreKv {
                     n,
                     pos,
@@ -273,7 +274,7 @@ mod tests {
                 }),
             ),
             (
-                Kernel::Attention,
+                Kernel::Attention(KvDtype::F32),
                 fields!(Attention {
                     n,
                     pos,
@@ -311,6 +312,16 @@ mod tests {
                 }),
             ),
         ];
+        // the f16 cache's kernels take the same params as the f32 cache's
+        let f16_cache: Vec<_> = cases
+            .iter()
+            .filter_map(|(k, f)| match k {
+                Kernel::StoreKv(_) => Some((Kernel::StoreKv(KvDtype::F16), f.clone())),
+                Kernel::Attention(_) => Some((Kernel::Attention(KvDtype::F16), f.clone())),
+                _ => None,
+            })
+            .collect();
+        cases.extend(f16_cache);
         use WeightFormat::*;
         for f in [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4K, Q6K, Gptq4] {
             for k in [Kernel::Matvec(f), Kernel::Matmul(f), Kernel::Embed(f)] {

@@ -7,16 +7,17 @@
 //! even vectorized by the compiler, keeps the output in memory. Here the weighted sum of
 //! the values keeps 64 output dims in registers while it passes over the keys.
 
+use super::KvElem;
 use std::arch::x86_64::*;
 
 /// `out = Σ_p softmax(att)_p · v_p` over p < att.len(), value p at `v[p * stride..]`, for
 /// scores already scaled; hd = out.len(). `att` is left holding the softmax's numerators.
 ///
 /// # Safety
-/// AVX2 and FMA are present; hd is a multiple of 8; v holds att.len() rows of `stride`
-/// (the last one may end after hd).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn attend_scored(att: &mut [f32], v: &[f32], stride: usize, out: &mut [f32]) {
+/// AVX2, FMA and F16C are present; hd is a multiple of 8; v holds att.len() rows of
+/// `stride` (the last one may end after hd).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend_scored<T: KvElem>(att: &mut [f32], v: &[T], stride: usize, out: &mut [f32]) {
     let (len, hd) = (att.len(), out.len());
     debug_assert!(hd.is_multiple_of(8) && len > 0 && v.len() >= (len - 1) * stride + hd);
     let nv = hd / 8;
@@ -52,7 +53,7 @@ pub unsafe fn attend_scored(att: &mut [f32], v: &[f32], stride: usize, out: &mut
         // 64 dims at a time, then the rest
         let mut c = 0;
         while c + 8 <= nv {
-            values::<8>(
+            values::<T, 8>(
                 att,
                 v.as_ptr().add(8 * c),
                 stride,
@@ -63,49 +64,49 @@ pub unsafe fn attend_scored(att: &mut [f32], v: &[f32], stride: usize, out: &mut
         }
         match nv - c {
             0 => {}
-            1 => values::<1>(
+            1 => values::<T, 1>(
                 att,
                 v.as_ptr().add(8 * c),
                 stride,
                 inv,
                 out.as_mut_ptr().add(8 * c),
             ),
-            2 => values::<2>(
+            2 => values::<T, 2>(
                 att,
                 v.as_ptr().add(8 * c),
                 stride,
                 inv,
                 out.as_mut_ptr().add(8 * c),
             ),
-            3 => values::<3>(
+            3 => values::<T, 3>(
                 att,
                 v.as_ptr().add(8 * c),
                 stride,
                 inv,
                 out.as_mut_ptr().add(8 * c),
             ),
-            4 => values::<4>(
+            4 => values::<T, 4>(
                 att,
                 v.as_ptr().add(8 * c),
                 stride,
                 inv,
                 out.as_mut_ptr().add(8 * c),
             ),
-            5 => values::<5>(
+            5 => values::<T, 5>(
                 att,
                 v.as_ptr().add(8 * c),
                 stride,
                 inv,
                 out.as_mut_ptr().add(8 * c),
             ),
-            6 => values::<6>(
+            6 => values::<T, 6>(
                 att,
                 v.as_ptr().add(8 * c),
                 stride,
                 inv,
                 out.as_mut_ptr().add(8 * c),
             ),
-            _ => values::<7>(
+            _ => values::<T, 7>(
                 att,
                 v.as_ptr().add(8 * c),
                 stride,
@@ -119,9 +120,9 @@ pub unsafe fn attend_scored(att: &mut [f32], v: &[f32], stride: usize, out: &mut
 /// `out[..8M] = inv · Σ_p w[p] · v[p · stride..][..8M]`, the M vectors of the sum held in
 /// registers across all the keys.
 #[inline(always)]
-unsafe fn values<const M: usize>(
+unsafe fn values<T: KvElem, const M: usize>(
     w: &[f32],
-    v: *const f32,
+    v: *const T,
     stride: usize,
     inv: __m256,
     out: *mut f32,
@@ -133,7 +134,7 @@ unsafe fn values<const M: usize>(
             let wv = _mm256_set1_ps(*wp);
             let row = v.add(p * stride);
             for (i, oi) in o.iter_mut().enumerate() {
-                *oi = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(8 * i)), *oi);
+                *oi = _mm256_fmadd_ps(wv, T::load8(row.add(8 * i)), *oi);
             }
         }
         for (i, oi) in o.iter().enumerate() {

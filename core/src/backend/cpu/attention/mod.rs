@@ -1,7 +1,7 @@
 //! Causal GQA attention on the CPU: one work item per (query token, head) with the plain
 //! loop below (the readable reference for every GPU kernel), or on AVX2 + FMA the scores of
 //! a head's queries as one product with the cached keys (dense.rs), then softmax and values
-//! per query (avx2.rs).
+//! per query (avx2.rs). The cache holds f32 or f16 (`KvElem`); both compute in f32.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -9,6 +9,57 @@ mod avx2;
 use super::parallel::{SharedOut, par_for};
 use super::simd::dot;
 use crate::backend::AttnShape;
+use crate::weights::WeightFormat;
+use half::f16;
+
+/// An element of a KV cache, widened to f32 as attention reads it.
+pub trait KvElem: Copy + Send + Sync + bytemuck::Pod + 'static {
+    /// The same bytes as a weight format, for dense.rs's product with the keys.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the keys' product is x86-64's
+    const FORMAT: WeightFormat;
+    fn to_f32(self) -> f32;
+    /// q · k, in f32.
+    fn dot(q: &[f32], k: &[Self]) -> f32;
+    /// Eight elements from `p`, widened.
+    ///
+    /// # Safety
+    /// AVX2 and F16C are present; eight elements are readable at p.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvElem for f32 {
+    const FORMAT: WeightFormat = WeightFormat::F32;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        dot(q, k)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl KvElem for f16 {
+    const FORMAT: WeightFormat = WeightFormat::F16;
+    fn to_f32(self) -> f32 {
+        self.to_f32()
+    }
+    fn dot(q: &[f32], k: &[f16]) -> f32 {
+        q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract (F16C for the conversion).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+}
 
 /// Rows of f32 `stride` apart.
 #[derive(Clone, Copy)]
@@ -18,18 +69,24 @@ pub struct Rows<'a> {
 }
 
 /// One layer's cached keys and values, `[positions, stride]`.
-#[derive(Clone, Copy)]
-pub struct Cache<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+pub struct Cache<'a, T> {
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub stride: usize,
 }
 
+impl<T> Clone for Cache<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Cache<'_, T> {}
+
 /// `out[t, h] = Σ_p softmax_p(q[t, h] · k[p, g] / √head_dim) · v[p, g]` over p ≤ pos + t, g
 /// the kv head of h, for the n queries at positions pos..pos+n; out rows `out_cols` apart.
-pub fn attention(
+pub fn attention<T: KvElem>(
     q: Rows,
-    cache: Cache,
+    cache: Cache<T>,
     n: usize,
     pos: usize,
     s: AttnShape,
@@ -63,16 +120,16 @@ pub fn attention(
 }
 
 /// The causal attention of one (query token, head) work item.
-struct AttnHead<'a> {
+struct AttnHead<'a, T> {
     q: Rows<'a>,
-    cache: Cache<'a>,
+    cache: Cache<'a, T>,
     pos: usize,
     s: AttnShape,
     out_cols: usize,
     dst: SharedOut,
 }
 
-impl AttnHead<'_> {
+impl<T: KvElem> AttnHead<'_, T> {
     /// Query t of head h.
     fn query(&self, t: usize, h: usize) -> &[f32] {
         let (hd, row) = (self.s.head_dim, t * self.q.stride);
@@ -114,7 +171,7 @@ impl AttnHead<'_> {
         let mut att = vec![0f32; len];
         let mut max = f32::NEG_INFINITY;
         for (p, a) in att.iter_mut().enumerate() {
-            *a = dot(
+            *a = T::dot(
                 qv,
                 &self.cache.k[p * kv_dim + kv_off..p * kv_dim + kv_off + hd],
             ) * scale;
@@ -134,7 +191,7 @@ impl AttnHead<'_> {
             let vv = &self.cache.v[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
             let w = a / sum;
             for (oi, vi) in o.iter_mut().zip(vv) {
-                *oi += w * vi;
+                *oi += w * vi.to_f32();
             }
         }
     }
@@ -165,7 +222,14 @@ impl AttnHead<'_> {
                 }
             }
             let sc = &mut scores[..nq * len];
-            super::dense::matmul_f32_strided_serial((nq, hd, len), &qs[..nq * hd], k, kv_dim, sc);
+            super::dense::matmul_strided_serial(
+                T::FORMAT,
+                (nq, hd, len),
+                &qs[..nq * hd],
+                bytemuck::cast_slice(k),
+                kv_dim,
+                sc,
+            );
             for j in 0..nq {
                 let t = t0 + j;
                 // SAFETY: work item h alone writes head h's outputs; the caches hold
@@ -183,10 +247,10 @@ impl AttnHead<'_> {
 mod tests {
     use super::*;
 
-    fn run(
+    fn run<T: KvElem>(
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        k: &[T],
+        v: &[T],
         stride: usize,
         n: usize,
         pos: usize,
@@ -210,10 +274,21 @@ mod tests {
         out
     }
 
+    fn to_f16(xs: &[f32]) -> Vec<f16> {
+        xs.iter().map(|x| f16::from_f32(*x)).collect()
+    }
+
     /// Against an f64 softmax-attention loop, on head sizes of 1 to 17 vectors (the
-    /// 64-dim blocks and every remainder) and key counts around the 8-key blocks.
+    /// 64-dim blocks and every remainder) and key counts around the 8-key blocks; with an
+    /// f16 cache, against the loop over the f16 values.
     #[test]
     fn matches_an_f64_loop() {
+        for f16_cache in [false, true] {
+            matches_an_f64_loop_in(f16_cache);
+        }
+    }
+
+    fn matches_an_f64_loop_in(f16_cache: bool) {
         let mut rng = crate::testing::Rng(0x51ed_270b);
         for hd in (8..=136).step_by(8) {
             for len in [1, 7, 8, 9, 31, 200] {
@@ -226,7 +301,14 @@ mod tests {
                 let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
                 let k: Vec<f32> = (0..len * stride).map(|_| rng.f32()).collect();
                 let v: Vec<f32> = (0..len * stride).map(|_| rng.f32()).collect();
-                let out = run(&q, &k, &v, stride, 1, len - 1, s);
+                let (out, k, v) = if f16_cache {
+                    let (k16, v16) = (to_f16(&k), to_f16(&v));
+                    let wide = |x: &[f16]| x.iter().map(|e| e.to_f32()).collect::<Vec<f32>>();
+                    let out = run(&q, &k16, &v16, stride, 1, len - 1, s);
+                    (out, wide(&k16), wide(&v16))
+                } else {
+                    (run(&q, &k, &v, stride, 1, len - 1, s), k, v)
+                };
                 let scale = 1.0 / (hd as f64).sqrt();
                 let sc: Vec<f64> = (0..len)
                     .map(|p| {
@@ -243,7 +325,7 @@ mod tests {
                     let want: f64 = (0..len).map(|p| e[p] / z * v[p * stride + i] as f64).sum();
                     assert!(
                         (out[i] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "hd {hd} len {len} [{i}]: {} vs {want}",
+                        "f16 cache {f16_cache}, hd {hd} len {len} [{i}]: {} vs {want}",
                         out[i]
                     );
                 }
@@ -256,6 +338,13 @@ mod tests {
     #[test]
     fn a_query_gets_the_same_bits_in_any_chunk() {
         let mut rng = crate::testing::Rng(0x2f6b_1d3c);
+        let k: Vec<f32> = (0..107 * 128).map(|_| rng.f32()).collect();
+        let v: Vec<f32> = (0..107 * 128).map(|_| rng.f32()).collect();
+        same_bits_in_any_chunk(&mut rng, &k, &v);
+        same_bits_in_any_chunk(&mut rng, &to_f16(&k), &to_f16(&v));
+    }
+
+    fn same_bits_in_any_chunk<T: KvElem>(rng: &mut crate::testing::Rng, k: &[T], v: &[T]) {
         let s = AttnShape {
             n_heads: 4,
             n_kv_heads: 2,
@@ -264,21 +353,12 @@ mod tests {
         let (pos, n) = (37, 70);
         let (cols, stride) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
         let q: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
-        let k: Vec<f32> = (0..(pos + n) * stride).map(|_| rng.f32()).collect();
-        let v: Vec<f32> = (0..(pos + n) * stride).map(|_| rng.f32()).collect();
-        let all = run(&q, &k, &v, stride, n, pos, s);
+        assert_eq!(k.len(), (pos + n) * stride);
+        let all = run(&q, k, v, stride, n, pos, s);
         for chunk in [1, 2, 3, 5, 64] {
             for t0 in (0..n).step_by(chunk) {
                 let m = chunk.min(n - t0);
-                let part = run(
-                    &q[t0 * cols..(t0 + m) * cols],
-                    &k,
-                    &v,
-                    stride,
-                    m,
-                    pos + t0,
-                    s,
-                );
+                let part = run(&q[t0 * cols..(t0 + m) * cols], k, v, stride, m, pos + t0, s);
                 for (i, (a, b)) in part.iter().zip(&all[t0 * cols..]).enumerate() {
                     assert_eq!(
                         a.to_bits(),

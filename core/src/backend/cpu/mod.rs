@@ -45,6 +45,17 @@ pub struct CpuMatrix {
     perm: Option<Arc<Vec<u32>>>,
 }
 
+pub struct CpuKv {
+    data: KvData,
+    kv_dim: usize,
+}
+
+/// A cache's elements, as `KvDtype` says.
+enum KvData {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
 impl KvData {
     /// Write f32 values at `to`, rounded to f16 in an f16 cache.
     fn store(&mut self, to: std::ops::Range<usize>, from: &[f32]) {
@@ -54,16 +65,6 @@ impl KvData {
             KvData::F16(d) => d[to].convert_from_f32_slice(from),
         }
     }
-}
-
-pub struct CpuKv {
-    data: KvData,
-    kv_dim: usize,
-}
-
-enum KvData {
-    F32(Vec<f32>),
-    F16(Vec<half::f16>),
 }
 
 impl Backend for Cpu {

@@ -138,7 +138,7 @@ ok = ok and err <= tol
 print(f"{'ok  ' if ok else 'FAIL'} {label}: logits {a.shape} max|Δ|/max|logit| = {err:.2e} (tolerance {tol:g})")
 EOF
 }
-parity() { # model tolerance label [logit ids] [generate]
+parity() { # model tolerance label [logit ids] [generate]; $KV: both backends' KV cache dtype
   local m=$1 tol=$2 label=$3 n=${4:-40} gen=${5:-yes}
   local v
   v=$(python3 -c "import json; print(json.load(open('$m/config.json'))['vocab_size'])" 2>/dev/null || echo 256)
@@ -147,7 +147,7 @@ parity() { # model tolerance label [logit ids] [generate]
   local tag
   tag=$(echo "$label" | tr -c 'a-zA-Z0-9_.-' '_')
   for be in cuda cpu; do
-    timeout 120 "$B/yangtuo" logits -m "$m" --backend $be --ids "$I" --out "$W/$tag-$be.npy" >"$L/p-$tag-$be.log" 2>&1 ||
+    timeout 120 "$B/yangtuo" logits -m "$m" --backend $be ${KV:+--kv-cache-dtype "$KV"} --ids "$I" --out "$W/$tag-$be.npy" >"$L/p-$tag-$be.log" 2>&1 ||
       echo "logits on $be failed: $(tail -2 "$L/p-$tag-$be.log")"
   done
   cmp_npy "$W/$tag-cuda.npy" "$W/$tag-cpu.npy" "$tol" "$label" | tee -a "$SUMMARY"
@@ -155,7 +155,7 @@ parity() { # model tolerance label [logit ids] [generate]
     local P
     P=$(ids "$v" 8 12)
     for be in cuda cpu; do
-      timeout 120 "$B/yangtuo" generate -m "$m" --backend $be --ids "$P" --max-tokens 32 --json 2>>"$L/p-$tag-$be.log" | tail -1 >"$W/$tag-$be.json"
+      timeout 120 "$B/yangtuo" generate -m "$m" --backend $be ${KV:+--kv-cache-dtype "$KV"} --ids "$P" --max-tokens 32 --json 2>>"$L/p-$tag-$be.log" | tail -1 >"$W/$tag-$be.json"
     done
     python3 - "$W/$tag-cuda.json" "$W/$tag-cpu.json" "$label" <<'EOF' | tee -a "$SUMMARY"
 import sys, json
@@ -183,6 +183,8 @@ parity "$M/odd-f32" 1e-3 "odd f32 (hidden 80, vocab 1003)"
 parity "$M/odd-f16" 1e-2 "odd f16 gqa (hidden 72, head_dim 12)"
 parity "$M/bf16-tied" 1e-2 "bf16 tied"
 parity "$M/tiny-f16" 1e-2 "tinyllama-shaped f16 (2 layers), 600 ids" 600
+# CUDA's f16 KV cache (compiled and NVRTC-checked, never run before a GPU session), against the CPU's
+KV=f16 parity "$M/tiny-f16" 1e-2 "tinyllama-shaped f16, f16 KV caches, 600 ids" 600
 # the f16 model: the CPU reference rounds activations to f16 (~1e-3), as in the other f16 rows
 YANGTUO_CUDA_MMA=0 parity "$M/gqa-f16" 1e-2 "gqa f16, f32 prefill kernel" 40 no
 YANGTUO_CUDA_GRAPH=0 parity "$M/gqa-f16" 1e-2 "gqa f16, no graphs"

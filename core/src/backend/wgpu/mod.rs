@@ -97,9 +97,13 @@ struct Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let mut list = self.to.lock().unwrap_or_else(|p| p.into_inner());
-        list.push(self.buf.clone());
+        release_into(&self.to, self.buf.clone());
     }
+}
+
+/// Add `buf` to the list whose bind groups the next submit forgets.
+fn release_into(list: &Released, buf: wgpu::Buffer) {
+    list.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
 }
 
 pub struct WgpuAct {
@@ -416,14 +420,6 @@ impl Wgpu {
         Some(ring)
     }
 
-    /// Forget the cached bind groups of `buf` at the next submit, so it can go.
-    fn release(&self, buf: wgpu::Buffer) {
-        self.released
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(buf);
-    }
-
     fn release_on_drop(&self, buf: &wgpu::Buffer) -> Release {
         Release {
             buf: buf.clone(),
@@ -630,7 +626,7 @@ impl Wgpu {
                 };
                 if let Some(old) = slot.replace(b.clone()) {
                     // recorded work keeps its own handle; only the cached bindings go
-                    self.release(old);
+                    release_into(&self.released, old);
                 }
                 Some(b)
             }

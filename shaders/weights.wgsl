@@ -19,12 +19,18 @@ struct Params {
     out_off: u32,    // first output column written by this chunk
     grid_x: u32,     // workgroups along x, when a 1-D grid is folded into 2-D
     row0: u32,       // index of this chunk's first row in the whole matrix
+    // matvec.wgsl's fused ops only (zero elsewhere)
+    x_row: u32,      // the row of x a one-token product reads
+    eps: f32,        // NORM
+    head_dim: u32,   // ROPE
+    pos: u32,        // KV: the cache row written
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // Binding 3 (x) and `fn x4(xo, k) -> vec4<f32>` (x[xo + k .. xo + k + 4], zero past the
 // row's end) come with each kernel: matvec reads x as vec4s, matmul and embed as scalars.
+// matvec.wgsl binds 5-8 as well, for what it fuses.
 
 // The four bytes of a word, as integers 0..255.
 fn bytes4(v: u32) -> vec4<u32> {

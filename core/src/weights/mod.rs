@@ -154,7 +154,7 @@ impl TensorId {
 /// rotary pairs are adjacent; the engine rotates pairs `(2i, 2i+1)` for such files instead
 /// of `(i, i+d/2)`. Attention scores are invariant to a permutation applied to both Q and
 /// K, so no weight needs to be moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RopeStyle {
     /// Hugging Face: rotate `(i, i + d/2)`.
     Half,

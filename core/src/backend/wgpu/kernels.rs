@@ -4,12 +4,13 @@
 //! templating there is.
 
 use crate::backend::KvDtype;
-use crate::weights::WeightFormat;
+use crate::weights::{RopeStyle, WeightFormat};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    Matvec(WeightFormat),
+    /// A one-token product with the ops `Fusion` names folded in (matvec.wgsl).
+    Matvec(WeightFormat, Fusion),
     Matmul(WeightFormat),
     Embed(WeightFormat),
     RmsNorm,
@@ -23,6 +24,44 @@ pub enum Kernel {
     Argmax,
     /// x[perm] before the product with a column-permuted (GPTQ act-order) matrix.
     Gather,
+}
+
+/// What matvec.wgsl fuses into a product: its pipeline constants (see the shader's header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Fusion {
+    /// RMSNorm of the input, before the product.
+    pub norm: bool,
+    /// RoPE of the output rows, and in which pairs.
+    pub rope: Option<RopeStyle>,
+    /// The output rows also stored as one row of a KV cache of this dtype.
+    pub kv: Option<KvDtype>,
+    /// The output added to a residual stream.
+    pub add: bool,
+    /// The output is SwiGLU's `up`: the gate becomes silu(gate) · up.
+    pub silu: bool,
+}
+
+impl Fusion {
+    fn constants(self) -> [(&'static str, f64); 5] {
+        let rope = match self.rope {
+            None => 0.0,
+            Some(RopeStyle::Half) => 1.0,
+            Some(RopeStyle::Interleaved) => 2.0,
+        };
+        let kv = match self.kv {
+            None => 0.0,
+            Some(KvDtype::F32) => 1.0,
+            Some(KvDtype::F16) => 2.0,
+        };
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        [
+            ("NORM", flag(self.norm)),
+            ("ROPE", rope),
+            ("KV", kv),
+            ("ADD", flag(self.add)),
+            ("SILU", flag(self.silu)),
+        ]
+    }
 }
 
 macro_rules! shader {
@@ -49,7 +88,9 @@ fn format_source(f: WeightFormat, native_f16: bool) -> &'static str {
 /// Access of bindings 1.. in order: true = read-only storage, false = read_write.
 fn bindings(k: Kernel) -> &'static [bool] {
     match k {
-        Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::Embed(_) => &[true, true, true, false],
+        // w, ws, x, out, then matvec.wgsl's norm_w, xn, table, aux
+        Kernel::Matvec(..) => &[true, true, true, false, true, false, true, false],
+        Kernel::Matmul(_) | Kernel::Embed(_) => &[true, true, true, false],
         Kernel::RmsNorm => &[true, true, false],
         Kernel::Rope => &[false, true],
         Kernel::StoreKv(_) => &[true, true, false, false],
@@ -78,7 +119,7 @@ pub fn source(k: Kernel, native_f16: bool) -> String {
         format!("{storage}\n{op}")
     };
     match k {
-        Kernel::Matvec(f) => weights(f, shader!("matvec")),
+        Kernel::Matvec(f, _) => weights(f, shader!("matvec")),
         Kernel::Matmul(f) => weights(f, shader!("matmul")),
         Kernel::Embed(f) => weights(f, shader!("embed")),
         Kernel::RmsNorm => shader!("rms_norm").into(),
@@ -111,6 +152,10 @@ pub fn compile(device: &wgpu::Device, k: Kernel, native_f16: bool) -> Arc<Compil
         label: Some(&label),
         source: wgpu::ShaderSource::Wgsl(source(k, native_f16).into()),
     });
+    let constants = match k {
+        Kernel::Matvec(_, fusion) => fusion.constants().to_vec(),
+        _ => vec![],
+    };
     let access = bindings(k);
     let mut entries = vec![wgpu::BindGroupLayoutEntry {
         binding: 0,
@@ -150,7 +195,10 @@ pub fn compile(device: &wgpu::Device, k: Kernel, native_f16: bool) -> Arc<Compil
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some("main"),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            ..Default::default()
+        },
         cache: None,
     });
     Arc::new(Compiled {
@@ -167,17 +215,6 @@ mod tests {
     /// Every kernel, for every weight format, parses and validates with naga (no GPU needed).
     #[test]
     fn all_shaders_validate() {
-        let formats = [
-            WeightFormat::F32,
-            WeightFormat::F16,
-            WeightFormat::BF16,
-            WeightFormat::Q8_0,
-            WeightFormat::Q4_0,
-            WeightFormat::Q4_1,
-            WeightFormat::Q4K,
-            WeightFormat::Q6K,
-            WeightFormat::Gptq4,
-        ];
         let mut kernels = vec![
             Kernel::Gather,
             Kernel::RmsNorm,
@@ -191,21 +228,93 @@ mod tests {
             Kernel::Add,
             Kernel::Argmax,
         ];
-        for f in formats {
-            kernels.extend([Kernel::Matvec(f), Kernel::Matmul(f), Kernel::Embed(f)]);
+        for f in FORMATS {
+            let matvec = Kernel::Matvec(f, Fusion::default());
+            kernels.extend([matvec, Kernel::Matmul(f), Kernel::Embed(f)]);
         }
         for k in kernels {
             for native in [false, true] {
-                let src = source(k, native);
-                let module = naga::front::wgsl::parse_str(&src)
-                    .unwrap_or_else(|e| panic!("{k:?}: {}", e.emit_to_string(&src)));
-                naga::valid::Validator::new(
-                    naga::valid::ValidationFlags::all(),
-                    naga::valid::Capabilities::all(),
-                )
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{k:?} (native f16 {native}): {e:?}"));
+                validate(k, native);
             }
         }
+    }
+
+    /// Every fusion the fuse pass makes, for every format, specializes (its pipeline
+    /// constants applied, as a device does at pipeline creation), validates and compiles
+    /// to SPIR-V.
+    #[test]
+    fn every_fused_matvec_specializes_and_compiles() {
+        let mut fusions = vec![];
+        for rope in [None, Some(RopeStyle::Half), Some(RopeStyle::Interleaved)] {
+            fusions.push(Fusion {
+                norm: true,
+                rope,
+                ..Fusion::default()
+            });
+            for kv in [KvDtype::F32, KvDtype::F16] {
+                fusions.push(Fusion {
+                    rope,
+                    kv: Some(kv),
+                    ..Fusion::default()
+                });
+            }
+        }
+        fusions.extend([
+            Fusion {
+                add: true,
+                ..Fusion::default()
+            },
+            Fusion {
+                silu: true,
+                ..Fusion::default()
+            },
+        ]);
+        for f in FORMATS {
+            for &fusion in &fusions {
+                for native in [false, true] {
+                    let k = Kernel::Matvec(f, fusion);
+                    let (module, info) = validate(k, native);
+                    let constants: naga::back::PipelineConstants = fusion
+                        .constants()
+                        .iter()
+                        .map(|&(name, v)| (name.to_string(), v))
+                        .collect();
+                    let (module, info) = naga::back::pipeline_constants::process_overrides(
+                        &module,
+                        &info,
+                        Some((naga::ShaderStage::Compute, "main")),
+                        &constants,
+                    )
+                    .unwrap_or_else(|e| panic!("{k:?}: {e:?}"));
+                    naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+                        .unwrap_or_else(|e| panic!("{k:?} (native f16 {native}): {e:?}"));
+                }
+            }
+        }
+    }
+
+    const FORMATS: [WeightFormat; 9] = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::BF16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q4K,
+        WeightFormat::Q6K,
+        WeightFormat::Gptq4,
+    ];
+
+    fn validate(k: Kernel, native: bool) -> (naga::Module, naga::valid::ModuleInfo) {
+        let src = source(k, native);
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("{k:?}: {}", e.emit_to_string(&src)));
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{k:?} (native f16 {native}): {e:?}"));
+        (module, info)
     }
 }

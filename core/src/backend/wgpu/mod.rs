@@ -12,11 +12,15 @@
 //! to `released`, and the next submit drops the bind groups that name it.
 
 mod device;
+mod fuse;
 pub mod kernels;
 pub mod matrix;
 mod params;
+#[cfg(test)]
+mod tests;
 
 use self::device::Gpu;
+use self::fuse::{Matvec, Op, fuse};
 use self::kernels::{Compiled, Kernel, PARAMS_SIZE};
 use self::matrix::rows_per_chunk;
 use self::params::{
@@ -26,8 +30,10 @@ use super::layout::{Layout, layout, repack_rows};
 use super::{AttnShape, Backend, KvDtype};
 use crate::weights::{RopeStyle, WeightData, WeightFormat};
 use crate::{Error, Result};
+use bytemuck::Zeroable;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Dispatches recorded between two submits before the ring wraps and forces a submit.
@@ -39,7 +45,16 @@ pub struct Wgpu {
     kernels: Mutex<HashMap<Kernel, Arc<Compiled>>>,
     rec: Mutex<Recorder>,
     dummy: wgpu::Buffer,
+    /// Stand-ins for matvec.wgsl's two writable bindings when it fuses nothing there.
+    dummy_rw: [wgpu::Buffer; 2],
     argmax_out: wgpu::Buffer,
+    /// Ops held back until their neighbours are known (fuse.rs), lowered at the next op
+    /// that cannot fuse, readback or allocation.
+    pending: Mutex<Vec<Op>>,
+    /// Whether `pending` is fused before lowering (`YANGTUO_WGPU_FUSE=0` turns it off).
+    fusing: AtomicBool,
+    /// Dispatches recorded so far, for tests that count a step's.
+    dispatched: AtomicUsize,
     /// Scratch for `x[perm]` ahead of column-permuted (GPTQ act-order) products, grown as needed.
     gathered: Mutex<Option<wgpu::Buffer>>,
     /// Partial results of split decode attention (attention.wgsl), grown as needed.
@@ -138,6 +153,12 @@ pub struct MatrixInner {
     perm: Option<wgpu::Buffer>,
 }
 
+impl MatrixInner {
+    fn rows(&self) -> usize {
+        self.chunks.iter().map(|c| c.rows).sum()
+    }
+}
+
 #[derive(Clone)]
 pub struct WgpuMatrix(Arc<MatrixInner>);
 
@@ -183,7 +204,9 @@ impl Wgpu {
             })
         };
         let dummy = storage("dummy", 16);
+        let dummy_rw = [storage("dummy xn", 16), storage("dummy aux", 16)];
         let argmax_out = storage("argmax", 16);
+        let fusing = std::env::var("YANGTUO_WGPU_FUSE").map_or(true, |v| v != "0");
         log::info!("wgpu device: {}", gpu.describe());
         Ok(Wgpu {
             slot,
@@ -197,7 +220,11 @@ impl Wgpu {
                 binds: HashMap::new(),
             }),
             dummy,
+            dummy_rw,
             argmax_out,
+            pending: Mutex::new(vec![]),
+            fusing: AtomicBool::new(fusing),
+            dispatched: AtomicUsize::new(0),
             gathered: Mutex::new(None),
             attn_parts: Mutex::new(None),
             ids: Mutex::new(None),
@@ -213,6 +240,18 @@ impl Wgpu {
     /// asynchronously, so a loader calls this once the weights are uploaded.
     pub async fn sync(&self) -> Result<()> {
         self.readback(&self.argmax_out, 0, 4).await.map(|_| ())
+    }
+
+    /// Fuse a decode step's neighbouring ops (the default) or dispatch each on its own.
+    pub fn set_fusion(&self, on: bool) {
+        self.flush_ops();
+        self.fusing.store(on, Ordering::Relaxed);
+    }
+
+    /// Dispatches recorded since the backend opened.
+    pub fn dispatch_count(&self) -> usize {
+        self.flush_ops();
+        self.dispatched.load(Ordering::Relaxed)
     }
 
     pub fn is_real_gpu(&self) -> bool {
@@ -295,6 +334,177 @@ impl Wgpu {
             slot,
             groups,
         });
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hold `op` back until its neighbours are known.
+    fn defer(&self, op: Op) {
+        self.pending.lock().unwrap().push(op);
+    }
+
+    /// Fuse and record the held-back ops. Every op that cannot fuse calls this first, so
+    /// the recorded order is the forward pass's.
+    fn flush_ops(&self) {
+        let ops = std::mem::take(&mut *self.pending.lock().unwrap());
+        if ops.is_empty() {
+            return;
+        }
+        let ops = if self.fusing.load(Ordering::Relaxed) {
+            fuse(ops)
+        } else {
+            ops
+        };
+        for op in ops {
+            self.lower(op);
+        }
+    }
+
+    fn lower(&self, op: Op) {
+        match op {
+            Op::Norm {
+                x,
+                cols,
+                first,
+                n,
+                w,
+                eps,
+                out,
+            } => {
+                let params = RmsNorm {
+                    n: n as u32,
+                    cols: cols as u32,
+                    first: first as u32,
+                    eps,
+                };
+                self.dispatch(
+                    Kernel::RmsNorm,
+                    &params,
+                    vec![whole(&x), whole(&w), whole(&out)],
+                    [n as u32, 1, 1],
+                );
+            }
+            Op::Matvec(mv) => self.lower_matvec(mv),
+            Op::Rope {
+                x,
+                x_cols,
+                n,
+                heads,
+                hd,
+                table,
+                style,
+            } => {
+                let (groups, gx) = self.linear_groups(n * heads * hd / 2);
+                let params = Rope {
+                    n: n as u32,
+                    n_heads: heads as u32,
+                    head_dim: hd as u32,
+                    stride: x_cols as u32,
+                    interleaved: (style == RopeStyle::Interleaved) as u32,
+                    grid_x: gx,
+                };
+                self.dispatch(
+                    Kernel::Rope,
+                    &params,
+                    vec![whole(&x), whole(&table)],
+                    groups,
+                );
+            }
+            Op::StoreKv {
+                k,
+                v,
+                first,
+                n,
+                pos,
+                kv_dim,
+                kc,
+                vc,
+                dtype,
+            } => {
+                // one thread per word: two f16 elements, or one f32
+                let (groups, gx) = self.linear_groups(n * kv_dim * dtype.bytes() / 4);
+                let params = StoreKv {
+                    n: n as u32,
+                    pos: pos as u32,
+                    kv_dim: kv_dim as u32,
+                    grid_x: gx,
+                    first: first as u32,
+                };
+                self.dispatch(
+                    Kernel::StoreKv(dtype),
+                    &params,
+                    vec![whole(&k), whole(&v), whole(&kc), whole(&vc)],
+                    groups,
+                );
+            }
+            Op::Add { x, y, len } => self.elementwise(Kernel::Add, x, y, len),
+            Op::SiluMul { gate, up, len } => self.elementwise(Kernel::SiluMul, gate, up, len),
+        }
+    }
+
+    fn elementwise(&self, k: Kernel, a: wgpu::Buffer, b: wgpu::Buffer, len: usize) {
+        let (groups, gx) = self.linear_groups(len);
+        let params = Elementwise {
+            len: len as u32,
+            grid_x: gx,
+        };
+        self.dispatch(k, &params, vec![whole(&a), whole(&b)], groups);
+    }
+
+    /// A one-token product: per chunk of rows when nothing is fused, else one dispatch with
+    /// matvec.wgsl's extra bindings.
+    fn lower_matvec(&self, mv: Matvec) {
+        let fusion = mv.fusion();
+        let m = &mv.m.0;
+        let ro = |b: Option<&wgpu::Buffer>| whole(b.unwrap_or(&self.dummy));
+        let xn = whole(mv.norm.as_ref().map_or(&self.dummy_rw[0], |n| &n.out));
+        let aux = [
+            &mv.kv.as_ref().map(|k| &k.0),
+            &mv.add.as_ref(),
+            &mv.silu.as_ref(),
+        ]
+        .into_iter()
+        .find_map(|b| *b);
+        let extra = [
+            ro(mv.norm.as_ref().map(|n| &n.w)),
+            xn,
+            ro(mv.rope.as_ref().map(|r| &r.table)),
+            whole(aux.unwrap_or(&self.dummy_rw[1])),
+        ];
+        for c in &m.chunks {
+            // ROWS = 8 rows per workgroup
+            let (groups, grid_x) = self.folded(c.rows.div_ceil(8));
+            let params = Weights {
+                n: 1,
+                rows: c.rows as u32,
+                cols: m.cols as u32,
+                nb: m.lay.nb as u32,
+                x_stride: mv.x_cols as u32,
+                out_stride: 0,
+                out_off: c.row0 as u32,
+                grid_x,
+                row0: c.row0 as u32,
+                x_row: mv.x_row as u32,
+                eps: mv.norm.as_ref().map_or(0.0, |n| n.eps),
+                head_dim: mv.rope.as_ref().map_or(0, |r| r.hd) as u32,
+                pos: mv.kv.as_ref().map_or(0, |k| k.1) as u32,
+            };
+            let mut bufs = vec![
+                (c.buf.clone(), 0, c.payload_size),
+                self.scales(c),
+                whole(&mv.x),
+                whole(&mv.out),
+            ];
+            bufs.extend(extra.iter().cloned());
+            self.dispatch(Kernel::Matvec(m.format, fusion), &params, bufs, groups);
+        }
+    }
+
+    fn scales(&self, c: &Chunk) -> Bind {
+        if c.scales_size > 0 {
+            (c.buf.clone(), c.scales_offset, c.scales_size)
+        } else {
+            whole(&self.dummy)
+        }
     }
 
     /// Groups for `items` work items of a 256-thread kernel, folded into 2-D past the
@@ -489,7 +699,9 @@ impl Wgpu {
     }
 
     fn storage(&self, what: &str, size: u64) -> Result<wgpu::Buffer> {
-        // what dropped buffers still hold is freed first, for this one to take
+        // what dropped buffers still hold is freed first, for this one to take (held-back
+        // ops first make the bind groups they need, which may name a dropped buffer)
+        self.flush_ops();
         self.forget_released(&mut self.rec.lock().unwrap());
         if size > self.gpu.limits.max_storage_buffer_binding_size {
             return Err(Error::OutOfMemory {
@@ -539,6 +751,7 @@ impl Wgpu {
                 false,
             )?,
         };
+        self.flush_ops();
         {
             let mut rec = self.rec.lock().unwrap();
             self.submit(&mut rec, Some((src, offset, &staging, size)));
@@ -655,15 +868,11 @@ impl Wgpu {
                 out_off: c.row0 as u32,
                 grid_x,
                 row0: c.row0 as u32,
-            };
-            let scales = if c.scales_size > 0 {
-                (c.buf.clone(), c.scales_offset, c.scales_size)
-            } else {
-                whole(&self.dummy)
+                ..Weights::zeroed()
             };
             let bufs = vec![
                 (c.buf.clone(), 0, c.payload_size),
-                scales,
+                self.scales(c),
                 whole(&x.buf),
                 whole(&out.buf),
             ];
@@ -798,10 +1007,12 @@ impl Backend for Wgpu {
     }
 
     fn write(&self, dst: &mut WgpuAct, data: &[f32]) {
+        self.flush_ops();
         self.record_upload(&dst.buf, 0, bytemuck::cast_slice(data));
     }
 
     fn embed(&self, table: &WgpuMatrix, ids: &[u32], out: &mut WgpuAct) {
+        self.flush_ops();
         let Some(buf) = self.scratch(&self.ids, "token ids", (ids.len() * 4) as u64) else {
             return; // the error is reported at the next readback
         };
@@ -831,21 +1042,23 @@ impl Backend for Wgpu {
         eps: f32,
         out: &mut WgpuAct,
     ) {
-        let params = RmsNorm {
-            n: n as u32,
-            cols: x.cols as u32,
-            first: first as u32,
+        self.defer(Op::Norm {
+            x: x.buf.clone(),
+            cols: x.cols,
+            first,
+            n,
+            w: w.buf.clone(),
             eps,
-        };
-        self.dispatch(
-            Kernel::RmsNorm,
-            &params,
-            vec![whole(&x.buf), whole(&w.buf), whole(&out.buf)],
-            [n as u32, 1, 1],
-        );
+            out: out.buf.clone(),
+        });
     }
 
     fn matmul(&self, x: &WgpuAct, n: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
+        if n == 1 && w.0.perm.is_none() {
+            let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone());
+            return self.defer(Op::Matvec(mv));
+        }
+        self.flush_ops();
         let gathered;
         let x = match &w.0.perm {
             None => x,
@@ -858,10 +1071,8 @@ impl Backend for Wgpu {
             },
         };
         if n == 1 {
-            // matvec.wgsl: ROWS = 8 rows per workgroup
-            self.weight_dispatch(Kernel::Matvec(w.0.format), w, x, out, 1, |c| {
-                self.folded(c.rows.div_ceil(8))
-            });
+            let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone());
+            self.lower_matvec(mv);
         } else {
             let ty = n.div_ceil(64) as u32;
             self.weight_dispatch(Kernel::Matmul(w.0.format), w, x, out, n, |c| {
@@ -879,27 +1090,19 @@ impl Backend for Wgpu {
         table: &WgpuAct,
         style: RopeStyle,
     ) {
-        let (groups, gx) = self.linear_groups(n * n_heads * head_dim / 2);
-        let interleaved = (style == RopeStyle::Interleaved) as u32;
-        let (n, n_heads, head_dim, stride) =
-            (n as u32, n_heads as u32, head_dim as u32, x.cols as u32);
-        let params = Rope {
+        self.defer(Op::Rope {
+            x: x.buf.clone(),
+            x_cols: x.cols,
             n,
-            n_heads,
-            head_dim,
-            stride,
-            interleaved,
-            grid_x: gx,
-        };
-        self.dispatch(
-            Kernel::Rope,
-            &params,
-            vec![whole(&x.buf), whole(&table.buf)],
-            groups,
-        );
+            heads: n_heads,
+            hd: head_dim,
+            table: table.buf.clone(),
+            style,
+        });
     }
 
     fn copy_kv(&self, src: &WgpuKv, cache: &mut WgpuKv, positions: std::ops::Range<usize>) {
+        self.flush_ops();
         debug_assert_eq!(src.dtype, cache.dtype, "one model's caches share a dtype");
         let row = (cache.kv_dim * cache.dtype.bytes()) as u64;
         let offset = positions.start as u64 * row;
@@ -922,21 +1125,17 @@ impl Backend for Wgpu {
         kc: &mut WgpuKv,
         vc: &mut WgpuKv,
     ) {
-        // one thread per word: two f16 elements, or one f32
-        let (groups, gx) = self.linear_groups(n * kc.kv_dim * kc.dtype.bytes() / 4);
-        let params = StoreKv {
-            n: n as u32,
-            pos: pos as u32,
-            kv_dim: kc.kv_dim as u32,
-            grid_x: gx,
-            first: first as u32,
-        };
-        self.dispatch(
-            Kernel::StoreKv(kc.dtype),
-            &params,
-            vec![whole(&k.buf), whole(&v.buf), whole(&kc.buf), whole(&vc.buf)],
-            groups,
-        );
+        self.defer(Op::StoreKv {
+            k: k.buf.clone(),
+            v: v.buf.clone(),
+            first,
+            n,
+            pos,
+            kv_dim: kc.kv_dim,
+            kc: kc.buf.clone(),
+            vc: vc.buf.clone(),
+            dtype: kc.dtype,
+        });
     }
 
     fn attention(
@@ -950,6 +1149,7 @@ impl Backend for Wgpu {
         s: AttnShape,
         out: &mut WgpuAct,
     ) {
+        self.flush_ops();
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         // Decode over a long context: the keys in up to MAX_SPLITS chunks of at least
         // MIN_SPLIT, each a workgroup of its own, merged by attention_combine.wgsl. One
@@ -1017,32 +1217,23 @@ impl Backend for Wgpu {
     }
 
     fn silu_mul(&self, gate: &mut WgpuAct, up: &WgpuAct, len: usize) {
-        let (groups, gx) = self.linear_groups(len);
-        self.dispatch(
-            Kernel::SiluMul,
-            &Elementwise {
-                len: len as u32,
-                grid_x: gx,
-            },
-            vec![whole(&gate.buf), whole(&up.buf)],
-            groups,
-        );
+        self.defer(Op::SiluMul {
+            gate: gate.buf.clone(),
+            up: up.buf.clone(),
+            len,
+        });
     }
 
     fn add(&self, x: &mut WgpuAct, y: &WgpuAct, len: usize) {
-        let (groups, gx) = self.linear_groups(len);
-        self.dispatch(
-            Kernel::Add,
-            &Elementwise {
-                len: len as u32,
-                grid_x: gx,
-            },
-            vec![whole(&x.buf), whole(&y.buf)],
-            groups,
-        );
+        self.defer(Op::Add {
+            x: x.buf.clone(),
+            y: y.buf.clone(),
+            len,
+        });
     }
 
     async fn argmax(&self, x: &WgpuAct, row: usize) -> Result<u32> {
+        self.flush_ops();
         self.dispatch(
             Kernel::Argmax,
             &Argmax {

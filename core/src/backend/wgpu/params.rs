@@ -23,6 +23,10 @@ pub struct Weights {
     pub out_off: u32,
     pub grid_x: u32,
     pub row0: u32,
+    pub x_row: u32,
+    pub eps: f32,
+    pub head_dim: u32,
+    pub pos: u32,
 }
 
 /// `rms_norm.wgsl`
@@ -116,7 +120,7 @@ pub struct Gather {
 mod tests {
     use super::*;
     use crate::backend::KvDtype;
-    use crate::backend::wgpu::kernels::{Kernel, PARAMS_SIZE, source};
+    use crate::backend::wgpu::kernels::{Fusion, Kernel, PARAMS_SIZE, source};
     use crate::weights::WeightFormat;
     use naga::{AddressSpace, Scalar, TypeInner};
 
@@ -239,7 +243,11 @@ mod tests {
             out_stride,
             out_off,
             grid_x,
-            row0
+            row0,
+            x_row,
+            eps,
+            head_dim,
+            pos
         });
         let elementwise = fields!(Elementwise { len, grid_x });
         let mut cases = vec![
@@ -324,7 +332,8 @@ mod tests {
         cases.extend(f16_cache);
         use WeightFormat::*;
         for f in [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4K, Q6K, Gptq4] {
-            for k in [Kernel::Matvec(f), Kernel::Matmul(f), Kernel::Embed(f)] {
+            let matvec = Kernel::Matvec(f, Fusion::default());
+            for k in [matvec, Kernel::Matmul(f), Kernel::Embed(f)] {
                 cases.push((k, weights.clone()));
             }
         }

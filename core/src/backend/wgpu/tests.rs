@@ -1,0 +1,161 @@
+//! Fusion on a device (lavapipe in CI): driven through `Model::forward`, so a change to the
+//! forward pass that loses a fusion fails here, as does a fused kernel that computes
+//! anything but what the ops it replaces compute.
+
+use super::Wgpu;
+use crate::backend::{Backend, KvDtype};
+use crate::model::Model;
+use crate::testing::Rng;
+use crate::weights::builder::WeightSource;
+use crate::weights::{Blob, RopeStyle, TensorId, WeightData, WeightFormat, ggml};
+use crate::{Config, Result, RopeScaling};
+
+/// Random weights of one format (vectors f32, near 1 for the norms).
+struct Random {
+    config: Config,
+    format: WeightFormat,
+    style: RopeStyle,
+    seed: u64,
+}
+
+impl WeightSource for Random {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn rope_style(&self) -> RopeStyle {
+        self.style
+    }
+    fn weight(&mut self, id: TensorId) -> Result<WeightData> {
+        let [rows, cols] = id.expected_shape(&self.config);
+        self.seed += 1;
+        let mut rng = Rng(self.seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+        let (f, vals): (_, Vec<f32>) = if id.is_vector() {
+            let v = (0..rows * cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
+            (WeightFormat::F32, v)
+        } else {
+            let v = (0..rows * cols).map(|_| 0.5 * rng.f32()).collect();
+            (self.format, v)
+        };
+        let bytes = Blob::from_vec(ggml::quantize(f, &vals));
+        WeightData::new(f, rows, cols, bytes, &id.gguf_name())
+    }
+}
+
+fn model(gpu: Wgpu, format: WeightFormat, style: RopeStyle, kv: KvDtype) -> Model<Wgpu> {
+    let config = Config {
+        dim: 256,
+        hidden_dim: 512,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        vocab_size: 256,
+        max_seq_len: 512,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: RopeScaling::None,
+        tie_embeddings: false,
+        bos_id: Some(1),
+        eos_ids: vec![2],
+    };
+    let mut source = Random {
+        config,
+        format,
+        style,
+        seed: 7,
+    };
+    let mut m = Model::load(&mut source, gpu, 0, &mut |_| {}).unwrap();
+    m.kv_dtype = kv;
+    m
+}
+
+/// The logits of a 5-token prompt and then each of `decode` tokens, one at a time.
+fn logits(m: &Model<Wgpu>, decode: usize) -> Vec<Vec<f32>> {
+    let b = &m.backend;
+    let mut s = m.new_state(64, 8, 1).unwrap();
+    let mut all = vec![];
+    m.forward(&mut s, &[1, 20, 30, 40, 50], 0, 1).unwrap();
+    all.push(pollster::block_on(b.read(&s.scratch.logits, 1)).unwrap());
+    for t in 0..decode {
+        m.forward(&mut s, &[(60 + 17 * t as u32) % 256], 5 + t, 1)
+            .unwrap();
+        all.push(pollster::block_on(b.read(&s.scratch.logits, 1)).unwrap());
+    }
+    all
+}
+
+#[test]
+fn fused_decode_gives_the_unfused_bits() {
+    let cases = [
+        (
+            WeightFormat::Q4_0,
+            RopeStyle::Interleaved,
+            KvDtype::F16,
+            true,
+        ),
+        (WeightFormat::F16, RopeStyle::Half, KvDtype::F32, true),
+        (WeightFormat::Q4K, RopeStyle::Half, KvDtype::F16, true),
+        (
+            WeightFormat::Q8_0,
+            RopeStyle::Interleaved,
+            KvDtype::F32,
+            false,
+        ),
+        (WeightFormat::Q6K, RopeStyle::Half, KvDtype::F16, false),
+    ];
+    for (format, style, kv, f16) in cases {
+        let Ok(gpu) = pollster::block_on(Wgpu::with_f16(f16)) else {
+            eprintln!("no wgpu adapter; skipped");
+            return;
+        };
+        let m = model(gpu, format, style, kv);
+        let fused = logits(&m, 6);
+        m.backend.set_fusion(false);
+        let unfused = logits(&m, 6);
+        for (step, (a, b)) in fused.iter().zip(&unfused).enumerate() {
+            let differ = a
+                .iter()
+                .zip(b)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{format:?} {style:?} {kv:?} cache (f16 shaders {f16}): step {step}: \
+                 {differ} logits differ"
+            );
+            assert!(a.iter().all(|x| x.is_finite()));
+        }
+    }
+}
+
+#[test]
+fn a_decode_layer_is_eight_dispatches() {
+    let Ok(gpu) = pollster::block_on(Wgpu::new()) else {
+        eprintln!("no wgpu adapter; skipped");
+        return;
+    };
+    let m = model(
+        gpu,
+        WeightFormat::Q4_0,
+        RopeStyle::Interleaved,
+        KvDtype::F16,
+    );
+    let layers = m.config.n_layers;
+    let b = &m.backend;
+    let mut s = m.new_state(64, 8, 1).unwrap();
+    m.forward(&mut s, &[1, 2, 3], 0, 1).unwrap();
+    pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();
+    let mut step = |pos: usize| {
+        let before = b.dispatch_count();
+        m.forward(&mut s, &[4], pos, 1).unwrap();
+        pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();
+        b.dispatch_count() - before
+    };
+    // per layer: q (norm, rope), k (rope, store), v (store), attention, o (+ residual),
+    // gate (norm), up (SwiGLU), down (+ residual); then embed, the head (final norm) and
+    // the argmax
+    assert_eq!(step(3), 8 * layers + 3);
+    b.set_fusion(false);
+    // each op its own: 16 per layer, and embed, final norm, head, argmax
+    assert_eq!(step(4), 16 * layers + 4);
+}

@@ -1,9 +1,12 @@
 //! The wgpu backend: every op is a WGSL compute shader from `shaders/`.
 //!
 //! Ops are recorded, not run: each appends a dispatch (or a host-to-device copy) to a
-//! command list, with its parameters in one slot of a uniform ring. A readback submits the
-//! whole list as one command buffer, so a decode step costs one submit and one small map.
-//! Readback is async because a browser cannot block on the GPU.
+//! command list, with its parameters in one slot of a uniform ring. The list is submitted
+//! every `SUBMIT_GROUP` commands, so the GPU works while the host records the rest, and at
+//! a readback. Readback is async because a browser cannot block on the GPU.
+//!
+//! The ops a decode step records around its one-token products are held back and fused
+//! into them (fuse.rs, matvec.wgsl): eight dispatches per layer instead of sixteen.
 //!
 //! A decode step allocates nothing on the device: host data (token ids, rotary angles)
 //! rides in an upload ring written once per submit, token ids live in one buffer, readback
@@ -38,6 +41,10 @@ use std::sync::{Arc, Mutex};
 
 /// Dispatches recorded between two submits before the ring wraps and forces a submit.
 const RING_SLOTS: u64 = 4096;
+/// Commands recorded before they are submitted without waiting for a readback: the GPU
+/// starts on the first layers while the host records the rest (a 7B decode step is about
+/// 260 dispatches, so four or five submits).
+const SUBMIT_GROUP: usize = 64;
 
 pub struct Wgpu {
     gpu: Gpu,
@@ -287,7 +294,7 @@ impl Wgpu {
         let kernel = self.kernel(k);
         debug_assert_eq!(buffers.len(), kernel.n_storage);
         let mut rec = self.rec.lock().unwrap();
-        if rec.params.len() as u64 >= self.slot * RING_SLOTS {
+        if rec.params.len() as u64 >= self.slot * RING_SLOTS || rec.cmds.len() >= SUBMIT_GROUP {
             self.submit(&mut rec, None);
         }
         let slot = rec.params.len() as u32;

@@ -25,7 +25,8 @@
 #      Q4_0 and Q4_K (`yangtuo quantize`, the four in parallel), with 2 and 6 layers
 #      (config.json trimmed; the file keeps 6), extrapolated per layer to 32 layers; on cuda,
 #      and on wgpu through Vulkan (YT_WGPU=0 skips it; it starts only before 400 s) when the
-#      carried loader finds the driver
+#      carried loader finds the driver; there also the wgpu fusion tests (fused = unfused
+#      bits, 8 dispatches per decode layer) and Q4_0 with fusion off (YANGTUO_WGPU_FUSE=0)
 #   5. the table: backend, type, layers, pp512 tok/s, tg128 tok/s, weight GB per token,
 #      achieved GB/s (weight bytes per token × tg tok/s) and % of the copy bandwidth
 set -uo pipefail
@@ -206,7 +207,7 @@ cat "$L/make-7b.log"
 BENCH=$OUT/bench.jsonl
 : >"$BENCH"
 bench() { # backend model type layers [start no later than this many seconds]
-  local be=$1 m=$2 ty=$3 l=$4 last=${5:-470}
+  local be=$1 m=$2 ty=$3 l=$4 last=${5:-470} label=${BE_LABEL:-$1}
   [ -e "$m" ] || return
   before "$last" || { echo "skipped $be $ty $l layers: out of time"; return; }
   echo "-- $be $ty $l layers"
@@ -214,7 +215,7 @@ bench() { # backend model type layers [start no later than this many seconds]
   timeout $((left < 120 ? left : 120)) "$B/yangtuo" bench -m "$m" --backend "$be" -p 512 -n 128 -r 3 --json 2>>"$L/bench-$be.log" |
     python3 -c "import sys, json
 for l in sys.stdin:
-    j = json.loads(l); j.update(be='$be', ty='$ty', layers=$l); print(json.dumps(j))" | tee -a "$BENCH"
+    j = json.loads(l); j.update(be='$label', ty='$ty', layers=$l); print(json.dumps(j))" | tee -a "$BENCH"
 }
 for l in 2 6; do
   bench cuda "$M/l$l-f16" F16 $l
@@ -233,10 +234,18 @@ if [ "${YT_WGPU:-1}" != 1 ]; then
   :
 elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backend wgpu --ids 1,2,3 --out "$W/wgpu-probe.npy" >"$L/wgpu-probe.log" 2>&1; then
   grep -h "device:" "$L/wgpu-probe.log" | tail -1
+  # the fused decode kernels (matvec.wgsl's variants) give the unfused bits on this GPU too,
+  # and a decode layer is eight dispatches
+  WGPU_BACKEND=vulkan timeout 90 "$B/yangtuo-core-tests" backend::wgpu::tests --test-threads=1 >"$L/wgpu-fusion.log" 2>&1
+  grep -q "test result: ok. 2 passed" "$L/wgpu-fusion.log" && note "wgpu fusion (fused = unfused bits, 8 dispatches per layer): ok" || note "wgpu fusion: FAILED (see wgpu-fusion.log)"
   for l in 2 6; do
     # (later than the cuda rows, so that the whole run stays under 8 minutes)
     WGPU_BACKEND=vulkan bench wgpu "$M/l$l-f16" F16 $l 400
     WGPU_BACKEND=vulkan bench wgpu "$M/l$l-q4_0.gguf" Q4_0 $l 400
+  done
+  # what fusion gained: the same model with every op dispatched on its own
+  for l in 2 6; do
+    BE_LABEL=wgpu-unfused YANGTUO_WGPU_FUSE=0 WGPU_BACKEND=vulkan bench wgpu "$M/l$l-q4_0.gguf" Q4_0 $l 430
   done
 else
   note "wgpu through Vulkan unavailable: $(tail -1 "$L/wgpu-probe.log")"

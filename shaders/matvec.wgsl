@@ -15,6 +15,9 @@
 //         columns (store_kv.wgsl; f16 packs two neighbours per word with pack2x16float).
 //   ADD   aux[r] += s: the residual add after the output and down projections.
 //   SILU  aux[r] = silu(aux[r]) · s: SwiGLU, with aux the gate product and this one up.
+//   MULTI the p.n ≤ 8 tokens of a decode batch instead (nothing fused): token t's row of x
+//         at t · x_stride, out[t · out_stride + out_off + r], each token summed as it is
+//         alone, so a sequence gets the same bits in a batch as alone.
 //
 // Buffer layout (bindings 0-4 as weights.wgsl says):
 //   binding 3  x:      f32 as vec4s, row x_row of stride x_stride read
@@ -29,6 +32,7 @@ override ROPE: u32 = 0u;
 override KV: u32 = 0u;
 override ADD: bool = false;
 override SILU: bool = false;
+override MULTI: bool = false;
 
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;
@@ -99,16 +103,8 @@ fn norm_prologue(g: u32, li: u32, xo: u32) {
     }
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let g = wid.y * p.grid_x + wid.x;
-    let m = li / LANES;
-    let row = row_of(g, m);
-    let lane = li % LANES;
-    let xo = p.x_row * p.x_stride;
-    if (NORM) {
-        norm_prologue(g, li, xo);
-    }
+// The sum of row `row`'s products with x̂ from xo, as every thread of the row's group sees it.
+fn row_sum(row: u32, lane: u32, li: u32, xo: u32) -> f32 {
     // no early return: every thread must reach the barriers; a row past the end adds nothing
     let units = select(0u, p.nb, row < p.rows);
     // four independent units per step, so each thread has several loads in flight
@@ -129,7 +125,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    var s = partial[m * LANES];
+    return partial[li - lane];
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = wid.y * p.grid_x + wid.x;
+    let m = li / LANES;
+    let row = row_of(g, m);
+    let lane = li % LANES;
+    if (MULTI) {
+        for (var t = 0u; t < min(p.n, 8u); t++) {
+            let s = row_sum(row, lane, li, t * p.x_stride);
+            workgroupBarrier(); // read before the next token's sums overwrite it
+            if (lane == 0u && row < p.rows) {
+                out[t * p.out_stride + p.out_off + row] = s;
+            }
+        }
+        return;
+    }
+    let xo = p.x_row * p.x_stride;
+    if (NORM) {
+        norm_prologue(g, li, xo);
+    }
+    var s = row_sum(row, lane, li, xo);
     if (ROPE != 0u) {
         // rope.wgsl: (a, b) <- (a·cos − b·sin, a·sin + b·cos)
         let other = partial[(m ^ 1u) * LANES];

@@ -67,14 +67,17 @@ pub(super) enum Op {
     },
 }
 
-/// A one-token product, out[0, r] = W[r] · x[x_row], and what is fused into it.
+/// A one-token product, out[0, r] = W[r] · x[x_row], and what is fused into it; or, with
+/// `tokens` > 1, the first `tokens` rows of x, each summed as alone and nothing fused.
 pub(super) struct Matvec {
     pub m: WgpuMatrix,
+    pub tokens: usize,
     /// The input; with `norm`, the norm's input, whose row is normed first.
     pub x: Buf,
     pub x_cols: usize,
     pub x_row: usize,
     pub out: Buf,
+    pub out_cols: usize,
     pub norm: Option<NormIn>,
     pub rope: Option<RopeOut>,
     /// The output row's cache, position and dtype.
@@ -99,13 +102,15 @@ pub(super) struct RopeOut {
 }
 
 impl Matvec {
-    pub fn plain(m: WgpuMatrix, x: Buf, x_cols: usize, out: Buf) -> Matvec {
+    pub fn plain(m: WgpuMatrix, x: Buf, x_cols: usize, out: Buf, out_cols: usize) -> Matvec {
         Matvec {
             m,
+            tokens: 1,
             x,
             x_cols,
             x_row: 0,
             out,
+            out_cols,
             norm: None,
             rope: None,
             kv: None,
@@ -121,12 +126,13 @@ impl Matvec {
             kv: self.kv.as_ref().map(|k| k.2),
             add: self.add.is_some(),
             silu: self.silu.is_some(),
+            multi: self.tokens > 1,
         }
     }
 
     /// One dispatch over the whole matrix (fused kernels need every row in one binding).
     fn whole(&self) -> bool {
-        self.m.0.chunks.len() == 1 && self.m.0.perm.is_none()
+        self.m.0.chunks.len() == 1 && self.m.0.perm.is_none() && self.tokens == 1
     }
 
     fn no_epilogue(&self) -> bool {

@@ -39,10 +39,12 @@ pub struct Fusion {
     pub add: bool,
     /// The output is SwiGLU's `up`: the gate becomes silu(gate) · up.
     pub silu: bool,
+    /// Up to 8 tokens, each summed as alone, with nothing fused.
+    pub multi: bool,
 }
 
 impl Fusion {
-    fn constants(self) -> [(&'static str, f64); 5] {
+    fn constants(self) -> [(&'static str, f64); 6] {
         let rope = match self.rope {
             None => 0.0,
             Some(RopeStyle::Half) => 1.0,
@@ -60,6 +62,7 @@ impl Fusion {
             ("KV", kv),
             ("ADD", flag(self.add)),
             ("SILU", flag(self.silu)),
+            ("MULTI", flag(self.multi)),
         ]
     }
 }
@@ -266,6 +269,10 @@ mod tests {
             },
             Fusion {
                 silu: true,
+                ..Fusion::default()
+            },
+            Fusion {
+                multi: true,
                 ..Fusion::default()
             },
         ]);

@@ -45,6 +45,8 @@ const RING_SLOTS: u64 = 4096;
 /// starts on the first layers while the host records the rest (a 7B decode step is about
 /// 260 dispatches, so four or five submits).
 const SUBMIT_GROUP: usize = 64;
+/// The most tokens matvec.wgsl takes in one dispatch (its MULTI loop's bound).
+const MATVEC_TOKENS: usize = 8;
 
 pub struct Wgpu {
     gpu: Gpu,
@@ -481,12 +483,12 @@ impl Wgpu {
             // ROWS = 8 rows per workgroup
             let (groups, grid_x) = self.folded(c.rows.div_ceil(8));
             let params = Weights {
-                n: 1,
+                n: mv.tokens as u32,
                 rows: c.rows as u32,
                 cols: m.cols as u32,
                 nb: m.lay.nb as u32,
                 x_stride: mv.x_cols as u32,
-                out_stride: 0,
+                out_stride: mv.out_cols as u32,
                 out_off: c.row0 as u32,
                 grid_x,
                 row0: c.row0 as u32,
@@ -1062,7 +1064,7 @@ impl Backend for Wgpu {
 
     fn matmul(&self, x: &WgpuAct, n: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
         if n == 1 && w.0.perm.is_none() {
-            let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone());
+            let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
             return self.defer(Op::Matvec(mv));
         }
         self.flush_ops();
@@ -1077,8 +1079,11 @@ impl Backend for Wgpu {
                 None => return,
             },
         };
-        if n == 1 {
-            let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone());
+        // a decode step of up to MATVEC_TOKENS sequences: each token summed as alone, so a
+        // batch of them has the bits of each alone (its x rows must start on vec4s)
+        if n == 1 || (n <= MATVEC_TOKENS && x.cols.is_multiple_of(4)) {
+            let mut mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
+            mv.tokens = n;
             self.lower_matvec(mv);
         } else {
             let ty = n.div_ceil(64) as u32;

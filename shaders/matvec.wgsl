@@ -15,9 +15,9 @@
 //         columns (store_kv.wgsl; f16 packs two neighbours per word with pack2x16float).
 //   ADD   aux[r] += s: the residual add after the output and down projections.
 //   SILU  aux[r] = silu(aux[r]) · s: SwiGLU, with aux the gate product and this one up.
-//   MULTI the p.n ≤ 8 tokens of a decode batch instead (nothing fused): token t's row of x
-//         at t · x_stride, out[t · out_stride + out_off + r], each token summed as it is
-//         alone, so a sequence gets the same bits in a batch as alone.
+//   MULTI the p.n ≤ 8 tokens x_row.. of a batch instead (nothing fused): token t's row of
+//         x at t · x_stride, out[t · out_stride + out_off + r], each token summed as a lone
+//         token is, so a sequence gets the same bits in a decode batch as alone.
 //
 // Buffer layout (bindings 0-4 as weights.wgsl says):
 //   binding 3  x:      f32 as vec4s, row x_row of stride x_stride read
@@ -135,7 +135,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let row = row_of(g, m);
     let lane = li % LANES;
     if (MULTI) {
-        for (var t = 0u; t < min(p.n, 8u); t++) {
+        for (var t = p.x_row; t < p.x_row + min(p.n, 8u); t++) {
             let s = row_sum(row, lane, li, t * p.x_stride);
             workgroupBarrier(); // read before the next token's sums overwrite it
             if (lane == 0u && row < p.rows) {

@@ -216,7 +216,9 @@ impl<'a, B: Backend> Suite<'a, B> {
     fn matmul_and_embed(&mut self) {
         use WeightFormat::*;
         const ROWS: usize = 37;
-        const NS: [usize; 3] = [1, 5, 66];
+        // 13: a MULTI matvec group of 8 and one of 5 on wgpu
+        const NS: [usize; 4] = [1, 5, 13, 66];
+        const N_MAX: usize = 66;
         let cases = [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4K, Q6K, Gptq4]
             .into_iter()
             .map(|f| (f, false))
@@ -249,10 +251,10 @@ impl<'a, B: Backend> Suite<'a, B> {
             f.dequantize(&w.bytes, &mut stored);
             let logical = w.to_f32();
             let m = self.b.upload_matrix(&name, &w).unwrap();
-            let xs = random(&mut self.rng, NS[2] * cols, 1.0);
-            let x = self.act(NS[2], cols, &xs);
+            let xs = random(&mut self.rng, N_MAX * cols, 1.0);
+            let x = self.act(N_MAX, cols, &xs);
             for n in NS {
-                let mut out = self.nan(NS[2], ROWS);
+                let mut out = self.nan(N_MAX, ROWS);
                 self.b.matmul(&x, n, &m, &mut out);
                 let got = self.read(&out, n);
                 let mut want = vec![0f64; n * ROWS];

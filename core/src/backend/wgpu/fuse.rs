@@ -68,10 +68,11 @@ pub(super) enum Op {
 }
 
 /// A one-token product, out[0, r] = W[r] · x[x_row], and what is fused into it; or, with
-/// `tokens` > 1, the first `tokens` rows of x, each summed as alone and nothing fused.
+/// `tokens`, rows x_row.. of a batch (at most 8), each summed as a lone token is, into the
+/// same rows of out, with nothing fused.
 pub(super) struct Matvec {
     pub m: WgpuMatrix,
-    pub tokens: usize,
+    pub tokens: Option<usize>,
     /// The input; with `norm`, the norm's input, whose row is normed first.
     pub x: Buf,
     pub x_cols: usize,
@@ -105,7 +106,7 @@ impl Matvec {
     pub fn plain(m: WgpuMatrix, x: Buf, x_cols: usize, out: Buf, out_cols: usize) -> Matvec {
         Matvec {
             m,
-            tokens: 1,
+            tokens: None,
             x,
             x_cols,
             x_row: 0,
@@ -126,13 +127,13 @@ impl Matvec {
             kv: self.kv.as_ref().map(|k| k.2),
             add: self.add.is_some(),
             silu: self.silu.is_some(),
-            multi: self.tokens > 1,
+            multi: self.tokens.is_some(),
         }
     }
 
     /// One dispatch over the whole matrix (fused kernels need every row in one binding).
     fn whole(&self) -> bool {
-        self.m.0.chunks.len() == 1 && self.m.0.perm.is_none() && self.tokens == 1
+        self.m.0.chunks.len() == 1 && self.m.0.perm.is_none() && self.tokens.is_none()
     }
 
     fn no_epilogue(&self) -> bool {

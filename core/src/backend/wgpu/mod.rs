@@ -47,6 +47,9 @@ const RING_SLOTS: u64 = 4096;
 const SUBMIT_GROUP: usize = 64;
 /// The most tokens matvec.wgsl takes in one dispatch (its MULTI loop's bound).
 const MATVEC_TOKENS: usize = 8;
+/// Products of up to this many tokens (any decode step, short prompts) take matvec.wgsl's
+/// MULTI loop, eight tokens per dispatch, rather than the tiled matmul.wgsl.
+const MATVEC_MAX_ROWS: usize = super::DECODE_ROWS;
 
 pub struct Wgpu {
     gpu: Gpu,
@@ -483,7 +486,7 @@ impl Wgpu {
             // ROWS = 8 rows per workgroup
             let (groups, grid_x) = self.folded(c.rows.div_ceil(8));
             let params = Weights {
-                n: mv.tokens as u32,
+                n: mv.tokens.unwrap_or(1) as u32,
                 rows: c.rows as u32,
                 cols: m.cols as u32,
                 nb: m.lay.nb as u32,
@@ -1079,12 +1082,18 @@ impl Backend for Wgpu {
                 None => return,
             },
         };
-        // a decode step of up to MATVEC_TOKENS sequences: each token summed as alone, so a
-        // batch of them has the bits of each alone (its x rows must start on vec4s)
-        if n == 1 || (n <= MATVEC_TOKENS && x.cols.is_multiple_of(4)) {
-            let mut mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
-            mv.tokens = n;
+        if n == 1 {
+            let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
             self.lower_matvec(mv);
+        } else if n <= MATVEC_MAX_ROWS && x.cols.is_multiple_of(4) {
+            // a decode step (or a short prompt): each token summed as a lone one is, so a
+            // sequence has the same bits in a batch as alone (x rows must start on vec4s)
+            for first in (0..n).step_by(MATVEC_TOKENS) {
+                let mut mv =
+                    Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
+                (mv.x_row, mv.tokens) = (first, Some((n - first).min(MATVEC_TOKENS)));
+                self.lower_matvec(mv);
+            }
         } else {
             let ty = n.div_ceil(64) as u32;
             self.weight_dispatch(Kernel::Matmul(w.0.format), w, x, out, n, |c| {

@@ -26,7 +26,8 @@
 #      (config.json trimmed; the file keeps 6), extrapolated per layer to 32 layers; on cuda,
 #      and on wgpu through Vulkan (YT_WGPU=0 skips it; it starts only before 400 s) when the
 #      carried loader finds the driver; there also the wgpu fusion tests (fused = unfused
-#      bits, 8 dispatches per decode layer) and Q4_0 with fusion off (YANGTUO_WGPU_FUSE=0)
+#      bits, 8 dispatches per decode layer), Q4_0 with fusion off (YANGTUO_WGPU_FUSE=0) and
+#      batched decode of 1, 8 and 32 sequences (--parallel)
 #   5. the table: backend, type, layers, pp512 tok/s, tg128 tok/s, weight GB per token,
 #      achieved GB/s (weight bytes per token × tg tok/s) and % of the copy bandwidth
 set -uo pipefail
@@ -247,6 +248,13 @@ elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backen
   for l in 2 6; do
     BE_LABEL=wgpu-unfused YANGTUO_WGPU_FUSE=0 WGPU_BACKEND=vulkan bench wgpu "$M/l$l-q4_0.gguf" Q4_0 $l 430
   done
+  # batched decode on wgpu: 1, 8 and 32 sequences stepping together (the MULTI matvec,
+  # eight tokens per dispatch), aggregate and per-sequence tok/s
+  if before 450 && [ -e "$M/l2-q4_0.gguf" ]; then
+    WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" bench -m "$M/l2-q4_0.gguf" --backend wgpu -p 16 -n 32 -r 2 \
+      --parallel 1,8,32 2>>"$L/bench-wgpu.log" | tee "$L/bench-wgpu-parallel.txt"
+    grep -E "x(1|8|32) aggregate" "$L/bench-wgpu-parallel.txt" | sed 's/^/wgpu Q4_0 2 layers: /' >>"$SUMMARY"
+  fi
 else
   note "wgpu through Vulkan unavailable: $(tail -1 "$L/wgpu-probe.log")"
 fi

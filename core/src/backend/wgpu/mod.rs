@@ -462,53 +462,47 @@ impl Wgpu {
         self.dispatch(k, &params, vec![whole(&a), whole(&b)], groups);
     }
 
-    /// A one-token product: per chunk of rows when nothing is fused, else one dispatch with
-    /// matvec.wgsl's extra bindings.
+    /// A matvec.wgsl product (one token with what is fused into it, or up to eight tokens of
+    /// a batch), per chunk of rows (fused products have one chunk).
     fn lower_matvec(&self, mv: Matvec) {
         let fusion = mv.fusion();
         let m = &mv.m.0;
         let ro = |b: Option<&wgpu::Buffer>| whole(b.unwrap_or(&self.dummy));
         let xn = whole(mv.norm.as_ref().map_or(&self.dummy_rw[0], |n| &n.out));
-        let aux = [
-            &mv.kv.as_ref().map(|k| &k.0),
-            &mv.add.as_ref(),
-            &mv.silu.as_ref(),
-        ]
-        .into_iter()
-        .find_map(|b| *b);
+        // the one writable binding the epilogues share: a cache, the residual or the gate
+        let aux = (mv.kv.as_ref().map(|k| &k.0))
+            .or(mv.add.as_ref())
+            .or(mv.silu.as_ref());
         let extra = [
             ro(mv.norm.as_ref().map(|n| &n.w)),
             xn,
             ro(mv.rope.as_ref().map(|r| &r.table)),
             whole(aux.unwrap_or(&self.dummy_rw[1])),
         ];
-        for c in &m.chunks {
-            // ROWS = 8 rows per workgroup
-            let (groups, grid_x) = self.folded(c.rows.div_ceil(8));
-            let params = Weights {
-                n: mv.tokens.unwrap_or(1) as u32,
-                rows: c.rows as u32,
-                cols: m.cols as u32,
-                nb: m.lay.nb as u32,
-                x_stride: mv.x_cols as u32,
-                out_stride: mv.out_cols as u32,
-                out_off: c.row0 as u32,
-                grid_x,
-                row0: c.row0 as u32,
-                x_row: mv.x_row as u32,
-                eps: mv.norm.as_ref().map_or(0.0, |n| n.eps),
-                head_dim: mv.rope.as_ref().map_or(0, |r| r.hd) as u32,
-                pos: mv.kv.as_ref().map_or(0, |k| k.1) as u32,
-            };
-            let mut bufs = vec![
-                (c.buf.clone(), 0, c.payload_size),
-                self.scales(c),
-                whole(&mv.x),
-                whole(&mv.out),
-            ];
-            bufs.extend(extra.iter().cloned());
-            self.dispatch(Kernel::Matvec(m.format, fusion), &params, bufs, groups);
-        }
+        let io = Io {
+            x: &mv.x,
+            x_cols: mv.x_cols,
+            out: &mv.out,
+            out_cols: mv.out_cols,
+            n: mv.tokens.unwrap_or(1),
+        };
+        let fused = Weights {
+            x_row: mv.x_row as u32,
+            eps: mv.norm.as_ref().map_or(0.0, |n| n.eps),
+            head_dim: mv.rope.as_ref().map_or(0, |r| r.hd) as u32,
+            pos: mv.kv.as_ref().map_or(0, |k| k.1) as u32,
+            ..Weights::zeroed()
+        };
+        // ROWS = 8 rows per workgroup
+        let kern = Kernel::Matvec(m.format, fusion);
+        self.weight_dispatch(
+            kern,
+            &mv.m,
+            io,
+            |c| self.folded(c.rows.div_ceil(8)),
+            fused,
+            &extra,
+        );
     }
 
     fn scales(&self, c: &Chunk) -> Bind {
@@ -858,37 +852,61 @@ impl Wgpu {
         }
     }
 
+    /// One dispatch of `kern` per chunk of `w`'s rows, over (payload, scales, x, out) and
+    /// then `extra`; `fused` holds matvec.wgsl's own params (zero for the other kernels).
     fn weight_dispatch(
         &self,
         kern: Kernel,
         w: &WgpuMatrix,
-        x: &WgpuAct,
-        out: &WgpuAct,
-        n: usize,
+        io: Io<'_>,
         grid: impl Fn(&Chunk) -> ([u32; 3], u32),
+        fused: Weights,
+        extra: &[Bind],
     ) {
         let m = &w.0;
         for c in &m.chunks {
             let (groups, grid_x) = grid(c);
             let params = Weights {
-                n: n as u32,
+                n: io.n as u32,
                 rows: c.rows as u32,
                 cols: m.cols as u32,
                 nb: m.lay.nb as u32,
-                x_stride: x.cols as u32,
-                out_stride: out.cols as u32,
+                x_stride: io.x_cols as u32,
+                out_stride: io.out_cols as u32,
                 out_off: c.row0 as u32,
                 grid_x,
                 row0: c.row0 as u32,
-                ..Weights::zeroed()
+                ..fused
             };
-            let bufs = vec![
+            let mut bufs = vec![
                 (c.buf.clone(), 0, c.payload_size),
                 self.scales(c),
-                whole(&x.buf),
-                whole(&out.buf),
+                whole(io.x),
+                whole(io.out),
             ];
+            bufs.extend_from_slice(extra);
             self.dispatch(kern, &params, bufs, groups);
+        }
+    }
+}
+
+/// A product's input and output buffers, their row widths, and its tokens.
+struct Io<'a> {
+    x: &'a wgpu::Buffer,
+    x_cols: usize,
+    out: &'a wgpu::Buffer,
+    out_cols: usize,
+    n: usize,
+}
+
+impl<'a> Io<'a> {
+    fn of(x: &'a WgpuAct, out: &'a WgpuAct, n: usize) -> Io<'a> {
+        Io {
+            x: &x.buf,
+            x_cols: x.cols,
+            out: &out.buf,
+            out_cols: out.cols,
+            n,
         }
     }
 }
@@ -1038,10 +1056,10 @@ impl Backend for Wgpu {
         self.weight_dispatch(
             Kernel::Embed(table.0.format),
             table,
-            &ids_buf,
-            out,
-            ids.len(),
+            Io::of(&ids_buf, out, ids.len()),
             |_| (groups, 0),
+            Weights::zeroed(),
+            &[],
         );
     }
 
@@ -1096,9 +1114,9 @@ impl Backend for Wgpu {
             }
         } else {
             let ty = n.div_ceil(64) as u32;
-            self.weight_dispatch(Kernel::Matmul(w.0.format), w, x, out, n, |c| {
-                ([c.rows.div_ceil(64) as u32, ty, 1], 0)
-            });
+            let grid = |c: &Chunk| ([c.rows.div_ceil(64) as u32, ty, 1], 0);
+            let kern = Kernel::Matmul(w.0.format);
+            self.weight_dispatch(kern, w, Io::of(x, out, n), grid, Weights::zeroed(), &[]);
         }
     }
 

@@ -5,63 +5,16 @@
 use super::Wgpu;
 use crate::backend::{Backend, KvDtype};
 use crate::model::Model;
-use crate::testing::Rng;
-use crate::weights::builder::WeightSource;
-use crate::weights::{Blob, RopeStyle, TensorId, WeightData, WeightFormat, ggml};
-use crate::{Config, Result, RopeScaling};
+use crate::testing::{RandomSource, config};
+use crate::weights::{RopeStyle, WeightFormat};
 
-/// Random weights of one format (vectors f32, near 1 for the norms).
-struct Random {
-    config: Config,
-    format: WeightFormat,
-    style: RopeStyle,
-    seed: u64,
-}
-
-impl WeightSource for Random {
-    fn config(&self) -> &Config {
-        &self.config
-    }
-    fn rope_style(&self) -> RopeStyle {
-        self.style
-    }
-    fn weight(&mut self, id: TensorId) -> Result<WeightData> {
-        let [rows, cols] = id.expected_shape(&self.config);
-        self.seed += 1;
-        let mut rng = Rng(self.seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
-        let (f, vals): (_, Vec<f32>) = if id.is_vector() {
-            let v = (0..rows * cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
-            (WeightFormat::F32, v)
-        } else {
-            let v = (0..rows * cols).map(|_| 0.5 * rng.f32()).collect();
-            (self.format, v)
-        };
-        let bytes = Blob::from_vec(ggml::quantize(f, &vals));
-        WeightData::new(f, rows, cols, bytes, &id.gguf_name())
-    }
-}
-
+/// A two-layer model (dim 256, head_dim 64, GQA 4/2) of random `format` weights.
 fn model(gpu: Wgpu, format: WeightFormat, style: RopeStyle, kv: KvDtype) -> Model<Wgpu> {
-    let config = Config {
-        dim: 256,
-        hidden_dim: 512,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 64,
-        vocab_size: 256,
-        max_seq_len: 512,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_scaling: RopeScaling::None,
-        tie_embeddings: false,
-        bos_id: Some(1),
-        eos_ids: vec![2],
-    };
-    let mut source = Random {
-        config,
+    let mut source = RandomSource {
+        config: config(256, 512, 4, 2, 256, false),
         format,
         style,
+        dequantized: false,
         seed: 7,
     };
     let mut m = Model::load(&mut source, gpu, 0, &mut |_| {}).unwrap();

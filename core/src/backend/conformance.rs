@@ -216,7 +216,7 @@ impl<'a, B: Backend> Suite<'a, B> {
     fn matmul_and_embed(&mut self) {
         use WeightFormat::*;
         const ROWS: usize = 37;
-        // 13: a MULTI matvec group of 8 and one of 5 on wgpu
+        // 5: the MULTI matvec on wgpu; 13 and 66: the tiled product
         const NS: [usize; 4] = [1, 5, 13, 66];
         const N_MAX: usize = 66;
         let cases = [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4K, Q6K, Gptq4]

@@ -4,9 +4,9 @@
 use super::lower::q8_format;
 use super::nvrtc::FORMATS;
 use super::{Cuda, CudaAct, CudaMatrix};
+use crate::Config;
 use crate::backend::Backend;
 use crate::model::Model;
-use crate::Config;
 use crate::testing::{RandomSource, config, random};
 use crate::weights::{Blob, RopeStyle, WeightData, WeightFormat};
 

@@ -47,9 +47,12 @@ const RING_SLOTS: u64 = 4096;
 const SUBMIT_GROUP: usize = 64;
 /// The most tokens matvec.wgsl takes in one dispatch (its MULTI loop's bound).
 const MATVEC_TOKENS: usize = 8;
-/// Products of up to this many tokens (any decode step, short prompts) take matvec.wgsl's
-/// MULTI loop, eight tokens per dispatch, rather than the tiled matmul.wgsl.
-const MATVEC_MAX_ROWS: usize = super::DECODE_ROWS;
+/// Products of up to this many tokens (decode steps of up to eight sequences, prompts of up
+/// to eight tokens) take matvec.wgsl's MULTI loop, eight tokens per dispatch, rather than
+/// the tiled matmul.wgsl. Not more: with 32, prompts of up to 32 tokens took it too and
+/// the browser demo's prompt (SwiftShader) ran past its 60 s timeout, as the MULTI loop
+/// decodes every weight once per token where the tiled kernel does once per 64.
+const MATVEC_MAX_ROWS: usize = 8;
 
 pub struct Wgpu {
     gpu: Gpu,

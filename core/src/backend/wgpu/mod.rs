@@ -221,7 +221,12 @@ impl Wgpu {
         let dummy = storage("dummy", 16);
         let dummy_rw = [storage("dummy xn", 16), storage("dummy aux", 16)];
         let argmax_out = storage("argmax", 16);
-        let fusing = std::env::var("YANGTUO_WGPU_FUSE").map_or(true, |v| v != "0");
+        // Fusion is on for native GPUs. Off on software adapters (lavapipe; tests turn it on
+        // with `set_fusion`) and, until it is timed on a browser's GPU, in the browser: with
+        // it, the browser demo's answer on SwiftShader ran past its 60 s timeout (twice,
+        // after passing once), likely the fused norm's extra barriers on a CPU.
+        let native_gpu = cfg!(not(target_arch = "wasm32")) && gpu.is_real_gpu();
+        let fusing = std::env::var("YANGTUO_WGPU_FUSE").map_or(native_gpu, |v| v != "0");
         log::info!("wgpu device: {}", gpu.describe());
         Ok(Wgpu {
             slot,

@@ -62,6 +62,7 @@ fn fused_decode_gives_the_unfused_bits() {
             return;
         };
         let m = model(gpu, format, style, kv);
+        m.backend.set_fusion(true);
         let fused = logits(&m, 6);
         m.backend.set_fusion(false);
         let unfused = logits(&m, 6);
@@ -95,6 +96,7 @@ fn a_decode_layer_is_eight_dispatches() {
     );
     let layers = m.config.n_layers;
     let b = &m.backend;
+    b.set_fusion(true);
     let mut s = m.new_state(64, 8, 1).unwrap();
     m.forward(&mut s, &[1, 2, 3], 0, 1).unwrap();
     pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();

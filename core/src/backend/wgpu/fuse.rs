@@ -145,6 +145,17 @@ impl Matvec {
         *b == self.x || self.norm.as_ref().is_some_and(|n| n.out == *b)
     }
 
+    /// Can an elementwise op over `len` elements of this product's output `of` and of
+    /// `other` (the residual, or the gate) join its epilogue?
+    fn can_end_with(&self, of: &Buf, other: &Buf, len: usize) -> bool {
+        self.out == *of
+            && len == self.m.0.rows()
+            && !self.reads(other)
+            && other != of
+            && self.whole()
+            && self.no_epilogue()
+    }
+
     /// Can the rows of this product (`heads` heads of `hd`) take a RoPE in its epilogue?
     fn rope_fits(&self, heads: usize, hd: usize, style: RopeStyle) -> bool {
         let rows_fit = match style {
@@ -190,28 +201,14 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
                 Op::Matvec(mv)
             }
             Op::Add { x, y, len } => match out.last_mut() {
-                Some(Op::Matvec(mv))
-                    if mv.out == y
-                        && len == mv.m.0.rows()
-                        && !mv.reads(&x)
-                        && x != y
-                        && mv.whole()
-                        && mv.no_epilogue() =>
-                {
+                Some(Op::Matvec(mv)) if mv.can_end_with(&y, &x, len) => {
                     mv.add = Some(x);
                     continue;
                 }
                 _ => Op::Add { x, y, len },
             },
             Op::SiluMul { gate, up, len } => match out.last_mut() {
-                Some(Op::Matvec(mv))
-                    if mv.out == up
-                        && len == mv.m.0.rows()
-                        && !mv.reads(&gate)
-                        && gate != up
-                        && mv.whole()
-                        && mv.no_epilogue() =>
-                {
+                Some(Op::Matvec(mv)) if mv.can_end_with(&up, &gate, len) => {
                     mv.silu = Some(gate);
                     continue;
                 }

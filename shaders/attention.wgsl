@@ -1,19 +1,20 @@
-// Causal attention with GQA over the KV cache, one workgroup per (head h, query t, split z):
-//   out[first + t, h] = Σ_{s ≤ pos + t} softmax_s(q[first + t, h] · k_cache[s, g] / √head_dim) · v_cache[s, g]
-// (rows first..first + n are one sequence's of a batch)
-// where g = h / (n_heads / n_kv_heads) is the shared kv head. Keys are visited in tiles of
-// 64 positions with an online softmax (running max m and sum l), so any context length
-// works in fixed workgroup memory. Each thread owns head dims li, li+64, li+128, li+192.
-//   grid: x = n_heads, y = n, z = splits
-// With one split the workgroup writes out[t, h] itself. With several (decode over a long
-// context), split z takes keys z·chunk .. (z+1)·chunk and writes its unnormalized sum, m
-// and l to parts[(t·n_heads + h)·splits + z] as head_dim + 2 floats; attention_combine.wgsl
-// merges them. The caches are stored as the prefix (kv_f32.wgsl or kv_f16.wgsl) says and
-// read through its k_at / v_at, in f32.
+// Causal attention with GQA over the KV cache, one workgroup per (head h, entry t, split z)
+// of kv_rows (kv_rows.wgsl; entry r = kv_rows[t]):
+//   out[r.row, h] = Σ_{s ≤ r.pos} softmax_s(q[r.row, h] · k_cache[r.base + s, g] / √head_dim) · v_cache[r.base + s, g]
+// where g = h / (n_heads / n_kv_heads) is the shared kv head. The entries may be rows of
+// several sequences whose caches share the buffers, so a batch's decode step is one
+// dispatch. Keys are visited in tiles of 64 positions with an online softmax (running max m
+// and sum l), so any context length works in fixed workgroup memory. Each thread owns head
+// dims li, li+64, li+128, li+192.
+//   grid: x = n_heads, y = n (entries), z = the most splits of any entry
+// With one split the workgroup writes out[r.row, h] itself. With several (decode over a long
+// context), split z takes keys z·r.chunk .. (z+1)·r.chunk and writes its unnormalized sum,
+// m and l to parts[((r.part·n_heads + h)·splits + z)·(head_dim + 2)]; attention_combine.wgsl
+// merges them. Workgroups past an entry's own splits do nothing. The caches are stored as
+// the prefix (kv_f32.wgsl or kv_f16.wgsl) says and read through its k_at / v_at, in f32.
 
 struct Params {
     n: u32,
-    pos: u32,
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
@@ -21,9 +22,7 @@ struct Params {
     kv_stride: u32,
     out_stride: u32,
     scale: f32,
-    chunk: u32,  // keys per split
     splits: u32,
-    first: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,6 +31,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v_cache: array<KvWord>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> parts: array<f32>;
+@group(0) @binding(6) var<storage, read> kv_rows: array<KvRow>;
 
 const WG: u32 = 64u;
 var<workgroup> qs: array<f32, 256>;
@@ -65,14 +65,17 @@ fn reduce_sum(li: u32) -> f32 {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wid.x;
-    let t = wid.y;
+    let r = kv_rows[wid.y];
+    if (wid.z >= r.splits) {
+        return; // the whole workgroup: another entry has more splits
+    }
     let hd = p.head_dim;
-    let kv_off = (h / (p.n_heads / p.n_kv_heads)) * hd;
-    let len = p.pos + t + 1u;
-    let first = wid.z * p.chunk;
-    let end = min(len, first + p.chunk);
+    let kv_off = r.base * p.kv_stride + (h / (p.n_heads / p.n_kv_heads)) * hd;
+    let len = r.pos + 1u;
+    let first = wid.z * r.chunk;
+    let end = min(len, first + r.chunk);
     for (var d = li; d < hd; d += WG) {
-        qs[d] = q[(p.first + t) * p.q_stride + h * hd + d] * p.scale;
+        qs[d] = q[r.row * p.q_stride + h * hd + d] * p.scale;
     }
     workgroupBarrier();
 
@@ -116,9 +119,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    if (p.splits > 1u) {
+    if (r.splits > 1u) {
         // a split past this query's keys (none in decode) leaves m = -3e38, l = 0, acc = 0
-        let po = ((t * p.n_heads + h) * p.splits + wid.z) * (hd + 2u);
+        let po = ((r.part * p.n_heads + h) * p.splits + wid.z) * (hd + 2u);
         for (var c = 0u; c < 4u; c++) {
             let d = li + c * WG;
             if (d < hd) {
@@ -134,7 +137,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var c = 0u; c < 4u; c++) {
         let d = li + c * WG;
         if (d < hd) {
-            out[(p.first + t) * p.out_stride + h * hd + d] = acc[c] / l;
+            out[r.row * p.out_stride + h * hd + d] = acc[c] / l;
         }
     }
 }

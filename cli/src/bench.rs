@@ -173,10 +173,9 @@ pub fn run(mut a: Args) -> Result<()> {
                 ),
             ));
         }
-        // p sequences with their own caches, each at the same depth, stepping together
-        let mut seqs = (0..p)
-            .map(|_| r.new_state(ctx, 16, 1))
-            .collect::<Result<Vec<_>>>()?;
+        // p sequences with their own caches, each at the same depth, stepping together; the
+        // caches side by side as a server's pool holds them (one attention dispatch on wgpu)
+        let mut seqs = r.new_states(p, ctx, 16, 1)?;
         for (i, st) in seqs.iter_mut().enumerate() {
             r.forward(
                 st,

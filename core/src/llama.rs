@@ -480,6 +480,21 @@ impl Llama {
     pub fn enable_batching(&self, parallel: usize) -> Result<()> {
         self.pool_size
             .store(parallel.max(POOL_SIZE), Ordering::Relaxed);
+        if self.batcher.get().is_none() && !self.runner.on_cpu() {
+            // On a GPU the batch's sequences get caches side by side, made now, so that a
+            // decode step's attention is one dispatch for all of them (Backend::attend);
+            // a GPU server holds its KV memory from the start, as llama.cpp's does. The
+            // CPU gains nothing from that and keeps allocating on demand.
+            let states = self
+                .runner
+                .new_states(parallel, self.ctx_len, self.max_batch, 1)?;
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.clear();
+            pool.extend(states.into_iter().map(|state| Cached {
+                state,
+                tokens: vec![],
+            }));
+        }
         if self.batcher.get().is_none() {
             // Prompt tokens per decode step: on the CPU a 32-token chunk about doubles a step of
             // 8 sequences (1B model, 2 cores); a GPU takes a whole batch in a step's time.

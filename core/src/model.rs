@@ -4,7 +4,7 @@
 //! (read-only, shared by every session) and `State` (scratch buffers plus the KV cache,
 //! one per session).
 
-use crate::backend::{AttnShape, Backend, KvDtype};
+use crate::backend::{AttnShape, Backend, KvDtype, SeqKv};
 use crate::runner::{Locked, Runner};
 use crate::weights::builder::{LoadProgress, ModelBuilder, WeightSource};
 use crate::weights::{RopeStyle, TensorId};
@@ -78,20 +78,58 @@ impl<B: Backend> Model<B> {
         max_batch: usize,
         logit_rows: usize,
     ) -> Result<State<B>> {
+        let mut states = self.new_states(1, ctx_len, max_batch, logit_rows)?;
+        Ok(states.pop().expect("one state was made"))
+    }
+
+    /// `count` sessions as `new_state` makes them, whose KV caches the backend places side
+    /// by side where that lets one dispatch serve all of them in a batch (`alloc_kv_slots`).
+    pub fn new_states(
+        &self,
+        count: usize,
+        ctx_len: usize,
+        max_batch: usize,
+        logit_rows: usize,
+    ) -> Result<Vec<State<B>>> {
         let c = &self.config;
         let b = &self.backend;
-        let (nb, lr) = (max_batch.max(1), logit_rows.clamp(1, max_batch.max(1)));
-        let mut layers = Vec::with_capacity(c.n_layers);
+        // per layer, one cache of every session
+        let mut per_layer = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
             if ctx_len == 0 {
                 break;
             }
-            layers.push((
-                b.alloc_kv(&format!("k cache {l}"), ctx_len, c.kv_dim(), self.kv_dtype)?,
-                b.alloc_kv(&format!("v cache {l}"), ctx_len, c.kv_dim(), self.kv_dtype)?,
-            ));
+            let slots = |what: &str| {
+                b.alloc_kv_slots(
+                    &format!("{what} cache {l}"),
+                    count,
+                    ctx_len,
+                    c.kv_dim(),
+                    self.kv_dtype,
+                )
+            };
+            let (ks, vs) = (slots("k")?, slots("v")?);
+            per_layer.push(ks.into_iter().zip(vs));
         }
-        let scratch = Scratch {
+        (0..count)
+            .map(|_| {
+                let layers = per_layer
+                    .iter_mut()
+                    .map(|l| l.next().expect("count caches per layer"))
+                    .collect();
+                Ok(State {
+                    scratch: self.new_scratch(max_batch, logit_rows)?,
+                    kv: Kv { layers, ctx_len },
+                })
+            })
+            .collect()
+    }
+
+    fn new_scratch(&self, max_batch: usize, logit_rows: usize) -> Result<Scratch<B>> {
+        let c = &self.config;
+        let b = &self.backend;
+        let (nb, lr) = (max_batch.max(1), logit_rows.clamp(1, max_batch.max(1)));
+        Ok(Scratch {
             x: b.alloc("x", nb, c.dim)?,
             xb: b.alloc("xb", nb, c.dim)?,
             xb2: b.alloc("xb2", nb, c.dim)?,
@@ -105,10 +143,6 @@ impl<B: Backend> Model<B> {
             logits: b.alloc("logits", lr, c.vocab_size)?,
             max_batch: nb,
             logit_rows: lr,
-        };
-        Ok(State {
-            scratch,
-            kv: Kv { layers, ctx_len },
         })
     }
 
@@ -225,6 +259,13 @@ impl<B: Backend> Model<B> {
             .iter()
             .flat_map(|r| c.rope_table(r.pos, r.tokens.len()))
             .collect();
+        // the decode rows (a sequence's one token), which a scheduler puts last: a backend
+        // whose sums depend on the batch sums them as one token alone (`matmul_batch`)
+        let lone = seqs
+            .iter()
+            .rev()
+            .take_while(|r| r.tokens.len() == 1)
+            .count();
         b.embed(&w.embed, &ids, &mut s.x);
         b.write(&mut s.rope, &angles);
 
@@ -232,9 +273,9 @@ impl<B: Backend> Model<B> {
             // attention rmsnorm
             b.rms_norm(&s.x, 0, n, &lw.attn_norm, eps, &mut s.xb);
             // qkv matmuls: x (n, dim) @ Wqᵀ -> q (n, q_dim), etc.
-            b.matmul(&s.xb, n, &lw.wq, &mut s.q);
-            b.matmul(&s.xb, n, &lw.wk, &mut s.k);
-            b.matmul(&s.xb, n, &lw.wv, &mut s.v);
+            b.matmul_batch(&s.xb, n, lone, &lw.wq, &mut s.q);
+            b.matmul_batch(&s.xb, n, lone, &lw.wk, &mut s.k);
+            b.matmul_batch(&s.xb, n, lone, &lw.wv, &mut s.v);
             // RoPE: rotate q and k by position
             b.rope(&mut s.q, n, c.n_heads, c.head_dim, &s.rope, self.rope_style);
             b.rope(
@@ -248,23 +289,32 @@ impl<B: Backend> Model<B> {
             // per sequence: save its keys and values to its kv cache, then causal
             // multi-head attention over that cache (GQA: heads share kv heads)
             let mut first = 0;
-            for r in seqs.iter_mut() {
-                let (kc, vc) = &mut r.kv.layers[l];
-                let len = r.tokens.len();
-                b.store_kv(&s.k, &s.v, first, len, r.pos, kc, vc);
-                b.attention(&s.q, kc, vc, first, len, r.pos, shape, &mut s.att);
-                first += len;
-            }
+            let mut attending: Vec<SeqKv<B>> = seqs
+                .iter_mut()
+                .map(|r| {
+                    let (k, v) = &mut r.kv.layers[l];
+                    let seq = SeqKv {
+                        k,
+                        v,
+                        first,
+                        n: r.tokens.len(),
+                        pos: r.pos,
+                    };
+                    first += seq.n;
+                    seq
+                })
+                .collect();
+            b.attend(&s.k, &s.v, &s.q, &mut attending, shape, &mut s.att);
             // output projection, then residual connection
-            b.matmul(&s.att, n, &lw.wo, &mut s.xb2);
+            b.matmul_batch(&s.att, n, lone, &lw.wo, &mut s.xb2);
             b.add(&mut s.x, &s.xb2, n * c.dim);
             // ffn rmsnorm
             b.rms_norm(&s.x, 0, n, &lw.ffn_norm, eps, &mut s.xb);
             // SwiGLU: w2(silu(w1(x)) * w3(x))
-            b.matmul(&s.xb, n, &lw.w1, &mut s.hb);
-            b.matmul(&s.xb, n, &lw.w3, &mut s.hb2);
+            b.matmul_batch(&s.xb, n, lone, &lw.w1, &mut s.hb);
+            b.matmul_batch(&s.xb, n, lone, &lw.w3, &mut s.hb2);
             b.silu_mul(&mut s.hb, &s.hb2, n * c.hidden_dim);
-            b.matmul(&s.hb, n, &lw.w2, &mut s.xb2);
+            b.matmul_batch(&s.hb, n, lone, &lw.w2, &mut s.xb2);
             // residual connection
             b.add(&mut s.x, &s.xb2, n * c.dim);
         }
@@ -272,7 +322,8 @@ impl<B: Backend> Model<B> {
         if rows_out > 0 {
             // final rmsnorm of the last rows_out rows, then the classifier into logits
             b.rms_norm(&s.x, n - rows_out, rows_out, &w.norm, eps, &mut s.xb);
-            b.matmul(&s.xb, rows_out, &w.output, &mut s.logits);
+            let lone_out = lone.min(rows_out);
+            b.matmul_batch(&s.xb, rows_out, lone_out, &w.output, &mut s.logits);
         }
     }
 }

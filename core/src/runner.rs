@@ -32,7 +32,19 @@ pub trait Runner: Send + Sync {
         ctx_len: usize,
         max_batch: usize,
         logit_rows: usize,
-    ) -> Result<SessionState>;
+    ) -> Result<SessionState> {
+        let mut states = self.new_states(1, ctx_len, max_batch, logit_rows)?;
+        Ok(states.pop().expect("one state was made"))
+    }
+    /// `count` states whose KV caches sit side by side where the device runs a batch's
+    /// attention in one dispatch for them (`Model::new_states`): what a batch's pool holds.
+    fn new_states(
+        &self,
+        count: usize,
+        ctx_len: usize,
+        max_batch: usize,
+        logit_rows: usize,
+    ) -> Result<Vec<SessionState>>;
     fn forward(
         &self,
         s: &mut SessionState,
@@ -109,19 +121,27 @@ impl<B: Backend> Runner for Locked<B> {
         self.model.kv_dtype
     }
 
-    fn new_state(
+    fn new_states(
         &self,
+        count: usize,
         ctx_len: usize,
         max_batch: usize,
         logit_rows: usize,
-    ) -> Result<SessionState> {
-        let st = self.model.new_state(ctx_len, max_batch, logit_rows)?;
-        let logit_rows = st.scratch.logit_rows;
-        Ok(SessionState {
-            inner: Box::new(st),
-            ctx_len,
-            logit_rows,
-        })
+    ) -> Result<Vec<SessionState>> {
+        let states = self
+            .model
+            .new_states(count, ctx_len, max_batch, logit_rows)?;
+        Ok(states
+            .into_iter()
+            .map(|st| {
+                let logit_rows = st.scratch.logit_rows;
+                SessionState {
+                    inner: Box::new(st),
+                    ctx_len,
+                    logit_rows,
+                }
+            })
+            .collect())
     }
 
     fn forward(

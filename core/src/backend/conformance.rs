@@ -11,7 +11,7 @@
 //! This localizes a fault to one op; whole models against candle are tests/tests/parity.rs,
 //! and every format against gguf-py's own decoders is tests/tests/quant.rs.
 
-use super::{AttnShape, Backend, KvDtype};
+use super::{AttnShape, Backend, KvDtype, SeqKv};
 use crate::testing::Rng;
 use crate::weights::{Blob, RopeStyle, WeightData, WeightFormat};
 
@@ -145,6 +145,7 @@ impl<'a, B: Backend> Suite<'a, B> {
         s.rms_norm();
         s.rope();
         s.attention();
+        s.attend();
         s.copy_kv();
         s.elementwise();
         s.argmax();
@@ -489,6 +490,112 @@ impl<'a, B: Backend> Suite<'a, B> {
                 self.check(&what, &got, &want, |i| bound[i]);
             }
         }
+    }
+
+    /// `attend` over a batch of four sequences, three in caches side by side
+    /// (`alloc_kv_slots`, one dispatch on wgpu) and one alone: a 5-row prompt chunk at 40,
+    /// decodes at 290 and 270 (split on wgpu) and at 10, after a copy of a prefix from a
+    /// neighbouring cache, against each sequence's `store_kv` and `attention` on caches of
+    /// its own: bit for bit, and out's rows written by nobody stay NaN.
+    fn attend(&mut self) {
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            self.attend_in(dtype);
+        }
+    }
+
+    fn attend_in(&mut self, dtype: KvDtype) {
+        const MAX_SEQ: usize = 300;
+        let s = AttnShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+        };
+        let (q_dim, kv_dim) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        // (rows, position) of each sequence's batch rows; what it holds before
+        let seqs = [(5, 40), (1, 290), (1, 270), (1, 10)];
+        let rows = 1 + seqs.iter().map(|q| q.0).sum::<usize>(); // row 0 is nobody's
+        let alloc = |count| {
+            let k = self
+                .b
+                .alloc_kv_slots("k", count, MAX_SEQ, kv_dim, dtype)
+                .unwrap();
+            let v = self
+                .b
+                .alloc_kv_slots("v", count, MAX_SEQ, kv_dim, dtype)
+                .unwrap();
+            k.into_iter().zip(v).collect::<Vec<_>>()
+        };
+        let mut side_by_side = alloc(3);
+        side_by_side.extend(alloc(1));
+        let mut apart: Vec<_> = (0..4).flat_map(|_| alloc(1)).collect();
+        // each sequence's past: the last copied from the first's cache, as a shared prefix
+        for (i, &(_, pos)) in seqs.iter().enumerate() {
+            let ks = random(&mut self.rng, pos * kv_dim, 1.0);
+            let vs = random(&mut self.rng, pos * kv_dim, 1.0);
+            let (k, v) = (self.act(pos, kv_dim, &ks), self.act(pos, kv_dim, &vs));
+            for caches in [&mut side_by_side, &mut apart] {
+                let (kc, vc) = &mut caches[i];
+                self.b.store_kv(&k, &v, 0, pos, 0, kc, vc);
+            }
+        }
+        for caches in [&mut side_by_side, &mut apart] {
+            let ([first, ..], [.., last]) = caches.split_at_mut(3) else {
+                unreachable!()
+            };
+            self.b.copy_kv(&first.0, &mut last.0, 2..9);
+            self.b.copy_kv(&first.1, &mut last.1, 2..9);
+        }
+        let ks = random(&mut self.rng, rows * kv_dim, 1.0);
+        let vs = random(&mut self.rng, rows * kv_dim, 1.0);
+        let qs = random(&mut self.rng, rows * q_dim, 2.0);
+        let (k, v, q) = (
+            self.act(rows, kv_dim, &ks),
+            self.act(rows, kv_dim, &vs),
+            self.act(rows, q_dim, &qs),
+        );
+        let mut outs = vec![];
+        for (batched, caches) in [(true, &mut side_by_side), (false, &mut apart)] {
+            let mut out = self.nan(rows, q_dim);
+            let mut first = 1;
+            let mut batch: Vec<SeqKv<B>> = vec![];
+            for ((kc, vc), &(n, pos)) in caches.iter_mut().zip(&seqs) {
+                if batched {
+                    batch.push(SeqKv {
+                        k: kc,
+                        v: vc,
+                        first,
+                        n,
+                        pos,
+                    });
+                } else {
+                    self.b.store_kv(&k, &v, first, n, pos, kc, vc);
+                    self.b.attention(&q, kc, vc, first, n, pos, s, &mut out);
+                }
+                first += n;
+            }
+            if batched {
+                self.b.attend(&k, &v, &q, &mut batch, s, &mut out);
+            }
+            outs.push(self.read(&out, rows));
+        }
+        let (got, want) = (&outs[0], &outs[1]);
+        if !got[..q_dim].iter().all(|v| v.is_nan()) {
+            self.failures.push(format!(
+                "{}: attend ({dtype} cache) wrote a row outside its sequences",
+                self.name
+            ));
+        }
+        let same = got[q_dim..]
+            .iter()
+            .zip(&want[q_dim..])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same {
+            self.failures.push(format!(
+                "{}: attend ({dtype} cache) of four sequences differs from each alone",
+                self.name
+            ));
+        }
+        println!("  attend ({dtype} cache), 4 sequences: bit-identical {same}");
     }
 
     /// copy_kv of positions 3..9 from one cache into a zeroed one, then the whole of that

@@ -67,6 +67,16 @@ pub fn parse_kv_dtype(s: &str) -> Result<Option<KvDtype>> {
     }
 }
 
+/// One sequence of a batch at one layer, for `Backend::attend`: its rows first..first+n of
+/// k, v, q and out (positions pos..pos+n) and that layer's caches of the sequence.
+pub struct SeqKv<'a, B: Backend> {
+    pub k: &'a mut B::Kv,
+    pub v: &'a mut B::Kv,
+    pub first: usize,
+    pub n: usize,
+    pub pos: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttnShape {
     pub n_heads: usize,
@@ -95,6 +105,21 @@ pub trait Backend: Sized + Send + Sync + 'static {
         kv_dim: usize,
         dtype: KvDtype,
     ) -> Result<Self::Kv>;
+    /// `count` caches as `alloc_kv` makes them, which the backend may place side by side so
+    /// that `attend` serves them all in one dispatch (wgpu: one buffer, as many caches as
+    /// one binding holds). The default allocates each alone.
+    fn alloc_kv_slots(
+        &self,
+        name: &str,
+        count: usize,
+        max_seq: usize,
+        kv_dim: usize,
+        dtype: KvDtype,
+    ) -> Result<Vec<Self::Kv>> {
+        (0..count)
+            .map(|_| self.alloc_kv(name, max_seq, kv_dim, dtype))
+            .collect()
+    }
     /// What a KV cache `auto` stores here: f16 where the device computes in f16 (wgpu with
     /// shader-f16), else f32. CUDA's f16 cache is compiled and NVRTC-checked but waits for
     /// a run on a GPU before it becomes CUDA's auto.
@@ -118,6 +143,22 @@ pub trait Backend: Sized + Send + Sync + 'static {
     );
     /// out[n, rows(W)] = x[n, cols(W)] · Wᵀ
     fn matmul(&self, x: &Self::Act, n: usize, w: &Self::Matrix, out: &mut Self::Act);
+    /// `matmul` of a batch whose last `lone` rows are each the only token of its sequence (a
+    /// decode step's). A backend whose sums depend on how many rows share a product sums
+    /// those rows as it sums one token alone, so a sequence's decode gets the same bits in
+    /// any batch (wgpu). The default is `matmul`, for backends whose sums never depend on the
+    /// batch (the CPU).
+    fn matmul_batch(
+        &self,
+        x: &Self::Act,
+        n: usize,
+        lone: usize,
+        w: &Self::Matrix,
+        out: &mut Self::Act,
+    ) {
+        let _ = lone;
+        self.matmul(x, n, w, out)
+    }
     /// Rotate each head of x[t] by the angles in table[t] (`[n, head_dim/2, (cos, sin)]`).
     fn rope(
         &self,
@@ -158,6 +199,24 @@ pub trait Backend: Sized + Send + Sync + 'static {
         shape: AttnShape,
         out: &mut Self::Act,
     );
+    /// `store_kv` then `attention` for every sequence of a batch (one layer). A backend whose
+    /// caches share buffers (`alloc_kv_slots`) runs all of those sequences in one dispatch
+    /// each for the store and the attention; the default runs them in turn. Either way each
+    /// sequence gets the bits it gets alone.
+    fn attend(
+        &self,
+        k: &Self::Act,
+        v: &Self::Act,
+        q: &Self::Act,
+        seqs: &mut [SeqKv<'_, Self>],
+        shape: AttnShape,
+        out: &mut Self::Act,
+    ) {
+        for s in seqs {
+            self.store_kv(k, v, s.first, s.n, s.pos, s.k, s.v);
+            self.attention(q, s.k, s.v, s.first, s.n, s.pos, shape, out);
+        }
+    }
     /// gate[i] = silu(gate[i]) * up[i], for i < len
     fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act, len: usize);
     /// x[i] += y[i], for i < len

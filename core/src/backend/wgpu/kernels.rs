@@ -1,7 +1,7 @@
 //! Compute pipelines, one per kernel and weight format, built from the WGSL in `shaders/`.
 //! A weight kernel's module is `weights_<format>.wgsl` + `weights.wgsl` + `<op>.wgsl`, a
-//! KV-cache kernel's `kv_<dtype>.wgsl` + `<op>.wgsl`; that concatenation is the only
-//! templating there is.
+//! KV-cache kernel's `kv_<dtype>.wgsl` + `kv_rows.wgsl` + `<op>.wgsl`; that concatenation
+//! is the only templating there is.
 
 use crate::backend::KvDtype;
 use crate::weights::{RopeStyle, WeightFormat};
@@ -96,9 +96,10 @@ fn bindings(k: Kernel) -> &'static [bool] {
         Kernel::Matmul(_) | Kernel::Embed(_) => &[true, true, true, false],
         Kernel::RmsNorm => &[true, true, false],
         Kernel::Rope => &[false, true],
-        Kernel::StoreKv(_) => &[true, true, false, false],
-        Kernel::Attention(_) => &[true, true, true, false, false],
-        Kernel::AttentionCombine => &[true, false],
+        // ..., then kv_rows.wgsl's table
+        Kernel::StoreKv(_) => &[true, true, false, false, true],
+        Kernel::Attention(_) => &[true, true, true, false, false, true],
+        Kernel::AttentionCombine => &[true, false, true],
         Kernel::SiluMul | Kernel::Add => &[false, true],
         Kernel::Argmax => &[true, false],
         Kernel::Gather => &[true, true, false],
@@ -119,7 +120,7 @@ pub fn source(k: Kernel, native_f16: bool) -> String {
             KvDtype::F32 => shader!("kv_f32"),
             KvDtype::F16 => shader!("kv_f16"),
         };
-        format!("{storage}\n{op}")
+        format!("{storage}\n{}\n{op}", shader!("kv_rows"))
     };
     match k {
         Kernel::Matvec(f, _) => weights(f, shader!("matvec")),
@@ -129,7 +130,9 @@ pub fn source(k: Kernel, native_f16: bool) -> String {
         Kernel::Rope => shader!("rope").into(),
         Kernel::StoreKv(d) => kv(d, shader!("store_kv")),
         Kernel::Attention(d) => kv(d, shader!("attention")),
-        Kernel::AttentionCombine => shader!("attention_combine").into(),
+        Kernel::AttentionCombine => {
+            format!("{}\n{}", shader!("kv_rows"), shader!("attention_combine"))
+        }
         Kernel::SiluMul => shader!("silu_mul").into(),
         Kernel::Add => shader!("add").into(),
         Kernel::Argmax => shader!("argmax").into(),
@@ -144,7 +147,7 @@ pub struct Compiled {
 }
 
 /// Size of the uniform window bound at binding 0: room for the largest `Params`
-/// (attention's, 44 bytes; params.rs tests that every kernel's fits). Slots in the ring are
+/// (weights.wgsl's, 52 bytes; params.rs tests that every kernel's fits). Slots in the ring are
 /// max(min_uniform_buffer_offset_alignment, PARAMS_SIZE) apart, so the window never reaches
 /// past the ring's last slot, even where the alignment is under 256.
 pub const PARAMS_SIZE: u64 = 64;

@@ -27,10 +27,11 @@ use self::fuse::{Matvec, Op, fuse};
 use self::kernels::{Compiled, Kernel, PARAMS_SIZE};
 use self::matrix::rows_per_chunk;
 use self::params::{
-    Argmax, Attention, AttentionCombine, Elementwise, Gather, RmsNorm, Rope, StoreKv, Weights,
+    Argmax, Attention, AttentionCombine, Elementwise, Gather, KvRow, RmsNorm, Rope, StoreKv,
+    Weights,
 };
 use super::layout::{Layout, layout, repack_rows};
-use super::{AttnShape, Backend, KvDtype};
+use super::{AttnShape, Backend, KvDtype, SeqKv};
 use crate::weights::{RopeStyle, WeightData, WeightFormat};
 use crate::{Error, Result};
 use bytemuck::Zeroable;
@@ -47,11 +48,11 @@ const RING_SLOTS: u64 = 4096;
 const SUBMIT_GROUP: usize = 64;
 /// The most tokens matvec.wgsl takes in one dispatch (its MULTI loop's bound).
 const MATVEC_TOKENS: usize = 8;
-/// Products of up to this many tokens (decode steps of up to eight sequences, prompts of up
-/// to eight tokens) take matvec.wgsl's MULTI loop, eight tokens per dispatch, rather than
-/// the tiled matmul.wgsl. Not more: with 32, prompts of up to 32 tokens took it too and
-/// the browser demo's prompt (SwiftShader) ran past its 60 s timeout, as the MULTI loop
-/// decodes every weight once per token where the tiled kernel does once per 64.
+/// A prompt of up to this many rows in a product takes matvec.wgsl's MULTI loop, as every
+/// decode row does (eight tokens per dispatch); longer ones take the tiled matmul.wgsl.
+/// Not more: with 32, prompts of up to 32 tokens took MULTI and the browser demo's prompt
+/// (SwiftShader) ran past its 60 s timeout, as the MULTI loop decodes every weight once per
+/// token where the tiled kernel does once per 64.
 const MATVEC_MAX_ROWS: usize = 8;
 
 pub struct Wgpu {
@@ -74,6 +75,10 @@ pub struct Wgpu {
     gathered: Mutex<Option<wgpu::Buffer>>,
     /// Partial results of split decode attention (attention.wgsl), grown as needed.
     attn_parts: Mutex<Option<wgpu::Buffer>>,
+    /// The table of cache rows the KV kernels read (kv_rows.wgsl), grown as needed.
+    kv_rows: Mutex<Option<wgpu::Buffer>>,
+    /// Where a copy between two caches in one buffer goes through, grown as needed.
+    kv_copy: Mutex<Option<wgpu::Buffer>>,
     /// The token ids `embed` reads, grown as needed.
     ids: Mutex<Option<wgpu::Buffer>>,
     /// The mappable buffer readbacks copy into, grown as needed (taken while in use).
@@ -143,11 +148,16 @@ pub struct WgpuAct {
     _release: Option<Release>,
 }
 
+/// One layer's K or V cache of a sequence: rows base.. of `buf`, which the caches of other
+/// sequences may share (`alloc_kv_slots`), so that one dispatch serves them all. A
+/// sequence's K and V caches sit at the same base.
 pub struct WgpuKv {
     buf: wgpu::Buffer,
+    base: usize,
     kv_dim: usize,
     dtype: KvDtype,
-    _release: Release,
+    /// The buffer goes when the last cache in it does.
+    _release: Arc<Release>,
 }
 
 struct Chunk {
@@ -182,6 +192,44 @@ type Bind = (wgpu::Buffer, u64, u64);
 
 fn whole(b: &wgpu::Buffer) -> Bind {
     (b.clone(), 0, b.size())
+}
+
+/// Append the kv_rows.wgsl entries of one sequence's rows first..first+n at positions
+/// pos.. of a cache starting at row `base`; `parts` counts the split entries so far.
+/// Decode over a long context splits the keys into up to MAX_SPLITS chunks of at least
+/// MIN_SPLIT, each a workgroup of its own, merged by attention_combine.wgsl: one workgroup
+/// per head would leave most of a GPU idle (32 heads, 100+ cores). How a row splits depends
+/// only on its own sequence, so it sums in the same order in any batch.
+fn kv_rows_of(
+    rows: &mut Vec<KvRow>,
+    parts: &mut usize,
+    first: usize,
+    n: usize,
+    pos: usize,
+    base: usize,
+) {
+    const MAX_SPLITS: usize = 16;
+    const MIN_SPLIT: usize = 256;
+    let len = pos + n;
+    let chunk = if n == 1 && len > MIN_SPLIT {
+        len.div_ceil(MAX_SPLITS).next_multiple_of(64).max(MIN_SPLIT)
+    } else {
+        len
+    };
+    let splits = len.div_ceil(chunk);
+    for t in 0..n {
+        rows.push(KvRow {
+            row: (first + t) as u32,
+            base: base as u32,
+            pos: (pos + t) as u32,
+            chunk: chunk as u32,
+            splits: splits as u32,
+            part: *parts as u32,
+        });
+        if splits > 1 {
+            *parts += 1;
+        }
+    }
 }
 
 impl Wgpu {
@@ -247,6 +295,8 @@ impl Wgpu {
             dispatched: AtomicUsize::new(0),
             gathered: Mutex::new(None),
             attn_parts: Mutex::new(None),
+            kv_rows: Mutex::new(None),
+            kv_copy: Mutex::new(None),
             ids: Mutex::new(None),
             staging: Mutex::new(None),
             released: Arc::default(),
@@ -440,24 +490,102 @@ impl Wgpu {
                 vc,
                 dtype,
             } => {
-                // one thread per word: two f16 elements, or one f32
-                let (groups, gx) = self.linear_groups(n * kv_dim * dtype.bytes() / 4);
-                let params = StoreKv {
-                    n: n as u32,
-                    pos: pos as u32,
-                    kv_dim: kv_dim as u32,
-                    grid_x: gx,
-                    first: first as u32,
-                };
-                self.dispatch(
-                    Kernel::StoreKv(dtype),
-                    &params,
-                    vec![whole(&k), whole(&v), whole(&kc), whole(&vc)],
-                    groups,
-                );
+                // `pos` counts from the buffer's start (the cache's base added)
+                let mut rows = vec![];
+                kv_rows_of(&mut rows, &mut 0, first, n, pos, 0);
+                if let Some(table) = self.kv_rows_table(&rows) {
+                    let caches = (&kc, &vc, dtype, kv_dim);
+                    self.store_rows(&k, &v, caches, &table, rows.len());
+                }
             }
             Op::Add { x, y, len } => self.elementwise(Kernel::Add, x, y, len),
             Op::SiluMul { gate, up, len } => self.elementwise(Kernel::SiluMul, gate, up, len),
+        }
+    }
+
+    /// Upload `rows` as the table the KV kernels read; `None` if it cannot grow (the error
+    /// is kept for the next readback).
+    fn kv_rows_table(&self, rows: &[KvRow]) -> Option<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(rows);
+        let table = self.scratch(&self.kv_rows, "kv rows", bytes.len() as u64)?;
+        self.record_upload(&table, 0, bytes);
+        Some(table)
+    }
+
+    /// store_kv.wgsl over the `n` entries of `table`, into `caches` (k, v, dtype, kv_dim).
+    fn store_rows(
+        &self,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        (kc, vc, dtype, kv_dim): (&wgpu::Buffer, &wgpu::Buffer, KvDtype, usize),
+        table: &wgpu::Buffer,
+        n: usize,
+    ) {
+        // one thread per word: two f16 elements, or one f32
+        let (groups, gx) = self.linear_groups(n * kv_dim * dtype.bytes() / 4);
+        let params = StoreKv {
+            n: n as u32,
+            kv_dim: kv_dim as u32,
+            grid_x: gx,
+        };
+        let bufs = [k, v, kc, vc, table].map(whole).to_vec();
+        self.dispatch(Kernel::StoreKv(dtype), &params, bufs, groups);
+    }
+
+    /// attention.wgsl over the entries `rows` (uploaded as `table`), `parts` of them split,
+    /// then attention_combine.wgsl where any is.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows(
+        &self,
+        q: &WgpuAct,
+        kc: &WgpuKv,
+        vc: &WgpuKv,
+        table: &wgpu::Buffer,
+        rows: &[KvRow],
+        parts: usize,
+        s: AttnShape,
+        out: &mut WgpuAct,
+    ) {
+        let splits = rows.iter().map(|r| r.splits).max().unwrap_or(1);
+        let scratch = if splits > 1 {
+            let size = (parts * s.n_heads * splits as usize * (s.head_dim + 2) * 4) as u64;
+            match self.scratch(&self.attn_parts, "attention scratch", size) {
+                Some(b) => b,
+                None => return, // the error is reported at the next readback
+            }
+        } else {
+            self.dummy.clone()
+        };
+        let params = Attention {
+            n: rows.len() as u32,
+            n_heads: s.n_heads as u32,
+            n_kv_heads: s.n_kv_heads as u32,
+            head_dim: s.head_dim as u32,
+            q_stride: q.cols as u32,
+            kv_stride: kc.kv_dim as u32,
+            out_stride: out.cols as u32,
+            scale: 1.0 / (s.head_dim as f32).sqrt(),
+            splits,
+        };
+        let bufs = [&q.buf, &kc.buf, &vc.buf, &out.buf, &scratch, table]
+            .map(whole)
+            .to_vec();
+        let (heads, n) = (s.n_heads as u32, rows.len() as u32);
+        self.dispatch(
+            Kernel::Attention(kc.dtype),
+            &params,
+            bufs,
+            [heads, n, splits],
+        );
+        if splits > 1 {
+            let params = AttentionCombine {
+                n_heads: heads,
+                head_dim: s.head_dim as u32,
+                splits,
+                out_stride: out.cols as u32,
+            };
+            let bufs = [&scratch, &out.buf, table].map(whole).to_vec();
+            self.dispatch(Kernel::AttentionCombine, &params, bufs, [heads, n, 1]);
         }
     }
 
@@ -1019,6 +1147,19 @@ impl Backend for Wgpu {
         kv_dim: usize,
         dtype: KvDtype,
     ) -> Result<WgpuKv> {
+        let mut one = self.alloc_kv_slots(name, 1, max_seq, kv_dim, dtype)?;
+        Ok(one.pop().expect("one cache was made"))
+    }
+
+    /// As many caches per buffer as one binding holds.
+    fn alloc_kv_slots(
+        &self,
+        name: &str,
+        count: usize,
+        max_seq: usize,
+        kv_dim: usize,
+        dtype: KvDtype,
+    ) -> Result<Vec<WgpuKv>> {
         if dtype == KvDtype::F16 && !kv_dim.is_multiple_of(2) {
             // kv_f16.wgsl packs a row's neighbours into words
             return Err(Error::arg(
@@ -1026,13 +1167,29 @@ impl Backend for Wgpu {
                 format!("an f16 KV cache needs an even kv_dim, not {kv_dim}"),
             ));
         }
-        let buf = self.storage(name, (max_seq * kv_dim * dtype.bytes()) as u64)?;
-        Ok(WgpuKv {
-            _release: self.release_on_drop(&buf),
-            buf,
-            kv_dim,
-            dtype,
-        })
+        let one = (max_seq * kv_dim * dtype.bytes()) as u64;
+        let lim = &self.gpu.limits;
+        let fit = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size) / one.max(1);
+        let per_buf = (fit as usize).clamp(1, count.max(1));
+        let mut caches = Vec::with_capacity(count);
+        while caches.len() < count {
+            let take = per_buf.min(count - caches.len());
+            let what = if take == 1 {
+                name.to_string()
+            } else {
+                format!("{name} ({take} sequences)")
+            };
+            let buf = self.storage(&what, one * take as u64)?;
+            let release = Arc::new(self.release_on_drop(&buf));
+            caches.extend((0..take).map(|i| WgpuKv {
+                buf: buf.clone(),
+                base: i * max_seq,
+                kv_dim,
+                dtype,
+                _release: release.clone(),
+            }));
+        }
+        Ok(caches)
     }
 
     /// f16 where the shaders compute in f16 (shader-f16); the f32 path keeps f32.
@@ -1092,6 +1249,14 @@ impl Backend for Wgpu {
     }
 
     fn matmul(&self, x: &WgpuAct, n: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
+        self.matmul_batch(x, n, 0, w, out)
+    }
+
+    /// A row sums in matvec.wgsl's order (the lone token's) unless it belongs to a prompt of
+    /// more than MATVEC_MAX_ROWS rows in the product, which the tiled matmul.wgsl takes: so
+    /// a decode row gets the same bits beside any other rows, and a prompt's rows those of
+    /// the same prompt alone.
+    fn matmul_batch(&self, x: &WgpuAct, n: usize, lone: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
         if n == 1 && w.0.perm.is_none() {
             let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
             return self.defer(Op::Matvec(mv));
@@ -1108,23 +1273,24 @@ impl Backend for Wgpu {
                 None => return,
             },
         };
-        if n == 1 {
-            let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
-            self.lower_matvec(mv);
-        } else if n <= MATVEC_MAX_ROWS && x.cols.is_multiple_of(4) {
-            // a decode step (or a short prompt): each token summed as a lone one is, so a
-            // sequence has the same bits in a batch as alone (x rows must start on vec4s)
-            for first in (0..n).step_by(MATVEC_TOKENS) {
-                let mut mv =
-                    Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
-                (mv.x_row, mv.tokens) = (first, Some((n - first).min(MATVEC_TOKENS)));
-                self.lower_matvec(mv);
-            }
-        } else {
-            let ty = n.div_ceil(64) as u32;
+        let tiled = match n - lone.min(n) {
+            // MULTI reads x's rows as vec4s: rows must start on one (always in a model)
+            _ if !x.cols.is_multiple_of(4) => n,
+            prompt if prompt > MATVEC_MAX_ROWS => prompt,
+            _ => 0,
+        };
+        if tiled > 0 {
+            let ty = tiled.div_ceil(64) as u32;
             let grid = |c: &Chunk| ([c.rows.div_ceil(64) as u32, ty, 1], 0);
             let kern = Kernel::Matmul(w.0.format);
-            self.weight_dispatch(kern, w, Io::of(x, out, n), grid, Weights::zeroed(), &[]);
+            self.weight_dispatch(kern, w, Io::of(x, out, tiled), grid, Weights::zeroed(), &[]);
+        }
+        let multi = tiled..n;
+        for first in multi.clone().step_by(MATVEC_TOKENS) {
+            let mut mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
+            let tokens = (multi.end - first).min(MATVEC_TOKENS);
+            (mv.x_row, mv.tokens) = (first, Some(tokens));
+            self.lower_matvec(mv);
         }
     }
 
@@ -1152,14 +1318,33 @@ impl Backend for Wgpu {
         self.flush_ops();
         debug_assert_eq!(src.dtype, cache.dtype, "one model's caches share a dtype");
         let row = (cache.kv_dim * cache.dtype.bytes()) as u64;
-        let offset = positions.start as u64 * row;
-        self.rec.lock().unwrap().cmds.push(Cmd::Copy {
-            src: src.buf.clone(),
-            src_offset: offset,
-            dst: cache.buf.clone(),
-            dst_offset: offset,
-            size: positions.len() as u64 * row,
-        });
+        let size = positions.len() as u64 * row;
+        let src_offset = (src.base + positions.start) as u64 * row;
+        let dst_offset = (cache.base + positions.start) as u64 * row;
+        if size == 0 {
+            return;
+        }
+        let mut copies = vec![];
+        if src.buf == cache.buf {
+            // WebGPU copies only between two buffers: two caches in one go through a third
+            let Some(via) = self.scratch(&self.kv_copy, "kv copy", size) else {
+                return; // the error is reported at the next readback
+            };
+            copies.push((src.buf.clone(), src_offset, via.clone(), 0));
+            copies.push((via, 0, cache.buf.clone(), dst_offset));
+        } else {
+            copies.push((src.buf.clone(), src_offset, cache.buf.clone(), dst_offset));
+        }
+        let cmds = &mut self.rec.lock().unwrap().cmds;
+        for (src, src_offset, dst, dst_offset) in copies {
+            cmds.push(Cmd::Copy {
+                src,
+                src_offset,
+                dst,
+                dst_offset,
+                size,
+            });
+        }
     }
 
     fn store_kv(
@@ -1172,12 +1357,13 @@ impl Backend for Wgpu {
         kc: &mut WgpuKv,
         vc: &mut WgpuKv,
     ) {
+        debug_assert_eq!(kc.base, vc.base, "a sequence's caches share their base");
         self.defer(Op::StoreKv {
             k: k.buf.clone(),
             v: v.buf.clone(),
             first,
             n,
-            pos,
+            pos: kc.base + pos,
             kv_dim: kc.kv_dim,
             kc: kc.buf.clone(),
             vc: vc.buf.clone(),
@@ -1197,69 +1383,62 @@ impl Backend for Wgpu {
         out: &mut WgpuAct,
     ) {
         self.flush_ops();
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
-        // Decode over a long context: the keys in up to MAX_SPLITS chunks of at least
-        // MIN_SPLIT, each a workgroup of its own, merged by attention_combine.wgsl. One
-        // workgroup per head would leave most of a GPU idle (32 heads, 100+ cores).
-        const MAX_SPLITS: usize = 16;
-        const MIN_SPLIT: usize = 256;
-        let len = pos + n;
-        let chunk = if n == 1 && len > MIN_SPLIT {
-            len.div_ceil(MAX_SPLITS).next_multiple_of(64).max(MIN_SPLIT)
-        } else {
-            len
-        };
-        let splits = len.div_ceil(chunk);
-        let parts = if splits > 1 {
-            // sized for the most splits at once (a few hundred KiB), so it never regrows
-            let size = (s.n_heads * MAX_SPLITS * (s.head_dim + 2) * 4) as u64;
-            match self.scratch(&self.attn_parts, "attention scratch", size) {
-                Some(b) => b,
-                None => return, // the error is reported at the next readback
+        let (mut rows, mut parts) = (vec![], 0);
+        kv_rows_of(&mut rows, &mut parts, first, n, pos, kc.base);
+        if let Some(table) = self.kv_rows_table(&rows) {
+            self.attend_rows(q, kc, vc, &table, &rows, parts, s, out);
+        }
+    }
+
+    /// The sequences whose caches share buffers (`alloc_kv_slots`) as one store and one
+    /// attention dispatch; a sequence alone as `store_kv` and `attention`, which a decode
+    /// step fuses. Both read a table of rows (kv_rows.wgsl) whose entries are what each
+    /// sequence's own would be, so each gets the bits it gets alone.
+    fn attend(
+        &self,
+        k: &WgpuAct,
+        v: &WgpuAct,
+        q: &WgpuAct,
+        seqs: &mut [SeqKv<'_, Self>],
+        shape: AttnShape,
+        out: &mut WgpuAct,
+    ) {
+        let mut done = vec![false; seqs.len()];
+        for i in 0..seqs.len() {
+            if done[i] {
+                continue;
             }
-        } else {
-            self.dummy.clone()
-        };
-        let params = Attention {
-            n: n as u32,
-            pos: pos as u32,
-            n_heads: s.n_heads as u32,
-            n_kv_heads: s.n_kv_heads as u32,
-            head_dim: s.head_dim as u32,
-            q_stride: q.cols as u32,
-            kv_stride: kc.kv_dim as u32,
-            out_stride: out.cols as u32,
-            scale,
-            chunk: chunk as u32,
-            splits: splits as u32,
-            first: first as u32,
-        };
-        let bufs = vec![
-            whole(&q.buf),
-            whole(&kc.buf),
-            whole(&vc.buf),
-            whole(&out.buf),
-            whole(&parts),
-        ];
-        self.dispatch(
-            Kernel::Attention(kc.dtype),
-            &params,
-            bufs,
-            [s.n_heads as u32, n as u32, splits as u32],
-        );
-        if splits > 1 {
-            let params = AttentionCombine {
-                n_heads: s.n_heads as u32,
-                head_dim: s.head_dim as u32,
-                splits: splits as u32,
-                out_base: (first * out.cols) as u32,
+            let shares =
+                |j: usize| seqs[j].k.buf == seqs[i].k.buf && seqs[j].v.buf == seqs[i].v.buf;
+            let group: Vec<usize> = (i..seqs.len()).filter(|&j| !done[j] && shares(j)).collect();
+            for &j in &group {
+                done[j] = true;
+            }
+            if let [only] = group[..] {
+                let s = &mut seqs[only];
+                self.store_kv(k, v, s.first, s.n, s.pos, s.k, s.v);
+                self.attention(q, s.k, s.v, s.first, s.n, s.pos, shape, out);
+                continue;
+            }
+            self.flush_ops();
+            let (mut rows, mut parts) = (vec![], 0);
+            for &j in &group {
+                let s = &seqs[j];
+                debug_assert_eq!(s.k.base, s.v.base, "a sequence's caches share their base");
+                kv_rows_of(&mut rows, &mut parts, s.first, s.n, s.pos, s.k.base);
+            }
+            let Some(table) = self.kv_rows_table(&rows) else {
+                return; // the error is reported at the next readback
             };
-            self.dispatch(
-                Kernel::AttentionCombine,
-                &params,
-                vec![whole(&parts), whole(&out.buf)],
-                [s.n_heads as u32, 1, 1],
+            let (kc, vc) = (&*seqs[i].k, &*seqs[i].v);
+            self.store_rows(
+                &k.buf,
+                &v.buf,
+                (&kc.buf, &vc.buf, kc.dtype, kc.kv_dim),
+                &table,
+                rows.len(),
             );
+            self.attend_rows(q, kc, vc, &table, &rows, parts, shape, out);
         }
     }
 

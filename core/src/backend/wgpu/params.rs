@@ -56,10 +56,8 @@ pub struct Rope {
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct StoreKv {
     pub n: u32,
-    pub pos: u32,
     pub kv_dim: u32,
     pub grid_x: u32,
-    pub first: u32,
 }
 
 /// `attention.wgsl`
@@ -67,7 +65,6 @@ pub struct StoreKv {
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct Attention {
     pub n: u32,
-    pub pos: u32,
     pub n_heads: u32,
     pub n_kv_heads: u32,
     pub head_dim: u32,
@@ -75,9 +72,7 @@ pub struct Attention {
     pub kv_stride: u32,
     pub out_stride: u32,
     pub scale: f32,
-    pub chunk: u32,
     pub splits: u32,
-    pub first: u32,
 }
 
 /// `attention_combine.wgsl`
@@ -87,7 +82,20 @@ pub struct AttentionCombine {
     pub n_heads: u32,
     pub head_dim: u32,
     pub splits: u32,
-    pub out_base: u32,
+    pub out_stride: u32,
+}
+
+/// `kv_rows.wgsl`: one entry of the table the KV kernels read (a storage array, not
+/// params).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct KvRow {
+    pub row: u32,
+    pub base: u32,
+    pub pos: u32,
+    pub chunk: u32,
+    pub splits: u32,
+    pub part: u32,
 }
 
 /// `silu_mul.wgsl` and `add.wgsl` (two shaders, one layout).
@@ -180,7 +188,33 @@ mod tests {
         let TypeInner::Struct { members, span } = &module.types[var.ty].inner else {
             panic!("{k:?}: binding 0 is not a struct");
         };
-        let at = |what: String| format!("{k:?} vs {name}: {what}");
+        let mut bad = compare_struct(
+            &module,
+            &format!("{k:?} vs {name}"),
+            members,
+            *span,
+            fields,
+            *size,
+        );
+        // The host binds a PARAMS_SIZE window; some APIs read uniforms in 16-byte rows.
+        if (*span as u64).next_multiple_of(16) > PARAMS_SIZE {
+            bad.push(format!(
+                "{k:?} vs {name}: {span} bytes do not fit the {PARAMS_SIZE}-byte params window"
+            ));
+        }
+        bad
+    }
+
+    /// Compare a WGSL struct's members with a Rust struct's fields; returns the mismatches.
+    fn compare_struct(
+        module: &naga::Module,
+        label: &str,
+        members: &[naga::StructMember],
+        span: u32,
+        fields: &[Field],
+        size: usize,
+    ) -> Vec<String> {
+        let at = |what: String| format!("{label}: {what}");
         let mut bad = vec![];
         // WGSL members must each have a Rust field of the same name, offset, size and type.
         for m in members {
@@ -218,16 +252,43 @@ mod tests {
                 )));
             }
         }
-        if *span as usize != *size {
+        if span as usize != size {
             bad.push(at(format!("WGSL size {span} bytes, Rust size_of {size}")));
         }
-        // The host binds a PARAMS_SIZE window; some APIs read uniforms in 16-byte rows.
-        if (*span as u64).next_multiple_of(16) > PARAMS_SIZE {
-            bad.push(at(format!(
-                "{span} bytes do not fit the {PARAMS_SIZE}-byte params window"
-            )));
-        }
         bad
+    }
+
+    /// The table entries the host uploads have kv_rows.wgsl's layout, in every kernel that
+    /// reads them.
+    #[test]
+    fn kv_row_matches_the_wgsl_struct() {
+        let (name, fields, size) = fields!(KvRow {
+            row,
+            base,
+            pos,
+            chunk,
+            splits,
+            part
+        });
+        for k in [
+            Kernel::StoreKv(KvDtype::F16),
+            Kernel::Attention(KvDtype::F32),
+            Kernel::AttentionCombine,
+        ] {
+            let src = source(k, false);
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{k:?}: {}", e.emit_to_string(&src)));
+            let (_, ty) = module
+                .types
+                .iter()
+                .find(|(_, t)| t.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("{k:?}: no struct {name}"));
+            let TypeInner::Struct { members, span } = &ty.inner else {
+                panic!("{k:?}: {name} is not a struct");
+            };
+            let bad = compare_struct(&module, &format!("{k:?}"), members, *span, &fields, size);
+            assert!(bad.is_empty(), "{}", bad.join("\n"));
+        }
     }
 
     /// Every kernel's `Params` (every weight format's build of weights.wgsl) has exactly the
@@ -273,19 +334,12 @@ mod tests {
             ),
             (
                 Kernel::StoreKv(KvDtype::F32),
-                fields!(StoreKv {
-                    n,
-                    pos,
-                    kv_dim,
-                    grid_x,
-                    first
-                }),
+                fields!(StoreKv { n, kv_dim, grid_x }),
             ),
             (
                 Kernel::Attention(KvDtype::F32),
                 fields!(Attention {
                     n,
-                    pos,
                     n_heads,
                     n_kv_heads,
                     head_dim,
@@ -293,9 +347,7 @@ mod tests {
                     kv_stride,
                     out_stride,
                     scale,
-                    chunk,
                     splits,
-                    first,
                 }),
             ),
             (
@@ -304,7 +356,7 @@ mod tests {
                     n_heads,
                     head_dim,
                     splits,
-                    out_base
+                    out_stride
                 }),
             ),
             (Kernel::SiluMul, elementwise.clone()),

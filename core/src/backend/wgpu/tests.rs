@@ -114,3 +114,48 @@ fn a_decode_layer_is_eight_dispatches() {
     // each op its own: 16 per layer, and embed, final norm, head, argmax
     assert_eq!(step(4), 16 * layers + 4);
 }
+
+/// A decode step of S sequences whose caches sit side by side (`Model::new_states`) stores
+/// and attends in one dispatch each per layer, whatever S; with caches apart, one each per
+/// sequence. The logits are the same bits either way.
+#[test]
+fn a_batched_decode_step_attends_in_one_dispatch() {
+    let Ok(gpu) = pollster::block_on(Wgpu::new()) else {
+        eprintln!("no wgpu adapter; skipped");
+        return;
+    };
+    let m = model(gpu, WeightFormat::Q4_0, RopeStyle::Half, KvDtype::F16);
+    let (b, layers) = (&m.backend, m.config.n_layers);
+    let mut batch = m.new_state(0, 8, 8).unwrap();
+    // (dispatches, logits) of one decode step of `seqs`, each first prefilled alone
+    let mut step = |seqs: &mut [crate::model::State<Wgpu>]| {
+        for (i, s) in seqs.iter_mut().enumerate() {
+            m.forward(s, &[1, 2 + i as u32], 0, 1).unwrap();
+        }
+        let tokens: Vec<[u32; 1]> = (0..seqs.len()).map(|i| [9 + i as u32]).collect();
+        let mut rows: Vec<crate::model::Rows<Wgpu>> = seqs
+            .iter_mut()
+            .zip(&tokens)
+            .map(|(s, t)| crate::model::Rows {
+                kv: &mut s.kv,
+                tokens: t,
+                pos: 2,
+            })
+            .collect();
+        let before = b.dispatch_count();
+        m.forward_batch(&mut batch.scratch, &mut rows, tokens.len())
+            .unwrap();
+        let logits = pollster::block_on(b.read(&batch.scratch.logits, tokens.len())).unwrap();
+        (b.dispatch_count() - before, logits)
+    };
+    let (two, _) = step(&mut m.new_states(2, 64, 8, 1).unwrap());
+    let (six, side_by_side) = step(&mut m.new_states(6, 64, 8, 1).unwrap());
+    let mut apart: Vec<_> = (0..6).map(|_| m.new_state(64, 8, 1).unwrap()).collect();
+    let (six_apart, apart_logits) = step(&mut apart);
+    assert_eq!(six, two, "the step's dispatches grew with its sequences");
+    assert_eq!(six_apart, six + 2 * 5 * layers);
+    assert!(
+        side_by_side == apart_logits,
+        "caches side by side changed the logits"
+    );
+}

@@ -30,7 +30,8 @@ pub struct Args {
     /// Generations at once; more requests wait in a queue. Above 1 they run continuously
     /// batched: every decode step of all of them is one forward pass (at most 32 rows; more
     /// wait for a place). Each running one holds its own KV cache (2 GiB for a 7B model at
-    /// 4096 positions in f16).
+    /// 4096 positions in f16); on a GPU all N are allocated at the start, side by side, so
+    /// a step's attention is one dispatch for all of them.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
     /// A budget for the KV caches, in bytes (`8GiB`, `512MiB` or a number): `--parallel`

@@ -494,8 +494,8 @@ impl<'a, B: Backend> Suite<'a, B> {
 
     /// `attend` over a batch of four sequences, three in caches side by side
     /// (`alloc_kv_slots`, one dispatch on wgpu) and one alone: a 5-row prompt chunk at 40,
-    /// decodes at 290 and 270 (split on wgpu) and at 10, after a copy of a prefix from a
-    /// neighbouring cache, against each sequence's `store_kv` and `attention` on caches of
+    /// decodes at 290 and 270 (split on wgpu) and at 10, after copies of a prefix from the
+    /// first cache into two others, against each sequence's `store_kv` and `attention` on caches of
     /// its own: bit for bit, and out's rows written by nobody stay NaN.
     fn attend(&mut self) {
         for dtype in [KvDtype::F32, KvDtype::F16] {
@@ -528,7 +528,8 @@ impl<'a, B: Backend> Suite<'a, B> {
         let mut side_by_side = alloc(3);
         side_by_side.extend(alloc(1));
         let mut apart: Vec<_> = (0..4).flat_map(|_| alloc(1)).collect();
-        // each sequence's past: the last copied from the first's cache, as a shared prefix
+        // each sequence's past, then a shared prefix copied from the first's cache into the
+        // third's (the same buffer on wgpu) and the fourth's (another)
         for (i, &(_, pos)) in seqs.iter().enumerate() {
             let ks = random(&mut self.rng, pos * kv_dim, 1.0);
             let vs = random(&mut self.rng, pos * kv_dim, 1.0);
@@ -539,11 +540,13 @@ impl<'a, B: Backend> Suite<'a, B> {
             }
         }
         for caches in [&mut side_by_side, &mut apart] {
-            let ([first, ..], [.., last]) = caches.split_at_mut(3) else {
+            let ([first, _, third], [fourth]) = caches.split_at_mut(3) else {
                 unreachable!()
             };
-            self.b.copy_kv(&first.0, &mut last.0, 2..9);
-            self.b.copy_kv(&first.1, &mut last.1, 2..9);
+            for to in [third, fourth] {
+                self.b.copy_kv(&first.0, &mut to.0, 2..9);
+                self.b.copy_kv(&first.1, &mut to.1, 2..9);
+            }
         }
         let ks = random(&mut self.rng, rows * kv_dim, 1.0);
         let vs = random(&mut self.rng, rows * kv_dim, 1.0);

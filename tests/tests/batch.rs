@@ -302,6 +302,19 @@ fn llama_on(dir: &std::path::Path, backend: yangtuo::BackendChoice) -> yangtuo::
     yangtuo::Llama::load(dir, &opts, &mut |_| {}).unwrap()
 }
 
+/// Request i's sampling in the scheduler tests: greedy for even i, seeded at 0.8 for odd.
+fn greedy_or_seeded(i: usize) -> yangtuo::SamplingParams {
+    if i.is_multiple_of(2) {
+        yangtuo::SamplingParams::greedy()
+    } else {
+        yangtuo::SamplingParams {
+            temperature: 0.8,
+            seed: Some(i as u64),
+            ..Default::default()
+        }
+    }
+}
+
 /// The scheduler end to end: eight threads chat at once on a batching `Llama` (greedy and
 /// seeded sampling, mixed prompt lengths, prompts chunked into others' decode steps, one
 /// cancelled mid-answer, one stopped by its callback); each answer equals the same request
@@ -309,7 +322,7 @@ fn llama_on(dir: &std::path::Path, backend: yangtuo::BackendChoice) -> yangtuo::
 #[test]
 fn concurrent_chats_batch_and_answer_as_alone() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use yangtuo::{Flow, GenerateOptions, Message, SamplingParams};
+    use yangtuo::{Flow, GenerateOptions, Message};
     let dir = llama_dir("batch-llama");
     // question 3 is over 100 tokens: its prompt rides along in several decode steps
     let long = "Tell me a story about a llama in Peru, in three parts: the mountains, the market, the way home. ".repeat(4);
@@ -325,15 +338,7 @@ fn concurrent_chats_batch_and_answer_as_alone() {
     ];
     let opts = |i: usize| GenerateOptions {
         max_tokens: Some(12 + 3 * i),
-        sampling: if i % 2 == 0 {
-            SamplingParams::greedy()
-        } else {
-            SamplingParams {
-                temperature: 0.8,
-                seed: Some(i as u64),
-                ..Default::default()
-            }
-        },
+        sampling: greedy_or_seeded(i),
         ignore_eos: i == 3,
         ..Default::default()
     };
@@ -421,7 +426,7 @@ fn concurrent_chats_batch_and_answer_as_alone() {
 /// it takes the tiled kernel, as the whole prompt does alone.
 #[test]
 fn concurrent_chats_on_wgpu_batch_and_answer_as_alone() {
-    use yangtuo::{GenerateOptions, Message, SamplingParams};
+    use yangtuo::{GenerateOptions, Message};
     let dir = llama_dir("batch-llama-wgpu");
     let questions = [
         "Tell me a story about a llama in Peru, in three parts.",
@@ -432,15 +437,7 @@ fn concurrent_chats_on_wgpu_batch_and_answer_as_alone() {
     ];
     let opts = |i: usize| GenerateOptions {
         max_tokens: Some(8 + 2 * i),
-        sampling: if i.is_multiple_of(2) {
-            SamplingParams::greedy()
-        } else {
-            SamplingParams {
-                temperature: 0.8,
-                seed: Some(i as u64),
-                ..Default::default()
-            }
-        },
+        sampling: greedy_or_seeded(i),
         ignore_eos: true,
         ..Default::default()
     };
@@ -463,7 +460,10 @@ fn concurrent_chats_on_wgpu_batch_and_answer_as_alone() {
     });
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let g = g.as_ref().unwrap();
-        assert_eq!(g.ids, w.ids, "question {i}: batched answer differs from alone");
+        assert_eq!(
+            g.ids, w.ids,
+            "question {i}: batched answer differs from alone"
+        );
     }
     let stats = batched.batch_stats().expect("batching is on");
     assert!(

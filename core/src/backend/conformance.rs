@@ -375,6 +375,25 @@ impl<'a, B: Backend> Suite<'a, B> {
         }
     }
 
+    /// Random keys and values (scale 1) and queries (scale 2) of `rows` rows: on the host,
+    /// and on the device.
+    fn random_kvq(
+        &mut self,
+        rows: usize,
+        kv_dim: usize,
+        q_dim: usize,
+    ) -> ([Vec<f32>; 3], [B::Act; 3]) {
+        let ks = random(&mut self.rng, rows * kv_dim, 1.0);
+        let vs = random(&mut self.rng, rows * kv_dim, 1.0);
+        let qs = random(&mut self.rng, rows * q_dim, 2.0);
+        let acts = [
+            self.act(rows, kv_dim, &ks),
+            self.act(rows, kv_dim, &vs),
+            self.act(rows, q_dim, &qs),
+        ];
+        ([ks, vs, qs], acts)
+    }
+
     /// store_kv then attention, as a model's steps run them: a prompt of 5 at 0, a second
     /// chunk of 3 at 5, a decode step at 8, a long chunk of 281 at 9 (several 64-query
     /// blocks), a decode at 289 (over 256 keys: wgpu splits it), each reading back what the
@@ -416,14 +435,7 @@ impl<'a, B: Backend> Suite<'a, B> {
             for (step, (pos, n)) in steps.into_iter().enumerate() {
                 let first = step % 3;
                 let rows = first + n;
-                let ks = random(&mut self.rng, rows * kv_dim, 1.0);
-                let vs = random(&mut self.rng, rows * kv_dim, 1.0);
-                let qs = random(&mut self.rng, rows * q_dim, 2.0);
-                let (k, v, q) = (
-                    self.act(rows, kv_dim, &ks),
-                    self.act(rows, kv_dim, &vs),
-                    self.act(rows, q_dim, &qs),
-                );
+                let ([ks, vs, qs], [k, v, q]) = self.random_kvq(rows, kv_dim, q_dim);
                 let (ks, vs, qs) = (
                     &ks[first * kv_dim..],
                     &vs[first * kv_dim..],
@@ -548,14 +560,7 @@ impl<'a, B: Backend> Suite<'a, B> {
                 self.b.copy_kv(&first.1, &mut to.1, 2..9);
             }
         }
-        let ks = random(&mut self.rng, rows * kv_dim, 1.0);
-        let vs = random(&mut self.rng, rows * kv_dim, 1.0);
-        let qs = random(&mut self.rng, rows * q_dim, 2.0);
-        let (k, v, q) = (
-            self.act(rows, kv_dim, &ks),
-            self.act(rows, kv_dim, &vs),
-            self.act(rows, q_dim, &qs),
-        );
+        let (_, [k, v, q]) = self.random_kvq(rows, kv_dim, q_dim);
         let mut outs = vec![];
         for (batched, caches) in [(true, &mut side_by_side), (false, &mut apart)] {
             let mut out = self.nan(rows, q_dim);

@@ -418,10 +418,17 @@ impl Llama {
         })
     }
 
+    /// Pool `c` for its prefix. When the pool is full, a state whose cache sits beside the
+    /// others' (`enable_batching` made them together on a GPU) takes the place of one that
+    /// does not, so the batch keeps its one-dispatch attention.
     pub fn put_state(&self, c: Cached) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < self.pool_size.load(Ordering::Relaxed) {
             pool.push(c);
+        } else if c.state.side_by_side
+            && let Some(apart) = pool.iter_mut().find(|p| !p.state.side_by_side)
+        {
+            *apart = c;
         }
     }
 

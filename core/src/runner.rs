@@ -16,6 +16,9 @@ pub struct SessionState {
     inner: Box<dyn Any + Send + Sync>,
     pub ctx_len: usize,
     pub logit_rows: usize,
+    /// Made with others by `new_states`: its KV cache sits beside theirs where the device
+    /// places caches so (one attention dispatch for all of them in a batch).
+    pub side_by_side: bool,
 }
 
 /// A model on some backend. `forward` only queues work; `argmax` and `logits` wait for it.
@@ -139,6 +142,7 @@ impl<B: Backend> Runner for Locked<B> {
                     inner: Box::new(st),
                     ctx_len,
                     logit_rows,
+                    side_by_side: count > 1,
                 }
             })
             .collect())

@@ -473,6 +473,26 @@ fn concurrent_chats_on_wgpu_batch_and_answer_as_alone() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// On a GPU the pool keeps the states `enable_batching` made side by side: when it is full,
+/// one made apart (for a third request at once) gives way to them.
+#[test]
+fn a_full_pool_keeps_the_caches_side_by_side() {
+    let dir = llama_dir("batch-pool-wgpu");
+    let l = llama_on(&dir, yangtuo::BackendChoice::Wgpu);
+    l.enable_batching(2).unwrap();
+    let taken: Vec<_> = (0..3).map(|_| l.take_state(&[]).unwrap()).collect();
+    let made: Vec<bool> = taken.iter().map(|c| c.state.side_by_side).collect();
+    assert_eq!(made, [true, true, false]);
+    for c in taken.into_iter().rev() {
+        l.put_state(c); // the one apart first
+    }
+    let kept: Vec<bool> = (0..2)
+        .map(|_| l.take_state(&[]).unwrap().state.side_by_side)
+        .collect();
+    assert_eq!(kept, [true, true]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Prefix reuse is exact on the CPU: a prompt whose first 40 tokens are another request's
 /// cached KV (only its last 3 run, alone or riding in another sequence's decode steps)
 /// answers with the same tokens and log-probabilities, bit for bit, as the same prompt

@@ -8,6 +8,11 @@
 //! The ops a decode step records around its one-token products are held back and fused
 //! into them (fuse.rs, matvec.wgsl): eight dispatches per layer instead of sixteen.
 //!
+//! The KV caches of a batch's pool sit side by side in one buffer per layer
+//! (`alloc_kv_slots`), and a table of rows (kv_rows.wgsl) tells the store and attention
+//! kernels where each row's cache starts, so a decode step of many sequences stores and
+//! attends in one dispatch each per layer (`attend`).
+//!
 //! A decode step allocates nothing on the device: host data (token ids, rotary angles)
 //! rides in an upload ring written once per submit, token ids live in one buffer, readback
 //! reuses one staging buffer, and bind groups are cached per (kernel, buffers). A cached

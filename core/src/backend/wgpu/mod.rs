@@ -53,12 +53,6 @@ const RING_SLOTS: u64 = 4096;
 const SUBMIT_GROUP: usize = 64;
 /// The most tokens matvec.wgsl takes in one dispatch (its MULTI loop's bound).
 const MATVEC_TOKENS: usize = 8;
-/// A prompt of up to this many rows in a product takes matvec.wgsl's MULTI loop, as every
-/// decode row does (eight tokens per dispatch); longer ones take the tiled matmul.wgsl.
-/// Not more: with 32, prompts of up to 32 tokens took MULTI and the browser demo's prompt
-/// (SwiftShader) ran past its 60 s timeout, as the MULTI loop decodes every weight once per
-/// token where the tiled kernel does once per 64.
-const MATVEC_MAX_ROWS: usize = 8;
 
 pub struct Wgpu {
     gpu: Gpu,
@@ -1257,10 +1251,11 @@ impl Backend for Wgpu {
         self.matmul_batch(x, n, 0, w, out)
     }
 
-    /// A row sums in matvec.wgsl's order (the lone token's) unless it belongs to a prompt of
-    /// more than MATVEC_MAX_ROWS rows in the product, which the tiled matmul.wgsl takes: so
-    /// a decode row gets the same bits beside any other rows, and a prompt's rows those of
-    /// the same prompt alone.
+    /// Decode rows sum in matvec.wgsl's order, the lone token's (its MULTI loop, eight per
+    /// dispatch), and a prompt's rows in the tiled matmul.wgsl's, whose sums do not depend
+    /// on how many rows share a tile: so a decode row gets the same bits beside any other
+    /// rows, and a prompt's rows those of the same prompt alone or cut into other chunks of
+    /// two tokens or more (a one-token chunk is a lone token's product).
     fn matmul_batch(&self, x: &WgpuAct, n: usize, lone: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
         if n == 1 && w.0.perm.is_none() {
             let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
@@ -1278,11 +1273,13 @@ impl Backend for Wgpu {
                 None => return,
             },
         };
+        // the rows before the decode rows: prompts of two tokens or more
         let tiled = match n - lone.min(n) {
             // MULTI reads x's rows as vec4s: rows must start on one (always in a model)
             _ if !x.cols.is_multiple_of(4) => n,
-            prompt if prompt > MATVEC_MAX_ROWS => prompt,
-            _ => 0,
+            // one token alone, as above (a column-permuted matrix's lands here)
+            1 => 0,
+            prompt => prompt,
         };
         if tiled > 0 {
             let ty = tiled.div_ceil(64) as u32;

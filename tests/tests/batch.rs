@@ -172,11 +172,11 @@ fn against_alone(r: &dyn Runner, seqs: &[Seq], what: &str, tolerance: f32) {
     }
 }
 
-/// wgpu (lavapipe here, with and without shader-f16) batches the same way, bit for bit: a
-/// decode row sums in matvec.wgsl's order (the lone token's) in a step of any size (with
-/// the tiled matmul.wgsl for steps of more than eight, as before, the logits differed by
-/// 5e-6 of the largest), and the sequences' caches sit side by side, stored and attended
-/// in one dispatch each per layer.
+/// wgpu (lavapipe here, with and without shader-f16) batches the same way: a decode step of
+/// up to eight sequences is bit for bit (each decode row sums in matvec.wgsl's order, the
+/// lone token's; with the tiled matmul.wgsl instead the logits differ by 5e-6 of the
+/// largest), with the sequences' caches side by side, stored and attended in one dispatch
+/// each per layer. Bigger steps take the tiled kernel for speed: within f32 rounding.
 #[test]
 fn batched_decode_on_wgpu_matches_alone() {
     let spec = spec(Dtype::F16);
@@ -188,8 +188,9 @@ fn batched_decode_on_wgpu_matches_alone() {
             .unwrap()
             .into_runner();
         let seqs = scenario(spec.vocab);
-        let what = format!("wgpu (f16 {f16}), up to 11 at once");
-        against_alone(&*r, &seqs, &what, 0.0);
+        let what = format!("wgpu (f16 {f16})");
+        against_alone(&*r, &seqs[..8], &format!("{what}, up to 8 at once"), 0.0);
+        against_alone(&*r, &seqs, &format!("{what}, up to 11 at once"), 1e-4);
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -53,6 +53,12 @@ const RING_SLOTS: u64 = 4096;
 const SUBMIT_GROUP: usize = 64;
 /// The most tokens matvec.wgsl takes in one dispatch (its MULTI loop's bound).
 const MATVEC_TOKENS: usize = 8;
+/// The most decode rows of a product that take matvec.wgsl's order (MULTI), so that a
+/// decode step of up to this many sequences gives each the bits it gets alone. A bigger
+/// step takes the tiled kernel for every row: the MULTI loop decodes each weight once per
+/// token, and on lavapipe a 32-sequence step of a tiny model ran at 340-360 tok/s through
+/// it against 1180-1820 through the tiled kernel (bench --parallel 32, 2026-12-07).
+const MULTI_DECODE_ROWS: usize = 8;
 
 pub struct Wgpu {
     gpu: Gpu,
@@ -1251,11 +1257,12 @@ impl Backend for Wgpu {
         self.matmul_batch(x, n, 0, w, out)
     }
 
-    /// Decode rows sum in matvec.wgsl's order, the lone token's (its MULTI loop, eight per
-    /// dispatch), and a prompt's rows in the tiled matmul.wgsl's, whose sums do not depend
-    /// on how many rows share a tile: so a decode row gets the same bits beside any other
-    /// rows, and a prompt's rows those of the same prompt alone or cut into other chunks of
-    /// two tokens or more (a one-token chunk is a lone token's product).
+    /// Up to MULTI_DECODE_ROWS decode rows sum in matvec.wgsl's order, the lone token's
+    /// (its MULTI loop), and a prompt's rows in the tiled matmul.wgsl's, whose sums do not
+    /// depend on how many rows share a tile: so a decode row gets the same bits beside up
+    /// to seven others and any prompt chunk, and a prompt's rows those of the same prompt
+    /// alone or cut into other chunks of two tokens or more (a one-token chunk is a lone
+    /// token's product). More decode rows take the tiled kernel, within f32 rounding.
     fn matmul_batch(&self, x: &WgpuAct, n: usize, lone: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
         if n == 1 && w.0.perm.is_none() {
             let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
@@ -1277,6 +1284,8 @@ impl Backend for Wgpu {
         let tiled = match n - lone.min(n) {
             // MULTI reads x's rows as vec4s: rows must start on one (always in a model)
             _ if !x.cols.is_multiple_of(4) => n,
+            // more decode rows than MULTI_DECODE_ROWS: all tiled, for speed
+            _ if lone > MULTI_DECODE_ROWS => n,
             // one token alone, as above (a column-permuted matrix's lands here)
             1 => 0,
             prompt => prompt,

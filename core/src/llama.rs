@@ -487,7 +487,11 @@ impl Llama {
     pub fn enable_batching(&self, parallel: usize) -> Result<()> {
         self.pool_size
             .store(parallel.max(POOL_SIZE), Ordering::Relaxed);
-        if self.batcher.get().is_none() && !self.runner.on_cpu() {
+        if self.batcher.get().is_some() {
+            return Ok(());
+        }
+        let on_cpu = self.runner.on_cpu();
+        if !on_cpu {
             // On a GPU the batch's sequences get caches side by side, made now, so that a
             // decode step's attention is one dispatch for all of them (Backend::attend);
             // a GPU server holds its KV memory from the start, as llama.cpp's does. The
@@ -502,23 +506,21 @@ impl Llama {
                 tokens: vec![],
             }));
         }
-        if self.batcher.get().is_none() {
-            // Prompt tokens per decode step: on the CPU a 32-token chunk about doubles a step of
-            // 8 sequences (1B model, 2 cores); a GPU takes a whole batch in a step's time.
-            let step_prompt = if self.runner.on_cpu() {
-                crate::backend::DECODE_ROWS
-            } else {
-                self.max_batch
-            };
-            let b = crate::batch::Batcher::start(
-                self.runner.clone(),
-                self.tokenizer.clone(),
-                self.eos_ids.clone(),
-                self.max_batch,
-                step_prompt,
-            )?;
-            let _ = self.batcher.set(b);
-        }
+        // Prompt tokens per decode step: on the CPU a 32-token chunk about doubles a step of
+        // 8 sequences (1B model, 2 cores); a GPU takes a whole batch in a step's time.
+        let step_prompt = if on_cpu {
+            crate::backend::DECODE_ROWS
+        } else {
+            self.max_batch
+        };
+        let b = crate::batch::Batcher::start(
+            self.runner.clone(),
+            self.tokenizer.clone(),
+            self.eos_ids.clone(),
+            self.max_batch,
+            step_prompt,
+        )?;
+        let _ = self.batcher.set(b);
         Ok(())
     }
 

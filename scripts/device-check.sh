@@ -249,7 +249,7 @@ elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backen
     BE_LABEL=wgpu-unfused YANGTUO_WGPU_FUSE=0 WGPU_BACKEND=vulkan bench wgpu "$M/l$l-q4_0.gguf" Q4_0 $l 430
   done
   # batched decode on wgpu: 1, 8 and 32 sequences stepping together (the MULTI matvec,
-  # eight tokens per dispatch), aggregate and per-sequence tok/s
+  # a unit of weights decoded once per 8 tokens), aggregate and per-sequence tok/s
   if before 450 && [ -e "$M/l2-q4_0.gguf" ]; then
     WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" bench -m "$M/l2-q4_0.gguf" --backend wgpu -p 16 -n 32 -r 2 \
       --parallel 1,8,32 2>>"$L/bench-wgpu.log" | tee "$L/bench-wgpu-parallel.txt"

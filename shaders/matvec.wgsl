@@ -15,9 +15,11 @@
 //         columns (store_kv.wgsl; f16 packs two neighbours per word with pack2x16float).
 //   ADD   aux[r] += s: the residual add after the output and down projections.
 //   SILU  aux[r] = silu(aux[r]) · s: SwiGLU, with aux the gate product and this one up.
-//   MULTI the p.n ≤ 8 tokens x_row.. of a batch instead (nothing fused): token t's row of
-//         x at t · x_stride, out[t · out_stride + out_off + r], each token summed as a lone
-//         token is, so a sequence gets the same bits in a decode batch as alone.
+//   MULTI the p.n tokens x_row.. of a batch instead (nothing fused), TOKENS of them per
+//         workgroup (group wid.z takes x_row + TOKENS · wid.z ..): token t's row of x at
+//         t · x_stride, out[t · out_stride + out_off + r]. Each unit of weights is loaded
+//         and decoded once for the group and each token summed as a lone token is, so a
+//         sequence gets the same bits in a batch of any size as alone.
 //
 // Buffer layout (bindings 0-4 as weights.wgsl says):
 //   binding 3  x:      f32 as vec4s, row x_row of stride x_stride read
@@ -33,6 +35,8 @@ override KV: u32 = 0u;
 override ADD: bool = false;
 override SILU: bool = false;
 override MULTI: bool = false;
+// Tokens per workgroup under MULTI: its partial sums are TOKENS per thread.
+const TOKENS: u32 = 8u;
 
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;
@@ -65,6 +69,8 @@ const LANES: u32 = 32u;
 const ROWS: u32 = 8u;
 const WG: u32 = LANES * ROWS;
 var<workgroup> partial: array<f32, WG>;
+// MULTI: token t's partial sums at [t * WG ..].
+var<workgroup> partials: array<f32, WG * TOKENS>;
 // Each row's final value, for the f16 cache's word that packs it with its neighbour.
 var<workgroup> done: array<f32, ROWS>;
 
@@ -103,6 +109,20 @@ fn norm_prologue(g: u32, li: u32, xo: u32) {
     }
 }
 
+// unit_x behind a select the compiler cannot fold (no product has zero rows), so that no
+// sum over units fuses a unit's last multiply (its scale) into a multiply-add: which
+// product a compiler fuses depends on how the sum is written (SPIR-V and WGSL allow the
+// fusion, which rounds once instead of twice), and row_sum and row_sums write theirs
+// differently. Measured on lavapipe: without it a token in a MULTI group of Q4_0 rows sums
+// 2e-6 away from the same token alone.
+fn unit_sum(un: Unit, u: u32, xo: u32) -> f32 {
+    return select(unit_x(un, u, xo), 0.0, p.rows == 0u);
+}
+
+fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
+    return unit_sum(unit_at(row, u), u, xo);
+}
+
 // The sum of row `row`'s products with x̂ from xo, as every thread of the row's group sees it.
 fn row_sum(row: u32, lane: u32, li: u32, xo: u32) -> f32 {
     // no early return: every thread must reach the barriers; a row past the end adds nothing
@@ -128,6 +148,64 @@ fn row_sum(row: u32, lane: u32, li: u32, xo: u32) -> f32 {
     return partial[li - lane];
 }
 
+// row_sum for the nt ≤ TOKENS tokens t0.. at once, each in row_sum's order (a + b where
+// row_sum adds two units, the same tree): a unit is loaded and decoded once for all of them.
+// Token t's sum ends in partials[t * WG + li - lane].
+fn row_sums(row: u32, lane: u32, li: u32, t0: u32, nt: u32) {
+    let units = select(0u, p.nb, row < p.rows);
+    var acc: array<f32, TOKENS>;
+    var ab: array<f32, TOKENS>;
+    var cd: array<f32, TOKENS>;
+    var u = lane;
+    for (; u + 3u * LANES < units; u += 4u * LANES) {
+        var un = unit_at(row, u);
+        for (var t = 0u; t < TOKENS; t++) {
+            if (t < nt) {
+                ab[t] = unit_sum(un, u, (t0 + t) * p.x_stride);
+            }
+        }
+        un = unit_at(row, u + LANES);
+        for (var t = 0u; t < TOKENS; t++) {
+            if (t < nt) {
+                ab[t] += unit_sum(un, u + LANES, (t0 + t) * p.x_stride);
+            }
+        }
+        un = unit_at(row, u + 2u * LANES);
+        for (var t = 0u; t < TOKENS; t++) {
+            if (t < nt) {
+                cd[t] = unit_sum(un, u + 2u * LANES, (t0 + t) * p.x_stride);
+            }
+        }
+        un = unit_at(row, u + 3u * LANES);
+        for (var t = 0u; t < TOKENS; t++) {
+            if (t < nt) {
+                cd[t] += unit_sum(un, u + 3u * LANES, (t0 + t) * p.x_stride);
+                acc[t] += ab[t] + cd[t];
+            }
+        }
+    }
+    for (; u < units; u += LANES) {
+        let un = unit_at(row, u);
+        for (var t = 0u; t < TOKENS; t++) {
+            if (t < nt) {
+                acc[t] += unit_sum(un, u, (t0 + t) * p.x_stride);
+            }
+        }
+    }
+    for (var t = 0u; t < nt; t++) {
+        partials[t * WG + li] = acc[t];
+    }
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            for (var t = 0u; t < nt; t++) {
+                partials[t * WG + li] += partials[t * WG + li + s];
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let g = wid.y * p.grid_x + wid.x;
@@ -135,12 +213,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let row = row_of(g, m);
     let lane = li % LANES;
     if (MULTI) {
-        for (var t = p.x_row; t < p.x_row + min(p.n, 8u); t++) {
-            let s = row_sum(row, lane, li, t * p.x_stride);
-            workgroupBarrier(); // read before the next token's sums overwrite it
-            if (lane == 0u && row < p.rows) {
-                out[t * p.out_stride + p.out_off + row] = s;
-            }
+        let t0 = p.x_row + wid.z * TOKENS;
+        let nt = min(TOKENS, p.x_row + p.n - t0);
+        row_sums(row, lane, li, t0, nt);
+        // lane t writes token t's sum
+        if (lane < nt && row < p.rows) {
+            out[(t0 + lane) * p.out_stride + p.out_off + row] = partials[lane * WG + li - lane];
         }
         return;
     }

@@ -1,6 +1,8 @@
 // Shared declarations of the kernels that read a weight matrix (matvec, matmul, embed).
 // Each such kernel is compiled as: one `weights_<format>.wgsl` (binds w, ws; defines UNIT,
-// load4, unit_dot) + this file + the kernel.
+// load4, and a dot unit of UNIT weights: `struct Unit`, `unit_at(row, u)` loading and
+// decoding unit u of a row, `unit_x(unit, u, xo)` its dot with x̂ from xo) + this file + the
+// kernel. A unit is decoded once and dotted with several tokens' x in matvec.wgsl.
 //
 // Buffer layout (elements are f32 unless said otherwise):
 //   binding 0  p:   Params (uniform: a 64-byte window at this dispatch's slot of the params ring)
@@ -31,6 +33,15 @@ struct Params {
 // Binding 3 (x) and `fn x4(xo, k) -> vec4<f32>` (x[xo + k .. xo + k + 4], zero past the
 // row's end) come with each kernel: matvec reads x as vec4s, matmul and embed as scalars.
 // matvec.wgsl binds 5-8 as well, for what it fuses.
+
+// Σ q[i] · x̂[k + 4i ..] over a unit of 32 weights, in this order (the formats whose unit
+// is 32 weights scaled by one factor).
+fn dot32(q: array<vec4<f32>, 8>, xo: u32, k: u32) -> f32 {
+    return dot(q[0], x4(xo, k)) + dot(q[1], x4(xo, k + 4u))
+         + dot(q[2], x4(xo, k + 8u)) + dot(q[3], x4(xo, k + 12u))
+         + dot(q[4], x4(xo, k + 16u)) + dot(q[5], x4(xo, k + 20u))
+         + dot(q[6], x4(xo, k + 24u)) + dot(q[7], x4(xo, k + 28u));
+}
 
 // The four bytes of a word, as integers 0..255.
 fn bytes4(v: u32) -> vec4<u32> {

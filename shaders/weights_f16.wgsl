@@ -12,9 +12,21 @@ fn load4(row: u32, col: u32) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
 }
 
-fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
+// A dot unit decoded: its 8 weights as f32.
+struct Unit {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn unit_at(row: u32, u: u32) -> Unit {
     let v = w[row * p.nb + u];
+    return Unit(
+        vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)),
+        vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)),
+    );
+}
+
+fn unit_x(un: Unit, u: u32, xo: u32) -> f32 {
     let k = u * 8u;
-    return dot(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)), x4(xo, k))
-         + dot(vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)), x4(xo, k + 4u));
+    return dot(un.lo, x4(xo, k)) + dot(un.hi, x4(xo, k + 4u));
 }

@@ -11,8 +11,18 @@ fn load4(row: u32, col: u32) -> vec4<f32> {
     return vec4<f32>(w[row * p.nb * 2u + col / 4u]);
 }
 
-fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
+// A dot unit decoded: its 8 weights as f32.
+struct Unit {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn unit_at(row: u32, u: u32) -> Unit {
     let b = (row * p.nb + u) * 2u;
+    return Unit(vec4<f32>(w[b]), vec4<f32>(w[b + 1u]));
+}
+
+fn unit_x(un: Unit, u: u32, xo: u32) -> f32 {
     let k = u * 8u;
-    return dot(vec4<f32>(w[b]), x4(xo, k)) + dot(vec4<f32>(w[b + 1u]), x4(xo, k + 4u));
+    return dot(un.lo, x4(xo, k)) + dot(un.hi, x4(xo, k + 4u));
 }

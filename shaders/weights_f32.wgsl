@@ -9,6 +9,15 @@ fn load4(row: u32, col: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(w[row * p.nb + col / 4u]);
 }
 
-fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
-    return dot(load4(row, u * 4u), x4(xo, u * 4u));
+// A dot unit decoded: its 4 weights.
+struct Unit {
+    q: vec4<f32>,
+}
+
+fn unit_at(row: u32, u: u32) -> Unit {
+    return Unit(load4(row, u * 4u));
+}
+
+fn unit_x(un: Unit, u: u32, xo: u32) -> f32 {
+    return dot(un.q, x4(xo, u * 4u));
 }

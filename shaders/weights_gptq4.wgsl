@@ -22,16 +22,25 @@ fn load4(row: u32, col: u32) -> vec4<f32> {
     return (q - dz.y) * dz.x;
 }
 
-// q − z is a small integer, exact in f32, so the sum is over exact weights before one scale.
-fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
+// A dot unit decoded: q − z for its 32 weights, and d. q − z is a small integer, exact in
+// f32, so the sum is over exact weights before one scale.
+struct Unit {
+    q: array<vec4<f32>, 8>,
+    d: f32,
+}
+
+fn unit_at(row: u32, u: u32) -> Unit {
     let b = row * p.nb + u;
     let v = w[b];
-    let k = u * 32u;
     let dz = unpack2x16float(ws[b]);
     let z = vec4<f32>(dz.y);
-    let s = dot(nib4(v.x) - z, x4(xo, k)) + dot(nib4(v.y) - z, x4(xo, k + 4u))
-          + dot(nib4(v.z) - z, x4(xo, k + 8u)) + dot(nib4(v.w) - z, x4(xo, k + 12u))
-          + dot(nib4(v.x >> 4u) - z, x4(xo, k + 16u)) + dot(nib4(v.y >> 4u) - z, x4(xo, k + 20u))
-          + dot(nib4(v.z >> 4u) - z, x4(xo, k + 24u)) + dot(nib4(v.w >> 4u) - z, x4(xo, k + 28u));
-    return s * dz.x;
+    let q = array(
+        nib4(v.x) - z, nib4(v.y) - z, nib4(v.z) - z, nib4(v.w) - z,
+        nib4(v.x >> 4u) - z, nib4(v.y >> 4u) - z, nib4(v.z >> 4u) - z, nib4(v.w >> 4u) - z,
+    );
+    return Unit(q, dz.x);
+}
+
+fn unit_x(un: Unit, u: u32, xo: u32) -> f32 {
+    return dot32(un.q, xo, u * 32u) * un.d;
 }

@@ -19,13 +19,22 @@ fn load4(row: u32, col: u32) -> vec4<f32> {
     return (q - 8.0) * half_at(b);
 }
 
-fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
+// A dot unit decoded: q − 8 for its 32 weights, and d.
+struct Unit {
+    q: array<vec4<f32>, 8>,
+    d: f32,
+}
+
+fn unit_at(row: u32, u: u32) -> Unit {
     let b = row * p.nb + u;
     let v = w[b];
-    let k = u * 32u;
-    let s = dot(nib4(v.x) - 8.0, x4(xo, k)) + dot(nib4(v.y) - 8.0, x4(xo, k + 4u))
-          + dot(nib4(v.z) - 8.0, x4(xo, k + 8u)) + dot(nib4(v.w) - 8.0, x4(xo, k + 12u))
-          + dot(nib4(v.x >> 4u) - 8.0, x4(xo, k + 16u)) + dot(nib4(v.y >> 4u) - 8.0, x4(xo, k + 20u))
-          + dot(nib4(v.z >> 4u) - 8.0, x4(xo, k + 24u)) + dot(nib4(v.w >> 4u) - 8.0, x4(xo, k + 28u));
-    return s * half_at(b);
+    let q = array(
+        nib4(v.x) - 8.0, nib4(v.y) - 8.0, nib4(v.z) - 8.0, nib4(v.w) - 8.0,
+        nib4(v.x >> 4u) - 8.0, nib4(v.y >> 4u) - 8.0, nib4(v.z >> 4u) - 8.0, nib4(v.w >> 4u) - 8.0,
+    );
+    return Unit(q, half_at(b));
+}
+
+fn unit_x(un: Unit, u: u32, xo: u32) -> f32 {
+    return dot32(un.q, xo, u * 32u) * un.d;
 }

@@ -20,15 +20,28 @@ fn load4(row: u32, col: u32) -> vec4<f32> {
     return q * dm.x + dm.y;
 }
 
-fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
+// A dot unit decoded: its 32 nibbles as f32, and (d, m).
+struct Unit {
+    q: array<vec4<f32>, 8>,
+    dm: vec2<f32>,
+}
+
+fn unit_at(row: u32, u: u32) -> Unit {
     let b = row * p.nb + u;
     let v = w[b];
+    let q = array(
+        nib4(v.x), nib4(v.y), nib4(v.z), nib4(v.w),
+        nib4(v.x >> 4u), nib4(v.y >> 4u), nib4(v.z >> 4u), nib4(v.w >> 4u),
+    );
+    return Unit(q, unpack2x16float(ws[b]));
+}
+
+fn unit_x(un: Unit, u: u32, xo: u32) -> f32 {
     let k = u * 32u;
     let xa = x4(xo, k); let xb = x4(xo, k + 4u); let xc = x4(xo, k + 8u); let xd = x4(xo, k + 12u);
     let xe = x4(xo, k + 16u); let xf = x4(xo, k + 20u); let xg = x4(xo, k + 24u); let xh = x4(xo, k + 28u);
-    let s = dot(nib4(v.x), xa) + dot(nib4(v.y), xb) + dot(nib4(v.z), xc) + dot(nib4(v.w), xd)
-          + dot(nib4(v.x >> 4u), xe) + dot(nib4(v.y >> 4u), xf) + dot(nib4(v.z >> 4u), xg) + dot(nib4(v.w >> 4u), xh);
+    let s = dot(un.q[0], xa) + dot(un.q[1], xb) + dot(un.q[2], xc) + dot(un.q[3], xd)
+          + dot(un.q[4], xe) + dot(un.q[5], xf) + dot(un.q[6], xg) + dot(un.q[7], xh);
     let sx = dot(xa + xb + xc + xd + xe + xf + xg + xh, vec4<f32>(1.0));
-    let dm = unpack2x16float(ws[b]);
-    return dm.x * s + dm.y * sx;
+    return un.dm.x * s + un.dm.y * sx;
 }

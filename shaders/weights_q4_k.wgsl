@@ -47,21 +47,32 @@ fn load4(row: u32, col: u32) -> vec4<f32> {
     return q4k_nib4(q4k_word(blk, word), (j & 1u) == 1u) * dm.x - dm.y;
 }
 
-fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
+// A dot unit (one sub-block) decoded: its 32 nibbles as f32, and (d · scale, dmin · min).
+struct Unit {
+    q: array<vec4<f32>, 8>,
+    dm: vec2<f32>,
+}
+
+fn unit_at(row: u32, u: u32) -> Unit {
     let blk = row * (p.nb / 8u) + u / 8u;
     let j = u % 8u;
     let high = (j & 1u) == 1u;
     let base = blk * 9u + 1u + 2u * (j / 2u); // vec4 holding the sub-block's first nibbles
     let v0 = w[base];
     let v1 = w[base + 1u];
+    let q = array(
+        q4k_nib4(v0.x, high), q4k_nib4(v0.y, high), q4k_nib4(v0.z, high), q4k_nib4(v0.w, high),
+        q4k_nib4(v1.x, high), q4k_nib4(v1.y, high), q4k_nib4(v1.z, high), q4k_nib4(v1.w, high),
+    );
+    return Unit(q, q4k_dm(blk, j));
+}
+
+fn unit_x(un: Unit, u: u32, xo: u32) -> f32 {
     let k = u * 32u;
     let xa = x4(xo, k); let xb = x4(xo, k + 4u); let xc = x4(xo, k + 8u); let xd = x4(xo, k + 12u);
     let xe = x4(xo, k + 16u); let xf = x4(xo, k + 20u); let xg = x4(xo, k + 24u); let xh = x4(xo, k + 28u);
-    let s = dot(q4k_nib4(v0.x, high), xa) + dot(q4k_nib4(v0.y, high), xb)
-          + dot(q4k_nib4(v0.z, high), xc) + dot(q4k_nib4(v0.w, high), xd)
-          + dot(q4k_nib4(v1.x, high), xe) + dot(q4k_nib4(v1.y, high), xf)
-          + dot(q4k_nib4(v1.z, high), xg) + dot(q4k_nib4(v1.w, high), xh);
+    let s = dot(un.q[0], xa) + dot(un.q[1], xb) + dot(un.q[2], xc) + dot(un.q[3], xd)
+          + dot(un.q[4], xe) + dot(un.q[5], xf) + dot(un.q[6], xg) + dot(un.q[7], xh);
     let sx = dot(xa + xb + xc + xd + xe + xf + xg + xh, vec4<f32>(1.0));
-    let dm = q4k_dm(blk, j);
-    return dm.x * s - dm.y * sx;
+    return un.dm.x * s - un.dm.y * sx;
 }

@@ -39,15 +39,31 @@ fn load4(row: u32, col: u32) -> vec4<f32> {
     return q6k_q4(blk, h, g, l / 4u) * (half_at(blk) * q6k_scale(blk, 8u * h + 2u * g + l / 16u));
 }
 
-fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
+// A dot unit (one group) decoded: its 32 values q − 32 as f32, d, and the two scales of
+// its halves.
+struct Unit {
+    q: array<vec4<f32>, 8>,
+    d: f32,
+    sc: vec2<f32>,
+}
+
+fn unit_at(row: u32, u: u32) -> Unit {
     let blk = row * (p.nb / 8u) + u / 8u;
     let h = (u % 8u) / 4u;
     let g = u % 4u;
-    let k = u * 32u;
-    let s0 = dot(q6k_q4(blk, h, g, 0u), x4(xo, k)) + dot(q6k_q4(blk, h, g, 1u), x4(xo, k + 4u))
-           + dot(q6k_q4(blk, h, g, 2u), x4(xo, k + 8u)) + dot(q6k_q4(blk, h, g, 3u), x4(xo, k + 12u));
-    let s1 = dot(q6k_q4(blk, h, g, 4u), x4(xo, k + 16u)) + dot(q6k_q4(blk, h, g, 5u), x4(xo, k + 20u))
-           + dot(q6k_q4(blk, h, g, 6u), x4(xo, k + 24u)) + dot(q6k_q4(blk, h, g, 7u), x4(xo, k + 28u));
+    let q = array(
+        q6k_q4(blk, h, g, 0u), q6k_q4(blk, h, g, 1u), q6k_q4(blk, h, g, 2u), q6k_q4(blk, h, g, 3u),
+        q6k_q4(blk, h, g, 4u), q6k_q4(blk, h, g, 5u), q6k_q4(blk, h, g, 6u), q6k_q4(blk, h, g, 7u),
+    );
     let sc = 8u * h + 2u * g;
-    return half_at(blk) * (q6k_scale(blk, sc) * s0 + q6k_scale(blk, sc + 1u) * s1);
+    return Unit(q, half_at(blk), vec2<f32>(q6k_scale(blk, sc), q6k_scale(blk, sc + 1u)));
+}
+
+fn unit_x(un: Unit, u: u32, xo: u32) -> f32 {
+    let k = u * 32u;
+    let s0 = dot(un.q[0], x4(xo, k)) + dot(un.q[1], x4(xo, k + 4u))
+           + dot(un.q[2], x4(xo, k + 8u)) + dot(un.q[3], x4(xo, k + 12u));
+    let s1 = dot(un.q[4], x4(xo, k + 16u)) + dot(un.q[5], x4(xo, k + 20u))
+           + dot(un.q[6], x4(xo, k + 24u)) + dot(un.q[7], x4(xo, k + 28u));
+    return un.d * (un.sc.x * s0 + un.sc.y * s1);
 }

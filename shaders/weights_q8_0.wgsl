@@ -18,14 +18,23 @@ fn load4(row: u32, col: u32) -> vec4<f32> {
     return i8x4(w[2u * b + i / 4u][i % 4u]) * half_at(b);
 }
 
-fn unit_dot(row: u32, u: u32, xo: u32) -> f32 {
+// A dot unit decoded: its 32 int8 as f32, and d.
+struct Unit {
+    q: array<vec4<f32>, 8>,
+    d: f32,
+}
+
+fn unit_at(row: u32, u: u32) -> Unit {
     let b = row * p.nb + u;
     let lo = w[2u * b];
     let hi = w[2u * b + 1u];
-    let k = u * 32u;
-    let s = dot(i8x4(lo.x), x4(xo, k)) + dot(i8x4(lo.y), x4(xo, k + 4u))
-          + dot(i8x4(lo.z), x4(xo, k + 8u)) + dot(i8x4(lo.w), x4(xo, k + 12u))
-          + dot(i8x4(hi.x), x4(xo, k + 16u)) + dot(i8x4(hi.y), x4(xo, k + 20u))
-          + dot(i8x4(hi.z), x4(xo, k + 24u)) + dot(i8x4(hi.w), x4(xo, k + 28u));
-    return s * half_at(b);
+    let q = array(
+        i8x4(lo.x), i8x4(lo.y), i8x4(lo.z), i8x4(lo.w),
+        i8x4(hi.x), i8x4(hi.y), i8x4(hi.z), i8x4(hi.w),
+    );
+    return Unit(q, half_at(b));
+}
+
+fn unit_x(un: Unit, u: u32, xo: u32) -> f32 {
+    return dot32(un.q, xo, u * 32u) * un.d;
 }

@@ -29,14 +29,23 @@ fn spec(dtype: Dtype) -> Spec {
 }
 
 fn cpu_model(spec: &Spec, quantize: Option<WeightFormat>, name: &str) -> Arc<dyn Runner> {
+    model_on(Cpu, spec, quantize, name)
+}
+
+fn model_on<B: yangtuo::backend::Backend>(
+    backend: B,
+    spec: &Spec,
+    quantize: Option<WeightFormat>,
+    name: &str,
+) -> Arc<dyn Runner> {
     let dir = spec.write_temp(name);
     let mut files = ModelFiles::open(&dir).unwrap();
     let mut progress = |_: yangtuo::LoadProgress| {};
     let model = match quantize {
-        None => Model::load(&mut files, Cpu, 0, &mut progress).unwrap(),
+        None => Model::load(&mut files, backend, 0, &mut progress).unwrap(),
         Some(f) => Model::load(
             &mut Quantizing::new(&mut files, f).unwrap(),
-            Cpu,
+            backend,
             0,
             &mut progress,
         )
@@ -172,27 +181,33 @@ fn against_alone(r: &dyn Runner, seqs: &[Seq], what: &str, tolerance: f32) {
     }
 }
 
-/// wgpu (lavapipe here, with and without shader-f16) batches the same way: a decode step of
-/// up to eight sequences is bit for bit (each decode row sums in matvec.wgsl's order, the
-/// lone token's; with the tiled matmul.wgsl instead the logits differ by 5e-6 of the
-/// largest), with the sequences' caches side by side, stored and attended in one dispatch
-/// each per layer. Bigger steps take the tiled kernel for speed: within f32 rounding.
+/// wgpu (lavapipe here, with and without shader-f16) batches the same way, bit for bit:
+/// each decode row sums in matvec.wgsl's order, the lone token's, in groups of 8 tokens
+/// (so a step of 11 takes two), with the sequences' caches side by side, stored and
+/// attended in one dispatch each per layer. (With the tiled matmul.wgsl for the decode rows
+/// instead, the logits differ by 5e-6 of the largest.)
 #[test]
 fn batched_decode_on_wgpu_matches_alone() {
-    let spec = spec(Dtype::F16);
-    let dir = spec.write_temp("batch-wgpu");
+    // the down projection's 4096 columns are 128 units of 32 weights: each of a row's 32
+    // threads takes four at a time, the matvec's main loop, as well as its tail
+    let spec = Spec {
+        intermediate: 4096,
+        ..spec(Dtype::F16)
+    };
     // the browser's f32 path, and shader-f16 with its f16 KV cache (lavapipe has it)
     for f16 in [false, true] {
-        let gpu = pollster::block_on(yangtuo::backend::wgpu::Wgpu::with_f16(f16)).unwrap();
-        let r = Model::load(&mut ModelFiles::open(&dir).unwrap(), gpu, 0, &mut |_| {})
-            .unwrap()
-            .into_runner();
-        let seqs = scenario(spec.vocab);
-        let what = format!("wgpu (f16 {f16})");
-        against_alone(&*r, &seqs[..8], &format!("{what}, up to 8 at once"), 0.0);
-        against_alone(&*r, &seqs, &format!("{what}, up to 11 at once"), 1e-4);
+        for quantize in [None, Some(WeightFormat::Q4_0), Some(WeightFormat::Q4K)] {
+            let gpu = pollster::block_on(yangtuo::backend::wgpu::Wgpu::with_f16(f16)).unwrap();
+            let r = model_on(
+                gpu,
+                &spec,
+                quantize,
+                &format!("batch-wgpu-{f16}-{quantize:?}"),
+            );
+            let what = format!("wgpu (f16 {f16}, {quantize:?}), up to 11 at once");
+            against_alone(&*r, &scenario(spec.vocab), &what, 0.0);
+        }
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

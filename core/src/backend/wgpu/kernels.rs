@@ -39,7 +39,7 @@ pub struct Fusion {
     pub add: bool,
     /// The output is SwiGLU's `up`: the gate becomes silu(gate) · up.
     pub silu: bool,
-    /// Up to 8 tokens, each summed as alone, with nothing fused.
+    /// Any number of tokens, each summed as alone, with nothing fused.
     pub multi: bool,
 }
 
@@ -301,6 +301,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The host's token groups are the shader's.
+    #[test]
+    fn matvec_groups_tokens_as_the_host_dispatches_them() {
+        let tokens = format!("const TOKENS: u32 = {}u;", super::super::MATVEC_TOKENS);
+        assert!(
+            shader!("matvec").contains(&tokens),
+            "matvec.wgsl lacks `{tokens}`"
+        );
     }
 
     const FORMATS: [WeightFormat; 9] = [

@@ -51,14 +51,8 @@ const RING_SLOTS: u64 = 4096;
 /// starts on the first layers while the host records the rest (a 7B decode step is about
 /// 260 dispatches, so four or five submits).
 const SUBMIT_GROUP: usize = 64;
-/// The most tokens matvec.wgsl takes in one dispatch (its MULTI loop's bound).
+/// Tokens per workgroup of matvec.wgsl under MULTI (its TOKENS).
 const MATVEC_TOKENS: usize = 8;
-/// The most decode rows of a product that take matvec.wgsl's order (MULTI), so that a
-/// decode step of up to this many sequences gives each the bits it gets alone. A bigger
-/// step takes the tiled kernel for every row: the MULTI loop decodes each weight once per
-/// token, and on lavapipe a 32-sequence step of a tiny model ran at 340-360 tok/s through
-/// it against 1180-1820 through the tiled kernel (bench --parallel 32, 2026-12-07).
-const MULTI_DECODE_ROWS: usize = 8;
 
 pub struct Wgpu {
     gpu: Gpu,
@@ -603,8 +597,8 @@ impl Wgpu {
         self.dispatch(k, &params, vec![whole(&a), whole(&b)], groups);
     }
 
-    /// A matvec.wgsl product (one token with what is fused into it, or up to eight tokens of
-    /// a batch), per chunk of rows (fused products have one chunk).
+    /// A matvec.wgsl product (one token with what is fused into it, or a batch's decode
+    /// rows), per chunk of rows (fused products have one chunk).
     fn lower_matvec(&self, mv: Matvec) {
         let fusion = mv.fusion();
         let m = &mv.m.0;
@@ -634,16 +628,16 @@ impl Wgpu {
             pos: mv.kv.as_ref().map_or(0, |k| k.1) as u32,
             ..Weights::zeroed()
         };
-        // ROWS = 8 rows per workgroup
+        // ROWS = 8 rows per workgroup, and under MULTI one group of workgroups per
+        // MATVEC_TOKENS tokens
         let kern = Kernel::Matvec(m.format, fusion);
-        self.weight_dispatch(
-            kern,
-            &mv.m,
-            io,
-            |c| self.folded(c.rows.div_ceil(8)),
-            fused,
-            &extra,
-        );
+        let token_groups = io.n.div_ceil(MATVEC_TOKENS) as u32;
+        let grid = |c: &Chunk| {
+            let (mut groups, grid_x) = self.folded(c.rows.div_ceil(8));
+            groups[2] = token_groups;
+            (groups, grid_x)
+        };
+        self.weight_dispatch(kern, &mv.m, io, grid, fused, &extra);
     }
 
     fn scales(&self, c: &Chunk) -> Bind {
@@ -1257,12 +1251,11 @@ impl Backend for Wgpu {
         self.matmul_batch(x, n, 0, w, out)
     }
 
-    /// Up to MULTI_DECODE_ROWS decode rows sum in matvec.wgsl's order, the lone token's
-    /// (its MULTI loop), and a prompt's rows in the tiled matmul.wgsl's, whose sums do not
-    /// depend on how many rows share a tile: so a decode row gets the same bits beside up
-    /// to seven others and any prompt chunk, and a prompt's rows those of the same prompt
-    /// alone or cut into other chunks of two tokens or more (a one-token chunk is a lone
-    /// token's product). More decode rows take the tiled kernel, within f32 rounding.
+    /// Decode rows sum in matvec.wgsl's order, the lone token's (MULTI), and a prompt's rows
+    /// in the tiled matmul.wgsl's, whose sums do not depend on how many rows share a tile:
+    /// so a decode row gets the same bits beside any number of others and any prompt
+    /// chunk, and a prompt's rows those of the same prompt alone or cut into other chunks
+    /// of two tokens or more (a one-token chunk is a lone token's product).
     fn matmul_batch(&self, x: &WgpuAct, n: usize, lone: usize, w: &WgpuMatrix, out: &mut WgpuAct) {
         if n == 1 && w.0.perm.is_none() {
             let mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
@@ -1284,8 +1277,6 @@ impl Backend for Wgpu {
         let tiled = match n - lone.min(n) {
             // MULTI reads x's rows as vec4s: rows must start on one (always in a model)
             _ if !x.cols.is_multiple_of(4) => n,
-            // more decode rows than MULTI_DECODE_ROWS: all tiled, for speed
-            _ if lone > MULTI_DECODE_ROWS => n,
             // one token alone, as above (a column-permuted matrix's lands here)
             1 => 0,
             prompt => prompt,
@@ -1296,11 +1287,9 @@ impl Backend for Wgpu {
             let kern = Kernel::Matmul(w.0.format);
             self.weight_dispatch(kern, w, Io::of(x, out, tiled), grid, Weights::zeroed(), &[]);
         }
-        let multi = tiled..n;
-        for first in multi.clone().step_by(MATVEC_TOKENS) {
+        if tiled < n {
             let mut mv = Matvec::plain(w.clone(), x.buf.clone(), x.cols, out.buf.clone(), out.cols);
-            let tokens = (multi.end - first).min(MATVEC_TOKENS);
-            (mv.x_row, mv.tokens) = (first, Some(tokens));
+            (mv.x_row, mv.tokens) = (tiled, Some(n - tiled));
             self.lower_matvec(mv);
         }
     }

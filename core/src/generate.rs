@@ -203,6 +203,10 @@ pub enum Flow {
 pub struct Cached {
     pub state: SessionState,
     pub tokens: Vec<u32>,
+    /// How many of `tokens`, from the first, were computed as rows of a prompt chunk of two
+    /// tokens or more (or copied from such): all a prompt may reuse where a decoded token's
+    /// sums differ from a prompt row's (`Runner::decode_sums_as_prompt`).
+    prompted: usize,
 }
 
 /// Seconds since an arbitrary start (`performance.now()` has no std equivalent on the web).
@@ -311,34 +315,83 @@ impl Generation<'_> {
             // feed the token back: its key and value join the cache
             self.runner
                 .forward(&mut cache.state, &[next], seq.pos(), 1)?;
-            cache.tokens.push(next);
+            cache.decoded(next);
         };
         seq.finish(finish, (self.clock)(), on_piece)
     }
 }
 
 impl Cached {
-    /// Keep the longest prefix of `prompt` this cache holds, but never the last prompt
-    /// token (its logits come next); returns its length.
-    pub(crate) fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
-        let common = self
-            .tokens
-            .iter()
-            .zip(prompt)
+    pub fn new(state: SessionState) -> Cached {
+        Cached {
+            state,
+            tokens: vec![],
+            prompted: 0,
+        }
+    }
+
+    /// How many leading tokens of `prompt` this cache can give it: their common prefix, but
+    /// never the last prompt token (its logits come next). Where a decoded token's sums
+    /// differ from a prompt row's (`exact` false: wgpu, CUDA), only positions computed as
+    /// prompt rows, and at most all but two tokens of the prompt (one token alone sums as a
+    /// decode row), so the prompt gets the bits it gets cold.
+    pub(crate) fn reusable(&self, prompt: &[u32], exact: bool) -> usize {
+        let common = (self.tokens.iter().zip(prompt))
             .take_while(|(a, b)| a == b)
             .count()
-            .min(prompt.len() - 1);
+            .min(prompt.len().saturating_sub(1));
+        if exact {
+            common
+        } else {
+            common
+                .min(self.prompted)
+                .min(prompt.len().saturating_sub(2))
+        }
+    }
+
+    /// Keep what `reusable` gives `prompt` and drop the rest; returns its length.
+    pub(crate) fn reuse_prefix(&mut self, prompt: &[u32], exact: bool) -> usize {
+        let common = self.reusable(prompt, exact);
         self.tokens.truncate(common);
+        self.prompted = self.prompted.min(common);
         common
     }
 
-    /// Run `prompt` on this cache, reusing the longest prefix it already holds (but always
-    /// running at least the last prompt token, whose logits come next). Returns how many
-    /// prompt tokens were reused.
+    /// `tokens` ran as one prompt chunk after what the cache holds.
+    pub(crate) fn ran_prompt(&mut self, tokens: &[u32]) {
+        self.took_prompt_rows(tokens, tokens.len() >= 2);
+    }
+
+    /// `tokens` were copied after what the cache holds from positions another cache
+    /// computed as prompt rows.
+    pub(crate) fn copied_prompt(&mut self, tokens: &[u32]) {
+        self.took_prompt_rows(tokens, true);
+    }
+
+    fn took_prompt_rows(&mut self, tokens: &[u32], as_prompt: bool) {
+        if as_prompt && self.prompted == self.tokens.len() {
+            self.prompted += tokens.len();
+        }
+        self.tokens.extend_from_slice(tokens);
+    }
+
+    /// `token` was decoded after what the cache holds.
+    pub(crate) fn decoded(&mut self, token: u32) {
+        self.tokens.push(token);
+    }
+
+    /// The cache's positions no longer match its tokens (a failed step).
+    pub(crate) fn forget(&mut self) {
+        self.tokens.clear();
+        self.prompted = 0;
+    }
+
+    /// Run `prompt` on this cache, reusing what `reusable` allows. Returns how many prompt
+    /// tokens were reused.
     pub(crate) fn prefill(&mut self, runner: &dyn Runner, prompt: &[u32]) -> Result<usize> {
-        let common = self.reuse_prefix(prompt);
+        let common = self.reuse_prefix(prompt, runner.decode_sums_as_prompt());
         runner.forward(&mut self.state, &prompt[common..], common, 1)?;
-        self.tokens.extend_from_slice(&prompt[common..]);
+        self.ran_prompt(&prompt[common..]);
         Ok(common)
     }
 }

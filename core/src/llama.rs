@@ -397,25 +397,18 @@ impl Llama {
         )
     }
 
-    /// A fresh or pooled session state; prefers the one sharing the longest prefix.
+    /// A fresh or pooled session state; prefers the one that can give `prompt` the longest
+    /// prefix.
     pub fn take_state(&self, prompt: &[u32]) -> Result<Cached> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let best = (0..pool.len()).max_by_key(|&i| {
-            pool[i]
-                .tokens
-                .iter()
-                .zip(prompt)
-                .take_while(|(a, b)| a == b)
-                .count()
-        });
+        let exact = self.runner.decode_sums_as_prompt();
+        let best = (0..pool.len()).max_by_key(|&i| pool[i].reusable(prompt, exact));
         if let Some(i) = best {
             return Ok(pool.swap_remove(i));
         }
         drop(pool);
-        Ok(Cached {
-            state: self.runner.new_state(self.ctx_len, self.max_batch, 1)?,
-            tokens: vec![],
-        })
+        let state = self.runner.new_state(self.ctx_len, self.max_batch, 1)?;
+        Ok(Cached::new(state))
     }
 
     /// Pool `c` for its prefix. When the pool is full, a state whose cache sits beside the
@@ -501,10 +494,7 @@ impl Llama {
                 .new_states(parallel, self.ctx_len, self.max_batch, 1)?;
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             pool.clear();
-            pool.extend(states.into_iter().map(|state| Cached {
-                state,
-                tokens: vec![],
-            }));
+            pool.extend(states.into_iter().map(Cached::new));
         }
         // Prompt tokens per decode step: on the CPU a 32-token chunk about doubles a step of
         // 8 sequences (1B model, 2 cores); a GPU takes a whole batch in a step's time.

@@ -162,7 +162,7 @@ impl<B: Backend> Model<B> {
         let rows_out = rows_out.clamp(1, s.scratch.logit_rows.min(tokens.len()));
         let mut start = 0;
         while start < tokens.len() {
-            let n = (tokens.len() - start).min(s.scratch.max_batch);
+            let n = chunk_end(start, tokens.len(), s.scratch.max_batch) - start;
             let last_chunk = start + n == tokens.len();
             let mut one = [Rows {
                 kv: &mut s.kv,
@@ -377,4 +377,51 @@ pub struct Scratch<B: Backend> {
     pub logits: B::Act, // (logit_rows, vocab)
     pub max_batch: usize,
     pub logit_rows: usize,
+}
+
+/// The end of the prompt chunk from `start` of at most `size` tokens, of a prompt of `len`:
+/// never one that leaves a single token for a chunk of its own (for `size` ≥ 3). A backend
+/// whose sums depend on the batch (wgpu) sums a one-token chunk as a decode row, in another
+/// order than the prompt rows around it, and the same prompt chunked from another start
+/// (after a reused prefix) would not give that token the same bits.
+pub(crate) fn chunk_end(start: usize, len: usize, size: usize) -> usize {
+    let end = (start + size).min(len);
+    if len - end == 1 && end - start >= 3 {
+        end - 1
+    } else {
+        end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_end;
+
+    #[test]
+    fn no_prompt_chunk_is_one_token_after_another() {
+        let chunks = |len: usize, size: usize| {
+            let (mut start, mut out) = (0, vec![]);
+            while start < len {
+                let end = chunk_end(start, len, size);
+                out.push(end - start);
+                start = end;
+            }
+            out
+        };
+        assert_eq!(chunks(513, 512), [511, 2]);
+        assert_eq!(chunks(512, 512), [512]);
+        assert_eq!(chunks(1025, 512), [512, 511, 2]);
+        assert_eq!(chunks(7, 3), [3, 2, 2]);
+        assert_eq!(chunks(1, 512), [1]);
+        assert_eq!(chunks(3, 2), [2, 1]); // too small a chunk to avoid it
+        for len in 2..200 {
+            for size in 3..20 {
+                let c = chunks(len, size);
+                assert!(
+                    c.iter().all(|&n| (2..=size).contains(&n)),
+                    "{len} {size}: {c:?}"
+                );
+            }
+        }
+    }
 }

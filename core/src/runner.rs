@@ -30,6 +30,8 @@ pub trait Runner: Send + Sync {
     fn on_cpu(&self) -> bool;
     /// How sessions' KV caches store keys and values.
     fn kv_dtype(&self) -> KvDtype;
+    /// `Backend::decode_sums_as_prompt` of the model's device.
+    fn decode_sums_as_prompt(&self) -> bool;
     fn new_state(
         &self,
         ctx_len: usize,
@@ -122,6 +124,10 @@ impl<B: Backend> Runner for Locked<B> {
 
     fn kv_dtype(&self) -> KvDtype {
         self.model.kv_dtype
+    }
+
+    fn decode_sums_as_prompt(&self) -> bool {
+        self.model.backend.decode_sums_as_prompt()
     }
 
     fn new_states(

@@ -52,10 +52,7 @@ impl ChatSession {
         let max_new = opts.check(prompt.len(), self.llama.context_length())?;
         let mut cache = match self.cache.take() {
             Some(c) => c,
-            None => Cached {
-                state: self.llama.take_state(&[])?.state,
-                tokens: vec![],
-            },
+            None => Cached::new(self.llama.take_state(&[])?.state),
         };
         let constraint = self.llama.constraint(opts)?;
         let r = self

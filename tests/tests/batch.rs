@@ -512,9 +512,13 @@ fn a_full_pool_keeps_the_caches_side_by_side() {
 /// Prefix reuse is exact on the CPU and on wgpu: a prompt whose first 40 tokens are another
 /// request's cached KV (only its last 3 run, alone or riding in another sequence's decode
 /// steps) answers with the same tokens and log-probabilities, bit for bit, as the same
-/// prompt run cold in one piece; with batching and without. (On wgpu a prompt's rows take
-/// the tiled kernel whatever their number, so the 3-token tail sums as it does inside the
-/// 43-token prompt; with MULTI for prompts of up to 8 tokens, as before, this failed.)
+/// prompt run cold in one piece; with batching and without. So do the same prompt sent
+/// again, and a next turn whose prompt holds the first answer. (On wgpu a prompt's rows
+/// take the tiled kernel whatever their number, so the 3-token tail sums as it does inside
+/// the 43-token prompt; with MULTI for prompts of up to 8 tokens, as before, this failed.
+/// A decoded token sums in matvec's order there, so wgpu reuses only positions computed as
+/// prompt rows, and runs at least two tokens: reusing all but the last token of the same
+/// prompt, or the decoded answer, the logprobs differed in the last bits.)
 #[test]
 fn a_reused_prefix_gives_the_bits_of_a_cold_prompt() {
     for backend in [yangtuo::BackendChoice::Cpu, yangtuo::BackendChoice::Wgpu] {
@@ -567,17 +571,44 @@ fn reused_prefix_against_cold(backend: yangtuo::BackendChoice) {
             .complete_ids(&longer, &opts, None, &mut |_| Flow::Continue)
             .unwrap();
         assert_eq!(cold.timings.prefill_tokens, longer.len());
-        assert_eq!(reused.ids, cold.ids, "{backend:?}, batching {batching}");
-        assert_eq!(reused.logprobs.len(), 16);
-        for (r, c) in reused.logprobs.iter().zip(&cold.logprobs) {
-            assert_eq!(
-                r.logprob.to_bits(),
-                c.logprob.to_bits(),
-                "{backend:?}, batching {batching}: {r:?} vs {c:?}"
+        let what = format!("{backend:?}, batching {batching}");
+        same_bits(&reused, &cold, &what);
+        let exact = backend == yangtuo::BackendChoice::Cpu;
+        let again = run(&longer);
+        assert_eq!(again.timings.prefill_tokens, if exact { 1 } else { 2 });
+        same_bits(&again, &cold, &format!("{what}, the same prompt again"));
+        let turn: Vec<u32> = (longer.iter().chain(&again.ids).chain(&[10, 11, 12]))
+            .copied()
+            .collect();
+        let next = run(&turn);
+        let answer_and_3 = again.ids.len() + 3;
+        if exact {
+            assert!(
+                next.timings.prefill_tokens < answer_and_3,
+                "the answer was not reused"
             );
+        } else {
+            assert_eq!(next.timings.prefill_tokens, answer_and_3);
         }
+        let cold = llama(&dir)
+            .complete_ids(&turn, &opts, None, &mut |_| Flow::Continue)
+            .unwrap();
+        same_bits(&next, &cold, &format!("{what}, a turn holding an answer"));
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same tokens, with the same log-probabilities to the bit.
+fn same_bits(got: &yangtuo::Completion, want: &yangtuo::Completion, what: &str) {
+    assert_eq!(got.ids, want.ids, "{what}");
+    assert_eq!(got.logprobs.len(), want.logprobs.len(), "{what}");
+    for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
+        assert_eq!(
+            g.logprob.to_bits(),
+            w.logprob.to_bits(),
+            "{what}: {g:?} vs {w:?}"
+        );
+    }
 }
 
 /// Requests sent at once with the same long system prefix: the first computes it, and

@@ -159,6 +159,13 @@ pub trait Backend: Sized + Send + Sync + 'static {
         let _ = lone;
         self.matmul(x, n, w, out)
     }
+    /// Whether a decode row's sums have the bits of the same token as a prompt row (the
+    /// CPU: one order for every product). Where not (the default: wgpu sums decode rows in
+    /// matvec.wgsl's order and prompt rows tiled; CUDA rounds them differently), a prompt
+    /// reuses only cached positions computed as prompt rows (`Cached::reusable`).
+    fn decode_sums_as_prompt(&self) -> bool {
+        false
+    }
     /// Rotate each head of x[t] by the angles in table[t] (`[n, head_dim/2, (cos, sin)]`).
     fn rope(
         &self,

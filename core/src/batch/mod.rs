@@ -19,6 +19,7 @@ use crate::decoding::{Constraint, Decoding};
 use crate::generate::{
     Cached, Completion, FinishReason, Flow, GenerateOptions, Piece, TokenLogprob, now,
 };
+use crate::model::chunk_end;
 use crate::runner::{Runner, SessionState};
 use crate::sampler::argmax;
 use crate::tokenizer::Tokenizer;
@@ -311,7 +312,9 @@ impl<'a> Scheduler<'a> {
     }
 
     fn admit(&self, mut job: Job) -> Running<'a> {
-        let common = job.cache.reuse_prefix(&job.prompt);
+        let common = job
+            .cache
+            .reuse_prefix(&job.prompt, self.runner.decode_sums_as_prompt());
         let mut seq = Decoding::new(
             self.tokenizer,
             self.eos_ids,
@@ -344,12 +347,9 @@ impl<'a> Scheduler<'a> {
         'a: 'b,
     {
         let prompt = &r.job.prompt;
+        let exact = self.runner.decode_sums_as_prompt();
         let best = others
-            .map(|o| {
-                let held = &o.job.cache.tokens;
-                let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-                (common.min(prompt.len() - 1), o)
-            })
+            .map(|o| (o.job.cache.reusable(prompt, exact), o))
             .max_by_key(|(common, _)| *common);
         let Some((end, o)) = best.filter(|(end, _)| *end > r.prefilled) else {
             return Ok(());
@@ -358,7 +358,7 @@ impl<'a> Scheduler<'a> {
         let cache = &mut r.job.cache;
         self.runner
             .copy_prefix(&o.job.cache.state, &mut cache.state, from..end)?;
-        cache.tokens.extend_from_slice(&prompt[from..end]);
+        cache.copied_prompt(&prompt[from..end]);
         r.seq.took_cached(end - from);
         r.prefilled = end;
         Ok(())
@@ -379,12 +379,12 @@ impl<'a> Scheduler<'a> {
             return Ok(Prefill::Finished(f));
         }
         let (start, len) = (r.prefilled, r.job.prompt.len());
-        let end = (start + self.chunk).min(len);
+        let end = chunk_end(start, len, self.chunk);
         let cache = &mut r.job.cache;
         self.runner
             .forward(&mut cache.state, &r.job.prompt[start..end], start, 1)?;
         self.counted(1);
-        cache.tokens.extend_from_slice(&r.job.prompt[start..end]);
+        cache.ran_prompt(&r.job.prompt[start..end]);
         r.prefilled = end;
         if end < len {
             return Ok(Prefill::More);
@@ -433,7 +433,7 @@ impl<'a> Scheduler<'a> {
         }
         let chunk = riding
             .as_ref()
-            .map(|r| r.prefilled..(r.prefilled + self.step_prompt).min(r.job.prompt.len()));
+            .map(|r| r.prefilled..chunk_end(r.prefilled, r.job.prompt.len(), self.step_prompt));
         let finishing = riding
             .as_ref()
             .zip(chunk.clone())
@@ -452,7 +452,7 @@ impl<'a> Scheduler<'a> {
             Err(e) => {
                 let message = e.to_string();
                 for mut r in decoding.drain(..).chain(riding) {
-                    r.job.cache.tokens.clear(); // its cache no longer matches its tokens
+                    r.job.cache.forget();
                     self.finish(r, Err(Error::Device(message.clone())));
                 }
                 return;
@@ -461,10 +461,7 @@ impl<'a> Scheduler<'a> {
         let vocab = logits.len() / (n + finishing as usize);
         let mut rows = logits.chunks_exact_mut(vocab);
         if let (Some(mut r), Some(chunk)) = (riding, chunk) {
-            r.job
-                .cache
-                .tokens
-                .extend_from_slice(&r.job.prompt[chunk.clone()]);
+            r.job.cache.ran_prompt(&r.job.prompt[chunk.clone()]);
             r.prefilled = chunk.end;
             if finishing {
                 let row = rows.next().expect("the prompt's logits row");
@@ -479,7 +476,7 @@ impl<'a> Scheduler<'a> {
         }
         let joined = decoding.split_off(n);
         for (mut r, row) in std::mem::take(decoding).into_iter().zip(rows) {
-            r.job.cache.tokens.push(r.next);
+            r.job.cache.decoded(r.next);
             match self.next_from(&mut r, row) {
                 Ok(None) => decoding.push(r),
                 Ok(Some(f)) => self.finish(r, Ok(f)),

@@ -179,6 +179,11 @@ impl Backend for Cpu {
         }
     }
 
+    /// Each row's sums run in one order whatever shares the product (tests/tests/batch.rs).
+    fn decode_sums_as_prompt(&self) -> bool {
+        true
+    }
+
     fn matmul(&self, x: &CpuAct, n: usize, w: &CpuMatrix, out: &mut CpuAct) {
         let k = w.cols;
         // W[:, perm] · x[perm]: gather each row of x into the matrix's column order

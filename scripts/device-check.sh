@@ -236,9 +236,11 @@ if [ "${YT_WGPU:-1}" != 1 ]; then
 elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backend wgpu --ids 1,2,3 --out "$W/wgpu-probe.npy" >"$L/wgpu-probe.log" 2>&1; then
   grep -h "device:" "$L/wgpu-probe.log" | tail -1
   # the fused decode kernels (matvec.wgsl's variants) give the unfused bits on this GPU too,
-  # and a decode layer is eight dispatches
-  WGPU_BACKEND=vulkan timeout 90 "$B/yangtuo-core-tests" backend::wgpu::tests --test-threads=1 >"$L/wgpu-fusion.log" 2>&1
-  grep -q "test result: ok. 2 passed" "$L/wgpu-fusion.log" && note "wgpu fusion (fused = unfused bits, 8 dispatches per layer): ok" || note "wgpu fusion: FAILED (see wgpu-fusion.log)"
+  # a decode layer is eight dispatches, decoding ahead gives the bits of argmax then forward,
+  # and the op suite (a batch's decode rows with the bits of each row alone) passes
+  WGPU_BACKEND=vulkan timeout 90 "$B/yangtuo-core-tests" backend::wgpu::tests backend::conformance::wgpu \
+    --test-threads=1 >"$L/wgpu-fusion.log" 2>&1
+  grep -q "test result: ok\." "$L/wgpu-fusion.log" && note "wgpu tests (fusion, dispatches, decoding ahead, op suite): ok" || note "wgpu tests: FAILED (see wgpu-fusion.log)"
   for l in 2 6; do
     # (later than the cuda rows, so that the whole run stays under 8 minutes)
     WGPU_BACKEND=vulkan bench wgpu "$M/l$l-f16" F16 $l 400
@@ -248,6 +250,8 @@ elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backen
   for l in 2 6; do
     BE_LABEL=wgpu-unfused YANGTUO_WGPU_FUSE=0 WGPU_BACKEND=vulkan bench wgpu "$M/l$l-q4_0.gguf" Q4_0 $l 430
   done
+  # what decoding ahead gained: each token read back before the next one's forward is recorded
+  BE_LABEL=wgpu-no-ahead YANGTUO_WGPU_AHEAD=0 WGPU_BACKEND=vulkan bench wgpu "$M/l6-q4_0.gguf" Q4_0 6 440
   # batched decode on wgpu: 1, 8 and 32 sequences stepping together (the MULTI matvec,
   # a unit of weights decoded once per 8 tokens), aggregate and per-sequence tok/s
   if before 450 && [ -e "$M/l2-q4_0.gguf" ]; then

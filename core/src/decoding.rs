@@ -188,6 +188,11 @@ impl<'a> Decoding<'a> {
         self.prompt_len + self.ids.len() - 1
     }
 
+    /// Where the next token goes in the cache.
+    pub fn next_pos(&self) -> usize {
+        self.prompt_len + self.ids.len()
+    }
+
     fn emit(&mut self, piece: &str, on_piece: &mut dyn FnMut(Piece) -> Flow) -> Flow {
         if piece.is_empty() {
             return Flow::Continue;

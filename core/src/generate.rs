@@ -308,13 +308,24 @@ impl Generation<'_> {
             if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 break FinishReason::Abort;
             }
-            let next = seq.next_token(self.runner, &cache.state).await?;
+            // Greedy with nothing to read from the logits, on a GPU: the token's forward is
+            // recorded before the token comes back, so the device runs it while the host
+            // handles the token (if the answer ends there, that forward goes unused).
+            let ahead = match seq.needs_logits() {
+                true => None,
+                false => (self.runner).forward_ahead(&mut cache.state, seq.next_pos()),
+            };
+            let (next, fed) = match ahead {
+                Some(read) => (read.await?, true),
+                None => (seq.next_token(self.runner, &cache.state).await?, false),
+            };
             if let Some(finish) = seq.accept(next, (self.clock)(), on_piece)? {
                 break finish;
             }
             // feed the token back: its key and value join the cache
-            self.runner
-                .forward(&mut cache.state, &[next], seq.pos(), 1)?;
+            if !fed {
+                (self.runner).forward(&mut cache.state, &[next], seq.pos(), 1)?;
+            }
             cache.decoded(next);
         };
         seq.finish(finish, (self.clock)(), on_piece)

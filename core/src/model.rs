@@ -9,6 +9,8 @@ use crate::runner::{Locked, Runner};
 use crate::weights::builder::{LoadProgress, ModelBuilder, WeightSource};
 use crate::weights::{RopeStyle, TensorId};
 use crate::{Config, Error, Result};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 pub struct LayerWeights<B: Backend> {
@@ -234,16 +236,45 @@ impl<B: Backend> Model<B> {
                 ));
             }
         }
-        self.forward_rows(s, seqs, total, rows_out);
+        self.forward_rows(s, seqs, total, rows_out, false);
         Ok(())
     }
 
+    /// Greedy decode ahead of the host (`Backend::argmax_ahead`): the next token is the
+    /// argmax of the last forward's logits row 0, and its forward at `pos` is recorded before
+    /// the future gives the token back. `None` where the backend cannot, or `pos` is past
+    /// the cache (the caller then reads the token and runs it as usual). If the caller does
+    /// not keep the token (an end of answer), position `pos` holds keys and values its
+    /// cache's tokens do not name, which the next prompt writes over.
+    pub fn forward_ahead<'a>(
+        &'a self,
+        s: &mut State<B>,
+        pos: usize,
+    ) -> Option<Pin<Box<dyn Future<Output = Result<u32>> + 'a>>> {
+        if pos >= s.kv.ctx_len || s.kv.layers.len() != self.config.n_layers {
+            return None;
+        }
+        let sc = &mut s.scratch;
+        let read = (self.backend).argmax_ahead(&sc.logits, 0, &self.weights.embed, &mut sc.x)?;
+        let mut one = [Rows {
+            kv: &mut s.kv,
+            // the id is on the device, embedded already; this only counts the row
+            tokens: &[0],
+            pos,
+        }];
+        self.forward_rows(sc, &mut one, 1, 1, true);
+        Some(read)
+    }
+
+    /// The layers and head over `n` rows; `embedded`: `s.x` holds the rows' embeddings
+    /// already (`forward_ahead`), else they are looked up from the rows' tokens.
     fn forward_rows(
         &self,
         s: &mut Scratch<B>,
         seqs: &mut [Rows<'_, B>],
         n: usize,
         rows_out: usize,
+        embedded: bool,
     ) {
         let (b, c, w) = (&self.backend, &self.config, &self.weights);
         let eps = c.norm_eps as f32;
@@ -266,7 +297,9 @@ impl<B: Backend> Model<B> {
             .rev()
             .take_while(|r| r.tokens.len() == 1)
             .count();
-        b.embed(&w.embed, &ids, &mut s.x);
+        if !embedded {
+            b.embed(&w.embed, &ids, &mut s.x);
+        }
         b.write(&mut s.rope, &angles);
 
         for (l, lw) in w.layers.iter().enumerate() {

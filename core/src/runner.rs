@@ -75,6 +75,14 @@ pub trait Runner: Send + Sync {
         positions: std::ops::Range<usize>,
     ) -> Result<()>;
     fn argmax<'a>(&'a self, s: &'a SessionState, row: usize) -> LocalFuture<'a, Result<u32>>;
+    /// Greedy decode ahead of the host (`Model::forward_ahead`): the argmax of the last
+    /// logits row is the next token, and its forward at `pos` is recorded before the future
+    /// gives it back. `None` where the device cannot: then `argmax`, then `forward`.
+    fn forward_ahead<'a>(
+        &'a self,
+        s: &mut SessionState,
+        pos: usize,
+    ) -> Option<LocalFuture<'a, Result<u32>>>;
     fn logits<'a>(&'a self, s: &'a SessionState, rows: usize) -> LocalFuture<'a, Result<Vec<f32>>>;
 }
 
@@ -210,6 +218,22 @@ impl<B: Backend> Runner for Locked<B> {
             let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
             self.model.backend.argmax(&st.scratch.logits, row).await
         })
+    }
+
+    fn forward_ahead<'a>(
+        &'a self,
+        s: &mut SessionState,
+        pos: usize,
+    ) -> Option<LocalFuture<'a, Result<u32>>> {
+        let st = state_mut::<B>(s).ok()?;
+        let read = {
+            let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+            self.model.forward_ahead(st, pos)?
+        };
+        Some(Box::pin(async move {
+            let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+            read.await
+        }))
     }
 
     fn logits<'a>(&'a self, s: &'a SessionState, rows: usize) -> LocalFuture<'a, Result<Vec<f32>>> {

@@ -669,3 +669,58 @@ fn a_live_prefix_is_shared_by_requests_sent_at_once() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// On wgpu a greedy answer that reads no logits decodes ahead of the host (each token's
+/// forward recorded before the token is read back): its tokens and text are those of the
+/// same request decoding a token at a time (asking for logprobs reads the logits, so that
+/// one does), whether the length limit or a stop string ends it (the last token's forward
+/// then goes unused), and a later request on that cache answers as on a fresh model.
+#[test]
+fn decoding_ahead_on_wgpu_answers_as_token_by_token() {
+    use yangtuo::{FinishReason, Flow, GenerateOptions, SamplingParams};
+    let dir = llama_dir("batch-ahead");
+    let wgpu = || llama_on(&dir, yangtuo::BackendChoice::Wgpu);
+    let ahead = wgpu();
+    let greedy = GenerateOptions {
+        max_tokens: Some(24),
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
+    let by_token = |o: &GenerateOptions| GenerateOptions {
+        logprobs: Some(1),
+        ..o.clone()
+    };
+    let run = |l: &yangtuo::Llama, ids: &[u32], o: &GenerateOptions| {
+        l.complete_ids(ids, o, None, &mut |_| Flow::Continue)
+            .unwrap()
+    };
+    let prompt = random_ids(20, 32000, 31);
+    let long = run(&ahead, &prompt, &greedy);
+    assert_eq!(long.finish_reason, FinishReason::Length);
+    let want = run(&wgpu(), &prompt, &by_token(&greedy));
+    assert_eq!((&long.ids, &long.text), (&want.ids, &want.text));
+
+    // a stop string from the middle of that answer ends the same answer early
+    let chars: Vec<char> = long.text.chars().collect();
+    let stop = GenerateOptions {
+        stop: vec![chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect()],
+        ..greedy.clone()
+    };
+    let stopped = run(&ahead, &prompt, &stop);
+    assert_eq!(stopped.finish_reason, FinishReason::Stop);
+    assert!(stopped.ids.len() < long.ids.len());
+    let want = run(&wgpu(), &prompt, &by_token(&stop));
+    assert_eq!((&stopped.ids, &stopped.text), (&want.ids, &want.text));
+
+    // the cache it leaves (with a position run ahead past its tokens) serves the next turn
+    let turn: Vec<u32> = (prompt.iter().chain(&stopped.ids).chain(&[5, 6, 7]))
+        .copied()
+        .collect();
+    let next = run(&ahead, &turn, &greedy);
+    assert!(
+        next.timings.prefill_tokens < turn.len(),
+        "nothing was reused"
+    );
+    assert_eq!(next.ids, run(&wgpu(), &turn, &greedy).ids);
+    let _ = std::fs::remove_dir_all(dir);
+}

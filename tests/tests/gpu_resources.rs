@@ -1,5 +1,6 @@
 //! A long chat must not grow GPU memory: the wgpu backend's live buffers and bind groups
-//! stay flat over thousands of decoded tokens and over sessions that come and go.
+//! stay flat over thousands of decoded tokens (read one at a time, and decoded ahead of the
+//! host) and over sessions that come and go.
 //! (Before the fix each token left an ids buffer and a bind group behind, and a dropped
 //! session's KV cache stayed alive in the bind-group cache.)
 
@@ -43,13 +44,27 @@ fn wgpu_resources_stay_flat_over_a_long_decode_and_many_sessions() {
         next = pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();
         pos += 1;
     }
+    // and greedy decode ahead of the host (the token's forward recorded before it is read)
+    model.forward(&mut s, &[next], pos, 1).unwrap();
+    pos += 1;
+    for _ in 0..3 {
+        next = pollster::block_on(model.forward_ahead(&mut s, pos).unwrap()).unwrap();
+        pos += 1;
+    }
     let before = b
         .live_objects()
         .expect("wgpu-core reports its objects natively");
 
-    for _ in WARM..TOKENS {
-        model.forward(&mut s, &[next], pos, 1).unwrap();
-        next = pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();
+    for t in WARM..TOKENS {
+        if t % 2 == 0 {
+            model.forward(&mut s, &[next], pos, 1).unwrap();
+            next = pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();
+        } else {
+            // `next` again, picked and run at `pos` on the device
+            let read = model.forward_ahead(&mut s, pos).unwrap();
+            assert_eq!(pollster::block_on(read).unwrap(), next);
+            next = pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();
+        }
         pos += 1;
     }
     let after_decode = b.live_objects().unwrap();

@@ -21,6 +21,7 @@ mod conformance;
 use crate::Result;
 use crate::weights::{RopeStyle, WeightData};
 use std::future::Future;
+use std::pin::Pin;
 
 /// The most sequences a batched decode step runs in one forward (the batch scheduler's
 /// limit; the CPU's products are batch-invariant at any size, ARCHITECTURE.md).
@@ -231,6 +232,21 @@ pub trait Backend: Sized + Send + Sync + 'static {
 
     /// Index of the largest value in row `row` (first index on ties). Reads back 4 bytes.
     fn argmax(&self, x: &Self::Act, row: usize) -> impl Future<Output = Result<u32>>;
+    /// Greedy decode ahead of the host: `argmax` of `logits`' row `row`, kept on the device
+    /// and embedded from `table` into row 0 of `out` there, with its read-back submitted at
+    /// once; the future gives the id. The caller records the token's forward before it
+    /// awaits, so the device runs the forward while the host handles the token. `None`
+    /// where the backend cannot (the default: the CPU, which has no device to keep busy).
+    fn argmax_ahead<'a>(
+        &'a self,
+        logits: &Self::Act,
+        row: usize,
+        table: &Self::Matrix,
+        out: &mut Self::Act,
+    ) -> Option<Pin<Box<dyn Future<Output = Result<u32>> + 'a>>> {
+        let _ = (logits, row, table, out);
+        None
+    }
     /// The first `rows` rows, to the host.
     fn read(&self, x: &Self::Act, rows: usize) -> impl Future<Output = Result<Vec<f32>>>;
 }

@@ -42,6 +42,7 @@ use crate::{Error, Result};
 use bytemuck::Zeroable;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -68,6 +69,9 @@ pub struct Wgpu {
     pending: Mutex<Vec<Op>>,
     /// Whether `pending` is fused before lowering (`YANGTUO_WGPU_FUSE=0` turns it off).
     fusing: AtomicBool,
+    /// Whether greedy decode runs ahead of the host (`argmax_ahead`; `YANGTUO_WGPU_AHEAD=0`
+    /// turns it off, for timing what it gains).
+    ahead: bool,
     /// Dispatches recorded so far, for tests that count a step's.
     dispatched: AtomicUsize,
     /// Scratch for `x[perm]` ahead of column-permuted (GPTQ act-order) products, grown as needed.
@@ -274,6 +278,7 @@ impl Wgpu {
         // after passing once), likely the fused norm's extra barriers on a CPU.
         let native_gpu = cfg!(not(target_arch = "wasm32")) && gpu.is_real_gpu();
         let fusing = std::env::var("YANGTUO_WGPU_FUSE").map_or(native_gpu, |v| v != "0");
+        let ahead = std::env::var("YANGTUO_WGPU_AHEAD").map_or(true, |v| v != "0");
         log::info!("wgpu device: {}", gpu.describe());
         Ok(Wgpu {
             slot,
@@ -291,6 +296,7 @@ impl Wgpu {
             argmax_out,
             pending: Mutex::new(vec![]),
             fusing: AtomicBool::new(fusing),
+            ahead,
             dispatched: AtomicUsize::new(0),
             gathered: Mutex::new(None),
             attn_parts: Mutex::new(None),
@@ -664,11 +670,30 @@ impl Wgpu {
         ([gx as u32, n.div_ceil(gx).max(1) as u32, 1], gx as u32)
     }
 
-    /// Submit everything recorded, then `tail` (a copy to a readback buffer).
-    fn submit(&self, rec: &mut Recorder, tail: Option<(&wgpu::Buffer, u64, &wgpu::Buffer, u64)>) {
+    /// The greedy pick of x's `row` into `argmax_out` (argmax.wgsl).
+    fn record_argmax(&self, x: &WgpuAct, row: usize) {
+        self.flush_ops();
+        self.dispatch(
+            Kernel::Argmax,
+            &Argmax {
+                cols: x.cols as u32,
+                row: row as u32,
+            },
+            vec![whole(&x.buf), whole(&self.argmax_out)],
+            [1, 1, 1],
+        );
+    }
+
+    /// Submit everything recorded, then `tail` (a copy to a readback buffer); the
+    /// submission's index, if there was anything to submit.
+    fn submit(
+        &self,
+        rec: &mut Recorder,
+        tail: Option<(&wgpu::Buffer, u64, &wgpu::Buffer, u64)>,
+    ) -> Option<wgpu::SubmissionIndex> {
         self.forget_released(rec);
         if rec.cmds.is_empty() && tail.is_none() {
-            return;
+            return None;
         }
         let (device, queue) = (&self.gpu.device, &self.gpu.queue);
         if !rec.params.is_empty() {
@@ -732,8 +757,9 @@ impl Wgpu {
         if let Some((src, src_off, dst, size)) = tail {
             enc.copy_buffer_to_buffer(src, src_off, dst, 0, size);
         }
-        queue.submit([enc.finish()]);
+        let index = queue.submit([enc.finish()]);
         rec.params.clear();
+        Some(index)
     }
 
     /// Drop the cached bind groups that name a released buffer, so the buffer can go.
@@ -882,21 +908,51 @@ impl Wgpu {
 
     /// Submit, copy `size` bytes of `src` from `offset` to a mappable buffer, and read them.
     async fn readback(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        self.read_ahead(src, offset, size).await
+    }
+
+    /// `readback` whose submit happens now, in the call; the future waits for the copy
+    /// only, after submitting what was recorded in between (work the device then runs
+    /// while the host handles the bytes).
+    fn read_ahead(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> impl Future<Output = Result<Vec<u8>>> + use<'_> {
         let reuse = self.staging.lock().unwrap().take();
         let staging = match reuse {
-            Some(b) if b.size() >= size => b,
+            Some(b) if b.size() >= size => Ok(b),
             _ => self.create_buffer(
                 "readback",
                 size.max(4096),
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 false,
-            )?,
+            ),
         };
-        self.flush_ops();
-        {
+        let copied = staging.as_ref().ok().map(|staging| {
+            self.flush_ops();
             let mut rec = self.rec.lock().unwrap();
-            self.submit(&mut rec, Some((src, offset, &staging, size)));
+            self.submit(&mut rec, Some((src, offset, staging, size)))
+        });
+        async move {
+            let staging = staging?;
+            let copied = copied.flatten();
+            // what was recorded since the copy goes to the device before the wait
+            self.flush_ops();
+            self.submit(&mut self.rec.lock().unwrap(), None);
+            self.map_staging(staging, size, copied).await
         }
+    }
+
+    /// Map `staging` once submission `copied` (or everything submitted) has run, and read
+    /// `size` bytes.
+    async fn map_staging(
+        &self,
+        staging: wgpu::Buffer,
+        size: u64,
+        copied: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
         staging
             .slice(..size)
@@ -907,10 +963,12 @@ impl Wgpu {
         self.gpu
             .device
             .poll(wgpu::PollType::Wait {
-                submission_index: None,
+                submission_index: copied,
                 timeout: None,
             })
             .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = copied; // the browser maps once the copy has run
         let mapped = rx
             .await
             .map_err(|_| Error::Device("readback was cancelled".into()))?;
@@ -1459,18 +1517,44 @@ impl Backend for Wgpu {
     }
 
     async fn argmax(&self, x: &WgpuAct, row: usize) -> Result<u32> {
-        self.flush_ops();
-        self.dispatch(
-            Kernel::Argmax,
-            &Argmax {
-                cols: x.cols as u32,
-                row: row as u32,
-            },
-            vec![whole(&x.buf), whole(&self.argmax_out)],
-            [1, 1, 1],
-        );
+        self.record_argmax(x, row);
         let bytes = self.readback(&self.argmax_out, 0, 4).await?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// The id stays in `argmax_out`, which the embedding reads as its ids; the read-back's
+    /// copy is submitted before the embedding and the forward the caller records next, and
+    /// the future submits those before it waits for the copy alone.
+    fn argmax_ahead<'a>(
+        &'a self,
+        logits: &WgpuAct,
+        row: usize,
+        table: &WgpuMatrix,
+        out: &mut WgpuAct,
+    ) -> Option<Pin<Box<dyn Future<Output = Result<u32>> + 'a>>> {
+        if !self.ahead {
+            return None;
+        }
+        self.record_argmax(logits, row);
+        let read = self.read_ahead(&self.argmax_out, 0, 4);
+        let ids = WgpuAct {
+            buf: self.argmax_out.clone(),
+            cols: 1,
+            _release: None,
+        };
+        let groups = [table.0.cols.div_ceil(256) as u32, 1, 1];
+        self.weight_dispatch(
+            Kernel::Embed(table.0.format),
+            table,
+            Io::of(&ids, out, 1),
+            |_| (groups, 0),
+            Weights::zeroed(),
+            &[],
+        );
+        Some(Box::pin(async move {
+            let bytes = read.await?;
+            Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        }))
     }
 
     async fn read(&self, x: &WgpuAct, rows: usize) -> Result<Vec<f32>> {

@@ -159,3 +159,49 @@ fn a_batched_decode_step_attends_in_one_dispatch() {
         "caches side by side changed the logits"
     );
 }
+
+/// Greedy decode ahead of the host (`Model::forward_ahead`: argmax, embedding and forward
+/// recorded before the id is read back) picks the tokens, and leaves the logits bit for
+/// bit, that reading each id and then running it does; fused and not, f16 shaders and not.
+#[test]
+fn decoding_ahead_gives_the_bits_of_argmax_then_forward() {
+    for (f16, fusion) in [(true, true), (false, false)] {
+        let Ok(gpu) = pollster::block_on(Wgpu::with_f16(f16)) else {
+            eprintln!("no wgpu adapter; skipped");
+            return;
+        };
+        let m = model(gpu, WeightFormat::Q4_0, RopeStyle::Half, KvDtype::F16);
+        m.backend.set_fusion(fusion);
+        let b = &m.backend;
+        let decode = |ahead: bool| {
+            let mut s = m.new_state(64, 8, 1).unwrap();
+            m.forward(&mut s, &[1, 20, 30, 40, 50], 0, 1).unwrap();
+            let mut steps = vec![];
+            for pos in 5..25 {
+                let id = if ahead {
+                    let read = m.forward_ahead(&mut s, pos).expect("wgpu decodes ahead");
+                    pollster::block_on(read).unwrap()
+                } else {
+                    let id = pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();
+                    m.forward(&mut s, &[id], pos, 1).unwrap();
+                    id
+                };
+                steps.push((
+                    id,
+                    pollster::block_on(b.read(&s.scratch.logits, 1)).unwrap(),
+                ));
+            }
+            // past the cache there is nothing to run ahead
+            assert!(m.forward_ahead(&mut s, 64).is_none());
+            steps
+        };
+        let (ahead, after) = (decode(true), decode(false));
+        for (step, ((i, a), (j, b))) in ahead.iter().zip(&after).enumerate() {
+            assert_eq!(i, j, "f16 {f16}, fusion {fusion}: step {step}'s token");
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "f16 {f16}, fusion {fusion}: step {step}'s logits"
+            );
+        }
+    }
+}

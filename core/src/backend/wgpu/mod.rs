@@ -670,6 +670,19 @@ impl Wgpu {
         ([gx as u32, n.div_ceil(gx).max(1) as u32, 1], gx as u32)
     }
 
+    /// Rows `table[ids[t]]` into `out` for the `n` ids a device buffer holds (embed.wgsl).
+    fn embed_ids(&self, table: &WgpuMatrix, ids: &WgpuAct, n: usize, out: &mut WgpuAct) {
+        let groups = [table.0.cols.div_ceil(256) as u32, n as u32, 1];
+        self.weight_dispatch(
+            Kernel::Embed(table.0.format),
+            table,
+            Io::of(ids, out, n),
+            |_| (groups, 0),
+            Weights::zeroed(),
+            &[],
+        );
+    }
+
     /// The greedy pick of x's `row` into `argmax_out` (argmax.wgsl).
     fn record_argmax(&self, x: &WgpuAct, row: usize) {
         self.flush_ops();
@@ -1274,15 +1287,7 @@ impl Backend for Wgpu {
             _release: None,
         };
         self.record_upload(&ids_buf.buf, 0, bytemuck::cast_slice(ids));
-        let groups = [table.0.cols.div_ceil(256) as u32, ids.len() as u32, 1];
-        self.weight_dispatch(
-            Kernel::Embed(table.0.format),
-            table,
-            Io::of(&ids_buf, out, ids.len()),
-            |_| (groups, 0),
-            Weights::zeroed(),
-            &[],
-        );
+        self.embed_ids(table, &ids_buf, ids.len(), out);
     }
 
     fn rms_norm(
@@ -1518,8 +1523,9 @@ impl Backend for Wgpu {
 
     async fn argmax(&self, x: &WgpuAct, row: usize) -> Result<u32> {
         self.record_argmax(x, row);
-        let bytes = self.readback(&self.argmax_out, 0, 4).await?;
-        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        self.readback(&self.argmax_out, 0, 4)
+            .await
+            .map(|b| first_u32(&b))
     }
 
     /// The id stays in `argmax_out`, which the embedding reads as its ids; the read-back's
@@ -1542,19 +1548,8 @@ impl Backend for Wgpu {
             cols: 1,
             _release: None,
         };
-        let groups = [table.0.cols.div_ceil(256) as u32, 1, 1];
-        self.weight_dispatch(
-            Kernel::Embed(table.0.format),
-            table,
-            Io::of(&ids, out, 1),
-            |_| (groups, 0),
-            Weights::zeroed(),
-            &[],
-        );
-        Some(Box::pin(async move {
-            let bytes = read.await?;
-            Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-        }))
+        self.embed_ids(table, &ids, 1, out);
+        Some(Box::pin(async move { read.await.map(|b| first_u32(&b)) }))
     }
 
     async fn read(&self, x: &WgpuAct, rows: usize) -> Result<Vec<f32>> {
@@ -1562,4 +1557,9 @@ impl Backend for Wgpu {
         let bytes = self.readback(&x.buf, 0, size.next_multiple_of(4)).await?;
         Ok(bytemuck::cast_slice::<u8, f32>(&bytes[..rows * x.cols * 4]).to_vec())
     }
+}
+
+/// The id a 4-byte read-back holds.
+fn first_u32(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }

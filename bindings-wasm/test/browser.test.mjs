@@ -280,7 +280,8 @@ test('a long session drops its oldest turns instead of failing', async () => {
     const s = llm.session({ system: 'You are a helpful assistant.' });
     let dropped = 0;
     let maxTotal = 0;
-    for (let i = 0; i < 25; i++) {
+    // six turns of ~30 tokens in 64: from the second on, each drops the oldest (measured: 5)
+    for (let i = 0; i < 6; i++) {
       const a = await s.chat(`问题${i}：羊驼吃什么？`, { maxTokens: 8, temperature: 0 });
       dropped += a.droppedTurns;
       maxTotal = Math.max(maxTotal, a.usage.totalTokens);
@@ -289,7 +290,7 @@ test('a long session drops its oldest turns instead of failing', async () => {
     try { await s.chat('咖啡 '.repeat(100), { maxTokens: 1, contextOverflow: 'error' }); } catch (e) { err = e.code; }
     return { dropped, maxTotal, first: s.messages[0].role, err };
   });
-  assert.ok(r.dropped > 0);
+  assert.ok(r.dropped >= 4, `dropped ${r.dropped} turns`);
   assert.ok(r.maxTotal <= 64);
   assert.equal(r.first, 'system');
   assert.equal(r.err, 'CONTEXT_LENGTH');

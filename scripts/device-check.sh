@@ -27,7 +27,8 @@
 #      and on wgpu through Vulkan (YT_WGPU=0 skips it; it starts only before 400 s) when the
 #      carried loader finds the driver; there also the wgpu fusion tests (fused = unfused
 #      bits, 8 dispatches per decode layer), Q4_0 with fusion off (YANGTUO_WGPU_FUSE=0) and
-#      batched decode of 1, 8 and 32 sequences (--parallel)
+#      batched decode of 1, 8 and 32 sequences (--parallel), and a profile of a decode
+#      token by kernel for Q4_0 and F16 with 6 layers (bench --profile)
 #   5. the table: backend, type, layers, pp512 tok/s, tg128 tok/s, weight GB per token,
 #      achieved GB/s (weight bytes per token × tg tok/s) and % of the copy bandwidth
 set -uo pipefail
@@ -252,6 +253,17 @@ elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backen
   done
   # what decoding ahead gained: each token read back before the next one's forward is recorded
   BE_LABEL=wgpu-no-ahead YANGTUO_WGPU_AHEAD=0 WGPU_BACKEND=vulkan bench wgpu "$M/l6-q4_0.gguf" Q4_0 6 440
+  # where a decode token's time goes on this GPU (bench --profile, fusion on as users run
+  # it): each kernel's device time and weight bandwidth, the device's gaps between kernels,
+  # and the unprofiled wall clock (the rest is the host)
+  for ty in q4_0.gguf f16; do
+    if before 445 && [ -e "$M/l6-$ty" ]; then
+      WGPU_BACKEND=vulkan timeout 40 "$B/yangtuo" bench -m "$M/l6-$ty" --backend wgpu -p 0 -n 32 -r 1 \
+        --profile 2>>"$L/bench-wgpu.log" >"$L/profile-wgpu-$ty.txt"
+      sed -n '/^device time per decode token/,/^wall clock/p' "$L/profile-wgpu-$ty.txt" |
+        sed "s/^/wgpu profile l6 $ty: /" >>"$SUMMARY"
+    fi
+  done
   # batched decode on wgpu: 1, 8 and 32 sequences stepping together (the MULTI matvec,
   # a unit of weights decoded once per 8 tokens), aggregate and per-sequence tok/s
   if before 450 && [ -e "$M/l2-q4_0.gguf" ]; then

@@ -37,6 +37,12 @@ pub struct Args {
     /// the schema is complete), to report the grammar mask's cost per token.
     #[arg(long)]
     json_schema: Option<std::path::PathBuf>,
+    /// Then decode the tg test's tokens once more with the device timing each kernel
+    /// (wgpu where the device has timestamp queries): time per token by kernel, the
+    /// products' weight bandwidth, and the kernels' total against the device's span and the
+    /// unprofiled wall clock.
+    #[arg(long)]
+    profile: bool,
     /// Print JSON lines instead of the table.
     #[arg(long)]
     json: bool,
@@ -63,6 +69,12 @@ fn gib(b: u64) -> String {
 pub fn run(mut a: Args) -> Result<()> {
     if a.repetitions == 0 {
         return Err(Error::arg("repetitions", "must be at least 1"));
+    }
+    if a.profile && a.n_gen < 2 {
+        return Err(Error::arg(
+            "profile",
+            "profiles the tg test's decode: give -n 2 or more",
+        ));
     }
     a.model.model = crate::progress::resolve(&a.model)?;
     // describe the model: size, parameters, dominant weight type
@@ -113,6 +125,10 @@ pub fn run(mut a: Args) -> Result<()> {
         None => crate::progress::load_runner(&a.model)?,
     };
     let load_s = t_load.elapsed().as_secs_f64();
+    // a device that cannot time its kernels fails before the tests, not after
+    if a.profile && !r.set_profiling(false) {
+        crate::bench_profile::unable(&*r)?;
+    }
     let mut s = r.new_state(ctx, a.batch.max(1), 1)?;
     let vocab = c.vocab_size as u32;
     let token = |i: usize| 3 + (i as u32 * 7919) % (vocab - 3);
@@ -171,6 +187,17 @@ pub fn run(mut a: Args) -> Result<()> {
         }
         rows.push((format!("tg{}{at_depth}", a.n_gen), mean_std(&tps)));
     }
+    let profile = if a.profile {
+        let wall = rows
+            .iter()
+            .find(|r| r.0.starts_with("tg"))
+            .map(|r| 1.0 / r.1.0);
+        let n = a.n_gen - 1;
+        let p = crate::bench_profile::decode(&*r, &mut s, token(5), d, n)?;
+        Some((p, n, wall))
+    } else {
+        None
+    };
     for &p in &a.parallel {
         if p == 0 || p > yangtuo::backend::DECODE_ROWS {
             return Err(Error::arg(
@@ -234,6 +261,9 @@ pub fn run(mut a: Args) -> Result<()> {
             });
             println!("{j}");
         }
+        if let Some((p, n, wall)) = &profile {
+            crate::bench_profile::print(p, *n, *wall, true);
+        }
         return Ok(());
     }
     println!("| model | size | params | backend | test | t/s |");
@@ -252,6 +282,10 @@ pub fn run(mut a: Args) -> Result<()> {
             "time to first token (pp{}{at_depth}): {:.3} ± {:.3} s",
             a.n_prompt, m, sd
         );
+    }
+    if let Some((p, n, wall)) = &profile {
+        crate::bench_profile::print(p, *n, *wall, false);
+        println!();
     }
     println!("load: {load_s:.2} s");
     if let Some(b) = rss {

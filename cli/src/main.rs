@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_profile;
 mod chat;
 mod eval;
 mod generate;

@@ -1,6 +1,7 @@
 //! Backend-erased access to a loaded model, so the chat layer and the bindings work with
 //! any device chosen at run time.
 
+use crate::backend::profile::Profile;
 use crate::backend::{Backend, KvDtype};
 use crate::model::{Model, Rows, State};
 use crate::{Config, Error, Result};
@@ -84,6 +85,10 @@ pub trait Runner: Send + Sync {
         pos: usize,
     ) -> Option<LocalFuture<'a, Result<u32>>>;
     fn logits<'a>(&'a self, s: &'a SessionState, rows: usize) -> LocalFuture<'a, Result<Vec<f32>>>;
+    /// `Backend::set_profiling` of the model's device.
+    fn set_profiling(&self, on: bool) -> bool;
+    /// `Backend::take_profile` of the model's device.
+    fn take_profile(&self) -> Profile;
 }
 
 /// A model plus the lock that keeps two sessions' work from interleaving on its device
@@ -242,5 +247,15 @@ impl<B: Backend> Runner for Locked<B> {
             let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
             self.model.backend.read(&st.scratch.logits, rows).await
         })
+    }
+
+    fn set_profiling(&self, on: bool) -> bool {
+        let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        self.model.backend.set_profiling(on)
+    }
+
+    fn take_profile(&self) -> Profile {
+        let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        self.model.backend.take_profile()
     }
 }

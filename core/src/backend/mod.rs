@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod cuda;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod layout;
+pub mod profile;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 // pollster, which the suite blocks on, is a native-only dependency
@@ -249,4 +250,16 @@ pub trait Backend: Sized + Send + Sync + 'static {
     }
     /// The first `rows` rows, to the host.
     fn read(&self, x: &Self::Act, rows: usize) -> impl Future<Output = Result<Vec<f32>>>;
+
+    /// Time every kernel on the device from now on (`on`), or stop; false where the
+    /// backend cannot (the default), and then nothing changes. Timing serializes the device
+    /// with the host, so a profiled run's wall clock is not its speed.
+    fn set_profiling(&self, on: bool) -> bool {
+        let _ = on;
+        false
+    }
+    /// What was timed since profiling began or since the last call, which starts it again.
+    fn take_profile(&self) -> profile::Profile {
+        profile::Profile::default()
+    }
 }

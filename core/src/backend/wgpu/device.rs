@@ -13,6 +13,8 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     /// shader-f16 was requested (the adapter has it and YANGTUO_NO_F16 is unset).
     pub f16: bool,
+    /// The device stamps time into query sets (a profile's kernel times). Native only.
+    pub timestamps: bool,
 }
 
 impl Gpu {
@@ -101,11 +103,11 @@ pub async fn open(allow_f16: bool) -> Result<Gpu> {
     let no_f16 = cfg!(not(target_arch = "wasm32"))
         && std::env::var("YANGTUO_NO_F16").is_ok_and(|v| v != "0");
     let f16 = adapter.features().contains(wgpu::Features::SHADER_F16) && allow_f16 && !no_f16;
-    let features = if f16 {
-        wgpu::Features::SHADER_F16
-    } else {
-        wgpu::Features::empty()
-    };
+    let timestamps = cfg!(not(target_arch = "wasm32"))
+        && adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+    let mut features = wgpu::Features::empty();
+    features.set(wgpu::Features::SHADER_F16, f16);
+    features.set(wgpu::Features::TIMESTAMP_QUERY, timestamps);
     // Ask for everything the adapter can do: the defaults cap buffers at 128 MiB / 256 MiB,
     // far below what a real GPU binds.
     let limits = adapter.limits();
@@ -127,5 +129,6 @@ pub async fn open(allow_f16: bool) -> Result<Gpu> {
         info,
         limits,
         f16,
+        timestamps,
     })
 }

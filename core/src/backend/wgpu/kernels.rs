@@ -43,6 +43,40 @@ pub struct Fusion {
     pub multi: bool,
 }
 
+impl Kernel {
+    /// A short name for profiles: the shader, its weight or cache format, what is fused.
+    pub fn label(self) -> String {
+        match self {
+            Kernel::Matvec(f, fusion) => {
+                let mut parts = vec![];
+                for (on, name) in [
+                    (fusion.multi, "multi"),
+                    (fusion.norm, "norm"),
+                    (fusion.rope.is_some(), "rope"),
+                    (fusion.kv.is_some(), "kv"),
+                    (fusion.add, "add"),
+                    (fusion.silu, "silu"),
+                ] {
+                    if on {
+                        parts.push(name);
+                    }
+                }
+                let fused = if parts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", parts.join("+"))
+                };
+                format!("matvec {f:?}{fused}")
+            }
+            Kernel::Matmul(f) => format!("matmul {f:?}"),
+            Kernel::Embed(f) => format!("embed {f:?}"),
+            Kernel::StoreKv(kv) => format!("store_kv {kv}"),
+            Kernel::Attention(kv) => format!("attention {kv}"),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
 impl Fusion {
     fn constants(self) -> [(&'static str, f64); 6] {
         let rope = match self.rope {

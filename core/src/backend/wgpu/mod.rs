@@ -26,6 +26,7 @@ pub mod matrix;
 mod params;
 #[cfg(test)]
 mod tests;
+mod timer;
 
 use self::device::Gpu;
 use self::fuse::{Matvec, Op, fuse};
@@ -35,7 +36,9 @@ use self::params::{
     Argmax, Attention, AttentionCombine, Elementwise, Gather, KvRow, RmsNorm, Rope, StoreKv,
     Weights,
 };
+use self::timer::{Tag, Timer};
 use super::layout::{Layout, layout, repack_rows};
+use super::profile::Profile;
 use super::{AttnShape, Backend, KvDtype, SeqKv};
 use crate::weights::{RopeStyle, WeightData, WeightFormat};
 use crate::{Error, Result};
@@ -89,6 +92,8 @@ pub struct Wgpu {
     /// Buffers of dropped activations and KV caches, whose cached bind groups go at the
     /// next submit.
     released: Released,
+    /// Device timestamps per dispatch while profiling (`set_profiling`).
+    timer: Mutex<Option<Timer>>,
     error: Arc<Mutex<Option<String>>>,
 }
 
@@ -98,6 +103,9 @@ enum Cmd {
         bind: wgpu::BindGroup,
         slot: u32,
         groups: [u32; 3],
+        /// What a profile tallies it under, and the weight bytes it reads.
+        tag: Tag,
+        weight_bytes: u64,
     },
     Copy {
         src: wgpu::Buffer,
@@ -305,6 +313,7 @@ impl Wgpu {
             ids: Mutex::new(None),
             staging: Mutex::new(None),
             released: Arc::default(),
+            timer: Mutex::new(None),
             error,
             gpu,
         })
@@ -357,6 +366,20 @@ impl Wgpu {
         buffers: Vec<Bind>,
         groups: [u32; 3],
     ) {
+        self.dispatch_reading(k, params, buffers, groups, None, 0);
+    }
+
+    /// `dispatch` of a kernel that reads a weight matrix of `shape` (rows, cols), of which
+    /// `weight_bytes` (for a profile).
+    fn dispatch_reading<P: bytemuck::Pod>(
+        &self,
+        k: Kernel,
+        params: &P,
+        buffers: Vec<Bind>,
+        groups: [u32; 3],
+        shape: Option<(u32, u32)>,
+        weight_bytes: u64,
+    ) {
         // the shader sees only the PARAMS_SIZE window at the slot's start
         const { assert!(size_of::<P>() as u64 <= PARAMS_SIZE) };
         let kernel = self.kernel(k);
@@ -408,6 +431,8 @@ impl Wgpu {
             bind,
             slot,
             groups,
+            tag: (k, shape),
+            weight_bytes,
         });
         self.dispatched.fetch_add(1, Ordering::Relaxed);
     }
@@ -716,6 +741,12 @@ impl Wgpu {
         let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("forward"),
         });
+        let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = timer.as_mut() {
+            t.reserve(device, rec.cmds.len());
+        }
+        // while profiling: each dispatch's tag and weight bytes, in the order of its stamps
+        let mut stamped: Vec<(Tag, u64)> = vec![];
         let mut cmds = std::mem::take(&mut rec.cmds).into_iter().peekable();
         while cmds.peek().is_some() {
             match cmds.peek() {
@@ -749,9 +780,10 @@ impl Wgpu {
                 }
                 _ => {}
             }
+            // one pass for a run of dispatches, or one per dispatch with its stamps
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: None,
+                timestamp_writes: timer.as_ref().and_then(|t| t.writes(stamped.len())),
             });
             while let Some(Cmd::Dispatch { .. }) = cmds.peek() {
                 if let Some(Cmd::Dispatch {
@@ -759,19 +791,31 @@ impl Wgpu {
                     bind,
                     slot,
                     groups,
+                    tag,
+                    weight_bytes,
                 }) = cmds.next()
                 {
                     pass.set_pipeline(&kernel.pipeline);
                     pass.set_bind_group(0, &bind, &[slot]);
                     pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    if timer.is_some() {
+                        stamped.push((tag, weight_bytes));
+                        break;
+                    }
                 }
             }
+        }
+        if let Some(t) = timer.as_ref() {
+            t.resolve(&mut enc, stamped.len());
         }
         if let Some((src, src_off, dst, size)) = tail {
             enc.copy_buffer_to_buffer(src, src_off, dst, 0, size);
         }
         let index = queue.submit([enc.finish()]);
         rec.params.clear();
+        if let Some(t) = timer.as_mut() {
+            t.collect(device, index.clone(), &stamped);
+        }
         Some(index)
     }
 
@@ -1091,7 +1135,13 @@ impl Wgpu {
                 whole(io.out),
             ];
             bufs.extend_from_slice(extra);
-            self.dispatch(kern, &params, bufs, groups);
+            // a product reads its chunk's weights; embed only the rows of its ids
+            let weight_bytes = match kern {
+                Kernel::Matvec(..) | Kernel::Matmul(_) => c.payload_size + c.scales_size,
+                _ => 0,
+            };
+            let shape = Some((m.rows() as u32, m.cols as u32));
+            self.dispatch_reading(kern, &params, bufs, groups, shape, weight_bytes);
         }
     }
 }
@@ -1556,6 +1606,31 @@ impl Backend for Wgpu {
         let size = (rows * x.cols * 4) as u64;
         let bytes = self.readback(&x.buf, 0, size.next_multiple_of(4)).await?;
         Ok(bytemuck::cast_slice::<u8, f32>(&bytes[..rows * x.cols * 4]).to_vec())
+    }
+
+    /// Where the device stamps time (TIMESTAMP_QUERY; not in the browser, which cannot wait
+    /// for the stamps).
+    fn set_profiling(&self, on: bool) -> bool {
+        if !self.gpu.timestamps {
+            return false;
+        }
+        self.flush_ops();
+        // what was recorded before runs as it would have, untimed
+        self.submit(&mut self.rec.lock().unwrap(), None);
+        let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+        match (on, timer.is_some()) {
+            (true, false) => *timer = Some(Timer::new(&self.gpu.device, &self.gpu.queue)),
+            (false, true) => *timer = None,
+            _ => {}
+        }
+        true
+    }
+
+    fn take_profile(&self) -> Profile {
+        self.flush_ops();
+        self.submit(&mut self.rec.lock().unwrap(), None);
+        let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+        timer.as_mut().map(Timer::take).unwrap_or_default()
     }
 }
 

@@ -27,8 +27,9 @@
 #      and on wgpu through Vulkan (YT_WGPU=0 skips it; it starts only before 400 s) when the
 #      carried loader finds the driver; there also the wgpu fusion tests (fused = unfused
 #      bits, 8 dispatches per decode layer), Q4_0 with fusion off (YANGTUO_WGPU_FUSE=0) and
-#      batched decode of 1, 8 and 32 sequences (--parallel), and a profile of a decode
-#      token by kernel for Q4_0 and F16 with 6 layers (bench --profile)
+#      batched decode of 1, 8 and 32 sequences (--parallel), and profiles of a decode token
+#      by kernel (bench --profile, 6 layers): F16 and Q4_0 fused, Q4_0 unfused, and Q4_0
+#      unfused with int8 x (YANGTUO_WGPU_Q8X=1)
 #   5. the table: backend, type, layers, pp512 tok/s, tg128 tok/s, weight GB per token,
 #      achieved GB/s (weight bytes per token × tg tok/s) and % of the copy bandwidth
 set -uo pipefail
@@ -247,23 +248,30 @@ elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backen
     WGPU_BACKEND=vulkan bench wgpu "$M/l$l-f16" F16 $l 400
     WGPU_BACKEND=vulkan bench wgpu "$M/l$l-q4_0.gguf" Q4_0 $l 400
   done
+  # where a decode token's time goes on this GPU (bench --profile): each kernel's device
+  # time and weight bandwidth, the device's gaps between kernels, and the unprofiled wall
+  # clock (the rest is the host). Q4_0 three ways: fused as users run it, unfused (what the
+  # fused norm prologue costs: gate's kernel against up's), and unfused with int8 x
+  # (matvec_q8.wgsl's integer dots against the float units, product by product)
+  profile() { # label model [env...]
+    local label=$1 m=$2
+    shift 2
+    before 450 && [ -e "$m" ] || return
+    env "$@" WGPU_BACKEND=vulkan timeout 40 "$B/yangtuo" bench -m "$m" --backend wgpu -p 0 -n 32 \
+      -r 1 --profile 2>>"$L/bench-wgpu.log" >"$L/profile-$label.txt"
+    sed -n '/^device time per decode token/,/^wall clock/p' "$L/profile-$label.txt" |
+      sed "s/^/wgpu profile $label: /" >>"$SUMMARY"
+  }
+  profile q4_0-fused "$M/l6-q4_0.gguf"
+  profile f16-fused "$M/l6-f16"
+  profile q4_0-unfused "$M/l6-q4_0.gguf" YANGTUO_WGPU_FUSE=0
+  profile q4_0-int8x "$M/l6-q4_0.gguf" YANGTUO_WGPU_FUSE=0 YANGTUO_WGPU_Q8X=1
   # what fusion gained: the same model with every op dispatched on its own
   for l in 2 6; do
     BE_LABEL=wgpu-unfused YANGTUO_WGPU_FUSE=0 WGPU_BACKEND=vulkan bench wgpu "$M/l$l-q4_0.gguf" Q4_0 $l 430
   done
   # what decoding ahead gained: each token read back before the next one's forward is recorded
   BE_LABEL=wgpu-no-ahead YANGTUO_WGPU_AHEAD=0 WGPU_BACKEND=vulkan bench wgpu "$M/l6-q4_0.gguf" Q4_0 6 440
-  # where a decode token's time goes on this GPU (bench --profile, fusion on as users run
-  # it): each kernel's device time and weight bandwidth, the device's gaps between kernels,
-  # and the unprofiled wall clock (the rest is the host)
-  for ty in q4_0.gguf f16; do
-    if before 445 && [ -e "$M/l6-$ty" ]; then
-      WGPU_BACKEND=vulkan timeout 40 "$B/yangtuo" bench -m "$M/l6-$ty" --backend wgpu -p 0 -n 32 -r 1 \
-        --profile 2>>"$L/bench-wgpu.log" >"$L/profile-wgpu-$ty.txt"
-      sed -n '/^device time per decode token/,/^wall clock/p' "$L/profile-wgpu-$ty.txt" |
-        sed "s/^/wgpu profile l6 $ty: /" >>"$SUMMARY"
-    fi
-  done
   # batched decode on wgpu: 1, 8 and 32 sequences stepping together (the MULTI matvec,
   # a unit of weights decoded once per 8 tokens), aggregate and per-sequence tok/s
   if before 450 && [ -e "$M/l2-q4_0.gguf" ]; then
@@ -314,7 +322,7 @@ EOF
 tar -czf "$OUT/logs.tar.gz" -C "$W" logs bench 2>/dev/null || tar -czf "$OUT/logs.tar.gz" -C "$W" logs
 echo
 echo "==== checks ===="
-grep -E "^(ok|FAIL)|unit tests|NVRTC|wgpu|copy bandwidth" "$SUMMARY"
+grep -E "^(ok|FAIL)|unit tests|NVRTC|wgpu|copy bandwidth" "$SUMMARY" | grep -v "^wgpu profile" # profiles: summary.txt
 echo "done in $(el)s; $OUT: device-check.log (everything), summary.txt, bench.jsonl, logs.tar.gz"
 exec 1>&- 2>&- # let tee finish the log
 sleep 1

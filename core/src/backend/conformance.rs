@@ -47,6 +47,10 @@ enum Products {
     /// (activations and decoded weights) for prompts of any format but f32.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Cuda,
+    /// wgpu with `set_q8x`: one-token Q4_0 and Q8_0 products over 8-bit activations in
+    /// blocks of 32 (the scale kept in f32), every other product as `Exact`.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    WgpuQ8x,
 }
 
 /// What a product's inputs go through before the f32 arithmetic.
@@ -66,7 +70,8 @@ enum Inputs {
 fn inputs(p: Products, f: WeightFormat, n: usize) -> Inputs {
     use WeightFormat::*;
     match (p, f) {
-        (Products::Exact, _)
+        (Products::WgpuQ8x, Q4_0 | Q8_0) if n == 1 => Inputs::Q8 { block: 32 },
+        (Products::Exact | Products::WgpuQ8x, _)
         | (Products::Cpu, F32 | F16 | BF16 | Gptq4)
         | (Products::Cuda, F32) => Inputs::F32,
         (Products::Cpu, Q4K | Q6K) => Inputs::Q8 { block: 256 },
@@ -132,15 +137,27 @@ struct Suite<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Suite<'a, B> {
-    fn run(b: &'a B, name: &str, products: Products) {
+    fn new(b: &'a B, name: &str, products: Products) -> Self {
         println!("{name}: {}", b.name());
-        let mut s = Suite {
+        Suite {
             b,
             name: name.into(),
             products,
             rng: Rng(0x5eed_c0de_f00d),
             failures: vec![],
-        };
+        }
+    }
+
+    /// The matrix products (and embedding) only.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    fn products(b: &'a B, name: &str, products: Products) {
+        let mut s = Suite::new(b, name, products);
+        s.matmul_and_embed();
+        s.finish();
+    }
+
+    fn run(b: &'a B, name: &str, products: Products) {
+        let mut s = Suite::new(b, name, products);
         s.matmul_and_embed();
         s.rms_norm();
         s.rope();
@@ -149,12 +166,16 @@ impl<'a, B: Backend> Suite<'a, B> {
         s.copy_kv();
         s.elementwise();
         s.argmax();
+        s.finish();
+    }
+
+    fn finish(&self) {
         assert!(
-            s.failures.is_empty(),
+            self.failures.is_empty(),
             "{}: {} misses:\n{}",
-            s.name,
-            s.failures.len(),
-            s.failures.join("\n")
+            self.name,
+            self.failures.len(),
+            self.failures.join("\n")
         );
     }
 
@@ -261,8 +282,10 @@ impl<'a, B: Backend> Suite<'a, B> {
                 let mut out = self.nan(N_MAX, ROWS);
                 self.b.matmul_batch(&x, n, lone, &m, &mut out);
                 let got = self.read(&out, n);
-                // wgpu sums rows that do not start on a vec4 tiled, as models never have
-                if self.products != Products::Cuda && cols.is_multiple_of(4) {
+                // wgpu sums rows that do not start on a vec4 tiled, as models never have;
+                // the int8 products are for a lone token only, not batch-invariant
+                let invariant = matches!(self.products, Products::Exact | Products::Cpu);
+                if invariant && cols.is_multiple_of(4) {
                     for t in n - lone..n {
                         let alone = self.act(1, cols, &xs[t * cols..(t + 1) * cols]);
                         let mut out = self.nan(1, ROWS);
@@ -760,6 +783,10 @@ fn wgpu() {
             Products::Exact,
         );
     }
+    // the int8 experiment (matvec_q8.wgsl): its products only
+    let b = pollster::block_on(Wgpu::new()).unwrap_or_else(|e| panic!("no wgpu device: {e}"));
+    b.set_q8x(true);
+    Suite::products(&b, "wgpu int8 x", Products::WgpuQ8x);
 }
 
 /// Skipped, with a note, where no CUDA device opens.

@@ -12,6 +12,11 @@ pub enum Kernel {
     /// A one-token product with the ops `Fusion` names folded in (matvec.wgsl).
     Matvec(WeightFormat, Fusion),
     Matmul(WeightFormat),
+    /// A one-token product over x̂ quantized to int8 (matvec_q8.wgsl; formats with an
+    /// integer unit, `has_q8_unit`).
+    MatvecQ8(WeightFormat),
+    /// One row of x quantized to int8 blocks for MatvecQ8.
+    QuantizeQ8,
     Embed(WeightFormat),
     RmsNorm,
     Rope,
@@ -69,6 +74,7 @@ impl Kernel {
                 format!("matvec {f:?}{fused}")
             }
             Kernel::Matmul(f) => format!("matmul {f:?}"),
+            Kernel::MatvecQ8(f) => format!("matvec {f:?} int8 x"),
             Kernel::Embed(f) => format!("embed {f:?}"),
             Kernel::StoreKv(kv) => format!("store_kv {kv}"),
             Kernel::Attention(kv) => format!("attention {kv}"),
@@ -127,7 +133,8 @@ fn bindings(k: Kernel) -> &'static [bool] {
     match k {
         // w, ws, x, out, then matvec.wgsl's norm_w, xn, table, aux
         Kernel::Matvec(..) => &[true, true, true, false, true, false, true, false],
-        Kernel::Matmul(_) | Kernel::Embed(_) => &[true, true, true, false],
+        Kernel::Matmul(_) | Kernel::Embed(_) | Kernel::MatvecQ8(_) => &[true, true, true, false],
+        Kernel::QuantizeQ8 => &[true, false],
         Kernel::RmsNorm => &[true, true, false],
         Kernel::Rope => &[false, true],
         // ..., then kv_rows.wgsl's table
@@ -138,6 +145,11 @@ fn bindings(k: Kernel) -> &'static [bool] {
         Kernel::Argmax => &[true, false],
         Kernel::Gather => &[true, true, false],
     }
+}
+
+/// Whether `weights_<format>.wgsl` has `unit_q8`, the integer unit matvec_q8.wgsl needs.
+pub fn has_q8_unit(f: WeightFormat) -> bool {
+    matches!(f, WeightFormat::Q4_0 | WeightFormat::Q8_0)
 }
 
 pub fn source(k: Kernel, native_f16: bool) -> String {
@@ -159,6 +171,8 @@ pub fn source(k: Kernel, native_f16: bool) -> String {
     match k {
         Kernel::Matvec(f, _) => weights(f, shader!("matvec")),
         Kernel::Matmul(f) => weights(f, shader!("matmul")),
+        Kernel::MatvecQ8(f) => weights(f, shader!("matvec_q8")),
+        Kernel::QuantizeQ8 => shader!("quantize_q8").into(),
         Kernel::Embed(f) => weights(f, shader!("embed")),
         Kernel::RmsNorm => shader!("rms_norm").into(),
         Kernel::Rope => shader!("rope").into(),
@@ -267,7 +281,11 @@ mod tests {
             Kernel::SiluMul,
             Kernel::Add,
             Kernel::Argmax,
+            Kernel::QuantizeQ8,
         ];
+        for f in FORMATS.into_iter().filter(|f| has_q8_unit(*f)) {
+            kernels.push(Kernel::MatvecQ8(f));
+        }
         for f in FORMATS {
             let matvec = Kernel::Matvec(f, Fusion::default());
             kernels.extend([matvec, Kernel::Matmul(f), Kernel::Embed(f)]);

@@ -30,11 +30,11 @@ mod timer;
 
 use self::device::Gpu;
 use self::fuse::{Matvec, Op, fuse};
-use self::kernels::{Compiled, Kernel, PARAMS_SIZE};
+use self::kernels::{Compiled, Fusion, Kernel, PARAMS_SIZE};
 use self::matrix::rows_per_chunk;
 use self::params::{
-    Argmax, Attention, AttentionCombine, Elementwise, Gather, KvRow, RmsNorm, Rope, StoreKv,
-    Weights,
+    Argmax, Attention, AttentionCombine, Elementwise, Gather, KvRow, QuantizeQ8, RmsNorm, Rope,
+    StoreKv, Weights,
 };
 use self::timer::{Tag, Timer};
 use super::layout::{Layout, layout, repack_rows};
@@ -72,6 +72,11 @@ pub struct Wgpu {
     pending: Mutex<Vec<Op>>,
     /// Whether `pending` is fused before lowering (`YANGTUO_WGPU_FUSE=0` turns it off).
     fusing: AtomicBool,
+    /// Whether plain one-token products of Q4_0 and Q8_0 run over int8 x̂ (matvec_q8.wgsl):
+    /// an experiment for timing on a GPU, off unless `YANGTUO_WGPU_Q8X=1` or `set_q8x`.
+    q8x: AtomicBool,
+    /// The int8 x̂ of those products (quantize_q8.wgsl), grown as needed.
+    xq: Mutex<Option<wgpu::Buffer>>,
     /// Whether greedy decode runs ahead of the host (`argmax_ahead`; `YANGTUO_WGPU_AHEAD=0`
     /// turns it off, for timing what it gains).
     ahead: bool,
@@ -287,6 +292,7 @@ impl Wgpu {
         let native_gpu = cfg!(not(target_arch = "wasm32")) && gpu.is_real_gpu();
         let fusing = std::env::var("YANGTUO_WGPU_FUSE").map_or(native_gpu, |v| v != "0");
         let ahead = std::env::var("YANGTUO_WGPU_AHEAD").map_or(true, |v| v != "0");
+        let q8x = std::env::var("YANGTUO_WGPU_Q8X").is_ok_and(|v| v == "1");
         log::info!("wgpu device: {}", gpu.describe());
         Ok(Wgpu {
             slot,
@@ -305,6 +311,8 @@ impl Wgpu {
             pending: Mutex::new(vec![]),
             fusing: AtomicBool::new(fusing),
             ahead,
+            q8x: AtomicBool::new(q8x),
+            xq: Mutex::new(None),
             dispatched: AtomicUsize::new(0),
             gathered: Mutex::new(None),
             attn_parts: Mutex::new(None),
@@ -330,6 +338,13 @@ impl Wgpu {
     pub fn set_fusion(&self, on: bool) {
         self.flush_ops();
         self.fusing.store(on, Ordering::Relaxed);
+    }
+
+    /// Run plain one-token products of Q4_0 and Q8_0 over int8 x̂ (matvec_q8.wgsl), or not
+    /// (the default). Fused products never do, so this matters with fusion off.
+    pub fn set_q8x(&self, on: bool) {
+        self.flush_ops();
+        self.q8x.store(on, Ordering::Relaxed);
     }
 
     /// Dispatches recorded since the backend opened.
@@ -633,6 +648,12 @@ impl Wgpu {
     fn lower_matvec(&self, mv: Matvec) {
         let fusion = mv.fusion();
         let m = &mv.m.0;
+        if fusion == Fusion::default()
+            && kernels::has_q8_unit(m.format)
+            && self.q8x.load(Ordering::Relaxed)
+        {
+            return self.lower_matvec_q8(mv);
+        }
         let ro = |b: Option<&wgpu::Buffer>| whole(b.unwrap_or(&self.dummy));
         let xn = whole(mv.norm.as_ref().map_or(&self.dummy_rw[0], |n| &n.out));
         // the one writable binding the epilogues share: a cache, the residual or the gate
@@ -669,6 +690,39 @@ impl Wgpu {
             (groups, grid_x)
         };
         self.weight_dispatch(kern, &mv.m, io, grid, fused, &extra);
+    }
+
+    /// A one-token product with nothing fused over x̂ quantized to int8: quantize_q8.wgsl
+    /// into the `xq` scratch, then matvec_q8.wgsl.
+    fn lower_matvec_q8(&self, mv: Matvec) {
+        let m = &mv.m.0;
+        // Q4_0 and Q8_0 rows are whole blocks of 32
+        let blocks = m.cols / 32;
+        let Some(xq) = self.scratch(&self.xq, "int8 x", (blocks * 48).max(48) as u64) else {
+            return;
+        };
+        let quantize = QuantizeQ8 {
+            cols: m.cols as u32,
+            x_row: mv.x_row as u32,
+            x_stride: mv.x_cols as u32,
+        };
+        let groups = [blocks.div_ceil(64).max(1) as u32, 1, 1];
+        self.dispatch(
+            Kernel::QuantizeQ8,
+            &quantize,
+            vec![whole(&mv.x), whole(&xq)],
+            groups,
+        );
+        let io = Io {
+            x: &xq,
+            x_cols: 0,
+            out: &mv.out,
+            out_cols: mv.out_cols,
+            n: 1,
+        };
+        let grid = |c: &Chunk| self.folded(c.rows.div_ceil(8));
+        let kern = Kernel::MatvecQ8(m.format);
+        self.weight_dispatch(kern, &mv.m, io, grid, Weights::zeroed(), &[]);
     }
 
     fn scales(&self, c: &Chunk) -> Bind {
@@ -1137,7 +1191,9 @@ impl Wgpu {
             bufs.extend_from_slice(extra);
             // a product reads its chunk's weights; embed only the rows of its ids
             let weight_bytes = match kern {
-                Kernel::Matvec(..) | Kernel::Matmul(_) => c.payload_size + c.scales_size,
+                Kernel::Matvec(..) | Kernel::Matmul(_) | Kernel::MatvecQ8(_) => {
+                    c.payload_size + c.scales_size
+                }
                 _ => 0,
             };
             let shape = Some((m.rows() as u32, m.cols as u32));

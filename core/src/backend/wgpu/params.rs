@@ -29,6 +29,15 @@ pub struct Weights {
     pub pos: u32,
 }
 
+/// `quantize_q8.wgsl`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct QuantizeQ8 {
+    pub cols: u32,
+    pub x_row: u32,
+    pub x_stride: u32,
+}
+
 /// `rms_norm.wgsl`
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -363,6 +372,14 @@ mod tests {
             (Kernel::Add, elementwise),
             (Kernel::Argmax, fields!(Argmax { cols, row })),
             (
+                Kernel::QuantizeQ8,
+                fields!(QuantizeQ8 {
+                    cols,
+                    x_row,
+                    x_stride
+                }),
+            ),
+            (
                 Kernel::Gather,
                 fields!(Gather {
                     n,
@@ -383,6 +400,8 @@ mod tests {
             .collect();
         cases.extend(f16_cache);
         use WeightFormat::*;
+        cases.push((Kernel::MatvecQ8(Q4_0), weights.clone()));
+        cases.push((Kernel::MatvecQ8(Q8_0), weights.clone()));
         for f in [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4K, Q6K, Gptq4] {
             let matvec = Kernel::Matvec(f, Fusion::default());
             for k in [matvec, Kernel::Matmul(f), Kernel::Embed(f)] {

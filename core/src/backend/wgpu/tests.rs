@@ -205,3 +205,62 @@ fn decoding_ahead_gives_the_bits_of_argmax_then_forward() {
         }
     }
 }
+
+/// The int8 experiment (matvec_q8.wgsl) quantizes x as the CPU backend does (ggml's rule,
+/// the scale in f32), so the two products differ only in f32 rounding: a rounding rule off
+/// at ties, or a nibble against the wrong int8, moves a product by ~1e-2 of its size.
+#[cfg(feature = "cpu")]
+#[test]
+fn int8_x_products_match_the_cpu_backends() {
+    use crate::backend::cpu::Cpu;
+    use crate::testing::Rng;
+    use crate::weights::{Blob, WeightData};
+    let Ok(gpu) = pollster::block_on(Wgpu::new()) else {
+        eprintln!("no wgpu adapter; skipped");
+        return;
+    };
+    gpu.set_q8x(true);
+    let mut rng = Rng(0x1a7);
+    let (rows, cols) = (70, 1024);
+    for format in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
+        let src: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+        let bytes = crate::weights::ggml::quantize(format, &src);
+        let w = WeightData::new(format, rows, cols, Blob::from_vec(bytes), "w").unwrap();
+        // values on rounding ties: with max|x| = 127/32 a block's scale is 1/32 exactly
+        let mut x: Vec<f32> = (0..cols).map(|_| rng.f32() * 3.0).collect();
+        for blk in x.chunks_mut(32) {
+            blk[0] = 127.0 / 32.0;
+            blk[1] = 2.5 / 32.0;
+            blk[2] = -10.5 / 32.0;
+        }
+        let product = |b: &dyn Fn(&[f32]) -> Vec<f32>| b(&x);
+        let on_gpu = product(&|x| {
+            let m = gpu.upload_matrix("w", &w).unwrap();
+            let mut a = gpu.alloc("x", 1, cols).unwrap();
+            gpu.write(&mut a, x);
+            let mut out = gpu.alloc("out", 1, rows).unwrap();
+            gpu.matmul(&a, 1, &m, &mut out);
+            pollster::block_on(gpu.read(&out, 1)).unwrap()
+        });
+        let on_cpu = product(&|x| {
+            let cpu = Cpu;
+            let m = cpu.upload_matrix("w", &w).unwrap();
+            let mut a = cpu.alloc("x", 1, cols).unwrap();
+            cpu.write(&mut a, x);
+            let mut out = cpu.alloc("out", 1, rows).unwrap();
+            cpu.matmul(&a, 1, &m, &mut out);
+            pollster::block_on(cpu.read(&out, 1)).unwrap()
+        });
+        let largest = on_cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = on_gpu
+            .iter()
+            .zip(&on_cpu)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 2e-6 * largest,
+            "{format:?}: int8 products {worst} from the CPU's (largest {largest})"
+        );
+    }
+    // and the experiment is what ran: a quantize and an int8 product
+    assert!(gpu.dispatch_count() >= 4);
+}

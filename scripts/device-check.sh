@@ -28,8 +28,8 @@
 #      carried loader finds the driver; there also the wgpu fusion tests (fused = unfused
 #      bits, 8 dispatches per decode layer), Q4_0 with fusion off (YANGTUO_WGPU_FUSE=0) and
 #      batched decode of 1, 8 and 32 sequences (--parallel), and profiles of a decode token
-#      by kernel (bench --profile, 6 layers): F16 and Q4_0 fused, Q4_0 unfused, and Q4_0
-#      unfused with int8 x (YANGTUO_WGPU_Q8X=1)
+#      by kernel (bench --profile, 6 layers): F16 and Q4_0 fused, Q4_0 with the norms apart
+#      (YANGTUO_WGPU_FUSE=epilogues), unfused, and unfused with int8 x (YANGTUO_WGPU_Q8X=1)
 #   5. the table: backend, type, layers, pp512 tok/s, tg128 tok/s, weight GB per token,
 #      achieved GB/s (weight bytes per token × tg tok/s) and % of the copy bandwidth
 set -uo pipefail
@@ -250,9 +250,10 @@ elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backen
   done
   # where a decode token's time goes on this GPU (bench --profile): each kernel's device
   # time and weight bandwidth, the device's gaps between kernels, and the unprofiled wall
-  # clock (the rest is the host). Q4_0 three ways: fused as users run it, unfused (what the
-  # fused norm prologue costs: gate's kernel against up's), and unfused with int8 x
-  # (matvec_q8.wgsl's integer dots against the float units, product by product)
+  # clock (the rest is the host). Q4_0 four ways: fused as users run it; the norms apart
+  # (10 dispatches a layer instead of 8, but no workgroup finds the norm again: on lavapipe
+  # that made decode 2x faster); unfused; unfused with int8 x (matvec_q8.wgsl's integer
+  # dots against the float units, product by product)
   profile() { # label model [env...]
     local label=$1 m=$2
     shift 2
@@ -264,6 +265,7 @@ elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backen
   }
   profile q4_0-fused "$M/l6-q4_0.gguf"
   profile f16-fused "$M/l6-f16"
+  profile q4_0-epilogues "$M/l6-q4_0.gguf" YANGTUO_WGPU_FUSE=epilogues
   profile q4_0-unfused "$M/l6-q4_0.gguf" YANGTUO_WGPU_FUSE=0
   profile q4_0-int8x "$M/l6-q4_0.gguf" YANGTUO_WGPU_FUSE=0 YANGTUO_WGPU_Q8X=1
   # what fusion gained: the same model with every op dispatched on its own

@@ -20,6 +20,19 @@ use crate::weights::RopeStyle;
 
 type Buf = wgpu::Buffer;
 
+/// Which of a decode step's ops fuse into its products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fusing {
+    /// Every op dispatched on its own: sixteen dispatches per layer.
+    Off,
+    /// What follows a product (RoPE, the KV store, adds, SwiGLU) fused into it; each norm
+    /// still its own dispatch: ten per layer. The norm folded into a product is found again
+    /// by every workgroup of it.
+    Epilogues,
+    /// The norms too: eight per layer.
+    All,
+}
+
 /// matvec.wgsl's rows per workgroup: a half-style RoPE needs a head's rows in whole groups.
 const ROWS: usize = 8;
 
@@ -168,7 +181,7 @@ impl Matvec {
 
 /// Merge neighbours (see the module docs). Each rule rewrites the tail of `out` only when
 /// the fused product writes exactly what the ops it replaces would.
-pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
+pub(super) fn fuse(ops: Vec<Op>, norms: bool) -> Vec<Op> {
     let mut out: Vec<Op> = Vec::with_capacity(ops.len());
     for op in ops {
         let op = match op {
@@ -181,6 +194,7 @@ pub(super) fn fuse(ops: Vec<Op>) -> Vec<Op> {
                     out: no,
                     ..
                 }) = out.last()
+                    && norms
                     && *no == mv.x
                     && *x != mv.out
                     && *cols == mv.m.0.cols

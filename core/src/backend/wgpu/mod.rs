@@ -29,6 +29,7 @@ mod tests;
 mod timer;
 
 use self::device::Gpu;
+pub use self::fuse::Fusing;
 use self::fuse::{Matvec, Op, fuse};
 use self::kernels::{Compiled, Fusion, Kernel, PARAMS_SIZE};
 use self::matrix::rows_per_chunk;
@@ -70,8 +71,8 @@ pub struct Wgpu {
     /// Ops held back until their neighbours are known (fuse.rs), lowered at the next op
     /// that cannot fuse, readback or allocation.
     pending: Mutex<Vec<Op>>,
-    /// Whether `pending` is fused before lowering (`YANGTUO_WGPU_FUSE=0` turns it off).
-    fusing: AtomicBool,
+    /// What of `pending` is fused before lowering (`YANGTUO_WGPU_FUSE`: 0, epilogues, all).
+    fusing: Mutex<Fusing>,
     /// Whether plain one-token products of Q4_0 and Q8_0 run over int8 x̂ (matvec_q8.wgsl):
     /// an experiment for timing on a GPU, off unless `YANGTUO_WGPU_Q8X=1` or `set_q8x`.
     q8x: AtomicBool,
@@ -286,11 +287,20 @@ impl Wgpu {
         let dummy_rw = [storage("dummy xn", 16), storage("dummy aux", 16)];
         let argmax_out = storage("argmax", 16);
         // Fusion is on for native GPUs. Off on software adapters (lavapipe; tests turn it on
-        // with `set_fusion`) and, until it is timed on a browser's GPU, in the browser: with
+        // with `set_fusing`) and, until it is timed on a browser's GPU, in the browser: with
         // it, the browser demo's answer on SwiftShader ran past its 60 s timeout (twice,
-        // after passing once), likely the fused norm's extra barriers on a CPU.
+        // after passing once). The cost is the fused norm, which every workgroup of a
+        // product finds again: on lavapipe, decode with every fusion ran at half the speed
+        // of none, with all but the norms (`Fusing::Epilogues`) at the same speed as none
+        // (bench/lavapipe-2026-12-07-profile.txt).
         let native_gpu = cfg!(not(target_arch = "wasm32")) && gpu.is_real_gpu();
-        let fusing = std::env::var("YANGTUO_WGPU_FUSE").map_or(native_gpu, |v| v != "0");
+        let fusing = match std::env::var("YANGTUO_WGPU_FUSE").as_deref() {
+            Ok("0") => Fusing::Off,
+            Ok("epilogues") => Fusing::Epilogues,
+            Ok(_) => Fusing::All,
+            Err(_) if native_gpu => Fusing::All,
+            Err(_) => Fusing::Off,
+        };
         let ahead = std::env::var("YANGTUO_WGPU_AHEAD").map_or(true, |v| v != "0");
         let q8x = std::env::var("YANGTUO_WGPU_Q8X").is_ok_and(|v| v == "1");
         log::info!("wgpu device: {}", gpu.describe());
@@ -309,7 +319,7 @@ impl Wgpu {
             dummy_rw,
             argmax_out,
             pending: Mutex::new(vec![]),
-            fusing: AtomicBool::new(fusing),
+            fusing: Mutex::new(fusing),
             ahead,
             q8x: AtomicBool::new(q8x),
             xq: Mutex::new(None),
@@ -334,10 +344,10 @@ impl Wgpu {
         self.readback(&self.argmax_out, 0, 4).await.map(|_| ())
     }
 
-    /// Fuse a decode step's neighbouring ops (the default) or dispatch each on its own.
-    pub fn set_fusion(&self, on: bool) {
+    /// Which of a decode step's neighbouring ops fuse into its products.
+    pub fn set_fusing(&self, fusing: Fusing) {
         self.flush_ops();
-        self.fusing.store(on, Ordering::Relaxed);
+        *self.fusing.lock().unwrap() = fusing;
     }
 
     /// Run plain one-token products of Q4_0 and Q8_0 over int8 x̂ (matvec_q8.wgsl), or not
@@ -464,10 +474,10 @@ impl Wgpu {
         if ops.is_empty() {
             return;
         }
-        let ops = if self.fusing.load(Ordering::Relaxed) {
-            fuse(ops)
-        } else {
-            ops
+        let ops = match *self.fusing.lock().unwrap() {
+            Fusing::Off => ops,
+            Fusing::Epilogues => fuse(ops, false),
+            Fusing::All => fuse(ops, true),
         };
         for op in ops {
             self.lower(op);

@@ -2,7 +2,7 @@
 //! forward pass that loses a fusion fails here, as does a fused kernel that computes
 //! anything but what the ops it replaces compute.
 
-use super::Wgpu;
+use super::{Fusing, Wgpu};
 use crate::backend::{Backend, KvDtype};
 use crate::model::Model;
 use crate::testing::{RandomSource, config};
@@ -62,22 +62,26 @@ fn fused_decode_gives_the_unfused_bits() {
             return;
         };
         let m = model(gpu, format, style, kv);
-        m.backend.set_fusion(true);
-        let fused = logits(&m, 6);
-        m.backend.set_fusion(false);
-        let unfused = logits(&m, 6);
-        for (step, (a, b)) in fused.iter().zip(&unfused).enumerate() {
-            let differ = a
-                .iter()
-                .zip(b)
-                .filter(|(x, y)| x.to_bits() != y.to_bits())
-                .count();
-            assert_eq!(
-                differ, 0,
-                "{format:?} {style:?} {kv:?} cache (f16 shaders {f16}): step {step}: \
-                 {differ} logits differ"
-            );
-            assert!(a.iter().all(|x| x.is_finite()));
+        let run = |fusing| {
+            m.backend.set_fusing(fusing);
+            logits(&m, 6)
+        };
+        let unfused = run(Fusing::Off);
+        for fusing in [Fusing::All, Fusing::Epilogues] {
+            let fused = run(fusing);
+            for (step, (a, b)) in fused.iter().zip(&unfused).enumerate() {
+                let differ = a
+                    .iter()
+                    .zip(b)
+                    .filter(|(x, y)| x.to_bits() != y.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "{format:?} {style:?} {kv:?} cache (f16 shaders {f16}), {fusing:?}: \
+                     step {step}: {differ} logits differ"
+                );
+                assert!(a.iter().all(|x| x.is_finite()));
+            }
         }
     }
 }
@@ -96,7 +100,7 @@ fn a_decode_layer_is_eight_dispatches() {
     );
     let layers = m.config.n_layers;
     let b = &m.backend;
-    b.set_fusion(true);
+    b.set_fusing(Fusing::All);
     let mut s = m.new_state(64, 8, 1).unwrap();
     m.forward(&mut s, &[1, 2, 3], 0, 1).unwrap();
     pollster::block_on(b.argmax(&s.scratch.logits, 0)).unwrap();
@@ -110,9 +114,12 @@ fn a_decode_layer_is_eight_dispatches() {
     // gate (norm), up (SwiGLU), down (+ residual); then embed, the head (final norm) and
     // the argmax
     assert_eq!(step(3), 8 * layers + 3);
-    b.set_fusion(false);
+    b.set_fusing(Fusing::Epilogues);
+    // the norms apart: 10 per layer, and embed, final norm, head, argmax
+    assert_eq!(step(4), 10 * layers + 4);
+    b.set_fusing(Fusing::Off);
     // each op its own: 16 per layer, and embed, final norm, head, argmax
-    assert_eq!(step(4), 16 * layers + 4);
+    assert_eq!(step(5), 16 * layers + 4);
 }
 
 /// A decode step of S sequences whose caches sit side by side (`Model::new_states`) stores
@@ -165,13 +172,13 @@ fn a_batched_decode_step_attends_in_one_dispatch() {
 /// bit, that reading each id and then running it does; fused and not, f16 shaders and not.
 #[test]
 fn decoding_ahead_gives_the_bits_of_argmax_then_forward() {
-    for (f16, fusion) in [(true, true), (false, false)] {
+    for (f16, fusion) in [(true, Fusing::All), (false, Fusing::Off)] {
         let Ok(gpu) = pollster::block_on(Wgpu::with_f16(f16)) else {
             eprintln!("no wgpu adapter; skipped");
             return;
         };
         let m = model(gpu, WeightFormat::Q4_0, RopeStyle::Half, KvDtype::F16);
-        m.backend.set_fusion(fusion);
+        m.backend.set_fusing(fusion);
         let b = &m.backend;
         let decode = |ahead: bool| {
             let mut s = m.new_state(64, 8, 1).unwrap();
@@ -197,10 +204,10 @@ fn decoding_ahead_gives_the_bits_of_argmax_then_forward() {
         };
         let (ahead, after) = (decode(true), decode(false));
         for (step, ((i, a), (j, b))) in ahead.iter().zip(&after).enumerate() {
-            assert_eq!(i, j, "f16 {f16}, fusion {fusion}: step {step}'s token");
+            assert_eq!(i, j, "f16 {f16}, fusion {fusion:?}: step {step}'s token");
             assert!(
                 a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "f16 {f16}, fusion {fusion}: step {step}'s logits"
+                "f16 {f16}, fusion {fusion:?}: step {step}'s logits"
             );
         }
     }

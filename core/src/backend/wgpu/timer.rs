@@ -145,7 +145,7 @@ fn buffer(device: &wgpu::Device, dispatches: usize, mappable: bool) -> wgpu::Buf
 #[cfg(test)]
 mod tests {
     use crate::backend::layout::layout;
-    use crate::backend::wgpu::Wgpu;
+    use crate::backend::wgpu::{Fusing, Wgpu};
     use crate::backend::{Backend, KvDtype};
     use crate::model::Model;
     use crate::testing::{RandomSource, config};
@@ -183,7 +183,7 @@ mod tests {
         let mut m = Model::load(&mut source, gpu, 0, &mut |_| {}).unwrap();
         m.kv_dtype = KvDtype::F16;
         let b = &m.backend;
-        b.set_fusion(true);
+        b.set_fusing(Fusing::All);
         let plain = logits(&m);
 
         // lavapipe (CI) and the GPUs wgpu runs natively stamp time

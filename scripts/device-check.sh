@@ -30,6 +30,7 @@
 #      batched decode of 1, 8 and 32 sequences (--parallel), and profiles of a decode token
 #      by kernel (bench --profile, 6 layers): F16 and Q4_0 fused, Q4_0 with the norms apart
 #      (YANGTUO_WGPU_FUSE=epilogues), unfused, and unfused with int8 x (YANGTUO_WGPU_Q8X=1)
+#      and on cuda each kernel's duration under Nsight Compute (ncu, where it is installed)
 #   5. the table: backend, type, layers, pp512 tok/s, tg128 tok/s, weight GB per token,
 #      achieved GB/s (weight bytes per token × tg tok/s) and % of the copy bandwidth
 set -uo pipefail
@@ -225,6 +226,15 @@ for l in 2 6; do
   bench cuda "$M/l$l-q4_0.gguf" Q4_0 $l
   bench cuda "$M/l$l-q4_k.gguf" Q4_K $l
 done
+# where a cuda decode token's time goes: Nsight Compute's duration of every kernel (no
+# counters, clocks as found) over a short decode of the 6-layer Q4_0 model, by kernel name
+if command -v ncu >/dev/null && before 380 && [ -e "$M/l6-q4_0.gguf" ]; then
+  YANGTUO_CUDA_GRAPH=0 timeout 90 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+    --print-units base --log-file "$L/ncu-cuda-q4_0.csv" "$B/yangtuo" bench -m "$M/l6-q4_0.gguf" \
+    --backend cuda -p 0 -n 8 -r 1 >"$L/ncu-cuda-q4_0.out" 2>&1
+  # 9 decode forwards (the warm-up's one and tg8); the warm-up's 2-token prompt is counted too
+  python3 scripts/device/ncu_table.py "$L/ncu-cuda-q4_0.csv" 9 | sed 's/^/cuda ncu l6 q4_0: /' >>"$SUMMARY"
+fi
 # wgpu through Vulkan, with the carried loader (YT_WGPU=0 skips it)
 if [ "${YT_WGPU:-1}" != 1 ]; then
   echo "wgpu bench skipped (YT_WGPU=0)"

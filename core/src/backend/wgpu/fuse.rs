@@ -9,7 +9,8 @@
 //! - q's RoPE into q's product; k's RoPE and the KV store into k's and v's.
 //!
 //! A decode layer then takes eight dispatches instead of sixteen (seven products and the
-//! attention, plus its combine at long contexts). Every rule checks the buffers, so a fused
+//! attention, plus its combine at long contexts); ten with `Fusing::Epilogues`, which
+//! leaves the norms apart. Every rule checks the buffers, so a fused
 //! product writes exactly what the ops it replaces would, in the same arithmetic: the
 //! results are the unfused ones bit for bit (tests.rs checks that on a device).
 

@@ -228,12 +228,12 @@ for l in 2 6; do
 done
 # where a cuda decode token's time goes: Nsight Compute's duration of every kernel (no
 # counters, clocks as found) over a short decode of the 6-layer Q4_0 model, by kernel name
-if command -v ncu >/dev/null && before 380 && [ -e "$M/l6-q4_0.gguf" ]; then
-  YANGTUO_CUDA_GRAPH=0 timeout 90 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+if command -v ncu >/dev/null && before 340 && [ -e "$M/l6-q4_0.gguf" ]; then
+  YANGTUO_CUDA_GRAPH=0 timeout 60 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
     --print-units base --log-file "$L/ncu-cuda-q4_0.csv" "$B/yangtuo" bench -m "$M/l6-q4_0.gguf" \
-    --backend cuda -p 0 -n 8 -r 1 >"$L/ncu-cuda-q4_0.out" 2>&1
-  # 9 decode forwards (the warm-up's one and tg8); the warm-up's 2-token prompt is counted too
-  python3 scripts/device/ncu_table.py "$L/ncu-cuda-q4_0.csv" 9 | sed 's/^/cuda ncu l6 q4_0: /' >>"$SUMMARY"
+    --backend cuda -p 0 -n 4 -r 1 >"$L/ncu-cuda-q4_0.out" 2>&1
+  # 5 decode forwards (the warm-up's one and tg4); the warm-up's 2-token prompt is counted too
+  python3 scripts/device/ncu_table.py "$L/ncu-cuda-q4_0.csv" 5 | sed 's/^/cuda ncu l6 q4_0: /' >>"$SUMMARY"
 fi
 # wgpu through Vulkan, with the carried loader (YT_WGPU=0 skips it)
 if [ "${YT_WGPU:-1}" != 1 ]; then

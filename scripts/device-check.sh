@@ -29,7 +29,8 @@
 #      bits, 8 dispatches per decode layer), Q4_0 with fusion off (YANGTUO_WGPU_FUSE=0) and
 #      batched decode of 1, 8 and 32 sequences (--parallel), and profiles of a decode token
 #      by kernel (bench --profile, 6 layers): F16 and Q4_0 fused, Q4_0 with the norms apart
-#      (YANGTUO_WGPU_FUSE=epilogues), unfused, and unfused with int8 x (YANGTUO_WGPU_Q8X=1)
+#      (YANGTUO_WGPU_FUSE=epilogues), unfused, and unfused with int8 x (YANGTUO_WGPU_Q8X=1);
+#      Q4_K unfused and with int8 x
 #      and on cuda each kernel's duration under Nsight Compute (ncu, where it is installed)
 #   5. the table: backend, type, layers, pp512 tok/s, tg128 tok/s, weight GB per token,
 #      achieved GB/s (weight bytes per token × tg tok/s) and % of the copy bandwidth
@@ -278,6 +279,8 @@ elif WGPU_BACKEND=vulkan timeout 60 "$B/yangtuo" logits -m "$M/odd-f16" --backen
   profile q4_0-epilogues "$M/l6-q4_0.gguf" YANGTUO_WGPU_FUSE=epilogues
   profile q4_0-unfused "$M/l6-q4_0.gguf" YANGTUO_WGPU_FUSE=0
   profile q4_0-int8x "$M/l6-q4_0.gguf" YANGTUO_WGPU_FUSE=0 YANGTUO_WGPU_Q8X=1
+  profile q4_k-unfused "$M/l6-q4_k.gguf" YANGTUO_WGPU_FUSE=0
+  profile q4_k-int8x "$M/l6-q4_k.gguf" YANGTUO_WGPU_FUSE=0 YANGTUO_WGPU_Q8X=1
   # what fusion gained: the same model with every op dispatched on its own
   for l in 2 6; do
     BE_LABEL=wgpu-unfused YANGTUO_WGPU_FUSE=0 WGPU_BACKEND=vulkan bench wgpu "$M/l$l-q4_0.gguf" Q4_0 $l 430

@@ -47,8 +47,8 @@ enum Products {
     /// (activations and decoded weights) for prompts of any format but f32.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Cuda,
-    /// wgpu with `set_q8x`: one-token Q4_0 and Q8_0 products over 8-bit activations in
-    /// blocks of 32 (the scale kept in f32), every other product as `Exact`.
+    /// wgpu with `set_q8x`: one-token Q4_0, Q8_0 and Q4_K products over 8-bit activations
+    /// in blocks of 32 (the scale kept in f32), every other product as `Exact`.
     #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     WgpuQ8x,
 }
@@ -70,7 +70,7 @@ enum Inputs {
 fn inputs(p: Products, f: WeightFormat, n: usize) -> Inputs {
     use WeightFormat::*;
     match (p, f) {
-        (Products::WgpuQ8x, Q4_0 | Q8_0) if n == 1 => Inputs::Q8 { block: 32 },
+        (Products::WgpuQ8x, Q4_0 | Q8_0 | Q4K) if n == 1 => Inputs::Q8 { block: 32 },
         (Products::Exact | Products::WgpuQ8x, _)
         | (Products::Cpu, F32 | F16 | BF16 | Gptq4)
         | (Products::Cuda, F32) => Inputs::F32,

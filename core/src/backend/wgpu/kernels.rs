@@ -13,7 +13,7 @@ pub enum Kernel {
     Matvec(WeightFormat, Fusion),
     Matmul(WeightFormat),
     /// A one-token product over x̂ quantized to int8 (matvec_q8.wgsl; formats with an
-    /// integer unit, `has_q8_unit`).
+    /// integer unit, `has_q8_unit`: Q4_0, Q8_0, Q4_K).
     MatvecQ8(WeightFormat),
     /// One row of x quantized to int8 blocks for MatvecQ8.
     QuantizeQ8,
@@ -149,7 +149,10 @@ fn bindings(k: Kernel) -> &'static [bool] {
 
 /// Whether `weights_<format>.wgsl` has `unit_q8`, the integer unit matvec_q8.wgsl needs.
 pub fn has_q8_unit(f: WeightFormat) -> bool {
-    matches!(f, WeightFormat::Q4_0 | WeightFormat::Q8_0)
+    matches!(
+        f,
+        WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K
+    )
 }
 
 pub fn source(k: Kernel, native_f16: bool) -> String {

@@ -73,7 +73,7 @@ pub struct Wgpu {
     pending: Mutex<Vec<Op>>,
     /// What of `pending` is fused before lowering (`YANGTUO_WGPU_FUSE`: 0, epilogues, all).
     fusing: Mutex<Fusing>,
-    /// Whether plain one-token products of Q4_0 and Q8_0 run over int8 x̂ (matvec_q8.wgsl):
+    /// Whether plain one-token products of Q4_0, Q8_0 and Q4_K run over int8 x̂ (matvec_q8.wgsl):
     /// an experiment for timing on a GPU, off unless `YANGTUO_WGPU_Q8X=1` or `set_q8x`.
     q8x: AtomicBool,
     /// The int8 x̂ of those products (quantize_q8.wgsl), grown as needed.
@@ -350,7 +350,7 @@ impl Wgpu {
         *self.fusing.lock().unwrap() = fusing;
     }
 
-    /// Run plain one-token products of Q4_0 and Q8_0 over int8 x̂ (matvec_q8.wgsl), or not
+    /// Run plain one-token products of Q4_0, Q8_0 and Q4_K over int8 x̂ (matvec_q8.wgsl), or not
     /// (the default). Fused products never do, so this matters with fusion off.
     pub fn set_q8x(&self, on: bool) {
         self.flush_ops();
@@ -706,7 +706,7 @@ impl Wgpu {
     /// into the `xq` scratch, then matvec_q8.wgsl.
     fn lower_matvec_q8(&self, mv: Matvec) {
         let m = &mv.m.0;
-        // Q4_0 and Q8_0 rows are whole blocks of 32
+        // rows of these formats are whole blocks of 32
         let blocks = m.cols / 32;
         let Some(xq) = self.scratch(&self.xq, "int8 x", (blocks * 48).max(48) as u64) else {
             return;

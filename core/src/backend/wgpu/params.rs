@@ -402,6 +402,7 @@ mod tests {
         use WeightFormat::*;
         cases.push((Kernel::MatvecQ8(Q4_0), weights.clone()));
         cases.push((Kernel::MatvecQ8(Q8_0), weights.clone()));
+        cases.push((Kernel::MatvecQ8(Q4K), weights.clone()));
         for f in [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4K, Q6K, Gptq4] {
             let matvec = Kernel::Matvec(f, Fusion::default());
             for k in [matvec, Kernel::Matmul(f), Kernel::Embed(f)] {

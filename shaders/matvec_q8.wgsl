@@ -1,5 +1,5 @@
 // Matrix-vector product for decode with x̂ quantized to int8 blocks (quantize_q8.wgsl), for
-// the formats whose weights file has an integer unit (`unit_q8`: Q4_0, Q8_0, Q4_K). An experiment
+// the formats with an integer unit (`unit_q8` in unit_q8_<format>.wgsl: Q4_0, Q8_0, Q4_K). An experiment
 // beside matvec.wgsl, on with YANGTUO_WGPU_Q8X=1 for products with nothing fused, to time
 // integer dots (dot4I8Packed: OpSDot where the device has it) against float units:
 //   s[r] = Σ_u d_w[r, u] · d_x[u] · Σ_i q_w[r, u, i] · q_x[u, i],   out[out_off + r] = s[r]

@@ -147,12 +147,19 @@ fn bindings(k: Kernel) -> &'static [bool] {
     }
 }
 
-/// Whether `weights_<format>.wgsl` has `unit_q8`, the integer unit matvec_q8.wgsl needs.
+/// `unit_q8` of a format, the integer unit matvec_q8.wgsl needs, where it has one.
+fn q8_unit_source(f: WeightFormat) -> Option<&'static str> {
+    match f {
+        WeightFormat::Q4_0 => Some(shader!("unit_q8_q4_0")),
+        WeightFormat::Q8_0 => Some(shader!("unit_q8_q8_0")),
+        WeightFormat::Q4K => Some(shader!("unit_q8_q4_k")),
+        _ => None,
+    }
+}
+
+/// Whether matvec_q8.wgsl runs on a format.
 pub fn has_q8_unit(f: WeightFormat) -> bool {
-    matches!(
-        f,
-        WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q4K
-    )
+    q8_unit_source(f).is_some()
 }
 
 pub fn source(k: Kernel, native_f16: bool) -> String {
@@ -174,7 +181,10 @@ pub fn source(k: Kernel, native_f16: bool) -> String {
     match k {
         Kernel::Matvec(f, _) => weights(f, shader!("matvec")),
         Kernel::Matmul(f) => weights(f, shader!("matmul")),
-        Kernel::MatvecQ8(f) => weights(f, shader!("matvec_q8")),
+        Kernel::MatvecQ8(f) => {
+            let unit = q8_unit_source(f).unwrap_or_default();
+            weights(f, &format!("{unit}\n{}", shader!("matvec_q8")))
+        }
         Kernel::QuantizeQ8 => shader!("quantize_q8").into(),
         Kernel::Embed(f) => weights(f, shader!("embed")),
         Kernel::RmsNorm => shader!("rms_norm").into(),
@@ -359,6 +369,20 @@ mod tests {
     }
 
     /// The host's token groups are the shader's.
+    /// Browsers without WGSL's packed_4x8_integer_dot_product still compile every kernel
+    /// a model runs by default: only the int8 experiment uses it.
+    #[test]
+    fn only_the_int8_product_needs_integer_dots() {
+        for f in FORMATS {
+            let matvec = Kernel::Matvec(f, Fusion::default());
+            for k in [matvec, Kernel::Matmul(f), Kernel::Embed(f)] {
+                for native in [false, true] {
+                    assert!(!source(k, native).contains("dot4I8Packed"), "{k:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn matvec_groups_tokens_as_the_host_dispatches_them() {
         let tokens = format!("const TOKENS: u32 = {}u;", super::super::MATVEC_TOKENS);

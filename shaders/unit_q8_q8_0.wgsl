@@ -1,0 +1,15 @@
+// The integer unit of weights_q8_0.wgsl for matvec_q8.wgsl, compiled only into that kernel (so the
+// float kernels never need WGSL's packed 4x8 integer dot product).
+//
+// Unit u's Σ w · x̂ with x̂ quantized (matvec_q8.wgsl): the block's 32 int8 (xa: 0..15, xb:
+// 16..31, four per word) and their scale dx (Σq is for formats with an offset).
+fn unit_q8(row: u32, u: u32, xa: vec4<u32>, xb: vec4<u32>, dx: f32, qsum: i32) -> f32 {
+    let b = row * p.nb + u;
+    let lo = w[2u * b];
+    let hi = w[2u * b + 1u];
+    let s = dot4I8Packed(lo.x, xa.x) + dot4I8Packed(lo.y, xa.y)
+          + dot4I8Packed(lo.z, xa.z) + dot4I8Packed(lo.w, xa.w)
+          + dot4I8Packed(hi.x, xb.x) + dot4I8Packed(hi.y, xb.y)
+          + dot4I8Packed(hi.z, xb.z) + dot4I8Packed(hi.w, xb.w);
+    return half_at(b) * dx * f32(s);
+}

@@ -173,16 +173,7 @@ pub fn run(mut a: Args) -> Result<()> {
             // before the token is read back (`Runner::forward_ahead`)
             let t = Instant::now();
             r.forward(&mut s, &[token(5)], d, 1)?;
-            for pos in d + 1..d + a.n_gen {
-                match r.forward_ahead(&mut s, pos) {
-                    Some(read) => pollster::block_on(read).map(|_| ())?,
-                    None => {
-                        let next = pollster::block_on(r.argmax(&s, 0))?;
-                        r.forward(&mut s, &[next], pos, 1)?;
-                    }
-                }
-            }
-            pollster::block_on(r.argmax(&s, 0))?;
+            greedy(&*r, &mut s, d + 1..d + a.n_gen)?;
             tps.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
         }
         rows.push((format!("tg{}{at_depth}", a.n_gen), mean_std(&tps)));
@@ -193,7 +184,10 @@ pub fn run(mut a: Args) -> Result<()> {
             .find(|r| r.0.starts_with("tg"))
             .map(|r| 1.0 / r.1.0);
         let n = a.n_gen - 1;
-        let p = crate::bench_profile::decode(&*r, &mut s, token(5), d, n)?;
+        // the first token settled before the device times the n after it
+        r.forward(&mut s, &[token(5)], d, 1)?;
+        pollster::block_on(r.argmax(&s, 0))?;
+        let p = crate::bench_profile::profiled(&*r, || greedy(&*r, &mut s, d + 1..d + 1 + n))?;
         Some((p, n, wall))
     } else {
         None
@@ -292,6 +286,25 @@ pub fn run(mut a: Args) -> Result<()> {
         println!("peak RSS: {}", gib(b));
     }
     Ok(())
+}
+
+/// Greedy decode at `positions`, each token the argmax of the last, as an answer runs it;
+/// then the last token's argmax.
+fn greedy(
+    r: &dyn yangtuo::Runner,
+    s: &mut yangtuo::SessionState,
+    positions: std::ops::Range<usize>,
+) -> Result<()> {
+    for pos in positions {
+        match r.forward_ahead(s, pos) {
+            Some(read) => pollster::block_on(read).map(|_| ())?,
+            None => {
+                let next = pollster::block_on(r.argmax(s, 0))?;
+                r.forward(s, &[next], pos, 1)?;
+            }
+        }
+    }
+    pollster::block_on(r.argmax(s, 0)).map(|_| ())
 }
 
 /// tg through `Llama::complete_ids`, free and under the JSON Schema at `path`: decode tok/s of

@@ -5,44 +5,17 @@
 
 use yangtuo::backend::profile::Profile;
 use yangtuo::runner::Runner;
-use yangtuo::{Error, Result, SessionState};
+use yangtuo::{Error, Result};
 
-/// Greedy decode of `n` tokens from position `pos` as bench's tg runs it, profiled.
-pub fn decode(
-    r: &dyn Runner,
-    s: &mut SessionState,
-    first: u32,
-    pos: usize,
-    n: usize,
-) -> Result<Profile> {
+/// `run` with the device timing every kernel: the profile of what it ran.
+pub fn profiled(r: &dyn Runner, run: impl FnOnce() -> Result<()>) -> Result<Profile> {
     if !r.set_profiling(true) {
-        return Err(Error::arg(
-            "profile",
-            format!(
-                "{} cannot time its kernels (wgpu on a device with timestamp queries can)",
-                r.device()
-            ),
-        ));
+        unable(r)?;
     }
-    // settle what was queued, and drop it from the profile
-    r.forward(s, &[first], pos, 1)?;
-    pollster::block_on(r.argmax(s, 0))?;
-    r.take_profile();
-    let run = (|| {
-        for p in pos + 1..pos + 1 + n {
-            match r.forward_ahead(s, p) {
-                Some(read) => pollster::block_on(read).map(|_| ())?,
-                None => {
-                    let next = pollster::block_on(r.argmax(s, 0))?;
-                    r.forward(s, &[next], p, 1)?;
-                }
-            }
-        }
-        pollster::block_on(r.argmax(s, 0)).map(|_| ())
-    })();
+    let ran = run();
     let profile = r.take_profile();
     r.set_profiling(false);
-    run.map(|_| profile)
+    ran.map(|_| profile)
 }
 
 /// The error for a device that cannot time its kernels.
